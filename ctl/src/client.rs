@@ -1,0 +1,107 @@
+//! HTTP over the daemon's Unix socket, with typed errors that map to
+//! tracectl's exit codes (2: daemon unreachable, 3: permission denied,
+//! 1: the daemon refused the request).
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyperlocal::{UnixClientExt, UnixConnector, Uri};
+use traceed_wire::ErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach traceed at {path}: {reason}\nIs the daemon running? Start it with `systemctl start traceed` (or `traceed --socket {path}`), or point --socket / TRACEED_SOCKET at its socket.")]
+    Unreachable { path: PathBuf, reason: String },
+    #[error("permission denied on {path}: the socket is for root and members of group `traceed`.\nJoin it with `sudo usermod -aG traceed $USER` and log in again.")]
+    PermissionDenied { path: PathBuf },
+    #[error("{message}")]
+    Refused { status: StatusCode, message: String },
+    #[error("bad answer from traceed: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Unreachable { .. } => 2,
+            ClientError::PermissionDenied { .. } => 3,
+            ClientError::Refused { status, .. } if *status == StatusCode::FORBIDDEN => 3,
+            ClientError::Refused { .. } => 1,
+            ClientError::Protocol(_) => 2,
+        }
+    }
+}
+
+pub struct Api {
+    socket: PathBuf,
+    http: Client<UnixConnector, Empty<Bytes>>,
+}
+
+impl Api {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_path_buf(),
+            http: Client::unix(),
+        }
+    }
+
+    fn classify(&self, err: &(dyn std::error::Error + 'static)) -> ClientError {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::PermissionDenied {
+                    return ClientError::PermissionDenied {
+                        path: self.socket.clone(),
+                    };
+                }
+                return ClientError::Unreachable {
+                    path: self.socket.clone(),
+                    reason: io.to_string(),
+                };
+            }
+            cur = e.source();
+        }
+        ClientError::Unreachable {
+            path: self.socket.clone(),
+            reason: err.to_string(),
+        }
+    }
+
+    /// GET `path_and_query`; a non-2xx answer becomes `Refused` with the
+    /// daemon's own error message.
+    pub async fn get(&self, path_and_query: &str) -> Result<Response<Incoming>, ClientError> {
+        let uri: hyper::Uri = Uri::new(&self.socket, path_and_query).into();
+        let resp = self.http.get(uri).await.map_err(|e| self.classify(&e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+        Err(ClientError::Refused { status, message })
+    }
+
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+    ) -> Result<T, ClientError> {
+        let resp = self.get(path_and_query).await?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}

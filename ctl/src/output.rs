@@ -1,0 +1,147 @@
+//! Rendering events and status for people (tables, local time) and for
+//! programs (json, jsonl: exactly the wire objects).
+
+use std::io::Write;
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use traceed_wire::{Event, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Jsonl,
+}
+
+/// One line of what happened, per kind, for the table's last column.
+pub fn summary(e: &Event) -> String {
+    let a = &e.args;
+    let s = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    match e.kind.as_str() {
+        "exec" => {
+            let argv: Vec<&str> = a
+                .get("argv")
+                .and_then(|v| v.as_array())
+                .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            if argv.is_empty() {
+                s("filename")
+            } else {
+                argv.join(" ")
+            }
+        }
+        "exit" => match a.get("signal").and_then(|v| v.as_u64()) {
+            Some(sig) => format!("killed by signal {sig}"),
+            None => format!(
+                "exit code {}",
+                a.get("exit_code").and_then(|v| v.as_u64()).unwrap_or(0)
+            ),
+        },
+        "lost" => format!(
+            "{} events lost ({}) {} .. {}",
+            a.get("count").and_then(|v| v.as_u64()).unwrap_or(0),
+            s("source"),
+            s("from"),
+            s("to")
+        ),
+        _ => {
+            let mut parts: Vec<String> = a
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                .unwrap_or_default();
+            parts.sort();
+            parts.join(" ")
+        }
+    }
+}
+
+pub fn local_time(ns: i64) -> String {
+    let Ok(ts) = jiff::Timestamp::from_nanosecond(ns as i128) else {
+        return ns.to_string();
+    };
+    let zoned = ts.to_zoned_datetime(jiff::tz::TimeZone::system());
+    zoned.strftime("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn event_row(e: &Event) -> Vec<String> {
+    vec![
+        local_time(e.ts),
+        e.kind.clone(),
+        opt(&e.pid),
+        opt(&e.ppid),
+        opt(&e.uid),
+        opt(&e.comm),
+        summary(e),
+    ]
+}
+
+pub const HEADER: [&str; 7] = ["TIME", "KIND", "PID", "PPID", "UID", "COMM", "DETAILS"];
+
+pub fn table(events: &[Event]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(HEADER);
+    if let Some((w, _)) = terminal_width() {
+        t.set_width(w);
+    }
+    for e in events {
+        t.add_row(event_row(e));
+    }
+    t
+}
+
+fn terminal_width() -> Option<(u16, u16)> {
+    let t = Table::new();
+    t.width().map(|w| (w, 0))
+}
+
+/// One plain line per live event (follow mode cannot redraw a table).
+pub fn follow_line(e: &Event) -> String {
+    let r = event_row(e);
+    format!(
+        "{}  {:<8} {:>7} {:>7} {:>5} {:<15} {}",
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6]
+    )
+}
+
+pub fn status_text(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "traceed {} — up {}s", s.version, s.uptime_s)?;
+    writeln!(
+        out,
+        "rung:       {}{}",
+        s.rung,
+        s.btf_source
+            .as_ref()
+            .map(|b| format!(" (BTF from {b})"))
+            .unwrap_or_default()
+    )?;
+    for r in &s.refused {
+        writeln!(out, "  not {}: {}", r.rung, r.reason)?;
+    }
+    writeln!(out, "transport:  {}", s.transport)?;
+    writeln!(out, "programs:   {}", s.programs.join(", "))?;
+    for h in &s.skipped_hooks {
+        writeln!(out, "  skipped {}: {}", h.hook, h.reason)?;
+    }
+    writeln!(
+        out,
+        "events:     {} stored since start ({:.1}/s), {} lost",
+        s.events_total, s.events_per_s, s.lost_total
+    )?;
+    writeln!(
+        out,
+        "store:      {} ({:.1} MiB, schema v{}, oldest {}, retention {})",
+        s.db_path,
+        s.db_bytes as f64 / (1024.0 * 1024.0),
+        s.schema_version,
+        s.oldest_ts.map(local_time).unwrap_or_else(|| "-".into()),
+        s.retention
+    )
+}

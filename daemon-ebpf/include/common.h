@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Shared by every hook family of the CO-RE object: the maps, the load-time
+ * globals, and the helpers that start, fill and emit a record.
+ *
+ * Records are built in a per-CPU scratch map (a full record is ~8 KiB, the
+ * BPF stack is 512 bytes) and copied into the ring buffer (or the perf event
+ * array when built with -DTRACEED_PERF for kernels without ring buffers).
+ */
+#ifndef TRACEED_COMMON_H
+#define TRACEED_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "missing_definitions.h"
+#include "events.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by traceed at load time (frozen .rodata). */
+const volatile __u32 self_tgid = 0;
+
+#ifdef TRACEED_PERF
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} events SEC(".maps");
+#else
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} events SEC(".maps");
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} scratch SEC(".maps");
+
+/* Records that could not be handed to user space, per CPU. traceed turns
+ * every change into a `lost` row. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+static __always_inline int is_self(void)
+{
+	return (bpf_get_current_pid_tgid() >> 32) == self_tgid;
+}
+
+/* Start a record for the current task. Returns NULL when the scratch map is
+ * unavailable (never expected) so callers just bail. */
+static __always_inline struct event *event_start(__u32 kind)
+{
+	__u32 zero = 0;
+	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return NULL;
+
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	e->h.ts_ns = bpf_ktime_get_boot_ns();
+	e->h.cgroup_id = bpf_get_current_cgroup_id();
+	e->h.retval = 0;
+	e->h.kind = kind;
+	e->h.flags = 0;
+	e->h.pid = pid_tgid >> 32;
+	e->h.tid = (__u32)pid_tgid;
+	e->h.ppid = 0;
+	e->h.uid = (__u32)uid_gid;
+	e->h.gid = uid_gid >> 32;
+	e->h.ns_pid = 0;
+	e->h.mnt_ns = 0;
+	e->h.pid_ns = 0;
+	bpf_get_current_comm(&e->h.comm, sizeof(e->h.comm));
+#pragma unroll
+	for (int i = 0; i < EV_NUM_ARGS; i++)
+		e->h.args[i] = 0;
+#pragma unroll
+	for (int i = 0; i < EV_NUM_STRS; i++)
+		e->h.str_len[i] = 0;
+	e->h.data_len = 0;
+	e->h._pad = 0;
+	return e;
+}
+
+/* Record that string `idx` was cut or could not be stored at all. */
+static __always_inline void mark_truncated(struct event *e)
+{
+	e->h.flags |= EF_TRUNCATED;
+}
+
+#define STR_KERNEL 0
+#define STR_USER 1
+
+/* Append a NUL-terminated string read from kernel or user memory. */
+static __always_inline void push_str(struct event *e, int idx, const void *src, int where)
+{
+	__u32 off = e->h.data_len;
+	long n;
+
+	if (idx >= EV_NUM_STRS || off > EV_DATA_MAX - EV_STR_MAX) {
+		mark_truncated(e);
+		return;
+	}
+	if (where == STR_USER)
+		n = bpf_probe_read_user_str(&e->data[off & EV_DATA_MASK], EV_STR_MAX, src);
+	else
+		n = bpf_probe_read_kernel_str(&e->data[off & EV_DATA_MASK], EV_STR_MAX, src);
+	if (n <= 0) {
+		/* unreadable (e.g. not yet faulted in): store as absent */
+		return;
+	}
+	if (n == EV_STR_MAX)
+		mark_truncated(e);
+	e->h.str_len[idx & (EV_NUM_STRS - 1)] = n;
+	e->h.data_len = off + n;
+}
+
+/* Append `len` raw bytes of user memory (argv blocks). */
+static __always_inline void push_user_bytes(struct event *e, int idx, const void *src, __u64 len)
+{
+	__u32 off = e->h.data_len;
+
+	if (idx >= EV_NUM_STRS || off > EV_DATA_MAX - EV_ARGV_MAX) {
+		mark_truncated(e);
+		return;
+	}
+	if (len > EV_ARGV_MAX) {
+		len = EV_ARGV_MAX;
+		mark_truncated(e);
+	}
+	if (len == 0)
+		return;
+	if (bpf_probe_read_user(&e->data[off & EV_DATA_MASK], len & (EV_ARGV_MAX * 2 - 1), src) < 0)
+		return;
+	e->h.str_len[idx & (EV_NUM_STRS - 1)] = len;
+	e->h.data_len = off + len;
+}
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int event_emit(void *ctx, struct event *e)
+{
+	__u64 size = sizeof(e->h) + e->h.data_len;
+	long err;
+
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+#ifdef TRACEED_PERF
+	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, e, size);
+#else
+	err = bpf_ringbuf_output(&events, e, size, 0);
+#endif
+	if (err)
+		count_lost();
+	return 0;
+}
+
+#endif

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Reads from struct task_struct and friends, all through CO-RE so the
+ * offsets are those of the running kernel, never of the vmlinux.h we built
+ * against. Layouts that moved between kernels use ___flavor structs.
+ */
+#ifndef TRACEED_TASK_H
+#define TRACEED_TASK_H
+
+#include "common.h"
+
+/* Before 4.19 a task found its struct pid through pids[PIDTYPE_PID].pid;
+ * since then through thread_pid. */
+struct pid_link___pre419 {
+	struct hlist_node node;
+	struct pid *pid;
+};
+struct task_struct___pre419 {
+	struct pid_link___pre419 pids[3];
+};
+
+static __always_inline struct pid *task_pid_ptr(struct task_struct *task)
+{
+	if (bpf_core_field_exists(task->thread_pid))
+		return BPF_CORE_READ(task, thread_pid);
+	struct task_struct___pre419 *old = (void *)task;
+	return BPF_CORE_READ(old, pids[0].pid);
+}
+
+/* ppid, pid inside its namespace, and the namespace inode numbers. */
+static __always_inline void fill_task(struct event *e, struct task_struct *task)
+{
+	struct pid *pid;
+	unsigned int level;
+
+	e->h.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->h.flags |= EF_HAS_PPID;
+
+	pid = task_pid_ptr(task);
+	if (!pid)
+		return;
+	level = BPF_CORE_READ(pid, level);
+	e->h.ns_pid = BPF_CORE_READ(pid, numbers[level].nr);
+	e->h.pid_ns = BPF_CORE_READ(pid, numbers[level].ns, ns.inum);
+	e->h.mnt_ns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	e->h.flags |= EF_HAS_NS;
+}
+
+static __always_inline struct task_struct *current_task(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
+
+#endif

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Process lifecycle: exec, fork, exit. Built into the CO-RE object through
+ * traceed.bpf.c.
+ */
+#include "task.h"
+
+/* sched_process_exec fires after the new image is mapped, in the context of
+ * the exec'd task: argv is already on its new stack (unlike at syscall
+ * entry, where a fresh child's pages may not be faulted in yet). The raw
+ * form hands us the linux_binprm: filename as the caller passed it, and
+ * interp, the file actually loaded (the interpreter, for a script). */
+SEC("raw_tracepoint/sched_process_exec")
+int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct linux_binprm *bprm = (struct linux_binprm *)((__u64 *)ctx)[2];
+	struct task_struct *task;
+	struct event *e;
+	unsigned long arg_start, arg_end;
+
+	if (is_self())
+		return 0;
+	e = event_start(EK_EXEC);
+	if (!e)
+		return 0;
+	task = current_task();
+	fill_task(e, task);
+
+	push_str(e, 0, BPF_CORE_READ(bprm, filename), STR_KERNEL);
+	arg_start = BPF_CORE_READ(task, mm, arg_start);
+	arg_end = BPF_CORE_READ(task, mm, arg_end);
+	if (arg_end > arg_start)
+		push_user_bytes(e, 1, (void *)arg_start, arg_end - arg_start);
+	push_str(e, 2, BPF_CORE_READ(bprm, interp), STR_KERNEL);
+	return event_emit(ctx, e);
+}
+
+/* Raw tracepoint: gives both task_structs, so the row describes the new
+ * task with its own namespaces. Threads are not processes: skipped. */
+SEC("raw_tracepoint/sched_process_fork")
+int raw_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	/* args[] is a flexible array: index it as plain memory, since a CO-RE
+	 * access relocation on it is out of bounds for some loaders. */
+	struct task_struct *child = (struct task_struct *)((__u64 *)ctx)[1];
+	struct event *e;
+	__u32 child_pid, child_tgid;
+
+	if (is_self())
+		return 0;
+	child_pid = BPF_CORE_READ(child, pid);
+	child_tgid = BPF_CORE_READ(child, tgid);
+	if (child_pid != child_tgid)
+		return 0;
+	e = event_start(EK_FORK);
+	if (!e)
+		return 0;
+	e->h.pid = child_tgid;
+	e->h.tid = child_pid;
+	fill_task(e, child);
+	return event_emit(ctx, e);
+}
+
+/* One row per process, when its last thread exits. */
+SEC("tracepoint/sched/sched_process_exit")
+int tp_sched_process_exit(void *ctx)
+{
+	struct task_struct *task = current_task();
+	struct event *e;
+	int code;
+
+	if (is_self())
+		return 0;
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	e = event_start(EK_EXIT);
+	if (!e)
+		return 0;
+	fill_task(e, task);
+	code = BPF_CORE_READ(task, exit_code);
+	e->h.args[0] = (code >> 8) & 0xff; /* exit status */
+	e->h.args[1] = code & 0x7f;        /* terminating signal, 0 = none */
+	return event_emit(ctx, e);
+}

@@ -1,0 +1,39 @@
+//! Command-line interface of `traceed`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Mode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "traceed",
+    version,
+    about = "Linux runtime-security tracing daemon"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Directory for events.db (overrides the config).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Unix socket of the API (overrides the config).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Force a rung of the portability ladder (overrides the config).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// External BTF file for the CO-RE object (overrides the config).
+    #[arg(long)]
+    pub btf: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+}

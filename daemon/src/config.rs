@@ -1,0 +1,202 @@
+//! The configuration file (`/etc/traceed/traceed.toml`): parsing, defaults
+//! and validation. Unknown keys and impossible values are errors that name
+//! the file, line and key, so a typo never silently changes behaviour.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/traceed/traceed.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Auto,
+    Core,
+    Kernel,
+    Fallback,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub log_level: String,
+    pub mode: Mode,
+    /// External BTF for kernels without /sys/kernel/btf/vmlinux.
+    pub btf_path: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub store: StoreConfig,
+    pub kernel: KernelConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    #[serde(with = "humanized_duration")]
+    pub max_age: Duration,
+    pub batch_size: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// Size of the BPF ring buffer, bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            mode: Mode::Auto,
+            btf_path: None,
+            state_dir: "/var/lib/traceed".into(),
+            socket: "/run/traceed/traceed.sock".into(),
+            store: StoreConfig::default(),
+            kernel: KernelConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(30 * 86400),
+            batch_size: 4096,
+            queue_capacity: 65536,
+        }
+    }
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Load `path`. A missing file at the default location means defaults;
+    /// a missing file that was asked for explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: describe_toml_error(text, &e),
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let rb = self.kernel.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return Err(format!(
+                "kernel.ring_buffer_bytes = {rb}: must be a power of two of at least 4096"
+            ));
+        }
+        if self.store.batch_size == 0 || self.store.queue_capacity < self.store.batch_size {
+            return Err("store.batch_size must be >= 1 and <= store.queue_capacity".into());
+        }
+        if self.store.max_age.is_zero() {
+            return Err("store.max_age must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// toml's own message plus "line N" so journald readers find it quickly.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+mod humanized_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        traceed_wire::parse_duration(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("'{s}' is not a duration (e.g. \"30d\", \"12h\")"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse(
+            "mode = \"core\"\n[store]\nmax_age = \"2d\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Core);
+        assert_eq!(c.store.max_age, Duration::from_secs(2 * 86400));
+        assert_eq!(c.kernel.ring_buffer_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = Config::parse(
+            "mode = \"auto\"\n[store]\nmax_agee = \"2d\"\n",
+            Path::new("/etc/t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/etc/t.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("max_agee"), "{err}");
+    }
+
+    #[test]
+    fn impossible_values_rejected() {
+        let err = Config::parse("[kernel]\nring_buffer_bytes = 1000\n", Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ring_buffer_bytes"), "{err}");
+        assert!(Config::parse("mode = \"sideways\"\n", Path::new("t")).is_err());
+    }
+}

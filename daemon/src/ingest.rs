@@ -1,0 +1,184 @@
+//! The ingest pipeline between the kernel and the writer: reads the ring
+//! buffer, decodes and enriches records, and hands them to the store's
+//! bounded queue without ever blocking on it. Everything that is dropped on
+//! the way (kernel could not reserve, queue full) becomes a `lost` event.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+use traceed_wire::Event;
+
+use crate::clock;
+use crate::decoder;
+use crate::metrics::Counters;
+use crate::proctable::ProcTable;
+
+pub struct Pipeline {
+    pub fidelity: &'static str,
+    pub tx: mpsc::Sender<Event>,
+    pub counters: Arc<Counters>,
+    pub procs: ProcTable,
+    pub boot_to_wall: i64,
+    /// Userspace drops not yet written as a `lost` row: (count, first, last).
+    pending_drops: Option<(u64, i64, i64)>,
+    kernel_lost_seen: u64,
+    last_lost_check: i64,
+}
+
+impl Pipeline {
+    pub fn new(fidelity: &'static str, tx: mpsc::Sender<Event>, counters: Arc<Counters>) -> Self {
+        Self {
+            fidelity,
+            tx,
+            counters,
+            procs: ProcTable::seed_from_proc(),
+            boot_to_wall: clock::boot_to_wall_offset(),
+            pending_drops: None,
+            kernel_lost_seen: 0,
+            last_lost_check: now(),
+        }
+    }
+
+    fn handle_record(&mut self, buf: &[u8]) {
+        let rec = match decoder::parse(buf) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.decode_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "undecodable record");
+                return;
+            }
+        };
+        let mut ev = match decoder::to_event(&rec, self.boot_to_wall, self.fidelity) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.counters.decode_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "undecodable record");
+                return;
+            }
+        };
+        self.procs.enrich(&mut ev);
+        self.offer(ev);
+    }
+
+    /// Queue an event for the writer; never waits.
+    fn offer(&mut self, ev: Event) {
+        let ts = ev.ts;
+        if let Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) =
+            self.tx.try_send(ev)
+        {
+            self.counters.lost_userspace.fetch_add(1, Relaxed);
+            self.pending_drops = Some(match self.pending_drops {
+                Some((n, from, _)) => (n + 1, from, ts),
+                None => (1, ts, ts),
+            });
+        }
+    }
+
+    /// Turn loss since the last call into `lost` rows.
+    fn account_loss(&mut self, lost_map: Option<&PerCpuArray<MapData, u64>>) {
+        let now = now();
+        if let Some((n, from, to)) = self.pending_drops {
+            if self
+                .tx
+                .try_send(lost_event(n, "userspace", from, to, self.fidelity))
+                .is_ok()
+            {
+                self.pending_drops = None;
+            }
+        }
+        if let Some(map) = lost_map {
+            if let Ok(per_cpu) = map.get(&0, 0) {
+                let total: u64 = per_cpu.iter().sum();
+                let delta = total.saturating_sub(self.kernel_lost_seen);
+                // Only advance once the row is queued: if the queue is full,
+                // the next tick carries the larger delta over a wider range.
+                if delta > 0 {
+                    let ev = lost_event(delta, "kernel", self.last_lost_check, now, self.fidelity);
+                    if self.tx.try_send(ev).is_err() {
+                        return;
+                    }
+                    self.kernel_lost_seen = total;
+                    self.counters.lost_kernel.fetch_add(delta, Relaxed);
+                    tracing::warn!(count = delta, "kernel dropped events (ring buffer full)");
+                }
+            }
+        }
+        self.last_lost_check = now;
+    }
+}
+
+fn now() -> i64 {
+    traceed_wire::now_ns()
+}
+
+pub fn lost_event(count: u64, source: &str, from: i64, to: i64, fidelity: &str) -> Event {
+    Event {
+        id: 0,
+        ts: to,
+        kind: "lost".into(),
+        pid: None,
+        tid: None,
+        ppid: None,
+        uid: None,
+        gid: None,
+        comm: None,
+        ns_pid: None,
+        exe: None,
+        cgroup_id: None,
+        container_id: None,
+        mnt_ns: None,
+        pid_ns: None,
+        retval: None,
+        args: json!({
+            "count": count,
+            "source": source,
+            "from": traceed_wire::format_ts(from),
+            "to": traceed_wire::format_ts(to),
+        }),
+        fidelity: fidelity.into(),
+    }
+}
+
+/// Read the ring buffer until `stop` turns true, then drain what is left
+/// (programs are detached by then) and return.
+pub async fn run_ringbuf(
+    rb: RingBuf<MapData>,
+    lost_map: Option<PerCpuArray<MapData, u64>>,
+    mut p: Pipeline,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+    // for as long as it lives, which is as long as the AsyncFd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    p.handle_record(&item);
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                p.account_loss(lost_map.as_ref());
+            }
+            _ = stop.changed() => {
+                let rb = fd.get_mut();
+                while let Some(item) = rb.next() {
+                    p.handle_record(&item);
+                }
+                p.account_loss(lost_map.as_ref());
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! traceed: wires the loader, the ingest pipeline, the store and the API
+//! together and runs them until SIGTERM/SIGINT.
+
+mod api;
+mod cli;
+mod clock;
+mod config;
+mod decoder;
+mod ingest;
+mod loader;
+mod metrics;
+mod proctable;
+mod server;
+mod store;
+
+use anyhow::Context;
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    let explicit = cli.config.as_os_str() != config::DEFAULT_CONFIG;
+    let mut cfg = config::Config::load(&cli.config, explicit)?;
+    if let Some(d) = cli.state_dir {
+        cfg.state_dir = d;
+    }
+    if let Some(s) = cli.socket {
+        cfg.socket = s;
+    }
+    if let Some(m) = cli.mode {
+        cfg.mode = m;
+    }
+    if let Some(b) = cli.btf {
+        cfg.btf_path = Some(b);
+    }
+    init_logging(&cfg.log_level);
+    match cli.command.unwrap_or(cli::Command::Run) {
+        cli::Command::Run => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(server::run(cfg)),
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,83 @@
+//! The user-space process table: what the kernel record does not carry for
+//! every event (the executable path), kept per tgid. Seeded from /proc at
+//! start so processes older than the daemon are known too.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use traceed_wire::Event;
+
+#[derive(Default)]
+pub struct ProcTable {
+    exe: HashMap<u32, Arc<str>>,
+}
+
+fn read_exe(pid: u32) -> Option<Arc<str>> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| Arc::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
+}
+
+impl ProcTable {
+    pub fn seed_from_proc() -> Self {
+        let mut t = Self::default();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for ent in dir.flatten() {
+                let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some(exe) = read_exe(pid) {
+                    t.exe.insert(pid, exe);
+                }
+            }
+        }
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.exe.len()
+    }
+
+    /// Fill `e.exe` and update the table from what the event says.
+    pub fn enrich(&mut self, e: &mut Event) {
+        let Some(pid) = e.pid else { return };
+        match e.kind.as_str() {
+            "exec" => {
+                // The file the kernel loaded (the interpreter for a script),
+                // as the caller named it; relative names are resolved against
+                // the process's cwd while it is still there to ask.
+                let loaded = ["interpreter", "filename"]
+                    .iter()
+                    .find_map(|k| e.args.get(*k).and_then(|f| f.as_str()));
+                let exe = match loaded {
+                    Some(p) if p.starts_with('/') => Some(Arc::from(p)),
+                    Some(p) => std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .ok()
+                        .map(|cwd| Arc::from(cwd.join(p).to_string_lossy().as_ref()))
+                        .or_else(|| read_exe(pid)),
+                    None => read_exe(pid),
+                };
+                if let Some(exe) = exe {
+                    self.exe.insert(pid, exe);
+                }
+            }
+            "fork" => {
+                let parent = e.ppid.and_then(|pp| self.exe.get(&pp).cloned());
+                if let Some(exe) = parent {
+                    self.exe.insert(pid, exe);
+                }
+            }
+            _ => {}
+        }
+        if let Entry::Vacant(slot) = self.exe.entry(pid) {
+            if let Some(exe) = read_exe(pid) {
+                slot.insert(exe);
+            }
+        }
+        e.exe = self.exe.get(&pid).map(|s| s.to_string());
+        if e.kind == "exit" {
+            self.exe.remove(&pid);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The daemon's lifecycle: start every part in order (store, kernel side,
+//! pipeline, API), report readiness, and shut down without losing what was
+//! accepted: detach, drain the ring buffer, flush the writer.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::api::{self, AppState, LoadInfo};
+use crate::config::Config;
+use crate::ingest::{self, Pipeline};
+use crate::loader::{self, LoadOptions};
+use crate::metrics::Counters;
+use crate::store::{Store, Writer};
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = Store::open(&cfg.state_dir).await?;
+    tracing::info!(db = %store.path().display(), "store open");
+
+    let counters = Arc::new(Counters::default());
+    let (tx, rx) = mpsc::channel(cfg.store.queue_capacity);
+    let (live, _) = broadcast::channel(4096);
+    let writer = Writer::new(
+        &store,
+        rx,
+        live.clone(),
+        counters.clone(),
+        cfg.store.batch_size,
+    )
+    .await?;
+    let writer = tokio::spawn(writer.run());
+
+    let opts = LoadOptions {
+        mode: cfg.mode,
+        btf_path: cfg.btf_path.clone(),
+        self_tgid: std::process::id(),
+        ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
+    };
+    let mut loaded = tokio::task::block_in_place(|| loader::load(&opts))?;
+    let fidelity = loaded.rung.fidelity();
+    let refused: Vec<String> = loaded
+        .refused
+        .iter()
+        .map(|r| format!("{} ({})", r.rung, r.reason))
+        .collect();
+    tracing::info!(
+        rung = loaded.rung.as_str(),
+        btf = loaded.btf_source.as_deref().unwrap_or("-"),
+        programs = loaded.programs.len(),
+        refused = %refused.join("; "),
+        "eBPF programs attached"
+    );
+
+    let rb = RingBuf::try_from(
+        loaded
+            .ebpf
+            .take_map("events")
+            .context("object has no events map")?,
+    )
+    .context("events map is not a ring buffer")?;
+    let lost_map: Option<PerCpuArray<MapData, u64>> = loaded
+        .ebpf
+        .take_map("lost")
+        .and_then(|m| PerCpuArray::try_from(m).ok());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pipeline = Pipeline::new(fidelity, tx, counters.clone());
+    tracing::info!(
+        processes = pipeline.procs.len(),
+        "process table seeded from /proc"
+    );
+    let reader = tokio::spawn(ingest::run_ringbuf(rb, lost_map, pipeline, stop_rx));
+
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        counters: counters.clone(),
+        live,
+        load: LoadInfo {
+            rung: loaded.rung.as_str().into(),
+            fidelity: fidelity.into(),
+            btf_source: loaded.btf_source.clone(),
+            refused: loaded.refused.clone(),
+            programs: loaded.programs.clone(),
+            skipped_hooks: loaded.skipped_hooks.clone(),
+            transport: "ringbuf".into(),
+        },
+        ready: Default::default(),
+        started,
+        retention: format!("max_age={}", humanize(cfg.store.max_age)),
+    });
+    let listener = bind_socket(&cfg.socket)?;
+    let app = api::router(state.clone());
+    let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
+    let api_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop_rx.changed().await;
+            })
+            .await
+    });
+    state.ready.store(true, Relaxed);
+    tracing::info!(
+        socket = %cfg.socket.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+
+    // Detach first so nothing new arrives, then drain what is buffered.
+    drop(loaded.ebpf);
+    let _ = stop_tx.send(true);
+    reader.await??;
+    writer.await??;
+    let _ = api_stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), api_task).await;
+    let _ = std::fs::remove_file(&cfg.socket);
+    tracing::info!(events = counters.events_total.load(Relaxed), "stopped");
+    Ok(())
+}
+
+fn humanize(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(86400) {
+        format!("{}d", s / 86400)
+    } else if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Bind the API socket: 0660, group `traceed` when that group exists
+/// (otherwise root-only, and the log says so).
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()))
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let group = c"traceed";
+    // SAFETY: getgrnam with a constant C string; the result is read at once.
+    let gid = unsafe {
+        let g = libc::getgrnam(group.as_ptr());
+        (!g.is_null()).then(|| (*g).gr_gid)
+    };
+    match gid {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("chgrp traceed {}", path.display()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        }
+        None => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!("group 'traceed' does not exist: the API socket is root-only (create the group to share it)");
+        }
+    }
+    Ok(listener)
+}

@@ -1,0 +1,274 @@
+//! Harness for the end-to-end tests: starts the real `traceed` (built in the
+//! same target directory) on a private state dir and socket, drives the real
+//! `tracectl`, and speaks raw HTTP to the socket where a test needs the
+//! status code. Everything runs as root against the real kernel.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use traceed_wire::Event;
+
+/// target/<profile>/ — the test binary lives in target/<profile>/deps/.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --release` / `make test`)",
+        p.display()
+    );
+    p
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call, usable as comm (<= 15
+/// bytes) when the prefix is at most 6 bytes.
+pub fn unique(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let s = format!("{prefix}{}x{n}", std::process::id() % 100_000);
+    assert!(s.len() <= 15, "{s} is longer than a comm");
+    s
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Default)]
+pub struct DaemonOpts {
+    pub args: Vec<String>,
+    pub config: Option<String>,
+    pub dir: Option<PathBuf>,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        Self::start_with(DaemonOpts::default())
+    }
+
+    pub fn start_with(opts: DaemonOpts) -> Self {
+        let dir = opts.dir.unwrap_or_else(|| {
+            let d = std::env::temp_dir().join(format!("traceed-test-{}", unique("d")));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        });
+        let socket = dir.join("api.sock");
+        let config = dir.join("traceed.toml");
+        std::fs::write(&config, opts.config.unwrap_or_default()).unwrap();
+        let log = dir.join("traceed.log");
+        let child = Command::new(bin("traceed"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--socket")
+            .arg(&socket)
+            .args(&opts.args)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn traceed");
+        let mut d = Daemon {
+            child,
+            dir,
+            socket,
+            log,
+        };
+        d.wait_ready(Duration::from_secs(30));
+        d
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "traceed exited with {st} before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok((200, _)) = http_get(&self.socket, "/healthz") {
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "traceed not ready after {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Run tracectl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("tracectl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tracectl")
+    }
+
+    /// `tracectl events -o jsonl <args>`, parsed.
+    pub fn events(&self, args: &[&str]) -> Vec<Event> {
+        let mut a = vec!["events", "-o", "jsonl"];
+        a.extend_from_slice(args);
+        let out = self.ctl(&a);
+        assert!(
+            out.status.success(),
+            "tracectl {a:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad jsonl line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Poll until `pred` selects at least one event, or fail after 10 s.
+    pub fn wait_for(&self, args: &[&str], pred: impl Fn(&Event) -> bool) -> Event {
+        let t0 = Instant::now();
+        loop {
+            if let Some(e) = self.events(args).into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no matching event for {args:?} within 10 s; daemon log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over the Unix socket: (status, body).
+pub fn http_get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: traceed\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A copy of /bin/true under a unique name, so comm and filename identify
+/// exactly the process a test started.
+pub struct Program {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+impl Program {
+    pub fn new(prefix: &str) -> Self {
+        Self::copy_of("/bin/true", prefix)
+    }
+
+    pub fn copy_of(src: &str, prefix: &str) -> Self {
+        let name = unique(prefix);
+        let dir = std::env::temp_dir().join(format!("traceed-prog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(&name);
+        std::fs::copy(src, &path).unwrap();
+        Program { path, name }
+    }
+
+    /// Run it to completion with `args`; returns its pid.
+    pub fn run(&self, args: &[&str]) -> u32 {
+        let mut c = Command::new(&self.path)
+            .args(args)
+            .spawn()
+            .expect("spawn test program");
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

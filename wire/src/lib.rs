@@ -1,0 +1,241 @@
+//! Wire types shared by `traceed` and `tracectl`: the event and status
+//! objects of the REST API, the error body, the list of event kinds and the
+//! parsing of time bounds. Nothing here depends on aya or sqlx, so the client
+//! stays small.
+
+use jiff::{fmt::temporal::DateTimePrinter, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// Every event kind the daemon can store, in DESIGN.md's order.
+pub const KINDS: &[&str] = &[
+    "exec",
+    "fork",
+    "exit",
+    "open",
+    "connect",
+    "accept",
+    "bind",
+    "unlink",
+    "rename",
+    "chmod",
+    "setuid",
+    "ptrace",
+    "kill",
+    "mount",
+    "module_load",
+    "bpf",
+    "memfd_create",
+    "syscall",
+    "lost",
+];
+
+pub fn is_kind(s: &str) -> bool {
+    KINDS.contains(&s)
+}
+
+/// Which rung of the portability ladder recorded an event.
+pub const FIDELITIES: &[&str] = &["core", "kernel", "fallback"];
+
+/// One stored event. Unknown fields are `None` and serialize as `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    /// Wall-clock nanoseconds since the Unix epoch; RFC 3339 on the wire.
+    #[serde(with = "ts_rfc3339")]
+    pub ts: i64,
+    pub kind: String,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub comm: Option<String>,
+    pub ns_pid: Option<u32>,
+    pub exe: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub container_id: Option<String>,
+    pub mnt_ns: Option<u32>,
+    pub pid_ns: Option<u32>,
+    pub retval: Option<i64>,
+    pub args: serde_json::Value,
+    pub fidelity: String,
+}
+
+/// `GET /v1/events` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsPage {
+    pub events: Vec<Event>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every 4xx answer carries this body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// A rung above the chosen one, and why it was not used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    pub rung: String,
+    pub reason: String,
+}
+
+/// A hook that was not attached, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkippedHook {
+    pub hook: String,
+    pub reason: String,
+}
+
+/// `GET /v1/status` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub rung: String,
+    pub btf_source: Option<String>,
+    pub refused: Vec<Refusal>,
+    pub programs: Vec<String>,
+    pub skipped_hooks: Vec<SkippedHook>,
+    pub transport: String,
+    pub events_total: u64,
+    pub lost_total: u64,
+    pub events_per_s: f64,
+    pub db_path: String,
+    pub db_bytes: u64,
+    pub schema_version: i64,
+    #[serde(with = "opt_ts_rfc3339")]
+    pub oldest_ts: Option<i64>,
+    pub retention: String,
+    pub version: String,
+    pub uptime_s: u64,
+}
+
+/// Format wall-clock nanoseconds as RFC 3339 UTC with nanoseconds.
+pub fn format_ts(ns: i64) -> String {
+    let ts = Timestamp::from_nanosecond(ns as i128).unwrap_or(Timestamp::UNIX_EPOCH);
+    DateTimePrinter::new()
+        .precision(Some(9))
+        .timestamp_to_string(&ts)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("'{0}' is neither a duration (e.g. 90s, 15m, 1h, 2d) nor an RFC 3339 time (e.g. 2026-11-24T20:50:45Z)")]
+pub struct TimeSpecError(pub String);
+
+/// Parse a `--since`/`--until` value: a duration before `now_ns` ("1h",
+/// "15m", "2d 3h") or an absolute RFC 3339 time. Returns wall-clock ns.
+pub fn parse_time_spec(s: &str, now_ns: i64) -> Result<i64, TimeSpecError> {
+    let t = s.trim();
+    if let Ok(ts) = t.parse::<Timestamp>() {
+        return i64::try_from(ts.as_nanosecond()).map_err(|_| TimeSpecError(s.into()));
+    }
+    let d = parse_duration(t).ok_or_else(|| TimeSpecError(s.into()))?;
+    let ns = i64::try_from(d.as_nanos()).map_err(|_| TimeSpecError(s.into()))?;
+    Ok(now_ns.saturating_sub(ns))
+}
+
+/// A human duration ("90s", "15m", "1h 30m", "2d", "1w"); "0" is now.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    humantime::parse_duration(s).ok()
+}
+
+pub fn now_ns() -> i64 {
+    i64::try_from(Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
+}
+
+mod ts_rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ns: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_ts(*ns))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let s = String::deserialize(d)?;
+        let ts: jiff::Timestamp = s.parse().map_err(serde::de::Error::custom)?;
+        i64::try_from(ts.as_nanosecond()).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_ts_rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ns: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ns {
+            Some(ns) => s.serialize_str(&super::format_ts(*ns)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let Some(s) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let ts: jiff::Timestamp = s.parse().map_err(serde::de::Error::custom)?;
+        i64::try_from(ts.as_nanosecond())
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ts_has_nanoseconds() {
+        assert_eq!(
+            format_ts(1_764_017_445_123_456_789),
+            "2025-11-24T20:50:45.123456789Z"
+        );
+        assert_eq!(
+            format_ts(1_764_017_445_000_000_000),
+            "2025-11-24T20:50:45.000000000Z"
+        );
+    }
+
+    #[test]
+    fn time_specs() {
+        let now = 10_000_000_000_000;
+        assert_eq!(parse_time_spec("1h", now).unwrap(), now - 3_600_000_000_000);
+        assert_eq!(parse_time_spec("90s", now).unwrap(), now - 90_000_000_000);
+        assert_eq!(parse_time_spec("0", now).unwrap(), now);
+        assert_eq!(parse_time_spec("2d", now).unwrap(), now - 2 * 86_400_000_000_000);
+        assert_eq!(
+            parse_time_spec("2025-11-24T20:50:45Z", now).unwrap(),
+            1_764_017_445_000_000_000
+        );
+        for bad in ["", "yesterday", "1x", "-1h", "12"] {
+            assert!(parse_time_spec(bad, now).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn event_roundtrip() {
+        let e = Event {
+            id: 7,
+            ts: 1_764_017_445_123_456_789,
+            kind: "exec".into(),
+            pid: Some(1),
+            tid: Some(1),
+            ppid: None,
+            uid: Some(0),
+            gid: Some(0),
+            comm: Some("sh".into()),
+            ns_pid: None,
+            exe: None,
+            cgroup_id: None,
+            container_id: None,
+            mnt_ns: None,
+            pid_ns: None,
+            retval: None,
+            args: serde_json::json!({"argv": ["sh"]}),
+            fidelity: "core".into(),
+        };
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["ts"], "2025-11-24T20:50:45.123456789Z");
+        assert!(j["ppid"].is_null());
+        let back: Event = serde_json::from_value(j).unwrap();
+        assert_eq!(back, e);
+    }
+}
