@@ -89,7 +89,7 @@ static __always_inline struct event *event_start(__u32 kind)
 	for (int i = 0; i < EV_NUM_STRS; i++)
 		e->h.str_len[i] = 0;
 	e->h.data_len = 0;
-	e->h._pad = 0;
+	e->h.aux = 0;
 	return e;
 }
 

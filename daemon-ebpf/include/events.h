@@ -53,6 +53,9 @@ enum event_kind {
 #define EF_HAS_PPID (1u << 2)  /* ppid is known */
 #define EF_HAS_RETVAL (1u << 3)
 
+/* Raw socket addresses are copied as bytes; enough for sockaddr_un. */
+#define EV_SOCKADDR_MAX 128
+
 struct event_header {
 	__u64 ts_ns; /* CLOCK_BOOTTIME */
 	__u64 cgroup_id;
@@ -71,7 +74,7 @@ struct event_header {
 	__u64 args[EV_NUM_ARGS];
 	__u16 str_len[EV_NUM_STRS];
 	__u32 data_len;
-	__u32 _pad;
+	__u32 aux; /* EK_SYSCALL: the syscall number */
 };
 
 struct event {

@@ -6,3 +6,6 @@
  * .bpf.c file.
  */
 #include "process.bpf.c"
+#include "file.bpf.c"
+#include "net.bpf.c"
+#include "security.bpf.c"

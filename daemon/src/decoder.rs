@@ -35,7 +35,7 @@ pub struct RawHeader {
     pub args: [u64; 6],
     pub str_len: [u16; 4],
     pub data_len: u32,
-    pub _pad: u32,
+    pub aux: u32,
 }
 
 macro_rules! same_offset {
@@ -50,6 +50,60 @@ same_offset!(
     gid => OFF_GID, ns_pid => OFF_NS_PID, mnt_ns => OFF_MNT_NS, pid_ns => OFF_PID_NS,
     comm => OFF_COMM, args => OFF_ARGS, str_len => OFF_STR_LEN, data_len => OFF_DATA_LEN,
 );
+
+// enum variant of syscalls.h: which syscall of a kind.
+const V_T: u32 = 5;
+const V_TG: u32 = 6;
+const V_RE: u32 = 3;
+const V_RES: u32 = 4;
+
+/// Indexed by `enum bpf_cmd`.
+const BPF_CMDS: &[&str] = &[
+    "BPF_MAP_CREATE", "BPF_MAP_LOOKUP_ELEM", "BPF_MAP_UPDATE_ELEM", "BPF_MAP_DELETE_ELEM",
+    "BPF_MAP_GET_NEXT_KEY", "BPF_PROG_LOAD", "BPF_OBJ_PIN", "BPF_OBJ_GET", "BPF_PROG_ATTACH",
+    "BPF_PROG_DETACH", "BPF_PROG_TEST_RUN", "BPF_PROG_GET_NEXT_ID", "BPF_MAP_GET_NEXT_ID",
+    "BPF_PROG_GET_FD_BY_ID", "BPF_MAP_GET_FD_BY_ID", "BPF_OBJ_GET_INFO_BY_FD", "BPF_PROG_QUERY",
+    "BPF_RAW_TRACEPOINT_OPEN", "BPF_BTF_LOAD", "BPF_BTF_GET_FD_BY_ID", "BPF_TASK_FD_QUERY",
+    "BPF_MAP_LOOKUP_AND_DELETE_ELEM", "BPF_MAP_FREEZE", "BPF_BTF_GET_NEXT_ID",
+    "BPF_MAP_LOOKUP_BATCH", "BPF_MAP_LOOKUP_AND_DELETE_BATCH", "BPF_MAP_UPDATE_BATCH",
+    "BPF_MAP_DELETE_BATCH", "BPF_LINK_CREATE", "BPF_LINK_UPDATE", "BPF_LINK_GET_FD_BY_ID",
+    "BPF_LINK_GET_NEXT_ID", "BPF_ENABLE_STATS", "BPF_ITER_CREATE", "BPF_LINK_DETACH",
+    "BPF_PROG_BIND_MAP", "BPF_TOKEN_CREATE",
+];
+
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// (family, addr, port) of a raw `struct sockaddr`.
+fn sockaddr(b: &[u8]) -> (Option<&'static str>, Option<String>, Option<u16>) {
+    if b.len() < 2 {
+        return (None, None, None);
+    }
+    let family = u16::from_ne_bytes([b[0], b[1]]);
+    let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
+    match family {
+        AF_INET if b.len() >= 8 => {
+            let ip = std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]);
+            (Some("inet"), Some(ip.to_string()), Some(port(b)))
+        }
+        AF_INET6 if b.len() >= 24 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&b[8..24]);
+            (Some("inet6"), Some(std::net::Ipv6Addr::from(o).to_string()), Some(port(b)))
+        }
+        AF_UNIX => {
+            let path = &b[2..];
+            // Abstract sockets start with NUL; show them as '@name'.
+            let s = match path.first() {
+                Some(0) => format!("@{}", cstr(&path[1..])),
+                _ => cstr(path),
+            };
+            (Some("unix"), Some(s), None)
+        }
+        _ => (Some("other"), None, None),
+    }
+}
 
 pub const EF_TRUNCATED: u32 = 1 << 0;
 pub const EF_HAS_NS: u32 = 1 << 1;
@@ -148,6 +202,9 @@ pub fn to_event(
     let kind = kind_name(h.kind).ok_or(DecodeError::Kind(h.kind))?;
     let s = |i: usize| rec.strs[i].map(cstr);
     let mut args = Map::new();
+    let a = &h.args;
+    // Syscall arguments arrive as u64 slots; C ints are their low 32 bits.
+    let int = |v: u64| v as u32 as i32;
     match kind {
         "exec" => {
             args.insert("filename".into(), json!(s(0)));
@@ -158,11 +215,86 @@ pub fn to_event(
             }
         }
         "exit" => {
-            args.insert("exit_code".into(), json!(h.args[0]));
-            let sig = h.args[1];
+            args.insert("exit_code".into(), json!(a[0]));
+            let sig = a[1];
+            args.insert("signal".into(), if sig == 0 { Value::Null } else { json!(sig) });
+        }
+        "open" => {
+            args.insert("path".into(), json!(s(0)));
+            args.insert("flags".into(), json!(int(a[0])));
+            args.insert("mode".into(), json!(a[1] as u32));
+        }
+        "unlink" => {
+            args.insert("path".into(), json!(s(0)));
+            args.insert("flags".into(), json!(int(a[1])));
+        }
+        "rename" => {
+            args.insert("old_path".into(), json!(s(0)));
+            args.insert("new_path".into(), json!(s(1)));
+            args.insert("flags".into(), json!(a[1] as u32));
+        }
+        "chmod" => {
+            args.insert("path".into(), json!(s(0)));
+            args.insert("mode".into(), json!(a[0] as u32));
+        }
+        "mount" => {
+            args.insert("source".into(), json!(s(0)));
+            args.insert("target".into(), json!(s(1)));
+            args.insert("fstype".into(), json!(s(2)));
+            args.insert("flags".into(), json!(a[0]));
+        }
+        "memfd_create" => {
+            args.insert("name".into(), json!(s(0)));
+            args.insert("flags".into(), json!(a[0] as u32));
+        }
+        "module_load" => {
+            args.insert("name".into(), json!(s(0)));
+        }
+        "connect" | "bind" | "accept" => {
+            args.insert("fd".into(), json!(int(a[0])));
+            let (family, addr, port) = rec.strs[0].map(sockaddr).unwrap_or((None, None, None));
+            args.insert("family".into(), json!(family));
+            args.insert("addr".into(), json!(addr));
+            args.insert("port".into(), json!(port));
+        }
+        "setuid" => {
+            // The uid the caller asked to become: setuid's argument,
+            // setre[s]uid's euid unless it is -1 ("unchanged"), then ruid.
+            let unchanged = |v: u64| v as u32 == u32::MAX;
+            let uid = match h.aux {
+                V_RE | V_RES if !unchanged(a[1]) => Some(a[1] as u32),
+                V_RE | V_RES if !unchanged(a[0]) => Some(a[0] as u32),
+                V_RE | V_RES => None,
+                _ => Some(a[0] as u32),
+            };
+            args.insert("uid".into(), json!(uid));
+            let sys = match h.aux {
+                V_RE => "setreuid",
+                V_RES => "setresuid",
+                _ => "setuid",
+            };
+            args.insert("syscall".into(), json!(sys));
+        }
+        "ptrace" => {
+            args.insert("request".into(), json!(a[0] as i64));
+            args.insert("target_pid".into(), json!(int(a[1])));
+        }
+        "kill" => {
+            let (target, sig) = match h.aux {
+                V_TG => (int(a[0]), int(a[2])),
+                _ => (int(a[0]), int(a[1])),
+            };
+            args.insert("target_pid".into(), json!(target));
+            args.insert("signal".into(), json!(sig));
+            if h.aux == V_T || h.aux == V_TG {
+                args.insert("target_tid".into(), json!(int(a[if h.aux == V_TG { 1 } else { 0 }])));
+            }
+        }
+        "bpf" => {
+            let cmd = int(a[0]);
             args.insert(
-                "signal".into(),
-                if sig == 0 { Value::Null } else { json!(sig) },
+                "cmd".into(),
+                BPF_CMDS.get(cmd as usize).map_or_else(|| json!(cmd), |n| json!(n)),
             );
         }
         _ => {}

@@ -62,6 +62,7 @@ impl Pipeline {
             }
         };
         self.procs.enrich(&mut ev);
+        crate::proctable::absolutize(&mut ev, &rec.h.args);
         self.offer(ev);
     }
 

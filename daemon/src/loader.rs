@@ -56,34 +56,61 @@ impl Rung {
 }
 
 enum Attach {
-    Tracepoint(&'static str, &'static str),
+    Tracepoint(&'static str, String),
     RawTracepoint(&'static str),
 }
 
 struct Hook {
-    prog: &'static str,
+    prog: String,
     attach: Attach,
     /// Optional hooks may be refused by the kernel; that is a warning.
     optional: bool,
 }
 
-const CORE_HOOKS: &[Hook] = &[
-    Hook {
-        prog: "raw_sched_process_exec",
-        attach: Attach::RawTracepoint("sched_process_exec"),
-        optional: false,
-    },
-    Hook {
-        prog: "raw_sched_process_fork",
-        attach: Attach::RawTracepoint("sched_process_fork"),
-        optional: false,
-    },
-    Hook {
-        prog: "tp_sched_process_exit",
-        attach: Attach::Tracepoint("sched", "sched_process_exit"),
-        optional: false,
-    },
+/// Syscalls recorded at sys_exit (with arguments stashed at sys_enter).
+/// Optional: a kernel without the syscall (openat2 before 5.6) or without
+/// syscall tracepoints skips it and says so in status.
+const SYSCALLS: &[&str] = &[
+    "open", "openat", "openat2", "unlink", "unlinkat", "rename", "renameat", "renameat2", "chmod",
+    "fchmodat", "fchmod", "mount", "memfd_create", "connect", "bind", "accept", "accept4", "setuid",
+    "setreuid", "setresuid", "ptrace", "kill", "tkill", "tgkill", "bpf",
 ];
+
+fn core_hooks() -> Vec<Hook> {
+    let mut hooks = vec![
+        Hook {
+            prog: "raw_sched_process_exec".into(),
+            attach: Attach::RawTracepoint("sched_process_exec"),
+            optional: false,
+        },
+        Hook {
+            prog: "raw_sched_process_fork".into(),
+            attach: Attach::RawTracepoint("sched_process_fork"),
+            optional: false,
+        },
+        Hook {
+            prog: "tp_sched_process_exit".into(),
+            attach: Attach::Tracepoint("sched", "sched_process_exit".into()),
+            optional: false,
+        },
+        Hook {
+            prog: "tp_module_load".into(),
+            attach: Attach::Tracepoint("module", "module_load".into()),
+            optional: true,
+        },
+    ];
+    for sys in SYSCALLS {
+        // exit first: an enter without its exit would only fill the map.
+        for side in ["exit", "enter"] {
+            hooks.push(Hook {
+                prog: format!("{side}_{sys}"),
+                attach: Attach::Tracepoint("syscalls", format!("sys_{side}_{sys}")),
+                optional: true,
+            });
+        }
+    }
+    hooks
+}
 
 pub struct LoadOptions {
     pub mode: Mode,
@@ -228,7 +255,7 @@ fn load_core(btf: &Btf, opts: &LoadOptions) -> Result<Attached, String> {
         .map_max_entries("events", opts.ring_buffer_bytes)
         .load(CORE_OBJ)
         .map_err(|e| format!("loading the CO-RE object: {}", error_chain(&e)))?;
-    let (programs, skipped) = attach_all(&mut ebpf, CORE_HOOKS).map_err(|e| e.to_string())?;
+    let (programs, skipped) = attach_all(&mut ebpf, &core_hooks()).map_err(|e| e.to_string())?;
     Ok((ebpf, programs, skipped))
 }
 
@@ -239,20 +266,19 @@ fn attach_all(
     let mut attached = Vec::new();
     let mut skipped = Vec::new();
     for hook in hooks {
-        let res = attach_one(ebpf, hook);
-        match res {
-            Ok(()) => attached.push(hook.prog.to_string()),
+        match attach_one(ebpf, hook) {
+            Ok(()) => attached.push(hook.prog.clone()),
             Err(source) if hook.optional => {
                 let reason = error_chain(&source);
-                tracing::warn!(hook = hook.prog, %reason, "optional hook skipped");
+                tracing::warn!(hook = %hook.prog, %reason, "optional hook skipped");
                 skipped.push(SkippedHook {
-                    hook: hook.prog.into(),
+                    hook: hook.prog.clone(),
                     reason,
                 });
             }
             Err(source) => {
                 return Err(LoadError::Attach {
-                    hook: hook.prog.into(),
+                    hook: hook.prog.clone(),
                     source,
                 })
             }
@@ -263,10 +289,10 @@ fn attach_all(
 
 fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), aya::programs::ProgramError> {
     let prog = ebpf
-        .program_mut(hook.prog)
+        .program_mut(&hook.prog)
         .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?;
     match hook.attach {
-        Attach::Tracepoint(cat, name) => {
+        Attach::Tracepoint(cat, ref name) => {
             let p: &mut TracePoint = prog.try_into()?;
             p.load()?;
             p.attach(cat, name)?;

@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * File-system events: open, unlink, rename, chmod, mount, memfd_create.
+ * Paths are recorded as the process passed them; the daemon makes relative
+ * ones absolute against the process's cwd.
+ */
+#include "syscalls.h"
+
+#define AT_FDCWD_U ((__u64)(__s64)-100)
+
+static __always_inline int on_open(struct sys_exit_ctx *ctx, struct inflight *in)
+{
+	struct event *e = exit_start(ctx, in);
+	if (!e)
+		return 0;
+	if (in->variant == V_PLAIN) { /* open(path, flags, mode) */
+		push_str(e, 0, (void *)in->args[0], STR_USER);
+		e->h.args[0] = in->args[1];
+		e->h.args[1] = in->args[2];
+		e->h.args[2] = AT_FDCWD_U;
+	} else if (in->variant == V_OPENAT2) { /* openat2(dfd, path, how, size) */
+		struct open_how___min {
+			__u64 flags;
+			__u64 mode;
+		} how = {};
+		push_str(e, 0, (void *)in->args[1], STR_USER);
+		bpf_probe_read_user(&how, sizeof(how), (void *)in->args[2]);
+		e->h.args[0] = how.flags;
+		e->h.args[1] = how.mode;
+		e->h.args[2] = in->args[0];
+	} else { /* openat(dfd, path, flags, mode) */
+		push_str(e, 0, (void *)in->args[1], STR_USER);
+		e->h.args[0] = in->args[2];
+		e->h.args[1] = in->args[3];
+		e->h.args[2] = in->args[0];
+	}
+	return event_emit(ctx, e);
+}
+SYSCALL_HOOKS(open, 3, EK_OPEN, V_PLAIN, on_open)
+SYSCALL_HOOKS(openat, 4, EK_OPEN, V_AT, on_open)
+SYSCALL_HOOKS(openat2, 4, EK_OPEN, V_OPENAT2, on_open)
+
+static __always_inline int on_unlink(struct sys_exit_ctx *ctx, struct inflight *in)
+{
+	struct event *e = exit_start(ctx, in);
+	if (!e)
+		return 0;
+	if (in->variant == V_AT) { /* unlinkat(dfd, path, flags) */
+		push_str(e, 0, (void *)in->args[1], STR_USER);
+		e->h.args[1] = in->args[2];
+		e->h.args[2] = in->args[0];
+	} else {
+		push_str(e, 0, (void *)in->args[0], STR_USER);
+		e->h.args[2] = AT_FDCWD_U;
+	}
+	return event_emit(ctx, e);
+}
+SYSCALL_HOOKS(unlink, 1, EK_UNLINK, V_PLAIN, on_unlink)
+SYSCALL_HOOKS(unlinkat, 3, EK_UNLINK, V_AT, on_unlink)
+
+static __always_inline int on_rename(struct sys_exit_ctx *ctx, struct inflight *in)
+{
+	struct event *e = exit_start(ctx, in);
+	if (!e)
+		return 0;
+	if (in->variant == V_PLAIN) { /* rename(old, new) */
+		push_str(e, 0, (void *)in->args[0], STR_USER);
+		push_str(e, 1, (void *)in->args[1], STR_USER);
+		e->h.args[2] = AT_FDCWD_U;
+		e->h.args[3] = AT_FDCWD_U;
+	} else { /* renameat{,2}(olddfd, old, newdfd, new[, flags]) */
+		push_str(e, 0, (void *)in->args[1], STR_USER);
+		push_str(e, 1, (void *)in->args[3], STR_USER);
+		e->h.args[1] = in->variant == V_AT2 ? in->args[4] : 0;
+		e->h.args[2] = in->args[0];
+		e->h.args[3] = in->args[2];
+	}
+	return event_emit(ctx, e);
+}
+SYSCALL_HOOKS(rename, 2, EK_RENAME, V_PLAIN, on_rename)
+SYSCALL_HOOKS(renameat, 4, EK_RENAME, V_AT, on_rename)
+SYSCALL_HOOKS(renameat2, 5, EK_RENAME, V_AT2, on_rename)
+
+static __always_inline int on_chmod(struct sys_exit_ctx *ctx, struct inflight *in)
+{
+	struct event *e = exit_start(ctx, in);
+	if (!e)
+		return 0;
+	if (in->variant == V_AT) { /* fchmodat(dfd, path, mode) */
+		push_str(e, 0, (void *)in->args[1], STR_USER);
+		e->h.args[0] = in->args[2];
+		e->h.args[2] = in->args[0];
+	} else if (in->variant == V_T) { /* fchmod(fd, mode): no path */
+		e->h.args[0] = in->args[1];
+		e->h.args[3] = in->args[0];
+	} else {
+		push_str(e, 0, (void *)in->args[0], STR_USER);
+		e->h.args[0] = in->args[1];
+		e->h.args[2] = AT_FDCWD_U;
+	}
+	return event_emit(ctx, e);
+}
+SYSCALL_HOOKS(chmod, 2, EK_CHMOD, V_PLAIN, on_chmod)
+SYSCALL_HOOKS(fchmodat, 3, EK_CHMOD, V_AT, on_chmod)
+SYSCALL_HOOKS(fchmod, 2, EK_CHMOD, V_T, on_chmod)
+
+static __always_inline int on_mount(struct sys_exit_ctx *ctx, struct inflight *in)
+{
+	struct event *e = exit_start(ctx, in);
+	if (!e)
+		return 0;
+	/* mount(source, target, fstype, flags, data) */
+	push_str(e, 0, (void *)in->args[0], STR_USER);
+	push_str(e, 1, (void *)in->args[1], STR_USER);
+	push_str(e, 2, (void *)in->args[2], STR_USER);
+	e->h.args[0] = in->args[3];
+	return event_emit(ctx, e);
+}
+SYSCALL_HOOKS(mount, 5, EK_MOUNT, V_PLAIN, on_mount)
+
+static __always_inline int on_memfd(struct sys_exit_ctx *ctx, struct inflight *in)
+{
+	struct event *e = exit_start(ctx, in);
+	if (!e)
+		return 0;
+	push_str(e, 0, (void *)in->args[0], STR_USER);
+	e->h.args[0] = in->args[1];
+	return event_emit(ctx, e);
+}
+SYSCALL_HOOKS(memfd_create, 2, EK_MEMFD_CREATE, V_PLAIN, on_memfd)
