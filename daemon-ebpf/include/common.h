@@ -21,6 +21,39 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by traceed at load time (frozen .rodata). */
 const volatile __u32 self_tgid = 0;
+/* SCOPE_*_INCLUDE bits: an include list is configured for that key, so
+ * only tasks found in it are recorded. */
+const volatile __u32 scope_flags = 0;
+/* Non-zero when any scope list (include or exclude) is configured. */
+const volatile __u32 scope_any = 0;
+
+#define SCOPE_UID_INCLUDE (1u << 0)
+#define SCOPE_COMM_INCLUDE (1u << 1)
+#define SCOPE_PID_INCLUDE (1u << 2)
+#define SCOPE_CGROUP_INCLUDE (1u << 3)
+#define SCOPE_MNTNS_INCLUDE (1u << 4)
+
+#define SCOPE_IN 1
+#define SCOPE_OUT 2
+
+/* Scope lists pushed by traceed from [scope]: value SCOPE_IN or SCOPE_OUT. */
+#define SCOPE_MAP(name, key_t)                      \
+	struct {                                     \
+		__uint(type, BPF_MAP_TYPE_HASH);     \
+		__uint(max_entries, 1024);           \
+		__type(key, key_t);                  \
+		__type(value, __u8);                 \
+	} name SEC(".maps");
+
+struct comm_key {
+	char comm[TASK_COMM_LEN];
+};
+
+SCOPE_MAP(scope_uid, __u32)
+SCOPE_MAP(scope_comm, struct comm_key)
+SCOPE_MAP(scope_pid, __u32)
+SCOPE_MAP(scope_cgroup, __u64)
+SCOPE_MAP(scope_mntns, __u32)
 
 #ifdef TRACEED_PERF
 struct {
@@ -51,9 +84,56 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-static __always_inline int is_self(void)
+/* 1 when the key's lists say "do not record": excluded, or an include
+ * list exists and the key is not in it. */
+static __always_inline int scope_drops(void *map, const void *key, __u32 include_bit)
 {
-	return (bpf_get_current_pid_tgid() >> 32) == self_tgid;
+	__u8 *v = bpf_map_lookup_elem(map, key);
+	if (v && *v == SCOPE_OUT)
+		return 1;
+	if ((scope_flags & include_bit) && !(v && *v == SCOPE_IN))
+		return 1;
+	return 0;
+}
+
+#ifdef TRACEED_FALLBACK
+/* No kernel-struct reads in the fallback object. */
+static __always_inline __u32 current_mnt_ns(void)
+{
+	return 0;
+}
+#else
+static __always_inline __u32 current_mnt_ns(void);
+#endif
+
+/* Decided before anything is built or reserved, so out-of-scope activity
+ * costs a few map lookups and nothing else. The daemon itself is always
+ * out of scope. */
+static __always_inline int out_of_scope(void)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+
+	if (tgid == self_tgid)
+		return 1;
+	if (!scope_flags && !scope_any)
+		return 0;
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	if (scope_drops(&scope_uid, &uid, SCOPE_UID_INCLUDE))
+		return 1;
+	if (scope_drops(&scope_pid, &tgid, SCOPE_PID_INCLUDE))
+		return 1;
+	struct comm_key ck = {};
+	bpf_get_current_comm(&ck.comm, sizeof(ck.comm));
+	if (scope_drops(&scope_comm, &ck, SCOPE_COMM_INCLUDE))
+		return 1;
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (scope_drops(&scope_cgroup, &cg, SCOPE_CGROUP_INCLUDE))
+		return 1;
+	__u32 mnt = current_mnt_ns();
+	if (scope_drops(&scope_mntns, &mnt, SCOPE_MNTNS_INCLUDE))
+		return 1;
+	return 0;
 }
 
 /* Start a record for the current task. Returns NULL when the scratch map is

@@ -39,6 +39,7 @@ enum variant {
 
 struct inflight {
 	__u64 args[6];
+	__u64 uid_gid; /* at entry: a setuid event is the caller's, not its result's */
 	__u32 kind;
 	__u32 variant;
 };
@@ -60,7 +61,7 @@ static __always_inline int save_args(struct sys_enter_ctx *ctx, __u32 kind, __u3
 	struct inflight in = {};
 	__u64 id = bpf_get_current_pid_tgid();
 
-	if (is_self())
+	if (out_of_scope())
 		return 0;
 #pragma unroll
 	for (int i = 0; i < 6; i++)
@@ -68,6 +69,7 @@ static __always_inline int save_args(struct sys_enter_ctx *ctx, __u32 kind, __u3
 			in.args[i] = ctx->args[i];
 	in.kind = kind;
 	in.variant = variant;
+	in.uid_gid = bpf_get_current_uid_gid();
 	bpf_map_update_elem(&inflight, &id, &in, BPF_ANY);
 	return 0;
 }
@@ -92,6 +94,8 @@ static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct
 	if (!e)
 		return NULL;
 	fill_task(e, current_task());
+	e->h.uid = (__u32)in->uid_gid;
+	e->h.gid = in->uid_gid >> 32;
 	e->h.retval = ctx->ret;
 	e->h.flags |= EF_HAS_RETVAL;
 	return e;

@@ -51,4 +51,9 @@ static __always_inline struct task_struct *current_task(void)
 	return (struct task_struct *)bpf_get_current_task();
 }
 
+static __always_inline __u32 current_mnt_ns(void)
+{
+	return BPF_CORE_READ(current_task(), nsproxy, mnt_ns, ns.inum);
+}
+
 #endif

@@ -18,7 +18,7 @@ int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct event *e;
 	unsigned long arg_start, arg_end;
 
-	if (is_self())
+	if (out_of_scope())
 		return 0;
 	e = event_start(EK_EXEC);
 	if (!e)
@@ -46,7 +46,7 @@ int raw_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
 	struct event *e;
 	__u32 child_pid, child_tgid;
 
-	if (is_self())
+	if (out_of_scope())
 		return 0;
 	child_pid = BPF_CORE_READ(child, pid);
 	child_tgid = BPF_CORE_READ(child, tgid);
@@ -69,7 +69,7 @@ int tp_sched_process_exit(void *ctx)
 	struct event *e;
 	int code;
 
-	if (is_self())
+	if (out_of_scope())
 		return 0;
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;

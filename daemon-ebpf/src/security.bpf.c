@@ -40,7 +40,7 @@ int tp_module_load(struct module_load_ctx *ctx)
 	struct event *e;
 	__u32 loc;
 
-	if (is_self())
+	if (out_of_scope())
 		return 0;
 	e = event_start(EK_MODULE_LOAD);
 	if (!e)

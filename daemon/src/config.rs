@@ -40,6 +40,30 @@ pub struct Config {
     pub socket: PathBuf,
     pub store: StoreConfig,
     pub kernel: KernelConfig,
+    pub scope: ScopeConfig,
+}
+
+/// `[scope.include]` / `[scope.exclude]`: applied in the kernel, before a
+/// record is built. An include list for a key means only matching tasks
+/// are recorded; excludes always win.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeConfig {
+    pub include: ScopeLists,
+    pub exclude: ScopeLists,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeLists {
+    pub uid: Vec<u32>,
+    pub comm: Vec<String>,
+    pub pid: Vec<u32>,
+    /// cgroup directories, absolute or relative to /sys/fs/cgroup.
+    pub cgroup: Vec<PathBuf>,
+    /// Container ids (full or a unique prefix) running at start.
+    pub container: Vec<String>,
+    pub mnt_ns: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +92,7 @@ impl Default for Config {
             socket: "/run/traceed/traceed.sock".into(),
             store: StoreConfig::default(),
             kernel: KernelConfig::default(),
+            scope: ScopeConfig::default(),
         }
     }
 }
@@ -130,6 +155,19 @@ impl Config {
         }
         if self.store.batch_size == 0 || self.store.queue_capacity < self.store.batch_size {
             return Err("store.batch_size must be >= 1 and <= store.queue_capacity".into());
+        }
+        for c in self
+            .scope
+            .include
+            .comm
+            .iter()
+            .chain(&self.scope.exclude.comm)
+        {
+            if c.is_empty() || c.len() > 15 {
+                return Err(format!(
+                    "scope comm '{c}': must be 1 to 15 bytes (the kernel keeps 15 bytes of a task's name)"
+                ));
+            }
         }
         if self.store.max_age.is_zero() {
             return Err("store.max_age must be greater than 0".into());

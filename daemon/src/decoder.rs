@@ -59,16 +59,43 @@ const V_RES: u32 = 4;
 
 /// Indexed by `enum bpf_cmd`.
 const BPF_CMDS: &[&str] = &[
-    "BPF_MAP_CREATE", "BPF_MAP_LOOKUP_ELEM", "BPF_MAP_UPDATE_ELEM", "BPF_MAP_DELETE_ELEM",
-    "BPF_MAP_GET_NEXT_KEY", "BPF_PROG_LOAD", "BPF_OBJ_PIN", "BPF_OBJ_GET", "BPF_PROG_ATTACH",
-    "BPF_PROG_DETACH", "BPF_PROG_TEST_RUN", "BPF_PROG_GET_NEXT_ID", "BPF_MAP_GET_NEXT_ID",
-    "BPF_PROG_GET_FD_BY_ID", "BPF_MAP_GET_FD_BY_ID", "BPF_OBJ_GET_INFO_BY_FD", "BPF_PROG_QUERY",
-    "BPF_RAW_TRACEPOINT_OPEN", "BPF_BTF_LOAD", "BPF_BTF_GET_FD_BY_ID", "BPF_TASK_FD_QUERY",
-    "BPF_MAP_LOOKUP_AND_DELETE_ELEM", "BPF_MAP_FREEZE", "BPF_BTF_GET_NEXT_ID",
-    "BPF_MAP_LOOKUP_BATCH", "BPF_MAP_LOOKUP_AND_DELETE_BATCH", "BPF_MAP_UPDATE_BATCH",
-    "BPF_MAP_DELETE_BATCH", "BPF_LINK_CREATE", "BPF_LINK_UPDATE", "BPF_LINK_GET_FD_BY_ID",
-    "BPF_LINK_GET_NEXT_ID", "BPF_ENABLE_STATS", "BPF_ITER_CREATE", "BPF_LINK_DETACH",
-    "BPF_PROG_BIND_MAP", "BPF_TOKEN_CREATE",
+    "BPF_MAP_CREATE",
+    "BPF_MAP_LOOKUP_ELEM",
+    "BPF_MAP_UPDATE_ELEM",
+    "BPF_MAP_DELETE_ELEM",
+    "BPF_MAP_GET_NEXT_KEY",
+    "BPF_PROG_LOAD",
+    "BPF_OBJ_PIN",
+    "BPF_OBJ_GET",
+    "BPF_PROG_ATTACH",
+    "BPF_PROG_DETACH",
+    "BPF_PROG_TEST_RUN",
+    "BPF_PROG_GET_NEXT_ID",
+    "BPF_MAP_GET_NEXT_ID",
+    "BPF_PROG_GET_FD_BY_ID",
+    "BPF_MAP_GET_FD_BY_ID",
+    "BPF_OBJ_GET_INFO_BY_FD",
+    "BPF_PROG_QUERY",
+    "BPF_RAW_TRACEPOINT_OPEN",
+    "BPF_BTF_LOAD",
+    "BPF_BTF_GET_FD_BY_ID",
+    "BPF_TASK_FD_QUERY",
+    "BPF_MAP_LOOKUP_AND_DELETE_ELEM",
+    "BPF_MAP_FREEZE",
+    "BPF_BTF_GET_NEXT_ID",
+    "BPF_MAP_LOOKUP_BATCH",
+    "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
+    "BPF_MAP_UPDATE_BATCH",
+    "BPF_MAP_DELETE_BATCH",
+    "BPF_LINK_CREATE",
+    "BPF_LINK_UPDATE",
+    "BPF_LINK_GET_FD_BY_ID",
+    "BPF_LINK_GET_NEXT_ID",
+    "BPF_ENABLE_STATS",
+    "BPF_ITER_CREATE",
+    "BPF_LINK_DETACH",
+    "BPF_PROG_BIND_MAP",
+    "BPF_TOKEN_CREATE",
 ];
 
 const AF_UNIX: u16 = 1;
@@ -90,7 +117,11 @@ fn sockaddr(b: &[u8]) -> (Option<&'static str>, Option<String>, Option<u16>) {
         AF_INET6 if b.len() >= 24 => {
             let mut o = [0u8; 16];
             o.copy_from_slice(&b[8..24]);
-            (Some("inet6"), Some(std::net::Ipv6Addr::from(o).to_string()), Some(port(b)))
+            (
+                Some("inet6"),
+                Some(std::net::Ipv6Addr::from(o).to_string()),
+                Some(port(b)),
+            )
         }
         AF_UNIX => {
             let path = &b[2..];
@@ -215,9 +246,15 @@ pub fn to_event(
             }
         }
         "exit" => {
-            args.insert("exit_code".into(), json!(a[0]));
+            // A process killed by a signal passed no status to exit.
             let sig = a[1];
-            args.insert("signal".into(), if sig == 0 { Value::Null } else { json!(sig) });
+            let (code, sig) = if sig == 0 {
+                (json!(a[0]), Value::Null)
+            } else {
+                (Value::Null, json!(sig))
+            };
+            args.insert("exit_code".into(), code);
+            args.insert("signal".into(), sig);
         }
         "open" => {
             args.insert("path".into(), json!(s(0)));
@@ -287,14 +324,19 @@ pub fn to_event(
             args.insert("target_pid".into(), json!(target));
             args.insert("signal".into(), json!(sig));
             if h.aux == V_T || h.aux == V_TG {
-                args.insert("target_tid".into(), json!(int(a[if h.aux == V_TG { 1 } else { 0 }])));
+                args.insert(
+                    "target_tid".into(),
+                    json!(int(a[if h.aux == V_TG { 1 } else { 0 }])),
+                );
             }
         }
         "bpf" => {
             let cmd = int(a[0]);
             args.insert(
                 "cmd".into(),
-                BPF_CMDS.get(cmd as usize).map_or_else(|| json!(cmd), |n| json!(n)),
+                BPF_CMDS
+                    .get(cmd as usize)
+                    .map_or_else(|| json!(cmd), |n| json!(n)),
             );
         }
         _ => {}

@@ -23,6 +23,7 @@ pub struct Pipeline {
     pub tx: mpsc::Sender<Event>,
     pub counters: Arc<Counters>,
     pub procs: ProcTable,
+    containers: crate::cgroup::Containers,
     pub boot_to_wall: i64,
     /// Userspace drops not yet written as a `lost` row: (count, first, last).
     pending_drops: Option<(u64, i64, i64)>,
@@ -37,6 +38,7 @@ impl Pipeline {
             tx,
             counters,
             procs: ProcTable::seed_from_proc(),
+            containers: crate::cgroup::Containers::new(),
             boot_to_wall: clock::boot_to_wall_offset(),
             pending_drops: None,
             kernel_lost_seen: 0,
@@ -63,6 +65,9 @@ impl Pipeline {
         };
         self.procs.enrich(&mut ev);
         crate::proctable::absolutize(&mut ev, &rec.h.args);
+        if let Some(cg) = ev.cgroup_id {
+            ev.container_id = self.containers.container_of(cg).map(|c| c.to_string());
+        }
         self.offer(ev);
     }
 

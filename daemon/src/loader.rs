@@ -71,9 +71,31 @@ struct Hook {
 /// Optional: a kernel without the syscall (openat2 before 5.6) or without
 /// syscall tracepoints skips it and says so in status.
 const SYSCALLS: &[&str] = &[
-    "open", "openat", "openat2", "unlink", "unlinkat", "rename", "renameat", "renameat2", "chmod",
-    "fchmodat", "fchmod", "mount", "memfd_create", "connect", "bind", "accept", "accept4", "setuid",
-    "setreuid", "setresuid", "ptrace", "kill", "tkill", "tgkill", "bpf",
+    "open",
+    "openat",
+    "openat2",
+    "unlink",
+    "unlinkat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "chmod",
+    "fchmodat",
+    "fchmod",
+    "mount",
+    "memfd_create",
+    "connect",
+    "bind",
+    "accept",
+    "accept4",
+    "setuid",
+    "setreuid",
+    "setresuid",
+    "ptrace",
+    "kill",
+    "tkill",
+    "tgkill",
+    "bpf",
 ];
 
 fn core_hooks() -> Vec<Hook> {
@@ -113,6 +135,7 @@ fn core_hooks() -> Vec<Hook> {
 }
 
 pub struct LoadOptions {
+    pub scope: crate::scope::Resolved,
     pub mode: Mode,
     pub btf_path: Option<PathBuf>,
     pub self_tgid: u32,
@@ -249,12 +272,17 @@ fn target_btf(rung: Rung, opts: &LoadOptions) -> Result<(Btf, String), String> {
 type Attached = (Ebpf, Vec<String>, Vec<SkippedHook>);
 
 fn load_core(btf: &Btf, opts: &LoadOptions) -> Result<Attached, String> {
+    let scope_flags = opts.scope.flags();
+    let scope_any = u32::from(opts.scope.any());
     let mut ebpf = EbpfLoader::new()
         .btf(Some(btf))
         .override_global("self_tgid", &opts.self_tgid, true)
+        .override_global("scope_flags", &scope_flags, true)
+        .override_global("scope_any", &scope_any, true)
         .map_max_entries("events", opts.ring_buffer_bytes)
         .load(CORE_OBJ)
         .map_err(|e| format!("loading the CO-RE object: {}", error_chain(&e)))?;
+    opts.scope.push(&mut ebpf).map_err(|e| e.to_string())?;
     let (programs, skipped) = attach_all(&mut ebpf, &core_hooks()).map_err(|e| e.to_string())?;
     Ok((ebpf, programs, skipped))
 }

@@ -2,6 +2,7 @@
 //! together and runs them until SIGTERM/SIGINT.
 
 mod api;
+mod cgroup;
 mod cli;
 mod clock;
 mod config;
@@ -10,6 +11,7 @@ mod ingest;
 mod loader;
 mod metrics;
 mod proctable;
+mod scope;
 mod server;
 mod store;
 

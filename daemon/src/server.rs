@@ -38,7 +38,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await?;
     let writer = tokio::spawn(writer.run());
 
+    let scope = crate::scope::Resolved::from_config(&cfg.scope)?;
     let opts = LoadOptions {
+        scope,
         mode: cfg.mode,
         btf_path: cfg.btf_path.clone(),
         self_tgid: std::process::id(),

@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(parse_time_spec("1h", now).unwrap(), now - 3_600_000_000_000);
         assert_eq!(parse_time_spec("90s", now).unwrap(), now - 90_000_000_000);
         assert_eq!(parse_time_spec("0", now).unwrap(), now);
-        assert_eq!(parse_time_spec("2d", now).unwrap(), now - 2 * 86_400_000_000_000);
+        assert_eq!(
+            parse_time_spec("2d", now).unwrap(),
+            now - 2 * 86_400_000_000_000
+        );
         assert_eq!(
             parse_time_spec("2025-11-24T20:50:45Z", now).unwrap(),
             1_764_017_445_000_000_000

@@ -1,0 +1,437 @@
+//! Ground truth for every event kind: the test performs the action itself
+//! (or in a child it controls) and checks the stored event's fields.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use traceed_tests::{unique, Daemon, DaemonOpts, Program};
+use traceed_wire::Event;
+
+fn me() -> String {
+    std::process::id().to_string()
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+fn tmp_path(tag: &str) -> String {
+    std::env::temp_dir()
+        .join(format!("traceed-{tag}-{}", unique("p")))
+        .display()
+        .to_string()
+}
+
+#[test]
+fn file_events() {
+    let d = Daemon::start();
+    let pid = me();
+    // open (create), chmod, rename, unlink, all on unique paths.
+    let p1 = tmp_path("open");
+    let p2 = format!("{p1}.renamed");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&p1)
+            .unwrap();
+    }
+    let missing = tmp_path("missing");
+    assert!(std::fs::File::open(&missing).is_err());
+    let c = CString::new(p1.clone()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::chmod(c.as_ptr(), 0o600) }, 0);
+    std::fs::rename(&p1, &p2).unwrap();
+    std::fs::remove_file(&p2).unwrap();
+
+    let e = d.wait_for(&["--kind", "open", "--pid", &pid], |e| {
+        e.args["path"] == p1.as_str()
+    });
+    assert_eq!(e.tid, Some(gettid()));
+    assert!(e.retval.unwrap() >= 0, "fd expected: {e:?}");
+    let flags = e.args["flags"].as_i64().unwrap() as i32;
+    assert_ne!(flags & libc::O_CREAT, 0, "O_CREAT in {flags:#x}");
+    assert_ne!(flags & libc::O_EXCL, 0);
+    assert_eq!(e.args["mode"], 0o640);
+    assert_eq!(e.fidelity, "core");
+
+    let e = d.wait_for(&["--kind", "open", "--pid", &pid], |e| {
+        e.args["path"] == missing.as_str()
+    });
+    assert_eq!(
+        e.retval,
+        Some(-(libc::ENOENT as i64)),
+        "failed opens are recorded with -errno"
+    );
+
+    let e = d.wait_for(&["--kind", "chmod", "--pid", &pid], |e| {
+        e.args["path"] == p1.as_str()
+    });
+    assert_eq!(e.args["mode"], 0o600);
+    assert_eq!(e.retval, Some(0));
+
+    let e = d.wait_for(&["--kind", "rename", "--pid", &pid], |e| {
+        e.args["old_path"] == p1.as_str()
+    });
+    assert_eq!(e.args["new_path"], p2.as_str());
+    assert_eq!(e.retval, Some(0));
+
+    let e = d.wait_for(&["--kind", "unlink", "--pid", &pid], |e| {
+        e.args["path"] == p2.as_str()
+    });
+    assert_eq!(e.retval, Some(0));
+}
+
+#[test]
+fn relative_paths_are_made_absolute() {
+    let d = Daemon::start();
+    let dir = tmp_path("reldir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dirf = std::fs::File::open(&dir).unwrap();
+    let name = unique("rel");
+    let cname = CString::new(name.clone()).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: valid fd and C string.
+    let fd = unsafe {
+        libc::openat(
+            dirf.as_raw_fd(),
+            cname.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY,
+            0o644,
+        )
+    };
+    assert!(fd >= 0);
+    let want = format!("{dir}/{name}");
+    let e = d.wait_for(&["--kind", "open", "--pid", &me()], |e| {
+        e.args["path"] == want.as_str()
+    });
+    assert_eq!(e.retval, Some(fd as i64));
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn network_events_ipv4_and_ipv6() {
+    let d = Daemon::start();
+    let pid = me();
+    for host in ["127.0.0.1", "::1"] {
+        let l = TcpListener::bind((host, 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut c = TcpStream::connect((host, port)).unwrap();
+        let (mut s, peer) = l.accept().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        let family = if host == "::1" { "inet6" } else { "inet" };
+
+        let e = d.wait_for(&["--kind", "connect", "--pid", &pid], |e| {
+            e.args["port"] == port
+        });
+        assert_eq!(e.args["addr"], host);
+        assert_eq!(e.args["family"], family);
+        assert_eq!(e.retval, Some(0));
+
+        let e = d.wait_for(&["--kind", "accept", "--pid", &pid], |e| {
+            e.args["port"] == peer.port()
+        });
+        assert_eq!(e.args["addr"], host);
+        assert_eq!(e.args["family"], family);
+        assert!(e.retval.unwrap() >= 0);
+
+        let e = d.wait_for(&["--kind", "bind", "--pid", &pid], |e| {
+            e.args["addr"] == host && e.args["port"] == 0 && e.tid == Some(gettid())
+        });
+        assert_eq!(e.retval, Some(0));
+    }
+}
+
+#[test]
+fn process_lifecycle_fork_exit_kill_signal() {
+    let d = Daemon::start();
+    let pid = me();
+    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let cpid = child.id();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(cpid as i32, libc::SIGTERM) }, 0);
+    child.wait().unwrap();
+
+    let f = d.wait_for(&["--kind", "fork", "--pid", &cpid.to_string()], |_| true);
+    assert_eq!(f.ppid, Some(std::process::id()));
+    let k = d.wait_for(&["--kind", "kill", "--pid", &pid], |e| {
+        e.args["target_pid"] == cpid
+    });
+    assert_eq!(k.args["signal"], libc::SIGTERM);
+    assert_eq!(k.retval, Some(0));
+    let x = d.wait_for(&["--kind", "exit", "--pid", &cpid.to_string()], |_| true);
+    assert_eq!(x.args["signal"], libc::SIGTERM);
+    assert!(x.args["exit_code"].is_null());
+    assert_eq!(x.comm.as_deref(), Some("sleep"));
+
+    let st = Command::new("/bin/sh")
+        .args(["-c", "exit 3"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(3));
+    let x = d.wait_for(&["--kind", "exit", "--comm", "sh", "--ppid", &pid], |e| {
+        e.args["exit_code"] == 3
+    });
+    assert!(x.args["signal"].is_null());
+}
+
+#[test]
+fn setuid_in_a_child() {
+    let d = Daemon::start();
+    // SAFETY: the child only calls async-signal-safe functions, then _exit.
+    let cpid = unsafe {
+        let p = libc::fork();
+        if p == 0 {
+            let rc = libc::setuid(65534);
+            libc::_exit(if rc == 0 { 0 } else { 1 });
+        }
+        p
+    };
+    assert!(cpid > 0);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(cpid, &mut status, 0) };
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+    let e = d.wait_for(&["--kind", "setuid", "--pid", &cpid.to_string()], |_| true);
+    assert_eq!(e.args["uid"], 65534);
+    assert_eq!(e.retval, Some(0));
+    assert_eq!(e.uid, Some(0), "uid is the caller's before the call");
+}
+
+#[test]
+fn ptrace_a_child() {
+    let d = Daemon::start();
+    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let cpid = child.id() as i32;
+    const PTRACE_SEIZE: libc::c_uint = 0x4206;
+    // SAFETY: seizing our own child, then killing it.
+    let rc = unsafe { libc::ptrace(PTRACE_SEIZE, cpid, 0, 0) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let e = d.wait_for(&["--kind", "ptrace", "--pid", &me()], |e| {
+        e.args["target_pid"] == cpid
+    });
+    assert_eq!(e.args["request"], PTRACE_SEIZE);
+    assert_eq!(e.retval, Some(0));
+}
+
+#[test]
+fn memfd_and_bpf() {
+    let d = Daemon::start();
+    let name = unique("memfd");
+    let c = CString::new(name.clone()).unwrap();
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    let e = d.wait_for(&["--kind", "memfd_create", "--pid", &me()], |e| {
+        e.args["name"] == name.as_str()
+    });
+    assert_eq!(e.retval, Some(fd as i64));
+    assert_eq!(e.args["flags"], libc::MFD_CLOEXEC);
+
+    // BPF_PROG_GET_NEXT_ID (11) with start_id 0: harmless, always allowed to root.
+    let attr = [0u32; 4];
+    // SAFETY: attr is a valid 16-byte buffer for this command.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 11, attr.as_ptr(), 16) };
+    let tid = gettid();
+    let e = d.wait_for(&["--kind", "bpf", "--pid", &me()], |e| e.tid == Some(tid));
+    assert_eq!(e.args["cmd"], "BPF_PROG_GET_NEXT_ID");
+    assert_eq!(e.retval, Some(rc));
+}
+
+#[test]
+fn mount_in_a_private_namespace() {
+    let d = Daemon::start();
+    let src = unique("mnt");
+    let target = tmp_path("mnt");
+    std::fs::create_dir_all(&target).unwrap();
+    let st = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "mount",
+            "-t",
+            "tmpfs",
+            &src,
+            &target,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = d.wait_for(&["--kind", "mount", "--comm", "mount"], |e| {
+        e.args["source"] == src.as_str()
+    });
+    assert_eq!(e.args["target"], target.as_str());
+    assert_eq!(e.args["fstype"], "tmpfs");
+    assert_eq!(e.retval, Some(0));
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        ours.to_str().unwrap(),
+        format!("mnt:[{}]", e.mnt_ns.unwrap()),
+        "mount ran in its own (unshared) mount namespace"
+    );
+    std::fs::remove_dir(&target).unwrap();
+}
+
+#[test]
+fn module_load_hook_is_probed() {
+    let d = Daemon::start();
+    let (_, body) = traceed_tests::http_get(&d.socket, "/v1/status").unwrap();
+    let s: traceed_wire::Status = serde_json::from_str(&body).unwrap();
+    let has_tp = std::path::Path::new("/sys/kernel/tracing/events/module/module_load").exists()
+        || std::path::Path::new("/sys/kernel/debug/tracing/events/module/module_load").exists();
+    if has_tp {
+        assert!(
+            s.programs.iter().any(|p| p == "tp_module_load"),
+            "{:?}",
+            s.programs
+        );
+    } else {
+        // This kernel has no module support: the hook is skipped with a reason, not fatal.
+        let skipped = s
+            .skipped_hooks
+            .iter()
+            .find(|h| h.hook == "tp_module_load")
+            .expect("listed as skipped");
+        assert!(skipped.reason.contains("module_load"), "{}", skipped.reason);
+    }
+}
+
+#[test]
+fn the_daemon_never_records_itself() {
+    let d = Daemon::start();
+    // Give it time to do its periodic work (bpf map reads, cgroup walks).
+    let prog = Program::new("self");
+    prog.run(&[]);
+    d.wait_for(&["--kind", "exec", "--comm", &prog.name], |_| true);
+    std::thread::sleep(Duration::from_millis(1500));
+    let own = d.events(&["--pid", &d.pid().to_string()]);
+    assert!(
+        own.is_empty(),
+        "the daemon recorded itself: {:?}",
+        own.first()
+    );
+}
+
+fn in_thread<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn scope_excludes_comm_and_uid_in_the_kernel() {
+    let excluded = unique("exc");
+    let cfg = format!("[scope.exclude]\ncomm = [\"{excluded}\"]\nuid = [65533]\n");
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(cfg),
+        ..Default::default()
+    });
+    let p_excl = tmp_path("excl");
+    let p_ctrl = tmp_path("ctrl");
+    let p_uid = tmp_path("uid");
+    {
+        let p = p_excl.clone();
+        in_thread(&excluded, move || std::fs::File::open(p).is_err());
+    }
+    // A child running as the excluded uid.
+    let st = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65533",
+            "--regid",
+            "65533",
+            "--clear-groups",
+            "cat",
+            &p_uid,
+        ])
+        .status()
+        .unwrap();
+    assert!(!st.success());
+    let _ = std::fs::File::open(&p_ctrl);
+    // The control open (same daemon, not excluded) arrives; the others never do.
+    d.wait_for(&["--kind", "open", "--pid", &me()], |e| {
+        e.args["path"] == p_ctrl.as_str()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let opens = d.events(&["--kind", "open", "--since", "1m"]);
+    assert!(
+        !opens.iter().any(|e| e.args["path"] == p_excl.as_str()),
+        "excluded comm recorded"
+    );
+    assert!(
+        !opens.iter().any(|e| e.args["path"] == p_uid.as_str()),
+        "excluded uid recorded"
+    );
+    assert!(!d
+        .events(&["--uid", "65533"])
+        .iter()
+        .any(|e| e.kind != "lost"));
+}
+
+#[test]
+fn a_flood_larger_than_the_ring_is_accounted_as_lost() {
+    let flooder = unique("fld");
+    // A tiny ring and a scope of one thread: everything generated is known.
+    let cfg =
+        format!("[kernel]\nring_buffer_bytes = 8192\n[scope.include]\ncomm = [\"{flooder}\"]\n");
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(cfg),
+        ..Default::default()
+    });
+    const N: u64 = 20_000;
+    let path = tmp_path("flood");
+    {
+        let path = path.clone();
+        in_thread(&flooder, move || {
+            for _ in 0..N {
+                let _ = std::fs::File::open(&path);
+            }
+        });
+    }
+    let t0 = Instant::now();
+    let (stored, lost) = loop {
+        let evs: Vec<Event> = d.events(&["--since", "5m"]);
+        let stored = evs
+            .iter()
+            .filter(|e| e.kind == "open" && e.args["path"] == path.as_str())
+            .count() as u64;
+        let lost: u64 = evs
+            .iter()
+            .filter(|e| e.kind == "lost")
+            .map(|e| e.args["count"].as_u64().unwrap())
+            .sum();
+        if stored + lost >= N || t0.elapsed() > Duration::from_secs(20) {
+            break (stored, lost);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        lost > 0,
+        "a {N}-event burst into an 8 KiB ring lost nothing? stored {stored}"
+    );
+    assert_eq!(
+        stored + lost,
+        N,
+        "stored {stored} + lost {lost} must equal generated {N}"
+    );
+    let lost_rows: Vec<Event> = d.events(&["--kind", "lost", "--since", "5m"]);
+    assert!(lost_rows
+        .iter()
+        .all(|e| e.args["source"] == "kernel" || e.args["source"] == "userspace"));
+}
