@@ -63,6 +63,27 @@ fn main() {
     }
 
     write_layout(&ebpf.join("include"), &out);
+    write_syscall_table(&out);
+}
+
+/// x86_64 syscall names by number, from the uapi header (linux-libc-dev),
+/// for the generic `[events] syscalls` path.
+fn write_syscall_table(out: &Path) {
+    const HDR: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
+    println!("cargo:rerun-if-changed={HDR}");
+    let text = std::fs::read_to_string(HDR)
+        .unwrap_or_else(|e| panic!("{HDR}: {e}; `apt-get install linux-libc-dev`"));
+    let mut rows = String::from("pub const SYSCALLS: &[(&str, u32)] = &[\n");
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        if let (Some("#define"), Some(name), Some(nr)) = (it.next(), it.next(), it.next()) {
+            if let (Some(name), Ok(nr)) = (name.strip_prefix("__NR_"), nr.parse::<u32>()) {
+                rows.push_str(&format!("    (\"{name}\", {nr}),\n"));
+            }
+        }
+    }
+    rows.push_str("];\n");
+    std::fs::write(out.join("syscalls.rs"), rows).unwrap();
 }
 
 /// Compile and run a host program printing the offsets of every header

@@ -9,3 +9,4 @@
 #include "file.bpf.c"
 #include "net.bpf.c"
 #include "security.bpf.c"
+#include "generic.bpf.c"

@@ -41,6 +41,14 @@ pub struct Config {
     pub store: StoreConfig,
     pub kernel: KernelConfig,
     pub scope: ScopeConfig,
+    pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Extra syscalls recorded with raw arguments (kind `syscall`).
+    pub syscalls: Vec<String>,
 }
 
 /// `[scope.include]` / `[scope.exclude]`: applied in the kernel, before a
@@ -93,6 +101,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             kernel: KernelConfig::default(),
             scope: ScopeConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -166,6 +175,13 @@ impl Config {
             if c.is_empty() || c.len() > 15 {
                 return Err(format!(
                     "scope comm '{c}': must be 1 to 15 bytes (the kernel keeps 15 bytes of a task's name)"
+                ));
+            }
+        }
+        for name in &self.events.syscalls {
+            if crate::decoder::syscall_table::number(name).is_none() {
+                return Err(format!(
+                    "events.syscalls: '{name}' is not an x86_64 syscall name (e.g. \"ioctl\", \"mprotect\")"
                 ));
             }
         }

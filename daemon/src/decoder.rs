@@ -13,6 +13,18 @@ mod layout {
     include!(concat!(env!("OUT_DIR"), "/layout.rs"));
 }
 
+pub mod syscall_table {
+    include!(concat!(env!("OUT_DIR"), "/syscalls.rs"));
+
+    pub fn name(nr: u32) -> Option<&'static str> {
+        SYSCALLS.iter().find(|(_, n)| *n == nr).map(|(s, _)| *s)
+    }
+
+    pub fn number(name: &str) -> Option<u32> {
+        SYSCALLS.iter().find(|(s, _)| *s == name).map(|(_, n)| *n)
+    }
+}
+
 pub const TASK_COMM_LEN: usize = 16;
 
 #[repr(C)]
@@ -329,6 +341,12 @@ pub fn to_event(
                     json!(int(a[if h.aux == V_TG { 1 } else { 0 }])),
                 );
             }
+        }
+        "syscall" => {
+            let name = syscall_table::name(h.aux).map_or_else(|| json!(h.aux), |n| json!(n));
+            args.insert("syscall".into(), name);
+            args.insert("nr".into(), json!(h.aux));
+            args.insert("args".into(), json!(a));
         }
         "bpf" => {
             let cmd = int(a[0]);

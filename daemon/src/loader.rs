@@ -98,7 +98,7 @@ const SYSCALLS: &[&str] = &[
     "bpf",
 ];
 
-fn core_hooks() -> Vec<Hook> {
+fn core_hooks(generic: bool) -> Vec<Hook> {
     let mut hooks = vec![
         Hook {
             prog: "raw_sched_process_exec".into(),
@@ -121,6 +121,15 @@ fn core_hooks() -> Vec<Hook> {
             optional: true,
         },
     ];
+    if generic {
+        for side in ["exit", "enter"] {
+            hooks.push(Hook {
+                prog: format!("raw_sys_{side}"),
+                attach: Attach::Tracepoint("raw_syscalls", format!("sys_{side}")),
+                optional: false,
+            });
+        }
+    }
     for sys in SYSCALLS {
         // exit first: an enter without its exit would only fill the map.
         for side in ["exit", "enter"] {
@@ -136,6 +145,8 @@ fn core_hooks() -> Vec<Hook> {
 
 pub struct LoadOptions {
     pub scope: crate::scope::Resolved,
+    /// Syscall numbers for the generic raw_syscalls path (empty: not attached).
+    pub generic_syscalls: Vec<u32>,
     pub mode: Mode,
     pub btf_path: Option<PathBuf>,
     pub self_tgid: u32,
@@ -283,8 +294,26 @@ fn load_core(btf: &Btf, opts: &LoadOptions) -> Result<Attached, String> {
         .load(CORE_OBJ)
         .map_err(|e| format!("loading the CO-RE object: {}", error_chain(&e)))?;
     opts.scope.push(&mut ebpf).map_err(|e| e.to_string())?;
-    let (programs, skipped) = attach_all(&mut ebpf, &core_hooks()).map_err(|e| e.to_string())?;
+    push_syscall_filter(&mut ebpf, &opts.generic_syscalls)?;
+    let (programs, skipped) = attach_all(&mut ebpf, &core_hooks(!opts.generic_syscalls.is_empty()))
+        .map_err(|e| e.to_string())?;
     Ok((ebpf, programs, skipped))
+}
+
+fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), String> {
+    if nrs.is_empty() {
+        return Ok(());
+    }
+    let map = ebpf
+        .map_mut("syscall_filter")
+        .ok_or("object has no syscall_filter map")?;
+    let mut m: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(map).map_err(|e| format!("syscall_filter: {e}"))?;
+    for nr in nrs {
+        m.insert(*nr, 1, 0)
+            .map_err(|e| format!("syscall_filter: {e}"))?;
+    }
+    Ok(())
 }
 
 fn attach_all(

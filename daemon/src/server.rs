@@ -41,6 +41,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let scope = crate::scope::Resolved::from_config(&cfg.scope)?;
     let opts = LoadOptions {
         scope,
+        generic_syscalls: cfg
+            .events
+            .syscalls
+            .iter()
+            .filter_map(|s| crate::decoder::syscall_table::number(s))
+            .collect(),
         mode: cfg.mode,
         btf_path: cfg.btf_path.clone(),
         self_tgid: std::process::id(),

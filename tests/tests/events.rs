@@ -435,3 +435,52 @@ fn a_flood_larger_than_the_ring_is_accounted_as_lost() {
         .iter()
         .all(|e| e.args["source"] == "kernel" || e.args["source"] == "userspace"));
 }
+
+#[test]
+fn generic_syscalls_from_the_config() {
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some("[events]\nsyscalls = [\"ioctl\", \"mprotect\"]\n".into()),
+        ..Default::default()
+    });
+    // ioctl(fd, FIONREAD, &n) on /dev/null: known fd, request and result.
+    let f = std::fs::File::open("/dev/null").unwrap();
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to n.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut n) };
+    // The kernel's return value: -errno where libc says -1.
+    let want = if rc < 0 {
+        -(std::io::Error::last_os_error().raw_os_error().unwrap() as i64)
+    } else {
+        rc as i64
+    };
+    let tid = gettid();
+    let e = d.wait_for(&["--kind", "syscall", "--pid", &me()], |e| {
+        e.tid == Some(tid) && e.args["syscall"] == "ioctl" && e.args["args"][0] == f.as_raw_fd()
+    });
+    assert_eq!(e.args["nr"], libc::SYS_ioctl);
+    assert_eq!(e.args["args"][1], libc::FIONREAD);
+    assert_eq!(e.retval, Some(want));
+}
+
+#[test]
+fn unknown_generic_syscall_is_a_config_error() {
+    let dir = std::env::temp_dir().join(unique("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("traceed.toml");
+    std::fs::write(&cfg, "[events]\nsyscalls = [\"frobnicate\"]\n").unwrap();
+    let out = Command::new(traceed_tests::bin("traceed"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("frobnicate") && err.contains(cfg.to_str().unwrap()),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
