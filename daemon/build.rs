@@ -14,6 +14,16 @@ const OBJECTS: &[(&str, &str, &[&str])] = &[
         "src/traceed.bpf.c",
         &["-DCORE", "-DTRACEED_PERF"],
     ),
+    (
+        "fallback.bpf.o",
+        "src/fallback.bpf.c",
+        &["-DTRACEED_FALLBACK"],
+    ),
+    (
+        "fallback-perf.bpf.o",
+        "src/fallback.bpf.c",
+        &["-DTRACEED_FALLBACK", "-DTRACEED_PERF"],
+    ),
 ];
 
 fn main() {

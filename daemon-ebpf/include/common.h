@@ -49,6 +49,14 @@ struct comm_key {
 	char comm[TASK_COMM_LEN];
 };
 
+/* The tgid of traceed's start-up self-check child: always in scope. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} canary SEC(".maps");
+
 SCOPE_MAP(scope_uid, __u32)
 SCOPE_MAP(scope_comm, struct comm_key)
 SCOPE_MAP(scope_pid, __u32)
@@ -83,6 +91,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+/* The self-check child's exec is recorded whatever the scope says (only
+ * its exec: the rest of it stays out of scope like anything else). */
+static __always_inline int is_canary(void)
+{
+	__u32 zero = 0;
+	__u32 *c = bpf_map_lookup_elem(&canary, &zero);
+	return c && *c && *c == (bpf_get_current_pid_tgid() >> 32);
+}
 
 /* 1 when the key's lists say "do not record": excluded, or an include
  * list exists and the key is not in it. */

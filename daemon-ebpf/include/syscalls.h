@@ -53,6 +53,31 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
+#ifdef TRACEED_FALLBACK
+/* Offsets of the argument slots and of `ret`, read by traceed from the
+ * tracefs format files of the running kernel (the fallback trusts no
+ * compiled-in layout). */
+const volatile __u32 fb_sys_args_off = 16;
+const volatile __u32 fb_sys_ret_off = 16;
+
+static __always_inline unsigned long sys_arg(struct sys_enter_ctx *ctx, int i)
+{
+	unsigned long v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)ctx + fb_sys_args_off + 8 * i);
+	return v;
+}
+
+static __always_inline long sys_ret(struct sys_exit_ctx *ctx)
+{
+	long v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)ctx + fb_sys_ret_off);
+	return v;
+}
+#else
+#define sys_arg(ctx, i) ((ctx)->args[i])
+#define sys_ret(ctx) ((ctx)->ret)
+#endif
+
 /* Only the syscall's own `nargs` slots may be read: the kernel refuses to
  * attach a program whose context access goes past the tracepoint record. */
 static __always_inline int save_args(struct sys_enter_ctx *ctx, __u32 kind, __u32 variant,
@@ -66,7 +91,7 @@ static __always_inline int save_args(struct sys_enter_ctx *ctx, __u32 kind, __u3
 #pragma unroll
 	for (int i = 0; i < 6; i++)
 		if (i < nargs)
-			in.args[i] = ctx->args[i];
+			in.args[i] = sys_arg(ctx, i);
 	in.kind = kind;
 	in.variant = variant;
 	in.uid_gid = bpf_get_current_uid_gid();
@@ -96,7 +121,7 @@ static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct
 	fill_task(e, current_task());
 	e->h.uid = (__u32)in->uid_gid;
 	e->h.gid = in->uid_gid >> 32;
-	e->h.retval = ctx->ret;
+	e->h.retval = sys_ret(ctx);
 	e->h.flags |= EF_HAS_RETVAL;
 	return e;
 }

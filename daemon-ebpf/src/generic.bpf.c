@@ -26,6 +26,7 @@ struct {
 SEC("tracepoint/raw_syscalls/sys_enter")
 int raw_sys_enter(struct sys_enter_ctx *ctx)
 {
+	/* raw_syscalls: `id` sits where the syscalls:* records keep the number. */
 	__u32 nr = ctx->nr;
 	struct inflight in = {};
 	__u64 id;
@@ -37,7 +38,7 @@ int raw_sys_enter(struct sys_enter_ctx *ctx)
 	id = bpf_get_current_pid_tgid();
 #pragma unroll
 	for (int i = 0; i < 6; i++)
-		in.args[i] = ctx->args[i];
+		in.args[i] = sys_arg(ctx, i);
 	in.kind = EK_SYSCALL;
 	in.variant = nr;
 	in.uid_gid = bpf_get_current_uid_gid();

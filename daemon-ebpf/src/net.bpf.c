@@ -37,7 +37,7 @@ static __always_inline int on_accept(struct sys_exit_ctx *ctx, struct inflight *
 	if (!e)
 		return 0;
 	e->h.args[0] = in->args[0];
-	if (ctx->ret >= 0 && in->args[1] && in->args[2]) {
+	if (sys_ret(ctx) >= 0 && in->args[1] && in->args[2]) {
 		bpf_probe_read_user(&len, sizeof(len), (void *)in->args[2]);
 		if (len > 0)
 			push_sockaddr(e, (void *)in->args[1], len);

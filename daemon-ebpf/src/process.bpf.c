@@ -18,7 +18,7 @@ int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct event *e;
 	unsigned long arg_start, arg_end;
 
-	if (out_of_scope())
+	if (out_of_scope() && !is_canary())
 		return 0;
 	e = event_start(EK_EXEC);
 	if (!e)
@@ -80,5 +80,6 @@ int tp_sched_process_exit(void *ctx)
 	code = BPF_CORE_READ(task, exit_code);
 	e->h.args[0] = (code >> 8) & 0xff; /* exit status */
 	e->h.args[1] = code & 0x7f;        /* terminating signal, 0 = none */
+	e->h.args[2] = 1;                  /* status known */
 	return event_emit(ctx, e);
 }

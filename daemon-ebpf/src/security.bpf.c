@@ -27,6 +27,7 @@ SYSCALL_HOOKS(tkill, 2, EK_KILL, V_T, on_raw_args)
 SYSCALL_HOOKS(tgkill, 3, EK_KILL, V_TG, on_raw_args)
 SYSCALL_HOOKS(bpf, 3, EK_BPF, V_PLAIN, on_raw_args)
 
+#ifndef TRACEED_FALLBACK
 /* Only kernels built with modules have this tracepoint: optional hook. */
 struct module_load_ctx {
 	__u64 common;
@@ -50,3 +51,4 @@ int tp_module_load(struct module_load_ctx *ctx)
 	push_str(e, 0, (void *)ctx + (loc & 0xFFFF), STR_KERNEL);
 	return event_emit(ctx, e);
 }
+#endif

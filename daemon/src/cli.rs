@@ -25,6 +25,9 @@ pub struct Cli {
     /// Force a rung of the portability ladder (overrides the config).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// How records reach user space (overrides the config).
+    #[arg(long, value_enum)]
+    pub transport: Option<crate::config::Transport>,
     /// External BTF file for the CO-RE object (overrides the config).
     #[arg(long)]
     pub btf: Option<PathBuf>,

@@ -83,9 +83,30 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
 }
 
+/// How records reach user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The BPF ring buffer where the kernel has one (5.8+), else perf.
+    Auto,
+    Ringbuf,
+    Perf,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Auto => "auto",
+            Transport::Ringbuf => "ringbuf",
+            Transport::Perf => "perf",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
+    pub transport: Transport,
     /// Size of the BPF ring buffer, bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
 }
@@ -119,6 +140,7 @@ impl Default for StoreConfig {
 impl Default for KernelConfig {
     fn default() -> Self {
         Self {
+            transport: Transport::Auto,
             ring_buffer_bytes: 8 << 20,
         }
     }

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray};
+
+use crate::source::EventSource;
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
@@ -150,41 +152,71 @@ pub fn lost_event(count: u64, source: &str, from: i64, to: i64, fidelity: &str) 
     }
 }
 
-/// Read the ring buffer until `stop` turns true, then drain what is left
-/// (programs are detached by then) and return.
-pub async fn run_ringbuf(
-    rb: RingBuf<MapData>,
+/// A registration-only wrapper: the fd is owned by the `EventSource`,
+/// which outlives every `AsyncFd` made from it (both live in `run`).
+struct Fd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for Fd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// Read records until `stop` turns true, then drain what is left (programs
+/// are detached by then) and return.
+pub async fn run(
+    mut source: EventSource,
+    pending: Vec<Vec<u8>>,
     lost_map: Option<PerCpuArray<MapData, u64>>,
     mut p: Pipeline,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
-    // for as long as it lives, which is as long as the AsyncFd.
-    let mut fd = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+    for rec in pending {
+        p.handle_record(&rec);
+    }
+    let mut fds = Vec::new();
+    for fd in source.fds() {
+        // SAFETY: `source` keeps the fd open and unchanged until this
+        // function returns, after every AsyncFd here is dropped.
+        let afd = unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the event source with tokio: {e}"))?;
+        fds.push(afd);
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    p.handle_record(&item);
-                }
-                guard.clear_ready();
+            _ = any_readable(&fds) => {
+                source.drain(&mut |rec| p.handle_record(rec));
             }
             _ = tick.tick() => {
                 p.account_loss(lost_map.as_ref());
             }
             _ = stop.changed() => {
-                let rb = fd.get_mut();
-                while let Some(item) = rb.next() {
-                    p.handle_record(&item);
-                }
+                source.drain(&mut |rec| p.handle_record(rec));
                 p.account_loss(lost_map.as_ref());
                 return Ok(());
             }
         }
     }
+}
+
+/// Resolves once any fd is readable, clearing its readiness so the next
+/// wait blocks until the kernel signals new data.
+async fn any_readable(fds: &[AsyncFd<Fd>]) {
+    std::future::poll_fn(|cx| {
+        let mut ready = false;
+        for fd in fds {
+            if let std::task::Poll::Ready(Ok(mut g)) = fd.poll_read_ready(cx) {
+                g.clear_ready();
+                ready = true;
+            }
+        }
+        if ready {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }

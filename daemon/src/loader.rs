@@ -1,34 +1,39 @@
-//! Kernel side, user half: probes the kernel, chooses a rung of the
-//! portability ladder, loads the embedded eBPF object with aya (always
-//! handing it the target BTF explicitly) and attaches its programs.
+//! Kernel side, user half: walks the portability ladder, loads the chosen
+//! embedded eBPF object with aya (the CO-RE object only ever with a target
+//! BTF handed over explicitly), attaches its programs, and proves the
+//! choice with a start-up self-check before anything is recorded.
 //!
-//! Owns: the embedded objects, the hook table, tracefs mounting, and the
-//! `Loaded` handle whose drop detaches everything.
+//! Owns: the embedded objects, the hook tables, rung choice and the reasons
+//! rungs were refused, and the `Loaded` handle whose drop detaches all.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 use traceed_wire::{Refusal, SkippedHook};
 
-use crate::config::Mode;
+use crate::config::{Mode, Transport};
+use crate::source::EventSource;
+use crate::tracefs::{self, Format};
 
-/// The CO-RE object, relocated at load time against the target BTF.
-static CORE_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traceed.bpf.o"));
+static CORE_RING: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traceed.bpf.o"));
+static CORE_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traceed-perf.bpf.o"));
+static FALLBACK_RING: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fallback.bpf.o"));
+static FALLBACK_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fallback-perf.bpf.o"));
 
 pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("no rung could be loaded: {0}")]
+    #[error("no rung of the portability ladder could be loaded: {0}")]
     NoRung(String),
-    #[error("cannot mount tracefs on /sys/kernel/tracing: {0}; mount it yourself (mount -t tracefs tracefs /sys/kernel/tracing)")]
-    Tracefs(std::io::Error),
-    #[error("attaching required hook {hook}: {source}")]
-    Attach {
-        hook: String,
-        source: aya::programs::ProgramError,
-    },
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,16 @@ struct Hook {
     optional: bool,
 }
 
+impl Hook {
+    fn tp(prog: &str, cat: &'static str, name: &str, optional: bool) -> Self {
+        Self {
+            prog: prog.into(),
+            attach: Attach::Tracepoint(cat, name.into()),
+            optional,
+        }
+    }
+}
+
 /// Syscalls recorded at sys_exit (with arguments stashed at sys_enter).
 /// Optional: a kernel without the syscall (openat2 before 5.6) or without
 /// syscall tracepoints skips it and says so in status.
@@ -98,6 +113,30 @@ const SYSCALLS: &[&str] = &[
     "bpf",
 ];
 
+fn common_hooks(hooks: &mut Vec<Hook>, generic: bool) {
+    if generic {
+        for side in ["exit", "enter"] {
+            hooks.push(Hook::tp(
+                &format!("raw_sys_{side}"),
+                "raw_syscalls",
+                &format!("sys_{side}"),
+                false,
+            ));
+        }
+    }
+    for sys in SYSCALLS {
+        // exit first: an enter whose exit is missing would only fill the map.
+        for side in ["exit", "enter"] {
+            hooks.push(Hook::tp(
+                &format!("{side}_{sys}"),
+                "syscalls",
+                &format!("sys_{side}_{sys}"),
+                true,
+            ));
+        }
+    }
+}
+
 fn core_hooks(generic: bool) -> Vec<Hook> {
     let mut hooks = vec![
         Hook {
@@ -110,36 +149,50 @@ fn core_hooks(generic: bool) -> Vec<Hook> {
             attach: Attach::RawTracepoint("sched_process_fork"),
             optional: false,
         },
-        Hook {
-            prog: "tp_sched_process_exit".into(),
-            attach: Attach::Tracepoint("sched", "sched_process_exit".into()),
-            optional: false,
-        },
-        Hook {
-            prog: "tp_module_load".into(),
-            attach: Attach::Tracepoint("module", "module_load".into()),
-            optional: true,
-        },
+        Hook::tp(
+            "tp_sched_process_exit",
+            "sched",
+            "sched_process_exit",
+            false,
+        ),
+        Hook::tp("tp_module_load", "module", "module_load", true),
     ];
-    if generic {
-        for side in ["exit", "enter"] {
-            hooks.push(Hook {
-                prog: format!("raw_sys_{side}"),
-                attach: Attach::Tracepoint("raw_syscalls", format!("sys_{side}")),
-                optional: false,
-            });
-        }
-    }
-    for sys in SYSCALLS {
-        // exit first: an enter without its exit would only fill the map.
-        for side in ["exit", "enter"] {
-            hooks.push(Hook {
-                prog: format!("{side}_{sys}"),
-                attach: Attach::Tracepoint("syscalls", format!("sys_{side}_{sys}")),
-                optional: true,
-            });
-        }
-    }
+    common_hooks(&mut hooks, generic);
+    hooks
+}
+
+fn fallback_hooks(generic: bool) -> Vec<Hook> {
+    let mut hooks = vec![
+        Hook::tp(
+            "fb_sched_process_exec",
+            "sched",
+            "sched_process_exec",
+            false,
+        ),
+        Hook::tp(
+            "fb_sched_process_fork",
+            "sched",
+            "sched_process_fork",
+            false,
+        ),
+        Hook::tp(
+            "fb_sched_process_exit",
+            "sched",
+            "sched_process_exit",
+            false,
+        ),
+        Hook::tp("fb_enter_execve", "syscalls", "sys_enter_execve", true),
+        Hook::tp("fb_enter_execveat", "syscalls", "sys_enter_execveat", true),
+        Hook::tp(
+            "fb_enter_exit_group",
+            "syscalls",
+            "sys_enter_exit_group",
+            true,
+        ),
+        Hook::tp("fb_enter_clone", "syscalls", "sys_enter_clone", true),
+        Hook::tp("fb_enter_clone3", "syscalls", "sys_enter_clone3", true),
+    ];
+    common_hooks(&mut hooks, generic);
     hooks
 }
 
@@ -148,104 +201,96 @@ pub struct LoadOptions {
     /// Syscall numbers for the generic raw_syscalls path (empty: not attached).
     pub generic_syscalls: Vec<u32>,
     pub mode: Mode,
+    pub transport: Transport,
     pub btf_path: Option<PathBuf>,
     pub self_tgid: u32,
     pub ring_buffer_bytes: u32,
 }
 
-/// A loaded and attached object. Dropping it detaches every program.
+/// A loaded and attached object. Dropping `ebpf` detaches every program.
 pub struct Loaded {
     pub ebpf: Ebpf,
+    pub source: EventSource,
+    /// Records read during the self-check, to be processed first.
+    pub pending: Vec<Vec<u8>>,
+    pub lost_map: Option<PerCpuArray<MapData, u64>>,
     pub rung: Rung,
+    pub transport: Transport,
     pub btf_source: Option<String>,
     pub refused: Vec<Refusal>,
     pub programs: Vec<String>,
     pub skipped_hooks: Vec<SkippedHook>,
 }
 
-/// Make sure tracefs is mounted where aya looks for it.
-pub fn ensure_tracefs() -> Result<(), LoadError> {
-    for p in [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ] {
-        if Path::new(p).exists() {
-            return Ok(());
-        }
-    }
-    let target = c"/sys/kernel/tracing";
-    let fstype = c"tracefs";
-    // SAFETY: constant NUL-terminated strings, no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(LoadError::Tracefs(std::io::Error::last_os_error()));
-    }
-    tracing::info!("mounted tracefs on /sys/kernel/tracing");
-    Ok(())
+fn ring_buf_supported() -> bool {
+    aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(false)
 }
 
 /// Walk the ladder from the top (or only the forced rung) and return the
-/// first rung that loads and attaches.
+/// first rung that loads, attaches and passes its self-check.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
-    ensure_tracefs()?;
+    tracefs::ensure_mounted()?;
+    let transport = match opts.transport {
+        Transport::Auto if ring_buf_supported() => Transport::Ringbuf,
+        Transport::Auto => Transport::Perf,
+        t => t,
+    };
     let mut refused = Vec::new();
-
     let want = |r: Rung| match opts.mode {
         Mode::Auto => true,
         Mode::Core => matches!(r, Rung::CoreKernelBtf | Rung::CoreExternalBtf),
         Mode::Kernel => false,
         Mode::Fallback => r == Rung::Fallback,
     };
+    let mut refuse = |rung: Rung, reason: String| {
+        tracing::warn!(rung = rung.as_str(), %reason, "rung refused");
+        refused.push(Refusal {
+            rung: rung.as_str().into(),
+            reason,
+        });
+    };
 
-    // Rungs 1 and 2: the CO-RE object needs a target BTF. Never load it
-    // without one: aya would keep vmlinux.h's offsets and read garbage.
-    for rung in [Rung::CoreKernelBtf, Rung::CoreExternalBtf] {
+    for rung in [Rung::CoreKernelBtf, Rung::CoreExternalBtf, Rung::Fallback] {
         if !want(rung) {
             continue;
         }
-        let (btf, source) = match target_btf(rung, opts) {
-            Ok(x) => x,
-            Err(reason) => {
-                refused.push(Refusal {
-                    rung: rung.as_str().into(),
-                    reason,
-                });
-                continue;
+        let attempt = match rung {
+            // Rungs 1 and 2: the CO-RE object needs a target BTF. Never load
+            // it without one: aya would keep vmlinux.h's offsets.
+            Rung::CoreKernelBtf | Rung::CoreExternalBtf => {
+                target_btf(rung, opts).and_then(|(btf, source)| {
+                    load_core(&btf, opts, transport).map(|l| (l, Some(source)))
+                })
             }
+            Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None)),
         };
-        match load_core(&btf, opts) {
-            Ok((ebpf, programs, skipped_hooks)) => {
+        match attempt {
+            Ok((mut l, btf_source)) => {
+                if let Err(reason) = self_check(&mut l, rung, opts) {
+                    refuse(rung, reason);
+                    continue;
+                }
                 return Ok(Loaded {
-                    ebpf,
+                    ebpf: l.ebpf,
+                    source: l.source,
+                    pending: l.pending,
+                    lost_map: l.lost_map,
                     rung,
-                    btf_source: Some(source),
+                    transport,
+                    btf_source,
                     refused,
-                    programs,
-                    skipped_hooks,
+                    programs: l.programs,
+                    skipped_hooks: l.skipped,
                 });
             }
-            Err(reason) => {
-                tracing::warn!(rung = rung.as_str(), %reason, "rung refused");
-                refused.push(Refusal {
-                    rung: rung.as_str().into(),
-                    reason,
-                });
-            }
+            Err(reason) => refuse(rung, reason),
         }
     }
-    if want(Rung::Fallback) {
-        refused.push(Refusal {
-            rung: Rung::Fallback.as_str().into(),
-            reason: "the fallback object is not built yet in this version".into(),
-        });
+    if opts.mode == Mode::Kernel {
+        refuse(
+            Rung::Fallback,
+            "--mode kernel: kernel-specific objects are not supported by this version".into(),
+        );
     }
     let summary = refused
         .iter()
@@ -255,13 +300,30 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     Err(LoadError::NoRung(summary))
 }
 
+/// The uname release of the running kernel.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A kernel release-looking part of a file name ("6.1.0-18-amd64" in
+/// ".../6.1.0-18-amd64.btf"): used to refuse a BTF named for another kernel.
+fn release_in_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.trim_end_matches(".tar.xz").trim_end_matches(".btf");
+    let looks = stem.split('.').count() >= 3 && stem.chars().next()?.is_ascii_digit();
+    looks.then(|| stem.to_string())
+}
+
 fn target_btf(rung: Rung, opts: &LoadOptions) -> Result<(Btf, String), String> {
     match rung {
         Rung::CoreKernelBtf => {
             if !Path::new(SYS_BTF).exists() {
                 return Err(format!(
-                    "{SYS_BTF} does not exist: this kernel was built without CONFIG_DEBUG_INFO_BTF; \
-                     set btf_path (or --btf) to an external BTF file, or run with --mode fallback"
+                    "{SYS_BTF} does not exist: this kernel exposes no BTF (built without \
+                     CONFIG_DEBUG_INFO_BTF, or /sys/kernel/btf is hidden); set btf_path (or --btf) \
+                     to a BTF file for this kernel, or run with --mode fallback"
                 ));
             }
             Btf::from_sys_fs()
@@ -270,34 +332,267 @@ fn target_btf(rung: Rung, opts: &LoadOptions) -> Result<(Btf, String), String> {
         }
         Rung::CoreExternalBtf => {
             let Some(path) = &opts.btf_path else {
-                return Err("no external BTF configured (btf_path / --btf)".into());
+                return Err("no external BTF configured (btf_path in the config, or --btf)".into());
             };
+            let running = kernel_release();
+            if let Some(named) = release_in_name(path) {
+                if named != running {
+                    return Err(format!(
+                        "BTF file {} is named for kernel {named}, but this kernel is {running}",
+                        path.display()
+                    ));
+                }
+            }
             Btf::parse_file(path, Endianness::default())
                 .map(|b| (b, path.display().to_string()))
-                .map_err(|e| format!("cannot use BTF file {}: {e}", path.display()))
+                .map_err(|e| {
+                    format!(
+                        "cannot use BTF file {}: {}",
+                        path.display(),
+                        error_chain(&e)
+                    )
+                })
         }
         Rung::Fallback => unreachable!("the fallback object needs no BTF"),
     }
 }
 
-type Attached = (Ebpf, Vec<String>, Vec<SkippedHook>);
+struct Attempt {
+    ebpf: Ebpf,
+    source: EventSource,
+    pending: Vec<Vec<u8>>,
+    lost_map: Option<PerCpuArray<MapData, u64>>,
+    programs: Vec<String>,
+    skipped: Vec<SkippedHook>,
+}
 
-fn load_core(btf: &Btf, opts: &LoadOptions) -> Result<Attached, String> {
-    let scope_flags = opts.scope.flags();
-    let scope_any = u32::from(opts.scope.any());
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(btf))
+fn loader_for<'a>(
+    opts: &'a LoadOptions,
+    scope_flags: &'a u32,
+    scope_any: &'a u32,
+) -> EbpfLoader<'a> {
+    let mut l = EbpfLoader::new();
+    l.btf(None)
         .override_global("self_tgid", &opts.self_tgid, true)
-        .override_global("scope_flags", &scope_flags, true)
-        .override_global("scope_any", &scope_any, true)
-        .map_max_entries("events", opts.ring_buffer_bytes)
-        .load(CORE_OBJ)
-        .map_err(|e| format!("loading the CO-RE object: {}", error_chain(&e)))?;
+        .override_global("scope_flags", scope_flags, true)
+        .override_global("scope_any", scope_any, true);
+    l
+}
+
+fn finish(
+    mut ebpf: Ebpf,
+    opts: &LoadOptions,
+    hooks: &[Hook],
+    transport: Transport,
+) -> Result<Attempt, String> {
     opts.scope.push(&mut ebpf).map_err(|e| e.to_string())?;
     push_syscall_filter(&mut ebpf, &opts.generic_syscalls)?;
-    let (programs, skipped) = attach_all(&mut ebpf, &core_hooks(!opts.generic_syscalls.is_empty()))
-        .map_err(|e| e.to_string())?;
-    Ok((ebpf, programs, skipped))
+    let (programs, skipped) = attach_all(&mut ebpf, hooks)?;
+    let source = EventSource::open(&mut ebpf, transport, opts.ring_buffer_bytes)?;
+    let lost_map = ebpf
+        .take_map("lost")
+        .and_then(|m| PerCpuArray::try_from(m).ok());
+    Ok(Attempt {
+        ebpf,
+        source,
+        pending: Vec::new(),
+        lost_map,
+        programs,
+        skipped,
+    })
+}
+
+fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Attempt, String> {
+    let (flags, any) = (opts.scope.flags(), u32::from(opts.scope.any()));
+    let obj = if transport == Transport::Perf {
+        CORE_PERF
+    } else {
+        CORE_RING
+    };
+    let mut l = loader_for(opts, &flags, &any);
+    l.btf(Some(btf));
+    if transport == Transport::Ringbuf {
+        l.map_max_entries("events", opts.ring_buffer_bytes);
+    }
+    let ebpf = l
+        .load(obj)
+        .map_err(|e| format!("loading the CO-RE object: {}", error_chain(&e)))?;
+    finish(
+        ebpf,
+        opts,
+        &core_hooks(!opts.generic_syscalls.is_empty()),
+        transport,
+    )
+}
+
+fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, String> {
+    let (flags, any) = (opts.scope.flags(), u32::from(opts.scope.any()));
+    let fmt = |c: &str, e: &str| Format::read(c, e).map_err(|e| e.to_string());
+    let exec = fmt("sched", "sched_process_exec")?;
+    let fork = fmt("sched", "sched_process_fork")?;
+    let exit = fmt("sched", "sched_process_exit")?;
+    let enter = fmt("syscalls", "sys_enter_openat")?;
+    let sys_exit = fmt("syscalls", "sys_exit_openat")?;
+    let off = |f: &Format, name: &str| f.offset(name).map_err(|e| e.to_string());
+    // The first argument slot is the field right after __syscall_nr.
+    let args_off = off(&enter, "dfd")?;
+    let ret_off = off(&sys_exit, "ret")?;
+    let filename_off = off(&exec, "filename")?;
+    let child_off = off(&fork, "child_pid")?;
+    let group_dead_off = if exit.has("group_dead") {
+        off(&exit, "group_dead")?
+    } else {
+        0
+    };
+
+    let obj = if transport == Transport::Perf {
+        FALLBACK_PERF
+    } else {
+        FALLBACK_RING
+    };
+    let mut l = loader_for(opts, &flags, &any);
+    l.override_global("fb_sys_args_off", &args_off, true)
+        .override_global("fb_sys_ret_off", &ret_off, true)
+        .override_global("fb_exec_filename_off", &filename_off, true)
+        .override_global("fb_fork_child_pid_off", &child_off, true)
+        .override_global("fb_exit_group_dead_off", &group_dead_off, true);
+    if transport == Transport::Ringbuf {
+        l.map_max_entries("events", opts.ring_buffer_bytes);
+    }
+    let ebpf = l
+        .load(obj)
+        .map_err(|e| format!("loading the fallback object: {}", error_chain(&e)))?;
+    finish(
+        ebpf,
+        opts,
+        &fallback_hooks(!opts.generic_syscalls.is_empty()),
+        transport,
+    )
+}
+
+/// Prove the rung reads this kernel correctly before trusting it: exec a
+/// child whose parent and mount namespace we know, and compare what the
+/// programs recorded. A BTF that does not describe the running kernel shows
+/// up here as a wrong ppid or namespace, not as silent garbage in history.
+fn self_check(a: &mut Attempt, rung: Rung, opts: &LoadOptions) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("self-check: {e}"))?;
+    let c_exe =
+        std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let c_arg = c"--version";
+    let mut pipe = [0i32; 2];
+    // SAFETY: plain pipe2 into a two-int array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!(
+            "self-check: pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let devnull = c"/dev/null";
+    // SAFETY: the child only calls async-signal-safe functions (read, open,
+    // dup2, execv, _exit) before exec.
+    let child = unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            let mut b = 0u8;
+            libc::read(pipe[0], (&mut b as *mut u8).cast(), 1);
+            let null = libc::open(devnull.as_ptr(), libc::O_WRONLY);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            let argv = [c_exe.as_ptr(), c_arg.as_ptr(), std::ptr::null()];
+            libc::execv(c_exe.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+        pid
+    };
+    if child < 0 {
+        return Err(format!(
+            "self-check: fork: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // The child may be out of the configured scope: let its exec through.
+    set_canary(&mut a.ebpf, child as u32);
+    // SAFETY: closing our read end, waking the child, reaping it below.
+    unsafe {
+        libc::close(pipe[0]);
+        libc::write(pipe[1], [1u8].as_ptr().cast(), 1);
+        libc::close(pipe[1]);
+    }
+    let found = wait_for_exec(a, child as u32, Duration::from_secs(3));
+    // The pid may be reused later: nobody else gets the exemption.
+    set_canary(&mut a.ebpf, 0);
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    let Some(h) = found else {
+        return Err(format!(
+            "self-check: the exec of a test child (pid {child}) was not seen within 3 s; \
+             the {} programs do not report events on this kernel",
+            rung.as_str()
+        ));
+    };
+    if rung == Rung::Fallback {
+        return Ok(());
+    }
+    let my_mnt = mnt_ns_inode().unwrap_or(0);
+    if h.ppid != opts.self_tgid || (my_mnt != 0 && h.mnt_ns != my_mnt) {
+        return Err(format!(
+            "self-check failed: read ppid {} and mnt_ns {} for a child of pid {} in mnt_ns {my_mnt}; \
+             the BTF does not describe the running kernel ({})",
+            h.ppid,
+            h.mnt_ns,
+            opts.self_tgid,
+            kernel_release()
+        ));
+    }
+    Ok(())
+}
+
+fn set_canary(ebpf: &mut Ebpf, tgid: u32) {
+    if let Some(m) = ebpf.map_mut("canary") {
+        if let Ok(mut arr) = aya::maps::Array::<_, u32>::try_from(m) {
+            let _ = arr.set(0, tgid, 0);
+        }
+    }
+}
+
+fn mnt_ns_inode() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/mnt")
+        .ok()
+        .map(|m| m.ino() as u32)
+}
+
+fn wait_for_exec(
+    a: &mut Attempt,
+    pid: u32,
+    timeout: Duration,
+) -> Option<crate::decoder::RawHeader> {
+    let t0 = Instant::now();
+    let mut found = None;
+    while found.is_none() && t0.elapsed() < timeout {
+        let mut fds: Vec<libc::pollfd> = a
+            .source
+            .fds()
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: *fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: fds is a valid array of pollfd.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+        let pending = &mut a.pending;
+        a.source.drain(&mut |rec: &[u8]| {
+            if let Ok(r) = crate::decoder::parse(rec) {
+                if r.h.kind == 1 && r.h.pid == pid {
+                    found = Some(r.h);
+                }
+            }
+            pending.push(rec.to_vec());
+        });
+    }
+    found
 }
 
 fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), String> {
@@ -316,10 +611,7 @@ fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), String> {
     Ok(())
 }
 
-fn attach_all(
-    ebpf: &mut Ebpf,
-    hooks: &[Hook],
-) -> Result<(Vec<String>, Vec<SkippedHook>), LoadError> {
+fn attach_all(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(Vec<String>, Vec<SkippedHook>), String> {
     let mut attached = Vec::new();
     let mut skipped = Vec::new();
     for hook in hooks {
@@ -334,10 +626,11 @@ fn attach_all(
                 });
             }
             Err(source) => {
-                return Err(LoadError::Attach {
-                    hook: hook.prog.clone(),
-                    source,
-                })
+                return Err(format!(
+                    "attaching required hook {}: {}",
+                    hook.prog,
+                    error_chain(&source)
+                ));
             }
         }
     }
@@ -374,4 +667,23 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_from_btfhub_names() {
+        assert_eq!(
+            release_in_name(Path::new("/b/debian/12/x86_64/6.1.0-18-amd64.btf")).as_deref(),
+            Some("6.1.0-18-amd64")
+        );
+        assert_eq!(
+            release_in_name(Path::new("5.10.0-28-cloud-amd64.btf.tar.xz")).as_deref(),
+            Some("5.10.0-28-cloud-amd64")
+        );
+        assert_eq!(release_in_name(Path::new("/tmp/vmlinux")), None);
+        assert_eq!(release_in_name(Path::new("/tmp/my.btf")), None);
+    }
 }

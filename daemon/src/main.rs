@@ -13,7 +13,9 @@ mod metrics;
 mod proctable;
 mod scope;
 mod server;
+mod source;
 mod store;
+mod tracefs;
 
 use anyhow::Context;
 use clap::Parser;
@@ -30,6 +32,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(m) = cli.mode {
         cfg.mode = m;
+    }
+    if let Some(t) = cli.transport {
+        cfg.kernel.transport = t;
     }
     if let Some(b) = cli.btf {
         cfg.btf_path = Some(b);

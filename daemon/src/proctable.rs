@@ -11,6 +11,17 @@ use traceed_wire::Event;
 #[derive(Default)]
 pub struct ProcTable {
     exe: HashMap<u32, Arc<str>>,
+    /// Parent of each known process: what the fallback object cannot read
+    /// from the kernel comes from fork events and /proc.
+    ppid: HashMap<u32, u32>,
+}
+
+/// The ppid field of /proc/<pid>/stat (after the parenthesised comm, which
+/// may itself contain spaces and parentheses).
+fn read_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn read_exe(pid: u32) -> Option<Arc<str>> {
@@ -30,6 +41,9 @@ impl ProcTable {
                 if let Some(exe) = read_exe(pid) {
                     t.exe.insert(pid, exe);
                 }
+                if let Some(pp) = read_ppid(pid) {
+                    t.ppid.insert(pid, pp);
+                }
             }
         }
         t
@@ -39,9 +53,22 @@ impl ProcTable {
         self.exe.len()
     }
 
-    /// Fill `e.exe` and update the table from what the event says.
+    /// Fill `e.exe` (and `e.ppid` when the kernel could not) and update the
+    /// table from what the event says.
     pub fn enrich(&mut self, e: &mut Event) {
         let Some(pid) = e.pid else { return };
+        match e.ppid {
+            Some(pp) => {
+                self.ppid.insert(pid, pp);
+            }
+            None => {
+                e.ppid = self.ppid.get(&pid).copied().or_else(|| {
+                    let pp = read_ppid(pid)?;
+                    self.ppid.insert(pid, pp);
+                    Some(pp)
+                });
+            }
+        }
         match e.kind.as_str() {
             "exec" => {
                 // The file the kernel loaded (the interpreter for a script),
@@ -78,6 +105,7 @@ impl ProcTable {
         e.exe = self.exe.get(&pid).map(|s| s.to_string());
         if e.kind == "exit" {
             self.exe.remove(&pid);
+            self.ppid.remove(&pid);
         }
     }
 }

@@ -2,14 +2,13 @@
 //! pipeline, API), report readiness, and shut down without losing what was
 //! accepted: detach, drain the ring buffer, flush the writer.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -49,6 +48,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .collect(),
         mode: cfg.mode,
         btf_path: cfg.btf_path.clone(),
+        transport: cfg.kernel.transport,
         self_tgid: std::process::id(),
         ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
     };
@@ -63,28 +63,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         rung = loaded.rung.as_str(),
         btf = loaded.btf_source.as_deref().unwrap_or("-"),
         programs = loaded.programs.len(),
+        transport = loaded.transport.as_str(),
         refused = %refused.join("; "),
         "eBPF programs attached"
     );
 
-    let rb = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map("events")
-            .context("object has no events map")?,
-    )
-    .context("events map is not a ring buffer")?;
-    let lost_map: Option<PerCpuArray<MapData, u64>> = loaded
-        .ebpf
-        .take_map("lost")
-        .and_then(|m| PerCpuArray::try_from(m).ok());
     let (stop_tx, stop_rx) = watch::channel(false);
     let pipeline = Pipeline::new(fidelity, tx, counters.clone());
     tracing::info!(
         processes = pipeline.procs.len(),
         "process table seeded from /proc"
     );
-    let reader = tokio::spawn(ingest::run_ringbuf(rb, lost_map, pipeline, stop_rx));
+    let source = std::mem::replace(
+        &mut loaded.source,
+        crate::source::EventSource::Perf(Vec::new()),
+    );
+    let pending = std::mem::take(&mut loaded.pending);
+    let reader = tokio::spawn(ingest::run(
+        source,
+        pending,
+        loaded.lost_map.take(),
+        pipeline,
+        stop_rx,
+    ));
 
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -97,13 +98,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             refused: loaded.refused.clone(),
             programs: loaded.programs.clone(),
             skipped_hooks: loaded.skipped_hooks.clone(),
-            transport: "ringbuf".into(),
+            transport: loaded.transport.as_str().into(),
         },
         ready: Default::default(),
         started,
         retention: format!("max_age={}", humanize(cfg.store.max_age)),
     });
     let listener = bind_socket(&cfg.socket)?;
+    let socket_ino = std::fs::metadata(&cfg.socket).map(|m| m.ino()).ok();
     let app = api::router(state.clone());
     let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
     let api_task = tokio::spawn(async move {
@@ -134,9 +136,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     writer.await??;
     let _ = api_stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), api_task).await;
-    let _ = std::fs::remove_file(&cfg.socket);
+    remove_socket_if_ours(&cfg.socket, socket_ino);
     tracing::info!(events = counters.events_total.load(Relaxed), "stopped");
     Ok(())
+}
+
+/// A successor may already have bound the same path while we drained:
+/// only remove the socket file we created.
+fn remove_socket_if_ours(path: &Path, ino: Option<u64>) {
+    if ino.is_some() && std::fs::metadata(path).map(|m| m.ino()).ok() == ino {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn humanize(d: std::time::Duration) -> String {

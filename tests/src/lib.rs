@@ -3,6 +3,8 @@
 //! `tracectl`, and speaks raw HTTP to the socket where a test needs the
 //! status code. Everything runs as root against the real kernel.
 
+pub mod btf;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,9 @@ pub struct Daemon {
 #[derive(Default)]
 pub struct DaemonOpts {
     pub args: Vec<String>,
+    /// Run in a private mount namespace with a tmpfs over /sys/kernel/btf:
+    /// the real kernel, but traceed cannot see its BTF.
+    pub hide_btf: bool,
     pub config: Option<String>,
     pub dir: Option<PathBuf>,
 }
@@ -72,7 +77,16 @@ impl Daemon {
         let config = dir.join("traceed.toml");
         std::fs::write(&config, opts.config.unwrap_or_default()).unwrap();
         let log = dir.join("traceed.log");
-        let child = Command::new(bin("traceed"))
+        let mut cmd = if opts.hide_btf {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
+                .arg(bin("traceed"));
+            c
+        } else {
+            Command::new(bin("traceed"))
+        };
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")

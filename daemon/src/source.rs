@@ -1,0 +1,85 @@
+//! Where records come from: the BPF ring buffer, or one perf buffer per CPU
+//! on kernels without ring buffers (or when `--transport perf` is chosen).
+//! Both are drained the same way, so the pipeline does not care which.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use aya::maps::perf::{PerfEvent, PerfEventArrayBuffer};
+use aya::maps::{MapData, PerfEventArray, RingBuf};
+use aya::Ebpf;
+
+use crate::config::Transport;
+
+pub enum EventSource {
+    Ring(RingBuf<MapData>),
+    Perf(Vec<PerfEventArrayBuffer<MapData>>),
+}
+
+impl EventSource {
+    pub fn open(ebpf: &mut Ebpf, transport: Transport, ring_bytes: u32) -> Result<Self, String> {
+        let map = ebpf
+            .take_map("events")
+            .ok_or("the object has no `events` map")?;
+        match transport {
+            Transport::Perf => {
+                let mut arr =
+                    PerfEventArray::try_from(map).map_err(|e| format!("events map: {e}"))?;
+                let cpus = aya::util::online_cpus().map_err(|(m, e)| format!("{m}: {e}"))?;
+                // The same total memory as the ring buffer, split per CPU
+                // (a power of two of pages, at least two).
+                let pages = ((ring_bytes as usize / 4096) / cpus.len().max(1))
+                    .next_power_of_two()
+                    .max(2);
+                let mut bufs = Vec::new();
+                for cpu in cpus {
+                    bufs.push(
+                        arr.open(cpu, Some(pages))
+                            .map_err(|e| format!("perf buffer of cpu {cpu}: {e}"))?,
+                    );
+                }
+                Ok(Self::Perf(bufs))
+            }
+            _ => RingBuf::try_from(map)
+                .map(Self::Ring)
+                .map_err(|e| format!("events map: {e}")),
+        }
+    }
+
+    pub fn fds(&self) -> Vec<RawFd> {
+        match self {
+            Self::Ring(r) => vec![r.as_raw_fd()],
+            Self::Perf(b) => b.iter().map(|b| b.as_raw_fd()).collect(),
+        }
+    }
+
+    /// Hand every available record to `f`.
+    pub fn drain(&mut self, f: &mut dyn FnMut(&[u8])) {
+        match self {
+            Self::Ring(r) => {
+                while let Some(item) = r.next() {
+                    f(&item);
+                }
+            }
+            Self::Perf(bufs) => {
+                let mut joined = Vec::new();
+                for b in bufs.iter_mut() {
+                    b.for_each(|ev| match ev {
+                        PerfEvent::Sample { head, tail: [] } => f(head),
+                        PerfEvent::Sample { head, tail } => {
+                            joined.clear();
+                            joined.extend_from_slice(head);
+                            joined.extend_from_slice(tail);
+                            f(&joined);
+                        }
+                        // Drops are counted by the programs themselves (the
+                        // `lost` map) when output fails; counting these too
+                        // would count every drop twice.
+                        PerfEvent::Lost { count } => {
+                            tracing::debug!(count, "perf buffer overflow reported by the kernel")
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The portability ladder on the real kernel: rung 1 (kernel BTF), rung 2
+//! (external BTF, with the kernel's own hidden), the fallback object, both
+//! transports, and refusal of BTF that does not describe this kernel.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+
+use traceed_tests::{http_get, unique, Daemon, DaemonOpts, Program};
+use traceed_wire::Status;
+
+fn status(d: &Daemon) -> Status {
+    let (code, body) = http_get(&d.socket, "/v1/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn start(hide_btf: bool, args: &[&str]) -> Daemon {
+    Daemon::start_with(DaemonOpts {
+        hide_btf,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+fn btf_copy(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("btf"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::copy("/sys/kernel/btf/vmlinux", &p).unwrap();
+    p
+}
+
+fn mnt_ns_of_self() -> u32 {
+    let l = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let s = l.to_str().unwrap();
+    s.trim_start_matches("mnt:[")
+        .trim_end_matches(']')
+        .parse()
+        .unwrap()
+}
+
+/// exec, open and connect with known ground truth; `full` = the rung reads
+/// kernel structs (ppid and namespaces exact), else the fallback's view.
+fn ground_truth(d: &Daemon, fidelity: &str, full: bool) {
+    let prog = Program::new("lad");
+    let marker = format!("--m={}", prog.name);
+    let pid = prog.run(&[&marker]);
+    let e = d.wait_for(&["--kind", "exec", "--comm", &prog.name], |e| {
+        e.pid == Some(pid)
+    });
+    assert_eq!(e.fidelity, fidelity);
+    assert_eq!(e.uid, Some(0));
+    assert_eq!(
+        e.args["argv"],
+        serde_json::json!([prog.path.to_str().unwrap(), marker])
+    );
+    assert_eq!(e.args["filename"], prog.path.to_str().unwrap());
+    if full {
+        assert_eq!(e.ppid, Some(std::process::id()));
+        assert_eq!(e.mnt_ns, Some(mnt_ns_of_self()));
+        assert_eq!(e.ns_pid, Some(pid));
+    } else {
+        assert!(
+            e.ppid.is_none() || e.ppid == Some(std::process::id()),
+            "ppid right or null: {:?}",
+            e.ppid
+        );
+        assert_eq!(e.mnt_ns, None, "the fallback cannot know namespaces");
+        assert_eq!(e.pid_ns, None);
+        assert_eq!(e.ns_pid, None);
+    }
+
+    let path = std::env::temp_dir().join(unique("ladopen"));
+    let _ = std::fs::File::open(&path);
+    let me = std::process::id().to_string();
+    let o = d.wait_for(&["--kind", "open", "--pid", &me], |e| {
+        e.args["path"] == path.to_str().unwrap()
+    });
+    assert_eq!(o.fidelity, fidelity);
+    assert_eq!(o.retval, Some(-2));
+
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.write_all(b"y").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    let c = d.wait_for(&["--kind", "connect", "--pid", &me], |e| {
+        e.args["port"] == port
+    });
+    assert_eq!(c.args["addr"], "127.0.0.1");
+    assert_eq!(c.args["family"], "inet");
+    assert_eq!(c.fidelity, fidelity);
+}
+
+#[test]
+fn rung1_kernel_btf_both_transports() {
+    for transport in ["ringbuf", "perf"] {
+        let d = start(false, &["--transport", transport]);
+        let s = status(&d);
+        assert_eq!(s.rung, "core-kernel-btf");
+        assert_eq!(s.transport, transport);
+        ground_truth(&d, "core", true);
+    }
+}
+
+#[test]
+fn rung2_external_btf_when_sysfs_btf_is_hidden() {
+    let btf = btf_copy("vmlinux");
+    let d = start(true, &["--btf", btf.to_str().unwrap()]);
+    let s = status(&d);
+    assert_eq!(s.rung, "core-external-btf");
+    assert_eq!(s.btf_source.as_deref(), btf.to_str());
+    let r1 = s
+        .refused
+        .iter()
+        .find(|r| r.rung == "core-kernel-btf")
+        .expect("rung 1 refused");
+    assert!(
+        r1.reason.contains("/sys/kernel/btf/vmlinux"),
+        "{}",
+        r1.reason
+    );
+    ground_truth(&d, "core", true);
+    let out = d.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("core-external-btf") && text.contains("not core-kernel-btf"),
+        "{text}"
+    );
+}
+
+#[test]
+fn fallback_when_no_btf_at_all_both_transports() {
+    for transport in ["ringbuf", "perf"] {
+        let d = start(true, &["--transport", transport]);
+        let s = status(&d);
+        assert_eq!(s.rung, "fallback", "{:?}", s.refused);
+        assert_eq!(s.transport, transport);
+        assert!(s.refused.iter().any(|r| r.rung == "core-kernel-btf"));
+        assert!(s.refused.iter().any(|r| r.rung == "core-external-btf"));
+        ground_truth(&d, "fallback", false);
+    }
+}
+
+#[test]
+fn fallback_forced_on_a_btf_kernel() {
+    let d = start(false, &["--mode", "fallback"]);
+    assert_eq!(status(&d).rung, "fallback");
+    ground_truth(&d, "fallback", false);
+}
+
+#[test]
+fn corrupt_btf_is_refused() {
+    let dir = std::env::temp_dir().join(unique("bad"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("garbage.btf");
+    std::fs::write(&bad, b"this is not BTF at all, just bytes").unwrap();
+    let d = start(true, &["--btf", bad.to_str().unwrap()]);
+    let s = status(&d);
+    assert_eq!(s.rung, "fallback");
+    let r2 = s
+        .refused
+        .iter()
+        .find(|r| r.rung == "core-external-btf")
+        .unwrap();
+    assert!(r2.reason.contains("garbage.btf"), "{}", r2.reason);
+    drop(d);
+
+    // Forced to CO-RE, it refuses to start instead of guessing.
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
+        .arg(traceed_tests::bin("traceed"))
+        .args([
+            "--config",
+            "/dev/null",
+            "--mode",
+            "core",
+            "--btf",
+            bad.to_str().unwrap(),
+        ])
+        .arg("--state-dir")
+        .arg(&dir)
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("garbage.btf") && err.contains("core-external-btf"),
+        "{err}"
+    );
+}
+
+#[test]
+fn btf_of_another_layout_is_refused_by_the_self_check() {
+    let p = btf_copy("vmlinux-shifted");
+    let mut bytes = std::fs::read(&p).unwrap();
+    // As if tgid sat 8 bytes further into task_struct (real_parent would
+    // not do: the member after it, `parent`, usually holds the same pointer).
+    assert!(traceed_tests::btf::shift_member(
+        &mut bytes,
+        "task_struct",
+        "tgid",
+        64
+    ));
+    std::fs::write(&p, bytes).unwrap();
+    let d = start(true, &["--btf", p.to_str().unwrap()]);
+    let s = status(&d);
+    assert_eq!(
+        s.rung, "fallback",
+        "a BTF with the wrong layout must not be trusted"
+    );
+    let r2 = s
+        .refused
+        .iter()
+        .find(|r| r.rung == "core-external-btf")
+        .unwrap();
+    assert!(r2.reason.contains("self-check"), "{}", r2.reason);
+}
+
+#[test]
+fn btf_named_for_another_kernel_is_refused() {
+    let p = btf_copy("5.10.0-99-amd64.btf");
+    let d = start(true, &["--btf", p.to_str().unwrap()]);
+    let s = status(&d);
+    assert_eq!(s.rung, "fallback");
+    let r2 = s
+        .refused
+        .iter()
+        .find(|r| r.rung == "core-external-btf")
+        .unwrap();
+    assert!(r2.reason.contains("5.10.0-99-amd64"), "{}", r2.reason);
+}
