@@ -2,7 +2,7 @@
 #   make run    install build dependencies, build, run the daemon in the foreground
 #   make test   install build dependencies, build once (release), run every test
 SHELL := /bin/bash
-APT_PACKAGES := clang llvm libbpf-dev bpftool gcc libc6-dev linux-libc-dev pkg-config make
+APT_PACKAGES := clang llvm libbpf-dev bpftool gcc libc6-dev linux-libc-dev pkg-config make xz-utils util-linux
 CARGO ?= cargo
 ARGS ?=
 

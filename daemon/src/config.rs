@@ -36,6 +36,8 @@ pub struct Config {
     pub mode: Mode,
     /// External BTF for kernels without /sys/kernel/btf/vmlinux.
     pub btf_path: Option<PathBuf>,
+    /// A BTFHub-style tree: <btf_dir>/<os-id>/<version-id>/<arch>/<release>.btf[.tar.xz].
+    pub btf_dir: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub store: StoreConfig,
@@ -117,6 +119,7 @@ impl Default for Config {
             log_level: "info".into(),
             mode: Mode::Auto,
             btf_path: None,
+            btf_dir: None,
             state_dir: "/var/lib/traceed".into(),
             socket: "/run/traceed/traceed.sock".into(),
             store: StoreConfig::default(),

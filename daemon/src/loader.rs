@@ -203,6 +203,9 @@ pub struct LoadOptions {
     pub mode: Mode,
     pub transport: Transport,
     pub btf_path: Option<PathBuf>,
+    pub btf_dir: Option<PathBuf>,
+    /// Where a BTF unpacked from a .btf.tar.xz is kept.
+    pub state_dir: PathBuf,
     pub self_tgid: u32,
     pub ring_buffer_bytes: u32,
 }
@@ -331,9 +334,19 @@ fn target_btf(rung: Rung, opts: &LoadOptions) -> Result<(Btf, String), String> {
                 .map_err(|e| format!("cannot parse {SYS_BTF}: {e}"))
         }
         Rung::CoreExternalBtf => {
-            let Some(path) = &opts.btf_path else {
-                return Err("no external BTF configured (btf_path in the config, or --btf)".into());
-            };
+            let found;
+            let path =
+                match (&opts.btf_path, &opts.btf_dir) {
+                    (Some(p), _) => p,
+                    (None, Some(dir)) => {
+                        found = find_in_btf_dir(dir, &opts.state_dir)?;
+                        &found
+                    }
+                    (None, None) => return Err(
+                        "no external BTF configured (btf_path or btf_dir in the config, or --btf)"
+                            .into(),
+                    ),
+                };
             let running = kernel_release();
             if let Some(named) = release_in_name(path) {
                 if named != running {
@@ -355,6 +368,53 @@ fn target_btf(rung: Rung, opts: &LoadOptions) -> Result<(Btf, String), String> {
         }
         Rung::Fallback => unreachable!("the fallback object needs no BTF"),
     }
+}
+
+fn os_release_field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix(key)?.strip_prefix('=')?;
+        Some(v.trim_matches('"').to_string())
+    })
+}
+
+/// `<dir>/<os-id>/<version-id>/<arch>/<release>.btf`, or the same
+/// `.btf.tar.xz` (BTFHub's archive form), unpacked into the state dir.
+fn find_in_btf_dir(dir: &Path, state_dir: &Path) -> Result<PathBuf, String> {
+    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let id = os_release_field(&os, "ID").unwrap_or_else(|| "linux".into());
+    let version = os_release_field(&os, "VERSION_ID").unwrap_or_default();
+    let release = kernel_release();
+    let base = dir.join(&id).join(&version).join(std::env::consts::ARCH);
+    let plain = base.join(format!("{release}.btf"));
+    if plain.exists() {
+        return Ok(plain);
+    }
+    let archive = base.join(format!("{release}.btf.tar.xz"));
+    if !archive.exists() {
+        return Err(format!(
+            "btf_dir {} has no BTF for this kernel: looked for {} and {}",
+            dir.display(),
+            plain.display(),
+            archive.display()
+        ));
+    }
+    let out = state_dir.join("btf");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let st = std::process::Command::new("tar")
+        .arg("-xJf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .map_err(|e| format!("unpacking {}: cannot run tar: {e}", archive.display()))?;
+    let unpacked = out.join(format!("{release}.btf"));
+    if !st.success() || !unpacked.exists() {
+        return Err(format!(
+            "unpacking {} did not yield {release}.btf (tar and xz-utils are needed)",
+            archive.display()
+        ));
+    }
+    Ok(unpacked)
 }
 
 struct Attempt {

@@ -48,6 +48,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .collect(),
         mode: cfg.mode,
         btf_path: cfg.btf_path.clone(),
+        btf_dir: cfg.btf_dir.clone(),
+        state_dir: cfg.state_dir.clone(),
         transport: cfg.kernel.transport,
         self_tgid: std::process::id(),
         ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,

@@ -236,3 +236,55 @@ fn btf_named_for_another_kernel_is_refused() {
         .unwrap();
     assert!(r2.reason.contains("5.10.0-99-amd64"), "{}", r2.reason);
 }
+
+#[test]
+fn rung2_from_a_btfhub_tree_with_an_archive() {
+    let os = std::fs::read_to_string("/etc/os-release").unwrap();
+    let field = |k: &str| {
+        os.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{k}="))
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+            .unwrap()
+    };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string();
+    let root = std::env::temp_dir().join(unique("hub"));
+    let leaf = root
+        .join(field("ID"))
+        .join(field("VERSION_ID"))
+        .join(std::env::consts::ARCH);
+    std::fs::create_dir_all(&leaf).unwrap();
+    let staging = root.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::copy(
+        "/sys/kernel/btf/vmlinux",
+        staging.join(format!("{release}.btf")),
+    )
+    .unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-cJf")
+        .arg(leaf.join(format!("{release}.btf.tar.xz")))
+        .arg("-C")
+        .arg(&staging)
+        .arg(format!("{release}.btf"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let d = Daemon::start_with(DaemonOpts {
+        hide_btf: true,
+        config: Some(format!("btf_dir = \"{}\"\n", root.display())),
+        ..Default::default()
+    });
+    let s = status(&d);
+    assert_eq!(s.rung, "core-external-btf", "{:?}", s.refused);
+    assert!(s
+        .btf_source
+        .as_deref()
+        .unwrap()
+        .ends_with(&format!("{release}.btf")));
+    ground_truth(&d, "core", true);
+}
