@@ -32,6 +32,36 @@ struct task_struct___pre419 {
 	struct pid_link___pre419 pids[3];
 };
 
+/* inode change time moved twice: i_ctime (timespec64) until 6.5,
+ * __i_ctime (6.6-6.10), i_ctime_sec + i_ctime_nsec since 6.11. */
+struct inode___pre66 {
+	struct timespec64 i_ctime;
+};
+struct inode___pre611 {
+	struct timespec64 __i_ctime;
+};
+
+static __always_inline __u64 inode_ctime_ns(struct inode *inode)
+{
+	__u64 sec, nsec;
+
+	if (!inode)
+		return 0;
+	if (bpf_core_field_exists(inode->i_ctime_sec)) {
+		sec = BPF_CORE_READ(inode, i_ctime_sec);
+		nsec = BPF_CORE_READ(inode, i_ctime_nsec);
+	} else if (bpf_core_field_exists(((struct inode___pre611 *)inode)->__i_ctime)) {
+		struct inode___pre611 *i = (void *)inode;
+		sec = BPF_CORE_READ(i, __i_ctime.tv_sec);
+		nsec = BPF_CORE_READ(i, __i_ctime.tv_nsec);
+	} else {
+		struct inode___pre66 *i = (void *)inode;
+		sec = BPF_CORE_READ(i, i_ctime.tv_sec);
+		nsec = BPF_CORE_READ(i, i_ctime.tv_nsec);
+	}
+	return sec * 1000000000ULL + nsec;
+}
+
 static __always_inline struct pid *task_pid_ptr(struct task_struct *task)
 {
 	if (bpf_core_field_exists(task->thread_pid))

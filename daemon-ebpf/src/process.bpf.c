@@ -32,6 +32,8 @@ int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 	if (arg_end > arg_start)
 		push_user_bytes(e, 1, (void *)arg_start, arg_end - arg_start);
 	push_str(e, 2, BPF_CORE_READ(bprm, interp), STR_KERNEL);
+	/* When the loaded file last changed: a binary replaced in place shows. */
+	e->h.args[3] = inode_ctime_ns(BPF_CORE_READ(bprm, file, f_inode));
 	return event_emit(ctx, e);
 }
 

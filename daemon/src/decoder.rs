@@ -256,6 +256,12 @@ pub fn to_event(
             if let Some(interp) = s(2).filter(|i| Some(i) != s(0).as_ref()) {
                 args.insert("interpreter".into(), json!(interp));
             }
+            if a[3] != 0 {
+                args.insert(
+                    "exe_ctime".into(),
+                    json!(traceed_wire::format_ts(a[3] as i64)),
+                );
+            }
         }
         "exit" => {
             // A process killed by a signal passed no status to exit.

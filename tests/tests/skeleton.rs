@@ -28,6 +28,11 @@ fn exec_is_recorded_with_ground_truth() {
         serde_json::json!([prog.path.to_str().unwrap(), marker, "two words"])
     );
     assert_eq!(e.exe.as_deref(), prog.path.to_str());
+    // The inode's change time, read through whichever layout this kernel has.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&prog.path).unwrap();
+    let ctime = m.ctime() * 1_000_000_000 + m.ctime_nsec();
+    assert_eq!(e.args["exe_ctime"], traceed_wire::format_ts(ctime));
     assert_eq!(e.fidelity, "core");
     // Same pid namespace as us: the namespace view equals the host view.
     assert_eq!(e.ns_pid, Some(pid));
