@@ -24,6 +24,11 @@ const volatile __u32 self_tgid = 0;
 /* SCOPE_*_INCLUDE bits: an include list is configured for that key, so
  * only tasks found in it are recorded. */
 const volatile __u32 scope_flags = 0;
+/* Ring buffer: wake the reader only once this much is pending; it also
+ * drains on a short timer, so a lone event waits at most that long. Waking
+ * on every record costs a context switch per event under load. */
+const volatile __u32 wakeup_bytes = 0;
+
 /* Non-zero when any scope list (include or exclude) is configured. */
 const volatile __u32 scope_any = 0;
 
@@ -262,7 +267,11 @@ static __always_inline int event_emit(void *ctx, struct event *e)
 #ifdef TRACEED_PERF
 	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, e, size);
 #else
-	err = bpf_ringbuf_output(&events, e, size, 0);
+	__u64 flags = 0;
+	if (wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										      : BPF_RB_NO_WAKEUP;
+	err = bpf_ringbuf_output(&events, e, size, flags);
 #endif
 	if (err)
 		count_lost();

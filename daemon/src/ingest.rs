@@ -152,6 +152,9 @@ pub fn lost_event(count: u64, source: &str, from: i64, to: i64, fidelity: &str) 
     }
 }
 
+/// Longest a record waits in the ring when the ring is nearly empty.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
 /// A registration-only wrapper: the fd is owned by the `EventSource`,
 /// which outlives every `AsyncFd` made from it (both live in `run`).
 struct Fd(std::os::fd::RawFd);
@@ -184,9 +187,16 @@ pub async fn run(
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The programs wake us only when the ring is filling up; a trickle of
+    // events is collected by this timer instead (bounded latency).
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = any_readable(&fds) => {
+                source.drain(&mut |rec| p.handle_record(rec));
+            }
+            _ = drain.tick() => {
                 source.drain(&mut |rec| p.handle_record(rec));
             }
             _ = tick.tick() => {

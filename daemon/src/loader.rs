@@ -426,16 +426,32 @@ struct Attempt {
     skipped: Vec<SkippedHook>,
 }
 
-fn loader_for<'a>(
-    opts: &'a LoadOptions,
-    scope_flags: &'a u32,
-    scope_any: &'a u32,
-) -> EbpfLoader<'a> {
+/// Wake the reader when 1/16 of the ring is pending (the reader also
+/// drains every `ingest::DRAIN_INTERVAL`).
+fn wakeup_bytes(ring_bytes: u32, transport: Transport) -> u32 {
+    if transport == Transport::Ringbuf {
+        (ring_bytes / 16).max(4096)
+    } else {
+        0
+    }
+}
+
+/// scope_flags, scope_any, wakeup_bytes: the .rodata every object shares.
+fn globals(opts: &LoadOptions, transport: Transport) -> [u32; 3] {
+    [
+        opts.scope.flags(),
+        u32::from(opts.scope.any()),
+        wakeup_bytes(opts.ring_buffer_bytes, transport),
+    ]
+}
+
+fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 3]) -> EbpfLoader<'a> {
     let mut l = EbpfLoader::new();
     l.btf(None)
         .override_global("self_tgid", &opts.self_tgid, true)
-        .override_global("scope_flags", scope_flags, true)
-        .override_global("scope_any", scope_any, true);
+        .override_global("scope_flags", &g[0], true)
+        .override_global("scope_any", &g[1], true)
+        .override_global("wakeup_bytes", &g[2], true);
     l
 }
 
@@ -463,13 +479,13 @@ fn finish(
 }
 
 fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Attempt, String> {
-    let (flags, any) = (opts.scope.flags(), u32::from(opts.scope.any()));
+    let g = globals(opts, transport);
     let obj = if transport == Transport::Perf {
         CORE_PERF
     } else {
         CORE_RING
     };
-    let mut l = loader_for(opts, &flags, &any);
+    let mut l = loader_for(opts, &g);
     l.btf(Some(btf));
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
@@ -486,7 +502,7 @@ fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Atte
 }
 
 fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, String> {
-    let (flags, any) = (opts.scope.flags(), u32::from(opts.scope.any()));
+    let g = globals(opts, transport);
     let fmt = |c: &str, e: &str| Format::read(c, e).map_err(|e| e.to_string());
     let exec = fmt("sched", "sched_process_exec")?;
     let fork = fmt("sched", "sched_process_fork")?;
@@ -510,7 +526,7 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, St
     } else {
         FALLBACK_RING
     };
-    let mut l = loader_for(opts, &flags, &any);
+    let mut l = loader_for(opts, &g);
     l.override_global("fb_sys_args_off", &args_off, true)
         .override_global("fb_sys_ret_off", &ret_off, true)
         .override_global("fb_exec_filename_off", &filename_off, true)
