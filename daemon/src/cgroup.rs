@@ -11,7 +11,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where the cgroup v2 hierarchy (the one bpf_get_current_cgroup_id
+/// reports) is mounted: /sys/fs/cgroup on unified systems, its `unified`
+/// subdirectory on hybrid v1/v2 ones.
+pub fn root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let unified = Path::new("/sys/fs/cgroup");
+        if unified.join("cgroup.controllers").exists() {
+            return unified.to_path_buf();
+        }
+        let hybrid = unified.join("unified");
+        if hybrid.join("cgroup.procs").exists() {
+            return hybrid;
+        }
+        unified.to_path_buf()
+    })
+}
 
 /// The 64-hex container id in a cgroup path, if it has one.
 pub fn container_id_from_path(path: &str) -> Option<&str> {
@@ -65,7 +81,7 @@ impl Containers {
 
     fn rewalk(&mut self) {
         self.last_walk = Some(Instant::now());
-        for (id, path) in walk(Path::new(CGROUP_ROOT)) {
+        for (id, path) in walk(root()) {
             let cid = container_id_from_path(&path).map(Arc::from);
             self.by_id.insert(id, cid);
         }
@@ -113,9 +129,7 @@ mod tests {
 
     #[test]
     fn walk_finds_root() {
-        let w = walk(Path::new(CGROUP_ROOT));
-        if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
-            assert!(w.iter().any(|(_, p)| p == "/"));
-        }
+        let w = walk(root());
+        assert!(w.iter().any(|(_, p)| p == "/"), "{}", root().display());
     }
 }

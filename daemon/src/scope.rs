@@ -3,7 +3,6 @@
 //! pushes them into the BPF maps before any program is attached.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use aya::maps::HashMap as BpfHashMap;
 use aya::Ebpf;
@@ -69,7 +68,7 @@ fn resolve_lists(l: &ScopeLists) -> Result<Keys, ScopeError> {
         let full = if p.is_absolute() {
             p.clone()
         } else {
-            Path::new(cgroup::CGROUP_ROOT).join(p)
+            cgroup::root().join(p)
         };
         let meta = std::fs::metadata(&full).map_err(|source| ScopeError::Cgroup {
             path: full.display().to_string(),
@@ -78,7 +77,7 @@ fn resolve_lists(l: &ScopeLists) -> Result<Keys, ScopeError> {
         k.cgroup.push(meta.ino());
     }
     if !l.container.is_empty() {
-        for (id, path) in cgroup::walk(Path::new(cgroup::CGROUP_ROOT)) {
+        for (id, path) in cgroup::walk(cgroup::root()) {
             let Some(cid) = cgroup::container_id_from_path(&path) else {
                 continue;
             };

@@ -484,3 +484,75 @@ fn unknown_generic_syscall_is_a_config_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The v2 hierarchy, wherever this system mounts it.
+fn cgroup2_root() -> std::path::PathBuf {
+    let unified = std::path::Path::new("/sys/fs/cgroup");
+    if unified.join("cgroup.controllers").exists() {
+        unified.to_path_buf()
+    } else {
+        unified.join("unified")
+    }
+}
+
+#[test]
+fn container_id_from_a_real_cgroup_and_scope_by_container() {
+    // A cgroup named the way docker names its scopes; a process moved into
+    // it is, as far as the kernel can tell, in that container.
+    let id: String = format!("{:016x}", std::process::id() as u64 * 0x9e37_79b9_7f4a_7c15)
+        .repeat(4)
+        .chars()
+        .take(64)
+        .collect();
+    let parent = cgroup2_root().join(unique("tdcg"));
+    let scope = parent.join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&scope).unwrap();
+    let run_in_container = |tag: &str| {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec /bin/true {tag}",
+                scope.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+
+    let d = Daemon::start();
+    let tag = unique("ctr");
+    run_in_container(&tag);
+    let e = d.wait_for(&["--kind", "exec", "--container", &id[..12]], |e| {
+        e.args["argv"][1] == tag.as_str()
+    });
+    assert_eq!(e.container_id.as_deref(), Some(id.as_str()));
+    drop(d);
+
+    // Scope: only this container's processes.
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(format!(
+            "[scope.include]\ncontainer = [\"{}\"]\n",
+            &id[..12]
+        )),
+        ..Default::default()
+    });
+    let inside = unique("in");
+    run_in_container(&inside);
+    let outside = Program::new("out");
+    outside.run(&[]);
+    d.wait_for(&["--kind", "exec"], |e| {
+        e.args["argv"][1] == inside.as_str()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let all = d.events(&["--kind", "exec"]);
+    assert!(
+        all.iter()
+            .all(|e| e.container_id.as_deref() == Some(id.as_str())
+                || e.comm.as_deref() == Some("traceed")),
+        "an exec outside the container was recorded: {:?}",
+        all.iter().find(|e| e.container_id.is_none())
+    );
+    drop(d);
+    let _ = std::fs::remove_dir(&scope);
+    let _ = std::fs::remove_dir(&parent);
+}
