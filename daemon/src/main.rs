@@ -10,6 +10,7 @@ mod decoder;
 mod ingest;
 mod loader;
 mod metrics;
+mod peer;
 mod proctable;
 mod scope;
 mod server;

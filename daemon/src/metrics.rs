@@ -1,8 +1,19 @@
-//! Counters shared by the pipeline and the API (status, /metrics).
+//! Counters shared by the pipeline and the API (status, /metrics), and their
+//! Prometheus rendering. The pipeline bumps plain atomics (no registry on the
+//! hot path); `/metrics` reads them at scrape time through a collector.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast;
+use traceed_wire::Event;
 
 #[derive(Default)]
 pub struct Counters {
@@ -12,6 +23,11 @@ pub struct Counters {
     pub lost_store: AtomicU64,
     pub decode_errors: AtomicU64,
     pub queue_depth: AtomicU64,
+    /// Events a `follow` reader was too slow to receive (still in the store).
+    pub follow_dropped: AtomicU64,
+    /// Wall clock minus event time of the newest committed event, ns; -1
+    /// until the first event.
+    pub ingest_lag_ns: AtomicI64,
     by_kind: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -35,5 +51,213 @@ impl Counters {
         self.lost_kernel.load(Relaxed)
             + self.lost_userspace.load(Relaxed)
             + self.lost_store.load(Relaxed)
+    }
+
+    fn by_kind(&self) -> Vec<(String, u64)> {
+        let m = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// Measures ingest lag from the writer's live broadcast (which carries each
+/// event right after its commit), so the store needs no extra hook. A
+/// receiver that falls behind just skips ahead: it never slows the writer.
+pub fn spawn_lag_watch(live: &broadcast::Sender<Arc<Event>>, counters: Arc<Counters>) {
+    counters.ingest_lag_ns.store(-1, Relaxed);
+    let mut rx = live.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let lag = traceed_wire::now_ns().saturating_sub(e.ts).max(0);
+                    counters.ingest_lag_ns.store(lag, Relaxed);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+type StatusLabels = [(&'static str, u16); 1];
+
+/// The `/metrics` registry: the pipeline's counters (read at scrape time)
+/// plus what the API counts itself.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<StatusLabels, Counter>,
+}
+
+/// Reads `Counters` and the database size on each scrape.
+struct PipelineCollector {
+    counters: Arc<Counters>,
+    db_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for PipelineCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PipelineCollector")
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge<N>(enc: &mut DescriptorEncoder, name: &str, help: &str, v: N) -> std::fmt::Result
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let g = ConstGauge::new(v);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+impl Collector for PipelineCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let c = &self.counters;
+        {
+            let proto = ConstCounter::new(0u64);
+            let mut fam = enc.encode_descriptor(
+                "traceed_events",
+                "Events stored, by kind.",
+                None,
+                proto.metric_type(),
+            )?;
+            for (kind, n) in c.by_kind() {
+                let labels = [("kind", kind.as_str())];
+                ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let proto = ConstCounter::new(0u64);
+            let mut fam = enc.encode_descriptor(
+                "traceed_lost_events",
+                "Events dropped before they reached the store, by where they were dropped.",
+                None,
+                proto.metric_type(),
+            )?;
+            for (source, n) in [
+                ("kernel", c.lost_kernel.load(Relaxed)),
+                ("userspace", c.lost_userspace.load(Relaxed)),
+                ("store", c.lost_store.load(Relaxed)),
+            ] {
+                let labels = [("source", source)];
+                ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut enc,
+            "traceed_follow_dropped_events",
+            "Live events a slow follow=true reader did not receive (they are in the store).",
+            c.follow_dropped.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "traceed_decode_errors",
+            "Kernel records that could not be decoded.",
+            c.decode_errors.load(Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "traceed_queue_depth",
+            "Events waiting in the queue between the pipeline and the store writer.",
+            c.queue_depth.load(Relaxed) as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "traceed_db_bytes",
+            "Size of the SQLite database including its WAL, bytes.",
+            (self.db_bytes)() as i64,
+        )?;
+        let lag = c.ingest_lag_ns.load(Relaxed);
+        if lag >= 0 {
+            gauge(
+                &mut enc,
+                "traceed_ingest_lag_seconds",
+                "Time from the newest committed event's timestamp to its commit.",
+                lag as f64 / 1e9,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    pub fn new(
+        counters: Arc<Counters>,
+        db_bytes: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "traceed_api_requests",
+            "API requests answered, by HTTP status.",
+            requests.clone(),
+        );
+        registry.register_collector(Box::new(PipelineCollector {
+            counters,
+            db_bytes: Box::new(db_bytes),
+        }));
+        Self { registry, requests }
+    }
+
+    pub fn count_request(&self, status: u16) {
+        self.requests.get_or_create(&[("status", status)]).inc();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoder error would be a bug
+        // in a metric name, caught by the tests.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let c = Arc::new(Counters::default());
+        c.count_stored("exec");
+        c.count_stored("exec");
+        c.count_stored("exit");
+        c.lost_kernel.store(3, Relaxed);
+        c.queue_depth.store(7, Relaxed);
+        c.ingest_lag_ns.store(1_500_000_000, Relaxed);
+        let m = Metrics::new(c, || 4096);
+        m.count_request(200);
+        m.count_request(404);
+        m.count_request(200);
+        let text = m.render();
+        for line in [
+            "traceed_events_total{kind=\"exec\"} 2",
+            "traceed_events_total{kind=\"exit\"} 1",
+            "traceed_lost_events_total{source=\"kernel\"} 3",
+            "traceed_lost_events_total{source=\"userspace\"} 0",
+            "traceed_queue_depth 7",
+            "traceed_db_bytes 4096",
+            "traceed_ingest_lag_seconds 1.5",
+            "traceed_api_requests_total{status=\"200\"} 2",
+            "traceed_api_requests_total{status=\"404\"} 1",
+            "# TYPE traceed_events_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
     }
 }

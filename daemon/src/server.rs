@@ -19,6 +19,10 @@ use crate::loader::{self, LoadOptions};
 use crate::metrics::Counters;
 use crate::store::{Store, Writer};
 
+/// Events kept for live followers; a follower further behind is skipped
+/// ahead with a `lost` line.
+const LIVE_CAPACITY: usize = 4096;
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = Store::open(&cfg.state_dir).await?;
@@ -26,7 +30,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(cfg.store.queue_capacity);
-    let (live, _) = broadcast::channel(4096);
+    let (live, _) = broadcast::channel(LIVE_CAPACITY);
     let writer = Writer::new(
         &store,
         rx,
@@ -89,11 +93,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_rx,
     ));
 
-    let state = Arc::new(AppState {
-        store: store.clone(),
-        counters: counters.clone(),
-        live,
-        load: LoadInfo {
+    let state = Arc::new(AppState::new(
+        store.clone(),
+        counters.clone(),
+        live.clone(),
+        LIVE_CAPACITY,
+        LoadInfo {
             rung: loaded.rung.as_str().into(),
             fidelity: fidelity.into(),
             btf_source: loaded.btf_source.clone(),
@@ -102,20 +107,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             skipped_hooks: loaded.skipped_hooks.clone(),
             transport: loaded.transport.as_str().into(),
         },
-        ready: Default::default(),
+        format!("max_age={}", humanize(cfg.store.max_age)),
         started,
-        retention: format!("max_age={}", humanize(cfg.store.max_age)),
-    });
+    ));
+    crate::metrics::spawn_lag_watch(&live, counters.clone());
     let listener = bind_socket(&cfg.socket)?;
     let socket_ino = std::fs::metadata(&cfg.socket).map(|m| m.ino()).ok();
     let app = api::router(state.clone());
     let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
     let api_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = api_stop_rx.changed().await;
-            })
-            .await
+        api::serve::serve(listener, app, async move {
+            let _ = api_stop_rx.changed().await;
+        })
+        .await
     });
     state.ready.store(true, Relaxed);
     tracing::info!(

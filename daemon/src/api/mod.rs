@@ -1,0 +1,295 @@
+//! The REST API on the Unix socket (axum). Read-only: it queries the store
+//! and subscribes to the writer's live broadcast for `follow=true`.
+//! Every refused request is a 4xx with `{"error": "..."}` saying what was
+//! wrong and what is accepted; `guard` applies the per-request limits, peer
+//! check, metrics and logging in one place for every route.
+
+mod follow;
+mod query;
+pub mod serve;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::broadcast;
+use traceed_wire::{ErrorBody, Event, EventsPage, Refusal, SkippedHook, Status};
+
+use crate::metrics::{Counters, Metrics};
+use crate::store::Store;
+pub use query::{encode_cursor, parse_query};
+use serve::Caller;
+
+/// The OpenAPI 3.1 description of everything below.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Longest request target answered normally (414 beyond).
+const MAX_URI: usize = 8 * 1024;
+/// Largest total of header names and values answered normally (431 beyond).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// What the loader decided, fixed for the daemon's lifetime.
+#[derive(Clone, Default)]
+pub struct LoadInfo {
+    pub rung: String,
+    pub fidelity: String,
+    pub btf_source: Option<String>,
+    pub refused: Vec<Refusal>,
+    pub programs: Vec<String>,
+    pub skipped_hooks: Vec<SkippedHook>,
+    pub transport: String,
+}
+
+pub struct AppState {
+    pub store: Store,
+    pub counters: Arc<Counters>,
+    pub live: broadcast::Sender<Arc<Event>>,
+    /// Capacity `live` was created with (follow uses it to detect lag).
+    pub live_capacity: usize,
+    pub load: LoadInfo,
+    pub ready: AtomicBool,
+    pub started: Instant,
+    pub retention: String,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        counters: Arc<Counters>,
+        live: broadcast::Sender<Arc<Event>>,
+        live_capacity: usize,
+        load: LoadInfo,
+        retention: String,
+        started: Instant,
+    ) -> Self {
+        let db = store.clone();
+        Self {
+            metrics: Metrics::new(counters.clone(), move || db.db_bytes()),
+            store,
+            counters,
+            live,
+            live_capacity,
+            load,
+            ready: AtomicBool::new(false),
+            started,
+            retention,
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store query failed");
+        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e}"))
+    }
+}
+
+const ENDPOINTS: &str = "GET /v1/events, /v1/status, /v1/openapi.json, /healthz, /metrics";
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint; the API has {ENDPOINTS}"),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let mut r = ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {} is not allowed: the API is read-only, every endpoint answers GET (and HEAD)",
+            req.method()
+        ),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
+}
+
+/// Checks that apply to every request before it is routed, in order:
+/// connection limit, peer, request size, body. Then counts and logs.
+async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let caller = req.extensions().get::<Caller>().copied();
+    let method = req.method().clone();
+    let uri_len = req.uri().to_string().len();
+    let path = req.uri().path().to_owned();
+    let refusal = precheck(caller.as_ref(), &req, uri_len);
+    let resp = match refusal {
+        Some(e) => e.into_response(),
+        None => next.run(req).await,
+    };
+    let status = resp.status().as_u16();
+    st.metrics.count_request(status);
+    let (uid, pid) = caller.map_or((None, None), |c| (Some(c.peer.uid), c.peer.pid));
+    // The path only: query strings can be long and are the caller's business.
+    let path: String = path.chars().take(256).collect();
+    tracing::debug!(?uid, ?pid, %method, path, status, "request");
+    resp
+}
+
+fn precheck(caller: Option<&Caller>, req: &Request, uri_len: usize) -> Option<Response> {
+    // No Caller: the request did not come through `serve` (in-process
+    // tests), so there is no peer to check.
+    if let Some(c) = caller {
+        if c.busy {
+            let mut r = ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many connections (limit {}); retry shortly",
+                    serve::MAX_CONNECTIONS
+                ),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Some(r);
+        }
+        if !c.allowed {
+            return Some(
+                ApiError(StatusCode::FORBIDDEN, crate::peer::refusal(&c.peer)).into_response(),
+            );
+        }
+    }
+    if uri_len > MAX_URI {
+        return Some(
+            ApiError(
+                StatusCode::URI_TOO_LONG,
+                format!("request target is {uri_len} bytes; the limit is {MAX_URI}"),
+            )
+            .into_response(),
+        );
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Some(
+            ApiError(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "request headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
+                ),
+            )
+            .into_response(),
+        );
+    }
+    let h = req.headers();
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Some(
+            ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request bodies are not accepted: every endpoint is a GET with query parameters"
+                    .into(),
+            )
+            .into_response(),
+        );
+    }
+    None
+}
+
+async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    if st.ready.load(Relaxed) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "starting".into()).into_response()
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn status(State(st): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
+    let uptime = st.started.elapsed();
+    let total = st.counters.events_total.load(Relaxed);
+    Ok(Json(Status {
+        rung: st.load.rung.clone(),
+        btf_source: st.load.btf_source.clone(),
+        refused: st.load.refused.clone(),
+        programs: st.load.programs.clone(),
+        skipped_hooks: st.load.skipped_hooks.clone(),
+        transport: st.load.transport.clone(),
+        events_total: total,
+        lost_total: st.counters.lost_total(),
+        events_per_s: total as f64 / uptime.as_secs_f64().max(1e-3),
+        db_path: st.store.path().display().to_string(),
+        db_bytes: st.store.db_bytes(),
+        schema_version: st.store.schema_version().await?,
+        oldest_ts: st.store.oldest_ts().await?,
+        retention: st.retention.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: uptime.as_secs(),
+    }))
+}
+
+async fn events(
+    State(st): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let (q, follow) = parse_query(raw.as_deref())?;
+    if follow {
+        return Ok(follow::stream(st, q));
+    }
+    let (events, more) = st.store.query(&q).await?;
+    let next_cursor = if more {
+        events.last().map(|e| encode_cursor(e.id))
+    } else {
+        None
+    };
+    Ok(Json(EventsPage {
+        events,
+        next_cursor,
+    })
+    .into_response())
+}
