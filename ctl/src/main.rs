@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use http_body_util::BodyExt;
 use traceed_wire::{Event, EventsPage, Status};
 
@@ -18,7 +18,10 @@ use output::Format;
 #[command(
     name = "tracectl",
     version,
-    about = "Query and follow events recorded by traceed"
+    about = "Query and follow events recorded by traceed",
+    after_help = "Exit status: 0 ok; 1 bad usage or a request the daemon refused; \
+                  2 traceed not reachable; 3 permission denied (join group `traceed`).\n\
+                  The socket is TRACEED_SOCKET or --socket (default /run/traceed/traceed.sock)."
 )]
 struct Cli {
     /// The daemon's API socket.
@@ -39,9 +42,18 @@ enum Command {
     Events(EventsArgs),
     /// Show which rung of the portability ladder runs, and the store's state.
     Status {
+        /// table: a summary for people; json: the daemon's status object.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Print a shell completion script (e.g. `tracectl completions bash > /etc/bash_completion.d/tracectl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) generated from these definitions
+    /// (e.g. `tracectl man > /usr/share/man/man1/tracectl.1`).
+    Man,
 }
 
 #[derive(Args)]
@@ -55,34 +67,60 @@ struct EventsArgs {
     /// Only these kinds (comma-separated: exec,open,connect,...).
     #[arg(long, value_delimiter = ',')]
     kind: Vec<String>,
+    /// Only events of this process id (host view).
     #[arg(long)]
     pid: Option<u32>,
+    /// Only events whose parent process id is this.
     #[arg(long)]
     ppid: Option<u32>,
+    /// Only events of this user id.
     #[arg(long)]
     uid: Option<u32>,
+    /// Only events of tasks with this exact command name (comm, up to 15 bytes).
     #[arg(long)]
     comm: Option<String>,
+    /// Only events of processes running this executable (exact path).
     #[arg(long)]
     exe: Option<String>,
     /// Container id (a prefix, as `docker ps` shows it, is enough).
     #[arg(long)]
     container: Option<String>,
+    /// Only events recorded by this rung: core, kernel or fallback.
+    #[arg(long, value_parser = ["core", "kernel", "fallback"])]
+    fidelity: Option<String>,
+    /// Oldest first (asc, the default) or newest first (desc).
+    #[arg(long, value_enum, default_value = "asc", conflicts_with = "follow")]
+    order: Order,
     /// Stop after this many events (default: all that match).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
     /// Print the matching history, then keep printing new events as they happen.
     #[arg(short = 'f', long)]
     follow: bool,
+    /// Events fetched per request while paging (tests use small pages).
+    #[arg(long, hide = true, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    page_size: u64,
     /// Output format (default: table on a terminal, jsonl otherwise).
     #[arg(short = 'o', long, value_enum)]
     output: Option<Format>,
 }
 
-const PAGE: u64 = 1000;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Order {
+    Asc,
+    Desc,
+}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // DESIGN.md: 1 is bad usage (clap's own default would be 2, which here
+    // means "daemon unreachable").
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -95,13 +133,9 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`tracectl events | head`) is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            // A closed pipe (`tracectl events | head`) is not an error.
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::BrokenPipe {
-                    return ExitCode::SUCCESS;
-                }
-            }
             let code = e
                 .downcast_ref::<ClientError>()
                 .map(|c| c.exit_code())
@@ -112,21 +146,49 @@ fn main() -> ExitCode {
     }
 }
 
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(|j| j.io_error_kind())
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let api = Api::new(&cli.socket);
     match cli.command {
         Command::Status { output } => {
-            let s: Status = api.get_json("/v1/status").await?;
+            let s: serde_json::Value = api.get_json("/v1/status").await?;
             let mut out = std::io::stdout().lock();
             match output {
-                Format::Table => output::status_text(&s, &mut out)?,
-                Format::Json | Format::Jsonl => {
-                    writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?
+                Format::Table => {
+                    let s: Status = serde_json::from_value(s)
+                        .map_err(|e| ClientError::Protocol(format!("status: {e}")))?;
+                    output::status_text(&s, &mut out)?
                 }
+                // Exactly what the daemon sent, including fields this
+                // tracectl does not know yet.
+                Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?,
+                Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&s)?)?,
             }
             Ok(())
         }
         Command::Events(args) => events(&api, args).await,
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut cmd, "tracectl", &mut out);
+            out.flush()?;
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            man_page(&mut out)?;
+            out.flush()?;
+            Ok(())
+        }
     }
 }
 
@@ -155,6 +217,12 @@ fn query_string(a: &EventsArgs, page: u64, cursor: Option<&str>, follow: bool) -
             q.append_pair(k, v);
         }
     }
+    if let Some(v) = &a.fidelity {
+        q.append_pair("fidelity", v);
+    }
+    if a.order == Order::Desc {
+        q.append_pair("order", "desc");
+    }
     q.append_pair("limit", &page.to_string());
     if let Some(c) = cursor {
         q.append_pair("cursor", c);
@@ -171,9 +239,6 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
     } else {
         Format::Jsonl
     });
-    if a.limit == Some(0) {
-        anyhow::bail!("--limit must be at least 1");
-    }
     let max = a.limit.unwrap_or(u64::MAX);
     let mut out = std::io::stdout().lock();
     if a.follow {
@@ -187,7 +252,7 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
         out.write_all(b"[")?;
     }
     loop {
-        let page = PAGE.min(max - printed);
+        let page = a.page_size.min(max - printed);
         let path = format!(
             "/v1/events?{}",
             query_string(&a, page, cursor.as_deref(), false)
@@ -208,7 +273,7 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
                         out.write_all(b",")?;
                     }
                     first_json = false;
-                    serde_json::to_writer(&mut out, e)?;
+                    out.write_all(serde_json::to_string(e)?.as_bytes())?;
                 }
             }
         }
@@ -220,7 +285,7 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
     match format {
         Format::Json => out.write_all(b"]\n")?,
         Format::Table if all.is_empty() => writeln!(out, "no events match")?,
-        Format::Table => writeln!(out, "{}", output::table(&all))?,
+        Format::Table => writeln!(out, "{}", output::table(&all, output::terminal_width()))?,
         Format::Jsonl => {}
     }
     out.flush()?;
@@ -234,11 +299,12 @@ async fn follow(
     max: u64,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let path = format!("/v1/events?{}", query_string(a, PAGE, None, true));
+    let path = format!("/v1/events?{}", query_string(a, a.page_size, None, true));
     let resp = api.get(&path).await?;
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
     let mut printed = 0u64;
+    let width = output::terminal_width();
     if format == Format::Table {
         writeln!(out, "{}", output::HEADER.join("  "))?;
     }
@@ -253,7 +319,7 @@ async fn follow(
             let e: Event =
                 serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
             match format {
-                Format::Table => writeln!(out, "{}", output::follow_line(&e))?,
+                Format::Table => writeln!(out, "{}", output::follow_line(&e, width))?,
                 Format::Json | Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&e)?)?,
             }
             out.flush()?;
@@ -262,6 +328,22 @@ async fn follow(
                 return Ok(());
             }
         }
+    }
+    Ok(())
+}
+
+/// The man page, rendered from the clap definitions: the main page, then
+/// each subcommand's synopsis, description and options, so one
+/// `man tracectl` shows every flag.
+fn man_page(out: &mut impl Write) -> std::io::Result<()> {
+    let cmd = Cli::command();
+    clap_mangen::Man::new(cmd.clone()).render(out)?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("tracectl {}", sub.get_name());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(name));
+        man.render_synopsis_section(out)?;
+        man.render_description_section(out)?;
+        man.render_options_section(out)?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Row, Table};
 use traceed_wire::{Event, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,32 +83,49 @@ pub fn event_row(e: &Event) -> Vec<String> {
 
 pub const HEADER: [&str; 7] = ["TIME", "KIND", "PID", "PPID", "UID", "COMM", "DETAILS"];
 
-pub fn table(events: &[Event]) -> Table {
+/// The terminal's width, when stdout is one.
+pub fn terminal_width() -> Option<u16> {
+    Table::new().width()
+}
+
+/// A table of events; with a width, long cells are cut to one line each
+/// (marked with "...") so every row fits the terminal.
+pub fn table(events: &[Event], width: Option<u16>) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(HEADER);
-    if let Some((w, _)) = terminal_width() {
-        t.set_width(w);
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(HEADER);
+    if let Some(w) = width {
+        t.set_content_arrangement(ContentArrangement::Dynamic)
+            .set_width(w);
+    } else {
+        t.set_content_arrangement(ContentArrangement::Disabled);
     }
     for e in events {
-        t.add_row(event_row(e));
+        let mut row = Row::from(event_row(e));
+        if width.is_some() {
+            row.max_height(1);
+        }
+        t.add_row(row);
     }
     t
 }
 
-fn terminal_width() -> Option<(u16, u16)> {
-    let t = Table::new();
-    t.width().map(|w| (w, 0))
-}
-
-/// One plain line per live event (follow mode cannot redraw a table).
-pub fn follow_line(e: &Event) -> String {
+/// One plain line per live event (follow mode cannot redraw a table), cut
+/// to `width` characters when printing to a terminal.
+pub fn follow_line(e: &Event, width: Option<u16>) -> String {
     let r = event_row(e);
-    format!(
+    let line = format!(
         "{}  {:<8} {:>7} {:>7} {:>5} {:<15} {}",
         r[0], r[1], r[2], r[3], r[4], r[5], r[6]
-    )
+    );
+    match width {
+        Some(w) if line.chars().count() > w as usize => {
+            let keep = (w as usize).saturating_sub(3);
+            let mut cut: String = line.chars().take(keep).collect();
+            cut.push_str("...");
+            cut
+        }
+        _ => line,
+    }
 }
 
 pub fn status_text(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
@@ -144,4 +161,71 @@ pub fn status_text(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
         s.oldest_ts.map(local_time).unwrap_or_else(|| "-".into()),
         s.retention
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(argv: &[&str]) -> Event {
+        Event {
+            id: 1,
+            ts: 1_764_017_445_123_456_789,
+            kind: "exec".into(),
+            pid: Some(4242),
+            tid: Some(4242),
+            ppid: Some(1),
+            uid: Some(0),
+            gid: Some(0),
+            comm: Some("sh".into()),
+            ns_pid: None,
+            exe: None,
+            cgroup_id: None,
+            container_id: None,
+            mnt_ns: None,
+            pid_ns: None,
+            retval: None,
+            args: serde_json::json!({ "argv": argv }),
+            fidelity: "core".into(),
+        }
+    }
+
+    #[test]
+    fn table_fits_the_terminal_width() {
+        let long = "x".repeat(500);
+        let events = [exec(&["/bin/sh", "-c", &long]), exec(&["true"])];
+        let text = table(&events, Some(80)).to_string();
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{} > 80: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(text.contains("..."), "long cell not marked as cut:\n{text}");
+        assert!(text.contains("true") && text.contains("4242"));
+        assert_eq!(
+            text.lines().count(),
+            2 + 1 + 2 + 1,
+            "one line per row:\n{text}"
+        );
+        // Not a terminal: nothing is cut.
+        assert!(table(&events, None).to_string().contains(&long));
+    }
+
+    #[test]
+    fn follow_lines_are_cut_to_width() {
+        let long = "y".repeat(300);
+        let l = follow_line(&exec(&[&long]), Some(60));
+        assert_eq!(l.chars().count(), 60);
+        assert!(l.ends_with("..."));
+        assert!(follow_line(&exec(&[&long]), None).ends_with(&long));
+    }
+
+    #[test]
+    fn local_time_has_milliseconds() {
+        let t = local_time(1_764_017_445_123_456_789);
+        assert!(t.ends_with(".123"), "{t}");
+        assert_eq!(t.len(), "2025-11-24 20:50:45.123".len());
+    }
 }
