@@ -672,9 +672,15 @@ async fn a_slow_follower_gets_a_lost_line_and_does_not_block_ingest() {
         .unwrap();
     let mut body = resp.into_body();
     let mut buf = Vec::new();
+    // First get the follower into its live phase (a follower still reading
+    // history would take the flood from the store instead, losing nothing).
+    let now = traceed_wire::now_ns();
+    f.insert(vec![event("exec", now - 1, 7)]).await;
+    let first = read_lines(&mut body, &mut buf, 1).await;
+    assert_eq!(first[0].kind, "exec");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // Nothing read while 2000 events are committed: the writer must not
     // wait for this reader (insert() would time out if it did).
-    let now = traceed_wire::now_ns();
     let t0 = std::time::Instant::now();
     f.insert((0..2000).map(|i| event("fork", now + i, 1)).collect())
         .await;
@@ -700,4 +706,67 @@ async fn a_slow_follower_gets_a_lost_line_and_does_not_block_ingest() {
     // channel (64), not by what was committed meanwhile.
     assert!(delivered <= 16 + 64 + 2, "delivered {delivered}");
     assert_eq!(f.st.counters.follow_dropped.load(Relaxed), missed);
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_code() {
+    let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+    let params: Vec<&str> = doc["paths"]["/v1/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, super::query::PARAMS, "documented parameters");
+    let kind = doc["paths"]["/v1/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "kind")
+        .unwrap();
+    let pattern = kind["schema"]["pattern"].as_str().unwrap();
+    let documented: Vec<&str> = pattern
+        .trim_start_matches("^(")
+        .split(')')
+        .next()
+        .unwrap()
+        .split('|')
+        .collect();
+    assert_eq!(documented, traceed_wire::KINDS, "kind pattern is stale");
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    for p in [
+        "/v1/events",
+        "/v1/status",
+        "/healthz",
+        "/metrics",
+        "/v1/openapi.json",
+    ] {
+        assert!(paths.iter().any(|x| *x == p), "{p} undocumented");
+    }
+    // Every field the daemon sends is documented, and only those.
+    let status = &doc["components"]["schemas"]["Status"]["properties"];
+    let event = &doc["components"]["schemas"]["Event"]["properties"];
+    let sample_event = serde_json::to_value(event_sample()).unwrap();
+    for k in sample_event.as_object().unwrap().keys() {
+        assert!(event.get(k).is_some(), "Event.{k} undocumented");
+    }
+    assert_eq!(
+        event.as_object().unwrap().len(),
+        sample_event.as_object().unwrap().len()
+    );
+    // The live answer, so a field added to Status must be documented too.
+    let f = Fixture::seeded().await;
+    let (_, body) = f.get("/v1/status").await;
+    let st: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    for k in st.as_object().unwrap().keys() {
+        assert!(status.get(k).is_some(), "Status.{k} undocumented");
+    }
+    assert_eq!(
+        status.as_object().unwrap().len(),
+        st.as_object().unwrap().len()
+    );
+}
+
+fn event_sample() -> Event {
+    event("exec", 0, 1)
 }
