@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List recorded events (oldest first), or follow them live.
-    Events(EventsArgs),
+    Events(Box<EventsArgs>),
     /// Show which rung of the portability ladder runs, and the store's state.
     Status {
         /// table: a summary for people; json: the daemon's status object.
@@ -175,7 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Events(args) => events(&api, args).await,
+        Command::Events(args) => events(&api, *args).await,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             let mut out = std::io::stdout().lock();
@@ -306,7 +306,7 @@ async fn follow(
     let mut printed = 0u64;
     let width = output::terminal_width();
     if format == Format::Table {
-        writeln!(out, "{}", output::HEADER.join("  "))?;
+        writeln!(out, "{}", output::follow_header())?;
     }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;

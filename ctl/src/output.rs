@@ -109,6 +109,15 @@ pub fn table(events: &[Event], width: Option<u16>) -> Table {
     t
 }
 
+/// The header above `follow_line`s, in the same columns.
+pub fn follow_header() -> String {
+    let h = HEADER;
+    format!(
+        "{:<23}  {:<8} {:>7} {:>7} {:>5} {:<15} {}",
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6]
+    )
+}
+
 /// One plain line per live event (follow mode cannot redraw a table), cut
 /// to `width` characters when printing to a terminal.
 pub fn follow_line(e: &Event, width: Option<u16>) -> String {
