@@ -422,3 +422,32 @@ fn tracectl_usage_completions_and_man() {
         assert!(man.contains(flag), "man page lacks {flag}");
     }
 }
+
+#[test]
+fn a_follow_stream_outlives_the_header_timeout() {
+    // The 10 s limit is on sending request headers, not on how long a
+    // response may stream: an event 12 s into a follow still arrives.
+    let d = Daemon::start();
+    let prog = Program::new("tdlong");
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    write!(
+        s,
+        "GET /v1/events?follow=true&kind=exec&comm={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        prog.name
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+    let pid = prog.run(&[]);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    while !seen.contains(&format!("\"pid\":{pid},")) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        assert!(t0.elapsed() < Duration::from_secs(15), "no event: {seen}");
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("application/x-ndjson"));
+}
