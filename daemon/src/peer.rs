@@ -26,15 +26,26 @@ impl Peer {
     }
 }
 
-/// The gid of group `traceed`, if the group exists.
+/// The gid of group `traceed`, if the group exists. Looked up per
+/// connection (the group may be created after the daemon starts), from
+/// blocking threads, hence the reentrant call.
 pub fn group_gid() -> Option<u32> {
     let name = c"traceed";
-    // SAFETY: getgrnam with a constant C string; the result is copied at once.
-    // Called at start and per connection from the accept loop only.
-    unsafe {
-        let g = libc::getgrnam(name.as_ptr());
-        (!g.is_null()).then(|| (*g).gr_gid)
-    }
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: group is plain old data; all-zero is a valid value.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes only into our buffers; `res` is null or `&grp`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut res,
+        )
+    };
+    (rc == 0 && !res.is_null()).then_some(grp.gr_gid)
 }
 
 /// Supplementary groups of a live process, from /proc/<pid>/status.
@@ -141,6 +152,19 @@ mod tests {
                 Some(g)
             ));
         }
+    }
+
+    #[test]
+    fn group_lookup_agrees_with_getent() {
+        let out = std::process::Command::new("getent")
+            .args(["group", "traceed"])
+            .output()
+            .unwrap();
+        let want: Option<u32> = String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .nth(2)
+            .and_then(|g| g.trim().parse().ok());
+        assert_eq!(group_gid(), want);
     }
 
     #[test]
