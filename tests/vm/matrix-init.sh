@@ -1,0 +1,315 @@
+#!/bin/busybox sh
+# /init of the kernel-matrix guest (built into the initramfs by
+# tests/vm/matrix.sh). Runs traceed in each requested rung of the portability
+# ladder, drives tests/vm/matrix-probe (exec + open + connect + exit with
+# known ground truth), checks the stored rows read back through tracectl, and
+# writes one machine-readable line per check and per rung to /dev/ttyS1:
+#
+#   MX BOOT <uname -r> <uptime s>
+#   MX CHECK <rung> PASS|FAIL|SKIP <what> <detail>
+#   MX RUNG <rung> PASS|FAIL|SKIP <reason>
+#   MX DONE <uptime s>
+#
+# The kernel console (ttyS0) only carries logs. Busybox has no jq: stored
+# events are `tracectl events -o jsonl` lines, and jget() extracts one
+# top-level scalar or array by key. That is sound here because traceed's
+# event keys (DESIGN.md, wire shapes) are distinct names: no args key equals
+# a column name.
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+
+exec 3>/dev/ttyS1
+say() { echo "$*" >&3; echo "$*"; }
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+param() { tr ' ' '\n' </proc/cmdline | sed -n "s/^matrix\.$1=//p"; }
+
+say "MX BOOT $(uname -r) $(uptime_s)"
+
+RUNGS=$(param rungs | tr ',' ' ')
+[ -n "$RUNGS" ] || RUNGS="core-kernel-btf core-external-btf fallback"
+# TCG is 10-50x slower than the host: generous, but bounded.
+START_WAIT=$(param start_wait); [ -n "$START_WAIT" ] || START_WAIT=120
+EVENT_WAIT=$(param event_wait); [ -n "$EVENT_WAIT" ] || EVENT_WAIT=60
+
+# The external-BTF rung needs the kernel's own BTF as a file, taken before
+# sysfs BTF is hidden.
+BTF_COPY=/btf/vmlinux
+mkdir -p /btf
+if [ -e /sys/kernel/btf/vmlinux ]; then
+	cp /sys/kernel/btf/vmlinux "$BTF_COPY"
+fi
+
+# Extract the first value of a key from a JSON line: a string (unquoted,
+# escapes left as they are), an array (raw), a number, null, true or false.
+# The first: top-level columns come before args, and status' own rung
+# before those in refused[].
+jget() {
+	printf '%s\n' "$1" | awk -v k="$2" '{
+		if (match($0, "\"" k "\":[ \t]*(\"([^\"\\\\]|\\\\.)*\"|\\[[^]]*\\]|-?[0-9.]+|null|true|false)")) {
+			v = substr($0, RSTART, RLENGTH)
+			sub(/^"[^"]*":[ \t]*/, "", v)
+			if (v ~ /^".*"$/) v = substr(v, 2, length(v) - 2)
+			print v
+		}
+	}'
+}
+
+FAILS=0
+SKIPS=0
+check() { # rung what got want
+	if [ "$3" = "$4" ]; then
+		say "MX CHECK $1 PASS $2 $3"
+	else
+		say "MX CHECK $1 FAIL $2 got=$3 want=$4"
+		FAILS=$((FAILS + 1))
+		FAILED="$FAILED $2"
+	fi
+}
+check_or_null() { # rung what got want: the right value or an honest null
+	if [ "$3" = "null" ]; then
+		say "MX CHECK $1 PASS $2 null (allowed: unknown in this rung)"
+	else
+		check "$@"
+	fi
+}
+skip() { # rung what reason
+	say "MX CHECK $1 SKIP $2 $3"
+	SKIPS=$((SKIPS + 1))
+}
+
+# Poll a tracectl query until it prints a line, or give up after EVENT_WAIT s.
+wait_event() { # sock args...
+	sock=$1; shift
+	i=0
+	while [ $i -lt "$EVENT_WAIT" ]; do
+		line=$(tracectl --socket "$sock" events "$@" -o jsonl 2>/dev/null | head -n 1)
+		if [ -n "$line" ]; then
+			echo "$line"
+			return 0
+		fi
+		sleep 1
+		i=$((i + 1))
+	done
+	return 1
+}
+
+one_line() { tail -n "${2:-3}" "$1" | tr '\n\t' '  ' | cut -c1-400; }
+
+run_rung() { # rung
+	rung=$1
+	FAILS=0
+	SKIPS=0
+	FAILED=
+	dir=/run/mx/$rung
+	sock=$dir/api.sock
+	mkdir -p "$dir"
+	hidden=0
+	case $rung in
+	core-kernel-btf)
+		set -- --mode core
+		;;
+	core-external-btf)
+		if [ ! -s "$BTF_COPY" ]; then
+			say "MX RUNG $rung FAIL this kernel exposes no /sys/kernel/btf/vmlinux to copy"
+			return
+		fi
+		mount -t tmpfs tmpfs /sys/kernel/btf && hidden=1
+		set -- --mode core --btf "$BTF_COPY"
+		;;
+	fallback)
+		[ -d /sys/kernel/btf ] && mount -t tmpfs tmpfs /sys/kernel/btf && hidden=1
+		set -- --mode fallback
+		;;
+	*)
+		say "MX RUNG $rung FAIL unknown rung"
+		return
+		;;
+	esac
+	if [ -e /sys/kernel/btf/vmlinux ] && [ "$rung" != core-kernel-btf ]; then
+		say "MX RUNG $rung FAIL could not hide /sys/kernel/btf"
+		return
+	fi
+
+	t0=$(uptime_s)
+	traceed --state-dir "$dir" --socket "$sock" "$@" >"$dir/log" 2>&1 &
+	dpid=$!
+	i=0
+	while :; do
+		if tracectl --socket "$sock" status -o json >"$dir/status" 2>/dev/null; then
+			break
+		fi
+		if ! kill -0 "$dpid" 2>/dev/null; then
+			wait "$dpid"
+			rc=$?
+			msg=$(grep -E 'ERROR|Error|error' "$dir/log" | tail -n 2 | tr '\n' ' ' | cut -c1-500)
+			[ -n "$msg" ] || msg=$(one_line "$dir/log")
+			# A rung this build of traceed does not have yet is a SKIP
+			# with the daemon's own words; any other refusal is a FAIL.
+			if echo "$msg" | grep -q 'not built yet'; then
+				say "MX RUNG $rung SKIP traceed has no $rung rung yet (exit $rc): $msg"
+			else
+				say "MX RUNG $rung FAIL traceed exited $rc: $msg"
+			fi
+			[ $hidden = 1 ] && umount /sys/kernel/btf
+			return
+		fi
+		i=$((i + 1))
+		if [ $i -gt $((START_WAIT * 2)) ]; then
+			say "MX RUNG $rung FAIL traceed not ready after ${START_WAIT}s: $(one_line "$dir/log")"
+			kill -KILL "$dpid"
+			[ $hidden = 1 ] && umount /sys/kernel/btf
+			return
+		fi
+		usleep 500000
+	done
+	t1=$(uptime_s)
+	say "MX CHECK $rung PASS ready startup_s=$(echo "$t0 $t1" | awk '{printf "%.1f", $2-$1}')"
+	st=$(tr -d '\n' <"$dir/status")
+	check "$rung" status.rung "$(jget "$st" rung)" "$rung"
+	programs=$(jget "$st" programs)
+	case $rung in
+	core-kernel-btf) check "$rung" status.btf_source "$(jget "$st" btf_source)" /sys/kernel/btf/vmlinux ;;
+	core-external-btf) check "$rung" status.btf_source "$(jget "$st" btf_source)" "$BTF_COPY" ;;
+	esac
+
+	# The workload: a uniquely named copy of the probe, run by a shell in
+	# its own cgroup so ppid and cgroup_id have non-trivial known values.
+	nonce=$(cut -c1-8 /proc/sys/kernel/random/uuid)
+	name=mx$nonce
+	exe=/tmp/$name
+	opath=/tmp/$name.open
+	cp /bin/matrix-probe "$exe"
+	cg=/sys/fs/cgroup/$name
+	mkdir "$cg"
+	cgid=$(stat -c %i "$cg")
+	sh -c 'echo $$ >'"$cg"'/cgroup.procs; echo shpid=$$; '"$exe"' '"$opath"' 7 "--marker='"$name"'" "two words"; echo rc=$?' >"$dir/truth" 2>&1
+	truth() { sed -n "s/^$1=//p" "$dir/truth"; }
+	pid=$(truth pid)
+	shpid=$(truth shpid)
+	if [ -z "$pid" ] || [ "$(truth rc)" != 7 ]; then
+		say "MX RUNG $rung FAIL workload did not run: $(one_line "$dir/truth" 20)"
+		stop_daemon
+		return
+	fi
+	check "$rung" truth.ppid "$(truth ppid)" "$shpid"
+
+	case $rung in
+	fallback) fid=fallback ;;
+	*) fid=core ;;
+	esac
+
+	ev=$(wait_event "$sock" --kind exec --comm "$name")
+	if [ -z "$ev" ]; then
+		check "$rung" exec.recorded none "an exec row with comm $name"
+	else
+		check "$rung" exec.pid "$(jget "$ev" pid)" "$pid"
+		check "$rung" exec.tid "$(jget "$ev" tid)" "$pid"
+		check "$rung" exec.uid "$(jget "$ev" uid)" 0
+		check "$rung" exec.gid "$(jget "$ev" gid)" 0
+		check "$rung" exec.comm "$(jget "$ev" comm)" "$name"
+		check "$rung" exec.filename "$(jget "$ev" filename)" "$exe"
+		check "$rung" exec.argv "$(jget "$ev" argv)" "[\"$exe\",\"$opath\",\"7\",\"--marker=$name\",\"two words\"]"
+		check "$rung" exec.fidelity "$(jget "$ev" fidelity)" "$fid"
+		check "$rung" exec.cgroup_id "$(jget "$ev" cgroup_id)" "$cgid"
+		if [ $fid = core ]; then
+			# The fields CO-RE reads out of task_struct: these are the
+			# ones a wrong layout (PREEMPT_RT) gets wrong.
+			check "$rung" exec.ppid "$(jget "$ev" ppid)" "$shpid"
+			check "$rung" exec.mnt_ns "$(jget "$ev" mnt_ns)" "$(truth mnt_ns)"
+			check "$rung" exec.pid_ns "$(jget "$ev" pid_ns)" "$(truth pid_ns)"
+			check "$rung" exec.ns_pid "$(jget "$ev" ns_pid)" "$pid"
+			check "$rung" exec.exe "$(jget "$ev" exe)" "$exe"
+		else
+			# Fallback: what it cannot know must be null, never guessed.
+			check_or_null "$rung" exec.ppid "$(jget "$ev" ppid)" "$shpid"
+			check "$rung" exec.mnt_ns "$(jget "$ev" mnt_ns)" null
+			check "$rung" exec.pid_ns "$(jget "$ev" pid_ns)" null
+			check_or_null "$rung" exec.ns_pid "$(jget "$ev" ns_pid)" "$pid"
+			check_or_null "$rung" exec.exe "$(jget "$ev" exe)" "$exe"
+		fi
+	fi
+
+	# The probe's exit comes after its open and connect: once it is stored,
+	# so is everything the probe did.
+	ev=$(wait_event "$sock" --kind exit --pid "$pid")
+	if [ -z "$ev" ]; then
+		check "$rung" exit.recorded none "an exit row for pid $pid"
+	else
+		check "$rung" exit.exit_code "$(jget "$ev" exit_code)" 7
+		check "$rung" exit.signal "$(jget "$ev" signal)" null
+	fi
+
+	ev=$(wait_event "$sock" --kind fork --pid "$pid")
+	if [ -z "$ev" ]; then
+		check "$rung" fork.recorded none "a fork row for pid $pid"
+	else
+		check_or_null "$rung" fork.ppid "$(jget "$ev" ppid)" "$shpid"
+		[ $fid = core ] && check "$rung" fork.ppid.core "$(jget "$ev" ppid)" "$shpid"
+	fi
+
+	# open and connect: checked where this binary records them.
+	for kind in open connect; do
+		if ! echo "$programs" | grep -q "$kind"; then
+			skip "$rung" "$kind" "traceed attaches no $kind program yet (programs: $programs)"
+			continue
+		fi
+		ev=$(EVENT_WAIT=10 wait_event "$sock" --kind "$kind" --pid "$pid")
+		if [ -z "$ev" ]; then
+			check "$rung" "$kind.recorded" none "an $kind row for pid $pid"
+			continue
+		fi
+		check "$rung" "$kind.comm" "$(jget "$ev" comm)" "$name"
+		[ $fid = core ] && check "$rung" "$kind.mnt_ns" "$(jget "$ev" mnt_ns)" "$(truth mnt_ns)"
+		if [ "$kind" = open ]; then
+			check "$rung" open.path "$(jget "$ev" path)" "$opath"
+		else
+			check "$rung" connect.port "$(jget "$ev" port)" "$(truth connect_port)"
+			check "$rung" connect.addr "$(jget "$ev" addr)" 127.0.0.1
+		fi
+	done
+
+	stop_daemon
+	if [ $FAILS -gt 0 ]; then
+		say "MX RUNG $rung FAIL $FAILS check(s) failed:$FAILED"
+	elif [ $SKIPS -gt 0 ]; then
+		say "MX RUNG $rung PASS (skipped $SKIPS: kinds not recorded by this build)"
+	else
+		say "MX RUNG $rung PASS"
+	fi
+}
+
+stop_daemon() {
+	kill -TERM "$dpid" 2>/dev/null
+	i=0
+	while kill -0 "$dpid" 2>/dev/null; do
+		i=$((i + 1))
+		if [ $i -gt 60 ]; then
+			check "$rung" stop "still running 30s after SIGTERM" "exit"
+			kill -KILL "$dpid"
+			break
+		fi
+		usleep 500000
+	done
+	wait "$dpid" 2>/dev/null
+	[ $hidden = 1 ] && umount /sys/kernel/btf
+	# The log is echoed to the console for post-mortems on the host.
+	sed "s/^/[traceed $rung] /" "$dir/log" | tail -n 40
+}
+
+for r in $RUNGS; do
+	run_rung "$r"
+done
+say "MX DONE $(uptime_s)"
+sync
+poweroff -f
+echo o >/proc/sysrq-trigger
+sleep 10

@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Guest-side workload of the kernel matrix (tests/vm/matrix.sh): one process
+ * whose every action has a known answer. The init script copies it to a
+ * unique name and runs it; it prints its own ground truth (pid, ppid,
+ * namespaces, cgroup) as key=value lines, then opens one file, connects one
+ * TCP socket over loopback and exits with a chosen status, so the checker
+ * can compare the stored exec/open/connect/exit rows field by field.
+ *
+ * Static (gcc -static) so the initramfs needs no extra libraries for it.
+ *
+ *   matrix-probe OPEN_PATH EXIT_CODE [ARGS...]
+ */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* "mnt:[4026531841]" -> 4026531841 */
+static unsigned long ns_inode(const char *which)
+{
+	char path[64], buf[64];
+	ssize_t n;
+	char *p;
+
+	snprintf(path, sizeof(path), "/proc/self/ns/%s", which);
+	n = readlink(path, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return 0;
+	buf[n] = 0;
+	p = strchr(buf, '[');
+	return p ? strtoul(p + 1, NULL, 10) : 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	int fd, lfd, cfd, rc;
+
+	if (argc < 3) {
+		fprintf(stderr, "usage: %s OPEN_PATH EXIT_CODE [ARGS...]\n", argv[0]);
+		return 2;
+	}
+	printf("pid=%d\nppid=%d\nuid=%u\ngid=%u\nmnt_ns=%lu\npid_ns=%lu\n",
+	       getpid(), getppid(), getuid(), getgid(), ns_inode("mnt"),
+	       ns_inode("pid"));
+	fflush(stdout);
+
+	/* Flags and mode the checker knows: O_WRONLY|O_CREAT|O_TRUNC, 0640. */
+	fd = open(argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0640);
+	printf("open_fd=%d\n", fd);
+	if (fd >= 0)
+		close(fd);
+
+	/* A listener on an ephemeral port, then one connect to it: the
+	 * connect succeeds and its port is known. */
+	lfd = socket(AF_INET, SOCK_STREAM, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+	    listen(lfd, 1) != 0 || getsockname(lfd, (struct sockaddr *)&sa, &len) != 0) {
+		perror("listener");
+		return 3;
+	}
+	cfd = socket(AF_INET, SOCK_STREAM, 0);
+	rc = connect(cfd, (struct sockaddr *)&sa, sizeof(sa));
+	printf("connect_port=%u\nconnect_rc=%d\n", ntohs(sa.sin_port), rc);
+	fflush(stdout);
+	close(cfd);
+	close(lfd);
+	return atoi(argv[2]);
+}
