@@ -5,6 +5,9 @@
 # known ground truth), checks the stored rows read back through tracectl, and
 # writes one machine-readable line per check and per rung to /dev/ttyS1:
 #
+# Rungs: core-kernel-btf, core-external-btf, fallback, and foreign-btf (a
+# negative control: another kernel's BTF must be refused).
+#
 #   MX BOOT <uname -r> <uptime s>
 #   MX CHECK <rung> PASS|FAIL|SKIP <what> <detail>
 #   MX RUNG <rung> PASS|FAIL|SKIP <reason>
@@ -129,6 +132,17 @@ run_rung() { # rung
 		[ -d /sys/kernel/btf ] && mount -t tmpfs tmpfs /sys/kernel/btf && hidden=1
 		set -- --mode fallback
 		;;
+	foreign-btf)
+		# A negative control: another kernel's BTF (matrix.sh puts the
+		# host's in the initramfs). Relocating against it would read
+		# this kernel's structs at that kernel's offsets.
+		if [ ! -s /btf/foreign ]; then
+			say "MX RUNG $rung FAIL no /btf/foreign in the initramfs"
+			return
+		fi
+		mount -t tmpfs tmpfs /sys/kernel/btf && hidden=1
+		set -- --mode core --btf /btf/foreign
+		;;
 	*)
 		say "MX RUNG $rung FAIL unknown rung"
 		return
@@ -154,7 +168,9 @@ run_rung() { # rung
 			[ -n "$msg" ] || msg=$(one_line "$dir/log")
 			# A rung this build of traceed does not have yet is a SKIP
 			# with the daemon's own words; any other refusal is a FAIL.
-			if echo "$msg" | grep -q 'not built yet'; then
+			if [ "$rung" = foreign-btf ]; then
+				say "MX RUNG $rung PASS refused $(cat /btf/foreign.origin): $msg"
+			elif echo "$msg" | grep -q 'not built yet'; then
 				say "MX RUNG $rung SKIP traceed has no $rung rung yet (exit $rc): $msg"
 			else
 				say "MX RUNG $rung FAIL traceed exited $rc: $msg"
@@ -174,12 +190,16 @@ run_rung() { # rung
 	t1=$(uptime_s)
 	say "MX CHECK $rung PASS ready startup_s=$(echo "$t0 $t1" | awk '{printf "%.1f", $2-$1}')"
 	st=$(tr -d '\n' <"$dir/status")
-	check "$rung" status.rung "$(jget "$st" rung)" "$rung"
 	programs=$(jget "$st" programs)
 	case $rung in
 	core-kernel-btf) check "$rung" status.btf_source "$(jget "$st" btf_source)" /sys/kernel/btf/vmlinux ;;
 	core-external-btf) check "$rung" status.btf_source "$(jget "$st" btf_source)" "$BTF_COPY" ;;
+	foreign-btf)
+		# It should have refused; the checks below show what it misreads.
+		check "$rung" refused "started with $(cat /btf/foreign.origin)" "refusal"
+		;;
 	esac
+	[ "$rung" = foreign-btf ] || check "$rung" status.rung "$(jget "$st" rung)" "$rung"
 
 	# The workload: a uniquely named copy of the probe, run by a shell in
 	# its own cgroup so ppid and cgroup_id have non-trivial known values.
@@ -248,7 +268,8 @@ run_rung() { # rung
 		check "$rung" exit.signal "$(jget "$ev" signal)" null
 	fi
 
-	ev=$(wait_event "$sock" --kind fork --pid "$pid")
+	# The fork came before the exit just waited for: no long wait.
+	ev=$(EVENT_WAIT=10 wait_event "$sock" --kind fork --pid "$pid")
 	if [ -z "$ev" ]; then
 		check "$rung" fork.recorded none "a fork row for pid $pid"
 	else
@@ -269,11 +290,18 @@ run_rung() { # rung
 		fi
 		check "$rung" "$kind.comm" "$(jget "$ev" comm)" "$name"
 		[ $fid = core ] && check "$rung" "$kind.mnt_ns" "$(jget "$ev" mnt_ns)" "$(truth mnt_ns)"
+		check "$rung" "$kind.pid" "$(jget "$ev" pid)" "$pid"
 		if [ "$kind" = open ]; then
 			check "$rung" open.path "$(jget "$ev" path)" "$opath"
+			# O_WRONLY|O_CREAT|O_TRUNC and 0640, as the probe passed them.
+			check "$rung" open.flags "$(jget "$ev" flags)" 577
+			check "$rung" open.mode "$(jget "$ev" mode)" 416
+			check "$rung" open.retval "$(jget "$ev" retval)" "$(truth open_fd)"
 		else
-			check "$rung" connect.port "$(jget "$ev" port)" "$(truth connect_port)"
+			check "$rung" connect.family "$(jget "$ev" family)" inet
 			check "$rung" connect.addr "$(jget "$ev" addr)" 127.0.0.1
+			check "$rung" connect.port "$(jget "$ev" port)" "$(truth connect_port)"
+			check "$rung" connect.retval "$(jget "$ev" retval)" "$(truth connect_rc)"
 		fi
 	done
 

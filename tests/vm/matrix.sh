@@ -14,6 +14,7 @@
 #   tests/vm/matrix.sh                     # the CI set: Debian 12's 6.1 amd64, cloud-amd64, rt-amd64
 #   tests/vm/matrix.sh --all               # + bullseye 5.10, trixie 6.12 (generic and rt)
 #   tests/vm/matrix.sh --kernels 'bookworm:6.1:rt-amd64' --rungs core-kernel-btf
+#   tests/vm/matrix.sh --rungs core-kernel-btf,foreign-btf   # + negative control: the host's BTF must be refused
 #   tests/vm/matrix.sh --update-readme     # after a run, also rewrite README's table
 #   tests/vm/matrix.sh --readme-only       # only regenerate README from the last results
 #   tests/vm/matrix.sh --all --fetch-only  # only resolve and download the kernels
@@ -71,7 +72,17 @@ update_readme() {
 	grep -qF "$begin" "$readme" || die "README.md has no '$begin' marker"
 	# Everything up to the end of the table (the first blank line after it).
 	awk -v res="$RESULTS" -v b="$begin" -v e="$end" '
-		$0 == b { print; while ((getline l < res) > 0) { if (l ~ /^## Details/) break; print l }; skip = 1; next }
+		$0 == b {
+			print
+			while ((getline l < res) > 0) {
+				if (l ~ /^## Details/) break
+				if (l ~ /^# / || (l == "" && !started)) continue
+				started = 1
+				print l
+			}
+			skip = 1
+			next
+		}
 		$0 == e { skip = 0 }
 		!skip { print }' "$readme" >"$readme.tmp"
 	mv "$readme.tmp" "$readme"
@@ -219,6 +230,14 @@ build_initramfs() {
 			cp -L "$lib" "$root$lib"
 		done
 	done
+	if [[ ,$RUNGS, == *,foreign-btf,* ]]; then
+		# The negative control needs a BTF that is not the guest's own:
+		# the host's (MATRIX_FOREIGN_BTF overrides).
+		local foreign=${MATRIX_FOREIGN_BTF:-/sys/kernel/btf/vmlinux}
+		[ -s "$foreign" ] || die "foreign-btf rung: no BTF at $foreign (set MATRIX_FOREIGN_BTF)"
+		cp "$foreign" "$root/btf/foreign"
+		if [ -z "${MATRIX_FOREIGN_BTF:-}" ]; then echo "the BTF of kernel $(uname -r)"; else echo "$foreign"; fi >"$root/btf/foreign.origin"
+	fi
 	(cd "$root" && find . | cpio -o -H newc --quiet) >"$out"
 	echo "$out"
 }
@@ -330,7 +349,7 @@ main() {
 			[ "$status" = PASS ] || [ "$status" = SKIP ] || fails=$((fails + 1))
 		done
 		out+=("$line")
-		details+=("### $(cat "$kdir/release")" "" "host wall time ${wall}s (qemu, boot to poweroff); guest log: \`$run/console.log\`" "" '```')
+		details+=("### $(cat "$kdir/release")" "" "host wall time ${wall}s (qemu, boot to poweroff); guest log: \`${run#"$ROOT"/}/console.log\`" "" '```')
 		details+=("$(grep -aE '^MX (BOOT|RUNG|DONE) |^MX CHECK [^ ]+ (FAIL|SKIP) |^MX CHECK [^ ]+ PASS ready ' "$run/results.txt" 2>/dev/null | tr -d '\r' || true)" '```' "")
 	done
 	out+=("" "PASS: every check held. SKIP: the rung or event kind is not in this build of traceed (the reason quotes it)." \
