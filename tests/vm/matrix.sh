@@ -20,7 +20,8 @@
 #   tests/vm/matrix.sh --all --fetch-only  # only resolve and download the kernels
 #
 # A kernel is SUITE:SERIES:FLAVOUR (the newest ABI of that series in that
-# suite) or SUITE:ABI:FLAVOUR with a full ABI (e.g. bookworm:6.1.0-56:amd64).
+# suite), SUITE:ABI:FLAVOUR with a full ABI (e.g. bookworm:6.1.0-56:amd64), or
+# local:NAME for one built here (local:6.1-nobtf: tests/vm/matrix-nobtf-kernel.sh).
 # Exit status: 0 when nothing FAILed, 1 otherwise. A guest that does not
 # finish within --timeout seconds is killed and its unreported rungs FAIL.
 #
@@ -169,6 +170,13 @@ resolve() {
 fetch_kernel() {
 	local spec=$1 suite series flavour pkg ver dir tmp
 	IFS=: read -r suite series flavour <<<"$spec"
+	if [ "$suite" = local ]; then
+		# Built here (tests/vm/matrix-nobtf-kernel.sh), never downloaded.
+		dir=$CACHE/kernels/local_$series
+		[ -s "$dir/vmlinuz" ] || { log "$spec: $dir/vmlinuz missing (build it: tests/vm/matrix-nobtf-kernel.sh)"; return 1; }
+		echo "$dir"
+		return 0
+	fi
 	[ -n "$flavour" ] || die "bad kernel '$spec': want SUITE:SERIES:FLAVOUR"
 	# What a spec resolved to is remembered for a day: repeated runs ask
 	# apt nothing.
@@ -268,7 +276,7 @@ cell() { # run rung -> "STATUS|reason"
 	line=$(grep -a "^MX RUNG $rung " "$run/results.txt" 2>/dev/null | tail -n 1 | tr -d '\r' || true)
 	if [ -n "$line" ]; then
 		line=${line#"MX RUNG $rung "}
-		echo "${line%% *}|$(echo "${line#* }" | sed 's/|/\\|/g')"
+		echo "${line%% *}|$(echo "${line#* }" | sed 's/|/\\|/g; s/ *$//')"
 		return
 	fi
 	qrc=$(sed -n 's/^qemu_rc=//p' "$run/host.txt" 2>/dev/null)
@@ -337,6 +345,7 @@ main() {
 		wall=$(sed -n 's/^wall_s=//p' "$run/host.txt")
 		test_s=-
 		[ -n "$boot" ] && [ -n "$done_s" ] && test_s=$(awk -v a="$boot" -v b="$done_s" 'BEGIN { printf "%.1f", b - a }')
+		[ -n "$boot" ] && boot=$(printf '%.1f' "$boot")
 		line="| $(cat "$kdir/release") | $(cat "$kdir/suite") | $(cat "$kdir/version") | ${boot:--} | $test_s |"
 		for rung in "${rungs[@]}"; do
 			cellv=$(cell "$run" "$rung")
