@@ -296,7 +296,12 @@ run_rung() { # rung
 			continue
 		fi
 		check "$rung" "$kind.comm" "$(jget "$ev" comm)" "$name"
-		[ $fid = core ] && check "$rung" "$kind.mnt_ns" "$(jget "$ev" mnt_ns)" "$(truth mnt_ns)"
+		if [ $fid = core ]; then
+			check "$rung" "$kind.mnt_ns" "$(jget "$ev" mnt_ns)" "$(truth mnt_ns)"
+		else
+			check "$rung" "$kind.mnt_ns" "$(jget "$ev" mnt_ns)" null
+		fi
+		check "$rung" "$kind.fidelity" "$(jget "$ev" fidelity)" "$fid"
 		check "$rung" "$kind.pid" "$(jget "$ev" pid)" "$pid"
 		if [ "$kind" = open ]; then
 			check "$rung" open.path "$(jget "$ev" path)" "$opath"
