@@ -10,6 +10,7 @@
 #
 #   MX BOOT <uname -r> <uptime s>
 #   MX CHECK <rung> PASS|FAIL|SKIP <what> <detail>
+#   MX INFO <rung> programs=<attached> skipped_hooks=<names>
 #   MX RUNG <rung> PASS|FAIL|SKIP <reason>
 #   MX DONE <uptime s>
 #
@@ -30,6 +31,7 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 
+export NO_COLOR=1
 exec 3>/dev/ttyS1
 say() { echo "$*" >&3; echo "$*"; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
@@ -195,6 +197,9 @@ run_rung() { # rung
 	say "MX CHECK $rung PASS ready startup_s=$(echo "$t0 $t1" | awk '{printf "%.1f", $2-$1}')"
 	st=$(tr -d '\n' <"$dir/status")
 	programs=$(jget "$st" programs)
+	nprog=$(echo "$programs" | grep -o '"[^"]*"' | wc -l)
+	skipped=$(grep -o '"hook": *"[^"]*"' "$dir/status" | sed 's/.*"\([^"]*\)"$/\1/' | tr '\n' ' ')
+	say "MX INFO $rung programs=$nprog skipped_hooks=${skipped:-none}"
 	case $rung in
 	core-external-btf) check "$rung" status.btf_source "$(jget "$st" btf_source)" "$BTF_COPY" ;;
 	core-kernel-btf)

@@ -359,11 +359,11 @@ main() {
 		done
 		out+=("$line")
 		details+=("### $(cat "$kdir/release")" "" "host wall time ${wall}s (qemu, boot to poweroff); guest log: \`${run#"$ROOT"/}/console.log\`" "" '```')
-		details+=("$(grep -aE '^MX (BOOT|RUNG|DONE) |^MX CHECK [^ ]+ (FAIL|SKIP) |^MX CHECK [^ ]+ PASS ready ' "$run/results.txt" 2>/dev/null | tr -d '\r' || true)" '```' "")
+		details+=("$(grep -aE '^MX (BOOT|RUNG|DONE) |^MX CHECK [^ ]+ (FAIL|SKIP) |^MX CHECK [^ ]+ PASS ready |^MX INFO ' "$run/results.txt" 2>/dev/null | tr -d '\r' || true)" '```' "")
 	done
 	out+=("" "PASS: every check held. SKIP: the rung or event kind is not in this build of traceed (the reason quotes it)." \
 		"FAIL: a stored field differed from the ground truth, the daemon refused the rung, or the guest timed out." "")
-	out+=("## Details (non-PASS checks and daemon start-up per rung)" "" "${details[@]}")
+	out+=("## Details (non-PASS checks, daemon start-up and hooks per rung)" "" "${details[@]}")
 	printf '%s\n' "${out[@]}" >"$RESULTS"
 	log "results: $RESULTS"
 	sed -n '/^| kernel/,/^$/p' "$RESULTS"
