@@ -45,6 +45,10 @@ RUNGS=$(param rungs | tr ',' ' ')
 START_WAIT=$(param start_wait); [ -n "$START_WAIT" ] || START_WAIT=120
 EVENT_WAIT=$(param event_wait); [ -n "$EVENT_WAIT" ] || EVENT_WAIT=60
 
+have() { [ -e "$1" ] && echo 1 || echo 0; }
+T=/sys/kernel/tracing
+say "MX INFO kernel btf=$(have /sys/kernel/btf/vmlinux) syscalls_tp=$(have $T/events/syscalls) raw_syscalls_tp=$(have $T/events/raw_syscalls) kprobes=$(have $T/kprobe_events) preempt_rt=$(uname -v | grep -q PREEMPT_RT && echo 1 || echo 0)"
+
 # The external-BTF rung needs the kernel's own BTF as a file, taken before
 # sysfs BTF is hidden.
 BTF_COPY=/btf/vmlinux
