@@ -6,7 +6,8 @@
 # writes one machine-readable line per check and per rung to /dev/ttyS1:
 #
 # Rungs: core-kernel-btf, core-external-btf, fallback, and foreign-btf (a
-# negative control: another kernel's BTF must be refused).
+# negative control: another kernel's BTF must be refused); RUNG+perf runs
+# RUNG with --transport perf (perf event array instead of the ring buffer).
 #
 #   MX BOOT <uname -r> <uptime s>
 #   MX CHECK <rung> PASS|FAIL|SKIP <what> <detail>
@@ -124,7 +125,12 @@ run_rung() { # rung
 	sock=$dir/api.sock
 	mkdir -p "$dir"
 	hidden=0
-	case $rung in
+	# RUNG+perf: the same rung with events through the perf event array
+	# instead of the BPF ring buffer.
+	base=${rung%+perf}
+	transport=
+	[ "$base" != "$rung" ] && transport=perf
+	case $base in
 	core-kernel-btf)
 		set -- --mode core
 		;;
@@ -156,11 +162,12 @@ run_rung() { # rung
 		return
 		;;
 	esac
-	if [ -e /sys/kernel/btf/vmlinux ] && [ "$rung" != core-kernel-btf ]; then
+	if [ -e /sys/kernel/btf/vmlinux ] && [ "$base" != core-kernel-btf ]; then
 		say "MX RUNG $rung FAIL could not hide /sys/kernel/btf"
 		return
 	fi
 
+	[ -n "$transport" ] && set -- "$@" --transport "$transport"
 	t0=$(uptime_s)
 	traceed --state-dir "$dir" --socket "$sock" "$@" >"$dir/log" 2>&1 &
 	dpid=$!
@@ -176,9 +183,9 @@ run_rung() { # rung
 			[ -n "$msg" ] || msg=$(one_line "$dir/log")
 			# A rung this build of traceed does not have yet is a SKIP
 			# with the daemon's own words; any other refusal is a FAIL.
-			if [ "$rung" = foreign-btf ]; then
+			if [ "$base" = foreign-btf ]; then
 				say "MX RUNG $rung PASS refused $(cat /btf/foreign.origin): $msg"
-			elif [ "$rung" = core-kernel-btf ] && [ $HAS_BTF = 0 ]; then
+			elif [ "$base" = core-kernel-btf ] && [ $HAS_BTF = 0 ]; then
 				say "MX RUNG $rung SKIP this kernel has no BTF; traceed --mode core refused as it must: $msg"
 			elif echo "$msg" | grep -q 'not built yet'; then
 				say "MX RUNG $rung SKIP traceed has no $rung rung yet (exit $rc): $msg"
@@ -204,7 +211,8 @@ run_rung() { # rung
 	nprog=$(echo "$programs" | grep -o '"[^"]*"' | wc -l)
 	skipped=$(grep -o '"hook": *"[^"]*"' "$dir/status" | sed 's/.*"\([^"]*\)"$/\1/' | tr '\n' ' ')
 	say "MX INFO $rung programs=$nprog skipped_hooks=${skipped:-none}"
-	case $rung in
+	[ -n "$transport" ] && check "$rung" status.transport "$(jget "$st" transport)" "$transport"
+	case $base in
 	core-external-btf) check "$rung" status.btf_source "$(jget "$st" btf_source)" "$BTF_COPY" ;;
 	core-kernel-btf)
 		check "$rung" status.btf_source "$(jget "$st" btf_source)" /sys/kernel/btf/vmlinux
@@ -215,7 +223,7 @@ run_rung() { # rung
 		check "$rung" refused "started with $(cat /btf/foreign.origin)" "refusal"
 		;;
 	esac
-	[ "$rung" = foreign-btf ] || check "$rung" status.rung "$(jget "$st" rung)" "$rung"
+	[ "$base" = foreign-btf ] || check "$rung" status.rung "$(jget "$st" rung)" "$base"
 
 	# The workload: a uniquely named copy of the probe, run by a shell in
 	# its own cgroup so ppid and cgroup_id have non-trivial known values.
@@ -238,7 +246,7 @@ run_rung() { # rung
 	fi
 	check "$rung" truth.ppid "$(truth ppid)" "$shpid"
 
-	case $rung in
+	case $base in
 	fallback) fid=fallback ;;
 	*) fid=core ;;
 	esac

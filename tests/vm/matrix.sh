@@ -15,6 +15,12 @@
 #   tests/vm/matrix.sh --all               # + bullseye 5.10, trixie 6.12 (generic and rt), local:6.1-nobtf if built
 #   tests/vm/matrix.sh --kernels 'bookworm:6.1:rt-amd64' --rungs core-kernel-btf
 #   tests/vm/matrix.sh --rungs core-kernel-btf,foreign-btf   # + negative control: the host's BTF must be refused
+#
+# Rungs (default core-kernel-btf,core-external-btf,fallback,fallback+perf):
+# core-kernel-btf (sysfs BTF), core-external-btf (sysfs BTF hidden by a
+# tmpfs, a copy passed with --btf), fallback (BTF hidden, --mode fallback),
+# RUNG+perf (RUNG with --transport perf), foreign-btf (opt-in negative
+# control: the host's BTF, unnamed, passed to another kernel must be refused).
 #   tests/vm/matrix.sh --update-readme     # after a run, also rewrite README's table
 #   tests/vm/matrix.sh --readme-only       # only regenerate README from the last results
 #   tests/vm/matrix.sh --all --fetch-only  # only resolve and download the kernels
@@ -37,7 +43,7 @@ BIN_DIR=${MATRIX_BIN_DIR:-$ROOT/target/release}
 CI_KERNELS="bookworm:6.1:amd64 bookworm:6.1:cloud-amd64 bookworm:6.1:rt-amd64"
 EXTRA_KERNELS="bullseye:5.10:amd64 trixie:6.12:amd64 trixie:6.12:rt-amd64"
 KERNELS=${MATRIX_KERNELS:-$CI_KERNELS}
-RUNGS=${MATRIX_RUNGS:-core-kernel-btf,core-external-btf,fallback}
+RUNGS=${MATRIX_RUNGS:-core-kernel-btf,core-external-btf,fallback,fallback+perf}
 JOBS=${MATRIX_JOBS:-2}
 TIMEOUT=${MATRIX_TIMEOUT:-420}
 MIRROR=${MATRIX_MIRROR:-http://deb.debian.org/debian}
@@ -359,7 +365,11 @@ main() {
 			reason=${cellv#*|}
 			case $status in
 			PASS) line+=" PASS |" ;;
-			*) line+=" $status: $reason |" ;;
+			*)
+				# The table stays readable; Details has the whole message.
+				[ ${#reason} -le 160 ] || reason="${reason:0:157}..."
+				line+=" $status: $reason |"
+				;;
 			esac
 			[ "$status" = PASS ] || [ "$status" = SKIP ] || fails=$((fails + 1))
 		done
