@@ -377,7 +377,7 @@ main() {
 		details+=("### $(cat "$kdir/release")" "" "host wall time ${wall}s (qemu, boot to poweroff); guest log: \`${run#"$ROOT"/}/console.log\`" "" '```')
 		details+=("$(grep -aE '^MX (BOOT|RUNG|DONE) |^MX CHECK [^ ]+ (FAIL|SKIP) |^MX CHECK [^ ]+ PASS ready |^MX INFO ' "$run/results.txt" 2>/dev/null | tr -d '\r' || true)" '```' "")
 	done
-	out+=("" "PASS: every check held. SKIP: the rung or event kind is not in this build of traceed (the reason quotes it)." \
+	out+=("" "PASS: every check held. SKIP: does not apply: a CO-RE rung on a kernel without BTF (traceed must refuse it, and did), or a rung or event kind this build of traceed lacks (the reason quotes the daemon)." \
 		"FAIL: a stored field differed from the ground truth, the daemon refused the rung, or the guest timed out." "")
 	out+=("## Details (non-PASS checks, daemon start-up and hooks per rung)" "" "${details[@]}")
 	printf '%s\n' "${out[@]}" >"$RESULTS"
