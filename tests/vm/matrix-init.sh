@@ -179,12 +179,16 @@ run_rung() { # rung
 		if ! kill -0 "$dpid" 2>/dev/null; then
 			wait "$dpid"
 			rc=$?
-			msg=$(grep -E 'ERROR|Error|error' "$dir/log" | tail -n 2 | tr '\n' ' ' | cut -c1-500)
+			msg=$(grep -E 'ERROR|Error|error' "$dir/log" | tail -n 2 | tr '\n' ' ' | cut -c1-1200)
 			[ -n "$msg" ] || msg=$(one_line "$dir/log")
 			# A rung this build of traceed does not have yet is a SKIP
 			# with the daemon's own words; any other refusal is a FAIL.
 			if [ "$base" = foreign-btf ]; then
-				say "MX RUNG $rung PASS refused $(cat /btf/foreign.origin): $msg"
+				if echo "$msg" | grep -q 'core-external-btf'; then
+					say "MX RUNG $rung PASS refused $(cat /btf/foreign.origin): $msg"
+				else
+					say "MX RUNG $rung FAIL exited $rc without refusing the external BTF: $msg"
+				fi
 			elif [ "$base" = core-kernel-btf ] && [ $HAS_BTF = 0 ]; then
 				say "MX RUNG $rung SKIP this kernel has no BTF; traceed --mode core refused as it must: $msg"
 			elif echo "$msg" | grep -q 'not built yet'; then

@@ -14,13 +14,13 @@
 #   tests/vm/matrix.sh                     # the CI set: Debian 12's 6.1 amd64, cloud-amd64, rt-amd64
 #   tests/vm/matrix.sh --all               # + bullseye 5.10, trixie 6.12 (generic and rt), local:6.1-nobtf if built
 #   tests/vm/matrix.sh --kernels 'bookworm:6.1:rt-amd64' --rungs core-kernel-btf
-#   tests/vm/matrix.sh --rungs core-kernel-btf,foreign-btf   # + negative control: the host's BTF must be refused
 #
-# Rungs (default core-kernel-btf,core-external-btf,fallback,fallback+perf):
+# Rungs (default: all five):
 # core-kernel-btf (sysfs BTF), core-external-btf (sysfs BTF hidden by a
 # tmpfs, a copy passed with --btf), fallback (BTF hidden, --mode fallback),
-# RUNG+perf (RUNG with --transport perf), foreign-btf (opt-in negative
-# control: the host's BTF, unnamed, passed to another kernel must be refused).
+# RUNG+perf (RUNG with --transport perf), foreign-btf (negative control: the
+# host's BTF, under a name without a release, handed to another kernel must
+# be refused: traceed's self-check catches the wrong parents it reads).
 #   tests/vm/matrix.sh --update-readme     # after a run, also rewrite README's table
 #   tests/vm/matrix.sh --readme-only       # only regenerate README from the last results
 #   tests/vm/matrix.sh --all --fetch-only  # only resolve and download the kernels
@@ -44,7 +44,7 @@ BIN_DIR=${MATRIX_BIN_DIR:-$ROOT/target/release}
 CI_KERNELS="bookworm:6.1:rt-amd64 bookworm:6.1:amd64 bookworm:6.1:cloud-amd64"
 EXTRA_KERNELS="bullseye:5.10:amd64 trixie:6.12:amd64 trixie:6.12:rt-amd64"
 KERNELS=${MATRIX_KERNELS:-$CI_KERNELS}
-RUNGS=${MATRIX_RUNGS:-core-kernel-btf,core-external-btf,fallback,fallback+perf}
+RUNGS=${MATRIX_RUNGS:-core-kernel-btf,core-external-btf,fallback,fallback+perf,foreign-btf}
 JOBS=${MATRIX_JOBS:-2}
 TIMEOUT=${MATRIX_TIMEOUT:-420}
 MIRROR=${MATRIX_MIRROR:-http://deb.debian.org/debian}
