@@ -210,16 +210,20 @@ run_rung() { # rung
 	done
 	t1=$(uptime_s)
 	say "MX CHECK $rung PASS ready startup_s=$(echo "$t0 $t1" | awk '{printf "%.1f", $2-$1}')"
-	st=$(tr -d '\n' <"$dir/status")
-	programs=$(jget "$st" programs)
-	nprog=$(echo "$programs" | grep -o '"[^"]*"' | wc -l)
+	# `tracectl status -o json` is the daemon's object pretty-printed, keys
+	# in any order (refused[] may come before rung): top-level keys are the
+	# lines indented by exactly two spaces.
+	sget() { sed -n -E "s/^  \"$1\": (\"(.*)\"|([^\",]*)),?\$/\2\3/p" "$dir/status"; }
+	programs=$(awk '/^  "programs": \[\]/ { exit } /^  "programs": \[/ { f = 1; next }
+		f && /^  \]/ { exit } f { gsub(/[ ",]/, ""); print }' "$dir/status" | tr '\n' ' ')
+	nprog=$(echo $programs | wc -w)
 	skipped=$(grep -o '"hook": *"[^"]*"' "$dir/status" | sed 's/.*"\([^"]*\)"$/\1/' | tr '\n' ' ')
 	say "MX INFO $rung programs=$nprog skipped_hooks=${skipped:-none}"
-	[ -n "$transport" ] && check "$rung" status.transport "$(jget "$st" transport)" "$transport"
+	[ -n "$transport" ] && check "$rung" status.transport "$(sget transport)" "$transport"
 	case $base in
-	core-external-btf) check "$rung" status.btf_source "$(jget "$st" btf_source)" "$BTF_COPY" ;;
+	core-external-btf) check "$rung" status.btf_source "$(sget btf_source)" "$BTF_COPY" ;;
 	core-kernel-btf)
-		check "$rung" status.btf_source "$(jget "$st" btf_source)" /sys/kernel/btf/vmlinux
+		check "$rung" status.btf_source "$(sget btf_source)" /sys/kernel/btf/vmlinux
 		[ $HAS_BTF = 1 ] || check "$rung" refused "started the CO-RE object on a kernel without BTF" "refusal"
 		;;
 	foreign-btf)
@@ -227,7 +231,7 @@ run_rung() { # rung
 		check "$rung" refused "started with $(cat /btf/foreign.origin)" "refusal"
 		;;
 	esac
-	[ "$base" = foreign-btf ] || check "$rung" status.rung "$(jget "$st" rung)" "$base"
+	[ "$base" = foreign-btf ] || check "$rung" status.rung "$(sget rung)" "$base"
 
 	# The workload: a uniquely named copy of the probe, run by a shell in
 	# its own cgroup so ppid and cgroup_id have non-trivial known values.
