@@ -1,6 +1,11 @@
 -- Repeated strings (kind, comm, exe, container_id, fidelity) are stored once
 -- in `strings` and referenced by integer: a row and its indexes shrink, and
 -- an equality filter compares integers. `args` stays JSON text.
+-- Namespace inode numbers are stored relative to 0xF0000000 (4026531840),
+-- where the kernel allocates them: 1-2 bytes instead of 6.
+-- There is no index on ts: ids follow arrival order and ts follows ids
+-- within a small slack, so a time bound is found by a binary search over
+-- the rowid (Store::first_id_at), ~20 B per event cheaper.
 -- Forward only: rows of schema 1 are copied over with their ids, and the
 -- AUTOINCREMENT high-water mark is carried so ids are never reused.
 CREATE TABLE strings (
@@ -29,8 +34,8 @@ CREATE TABLE events_v2 (
     exe          INTEGER,            -- strings.id
     cgroup_id    INTEGER,
     container_id INTEGER,            -- strings.id
-    mnt_ns       INTEGER,
-    pid_ns       INTEGER,
+    mnt_ns       INTEGER,            -- inode - 4026531840
+    pid_ns       INTEGER,            -- inode - 4026531840
     retval       INTEGER,
     args         TEXT    NOT NULL DEFAULT '{}',
     fidelity     INTEGER NOT NULL    -- strings.id
@@ -53,7 +58,7 @@ INSERT INTO events_v2 (id, ts, kind, pid, tid, ppid, uid, gid, comm, ns_pid, exe
            (SELECT id FROM strings WHERE s = e.exe),
            e.cgroup_id,
            (SELECT id FROM strings WHERE s = e.container_id),
-           e.mnt_ns, e.pid_ns, e.retval, e.args,
+           e.mnt_ns - 4026531840, e.pid_ns - 4026531840, e.retval, e.args,
            (SELECT id FROM strings WHERE s = e.fidelity)
     FROM events e ORDER BY e.id;
 
@@ -66,8 +71,7 @@ ALTER TABLE events_v2 RENAME TO events;
 
 -- Each single-column index also orders by rowid, so `col = ? ORDER BY id`
 -- (and `col = ? AND id >= ?`) is an index range scan with no sort. Time
--- ranges are served by `events_ts` turned into an id range (Store::query).
-CREATE INDEX events_ts ON events(ts);
+-- ranges become id ranges (Store::query).
 CREATE INDEX events_kind ON events(kind);
 CREATE INDEX events_pid ON events(pid);
 CREATE INDEX events_comm ON events(comm);

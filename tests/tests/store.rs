@@ -336,12 +336,17 @@ fn full_disk_pauses_ingest_and_records_the_loss() {
         .unwrap();
     assert!(ok.success(), "mount tmpfs (run as root)");
     let _mount = Tmpfs(dir.clone());
+    // Only our program is recorded: the disk fills because of the filler,
+    // not because of whatever else this machine runs.
+    let prog = Program::new("tsfd");
     let mut d = Daemon::start_with(DaemonOpts {
         dir: Some(dir.clone()),
-        config: Some("[store]\nmin_free_bytes = 0\n".into()),
+        config: Some(format!(
+            "[store]\nmin_free_bytes = 0\n[scope.include]\ncomm = [\"{}\"]\n",
+            prog.name
+        )),
         ..Default::default()
     });
-    let prog = Program::new("tsfd");
     let pid = prog.run(&[]);
     d.wait_for(&["--comm", &prog.name], |e| e.pid == Some(pid));
 
@@ -380,11 +385,17 @@ fn full_disk_pauses_ingest_and_records_the_loss() {
     flood.stop();
 
     std::fs::remove_file(&filler).unwrap();
-    let p2 = Program::new("tsfd");
     let t0 = Instant::now();
     let resumed = loop {
-        let pid = p2.run(&[]);
-        let got = d.events(&["--comm", &p2.name, "--kind", "exec"]);
+        let pid = prog.run(&[]);
+        let got = d.events(&[
+            "--comm",
+            &prog.name,
+            "--kind",
+            "exec",
+            "--pid",
+            &pid.to_string(),
+        ]);
         if let Some(e) = got.into_iter().find(|e| e.pid == Some(pid)) {
             break e;
         }
