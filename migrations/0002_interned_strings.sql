@@ -1,6 +1,7 @@
 -- Repeated strings (kind, comm, exe, container_id, fidelity) are stored once
 -- in `strings` and referenced by integer: a row and its indexes shrink, and
--- an equality filter compares integers. `args` stays JSON text.
+-- an equality filter compares integers. `args` is JSON text, its key list
+-- interned too (args_keys).
 -- Namespace inode numbers are stored relative to 0xF0000000 (4026531840),
 -- where the kernel allocates them: 1-2 bytes instead of 6.
 -- There is no index on ts: ids follow arrival order and ts follows ids
@@ -38,7 +39,11 @@ CREATE TABLE events_v2 (
     pid_ns       INTEGER,            -- inode - 4026531840
     retval       INTEGER,
     args         TEXT    NOT NULL DEFAULT '{}',
-    fidelity     INTEGER NOT NULL    -- strings.id
+    fidelity     INTEGER NOT NULL,   -- strings.id
+    -- strings.id of the JSON array of args' keys; then `args` holds only the
+    -- values array, in that order (the keys repeat on every row of a kind).
+    -- NULL: `args` is the JSON itself.
+    args_keys    INTEGER
 );
 
 INSERT INTO strings (s)
