@@ -575,7 +575,7 @@ async fn main() -> anyhow::Result<()> {
         file >> 20
     );
     for (name, p50, p95, got) in results {
-        let target = if name.starts_with("since=1h limit=100") || name.starts_with("comm=<rare>") {
+        let target = if name == "since=1h limit=100" || name.starts_with("comm=<rare>") {
             "p50 <= 50 ms"
         } else {
             ""
