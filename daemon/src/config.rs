@@ -41,6 +41,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub store: StoreConfig,
+    pub export: ExportConfig,
     pub kernel: KernelConfig,
     pub scope: ScopeConfig,
     pub events: EventsConfig,
@@ -76,6 +77,13 @@ pub struct ScopeLists {
     pub mnt_ns: Vec<u32>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Append every stored event as one JSON line here; reopened on SIGHUP.
+    pub jsonl: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
@@ -83,6 +91,13 @@ pub struct StoreConfig {
     pub max_age: Duration,
     pub batch_size: usize,
     pub queue_capacity: usize,
+    /// Delete the oldest events while the database is larger than this.
+    #[serde(with = "humanized_bytes")]
+    pub max_bytes: u64,
+    /// Delete the oldest events while the state filesystem has less free
+    /// space than this (0 disables).
+    #[serde(with = "humanized_bytes")]
+    pub min_free_bytes: u64,
 }
 
 /// How records reach user space.
@@ -123,6 +138,7 @@ impl Default for Config {
             state_dir: "/var/lib/traceed".into(),
             socket: "/run/traceed/traceed.sock".into(),
             store: StoreConfig::default(),
+            export: ExportConfig::default(),
             kernel: KernelConfig::default(),
             scope: ScopeConfig::default(),
             events: EventsConfig::default(),
@@ -136,6 +152,8 @@ impl Default for StoreConfig {
             max_age: Duration::from_secs(30 * 86400),
             batch_size: 4096,
             queue_capacity: 65536,
+            max_bytes: 2 << 30,
+            min_free_bytes: 1 << 30,
         }
     }
 }
@@ -213,6 +231,9 @@ impl Config {
         if self.store.max_age.is_zero() {
             return Err("store.max_age must be greater than 0".into());
         }
+        if self.store.max_bytes < 1 << 20 {
+            return Err("store.max_bytes must be at least 1MiB".into());
+        }
         Ok(())
     }
 }
@@ -241,6 +262,44 @@ mod humanized_duration {
     }
 }
 
+/// A byte size: an integer, or a string with a unit ("2GiB", "512MiB",
+/// "1G", "64k"; units are powers of 1024).
+mod humanized_bytes {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+
+    pub fn parse(s: &str) -> Option<u64> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            _ => return None,
+        };
+        n.checked_mul(mult)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(n),
+            Raw::S(s) => parse(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!("'{s}' is not a size (e.g. \"2GiB\", \"512MiB\")"))
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +314,24 @@ mod tests {
         assert_eq!(c.mode, Mode::Core);
         assert_eq!(c.store.max_age, Duration::from_secs(2 * 86400));
         assert_eq!(c.kernel.ring_buffer_bytes, 8 << 20);
+        assert_eq!(c.store.max_bytes, 2 << 30);
+        assert!(c.export.jsonl.is_none());
+    }
+
+    #[test]
+    fn store_sizes_and_export() {
+        let c = Config::parse(
+            "[store]\nmax_bytes = \"512MiB\"\nmin_free_bytes = 0\n[export]\njsonl = \"/tmp/e.jsonl\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(c.store.max_bytes, 512 << 20);
+        assert_eq!(c.store.min_free_bytes, 0);
+        assert_eq!(c.export.jsonl.as_deref(), Some(Path::new("/tmp/e.jsonl")));
+        let err = Config::parse("[store]\nmax_bytes = \"2 parsecs\"\n", Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("parsecs"), "{err}");
     }
 
     #[test]

@@ -14,9 +14,11 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::api::{self, AppState, LoadInfo};
 use crate::config::Config;
+use crate::export::Exporter;
 use crate::ingest::{self, Pipeline};
 use crate::loader::{self, LoadOptions};
 use crate::metrics::Counters;
+use crate::retention::{self, Retention};
 use crate::store::{Store, Writer};
 
 /// Events kept for live followers; a follower further behind is skipped
@@ -39,7 +41,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.store.batch_size,
     )
     .await?;
+    let (writer, export_reopen) = match &cfg.export.jsonl {
+        Some(path) => {
+            let x = Exporter::open(path)?;
+            let reopen = x.reopen_handle();
+            tracing::info!(path = %path.display(), "exporting events as JSON lines");
+            (writer.with_export(x), Some(reopen))
+        }
+        None => (writer, None),
+    };
     let writer = tokio::spawn(writer.run());
+    let (retention_stop, retention_stop_rx) = watch::channel(false);
+    let retention = Retention::new(
+        &store,
+        retention::Policy {
+            max_age: cfg.store.max_age,
+            max_bytes: cfg.store.max_bytes,
+            min_free_bytes: cfg.store.min_free_bytes,
+            interval: std::time::Duration::from_secs(2),
+        },
+    )
+    .await?;
+    let retention = tokio::spawn(retention.run(retention_stop_rx));
 
     let scope = crate::scope::Resolved::from_config(&cfg.scope)?;
     let opts = LoadOptions {
@@ -60,6 +83,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let mut loaded = tokio::task::block_in_place(|| loader::load(&opts))?;
     let fidelity = loaded.rung.fidelity();
+    if let Some(ev) = store.downtime_event(fidelity) {
+        tracing::info!(from = %ev.args["from"], "recording the time traceed was not running as a lost row");
+        let _ = tx.send(ev).await;
+    }
     let refused: Vec<String> = loaded
         .refused
         .iter()
@@ -107,7 +134,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             skipped_hooks: loaded.skipped_hooks.clone(),
             transport: loaded.transport.as_str().into(),
         },
-        format!("max_age={}", humanize(cfg.store.max_age)),
+        format!(
+            "max_age={} max_bytes={} min_free_bytes={}",
+            humanize(cfg.store.max_age),
+            cfg.store.max_bytes,
+            cfg.store.min_free_bytes
+        ),
         started,
     ));
     crate::metrics::spawn_lag_watch(&live, counters.clone());
@@ -130,16 +162,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => match &export_reopen {
+                Some(r) => r.notify_one(),
+                None => tracing::info!("SIGHUP: no export file to reopen"),
+            },
+        }
     }
+    let _ = retention_stop.send(true);
 
     // Detach first so nothing new arrives, then drain what is buffered.
     drop(loaded.ebpf);
     let _ = stop_tx.send(true);
     reader.await??;
     writer.await??;
+    let _ = retention.await;
     let _ = api_stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), api_task).await;
     remove_socket_if_ours(&cfg.socket, socket_ino);

@@ -106,6 +106,9 @@ pub struct Status {
     #[serde(with = "opt_ts_rfc3339")]
     pub oldest_ts: Option<i64>,
     pub retention: String,
+    /// "ok", or why the store is not writing (e.g. disk full) and since when.
+    #[serde(default)]
+    pub store_state: String,
     pub version: String,
     pub uptime_s: u64,
 }

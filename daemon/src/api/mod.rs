@@ -268,6 +268,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Result<Json<Status>, ApiErro
         schema_version: st.store.schema_version().await?,
         oldest_ts: st.store.oldest_ts().await?,
         retention: st.retention.clone(),
+        store_state: st.store.health().describe(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: uptime.as_secs(),
     }))

@@ -1,0 +1,586 @@
+//! Store benchmark (run by bench/store.sh): drives the daemon's real Writer
+//! and Store (compiled from daemon/src) with realistic synthetic events and
+//! prints the sustained insert rate, bytes per event on disk and query
+//! latencies over the resulting database.
+//!
+//! Rows imitate what the kernel side records: a mix of open (50 %),
+//! connect, exec, fork, exit, unlink, rename, chmod, kill; a few hundred
+//! live processes with real-looking comm/exe, 30 % of them in one of ten
+//! containers; paths drawn from a few thousand with a unique tail.
+
+#[allow(dead_code)]
+#[path = "../daemon/src/export.rs"]
+mod export;
+#[allow(dead_code)]
+#[path = "../daemon/src/metrics.rs"]
+mod metrics;
+#[allow(dead_code)]
+#[path = "../daemon/src/retention.rs"]
+mod retention;
+#[allow(dead_code)]
+#[path = "../daemon/src/store.rs"]
+mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use traceed_wire::Event;
+
+const HOUR: i64 = 3_600_000_000_000;
+const RARE_COMM: &str = "rare-comm-x";
+
+struct Args {
+    dir: std::path::PathBuf,
+    events: u64,
+    span_h: i64,
+    runs: usize,
+    retention: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        dir: std::env::temp_dir().join("traceed-store-bench"),
+        events: 10_000_000,
+        span_h: 24,
+        runs: 51,
+        retention: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--dir" => a.dir = v()?.into(),
+            "--events" => a.events = v()?.parse()?,
+            "--span-hours" => a.span_h = v()?.parse()?,
+            "--runs" => a.runs = v()?.parse()?,
+            "--with-retention" => a.retention = true,
+            _ => anyhow::bail!(
+                "usage: traceed-store-bench [--dir DIR] [--events N] [--span-hours H] [--runs N] [--with-retention]"
+            ),
+        }
+    }
+    Ok(a)
+}
+
+/// xorshift64*: deterministic, dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Skewed towards small indexes, like real popularity.
+    fn skewed(&mut self, n: usize) -> usize {
+        let r = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        ((r * r * r) * n as f64) as usize
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+#[derive(Clone)]
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    uid: u32,
+    comm: String,
+    exe: String,
+    container: Option<usize>,
+    ns_pid: u32,
+}
+
+struct Gen {
+    rng: Rng,
+    procs: Vec<Proc>,
+    next_pid: u32,
+    paths: Vec<String>,
+    containers: Vec<String>,
+    programs: Vec<(&'static str, &'static str)>,
+    fidelity: String,
+}
+
+const PROGRAMS: &[(&str, &str)] = &[
+    ("bash", "/usr/bin/bash"),
+    ("sh", "/usr/bin/dash"),
+    ("sshd", "/usr/sbin/sshd"),
+    ("nginx", "/usr/sbin/nginx"),
+    ("python3", "/usr/bin/python3.11"),
+    ("node", "/usr/bin/node"),
+    ("java", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"),
+    ("postgres", "/usr/lib/postgresql/15/bin/postgres"),
+    ("systemd-journal", "/usr/lib/systemd/systemd-journald"),
+    ("containerd-shim", "/usr/bin/containerd-shim-runc-v2"),
+    ("dockerd", "/usr/bin/dockerd"),
+    ("kubelet", "/usr/bin/kubelet"),
+    ("cron", "/usr/sbin/cron"),
+    ("git", "/usr/bin/git"),
+    ("make", "/usr/bin/make"),
+    ("cc1", "/usr/lib/gcc/x86_64-linux-gnu/12/cc1"),
+    ("ld", "/usr/bin/x86_64-linux-gnu-ld.bfd"),
+    ("ls", "/usr/bin/ls"),
+    ("cat", "/usr/bin/cat"),
+    ("grep", "/usr/bin/grep"),
+    ("curl", "/usr/bin/curl"),
+    ("apt-get", "/usr/bin/apt-get"),
+    ("dpkg", "/usr/bin/dpkg"),
+    ("runc", "/usr/sbin/runc"),
+    ("redis-server", "/usr/bin/redis-server"),
+    ("envoy", "/usr/local/bin/envoy"),
+    ("prometheus", "/bin/prometheus"),
+    ("coredns", "/coredns"),
+    ("rsyslogd", "/usr/sbin/rsyslogd"),
+    ("true", "/usr/bin/true"),
+];
+
+impl Gen {
+    fn new() -> Self {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let dirs = [
+            "/usr/lib/x86_64-linux-gnu/",
+            "/etc/",
+            "/proc/self/",
+            "/var/log/",
+            "/tmp/",
+            "/home/dev/project/src/",
+            "/sys/fs/cgroup/system.slice/",
+            "/var/lib/postgresql/15/main/base/16384/",
+            "/usr/share/zoneinfo/",
+            "/run/",
+        ];
+        let names = [
+            "libc.so.6",
+            "ld.so.cache",
+            "passwd",
+            "group",
+            "nsswitch.conf",
+            "status",
+            "stat",
+            "syslog",
+            "auth.log",
+            "main.rs",
+            "lib.rs",
+            "memory.max",
+            "cpu.stat",
+            "localtime",
+            "resolv.conf",
+            "hosts",
+            "libssl.so.3",
+            "libcrypto.so.3",
+            "libz.so.1",
+            "maps",
+        ];
+        let mut paths = Vec::new();
+        for d in dirs {
+            for n in names {
+                paths.push(format!("{d}{n}"));
+                for k in 0..15 {
+                    paths.push(format!("{d}{k}{n}"));
+                }
+            }
+        }
+        let containers = (0..10)
+            .map(|_| {
+                format!(
+                    "{:016x}{:016x}{:016x}{:016x}",
+                    rng.next(),
+                    rng.next(),
+                    rng.next(),
+                    rng.next()
+                )
+            })
+            .collect();
+        let mut g = Self {
+            rng,
+            procs: Vec::new(),
+            next_pid: 1000,
+            paths,
+            containers,
+            programs: PROGRAMS.to_vec(),
+            fidelity: "core".into(),
+        };
+        for _ in 0..400 {
+            let p = g.new_proc(1);
+            g.procs.push(p);
+        }
+        g
+    }
+
+    fn new_proc(&mut self, ppid: u32) -> Proc {
+        self.next_pid = if self.next_pid >= 4_194_000 {
+            1000
+        } else {
+            self.next_pid + 1 + self.rng.below(3) as u32
+        };
+        let (comm, exe) = self.programs[self.rng.skewed(self.programs.len())];
+        let container = (self.rng.below(10) < 3).then(|| self.rng.skewed(10));
+        let uid = match self.rng.below(20) {
+            0..=9 => 0,
+            10..=16 => 1000,
+            17 => 33,
+            18 => 999,
+            _ => 65534,
+        };
+        Proc {
+            pid: self.next_pid,
+            ppid,
+            uid,
+            comm: comm.into(),
+            exe: exe.into(),
+            container,
+            ns_pid: if container.is_some() {
+                1 + self.rng.below(300) as u32
+            } else {
+                self.next_pid
+            },
+        }
+    }
+
+    fn path(&mut self) -> String {
+        if self.rng.below(5) == 0 {
+            format!("/proc/{}/stat", self.rng.below(4_000_000))
+        } else {
+            let i = self.rng.skewed(self.paths.len());
+            self.paths[i].clone()
+        }
+    }
+
+    fn event(&mut self, ts: i64) -> Event {
+        let idx = self.rng.skewed(self.procs.len());
+        let roll = self.rng.below(100);
+        let (kind, args, retval): (&str, serde_json::Value, Option<i64>) = match roll {
+            0..=49 => {
+                let flags = *self.rng.pick(&[0u64, 524288, 577, 526336, 2]);
+                let mode = if flags & 64 != 0 { 420 } else { 0 };
+                let ret = if self.rng.below(5) == 0 {
+                    -2
+                } else {
+                    3 + self.rng.below(40) as i64
+                };
+                (
+                    "open",
+                    json!({"path": self.path(), "flags": flags, "mode": mode}),
+                    Some(ret),
+                )
+            }
+            50..=59 => {
+                let addr = format!(
+                    "10.{}.{}.{}",
+                    self.rng.below(4),
+                    self.rng.below(256),
+                    self.rng.below(256)
+                );
+                let port = *self.rng.pick(&[443u64, 80, 5432, 53, 6379, 8080]);
+                let ret = if self.rng.below(4) == 0 { -115 } else { 0 };
+                (
+                    "connect",
+                    json!({"family": "inet", "addr": addr, "port": port}),
+                    Some(ret),
+                )
+            }
+            60..=69 => {
+                let child = self.new_proc(self.procs[idx].pid);
+                let argv: Vec<String> = std::iter::once(child.exe.clone())
+                    .chain((0..self.rng.below(4)).map(|k| match k {
+                        0 => "-c".to_string(),
+                        1 => format!("/tmp/job-{}.sh", self.rng.below(100_000)),
+                        _ => format!("--opt={}", self.rng.below(1000)),
+                    }))
+                    .collect();
+                let args = json!({"filename": child.exe, "argv": argv});
+                self.procs[idx] = child;
+                ("exec", args, None)
+            }
+            70..=79 => {
+                let child = self.new_proc(self.procs[idx].pid);
+                let mut child = Proc {
+                    comm: self.procs[idx].comm.clone(),
+                    exe: self.procs[idx].exe.clone(),
+                    ..child
+                };
+                child.container = self.procs[idx].container;
+                let slot = self.rng.below(self.procs.len() as u64) as usize;
+                self.procs[slot] = child;
+                let e = self.row(slot, ts, "fork", json!({}), None);
+                return e;
+            }
+            80..=89 => {
+                let code = if self.rng.below(6) == 0 { 1 } else { 0 };
+                ("exit", json!({"exit_code": code, "signal": null}), None)
+            }
+            90..=93 => ("unlink", json!({"path": self.path()}), Some(0)),
+            94..=95 => {
+                let from = format!("/tmp/tmp.{:x}", self.rng.next() >> 32);
+                (
+                    "rename",
+                    json!({"old_path": from, "new_path": self.path()}),
+                    Some(0),
+                )
+            }
+            96..=97 => ("chmod", json!({"path": self.path(), "mode": 493}), Some(0)),
+            _ => {
+                let target = self.procs[self.rng.below(self.procs.len() as u64) as usize].pid;
+                ("kill", json!({"target_pid": target, "signal": 15}), Some(0))
+            }
+        };
+        self.row(idx, ts, kind, args, retval)
+    }
+
+    fn row(
+        &mut self,
+        idx: usize,
+        ts: i64,
+        kind: &str,
+        args: serde_json::Value,
+        retval: Option<i64>,
+    ) -> Event {
+        let p = &self.procs[idx];
+        let tid = if self.rng.below(5) == 0 {
+            p.pid + 1 + self.rng.below(8) as u32
+        } else {
+            p.pid
+        };
+        let (mnt_ns, pid_ns, cgroup) = match p.container {
+            Some(c) => (
+                4_026_532_500 + c as u32 * 7,
+                4_026_532_501 + c as u32 * 7,
+                9000 + c as u64 * 40,
+            ),
+            None => (4_026_531_841, 4_026_531_836, 1800 + (p.pid % 90) as u64),
+        };
+        Event {
+            id: 0,
+            ts,
+            kind: kind.into(),
+            pid: Some(p.pid),
+            tid: Some(tid),
+            ppid: Some(p.ppid),
+            uid: Some(p.uid),
+            gid: Some(p.uid),
+            comm: Some(p.comm.clone()),
+            ns_pid: Some(p.ns_pid),
+            exe: Some(p.exe.clone()),
+            cgroup_id: Some(cgroup),
+            container_id: p.container.map(|c| self.containers[c].clone()),
+            mnt_ns: Some(mnt_ns),
+            pid_ns: Some(pid_ns),
+            retval,
+            args,
+            fidelity: self.fidelity.clone(),
+        }
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let a = parse_args()?;
+    let _ = std::fs::remove_dir_all(&a.dir);
+    std::fs::create_dir_all(&a.dir)?;
+    let st = store::Store::open(&a.dir).await?;
+    let counters = Arc::new(metrics::Counters::default());
+    let (tx, rx) = mpsc::channel(65536);
+    let (live, _) = broadcast::channel(4096);
+    let writer = store::Writer::new(&st, rx, live, counters.clone(), 4096).await?;
+    let retention_stop = tokio::sync::watch::channel(false);
+    let retention_task = if a.retention {
+        // Age retention at half the span deletes continuously while writing.
+        let r = retention::Retention::new(
+            &st,
+            retention::Policy {
+                max_age: Duration::from_secs((a.span_h as u64 * 3600) / 2),
+                max_bytes: u64::MAX,
+                min_free_bytes: 0,
+                interval: Duration::from_secs(1),
+            },
+        )
+        .await?;
+        Some(tokio::spawn(r.run(retention_stop.1.clone())))
+    } else {
+        None
+    };
+
+    let now = traceed_wire::now_ns();
+    let span = a.span_h * HOUR;
+    let start = now - span;
+    let n = a.events;
+    let rare_every = (n / 20).max(1);
+    // Events are generated ahead of the clock in a separate thread so the
+    // bench measures the writer, not the generator.
+    let (gtx, mut grx) = mpsc::channel::<Vec<Event>>(64);
+    let gen = std::thread::spawn(move || {
+        let mut g = Gen::new();
+        let mut chunk = Vec::with_capacity(4096);
+        for i in 0..n {
+            let ts = start + ((i as i128 * span as i128) / n as i128) as i64;
+            let mut e = g.event(ts);
+            if i % rare_every == rare_every / 2 {
+                e.comm = Some(RARE_COMM.into());
+            }
+            chunk.push(e);
+            if chunk.len() == 4096 {
+                if gtx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                    return;
+                }
+                chunk.reserve(4096);
+            }
+        }
+        let _ = gtx.blocking_send(chunk);
+    });
+    // Pre-fill a little so the generator is ahead.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writer_task = tokio::spawn(writer.run());
+    let t0 = Instant::now();
+    while let Some(chunk) = grx.recv().await {
+        for e in chunk {
+            tx.send(e).await.context("writer stopped")?;
+        }
+    }
+    drop(tx);
+    writer_task.await??;
+    let insert_s = t0.elapsed().as_secs_f64();
+    gen.join().ok();
+    let _ = retention_stop.0.send(true);
+    if let Some(t) = retention_task {
+        t.await?;
+    }
+    let stored = counters
+        .events_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    let pool = st.pool();
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(pool)
+        .await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(pool)
+        .await?;
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+        .fetch_one(pool)
+        .await?;
+    let psize: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(pool)
+        .await?;
+    let file = std::fs::metadata(st.path())?.len();
+    let used = ((pages - free) * psize) as f64;
+
+    let mut results: Vec<(String, f64, f64, usize)> = Vec::new();
+    let queries: Vec<(&str, store::Query)> = vec![
+        (
+            "since=1h limit=100",
+            store::Query {
+                since: Some(traceed_wire::now_ns() - HOUR),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "comm=<rare> limit=100",
+            store::Query {
+                comm: Some(RARE_COMM.into()),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "since=1h kind=exec limit=100",
+            store::Query {
+                since: Some(traceed_wire::now_ns() - HOUR),
+                kinds: vec!["exec".into()],
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "uid=33 limit=100",
+            store::Query {
+                uid: Some(33),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "comm=bash limit=1000",
+            store::Query {
+                comm: Some("bash".into()),
+                limit: 1000,
+                ..Default::default()
+            },
+        ),
+        (
+            "since=1h limit=10000",
+            store::Query {
+                since: Some(traceed_wire::now_ns() - HOUR),
+                limit: 10000,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, q) in queries {
+        let mut times = Vec::new();
+        let mut got = 0;
+        for _ in 0..a.runs {
+            let t = Instant::now();
+            let (evs, _) = st.query(&q).await?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            got = evs.len();
+        }
+        results.push((
+            name.into(),
+            pct(&mut times, 0.5),
+            pct(&mut times, 0.95),
+            got,
+        ));
+    }
+
+    println!(
+        "store benchmark: {n} events over {}h, db {}",
+        a.span_h,
+        st.path().display()
+    );
+    println!(
+        "{}",
+        if a.retention {
+            "(age retention deleting concurrently)"
+        } else {
+            ""
+        }
+    );
+    println!("| metric | value | target |");
+    println!("|---|---|---|");
+    println!("| sustained insert rate | {:.0} events/s ({stored} stored in {insert_s:.1} s) | >= 250000 |", stored as f64 / insert_s);
+    println!(
+        "| bytes per event (pages in use / rows) | {:.1} B | <= 150 |",
+        used / rows.max(1) as f64
+    );
+    println!(
+        "| file size / rows | {:.1} B ({} MiB, {rows} rows) | |",
+        file as f64 / rows.max(1) as f64,
+        file >> 20
+    );
+    for (name, p50, p95, got) in results {
+        let target = if name == "since=1h limit=100" || name.starts_with("comm=<rare>") {
+            "p50 <= 50 ms"
+        } else {
+            ""
+        };
+        println!("| query {name} | p50 {p50:.2} ms, p95 {p95:.2} ms ({got} rows) | {target} |");
+    }
+    Ok(())
+}

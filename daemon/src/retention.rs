@@ -1,0 +1,221 @@
+//! Retention: keeps the store within `[store] max_age`, `max_bytes` and
+//! `min_free_bytes`. Runs as its own task on its own connection and deletes
+//! the oldest rows (lowest ids) in small transactions, so the writer never
+//! waits long for the lock and ingest never stalls. Freed pages stay in the
+//! file for reuse (the file stops growing at the size budget); only when the
+//! filesystem runs short are they handed back (incremental vacuum).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::watch;
+
+use crate::store::{connect_options, Store, StoreError};
+
+/// Rows per DELETE transaction: ~10-30 ms with six indexes, short enough
+/// that the writer's next commit waits at most that long.
+pub const DELETE_BATCH: i64 = 5_000;
+/// Pause between delete transactions so the writer gets the lock.
+const YIELD: Duration = Duration::from_millis(5);
+/// Once over budget, delete down to this fraction of it, so retention runs
+/// in bursts rather than on every check.
+const HYSTERESIS: f64 = 0.9;
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_age: Duration,
+    pub max_bytes: u64,
+    pub min_free_bytes: u64,
+    pub interval: Duration,
+}
+
+/// What one pass removed, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub by_age: u64,
+    pub by_size: u64,
+    pub by_free_space: u64,
+}
+
+pub struct Retention {
+    conn: SqliteConnection,
+    store: Store,
+    dir: PathBuf,
+    policy: Policy,
+}
+
+impl Retention {
+    pub async fn new(store: &Store, policy: Policy) -> Result<Self, StoreError> {
+        let conn = SqliteConnection::connect_with(&connect_options(store.path()))
+            .await
+            .map_err(|source| StoreError::Open {
+                path: store.path().into(),
+                source,
+            })?;
+        let dir = store
+            .path()
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| ".".into());
+        Ok(Self {
+            conn,
+            store: store.clone(),
+            dir,
+            policy,
+        })
+    }
+
+    /// Check every `interval` until `stop` turns true. Errors are logged,
+    /// never fatal: retention failing must not take ingest down.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.policy.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut passes = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match self.pass().await {
+                Ok(p) if p != Pass::default() => {
+                    tracing::info!(
+                        by_age = p.by_age,
+                        by_size = p.by_size,
+                        by_free_space = p.by_free_space,
+                        "retention deleted the oldest events"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention pass failed; retrying at the next interval")
+                }
+            }
+            passes += 1;
+            // Keep the planner's statistics current (cheap when nothing changed).
+            if passes.is_multiple_of(3600) {
+                let _ = sqlx::query("PRAGMA optimize").execute(&mut self.conn).await;
+            }
+        }
+    }
+
+    /// One check of every limit.
+    pub async fn pass(&mut self) -> Result<Pass, StoreError> {
+        let mut p = Pass::default();
+        let cutoff = traceed_wire::now_ns()
+            .saturating_sub(i64::try_from(self.policy.max_age.as_nanos()).unwrap_or(i64::MAX));
+        // Everything before the first id at or after the cutoff is too old.
+        let hi = match self.store.first_id_at(cutoff).await? {
+            Some(id) => id,
+            None => self.max_id().await? + 1,
+        };
+        loop {
+            let n = self.delete_oldest(Some(hi)).await?;
+            if n == 0 {
+                break;
+            }
+            p.by_age += n;
+            tokio::time::sleep(YIELD).await;
+        }
+        if self.used_bytes().await? > self.policy.max_bytes {
+            let target = (self.policy.max_bytes as f64 * HYSTERESIS) as u64;
+            while self.used_bytes().await? > target {
+                let n = self.delete_oldest(None).await?;
+                if n == 0 {
+                    break;
+                }
+                p.by_size += n;
+                tokio::time::sleep(YIELD).await;
+            }
+        }
+        if self.policy.min_free_bytes > 0 && self.free_bytes() < self.policy.min_free_bytes {
+            // Deleting rows only helps once their pages leave the file.
+            loop {
+                sqlx::query("PRAGMA incremental_vacuum")
+                    .execute(&mut self.conn)
+                    .await?;
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&mut self.conn)
+                    .await;
+                if self.free_bytes() >= self.policy.min_free_bytes {
+                    break;
+                }
+                let n = self.delete_oldest(None).await?;
+                if n == 0 {
+                    break;
+                }
+                p.by_free_space += n;
+                tokio::time::sleep(YIELD).await;
+            }
+            if self.free_bytes() < self.policy.min_free_bytes {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    free = self.free_bytes(),
+                    min_free_bytes = self.policy.min_free_bytes,
+                    "the state filesystem stays below min_free_bytes with no events left to delete"
+                );
+            }
+        }
+        Ok(p)
+    }
+
+    async fn max_id(&mut self) -> Result<i64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events")
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Delete up to DELETE_BATCH of the oldest rows, below `below` if given.
+    async fn delete_oldest(&mut self, below: Option<i64>) -> Result<u64, StoreError> {
+        let Some(lo): Option<i64> = sqlx::query_scalar("SELECT min(id) FROM events")
+            .fetch_one(&mut self.conn)
+            .await?
+        else {
+            return Ok(0);
+        };
+        let mut hi = lo + DELETE_BATCH;
+        if let Some(b) = below {
+            hi = hi.min(b);
+        }
+        let r = sqlx::query("DELETE FROM events WHERE id < ?")
+            .bind(hi)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Bytes of the database file in use: pages not on the freelist. The
+    /// WAL is left out: it is bounded apart (journal_size_limit) and grows
+    /// with the deletes themselves.
+    async fn used_bytes(&mut self) -> Result<u64, StoreError> {
+        let pragma = |name: &'static str| sqlx::query_scalar::<_, i64>(name);
+        let pages = pragma("PRAGMA page_count")
+            .fetch_one(&mut self.conn)
+            .await?;
+        let free = pragma("PRAGMA freelist_count")
+            .fetch_one(&mut self.conn)
+            .await?;
+        let size = pragma("PRAGMA page_size").fetch_one(&mut self.conn).await?;
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+
+    fn free_bytes(&self) -> u64 {
+        free_bytes(&self.dir).unwrap_or(u64::MAX)
+    }
+}
+
+/// Space available to unprivileged writers on the filesystem holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid C string and a pointer to writable statvfs storage.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let s = unsafe { s.assume_init() };
+    Some(s.f_bavail as u64 * s.f_frsize as u64)
+}
