@@ -217,5 +217,5 @@ pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let s = unsafe { s.assume_init() };
-    Some(s.f_bavail as u64 * s.f_frsize as u64)
+    Some(s.f_bavail * s.f_frsize)
 }
