@@ -36,7 +36,7 @@ deb: build
 	@command -v lintian >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q lintian; }
 	@$(CARGO) deb --version 2>/dev/null | grep -q ' $(CARGO_DEB_VERSION)' || $(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
 	rm -f target/debian/traceed_*.deb
-	$(CARGO) deb -p traceed --no-build
+	$(CARGO) deb -p traceed --no-build --strip
 	lintian --fail-on error target/debian/traceed_*.deb
 
 # systemd-analyze verify + security exposure (<= 4.0) of the unit.
