@@ -299,7 +299,17 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
+            // Some messages ("duplicate key") do not say which key: quote
+            // what the span covers when it is a short single-line token.
+            let at = text
+                .get(span.start..span.end.min(text.len()))
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 80 && !t.contains('\n'))
+                .filter(|t| !msg.contains(*t));
+            match at {
+                Some(t) => format!("line {line}: {msg} (at `{t}`)"),
+                None => format!("line {line}: {msg}"),
+            }
         }
         None => msg,
     }
@@ -400,6 +410,10 @@ mod tests {
         );
         let e = err("[store]\nmax_age = \"forever\"\n");
         assert!(e.contains("line 2") && e.contains("forever"), "{e}");
+        let e = err("[store]\nbatch_size = 1\n[store]\nmax_age = \"1d\"\n");
+        assert!(e.contains("line 3") && e.contains("store"), "{e}");
+        let e = err("log_level = \"info\"\nlog_level = \"debug\"\n");
+        assert!(e.contains("line 2") && e.contains("log_level"), "{e}");
         let e = err("[colour]\nx = 1\n");
         assert!(e.contains("line 1") && e.contains("colour"), "{e}");
     }
