@@ -207,15 +207,26 @@ impl Config {
             .chain(&self.scope.exclude.comm)
         {
             if c.is_empty() || c.len() > 15 {
-                return Err(format!(
-                    "scope comm '{c}': must be 1 to 15 bytes (the kernel keeps 15 bytes of a task's name)"
+                let key = if self.scope.include.comm.contains(c) {
+                    "scope.include.comm"
+                } else {
+                    "scope.exclude.comm"
+                };
+                return Err((
+                    key,
+                    format!(
+                        "scope comm '{c}': must be 1 to 15 bytes (the kernel keeps 15 bytes of a task's name)"
+                    ),
                 ));
             }
         }
         for name in &self.events.syscalls {
             if crate::decoder::syscall_table::number(name).is_none() {
-                return Err(format!(
-                    "events.syscalls: '{name}' is not an x86_64 syscall name (e.g. \"ioctl\", \"mprotect\")"
+                return Err((
+                    "events.syscalls",
+                    format!(
+                        "events.syscalls: '{name}' is not an x86_64 syscall name (e.g. \"ioctl\", \"mprotect\")"
+                    ),
                 ));
             }
         }
@@ -438,6 +449,15 @@ mod tests {
             "batch_size",
             "queue_capacity",
             "ring_buffer_bytes",
+            "btf_dir",
+            "transport",
+            "syscalls",
+            "uid",
+            "comm",
+            "pid",
+            "cgroup",
+            "container",
+            "mnt_ns",
         ] {
             assert!(
                 text.lines()
