@@ -2,6 +2,7 @@
 //! together and runs them until SIGTERM/SIGINT.
 
 mod api;
+mod cgroup;
 mod cli;
 mod clock;
 mod config;
