@@ -135,7 +135,7 @@ fi
 #    exit 78, and no restart loop.
 info "step 6 at $(uptime_s)s"
 cp /etc/traceed/traceed.toml /tmp/traceed.toml.good
-# [kernel] is the last table in the shipped file: a typo in it.
+# A typo, appended to the last table of the shipped file.
 printf 'ring_buffer_bytez = 4096\n' >>/etc/traceed/traceed.toml
 restarts=$(prop NRestarts)
 systemctl restart traceed.service >/dev/null 2>&1
