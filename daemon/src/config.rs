@@ -191,22 +191,31 @@ impl Config {
             path: path.into(),
             message: describe_toml_error(text, &e),
         })?;
-        cfg.validate().map_err(|message| ConfigError::Parse {
-            path: path.into(),
-            message,
-        })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Parse {
+                path: path.into(),
+                message: match key_line(text, key) {
+                    Some(line) => format!("line {line}: {message}"),
+                    None => message,
+                },
+            })?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Values that parse but cannot work: Err((dotted key, message)).
+    fn validate(&self) -> Result<(), (&'static str, String)> {
         let rb = self.kernel.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
-            return Err(format!(
-                "kernel.ring_buffer_bytes = {rb}: must be a power of two of at least 4096"
+            return Err((
+                "kernel.ring_buffer_bytes",
+                format!("kernel.ring_buffer_bytes = {rb}: must be a power of two of at least 4096"),
             ));
         }
         if self.store.batch_size == 0 || self.store.queue_capacity < self.store.batch_size {
-            return Err("store.batch_size must be >= 1 and <= store.queue_capacity".into());
+            return Err((
+                "store.batch_size",
+                "store.batch_size must be >= 1 and <= store.queue_capacity".into(),
+            ));
         }
         for c in self
             .scope
@@ -216,26 +225,104 @@ impl Config {
             .chain(&self.scope.exclude.comm)
         {
             if c.is_empty() || c.len() > 15 {
-                return Err(format!(
-                    "scope comm '{c}': must be 1 to 15 bytes (the kernel keeps 15 bytes of a task's name)"
+                let key = if self.scope.include.comm.contains(c) {
+                    "scope.include.comm"
+                } else {
+                    "scope.exclude.comm"
+                };
+                return Err((
+                    key,
+                    format!(
+                        "scope comm '{c}': must be 1 to 15 bytes (the kernel keeps 15 bytes of a task's name)"
+                    ),
                 ));
             }
         }
         for name in &self.events.syscalls {
             if crate::decoder::syscall_table::number(name).is_none() {
-                return Err(format!(
-                    "events.syscalls: '{name}' is not an x86_64 syscall name (e.g. \"ioctl\", \"mprotect\")"
+                return Err((
+                    "events.syscalls",
+                    format!(
+                        "events.syscalls: '{name}' is not an x86_64 syscall name (e.g. \"ioctl\", \"mprotect\")"
+                    ),
                 ));
             }
         }
         if self.store.max_age.is_zero() {
-            return Err("store.max_age must be greater than 0".into());
+            return Err((
+                "store.max_age",
+                "store.max_age must be greater than 0".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            return Err((
+                "log_level",
+                format!(
+                    "log_level = {:?}: {e} (use error, warn, info, debug, trace or RUST_LOG-style directives)",
+                    self.log_level
+                ),
+            ));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err((
+                "state_dir",
+                format!("state_dir = {:?}: must be an absolute path", self.state_dir),
+            ));
+        }
+        if !self.socket.is_absolute() {
+            return Err((
+                "socket",
+                format!("socket = {:?}: must be an absolute path", self.socket),
+            ));
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.socket.as_os_str().len() > 107 {
+            return Err((
+                "socket",
+                format!(
+                    "socket = {:?}: {} bytes, a Unix socket path can have at most 107",
+                    self.socket,
+                    self.socket.as_os_str().len()
+                ),
+            ));
         }
         if self.store.max_bytes < 1 << 20 {
-            return Err("store.max_bytes must be at least 1MiB".into());
+            return Err(("store.max_bytes", "store.max_bytes must be at least 1MiB".into()));
         }
         Ok(())
     }
+}
+
+/// The line where a dotted key (`kernel.ring_buffer_bytes`) is set, found
+/// either as `key =` under its `[table]` or as the dotted key itself. A
+/// plain scan: the file already parsed, so only comments and strings can
+/// mislead it, and a miss merely drops the line number.
+fn key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            current = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            continue;
+        }
+        let Some((lhs, _)) = line.split_once('=') else {
+            continue;
+        };
+        let lhs = lhs.trim().trim_matches('"');
+        let full = if current.is_empty() {
+            lhs.to_string()
+        } else {
+            format!("{current}.{lhs}")
+        };
+        if full == dotted || (current == table && lhs == key) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// toml's own message plus "line N" so journald readers find it quickly.
@@ -244,7 +331,17 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
+            // Some messages ("duplicate key") do not say which key: quote
+            // what the span covers when it is a short single-line token.
+            let at = text
+                .get(span.start..span.end.min(text.len()))
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 80 && !t.contains('\n'))
+                .filter(|t| !msg.contains(*t));
+            match at {
+                Some(t) => format!("line {line}: {msg} (at `{t}`)"),
+                None => format!("line {line}: {msg}"),
+            }
         }
         None => msg,
     }
@@ -354,5 +451,108 @@ mod tests {
             .to_string();
         assert!(err.contains("ring_buffer_bytes"), "{err}");
         assert!(Config::parse("mode = \"sideways\"\n", Path::new("t")).is_err());
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new("/etc/traceed/traceed.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn impossible_values_name_file_line_and_key() {
+        let e = err("log_level = \"info\"\n\n[kernel]\n# comment\nring_buffer_bytes = 1000\n");
+        assert!(e.contains("/etc/traceed/traceed.toml"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
+        assert!(e.contains("ring_buffer_bytes"), "{e}");
+        let e = err("[store]\nbatch_size = 10\nqueue_capacity = 5\n");
+        assert!(
+            e.contains("line 2") && e.contains("store.batch_size"),
+            "{e}"
+        );
+        let e = err("store.max_age = \"0s\"\n");
+        assert!(e.contains("line 1") && e.contains("max_age"), "{e}");
+        let e = err("mode = \"auto\"\nstate_dir = \"var/lib/traceed\"\n");
+        assert!(e.contains("line 2") && e.contains("state_dir"), "{e}");
+        let long = format!("socket = \"/run/{}.sock\"\n", "x".repeat(120));
+        let e = err(&long);
+        assert!(e.contains("line 1") && e.contains("107"), "{e}");
+    }
+
+    #[test]
+    fn bad_log_level_is_rejected_with_its_line() {
+        let e = err("\nlog_level = \"traceed=loudest\"\n");
+        assert!(e.contains("line 2") && e.contains("log_level"), "{e}");
+        let ok = Config::parse("log_level = \"traceed=debug,warn\"\n", Path::new("t")).unwrap();
+        assert_eq!(ok.log_level, "traceed=debug,warn");
+    }
+
+    #[test]
+    fn broken_toml_and_wrong_types_name_the_line() {
+        let e = err("mode = \"auto\"\n[store\nmax_age = 3\n");
+        assert!(e.contains("line 2"), "{e}");
+        let e = err("[store]\nbatch_size = \"many\"\n");
+        assert!(
+            e.contains("line 2") && e.contains("batch_size") || e.contains("line 2"),
+            "{e}"
+        );
+        let e = err("[store]\nmax_age = \"forever\"\n");
+        assert!(e.contains("line 2") && e.contains("forever"), "{e}");
+        let e = err("[store]\nbatch_size = 1\n[store]\nmax_age = \"1d\"\n");
+        assert!(e.contains("line 3") && e.contains("store"), "{e}");
+        let e = err("log_level = \"info\"\nlog_level = \"debug\"\n");
+        assert!(e.contains("line 2") && e.contains("log_level"), "{e}");
+        let e = err("[colour]\nx = 1\n");
+        assert!(e.contains("line 1") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_default_config_is_valid_and_all_commented() {
+        let text = include_str!("../../packaging/traceed.toml");
+        let c = Config::parse(text, Path::new("packaging/traceed.toml")).unwrap();
+        let d = Config::default();
+        assert_eq!(c.log_level, d.log_level);
+        assert_eq!(c.state_dir, d.state_dir);
+        assert_eq!(c.kernel.ring_buffer_bytes, d.kernel.ring_buffer_bytes);
+        // Every key the daemon knows is documented there, as a commented
+        // default, so uncommenting one line changes one thing.
+        for key in [
+            "log_level",
+            "mode",
+            "btf_path",
+            "state_dir",
+            "socket",
+            "max_age",
+            "batch_size",
+            "queue_capacity",
+            "ring_buffer_bytes",
+            "btf_dir",
+            "transport",
+            "syscalls",
+            "uid",
+            "comm",
+            "pid",
+            "cgroup",
+            "container",
+            "mnt_ns",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("# {key} ="))
+                        || l.trim_start().starts_with(&format!("#{key} ="))),
+                "packaging/traceed.toml does not document {key}"
+            );
+        }
+        // Uncommenting every default line must still parse (the comments
+        // are real values, not prose).
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Config::parse(&uncommented, Path::new("uncommented")).unwrap();
     }
 }

@@ -31,6 +31,8 @@ pub struct Pipeline {
     pending_drops: Option<(u64, i64, i64)>,
     kernel_lost_seen: u64,
     last_lost_check: i64,
+    /// systemd's watchdog, fed from this loop's tick (see notify.rs).
+    pub watchdog: Option<crate::notify::Watchdog>,
 }
 
 impl Pipeline {
@@ -45,6 +47,7 @@ impl Pipeline {
             pending_drops: None,
             kernel_lost_seen: 0,
             last_lost_check: now(),
+            watchdog: None,
         }
     }
 
@@ -201,6 +204,9 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 p.account_loss(lost_map.as_ref());
+                if let Some(w) = p.watchdog.as_mut() {
+                    w.tick(&p.tx);
+                }
             }
             _ = stop.changed() => {
                 source.drain(&mut |rec| p.handle_record(rec));

@@ -10,7 +10,9 @@ mod decoder;
 mod export;
 mod ingest;
 mod loader;
+mod logging;
 mod metrics;
+mod notify;
 mod peer;
 mod proctable;
 mod retention;
@@ -20,18 +22,57 @@ mod source;
 mod store;
 mod tracefs;
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+/// sysexits.h EX_CONFIG: the unit sets RestartPreventExitStatus=78 so a
+/// broken config file is reported once instead of restarted in a loop.
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let notifier = notify::Notifier::from_env();
+    let cfg = match load_config(&cli) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // Logging is not set up yet (its level comes from this file):
+            // stderr is the journal under systemd, a terminal otherwise.
+            eprintln!("traceed: {e}");
+            notifier.status(&format!("config error: {e}"));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let target = logging::init(&cfg.log_level);
+    tracing::debug!(?target, "logging initialised");
+    let result = match cli.command.unwrap_or(cli::Command::Run) {
+        cli::Command::Run => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")
+            .and_then(|rt| rt.block_on(server::run(cfg, notifier))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!(error = %msg, "fatal: {msg}");
+            notifier.status(&format!("failed: {msg}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &cli::Cli) -> Result<config::Config, config::ConfigError> {
     let explicit = cli.config.as_os_str() != config::DEFAULT_CONFIG;
     let mut cfg = config::Config::load(&cli.config, explicit)?;
-    if let Some(d) = cli.state_dir {
-        cfg.state_dir = d;
+    if let Some(d) = &cli.state_dir {
+        cfg.state_dir = d.clone();
     }
-    if let Some(s) = cli.socket {
-        cfg.socket = s;
+    if let Some(s) = &cli.socket {
+        cfg.socket = s.clone();
     }
     if let Some(m) = cli.mode {
         cfg.mode = m;
@@ -39,25 +80,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(t) = cli.transport {
         cfg.kernel.transport = t;
     }
-    if let Some(b) = cli.btf {
-        cfg.btf_path = Some(b);
+    if let Some(b) = &cli.btf {
+        cfg.btf_path = Some(b.clone());
     }
-    init_logging(&cfg.log_level);
-    match cli.command.unwrap_or(cli::Command::Run) {
-        cli::Command::Run => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?
-            .block_on(server::run(cfg)),
-    }
-}
-
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    Ok(cfg)
 }

@@ -18,6 +18,7 @@ use crate::export::Exporter;
 use crate::ingest::{self, Pipeline};
 use crate::loader::{self, LoadOptions};
 use crate::metrics::Counters;
+use crate::notify::{self, Notifier, Watchdog};
 use crate::retention::{self, Retention};
 use crate::store::{Store, Writer};
 
@@ -25,8 +26,14 @@ use crate::store::{Store, Writer};
 /// ahead with a `lost` line.
 const LIVE_CAPACITY: usize = 4096;
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Handlers first: a SIGHUP from logrotate during a slow start must not
+    // hit the default action (terminate).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    notifier.status("opening the store");
     let store = Store::open(&cfg.state_dir).await?;
     tracing::info!(db = %store.path().display(), "store open");
 
@@ -64,6 +71,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await?;
     let retention = tokio::spawn(retention.run(retention_stop_rx));
 
+    notifier.status("loading eBPF programs");
     let scope = crate::scope::Resolved::from_config(&cfg.scope)?;
     let opts = LoadOptions {
         scope,
@@ -98,11 +106,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         programs = loaded.programs.len(),
         transport = loaded.transport.as_str(),
         refused = %refused.join("; "),
-        "eBPF programs attached"
+        "eBPF programs attached: rung {}, {} programs",
+        loaded.rung.as_str(),
+        loaded.programs.len()
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let pipeline = Pipeline::new(fidelity, tx, counters.clone());
+    let mut pipeline = Pipeline::new(fidelity, tx, counters.clone());
+    pipeline.watchdog = Watchdog::from_env(notifier, counters.clone());
     tracing::info!(
         processes = pipeline.procs.len(),
         "process table seeded from /proc"
@@ -154,26 +165,43 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
     });
     state.ready.store(true, Relaxed);
+    let rung = loaded.rung.as_str();
     tracing::info!(
+        rung,
         socket = %cfg.socket.display(),
         startup_ms = started.elapsed().as_millis() as u64,
-        "ready"
+        "ready: rung {rung}, listening on {}",
+        cfg.socket.display()
     );
+    notifier.ready();
+    notifier.status(&notify::status_line(rung, 0.0, 0, 0));
+    let status_task = tokio::spawn(notify::status_loop(
+        notifier,
+        rung,
+        counters.clone(),
+        std::time::Duration::from_secs(5),
+    ));
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
-            _ = hup.recv() => match &export_reopen {
-                Some(r) => r.notify_one(),
-                None => tracing::info!("SIGHUP: no export file to reopen"),
-            },
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                notifier.reloading();
+                tracing::info!("SIGHUP: reloading");
+                match &export_reopen {
+                    Some(r) => r.notify_one(),
+                    None => tracing::info!("SIGHUP: no export file to reopen"),
+                }
+                tracing::info!("reloaded");
+                notifier.ready();
+            }
         }
     }
     let _ = retention_stop.send(true);
+    notifier.stopping();
+    status_task.abort();
+    notifier.status("stopping: draining the ring buffer and the write queue");
 
     // Detach first so nothing new arrives, then drain what is buffered.
     drop(loaded.ebpf);
