@@ -40,7 +40,7 @@ if [ $QUICK = 1 ]; then
     : "${N_EXEC:=150}" "${N_OPEN:=10000}" "${N_CONN:=1000}" "${N_MIXED:=30}" "${RATE_STEPS:=2}" "${RATE_SECS:=2}"
 else
     : "${REPS:=5}" "${CONFIGS:=untraced,core,fallback,auditd,bpftrace}" "${QEVENTS:=1000000}"
-    : "${N_EXEC:=600}" "${N_OPEN:=20000}" "${N_CONN:=3000}" "${N_MIXED:=100}" "${RATE_STEPS:=6}" "${RATE_SECS:=4}"
+    : "${N_EXEC:=600}" "${N_OPEN:=20000}" "${N_CONN:=3000}" "${N_MIXED:=100}" "${RATE_STEPS:=6}" "${RATE_SECS:=20}"
 fi
 
 WORK=$(mktemp -d /tmp/traceed-bench.XXXXXX)
