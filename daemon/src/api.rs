@@ -28,6 +28,7 @@ pub struct LoadInfo {
     pub rung: String,
     pub fidelity: String,
     pub btf_source: Option<String>,
+    pub kernel_object: Option<traceed_wire::KernelObject>,
     pub refused: Vec<Refusal>,
     pub programs: Vec<String>,
     pub skipped_hooks: Vec<SkippedHook>,
@@ -96,6 +97,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Result<Json<Status>, ApiErro
     Ok(Json(Status {
         rung: st.load.rung.clone(),
         btf_source: st.load.btf_source.clone(),
+        kernel_object: st.load.kernel_object.clone(),
         refused: st.load.refused.clone(),
         programs: st.load.programs.clone(),
         skipped_hooks: st.load.skipped_hooks.clone(),

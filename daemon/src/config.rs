@@ -111,6 +111,9 @@ pub struct KernelConfig {
     pub transport: Transport,
     /// Size of the BPF ring buffer, bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// Rung 3: compile the kernel-specific object at start when none is
+    /// installed and this kernel's headers, clang and llc are present.
+    pub build_objects: bool,
 }
 
 impl Default for Config {
@@ -145,6 +148,7 @@ impl Default for KernelConfig {
         Self {
             transport: Transport::Auto,
             ring_buffer_bytes: 8 << 20,
+            build_objects: true,
         }
     }
 }

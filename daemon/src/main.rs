@@ -8,6 +8,7 @@ mod clock;
 mod config;
 mod decoder;
 mod ingest;
+mod kobject;
 mod loader;
 mod metrics;
 mod proctable;
@@ -47,6 +48,17 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the tokio runtime")?
             .block_on(server::run(cfg)),
+        cli::Command::BuildObject { headers, output } => {
+            let headers = headers.unwrap_or_else(kobject::default_headers);
+            let b = kobject::build(&headers, output.as_deref())?;
+            println!(
+                "built {} for kernel {} in {:.1} s",
+                b.output.display(),
+                b.release,
+                b.took.as_secs_f64()
+            );
+            Ok(())
+        }
     }
 }
 
