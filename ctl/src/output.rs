@@ -148,6 +148,13 @@ pub fn status_text(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
             .map(|b| format!(" (BTF from {b})"))
             .unwrap_or_default()
     )?;
+    if let Some(k) = &s.kernel_object {
+        let how = match k.build_ms {
+            Some(ms) if k.built_now => format!("built at start in {:.1} s", ms as f64 / 1000.0),
+            _ => "prebuilt".into(),
+        };
+        writeln!(out, "object:     {} (kernel {}, {how})", k.path, k.release)?;
+    }
     for r in &s.refused {
         writeln!(out, "  not {}: {}", r.rung, r.reason)?;
     }

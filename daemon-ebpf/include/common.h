@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
 /*
- * Shared by every hook family of the CO-RE object: the maps, the load-time
+ * Shared by every hook family of every object: the maps, the load-time
  * globals, and the helpers that start, fill and emit a record.
  *
  * Records are built in a per-CPU scratch map (a full record is ~8 KiB, the
@@ -10,10 +10,7 @@
 #ifndef TRACEED_COMMON_H
 #define TRACEED_COMMON_H
 
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_core_read.h>
-#include <bpf/bpf_tracing.h>
+#include "kread.h"
 #include "missing_definitions.h"
 #include "events.h"
 

@@ -118,7 +118,7 @@ static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct
 	struct event *e = event_start(in->kind);
 	if (!e)
 		return NULL;
-	fill_task(e, current_task());
+	fill_task(e, cur_task());
 	e->h.uid = (__u32)in->uid_gid;
 	e->h.gid = in->uid_gid >> 32;
 	e->h.retval = sys_ret(ctx);

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
 /*
- * Reads from struct task_struct and friends, all through CO-RE so the
- * offsets are those of the running kernel, never of the vmlinux.h we built
- * against. Layouts that moved between kernels use ___flavor structs.
+ * Reads from struct task_struct and friends. In the CO-RE object every read
+ * is relocated against the running kernel's BTF, and layouts that moved
+ * between kernels are ___flavor structs tested with bpf_core_field_exists.
+ * In the kernel-specific object (see kread.h) the same reads are plain
+ * member accesses of that kernel's headers, and the moves are
+ * LINUX_VERSION_CODE branches.
  */
 #ifndef TRACEED_TASK_H
 #define TRACEED_TASK_H
@@ -12,7 +15,7 @@
 #ifdef TRACEED_FALLBACK
 /* The fallback object reads no kernel struct at all: ppid comes from the
  * fork tracepoint and user space, namespaces are unknown (null). */
-static __always_inline void *current_task(void)
+static __always_inline void *cur_task(void)
 {
 	return 0;
 }
@@ -22,6 +25,7 @@ static __always_inline void fill_task(struct event *e, void *task)
 }
 #else
 
+#ifdef CORE
 /* Before 4.19 a task found its struct pid through pids[PIDTYPE_PID].pid;
  * since then through thread_pid. */
 struct pid_link___pre419 {
@@ -69,6 +73,35 @@ static __always_inline struct pid *task_pid_ptr(struct task_struct *task)
 	struct task_struct___pre419 *old = (void *)task;
 	return BPF_CORE_READ(old, pids[0].pid);
 }
+#else /* kernel-specific object: the same moves, decided at compile time */
+static __always_inline __u64 inode_ctime_ns(struct inode *inode)
+{
+	__u64 sec, nsec;
+
+	if (!inode)
+		return 0;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+	sec = READ_KERN(inode, i_ctime_sec);
+	nsec = READ_KERN(inode, i_ctime_nsec);
+#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 6, 0)
+	sec = READ_KERN(inode, __i_ctime.tv_sec);
+	nsec = READ_KERN(inode, __i_ctime.tv_nsec);
+#else
+	sec = READ_KERN(inode, i_ctime.tv_sec);
+	nsec = READ_KERN(inode, i_ctime.tv_nsec);
+#endif
+	return sec * 1000000000ULL + nsec;
+}
+
+static __always_inline struct pid *task_pid_ptr(struct task_struct *task)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(4, 19, 0)
+	return READ_KERN(task, thread_pid);
+#else
+	return READ_KERN(task, pids[PIDTYPE_PID].pid);
+#endif
+}
+#endif /* CORE */
 
 /* ppid, pid inside its namespace, and the namespace inode numbers. */
 static __always_inline void fill_task(struct event *e, struct task_struct *task)
@@ -76,27 +109,27 @@ static __always_inline void fill_task(struct event *e, struct task_struct *task)
 	struct pid *pid;
 	unsigned int level;
 
-	e->h.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->h.ppid = READ_KERN(task, real_parent, tgid);
 	e->h.flags |= EF_HAS_PPID;
 
 	pid = task_pid_ptr(task);
 	if (!pid)
 		return;
-	level = BPF_CORE_READ(pid, level);
-	e->h.ns_pid = BPF_CORE_READ(pid, numbers[level].nr);
-	e->h.pid_ns = BPF_CORE_READ(pid, numbers[level].ns, ns.inum);
-	e->h.mnt_ns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	level = READ_KERN(pid, level);
+	e->h.ns_pid = READ_KERN(pid, numbers[level].nr);
+	e->h.pid_ns = READ_KERN(pid, numbers[level].ns, ns.inum);
+	e->h.mnt_ns = READ_KERN(task, nsproxy, mnt_ns, ns.inum);
 	e->h.flags |= EF_HAS_NS;
 }
 
-static __always_inline struct task_struct *current_task(void)
+static __always_inline struct task_struct *cur_task(void)
 {
 	return (struct task_struct *)bpf_get_current_task();
 }
 
 static __always_inline __u32 current_mnt_ns(void)
 {
-	return BPF_CORE_READ(current_task(), nsproxy, mnt_ns, ns.inum);
+	return READ_KERN(cur_task(), nsproxy, mnt_ns, ns.inum);
 }
 
 #endif /* TRACEED_FALLBACK */

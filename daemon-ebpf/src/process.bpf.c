@@ -23,17 +23,17 @@ int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 	e = event_start(EK_EXEC);
 	if (!e)
 		return 0;
-	task = current_task();
+	task = cur_task();
 	fill_task(e, task);
 
-	push_str(e, 0, BPF_CORE_READ(bprm, filename), STR_KERNEL);
-	arg_start = BPF_CORE_READ(task, mm, arg_start);
-	arg_end = BPF_CORE_READ(task, mm, arg_end);
+	push_str(e, 0, READ_KERN(bprm, filename), STR_KERNEL);
+	arg_start = READ_KERN(task, mm, arg_start);
+	arg_end = READ_KERN(task, mm, arg_end);
 	if (arg_end > arg_start)
 		push_user_bytes(e, 1, (void *)arg_start, arg_end - arg_start);
-	push_str(e, 2, BPF_CORE_READ(bprm, interp), STR_KERNEL);
+	push_str(e, 2, READ_KERN(bprm, interp), STR_KERNEL);
 	/* When the loaded file last changed: a binary replaced in place shows. */
-	e->h.args[3] = inode_ctime_ns(BPF_CORE_READ(bprm, file, f_inode));
+	e->h.args[3] = inode_ctime_ns(READ_KERN(bprm, file, f_inode));
 	return event_emit(ctx, e);
 }
 
@@ -50,8 +50,8 @@ int raw_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
 
 	if (out_of_scope())
 		return 0;
-	child_pid = BPF_CORE_READ(child, pid);
-	child_tgid = BPF_CORE_READ(child, tgid);
+	child_pid = READ_KERN(child, pid);
+	child_tgid = READ_KERN(child, tgid);
 	if (child_pid != child_tgid)
 		return 0;
 	e = event_start(EK_FORK);
@@ -67,19 +67,19 @@ int raw_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
 SEC("tracepoint/sched/sched_process_exit")
 int tp_sched_process_exit(void *ctx)
 {
-	struct task_struct *task = current_task();
+	struct task_struct *task = cur_task();
 	struct event *e;
 	int code;
 
 	if (out_of_scope())
 		return 0;
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	if (READ_KERN(task, signal, live.counter) != 0)
 		return 0;
 	e = event_start(EK_EXIT);
 	if (!e)
 		return 0;
 	fill_task(e, task);
-	code = BPF_CORE_READ(task, exit_code);
+	code = READ_KERN(task, exit_code);
 	e->h.args[0] = (code >> 8) & 0xff; /* exit status */
 	e->h.args[1] = code & 0x7f;        /* terminating signal, 0 = none */
 	e->h.args[2] = 1;                  /* status known */

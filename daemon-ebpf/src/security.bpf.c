@@ -46,7 +46,7 @@ int tp_module_load(struct module_load_ctx *ctx)
 	e = event_start(EK_MODULE_LOAD);
 	if (!e)
 		return 0;
-	fill_task(e, current_task());
+	fill_task(e, cur_task());
 	loc = ctx->data_loc_name;
 	push_str(e, 0, (void *)ctx + (loc & 0xFFFF), STR_KERNEL);
 	return event_emit(ctx, e);

@@ -39,4 +39,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (the default).
     Run,
+    /// Compile the kernel-specific eBPF object (no CO-RE) for the kernel
+    /// whose headers are given, for hosts without BTF. Needs clang and llvm.
+    BuildObject {
+        /// Kernel header tree [default: /lib/modules/$(uname -r)/build].
+        #[arg(long)]
+        headers: Option<PathBuf>,
+        /// Where to write the object [default: ./<release>.bpf.o]; traceed
+        /// looks for <release>.bpf.o in /usr/lib/traceed/objects and
+        /// <state>/objects.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }

@@ -126,6 +126,9 @@ pub struct KernelConfig {
     pub transport: Transport,
     /// Size of the BPF ring buffer, bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// Rung 3: compile the kernel-specific object at start when none is
+    /// installed and this kernel's headers, clang and llc are present.
+    pub build_objects: bool,
 }
 
 impl Default for Config {
@@ -163,6 +166,7 @@ impl Default for KernelConfig {
         Self {
             transport: Transport::Auto,
             ring_buffer_bytes: 8 << 20,
+            build_objects: true,
         }
     }
 }
@@ -287,7 +291,10 @@ impl Config {
             ));
         }
         if self.store.max_bytes < 1 << 20 {
-            return Err(("store.max_bytes", "store.max_bytes must be at least 1MiB".into()));
+            return Err((
+                "store.max_bytes",
+                "store.max_bytes must be at least 1MiB".into(),
+            ));
         }
         Ok(())
     }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
-use traceed_wire::{Refusal, SkippedHook};
+use traceed_wire::{KernelObject, Refusal, SkippedHook};
 
 use crate::config::{Mode, Transport};
+use crate::kobject;
 use crate::source::EventSource;
 use crate::tracefs::{self, Format};
 
@@ -40,6 +41,7 @@ pub enum LoadError {
 pub enum Rung {
     CoreKernelBtf,
     CoreExternalBtf,
+    KernelObject,
     Fallback,
 }
 
@@ -48,6 +50,7 @@ impl Rung {
         match self {
             Rung::CoreKernelBtf => "core-kernel-btf",
             Rung::CoreExternalBtf => "core-external-btf",
+            Rung::KernelObject => "kernel-object",
             Rung::Fallback => "fallback",
         }
     }
@@ -55,6 +58,7 @@ impl Rung {
     pub fn fidelity(self) -> &'static str {
         match self {
             Rung::CoreKernelBtf | Rung::CoreExternalBtf => "core",
+            Rung::KernelObject => "kernel",
             Rung::Fallback => "fallback",
         }
     }
@@ -208,6 +212,8 @@ pub struct LoadOptions {
     pub state_dir: PathBuf,
     pub self_tgid: u32,
     pub ring_buffer_bytes: u32,
+    /// Rung 3 may compile the kernel-specific object when none is found.
+    pub build_objects: bool,
 }
 
 /// A loaded and attached object. Dropping `ebpf` detaches every program.
@@ -220,6 +226,7 @@ pub struct Loaded {
     pub rung: Rung,
     pub transport: Transport,
     pub btf_source: Option<String>,
+    pub kernel_object: Option<KernelObject>,
     pub refused: Vec<Refusal>,
     pub programs: Vec<String>,
     pub skipped_hooks: Vec<SkippedHook>,
@@ -242,7 +249,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let want = |r: Rung| match opts.mode {
         Mode::Auto => true,
         Mode::Core => matches!(r, Rung::CoreKernelBtf | Rung::CoreExternalBtf),
-        Mode::Kernel => false,
+        Mode::Kernel => r == Rung::KernelObject,
         Mode::Fallback => r == Rung::Fallback,
     };
     let mut refuse = |rung: Rung, reason: String| {
@@ -253,7 +260,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         });
     };
 
-    for rung in [Rung::CoreKernelBtf, Rung::CoreExternalBtf, Rung::Fallback] {
+    for rung in [
+        Rung::CoreKernelBtf,
+        Rung::CoreExternalBtf,
+        Rung::KernelObject,
+        Rung::Fallback,
+    ] {
         if !want(rung) {
             continue;
         }
@@ -262,13 +274,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             // it without one: aya would keep vmlinux.h's offsets.
             Rung::CoreKernelBtf | Rung::CoreExternalBtf => {
                 target_btf(rung, opts).and_then(|(btf, source)| {
-                    load_core(&btf, opts, transport).map(|l| (l, Some(source)))
+                    load_core(&btf, opts, transport).map(|l| (l, Some(source), None, transport))
                 })
             }
-            Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None)),
+            Rung::KernelObject => load_kernel_object(opts).map(|(l, ko, t)| (l, None, Some(ko), t)),
+            Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None, None, transport)),
         };
         match attempt {
-            Ok((mut l, btf_source)) => {
+            Ok((mut l, btf_source, kernel_object, transport)) => {
                 if let Err(reason) = self_check(&mut l, rung, opts) {
                     refuse(rung, reason);
                     continue;
@@ -281,6 +294,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                     rung,
                     transport,
                     btf_source,
+                    kernel_object,
                     refused,
                     programs: l.programs,
                     skipped_hooks: l.skipped,
@@ -288,12 +302,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             }
             Err(reason) => refuse(rung, reason),
         }
-    }
-    if opts.mode == Mode::Kernel {
-        refuse(
-            Rung::Fallback,
-            "--mode kernel: kernel-specific objects are not supported by this version".into(),
-        );
     }
     let summary = refused
         .iter()
@@ -366,7 +374,7 @@ fn target_btf(rung: Rung, opts: &LoadOptions) -> Result<(Btf, String), String> {
                     )
                 })
         }
-        Rung::Fallback => unreachable!("the fallback object needs no BTF"),
+        Rung::KernelObject | Rung::Fallback => unreachable!("only the CO-RE object needs BTF"),
     }
 }
 
@@ -546,6 +554,111 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, St
     )
 }
 
+/// Rung 3: `<release>.bpf.o` from the system or state directory, else
+/// compiled now from this kernel's headers and cached in the state
+/// directory. Its recorded release must be the running kernel's.
+fn find_kernel_object(opts: &LoadOptions) -> Result<(PathBuf, Vec<u8>, KernelObject), String> {
+    let release = kernel_release();
+    let name = format!("{release}.bpf.o");
+    let cache = opts.state_dir.join("objects");
+    let dirs = [PathBuf::from(kobject::SYSTEM_OBJECTS), cache.clone()];
+    let mut found = dirs.iter().map(|d| d.join(&name)).find(|p| p.exists());
+    let mut built_ms = None;
+    if found.is_none() {
+        let looked = format!(
+            "no {name} in {} or {}",
+            dirs[0].display(),
+            dirs[1].display()
+        );
+        if !opts.build_objects {
+            return Err(format!("{looked}, and [kernel] build_objects = false"));
+        }
+        let headers = kobject::default_headers();
+        if !headers.exists() {
+            return Err(format!(
+                "{looked}, and no headers to build one ({} is missing: `apt-get install \
+                 linux-headers-{release}`, or build it elsewhere with `traceed build-object \
+                 --headers DIR` and copy it to {})",
+                headers.display(),
+                dirs[0].display()
+            ));
+        }
+        let out = cache.join(&name);
+        tracing::info!(headers = %headers.display(), output = %out.display(), "building the kernel-specific object");
+        let b = kobject::build(&headers, Some(&out))
+            .map_err(|e| format!("{looked}, and building one failed: {e}"))?;
+        tracing::info!(output = %b.output.display(), took_ms = b.took.as_millis() as u64, "kernel-specific object built");
+        built_ms = Some(b.took.as_millis() as u64);
+        found = Some(b.output);
+    }
+    let path = found.unwrap_or_default();
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let recorded = kobject::recorded_release(&bytes).ok_or_else(|| {
+        format!(
+            "{} records no kernel release (a {} section): not built by `traceed build-object`",
+            path.display(),
+            kobject::RELEASE_SECTION
+        )
+    })?;
+    // The release is also in the file name, but names are easy to get wrong
+    // when objects are copied around a fleet: the recorded one decides.
+    if recorded != release && std::env::var_os("TRACEED_TEST_ANY_RELEASE").is_none() {
+        return Err(format!(
+            "{} was built for kernel {recorded}, but this kernel is {release}; its offsets \
+             would be wrong: build one with `traceed build-object` against linux-headers-{release}",
+            path.display()
+        ));
+    }
+    let ko = KernelObject {
+        path: path.display().to_string(),
+        release: recorded,
+        built_now: built_ms.is_some(),
+        build_ms: built_ms,
+    };
+    Ok((path, bytes, ko))
+}
+
+fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Transport), String> {
+    let (path, bytes, ko) = find_kernel_object(opts)?;
+    let transport = match kobject::recorded_transport(&bytes).as_deref() {
+        Some("perf") => Transport::Perf,
+        _ => Transport::Ringbuf,
+    };
+    if opts.transport != Transport::Auto && opts.transport != transport {
+        return Err(format!(
+            "{} was built for transport {}, but {} is configured",
+            path.display(),
+            transport.as_str(),
+            opts.transport.as_str()
+        ));
+    }
+    if transport == Transport::Ringbuf && !ring_buf_supported() {
+        return Err(format!(
+            "{} uses a BPF ring buffer, which this kernel lacks",
+            path.display()
+        ));
+    }
+    let g = globals(opts, transport);
+    let mut l = loader_for(opts, &g);
+    if transport == Transport::Ringbuf {
+        l.map_max_entries("events", opts.ring_buffer_bytes);
+    }
+    let ebpf = l.load(&bytes).map_err(|e| {
+        format!(
+            "loading the kernel object {}: {}",
+            path.display(),
+            error_chain(&e)
+        )
+    })?;
+    let a = finish(
+        ebpf,
+        opts,
+        &core_hooks(!opts.generic_syscalls.is_empty()),
+        transport,
+    )?;
+    Ok((a, ko, transport))
+}
+
 /// Prove the rung reads this kernel correctly before trusting it: exec a
 /// child whose parent and mount namespace we know, and compare what the
 /// programs recorded. A BTF that does not describe the running kernel shows
@@ -611,9 +724,14 @@ fn self_check(a: &mut Attempt, rung: Rung, opts: &LoadOptions) -> Result<(), Str
     }
     let my_mnt = mnt_ns_inode().unwrap_or(0);
     if h.ppid != opts.self_tgid || (my_mnt != 0 && h.mnt_ns != my_mnt) {
+        let what = if rung == Rung::KernelObject {
+            "the kernel object's offsets do not match"
+        } else {
+            "the BTF does not describe"
+        };
         return Err(format!(
             "self-check failed: read ppid {} and mnt_ns {} for a child of pid {} in mnt_ns {my_mnt}; \
-             the BTF does not describe the running kernel ({})",
+             {what} the running kernel ({})",
             h.ppid,
             h.mnt_ns,
             opts.self_tgid,

@@ -9,6 +9,7 @@ mod config;
 mod decoder;
 mod export;
 mod ingest;
+mod kobject;
 mod loader;
 mod logging;
 mod metrics;
@@ -53,6 +54,19 @@ fn main() -> ExitCode {
             .build()
             .context("starting the tokio runtime")
             .and_then(|rt| rt.block_on(server::run(cfg, notifier))),
+        cli::Command::BuildObject { headers, output } => {
+            let headers = headers.unwrap_or_else(kobject::default_headers);
+            kobject::build(&headers, output.as_deref())
+                .map(|b| {
+                    println!(
+                        "built {} for kernel {} in {:.1} s",
+                        b.output.display(),
+                        b.release,
+                        b.took.as_secs_f64()
+                    );
+                })
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -88,6 +88,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         transport: cfg.kernel.transport,
         self_tgid: std::process::id(),
         ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
+        build_objects: cfg.kernel.build_objects,
     };
     let mut loaded = tokio::task::block_in_place(|| loader::load(&opts))?;
     let fidelity = loaded.rung.fidelity();
@@ -103,6 +104,14 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     tracing::info!(
         rung = loaded.rung.as_str(),
         btf = loaded.btf_source.as_deref().unwrap_or("-"),
+        kernel_object = loaded
+            .kernel_object
+            .as_ref()
+            .map(|k| match k.build_ms {
+                Some(ms) if k.built_now => format!("{} (built now in {ms} ms)", k.path),
+                _ => format!("{} (prebuilt)", k.path),
+            })
+            .unwrap_or_else(|| "-".into()),
         programs = loaded.programs.len(),
         transport = loaded.transport.as_str(),
         refused = %refused.join("; "),
@@ -140,6 +149,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
             rung: loaded.rung.as_str().into(),
             fidelity: fidelity.into(),
             btf_source: loaded.btf_source.clone(),
+            kernel_object: loaded.kernel_object.clone(),
             refused: loaded.refused.clone(),
             programs: loaded.programs.clone(),
             skipped_hooks: loaded.skipped_hooks.clone(),

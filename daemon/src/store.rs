@@ -1028,7 +1028,9 @@ pub(crate) mod tests {
         e.uid = Some(pid % 3);
         e.comm = Some(comm.into());
         e.exe = Some(format!("/usr/bin/{comm}"));
-        e.container_id = (pid % 5 == 0).then(|| format!("c0ffee{:x}{:057x}", pid % 2, pid % 2));
+        e.container_id = pid
+            .is_multiple_of(5)
+            .then(|| format!("c0ffee{:x}{:057x}", pid % 2, pid % 2));
         e.args = serde_json::json!({"path": format!("/tmp/f{}", pid % 100), "flags": 0});
         e
     }

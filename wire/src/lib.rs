@@ -88,11 +88,27 @@ pub struct SkippedHook {
     pub reason: String,
 }
 
+/// The kernel-specific object a daemon on rung `kernel-object` runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelObject {
+    pub path: String,
+    /// The release recorded in the object (equal to the running kernel's).
+    pub release: String,
+    /// Compiled at this start (none was installed or cached).
+    pub built_now: bool,
+    /// How long that compile took, when built now.
+    pub build_ms: Option<u64>,
+}
+
 /// `GET /v1/status` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub rung: String,
     pub btf_source: Option<String>,
+    /// Rung `kernel-object`: which object was loaded and whether it was
+    /// compiled at this start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_object: Option<KernelObject>,
     pub refused: Vec<Refusal>,
     pub programs: Vec<String>,
     pub skipped_hooks: Vec<SkippedHook>,

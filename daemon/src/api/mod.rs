@@ -46,6 +46,7 @@ pub struct LoadInfo {
     pub programs: Vec<String>,
     pub skipped_hooks: Vec<SkippedHook>,
     pub transport: String,
+    pub kernel_object: Option<traceed_wire::KernelObject>,
 }
 
 pub struct AppState {
@@ -259,6 +260,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Result<Json<Status>, ApiErro
         refused: st.load.refused.clone(),
         programs: st.load.programs.clone(),
         skipped_hooks: st.load.skipped_hooks.clone(),
+        kernel_object: st.load.kernel_object.clone(),
         transport: st.load.transport.clone(),
         events_total: total,
         lost_total: st.counters.lost_total(),
