@@ -106,8 +106,8 @@ pub struct Status {
     pub rung: String,
     pub btf_source: Option<String>,
     /// Rung `kernel-object`: which object was loaded and whether it was
-    /// compiled at this start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// compiled at this start (null on the other rungs: unknown fields are null).
+    #[serde(default)]
     pub kernel_object: Option<KernelObject>,
     pub refused: Vec<Refusal>,
     pub programs: Vec<String>,

@@ -194,7 +194,7 @@ fn kinds(v: &[(String, u32)]) -> Vec<&str> {
     v.iter().map(|(k, _)| k.as_str()).collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_filter_selects_exactly_its_rows() {
     let f = Fixture::seeded().await;
     assert_eq!(f.select("").await.len(), 29);
@@ -260,7 +260,7 @@ async fn every_filter_selects_exactly_its_rows() {
     assert_eq!(kinds(&f.select("order=asc&limit=1").await), ["exec"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_returns_every_row_once_in_both_orders() {
     let f = Fixture::seeded().await;
     for order in ["asc", "desc"] {
@@ -309,7 +309,7 @@ async fn paging_returns_every_row_once_in_both_orders() {
     assert_eq!(rest.events[0].pid, Some(999));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_and_maximum_limit() {
     let f = Fixture::new(4096).await;
     let now = traceed_wire::now_ns();
@@ -321,7 +321,7 @@ async fn default_and_maximum_limit() {
     assert_eq!(f.page("limit=10000").await.events.len(), 1001);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_parameter_is_a_400_naming_it() {
     let f = Fixture::seeded().await;
     let bad = StatusCode::BAD_REQUEST;
@@ -369,7 +369,7 @@ async fn every_bad_parameter_is_a_400_naming_it() {
     assert!(String::from_utf8_lossy(&b).contains("exec, fork"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_errors_are_json() {
     let f = Fixture::seeded().await;
     f.refused("/", StatusCode::NOT_FOUND, "/v1/events").await;
@@ -408,7 +408,7 @@ async fn routing_errors_are_json() {
     assert!(b.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_requests_and_bodies_are_refused() {
     let f = Fixture::seeded().await;
     let json_error = |s: StatusCode, b: &[u8], want: StatusCode, needle: &str| {
@@ -453,7 +453,7 @@ async fn oversized_requests_and_bodies_are_refused() {
     assert_eq!(f.request(req).await.0, StatusCode::OK);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_outside_the_group_get_403_and_busy_gets_503() {
     let f = Fixture::seeded().await;
     let peer = Peer {
@@ -503,7 +503,7 @@ async fn peers_outside_the_group_get_403_and_busy_gets_503() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_health_openapi_and_metrics() {
     let f = Fixture::seeded().await;
     let (s, b) = f.get("/healthz").await;
@@ -583,7 +583,7 @@ async fn read_lines(body: &mut Body, buf: &mut Vec<u8>, n: usize) -> Vec<Event> 
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_sends_history_then_live_without_gap_or_duplicate() {
     let f = Fixture::seeded().await;
     let resp = f
@@ -628,7 +628,7 @@ async fn follow_sends_history_then_live_without_gap_or_duplicate() {
     assert_eq!(ids, all.iter().map(|e| e.id).collect::<Vec<_>>());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_history_longer_than_the_live_ring_keeps_the_seam_exact() {
     // A ring of 8 while 200 events land during a 1000-row history.
     let f = Fixture::new(8).await;
@@ -657,7 +657,7 @@ async fn follow_history_longer_than_the_live_ring_keeps_the_seam_exact() {
     assert_eq!(ids, (1..=1200).collect::<Vec<i64>>());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_follower_gets_a_lost_line_and_does_not_block_ingest() {
     let f = Fixture::new(16).await;
     let resp = f
@@ -708,7 +708,7 @@ async fn a_slow_follower_gets_a_lost_line_and_does_not_block_ingest() {
     assert_eq!(f.st.counters.follow_dropped.load(Relaxed), missed);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_the_code() {
     let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
     let params: Vec<&str> = doc["paths"]["/v1/events"]["get"]["parameters"]
