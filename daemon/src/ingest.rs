@@ -10,7 +10,6 @@ use std::time::Duration;
 use aya::maps::{MapData, PerCpuArray};
 
 use crate::source::EventSource;
-use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use traceed_wire::Event;
@@ -96,7 +95,13 @@ impl Pipeline {
         if let Some((n, from, to)) = self.pending_drops {
             if self
                 .tx
-                .try_send(lost_event(n, "userspace", from, to, self.fidelity))
+                .try_send(crate::store::lost_row(
+                    n,
+                    "userspace",
+                    from,
+                    to,
+                    self.fidelity,
+                ))
                 .is_ok()
             {
                 self.pending_drops = None;
@@ -109,7 +114,13 @@ impl Pipeline {
                 // Only advance once the row is queued: if the queue is full,
                 // the next tick carries the larger delta over a wider range.
                 if delta > 0 {
-                    let ev = lost_event(delta, "kernel", self.last_lost_check, now, self.fidelity);
+                    let ev = crate::store::lost_row(
+                        delta,
+                        "kernel",
+                        self.last_lost_check,
+                        now,
+                        self.fidelity,
+                    );
                     if self.tx.try_send(ev).is_err() {
                         return;
                     }
@@ -125,34 +136,6 @@ impl Pipeline {
 
 fn now() -> i64 {
     traceed_wire::now_ns()
-}
-
-pub fn lost_event(count: u64, source: &str, from: i64, to: i64, fidelity: &str) -> Event {
-    Event {
-        id: 0,
-        ts: to,
-        kind: "lost".into(),
-        pid: None,
-        tid: None,
-        ppid: None,
-        uid: None,
-        gid: None,
-        comm: None,
-        ns_pid: None,
-        exe: None,
-        cgroup_id: None,
-        container_id: None,
-        mnt_ns: None,
-        pid_ns: None,
-        retval: None,
-        args: json!({
-            "count": count,
-            "source": source,
-            "from": traceed_wire::format_ts(from),
-            "to": traceed_wire::format_ts(to),
-        }),
-        fidelity: fidelity.into(),
-    }
 }
 
 /// Longest a record waits in the ring when the ring is nearly empty.
