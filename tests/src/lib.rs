@@ -44,6 +44,20 @@ pub fn unique(prefix: &str) -> String {
     s
 }
 
+/// A command running the real `traceed`; with `hide_btf`, in a private
+/// mount namespace with a tmpfs over /sys/kernel/btf: the real kernel, but
+/// traceed cannot see its BTF.
+pub fn traceed_command(hide_btf: bool) -> Command {
+    if !hide_btf {
+        return Command::new(bin("traceed"));
+    }
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
+        .arg(bin("traceed"));
+    c
+}
+
 pub struct Daemon {
     pub child: Child,
     pub dir: PathBuf,
@@ -77,16 +91,7 @@ impl Daemon {
         let config = dir.join("traceed.toml");
         std::fs::write(&config, opts.config.unwrap_or_default()).unwrap();
         let log = dir.join("traceed.log");
-        let mut cmd = if opts.hide_btf {
-            let mut c = Command::new("unshare");
-            c.args(["-m", "--propagation", "private", "sh", "-c"])
-                .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
-                .arg(bin("traceed"));
-            c
-        } else {
-            Command::new(bin("traceed"))
-        };
-        let child = cmd
+        let child = traceed_command(opts.hide_btf)
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")

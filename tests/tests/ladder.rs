@@ -170,10 +170,7 @@ fn corrupt_btf_is_refused() {
     drop(d);
 
     // Forced to CO-RE, it refuses to start instead of guessing.
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
-        .arg(traceed_tests::bin("traceed"))
+    let out = traceed_tests::traceed_command(true)
         .args([
             "--config",
             "/dev/null",
