@@ -95,7 +95,7 @@ pub struct StoreConfig {
     #[serde(with = "humanized_bytes")]
     pub max_bytes: u64,
     /// Delete the oldest events while the state filesystem has less free
-    /// space than this (0 disables).
+    /// space than this (0 disables). Default 64 MiB.
     #[serde(with = "humanized_bytes")]
     pub min_free_bytes: u64,
 }
@@ -156,7 +156,9 @@ impl Default for StoreConfig {
             batch_size: 4096,
             queue_capacity: 65536,
             max_bytes: 2 << 30,
-            min_free_bytes: 1 << 30,
+            // A floor that keeps the host writable, not a share of the disk:
+            // on a small filesystem a 1 GiB floor would delete all history.
+            min_free_bytes: 64 << 20,
         }
     }
 }
