@@ -186,23 +186,14 @@ mod tests {
     fn exec(argv: &[&str]) -> Event {
         Event {
             id: 1,
-            ts: 1_764_017_445_123_456_789,
-            kind: "exec".into(),
             pid: Some(4242),
             tid: Some(4242),
             ppid: Some(1),
             uid: Some(0),
             gid: Some(0),
             comm: Some("sh".into()),
-            ns_pid: None,
-            exe: None,
-            cgroup_id: None,
-            container_id: None,
-            mnt_ns: None,
-            pid_ns: None,
-            retval: None,
             args: serde_json::json!({ "argv": argv }),
-            fidelity: "core".into(),
+            ..Event::new("exec", 1_764_017_445_123_456_789, "core")
         }
     }
 

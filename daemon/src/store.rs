@@ -498,29 +498,13 @@ fn decode_args(text: &str, keys: Option<String>) -> serde_json::Value {
 /// A `lost` event as DESIGN.md shapes it.
 pub fn lost_row(count: u64, source: &str, from: i64, to: i64, fidelity: &str) -> Event {
     Event {
-        id: 0,
-        ts: to,
-        kind: "lost".into(),
-        pid: None,
-        tid: None,
-        ppid: None,
-        uid: None,
-        gid: None,
-        comm: None,
-        ns_pid: None,
-        exe: None,
-        cgroup_id: None,
-        container_id: None,
-        mnt_ns: None,
-        pid_ns: None,
-        retval: None,
         args: serde_json::json!({
             "count": count,
             "source": source,
             "from": traceed_wire::format_ts(from),
             "to": traceed_wire::format_ts(to),
         }),
-        fidelity: fidelity.into(),
+        ..Event::new("lost", to, fidelity)
     }
 }
 

@@ -61,6 +61,32 @@ pub struct Event {
     pub fidelity: String,
 }
 
+impl Event {
+    /// An event with only what every row has; every other field unknown.
+    pub fn new(kind: &str, ts: i64, fidelity: &str) -> Self {
+        Self {
+            id: 0,
+            ts,
+            kind: kind.into(),
+            pid: None,
+            tid: None,
+            ppid: None,
+            uid: None,
+            gid: None,
+            comm: None,
+            ns_pid: None,
+            exe: None,
+            cgroup_id: None,
+            container_id: None,
+            mnt_ns: None,
+            pid_ns: None,
+            retval: None,
+            args: serde_json::Value::Object(Default::default()),
+            fidelity: fidelity.into(),
+        }
+    }
+}
+
 /// `GET /v1/events` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventsPage {
@@ -236,23 +262,13 @@ mod tests {
     fn event_roundtrip() {
         let e = Event {
             id: 7,
-            ts: 1_764_017_445_123_456_789,
-            kind: "exec".into(),
             pid: Some(1),
             tid: Some(1),
-            ppid: None,
             uid: Some(0),
             gid: Some(0),
             comm: Some("sh".into()),
-            ns_pid: None,
-            exe: None,
-            cgroup_id: None,
-            container_id: None,
-            mnt_ns: None,
-            pid_ns: None,
-            retval: None,
             args: serde_json::json!({"argv": ["sh"]}),
-            fidelity: "core".into(),
+            ..Event::new("exec", 1_764_017_445_123_456_789, "core")
         };
         let j = serde_json::to_value(&e).unwrap();
         assert_eq!(j["ts"], "2025-11-24T20:50:45.123456789Z");
