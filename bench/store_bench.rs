@@ -22,6 +22,7 @@ mod retention;
 mod store;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -418,48 +419,46 @@ async fn main() -> anyhow::Result<()> {
     let start = now - span;
     let n = a.events;
     let rare_every = (n / 20).max(1);
-    // Events are generated ahead of the clock in a separate thread so the
-    // bench measures the writer, not the generator.
-    let (gtx, mut grx) = mpsc::channel::<Vec<Event>>(64);
-    let gen = std::thread::spawn(move || {
-        let mut g = Gen::new();
-        let mut chunk = Vec::with_capacity(4096);
-        for i in 0..n {
-            let ts = start + ((i as i128 * span as i128) / n as i128) as i64;
-            let mut e = g.event(ts);
-            if i % rare_every == rare_every / 2 {
-                e.comm = Some(RARE_COMM.into());
-            }
-            chunk.push(e);
-            if chunk.len() == 4096 {
-                if gtx.blocking_send(std::mem::take(&mut chunk)).is_err() {
-                    return;
-                }
-                chunk.reserve(4096);
-            }
-        }
-        let _ = gtx.blocking_send(chunk);
-    });
-    // Pre-fill a little so the generator is ahead.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Events are generated in rounds before the clock starts, so the rate
+    // is the writer's (decoded events in, committed rows out), not the
+    // generator's: on 2 cores a concurrent generator was the bottleneck.
+    const ROUND: u64 = 500_000;
     let writer_task = tokio::spawn(writer.run());
-    let t0 = Instant::now();
-    while let Some(chunk) = grx.recv().await {
-        for e in chunk {
+    let mut g = Gen::new();
+    let mut insert_s = 0.0;
+    let mut i = 0u64;
+    while i < n {
+        let m = ROUND.min(n - i);
+        let events: Vec<Event> = tokio::task::block_in_place(|| {
+            (i..i + m)
+                .map(|i| {
+                    let ts = start + ((i as i128 * span as i128) / n as i128) as i64;
+                    let mut e = g.event(ts);
+                    if i % rare_every == rare_every / 2 {
+                        e.comm = Some(RARE_COMM.into());
+                    }
+                    e
+                })
+                .collect()
+        });
+        let target = counters.events_total.load(Relaxed) + m;
+        let t0 = Instant::now();
+        for e in events {
             tx.send(e).await.context("writer stopped")?;
         }
+        while counters.events_total.load(Relaxed) < target {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        insert_s += t0.elapsed().as_secs_f64();
+        i += m;
     }
     drop(tx);
     writer_task.await??;
-    let insert_s = t0.elapsed().as_secs_f64();
-    gen.join().ok();
     let _ = retention_stop.0.send(true);
     if let Some(t) = retention_task {
         t.await?;
     }
-    let stored = counters
-        .events_total
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let stored = counters.events_total.load(Relaxed);
 
     let pool = st.pool();
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -24,7 +24,7 @@ MEM=${BOOT_MEM:-1536}
 SUITE=bookworm
 # Everything the guest needs besides the .deb's own dependencies (apt
 # resolves those at install time from the same mirror).
-PACKAGES=systemd-sysv,udev,dbus,linux-image-cloud-amd64,logrotate,adduser,passwd,procps,init-system-helpers
+PACKAGES=systemd-sysv,udev,dbus,linux-image-cloud-amd64,logrotate,adduser,passwd,procps,init-system-helpers,libcap2-bin
 
 t_start=$(date +%s)
 step() { echo "boot.sh: [$(($(date +%s) - t_start))s] $*"; }
@@ -52,7 +52,7 @@ key=$(echo "$SUITE $PACKAGES" | sha256sum | cut -c1-12)
 BASE=$CACHE/rootfs-$SUITE-$key.tar
 if [ ! -s "$BASE" ]; then
 	step "building the base root filesystem with mmdebstrap (cached as $BASE)"
-	mmdebstrap --variant=apt --include="$PACKAGES" "$SUITE" "$BASE.tmp" >"$CACHE/mmdebstrap.log" 2>&1 \
+	mmdebstrap --variant=apt --format=tar --include="$PACKAGES" "$SUITE" "$BASE.tmp" >"$CACHE/mmdebstrap.log" 2>&1 \
 		|| { tail -20 "$CACHE/mmdebstrap.log"; die "mmdebstrap failed"; }
 	mv "$BASE.tmp" "$BASE"
 else
@@ -99,6 +99,11 @@ grep -q '^traceed:' "$R/etc/group" || die "postinst did not create group traceed
 
 # 3. Guest configuration: the boot-test unit, a short watchdog for the
 #    SIGSTOP check, serial console, root on /dev/vda, no network.
+# The JSON-lines export on, as a user enabling it would (uncomment the two
+# shipped lines), so the reload check proves logrotate + reload reopen it.
+sed -i -e 's|^# \[export\]$|[export]|' -e 's|^# jsonl = |jsonl = |' "$R/etc/traceed/traceed.toml"
+grep -q '^jsonl = "/var/log/traceed/events.jsonl"' "$R/etc/traceed/traceed.toml" \
+	|| die "the shipped config no longer has the commented [export] jsonl lines"
 mkdir -p "$R/etc/systemd/system/traceed.service.d"
 cat >"$R/etc/systemd/system/traceed.service.d/boot-test.conf" <<'EOF'
 # Boot test only: a short watchdog so the SIGSTOP check takes seconds.
