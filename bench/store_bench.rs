@@ -21,8 +21,8 @@ mod retention;
 #[path = "../daemon/src/store.rs"]
 mod store;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -39,6 +39,7 @@ struct Args {
     span_h: i64,
     runs: usize,
     retention: bool,
+    without_indexes: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -48,6 +49,7 @@ fn parse_args() -> anyhow::Result<Args> {
         span_h: 24,
         runs: 51,
         retention: false,
+        without_indexes: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -58,8 +60,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--span-hours" => a.span_h = v()?.parse()?,
             "--runs" => a.runs = v()?.parse()?,
             "--with-retention" => a.retention = true,
+            "--without-indexes" => a.without_indexes = true,
             _ => anyhow::bail!(
-                "usage: traceed-store-bench [--dir DIR] [--events N] [--span-hours H] [--runs N] [--with-retention]"
+                "usage: traceed-store-bench [--dir DIR] [--events N] [--span-hours H] [--runs N] [--with-retention] [--without-indexes]"
             ),
         }
     }
@@ -393,6 +396,21 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.dir)?;
     let st = store::Store::open(&a.dir).await?;
     let counters = Arc::new(metrics::Counters::default());
+    if a.without_indexes {
+        // For the cost breakdown in BENCHMARKS.md: the same rows with no
+        // secondary index (queries then scan).
+        for i in [
+            "events_kind",
+            "events_pid",
+            "events_comm",
+            "events_uid",
+            "events_container",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {i}")))
+                .execute(st.pool())
+                .await?;
+        }
+    }
     let (tx, rx) = mpsc::channel(65536);
     let (live, _) = broadcast::channel(4096);
     let writer = store::Writer::new(&st, rx, live, counters.clone(), 4096).await?;

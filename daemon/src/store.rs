@@ -133,6 +133,9 @@ const SELECT: &str = "SELECT e.id, e.ts, k.s AS kind, e.pid, e.tid, e.ppid, e.ui
      LEFT JOIN strings f ON f.id = e.fidelity \
      LEFT JOIN strings ak ON ak.id = e.args_keys";
 
+/// Page cache of the writer connection, in KiB (negative = KiB in SQLite).
+const WRITER_CACHE_KIB: i64 = -65536;
+
 pub(crate) fn connect_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
@@ -537,14 +540,13 @@ impl WriteError {
     }
 }
 
-/// The hot insert loop on the raw connection: one prepared single-row
-/// statement per table, stepped per row. This is what reaches the insert
-/// rate (through sqlx each row costs a round trip to its worker thread and
-/// an allocation per bound value; a multi-row INSERT pays a statement
-/// journal).
+/// The hot insert loop on the raw connection: prepared statements bound
+/// directly (through sqlx each row cost a round trip to its worker thread
+/// and an allocation per bound value), ROWS_PER_STMT rows per statement.
 mod raw {
-    use std::ffi::{c_char, c_int, CStr};
+    use std::ffi::{c_char, c_int, CStr, CString};
     use std::ptr::NonNull;
+    use std::sync::OnceLock;
 
     use libsqlite3_sys as ffi;
     use traceed_wire::Event;
@@ -555,6 +557,55 @@ mod raw {
         ns_pid, exe, cgroup_id, container_id, mnt_ns, pid_ns, retval, args, fidelity, args_keys) \
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
     const STRINGS: &CStr = c"INSERT INTO strings (id, s) VALUES (?1, ?2)";
+
+    /// Rows per multi-row INSERT: per statement SQLite opens a cursor on
+    /// the table and each index and updates the AUTOINCREMENT counter, so
+    /// one statement per row spent more on that than on the rows.
+    const ROWS_PER_STMT: usize = 32;
+    const COLS: usize = 19;
+
+    /// `INSERT INTO events (...) VALUES (?,...), ... ` for ROWS_PER_STMT rows.
+    fn multi_row_insert() -> &'static CStr {
+        static SQL: OnceLock<CString> = OnceLock::new();
+        SQL.get_or_init(|| {
+            let one = format!("({})", vec!["?"; COLS].join(","));
+            let head = EVENTS.to_str().expect("ASCII");
+            let head = &head[..head.find("VALUES").expect("VALUES") + 7];
+            CString::new(format!("{head}{}", vec![one; ROWS_PER_STMT].join(","))).expect("no NUL")
+        })
+    }
+
+    /// Bind one event's columns at parameters base+1..=base+COLS; returns the
+    /// OR of the bind results.
+    fn bind_row(
+        st: &mut Stmt,
+        base: c_int,
+        &(id, e, n): &(i64, &Event, &Interned),
+        args: &mut Vec<u8>,
+    ) -> c_int {
+        let [kind, comm, exe, container, fidelity, keys] = *n;
+        let u = |v: Option<u32>| v.map(i64::from);
+        super::encode_args(&e.args, keys.is_some(), args);
+        st.int(base + 1, Some(id))
+            | st.int(base + 2, Some(e.ts))
+            | st.int(base + 3, kind)
+            | st.int(base + 4, u(e.pid))
+            | st.int(base + 5, u(e.tid))
+            | st.int(base + 6, u(e.ppid))
+            | st.int(base + 7, u(e.uid))
+            | st.int(base + 8, u(e.gid))
+            | st.int(base + 9, comm)
+            | st.int(base + 10, u(e.ns_pid))
+            | st.int(base + 11, exe)
+            | st.int(base + 12, e.cgroup_id.map(|v| v as i64))
+            | st.int(base + 13, container)
+            | st.int(base + 14, u(e.mnt_ns).map(|v| v - NS_BASE))
+            | st.int(base + 15, u(e.pid_ns).map(|v| v - NS_BASE))
+            | st.int(base + 16, e.retval)
+            | st.text(base + 17, args)
+            | st.int(base + 18, fidelity)
+            | st.int(base + 19, keys)
+    }
 
     /// A prepared statement, finalized on drop.
     struct Stmt {
@@ -686,33 +737,30 @@ mod raw {
                 st.step(rc)?;
             }
         }
-        let mut st = Stmt::prepare(db, EVENTS)?;
         let mut args: Vec<u8> = Vec::with_capacity(256);
-        for (i, (e, [kind, comm, exe, container, fidelity, keys])) in
-            batch.iter().zip(interned).enumerate()
-        {
-            let u = |v: Option<u32>| v.map(i64::from);
-            super::encode_args(&e.args, keys.is_some(), &mut args);
-            let rc = st.int(1, Some(first_id + i as i64))
-                | st.int(2, Some(e.ts))
-                | st.int(3, *kind)
-                | st.int(4, u(e.pid))
-                | st.int(5, u(e.tid))
-                | st.int(6, u(e.ppid))
-                | st.int(7, u(e.uid))
-                | st.int(8, u(e.gid))
-                | st.int(9, *comm)
-                | st.int(10, u(e.ns_pid))
-                | st.int(11, *exe)
-                | st.int(12, e.cgroup_id.map(|v| v as i64))
-                | st.int(13, *container)
-                | st.int(14, u(e.mnt_ns).map(|v| v - NS_BASE))
-                | st.int(15, u(e.pid_ns).map(|v| v - NS_BASE))
-                | st.int(16, e.retval)
-                | st.text(17, &args)
-                | st.int(18, *fidelity)
-                | st.int(19, *keys);
-            st.step(rc)?;
+        let rows: Vec<(i64, &Event, &Interned)> = batch
+            .iter()
+            .zip(interned)
+            .enumerate()
+            .map(|(i, (e, n))| (first_id + i as i64, e, n))
+            .collect();
+        let mut chunks = rows.chunks_exact(ROWS_PER_STMT);
+        if chunks.len() > 0 {
+            let mut st = Stmt::prepare(db, multi_row_insert())?;
+            for chunk in chunks.by_ref() {
+                let mut rc = 0;
+                for (r, row) in chunk.iter().enumerate() {
+                    rc |= bind_row(&mut st, (r * COLS) as c_int, row, &mut args);
+                }
+                st.step(rc)?;
+            }
+        }
+        if !chunks.remainder().is_empty() {
+            let mut st = Stmt::prepare(db, EVENTS)?;
+            for row in chunks.remainder() {
+                let rc = bind_row(&mut st, 0, row, &mut args);
+                st.step(rc)?;
+            }
         }
         Ok(())
     }
@@ -754,7 +802,11 @@ impl Writer {
             path: store.path.clone(),
             source,
         };
-        let mut conn = SqliteConnection::connect_with(&connect_options(&store.path))
+        // The writer's cache holds the hot leaf of every index (one per distinct
+        // kind/pid/comm/uid being inserted into): at SQLite's 2 MB default
+        // those pages were re-read from the OS cache on most inserts.
+        let opts = connect_options(&store.path).pragma("cache_size", WRITER_CACHE_KIB.to_string());
+        let mut conn = SqliteConnection::connect_with(&opts)
             .await
             .map_err(open_err)?;
         // ids continue after the AUTOINCREMENT high-water mark, so an id is
