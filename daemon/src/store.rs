@@ -133,9 +133,6 @@ const SELECT: &str = "SELECT e.id, e.ts, k.s AS kind, e.pid, e.tid, e.ppid, e.ui
      LEFT JOIN strings f ON f.id = e.fidelity \
      LEFT JOIN strings ak ON ak.id = e.args_keys";
 
-/// Page cache of the writer connection, in KiB (negative = KiB in SQLite).
-const WRITER_CACHE_KIB: i64 = -65536;
-
 pub(crate) fn connect_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
@@ -802,11 +799,7 @@ impl Writer {
             path: store.path.clone(),
             source,
         };
-        // The writer's cache holds the hot leaf of every index (one per distinct
-        // kind/pid/comm/uid being inserted into): at SQLite's 2 MB default
-        // those pages were re-read from the OS cache on most inserts.
-        let opts = connect_options(&store.path).pragma("cache_size", WRITER_CACHE_KIB.to_string());
-        let mut conn = SqliteConnection::connect_with(&opts)
+        let mut conn = SqliteConnection::connect_with(&connect_options(&store.path))
             .await
             .map_err(open_err)?;
         // ids continue after the AUTOINCREMENT high-water mark, so an id is
