@@ -5,7 +5,7 @@
 # known ground truth), checks the stored rows read back through tracectl, and
 # writes one machine-readable line per check and per rung to /dev/ttyS1:
 #
-# Rungs: core-kernel-btf, core-external-btf, fallback, and foreign-btf (a
+# Rungs: core-kernel-btf, core-external-btf, kernel-object, fallback, and foreign-btf (a
 # negative control: another kernel's BTF must be refused); RUNG+perf runs
 # RUNG with --transport perf (perf event array instead of the ring buffer).
 #
@@ -142,6 +142,16 @@ run_rung() { # rung
 		mount -t tmpfs tmpfs /sys/kernel/btf && hidden=1
 		set -- --mode core --btf "$BTF_COPY"
 		;;
+	kernel-object)
+		# The object matrix.sh built on the host from this kernel's own
+		# linux-headers package; traceed finds it by release, BTF hidden.
+		if [ ! -s "/usr/lib/traceed/objects/$(uname -r).bpf.o" ]; then
+			say "MX RUNG $rung SKIP no object for $(uname -r) in the initramfs (no linux-headers package for this kernel)"
+			return
+		fi
+		[ -d /sys/kernel/btf ] && mount -t tmpfs tmpfs /sys/kernel/btf && hidden=1
+		set -- --mode kernel
+		;;
 	fallback)
 		[ -d /sys/kernel/btf ] && mount -t tmpfs tmpfs /sys/kernel/btf && hidden=1
 		set -- --mode fallback
@@ -226,6 +236,13 @@ run_rung() { # rung
 		check "$rung" status.btf_source "$(sget btf_source)" /sys/kernel/btf/vmlinux
 		[ $HAS_BTF = 1 ] || check "$rung" refused "started the CO-RE object on a kernel without BTF" "refusal"
 		;;
+	kernel-object)
+		# The status names the object it loaded and the release recorded in it.
+		check "$rung" status.kernel_object.path \
+			"$(sed -n 's/^    "path": "\(.*\)",\{0,1\}$/\1/p' "$dir/status")" "/usr/lib/traceed/objects/$(uname -r).bpf.o"
+		check "$rung" status.kernel_object.release \
+			"$(sed -n 's/^    "release": "\(.*\)",\{0,1\}$/\1/p' "$dir/status")" "$(uname -r)"
+		;;
 	foreign-btf)
 		# It should have refused; the checks below show what it misreads.
 		check "$rung" refused "started with $(cat /btf/foreign.origin)" "refusal"
@@ -256,6 +273,7 @@ run_rung() { # rung
 
 	case $base in
 	fallback) fid=fallback ;;
+	kernel-object) fid=kernel ;;
 	*) fid=core ;;
 	esac
 
@@ -272,7 +290,7 @@ run_rung() { # rung
 		check "$rung" exec.argv "$(jget "$ev" argv)" "[\"$exe\",\"$opath\",\"7\",\"--marker=$name\",\"two words\"]"
 		check "$rung" exec.fidelity "$(jget "$ev" fidelity)" "$fid"
 		check "$rung" exec.cgroup_id "$(jget "$ev" cgroup_id)" "$cgid"
-		if [ $fid = core ]; then
+		if [ $fid != fallback ]; then
 			# The fields CO-RE reads out of task_struct: these are the
 			# ones a wrong layout (PREEMPT_RT) gets wrong.
 			check "$rung" exec.ppid "$(jget "$ev" ppid)" "$shpid"
@@ -306,7 +324,7 @@ run_rung() { # rung
 		check "$rung" fork.recorded none "a fork row for pid $pid"
 	else
 		check_or_null "$rung" fork.ppid "$(jget "$ev" ppid)" "$shpid"
-		[ $fid = core ] && check "$rung" fork.ppid.core "$(jget "$ev" ppid)" "$shpid"
+		[ $fid != fallback ] && check "$rung" fork.ppid.full "$(jget "$ev" ppid)" "$shpid"
 	fi
 
 	# open and connect: checked where this binary records them.
@@ -321,7 +339,7 @@ run_rung() { # rung
 			continue
 		fi
 		check "$rung" "$kind.comm" "$(jget "$ev" comm)" "$name"
-		if [ $fid = core ]; then
+		if [ $fid != fallback ]; then
 			check "$rung" "$kind.mnt_ns" "$(jget "$ev" mnt_ns)" "$(truth mnt_ns)"
 		else
 			check "$rung" "$kind.mnt_ns" "$(jget "$ev" mnt_ns)" null

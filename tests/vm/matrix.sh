@@ -15,9 +15,12 @@
 #   tests/vm/matrix.sh --all               # + bullseye 5.10, trixie 6.12 (generic and rt), local:6.1-nobtf if built
 #   tests/vm/matrix.sh --kernels 'bookworm:6.1:rt-amd64' --rungs core-kernel-btf
 #
-# Rungs (default: all five):
+# Rungs (default: all six):
 # core-kernel-btf (sysfs BTF), core-external-btf (sysfs BTF hidden by a
-# tmpfs, a copy passed with --btf), fallback (BTF hidden, --mode fallback),
+# tmpfs, a copy passed with --btf), kernel-object (BTF hidden, --mode kernel,
+# with /usr/lib/traceed/objects/<release>.bpf.o built on the host by
+# `traceed build-object` from the kernel's own linux-headers package),
+# fallback (BTF hidden, --mode fallback),
 # RUNG+perf (RUNG with --transport perf), foreign-btf (negative control: the
 # host's BTF, under a name without a release, handed to another kernel must
 # be refused: traceed's self-check catches the wrong parents it reads).
@@ -44,7 +47,7 @@ BIN_DIR=${MATRIX_BIN_DIR:-$ROOT/target/release}
 CI_KERNELS="bookworm:6.1:rt-amd64 bookworm:6.1:amd64 bookworm:6.1:cloud-amd64"
 EXTRA_KERNELS="bullseye:5.10:amd64 trixie:6.12:amd64 trixie:6.12:rt-amd64"
 KERNELS=${MATRIX_KERNELS:-$CI_KERNELS}
-RUNGS=${MATRIX_RUNGS:-core-kernel-btf,core-external-btf,fallback,fallback+perf,foreign-btf}
+RUNGS=${MATRIX_RUNGS:-core-kernel-btf,core-external-btf,kernel-object,fallback,fallback+perf,foreign-btf}
 JOBS=${MATRIX_JOBS:-2}
 TIMEOUT=${MATRIX_TIMEOUT:-420}
 MIRROR=${MATRIX_MIRROR:-http://deb.debian.org/debian}
@@ -230,6 +233,50 @@ fetch_kernel() {
 	echo "$dir"
 }
 
+# The kernel's own headers (linux-headers-RELEASE and the -common package it
+# depends on, unpacked with dpkg-deb, cached); prints the build directory
+# `traceed build-object --headers` takes.
+fetch_headers() {
+	local kdir=$1 release suite dir pkgs p tmp
+	release=$(cat "$kdir/release")
+	suite=$(cat "$kdir/suite" 2>/dev/null || true)
+	dir=$CACHE/headers/$release
+	if [ ! -d "$dir/usr/src/linux-headers-$release" ]; then
+		[ -n "$suite" ] && [ "$suite" != local ] || { log "$release: no headers package for a local kernel"; return 1; }
+		apt_opts "$suite"
+		pkgs="linux-headers-$release $(apt-cache "${APT[@]}" show --no-all-versions "linux-headers-$release" 2>/dev/null |
+			sed -n 's/^Depends: //p' | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -E '^linux-headers-.*-common' || true)"
+		tmp=$(mktemp -d "$CACHE/build/hdr.XXXXXX")
+		log "$release: downloading $pkgs"
+		for p in $pkgs; do
+			(cd "$tmp" && apt-get "${APT[@]}" -o APT::Sandbox::User=root download -q "$p" >/dev/null) ||
+				{ rm -rf "$tmp"; log "$release: apt-get download $p failed"; return 1; }
+		done
+		rm -rf "$dir"
+		mkdir -p "$dir"
+		for p in "$tmp"/*.deb; do dpkg-deb -x "$p" "$dir"; done
+		rm -rf "$tmp"
+	fi
+	echo "$dir/usr/src/linux-headers-$release"
+}
+
+# The kernel-object rung's objects, one per kernel, built on the host the
+# way an operator prepares a fleet of BTF-less hosts.
+build_objects() {
+	local out=$CACHE/build/objects kdir release hdr t0
+	rm -rf "$out"
+	mkdir -p "$out"
+	for kdir in "$@"; do
+		[ -n "$kdir" ] || continue
+		release=$(cat "$kdir/release")
+		hdr=$(fetch_headers "$kdir") || continue
+		t0=$(date +%s.%N)
+		"$BIN_DIR/traceed" build-object --headers "$hdr" --output "$out/$release.bpf.o" >"$out/$release.log" 2>&1 ||
+			{ log "$release: build-object failed: $(tail -n 3 "$out/$release.log")"; continue; }
+		log "$release: kernel object built in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+	done
+}
+
 # --- initramfs --------------------------------------------------------------
 
 build_initramfs() {
@@ -256,6 +303,10 @@ build_initramfs() {
 		[ -s "$foreign" ] || die "foreign-btf rung: no BTF at $foreign (set MATRIX_FOREIGN_BTF)"
 		cp "$foreign" "$root/btf/foreign"
 		if [ -z "${MATRIX_FOREIGN_BTF:-}" ]; then echo "the BTF of kernel $(uname -r)"; else echo "$foreign"; fi >"$root/btf/foreign.origin"
+	fi
+	if [ -d "$CACHE/build/objects" ]; then
+		mkdir -p "$root/usr/lib/traceed/objects"
+		cp "$CACHE"/build/objects/*.bpf.o "$root/usr/lib/traceed/objects/" 2>/dev/null || true
 	fi
 	(cd "$root" && find . | cpio -o -H newc --quiet) >"$out"
 	echo "$out"
@@ -310,6 +361,8 @@ main() {
 	done
 	[ $FETCH_ONLY = 1 ] && return 0
 
+	rm -rf "$CACHE/build/objects"
+	[[ ,$RUNGS, == *,kernel-object,* ]] && build_objects "${dirs[@]}"
 	log "building initramfs from $BIN_DIR"
 	initrd=$(build_initramfs)
 	log "initramfs $(du -h "$initrd" | cut -f1)"
