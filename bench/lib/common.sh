@@ -225,7 +225,7 @@ settle_on() { # max_s cmd...
     log "settle: still changing after ${max}s"
 }
 
-td_our_rows() { sqlite3 -cmd '.timeout 5000' "$TD/events.db" "SELECT count(*) FROM events WHERE $OUR_ROWS"; }
+td_our_rows() { sqlite3 -cmd '.timeout 5000' "$TD/events.db" "SELECT count(*) FROM events_view WHERE $OUR_ROWS"; }
 
 # traceed: wait until every operation done so far in this store is there
 # (fast path), else until the count stops moving for 1.5 s (loss).
@@ -300,9 +300,9 @@ tracer_count() { # cfg
     case $1 in
     core | fallback)
         sqlite3 -cmd '.timeout 5000' -separator ' ' "$TD/events.db" \
-            "SELECT comm, kind, count(*) FROM events WHERE comm IN ($OUR_COMMS) GROUP BY comm, kind" >"$TD/counts"
-        echo "$(sqlite3 "$TD/events.db" "SELECT coalesce(sum(json_extract(args,'\$.count')),0) FROM events WHERE kind='lost'")" \
-            "$(sqlite3 "$TD/events.db" "SELECT count(*) FROM events WHERE kind<>'lost'")" \
+            "SELECT comm, kind, count(*) FROM events_view WHERE comm IN ($OUR_COMMS) GROUP BY comm, kind" >"$TD/counts"
+        echo "$(sqlite3 "$TD/events.db" "SELECT coalesce(sum(json_extract(args,'\$.count')),0) FROM events_view WHERE kind='lost'")" \
+            "$(sqlite3 "$TD/events.db" "SELECT count(*) FROM events_view WHERE kind<>'lost'")" \
             "$(cat "$TD"/events.db* | wc -c)"
         ;;
     auditd)
@@ -426,7 +426,7 @@ query_bench() {
         echo "traceed $vol exec_1h $(time_ms tctl events --since 1h --kind exec -o jsonl)" >>"$WORK/queries.tsv"
         echo "traceed $vol comm $(time_ms tctl events --comm bwtrue -o jsonl)" >>"$WORK/queries.tsv"
     fi
-    note "traceed query db: $(cat "$QTD"/events.db* | wc -c) bytes for $vol events ($(sqlite3 "$QTD/events.db" "SELECT coalesce(sum(json_extract(args,'\$.count')),0) FROM events WHERE kind='lost'") counted lost); filled at ${FILL_RATE}/s"
+    note "traceed query db: $(cat "$QTD"/events.db* | wc -c) bytes for $vol events ($(sqlite3 "$QTD/events.db" "SELECT coalesce(sum(json_extract(args,'\$.count')),0) FROM events_view WHERE kind='lost'") counted lost); filled at ${FILL_RATE}/s"
     TD=$QTD TPID=$QPID
     tracer_stop core
 }
@@ -448,8 +448,8 @@ rate_probe() { # rate -> prints "pass|fail achieved_rate"
     tracer_stop core
     ns=$(sed -n 's/.*ns=\([0-9]*\).*/\1/p' <<<"$out")
     ops=$(sed -n 's/^ops=\([0-9]*\).*/\1/p' <<<"$out")
-    lost=$(sqlite3 "$TD/events.db" "SELECT coalesce(sum(json_extract(args,'\$.count')),0) FROM events WHERE kind='lost'")
-    rec=$(sqlite3 "$TD/events.db" "SELECT count(*) FROM events WHERE comm='bw_open' AND kind='open'")
+    lost=$(sqlite3 "$TD/events.db" "SELECT coalesce(sum(json_extract(args,'\$.count')),0) FROM events_view WHERE kind='lost'")
+    rec=$(sqlite3 "$TD/events.db" "SELECT count(*) FROM events_view WHERE comm='bw_open' AND kind='open'")
     local achieved=$((ops * 1000000000 / ns))
     echo "rate $rate achieved $achieved ops $ops stored $rec lost $lost" >>"$WORK/rate.log"
     if [ "$lost" = 0 ] && [ "$rec" -ge "$ops" ]; then echo "pass $achieved"; else echo "fail $achieved"; fi

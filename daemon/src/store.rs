@@ -1101,6 +1101,54 @@ pub(crate) mod tests {
 
     const MIN: i64 = 60_000_000_000;
 
+    /// events_view (for sqlite3 CLI users and bench/) shows exactly what
+    /// the API shows: strings resolved, namespaces absolute, args an object.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_view_agrees_with_the_api() {
+        let dir = temp_dir("view");
+        let store = Store::open(&dir).await.unwrap();
+        let now = traceed_wire::now_ns();
+        let mut exec = ev(now, "exec", 42, "sh");
+        exec.mnt_ns = Some(4026531841);
+        exec.args = serde_json::json!({"filename": "/bin/sh", "argv": ["sh", "-c", "a \"b\""], "truncated": false});
+        let mut unkeyed = ev(now + 1, "open", 43, "cat");
+        unkeyed.args = serde_json::json!([1, "x"]);
+        let lost = lost_row(7, "kernel", now - 5, now, "core");
+        write_all(&store, vec![exec, unkeyed, lost]).await;
+        let api = all(&store).await;
+        let view: Vec<(i64, String, Option<String>, Option<String>, Option<i64>, String, String)> =
+            sqlx::query_as(
+                "SELECT id, kind, comm, container_id, mnt_ns, args, fidelity FROM events_view ORDER BY id",
+            )
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(view.len(), api.len());
+        for (v, e) in view.iter().zip(&api) {
+            assert_eq!(
+                (v.0, &v.1, &v.2, &v.3, v.4, &v.6),
+                (
+                    e.id,
+                    &e.kind,
+                    &e.comm,
+                    &e.container_id,
+                    e.mnt_ns.map(i64::from),
+                    &e.fidelity
+                )
+            );
+            let args: serde_json::Value = serde_json::from_str(&v.5).unwrap();
+            assert_eq!(args, e.args, "row {}", e.id);
+        }
+        // What bench/ asks of it: counts by comm and kind, lost by count.
+        let lost: i64 = sqlx::query_scalar(
+            "SELECT sum(json_extract(args, '$.count')) FROM events_view WHERE kind = 'lost'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(lost, 7);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn roundtrip_with_interned_strings_and_ids() {
         let dir = temp_dir("rt");
@@ -1399,7 +1447,7 @@ pub(crate) mod tests {
             pool.close().await;
         }
         let store = Store::open(&dir).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), 3);
         let rows = all(&store).await;
         assert_eq!(rows.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(rows[1].comm.as_deref(), Some("old"));
