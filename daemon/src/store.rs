@@ -1116,7 +1116,17 @@ pub(crate) mod tests {
         let lost = lost_row(7, "kernel", now - 5, now, "core");
         write_all(&store, vec![exec, unkeyed, lost]).await;
         let api = all(&store).await;
-        let view: Vec<(i64, String, Option<String>, Option<String>, Option<i64>, String, String)> =
+        // id, kind, comm, container_id, mnt_ns, args, fidelity
+        type ViewRow = (
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            String,
+            String,
+        );
+        let view: Vec<ViewRow> =
             sqlx::query_as(
                 "SELECT id, kind, comm, container_id, mnt_ns, args, fidelity FROM events_view ORDER BY id",
             )
