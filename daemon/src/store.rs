@@ -555,9 +555,10 @@ mod raw {
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
     const STRINGS: &CStr = c"INSERT INTO strings (id, s) VALUES (?1, ?2)";
 
-    /// Rows per multi-row INSERT: per statement SQLite opens a cursor on
-    /// the table and each index and updates the AUTOINCREMENT counter, so
-    /// one statement per row spent more on that than on the rows.
+    /// Rows per multi-row INSERT. It amortizes what SQLite does once per
+    /// statement (a cursor on the table and on each index, the AUTOINCREMENT
+    /// counter): 160k -> 196k rows/s with no secondary index; with the five
+    /// indexes their B-tree inserts dominate (BENCHMARKS.md, Store).
     const ROWS_PER_STMT: usize = 32;
     const COLS: usize = 19;
 
