@@ -136,7 +136,8 @@ pub async fn status_loop(
         return;
     }
     let mut last = (Instant::now(), counters.events_total.load(Relaxed));
-    let mut tick = tokio::time::interval(every);
+    // The first refresh after a full interval: a rate needs one.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

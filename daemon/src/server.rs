@@ -184,7 +184,14 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         cfg.socket.display()
     );
     notifier.ready();
-    notifier.status(&notify::status_line(rung, 0.0, 0, 0));
+    notifier.status(&notify::status_line(
+        rung,
+        0.0,
+        counters
+            .events_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        counters.lost_total(),
+    ));
     let status_task = tokio::spawn(notify::status_loop(
         notifier,
         rung,
