@@ -54,7 +54,8 @@ fi
 	&& pass ready-notified "NRestarts=0, journal: $(journalctl -b -u traceed -o cat | grep -m1 'ready: rung')" \
 	|| fail ready-notified "Type=$(prop Type) NRestarts=$(prop NRestarts)"
 status_text=$(prop StatusText)
-if wait_until 15 sh -c 'systemctl show -p StatusText --value traceed | grep -q "events/s"'; then
+# Refreshed from the counters (every 5 s): wait for one that counts stored events.
+if wait_until 30 sh -c 'systemctl show -p StatusText --value traceed | grep -Eq "events/s; [1-9][0-9]* stored"'; then
 	pass status-text "$(prop StatusText)"
 else
 	fail status-text "StatusText='$status_text'"
