@@ -58,6 +58,35 @@ pub fn traceed_command(hide_btf: bool) -> Command {
     c
 }
 
+/// `traceed_command(hide_btf)` with an empty config, `args`, and its state
+/// and socket in `dir`: for starts that are expected to be refused.
+pub fn traceed_in(dir: &Path, hide_btf: bool, args: &[&str]) -> Command {
+    let mut c = traceed_command(hide_btf);
+    c.args(["--config", "/dev/null"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("--socket")
+        .arg(dir.join("s.sock"));
+    c
+}
+
+/// Run `cmd`, which must fail; returns its stderr, where the reason is.
+pub fn refused_start(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(!out.status.success(), "{cmd:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Why the ladder refused `rung` at start, from a status (panics if it did not).
+pub fn refusal<'a>(s: &'a traceed_wire::Status, rung: &str) -> &'a str {
+    &s.refused
+        .iter()
+        .find(|r| r.rung == rung)
+        .unwrap_or_else(|| panic!("{rung} not in refused: {:?}", s.refused))
+        .reason
+}
+
 pub struct Daemon {
     pub child: Child,
     pub dir: PathBuf,

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use traceed_tests::{bin, http_get, unique, Daemon, DaemonOpts};
+use traceed_tests::{
+    bin, http_get, refusal, refused_start, traceed_in, unique, Daemon, DaemonOpts,
+};
 use traceed_wire::Status;
 
 fn cache() -> PathBuf {
@@ -198,16 +200,7 @@ fn object_of_another_release_is_refused() {
     );
     let dir = state_with_object();
     // Forced: traceed refuses to start and says why.
-    let out = Command::new(bin("traceed"))
-        .args(["--config", "/dev/null", "--mode", "kernel"])
-        .arg("--state-dir")
-        .arg(&dir)
-        .arg("--socket")
-        .arg(dir.join("s.sock"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(traceed_in(&dir, false, &["--mode", "kernel"]));
     assert!(
         err.contains("kernel-object")
             && err.contains(&format!(
@@ -227,16 +220,8 @@ fn object_of_another_release_is_refused() {
     let s: Status = serde_json::from_str(&body).unwrap();
     assert_eq!(s.rung, "fallback");
     assert!(s.kernel_object.is_none());
-    let r = s
-        .refused
-        .iter()
-        .find(|r| r.rung == "kernel-object")
-        .expect("kernel-object not in refused");
-    assert!(
-        r.reason.contains(&format!("built for kernel {release}")),
-        "{}",
-        r.reason
-    );
+    let r = refusal(&s, "kernel-object");
+    assert!(r.contains(&format!("built for kernel {release}")), "{r}");
     let text = Command::new(bin("tracectl"))
         .arg("--socket")
         .arg(&d.socket)
@@ -254,17 +239,9 @@ fn object_of_another_release_is_refused() {
 #[test]
 fn object_of_another_layout_is_caught_by_the_self_check() {
     let dir = state_with_object();
-    let out = Command::new(bin("traceed"))
-        .args(["--config", "/dev/null", "--mode", "kernel"])
-        .arg("--state-dir")
-        .arg(&dir)
-        .arg("--socket")
-        .arg(dir.join("s.sock"))
-        .env("TRACEED_TEST_ANY_RELEASE", "1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = traceed_in(&dir, false, &["--mode", "kernel"]);
+    cmd.env("TRACEED_TEST_ANY_RELEASE", "1");
+    let err = refused_start(cmd);
     assert!(
         err.contains("kernel-object") && err.contains("self-check"),
         "{err}"
@@ -280,16 +257,7 @@ fn no_headers_for_the_running_kernel_is_a_clear_refusal() {
     }
     let dir = std::env::temp_dir().join(format!("traceed-test-{}", unique("n")));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(bin("traceed"))
-        .args(["--config", "/dev/null", "--mode", "kernel"])
-        .arg("--state-dir")
-        .arg(&dir)
-        .arg("--socket")
-        .arg(dir.join("s.sock"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(traceed_in(&dir, false, &["--mode", "kernel"]));
     assert!(
         err.contains(&format!("no {running}.bpf.o in /usr/lib/traceed/objects"))
             && err.contains(&format!("apt-get install linux-headers-{running}")),

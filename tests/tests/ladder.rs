@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
-use traceed_tests::{http_get, unique, Daemon, DaemonOpts, Program};
+use traceed_tests::{
+    http_get, refusal, refused_start, traceed_in, unique, Daemon, DaemonOpts, Program,
+};
 use traceed_wire::Status;
 
 fn status(d: &Daemon) -> Status {
@@ -113,16 +115,8 @@ fn rung2_external_btf_when_sysfs_btf_is_hidden() {
     let s = status(&d);
     assert_eq!(s.rung, "core-external-btf");
     assert_eq!(s.btf_source.as_deref(), btf.to_str());
-    let r1 = s
-        .refused
-        .iter()
-        .find(|r| r.rung == "core-kernel-btf")
-        .expect("rung 1 refused");
-    assert!(
-        r1.reason.contains("/sys/kernel/btf/vmlinux"),
-        "{}",
-        r1.reason
-    );
+    let r1 = refusal(&s, "core-kernel-btf");
+    assert!(r1.contains("/sys/kernel/btf/vmlinux"), "{}", r1);
     ground_truth(&d, "core", true);
     let out = d.ctl(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -161,32 +155,16 @@ fn corrupt_btf_is_refused() {
     let d = start(true, &["--btf", bad.to_str().unwrap()]);
     let s = status(&d);
     assert_eq!(s.rung, "fallback");
-    let r2 = s
-        .refused
-        .iter()
-        .find(|r| r.rung == "core-external-btf")
-        .unwrap();
-    assert!(r2.reason.contains("garbage.btf"), "{}", r2.reason);
+    let r2 = refusal(&s, "core-external-btf");
+    assert!(r2.contains("garbage.btf"), "{}", r2);
     drop(d);
 
     // Forced to CO-RE, it refuses to start instead of guessing.
-    let out = traceed_tests::traceed_command(true)
-        .args([
-            "--config",
-            "/dev/null",
-            "--mode",
-            "core",
-            "--btf",
-            bad.to_str().unwrap(),
-        ])
-        .arg("--state-dir")
-        .arg(&dir)
-        .arg("--socket")
-        .arg(dir.join("s.sock"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(traceed_in(
+        &dir,
+        true,
+        &["--mode", "core", "--btf", bad.to_str().unwrap()],
+    ));
     assert!(
         err.contains("garbage.btf") && err.contains("core-external-btf"),
         "{err}"
@@ -212,12 +190,8 @@ fn btf_of_another_layout_is_refused_by_the_self_check() {
         s.rung, "fallback",
         "a BTF with the wrong layout must not be trusted"
     );
-    let r2 = s
-        .refused
-        .iter()
-        .find(|r| r.rung == "core-external-btf")
-        .unwrap();
-    assert!(r2.reason.contains("self-check"), "{}", r2.reason);
+    let r2 = refusal(&s, "core-external-btf");
+    assert!(r2.contains("self-check"), "{}", r2);
 }
 
 #[test]
@@ -226,12 +200,8 @@ fn btf_named_for_another_kernel_is_refused() {
     let d = start(true, &["--btf", p.to_str().unwrap()]);
     let s = status(&d);
     assert_eq!(s.rung, "fallback");
-    let r2 = s
-        .refused
-        .iter()
-        .find(|r| r.rung == "core-external-btf")
-        .unwrap();
-    assert!(r2.reason.contains("5.10.0-99-amd64"), "{}", r2.reason);
+    let r2 = refusal(&s, "core-external-btf");
+    assert!(r2.contains("5.10.0-99-amd64"), "{}", r2);
 }
 
 #[test]
