@@ -58,6 +58,24 @@ pub fn traceed_command(hide_btf: bool) -> Command {
     c
 }
 
+/// Call `f` every `every` until it yields a value; past `timeout`, fail
+/// with `why()`.
+pub fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    why: impl Fn() -> String,
+) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < timeout, "{}", why());
+        std::thread::sleep(every);
+    }
+}
+
 /// `traceed_command(hide_btf)` with an empty config, `args`, and its state
 /// and socket in `dir`: for starts that are expected to be refused.
 pub fn traceed_in(dir: &Path, hide_btf: bool, args: &[&str]) -> Command {
@@ -203,18 +221,17 @@ impl Daemon {
 
     /// Poll until `pred` selects at least one event, or fail after 10 s.
     pub fn wait_for(&self, args: &[&str], pred: impl Fn(&Event) -> bool) -> Event {
-        let t0 = Instant::now();
-        loop {
-            if let Some(e) = self.events(args).into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "no matching event for {args:?} within 10 s; daemon log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || self.events(args).into_iter().find(|e| pred(e)),
+            || {
+                format!(
+                    "no matching event for {args:?} within 10 s; daemon log:\n{}",
+                    self.log_text()
+                )
+            },
+        )
     }
 
     /// SIGTERM and wait; returns the exit status code.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use traceed_tests::{bin, http_get, Daemon, Program};
+use traceed_tests::{bin, http_get, poll, Daemon, Program};
 use traceed_wire::Event;
 
 fn json(body: &str) -> serde_json::Value {
@@ -114,15 +114,15 @@ fn follow_seam_has_no_gap_and_no_duplicate_under_load() {
     assert!(runs > 10, "only {runs} runs");
     // Wait until the store has every exit, and give the follower time to
     // print them too.
-    let t0 = Instant::now();
-    let stored = loop {
-        let s = d.events(&["--comm", &prog.name]);
-        if s.iter().filter(|e| e.kind == "exit").count() == runs {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "store incomplete");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let stored = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let s = d.events(&["--comm", &prog.name]);
+            (s.iter().filter(|e| e.kind == "exit").count() == runs).then_some(s)
+        },
+        || "store incomplete".into(),
+    );
     std::thread::sleep(Duration::from_millis(1000));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) };
@@ -336,11 +336,12 @@ fn http_robustness_through_the_socket() {
     assert_eq!(status_of(&a), 503, "{a}");
     assert!(a.contains("too many connections"), "{a}");
     drop(idle);
-    let t0 = Instant::now();
-    while http_get(&d.socket, "/v1/status").map(|r| r.0).unwrap_or(0) != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "slots not released");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || (http_get(&d.socket, "/v1/status").map(|r| r.0).unwrap_or(0) == 200).then_some(()),
+        || "slots not released".into(),
+    );
 }
 
 #[test]

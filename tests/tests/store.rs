@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use traceed_tests::{http_get, unique, Daemon, DaemonOpts, Program};
+use traceed_tests::{http_get, poll, unique, Daemon, DaemonOpts, Program};
 use traceed_wire::{Event, Status};
 
 fn test_dir(tag: &str) -> PathBuf {
@@ -191,21 +191,16 @@ fn export_jsonl_follows_rename_and_sighup() {
             .collect()
     };
     let wait_in = |p: &Path, comm: &str| -> Event {
-        let t0 = Instant::now();
-        loop {
-            if let Some(e) = read(p)
-                .into_iter()
-                .find(|e| e.kind == "exec" && e.comm.as_deref() == Some(comm))
-            {
-                return e;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "{comm} not exported to {}",
-                p.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                read(p)
+                    .into_iter()
+                    .find(|e| e.kind == "exec" && e.comm.as_deref() == Some(comm))
+            },
+            || format!("{comm} not exported to {}", p.display()),
+        )
     };
     let p1 = Program::new("tsex");
     p1.run(&[]);
@@ -220,15 +215,12 @@ fn export_jsonl_follows_rename_and_sighup() {
     std::fs::rename(&export, &rotated).unwrap();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
-    let t0 = Instant::now();
-    while !export.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "export not reopened after SIGHUP:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || export.exists().then_some(()),
+        || format!("export not reopened after SIGHUP:\n{}", d.log_text()),
+    );
     let p2 = Program::new("tsex");
     p2.run(&[]);
     let e2 = wait_in(&export, &p2.name);

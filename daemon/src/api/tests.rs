@@ -132,6 +132,15 @@ impl Fixture {
         f
     }
 
+    /// Open a streaming GET (a follower): the response, body unread.
+    async fn stream(&self, uri: &str) -> axum::response::Response {
+        self.app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
     async fn request(&self, req: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
@@ -587,15 +596,8 @@ async fn read_lines(body: &mut Body, buf: &mut Vec<u8>, n: usize) -> Vec<Event> 
 async fn follow_sends_history_then_live_without_gap_or_duplicate() {
     let f = Fixture::seeded().await;
     let resp = f
-        .app
-        .clone()
-        .oneshot(
-            Request::get("/v1/events?follow=true&kind=fork,exec&since=3h")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        .stream("/v1/events?follow=true&kind=fork,exec&since=3h")
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let mut body = resp.into_body();
@@ -635,16 +637,7 @@ async fn follow_history_longer_than_the_live_ring_keeps_the_seam_exact() {
     let now = traceed_wire::now_ns();
     f.insert((0..1000).map(|i| event("fork", now + i, 1)).collect())
         .await;
-    let resp = f
-        .app
-        .clone()
-        .oneshot(
-            Request::get("/v1/events?follow=true")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = f.stream("/v1/events?follow=true").await;
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let head = read_lines(&mut body, &mut buf, 10).await;
@@ -660,16 +653,7 @@ async fn follow_history_longer_than_the_live_ring_keeps_the_seam_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_follower_gets_a_lost_line_and_does_not_block_ingest() {
     let f = Fixture::new(16).await;
-    let resp = f
-        .app
-        .clone()
-        .oneshot(
-            Request::get("/v1/events?follow=true")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = f.stream("/v1/events?follow=true").await;
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     // First get the follower into its live phase (a follower still reading
