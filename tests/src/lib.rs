@@ -322,10 +322,19 @@ impl Program {
 
     /// Run it to completion with `args`; returns its pid.
     pub fn run(&self, args: &[&str]) -> u32 {
-        let mut c = Command::new(&self.path)
-            .args(args)
-            .spawn()
-            .expect("spawn test program");
+        // A copy made a moment ago can still be open for writing in a child
+        // that another test thread forked meanwhile: ETXTBSY until that
+        // child execs. Retry briefly rather than fail on the race.
+        let mut tries = 0;
+        let mut c = loop {
+            match Command::new(&self.path).args(args).spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.expect("spawn test program"),
+            }
+        };
         let pid = c.id();
         c.wait().unwrap();
         pid
