@@ -18,7 +18,7 @@ mod metrics;
 #[path = "../daemon/src/retention.rs"]
 mod retention;
 #[allow(dead_code)]
-#[path = "../daemon/src/store.rs"]
+#[path = "../daemon/src/store/mod.rs"]
 mod store;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,7 +45,6 @@ struct Args {
     span_h: i64,
     runs: usize,
     retention: bool,
-    without_indexes: bool,
     run_mean: f64,
 }
 
@@ -56,7 +55,6 @@ fn parse_args() -> anyhow::Result<Args> {
         span_h: 24,
         runs: 51,
         retention: false,
-        without_indexes: false,
         run_mean: RUN_MEAN,
     };
     let mut it = std::env::args().skip(1);
@@ -68,10 +66,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--span-hours" => a.span_h = v()?.parse()?,
             "--runs" => a.runs = v()?.parse()?,
             "--with-retention" => a.retention = true,
-            "--without-indexes" => a.without_indexes = true,
             "--run-mean" => a.run_mean = v()?.parse()?,
             _ => anyhow::bail!(
-                "usage: traceed-store-bench [--dir DIR] [--events N] [--span-hours H] [--runs N] [--with-retention] [--without-indexes] [--run-mean N]"
+                "usage: traceed-store-bench [--dir DIR] [--events N] [--span-hours H] [--runs N] [--with-retention] [--run-mean N]"
             ),
         }
     }
@@ -414,6 +411,36 @@ impl Gen {
     }
 }
 
+/// CPU seconds (user + system) so far of each of this process's threads,
+/// summed by thread name (the writer's are traceed-sql and traceed-ckpt;
+/// tokio-rt-worker encodes and publishes; the bench's main thread sends).
+fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // comm is in parentheses and may hold spaces; fields after it are
+        // space-separated: utime and stime are the 12th and 13th.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
+            .sum();
+        *out.entry(name).or_default() += ticks / hz;
+    }
+    out
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -426,21 +453,6 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.dir)?;
     let st = store::Store::open(&a.dir).await?;
     let counters = Arc::new(metrics::Counters::default());
-    if a.without_indexes {
-        // For the cost breakdown in BENCHMARKS.md: the same rows with no
-        // secondary index (queries then scan).
-        for i in [
-            "events_kind",
-            "events_pid",
-            "events_comm",
-            "events_uid",
-            "events_container",
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {i}")))
-                .execute(st.pool())
-                .await?;
-        }
-    }
     let (tx, rx) = mpsc::channel(65536);
     let (live, _) = broadcast::channel(4096);
     let writer = store::Writer::new(&st, rx, live, counters.clone(), 4096).await?;
@@ -474,6 +486,7 @@ async fn main() -> anyhow::Result<()> {
     let writer_task = tokio::spawn(writer.run());
     let mut g = Gen::new(a.run_mean);
     let mut insert_s = 0.0;
+    let mut cpu_s: std::collections::BTreeMap<String, f64> = Default::default();
     let mut i = 0u64;
     while i < n {
         let m = ROUND.min(n - i);
@@ -490,6 +503,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect()
         });
         let target = counters.events_total.load(Relaxed) + m;
+        let cpu0 = thread_cpu();
         let t0 = Instant::now();
         for e in events {
             tx.send(e).await.context("writer stopped")?;
@@ -498,6 +512,9 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         insert_s += t0.elapsed().as_secs_f64();
+        for (name, s) in thread_cpu() {
+            *cpu_s.entry(name.clone()).or_default() += s - cpu0.get(&name).copied().unwrap_or(0.0);
+        }
         i += m;
     }
     drop(tx);
@@ -621,6 +638,17 @@ async fn main() -> anyhow::Result<()> {
         "| file size / rows | {:.1} B ({} MiB, {rows} rows) | |",
         file as f64 / rows.max(1) as f64,
         file >> 20
+    );
+    let cpu_total: f64 = cpu_s.values().sum();
+    println!(
+        "| CPU per stored event while inserting | {:.2} us ({}) | |",
+        cpu_total * 1e6 / stored.max(1) as f64,
+        cpu_s
+            .iter()
+            .filter(|(_, s)| **s > 0.0)
+            .map(|(n, s)| format!("{n} {:.2}", s * 1e6 / stored.max(1) as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for (name, p50, p95, got) in results {
         let target = if name == "since=1h limit=100" || name.starts_with("comm=<rare>") {

@@ -32,13 +32,16 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn count_stored(&self, kind: &str) {
-        self.events_total.fetch_add(1, Relaxed);
+    /// Count a committed batch by kind (one lock per batch).
+    pub fn count_stored_all<'a>(&self, kinds: impl ExactSizeIterator<Item = &'a str>) {
+        self.events_total.fetch_add(kinds.len() as u64, Relaxed);
         let mut m = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(kind) {
-            Some(n) => *n += 1,
-            None => {
-                m.insert(kind.to_string(), 1);
+        for kind in kinds {
+            match m.get_mut(kind) {
+                Some(n) => *n += 1,
+                None => {
+                    m.insert(kind.to_string(), 1);
+                }
             }
         }
     }
@@ -231,9 +234,7 @@ mod tests {
     #[test]
     fn renders_every_family() {
         let c = Arc::new(Counters::default());
-        c.count_stored("exec");
-        c.count_stored("exec");
-        c.count_stored("exit");
+        c.count_stored_all(["exec", "exec", "exit"].into_iter());
         c.lost_kernel.store(3, Relaxed);
         c.queue_depth.store(7, Relaxed);
         c.ingest_lag_ns.store(1_500_000_000, Relaxed);

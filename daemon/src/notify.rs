@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(w.last_done, 0);
         // The writer takes it and stores it: progress.
         rx.recv().await.unwrap();
-        counters.count_stored("exec");
+        counters.count_stored_all(["exec"].into_iter());
         assert!(writer_healthy(w.last_done, writer_done(&counters), false));
         w.tick(&tx);
         assert_eq!(w.last_done, 1);

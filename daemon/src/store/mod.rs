@@ -1,42 +1,35 @@
-//! The event store: SQLite through sqlx. Owns the schema (migrations/), the
-//! single writer task that batches rows into transactions, and the read
-//! queries the API runs. Retention (retention.rs) deletes through its own
-//! connection; nothing else touches the database file.
+//! The event store: SQLite through sqlx. Owns the schema (migrations/) and
+//! the read queries the API runs; the writer (writer.rs, on its own
+//! connections through raw.rs) is the only thing that inserts. Retention
+//! (retention.rs) deletes through its own connection.
 //!
 //! Repeated strings are interned in `strings` (schema 2); the writer keeps
-//! the string -> id map in memory and assigns row ids itself, so a batch is a
-//! few multi-row INSERTs in one transaction.
+//! the string -> id map in memory and assigns row ids itself. Filters are
+//! served by a block index (schema 4, `event_blocks`): which values occur in
+//! each run of 1024 ids, instead of one B-tree entry per row per column.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::{broadcast, mpsc};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use traceed_wire::Event;
 
-use crate::export::Exporter;
-use crate::metrics::Counters;
-
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Ids per block of the block index (migration 0004): block = id >> 10.
+/// Smaller blocks scan less per hit and index more rows per event.
+pub(crate) const BLOCK_SHIFT: u32 = 10;
 
 /// How far ingest order may lag wall-clock order (CPU ring jitter, decode
 /// delays). Time bounds are turned into id bounds with this much slack, then
 /// applied exactly on `ts`.
 const TS_SLACK_NS: i64 = 2_000_000_000;
-
-/// Namespace inode numbers are stored relative to this (see migration 2).
-const NS_BASE: i64 = 0xF000_0000;
-
-/// While the store refuses writes (disk full), try again at most this often
-/// and count the batches in between as lost.
-const PAUSED_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,6 +47,10 @@ pub enum StoreError {
     },
     #[error("query: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("database {path}: opening the writer's connection: {msg}")]
+    Writer { path: PathBuf, msg: String },
+    #[error("{0}")]
+    WriterThread(String),
 }
 
 /// Whether the writer is storing; shared with the API's status.
@@ -273,151 +270,61 @@ impl Store {
     /// 10M rows). None when every event is older.
     pub(crate) async fn first_id_at(&self, ts: i64) -> Result<Option<i64>, StoreError> {
         let mut c = self.pool.acquire().await?;
-        let (lo, hi): (Option<i64>, Option<i64>) =
-            // Two subqueries: min() and max() together in one SELECT scan.
-            sqlx::query_as("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)")
-                .fetch_one(&mut *c)
-                .await?;
-        let (Some(mut lo), Some(mut hi)) = (lo, hi) else {
-            return Ok(None);
-        };
-        let at = |id: i64| {
-            sqlx::query_as::<_, (i64, i64)>(
-                "SELECT id, ts FROM events WHERE id >= ? ORDER BY id LIMIT 1",
-            )
-            .bind(id)
-        };
-        let (_, last_ts) = at(hi).fetch_one(&mut *c).await?;
-        if last_ts < ts {
-            return Ok(None);
-        }
-        // Invariant: hi is a stored id with ts >= target; no answer below lo.
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let (id, t) = at(mid).fetch_one(&mut *c).await?;
-            if t >= ts {
-                hi = id;
-            } else {
-                lo = id + 1;
-            }
-        }
-        Ok(Some(hi))
-    }
-
-    /// Ids of interned strings that start with `prefix`.
-    async fn string_ids_with_prefix(&self, prefix: &str) -> Result<Vec<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM strings WHERE s >= ? AND s < ? LIMIT 1000")
-                .bind(prefix)
-                .bind(format!("{prefix}\u{10FFFF}"))
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Build the SQL for `q` (without running it). None when a bound or a
-    /// filter value proves the answer empty.
-    /// `prefix` is "" or "EXPLAIN QUERY PLAN " (tests check the plans).
-    pub(crate) async fn build_query(
-        &self,
-        q: &Query,
-        prefix: &str,
-    ) -> Result<Option<QueryBuilder<Sqlite>>, StoreError> {
-        let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{prefix}{SELECT} WHERE 1=1"));
-        // `+e.ts` keeps the planner off the ts index for the row scan: the
-        // id range computed from it is the selective, order-preserving bound.
-        if let Some(since) = q.since {
-            match self.first_id_at(since.saturating_sub(TS_SLACK_NS)).await? {
-                Some(lo) => {
-                    b.push(" AND e.id >= ").push_bind(lo);
-                }
-                None => return Ok(None),
-            }
-            b.push(" AND +e.ts >= ").push_bind(since);
-        }
-        if let Some(until) = q.until {
-            if let Some(hi) = self.first_id_at(until.saturating_add(TS_SLACK_NS)).await? {
-                b.push(" AND e.id < ").push_bind(hi);
-            }
-            b.push(" AND +e.ts < ").push_bind(until);
-        }
-        let string_eq = |b: &mut QueryBuilder<Sqlite>, col: &str, v: &str| {
-            b.push(format!(" AND e.{col} = (SELECT id FROM strings WHERE s = "))
-                .push_bind(v.to_string())
-                .push(")");
-        };
-        match q.kinds.as_slice() {
-            [] => {}
-            [k] => string_eq(&mut b, "kind", k),
-            kinds => {
-                b.push(" AND e.kind IN (SELECT id FROM strings WHERE s IN (");
-                let mut sep = b.separated(", ");
-                for k in kinds {
-                    sep.push_bind(k.clone());
-                }
-                b.push("))");
-            }
-        }
-        if let Some(v) = q.pid {
-            b.push(" AND e.pid = ").push_bind(v as i64);
-        }
-        if let Some(v) = q.ppid {
-            b.push(" AND e.ppid = ").push_bind(v as i64);
-        }
-        if let Some(v) = q.uid {
-            b.push(" AND e.uid = ").push_bind(v as i64);
-        }
-        if let Some(v) = &q.comm {
-            string_eq(&mut b, "comm", v);
-        }
-        if let Some(v) = &q.exe {
-            string_eq(&mut b, "exe", v);
-        }
-        if let Some(v) = &q.container {
-            // Users paste short ids (12 chars) as docker shows them; one
-            // match (the usual case) is an equality the index serves in id
-            // order.
-            match self.string_ids_with_prefix(v).await?.as_slice() {
-                [] => return Ok(None),
-                [id] => {
-                    b.push(" AND e.container_id = ").push_bind(*id);
-                }
-                ids => {
-                    b.push(" AND e.container_id IN (");
-                    let mut sep = b.separated(", ");
-                    for id in ids {
-                        sep.push_bind(*id);
-                    }
-                    b.push(")");
-                }
-            }
-        }
-        if let Some(v) = &q.fidelity {
-            string_eq(&mut b, "fidelity", v);
-        }
-        if let Some(c) = q.after_id {
-            b.push(if q.desc {
-                " AND e.id < "
-            } else {
-                " AND e.id > "
-            })
-            .push_bind(c);
-        }
-        b.push(if q.desc {
-            " ORDER BY e.id DESC"
-        } else {
-            " ORDER BY e.id"
-        });
-        b.push(" LIMIT ").push_bind(q.limit as i64 + 1);
-        Ok(Some(b))
+        first_id_at(&mut c, ts).await
     }
 
     /// Run `q`, returning at most `q.limit` events and whether more follow.
+    ///
+    /// All reads share one snapshot (a read transaction), so the block list
+    /// and the row ranges agree with each other and with the writer's
+    /// commits. With an indexed filter the most selective one drives: its
+    /// blocks are read in id order, adjacent blocks merged into one rowid
+    /// range, and each range is scanned with every filter until the page is
+    /// full. Without one the id range from the time bounds is scanned.
     pub async fn query(&self, q: &Query) -> Result<(Vec<Event>, bool), StoreError> {
-        let Some(mut b) = self.build_query(q, "").await? else {
+        let mut tx = self.pool.begin().await?;
+        let Some(plan) = plan(&mut tx, q).await? else {
             return Ok((Vec::new(), false));
         };
-        let rows = b.build().fetch_all(&self.pool).await?;
+        let want = q.limit as usize + 1;
+        let mut rows: Vec<SqliteRow> = Vec::new();
+        match plan.driver {
+            None => {
+                let mut b = plan.range_sql("", q, plan.lo, plan.hi, want);
+                rows = b.build().fetch_all(&mut *tx).await?;
+            }
+            Some(d) => {
+                let f = &plan.filters[d];
+                let (mut blo, mut bhi) = (plan.lo >> BLOCK_SHIFT, (plan.hi - 1) >> BLOCK_SHIFT);
+                'pages: while blo <= bhi && rows.len() < want {
+                    let blocks: Vec<i64> = blocks_sql("", f, blo, bhi, q.desc)
+                        .build_query_scalar::<i64>()
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let Some(&last) = blocks.last() else {
+                        break;
+                    };
+                    if q.desc {
+                        bhi = last - 1;
+                    } else {
+                        blo = last + 1;
+                    }
+                    for (b0, b1) in runs(&blocks) {
+                        let lo = plan.lo.max(b0 << BLOCK_SHIFT);
+                        let hi = plan.hi.min((b1 + 1) << BLOCK_SHIFT);
+                        let mut b = plan.range_sql("", q, lo, hi, want - rows.len());
+                        rows.extend(b.build().fetch_all(&mut *tx).await?);
+                        if rows.len() >= want {
+                            break 'pages;
+                        }
+                    }
+                    if blocks.len() < BLOCKS_PER_PAGE {
+                        break;
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
         let more = rows.len() > q.limit as usize;
         let events = rows
             .iter()
@@ -426,6 +333,317 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         Ok((events, more))
     }
+
+    /// The query plans of the statements `query` runs for `q` (tests check
+    /// them): the block lookup of the driving filter, if any, then the row
+    /// scan of one range.
+    #[cfg(test)]
+    pub(crate) async fn explain(&self, q: &Query) -> Result<Vec<String>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let Some(plan) = plan(&mut c, q).await? else {
+            return Ok(vec!["empty".into()]);
+        };
+        let mut out = Vec::new();
+        let details = |rows: Vec<SqliteRow>| -> Vec<String> {
+            rows.iter().map(|r| r.get::<String, _>("detail")).collect()
+        };
+        if let Some(d) = plan.driver {
+            let mut b = blocks_sql("EXPLAIN QUERY PLAN ", &plan.filters[d], 0, 1, q.desc);
+            out.extend(details(b.build().fetch_all(&mut *c).await?));
+        }
+        let mut b = plan.range_sql("EXPLAIN QUERY PLAN ", q, plan.lo, plan.hi, 100);
+        out.extend(details(b.build().fetch_all(&mut *c).await?));
+        Ok(out)
+    }
+}
+
+/// Block lookups fetched per statement.
+const BLOCKS_PER_PAGE: usize = 256;
+
+/// The columns of the block index (migration 0004): `event_blocks.col`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum BlockCol {
+    Kind = 1,
+    Pid = 2,
+    Ppid = 3,
+    Uid = 4,
+    Comm = 5,
+    Exe = 6,
+    Container = 7,
+}
+
+impl BlockCol {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Kind => "kind",
+            Self::Pid => "pid",
+            Self::Ppid => "ppid",
+            Self::Uid => "uid",
+            Self::Comm => "comm",
+            Self::Exe => "exe",
+            Self::Container => "container_id",
+        }
+    }
+}
+
+/// `col IN values`, on stored (interned) integers.
+#[derive(Debug)]
+struct Filter {
+    col: BlockCol,
+    values: Vec<i64>,
+}
+
+/// A query resolved against the store: id bounds, filters on stored values.
+#[derive(Debug)]
+struct Plan {
+    /// Ids in [lo, hi).
+    lo: i64,
+    hi: i64,
+    filters: Vec<Filter>,
+    fidelity: Option<i64>,
+    /// Index into `filters` of the one whose blocks drive the scan.
+    driver: Option<usize>,
+}
+
+impl Plan {
+    /// Rows of [lo, hi) that pass every filter, in the query's order.
+    fn range_sql(
+        &self,
+        prefix: &str,
+        q: &Query,
+        lo: i64,
+        hi: i64,
+        limit: usize,
+    ) -> QueryBuilder<Sqlite> {
+        let mut b: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("{prefix}{SELECT} WHERE e.id >= "));
+        b.push_bind(lo).push(" AND e.id < ").push_bind(hi);
+        // `+e.ts` keeps the planner on the rowid range: it is the selective,
+        // order-preserving bound (ts only trims its TS_SLACK_NS edges).
+        if let Some(since) = q.since {
+            b.push(" AND +e.ts >= ").push_bind(since);
+        }
+        if let Some(until) = q.until {
+            b.push(" AND +e.ts < ").push_bind(until);
+        }
+        for f in &self.filters {
+            b.push(format!(" AND e.{} IN (", f.col.column()));
+            let mut sep = b.separated(", ");
+            for v in &f.values {
+                sep.push_bind(*v);
+            }
+            b.push(")");
+        }
+        if let Some(v) = self.fidelity {
+            b.push(" AND e.fidelity = ").push_bind(v);
+        }
+        b.push(if q.desc {
+            " ORDER BY e.id DESC"
+        } else {
+            " ORDER BY e.id"
+        });
+        b.push(" LIMIT ").push_bind(limit as i64);
+        b
+    }
+}
+
+/// The blocks in [blo, bhi] holding a value of `f`, in id order, one page.
+fn blocks_sql(prefix: &str, f: &Filter, blo: i64, bhi: i64, desc: bool) -> QueryBuilder<Sqlite> {
+    // One value walks the primary key in block order; several need DISTINCT
+    // and a sort of their blocks (never of events).
+    let distinct = if f.values.len() > 1 { "DISTINCT " } else { "" };
+    let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        "{prefix}SELECT {distinct}block FROM event_blocks WHERE col = "
+    ));
+    b.push_bind(f.col as i64).push(" AND value IN (");
+    let mut sep = b.separated(", ");
+    for v in &f.values {
+        sep.push_bind(*v);
+    }
+    b.push(") AND block >= ")
+        .push_bind(blo)
+        .push(" AND block <= ")
+        .push_bind(bhi)
+        .push(if desc {
+            " ORDER BY block DESC"
+        } else {
+            " ORDER BY block"
+        })
+        .push(" LIMIT ")
+        .push_bind(BLOCKS_PER_PAGE as i64);
+    b
+}
+
+/// Runs of consecutive block numbers, as (first, last) in the order given.
+fn runs(blocks: &[i64]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &b in blocks {
+        match out.last_mut() {
+            Some((_, hi)) if b == *hi + 1 => *hi = b,
+            Some((lo, _)) if b + 1 == *lo => *lo = b,
+            _ => out.push((b, b)),
+        }
+    }
+    out
+}
+
+/// See Store::first_id_at.
+async fn first_id_at(c: &mut SqliteConnection, ts: i64) -> Result<Option<i64>, StoreError> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        // Two subqueries: min() and max() together in one SELECT scan.
+        sqlx::query_as("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)")
+            .fetch_one(&mut *c)
+            .await?;
+    let (Some(mut lo), Some(mut hi)) = (lo, hi) else {
+        return Ok(None);
+    };
+    let at = |id: i64| {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT id, ts FROM events WHERE id >= ? ORDER BY id LIMIT 1",
+        )
+        .bind(id)
+    };
+    let (_, last_ts) = at(hi).fetch_one(&mut *c).await?;
+    if last_ts < ts {
+        return Ok(None);
+    }
+    // Invariant: hi is a stored id with ts >= target; no answer below lo.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (id, t) = at(mid).fetch_one(&mut *c).await?;
+        if t >= ts {
+            hi = id;
+        } else {
+            lo = id + 1;
+        }
+    }
+    Ok(Some(hi))
+}
+
+/// Interned ids of `strings`; those never stored are left out.
+async fn string_ids(c: &mut SqliteConnection, strings: &[String]) -> Result<Vec<i64>, StoreError> {
+    let mut b: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM strings WHERE s IN (");
+    let mut sep = b.separated(", ");
+    for s in strings {
+        sep.push_bind(s.clone());
+    }
+    b.push(")");
+    Ok(b.build_query_scalar::<i64>().fetch_all(&mut *c).await?)
+}
+
+/// Resolve `q` against the store: time bounds to ids, strings to their
+/// interned ids, and the driving filter. None when the answer is provably
+/// empty (a bound past the data, a string never stored).
+async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, StoreError> {
+    let (mut lo, mut hi) = (0i64, i64::MAX);
+    if let Some(since) = q.since {
+        match first_id_at(c, since.saturating_sub(TS_SLACK_NS)).await? {
+            Some(id) => lo = id,
+            None => return Ok(None),
+        }
+    }
+    if let Some(until) = q.until {
+        if let Some(id) = first_id_at(c, until.saturating_add(TS_SLACK_NS)).await? {
+            hi = id;
+        }
+    }
+    match (q.after_id, q.desc) {
+        (Some(a), false) => lo = lo.max(a.saturating_add(1)),
+        (Some(a), true) => hi = hi.min(a),
+        (None, _) => {}
+    }
+    if lo >= hi {
+        return Ok(None);
+    }
+    let mut filters = Vec::new();
+    let interned = [
+        (BlockCol::Kind, q.kinds.clone()),
+        (BlockCol::Comm, q.comm.iter().cloned().collect()),
+        (BlockCol::Exe, q.exe.iter().cloned().collect()),
+    ];
+    for (col, strings) in interned {
+        if strings.is_empty() {
+            continue;
+        }
+        let values = string_ids(c, &strings).await?;
+        if values.is_empty() {
+            return Ok(None);
+        }
+        filters.push(Filter { col, values });
+    }
+    if let Some(v) = &q.container {
+        // Users paste short ids (12 chars) as docker shows them.
+        let values: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM strings WHERE s >= ? AND s < ? LIMIT 1000")
+                .bind(v)
+                .bind(format!("{v}\u{10FFFF}"))
+                .fetch_all(&mut *c)
+                .await?;
+        if values.is_empty() {
+            return Ok(None);
+        }
+        filters.push(Filter {
+            col: BlockCol::Container,
+            values,
+        });
+    }
+    for (col, v) in [
+        (BlockCol::Pid, q.pid),
+        (BlockCol::Ppid, q.ppid),
+        (BlockCol::Uid, q.uid),
+    ] {
+        if let Some(v) = v {
+            filters.push(Filter {
+                col,
+                values: vec![v as i64],
+            });
+        }
+    }
+    let fidelity = match &q.fidelity {
+        Some(f) => match string_ids(c, std::slice::from_ref(f)).await?.first() {
+            Some(id) => Some(*id),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    // The filter with the fewest blocks in range drives; counting stops at
+    // a bound, past which any driver is about as good as a plain scan.
+    let mut driver = None;
+    if filters.len() == 1 {
+        driver = Some(0);
+    } else if filters.len() > 1 {
+        let (blo, bhi) = (lo >> BLOCK_SHIFT, (hi - 1) >> BLOCK_SHIFT);
+        let mut best = i64::MAX;
+        for (i, f) in filters.iter().enumerate() {
+            let mut b: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT count(*) FROM (SELECT 1 FROM event_blocks WHERE col = ");
+            b.push_bind(f.col as i64).push(" AND value IN (");
+            let mut sep = b.separated(", ");
+            for v in &f.values {
+                sep.push_bind(*v);
+            }
+            b.push(") AND block >= ")
+                .push_bind(blo)
+                .push(" AND block <= ")
+                .push_bind(bhi)
+                .push(" LIMIT 4096)");
+            let n: i64 = b.build_query_scalar::<i64>().fetch_one(&mut *c).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if n < best {
+                best = n;
+                driver = Some(i);
+            }
+        }
+    }
+    Ok(Some(Plan {
+        lo,
+        hi,
+        filters,
+        fidelity,
+        driver,
+    }))
 }
 
 fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
@@ -455,30 +673,6 @@ fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
     })
 }
 
-/// The key list of a non-empty object `args` (stored interned, as a JSON
-/// array); None when `args` is stored verbatim.
-fn args_keys(args: &serde_json::Value) -> Option<String> {
-    match args {
-        serde_json::Value::Object(m) if !m.is_empty() => {
-            serde_json::to_string(&m.keys().collect::<Vec<_>>()).ok()
-        }
-        _ => None,
-    }
-}
-
-/// Serialize `args` as stored: the values array when its keys are interned
-/// (same order as `args_keys`), else the JSON itself.
-fn encode_args(args: &serde_json::Value, keyed: bool, out: &mut Vec<u8>) {
-    out.clear();
-    // Serializing a Value into memory cannot fail; the output is UTF-8.
-    let _ = match args {
-        serde_json::Value::Object(m) if keyed => {
-            serde_json::to_writer(&mut *out, &m.values().collect::<Vec<_>>())
-        }
-        v => serde_json::to_writer(&mut *out, v),
-    };
-}
-
 fn decode_args(text: &str, keys: Option<String>) -> serde_json::Value {
     use serde_json::Value;
     let Some(keys) = keys else {
@@ -506,540 +700,17 @@ pub fn lost_row(count: u64, source: &str, from: i64, to: i64, fidelity: &str) ->
     }
 }
 
-/// Events the writer accepted but could not store, not yet written as a
-/// `lost` row.
-struct Dropped {
-    count: u64,
-    from: i64,
-    to: i64,
-    fidelity: String,
-}
+mod raw;
+mod writer;
 
-#[derive(Debug, thiserror::Error)]
-enum WriteError {
-    #[error(transparent)]
-    Sqlx(#[from] sqlx::Error),
-    #[error("{msg} (sqlite code {code})")]
-    Sqlite { code: i32, msg: String },
-}
-
-impl WriteError {
-    /// SQLITE_FULL, whichever layer reported it.
-    fn is_full(&self) -> bool {
-        let code = match self {
-            Self::Sqlite { code, .. } => Some(*code as i64),
-            Self::Sqlx(sqlx::Error::Database(d)) => d.code().and_then(|c| c.parse().ok()),
-            Self::Sqlx(_) => None,
-        };
-        code.is_some_and(|c| c & 0xff == libsqlite3_sys::SQLITE_FULL as i64)
-    }
-}
-
-/// The hot insert loop on the raw connection: prepared statements bound
-/// directly (through sqlx each row cost a round trip to its worker thread
-/// and an allocation per bound value), ROWS_PER_STMT rows per statement.
-mod raw {
-    use std::ffi::{c_char, c_int, CStr, CString};
-    use std::ptr::NonNull;
-    use std::sync::OnceLock;
-
-    use libsqlite3_sys as ffi;
-    use traceed_wire::Event;
-
-    use super::{Interned, WriteError, NS_BASE};
-
-    const EVENTS: &CStr = c"INSERT INTO events (id, ts, kind, pid, tid, ppid, uid, gid, comm, \
-        ns_pid, exe, cgroup_id, container_id, mnt_ns, pid_ns, retval, args, fidelity, args_keys) \
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
-    const STRINGS: &CStr = c"INSERT INTO strings (id, s) VALUES (?1, ?2)";
-
-    /// Rows per multi-row INSERT. It amortizes what SQLite does once per
-    /// statement (a cursor on the table and on each index, the AUTOINCREMENT
-    /// counter): 160k -> 196k rows/s with no secondary index; with the five
-    /// indexes their B-tree inserts dominate (BENCHMARKS.md, Store).
-    const ROWS_PER_STMT: usize = 32;
-    const COLS: usize = 19;
-
-    /// `INSERT INTO events (...) VALUES (?,...), ... ` for ROWS_PER_STMT rows.
-    fn multi_row_insert() -> &'static CStr {
-        static SQL: OnceLock<CString> = OnceLock::new();
-        SQL.get_or_init(|| {
-            let one = format!("({})", vec!["?"; COLS].join(","));
-            let head = EVENTS.to_str().expect("ASCII");
-            let head = &head[..head.find("VALUES").expect("VALUES") + 7];
-            CString::new(format!("{head}{}", vec![one; ROWS_PER_STMT].join(","))).expect("no NUL")
-        })
-    }
-
-    /// Bind one event's columns at parameters base+1..=base+COLS; returns the
-    /// OR of the bind results.
-    fn bind_row(
-        st: &mut Stmt,
-        base: c_int,
-        &(id, e, n): &(i64, &Event, &Interned),
-        args: &mut Vec<u8>,
-    ) -> c_int {
-        let [kind, comm, exe, container, fidelity, keys] = *n;
-        let u = |v: Option<u32>| v.map(i64::from);
-        super::encode_args(&e.args, keys.is_some(), args);
-        st.int(base + 1, Some(id))
-            | st.int(base + 2, Some(e.ts))
-            | st.int(base + 3, kind)
-            | st.int(base + 4, u(e.pid))
-            | st.int(base + 5, u(e.tid))
-            | st.int(base + 6, u(e.ppid))
-            | st.int(base + 7, u(e.uid))
-            | st.int(base + 8, u(e.gid))
-            | st.int(base + 9, comm)
-            | st.int(base + 10, u(e.ns_pid))
-            | st.int(base + 11, exe)
-            | st.int(base + 12, e.cgroup_id.map(|v| v as i64))
-            | st.int(base + 13, container)
-            | st.int(base + 14, u(e.mnt_ns).map(|v| v - NS_BASE))
-            | st.int(base + 15, u(e.pid_ns).map(|v| v - NS_BASE))
-            | st.int(base + 16, e.retval)
-            | st.text(base + 17, args)
-            | st.int(base + 18, fidelity)
-            | st.int(base + 19, keys)
-    }
-
-    /// A prepared statement, finalized on drop.
-    struct Stmt {
-        db: *mut ffi::sqlite3,
-        stmt: *mut ffi::sqlite3_stmt,
-    }
-
-    fn error(db: *mut ffi::sqlite3, code: c_int) -> WriteError {
-        // SAFETY: db is a live connection; errmsg returns a NUL-terminated
-        // string owned by SQLite, copied at once.
-        let msg = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) }
-            .to_string_lossy()
-            .into_owned();
-        WriteError::Sqlite { code, msg }
-    }
-
-    impl Stmt {
-        fn prepare(db: *mut ffi::sqlite3, sql: &CStr) -> Result<Self, WriteError> {
-            let mut stmt = std::ptr::null_mut();
-            // SAFETY: db is a live connection held locked by the caller; sql
-            // is NUL-terminated; stmt receives the new statement.
-            let rc = unsafe {
-                ffi::sqlite3_prepare_v2(db, sql.as_ptr(), -1, &mut stmt, std::ptr::null_mut())
-            };
-            if rc != ffi::SQLITE_OK || stmt.is_null() {
-                return Err(error(db, rc));
-            }
-            Ok(Self { db, stmt })
-        }
-
-        fn int(&mut self, i: c_int, v: Option<i64>) -> c_int {
-            // SAFETY: self.stmt is a live prepared statement; i is in range.
-            unsafe {
-                match v {
-                    Some(v) => ffi::sqlite3_bind_int64(self.stmt, i, v),
-                    None => ffi::sqlite3_bind_null(self.stmt, i),
-                }
-            }
-        }
-
-        fn text(&mut self, i: c_int, v: &[u8]) -> c_int {
-            // SAFETY: pointer and length describe valid UTF-8; TRANSIENT
-            // makes SQLite copy it before returning.
-            unsafe {
-                ffi::sqlite3_bind_text(
-                    self.stmt,
-                    i,
-                    v.as_ptr().cast::<c_char>(),
-                    v.len() as c_int,
-                    ffi::SQLITE_TRANSIENT(),
-                )
-            }
-        }
-
-        /// Run once with the bound values, then reset for the next row.
-        /// `bind_rc` is the OR of the bind results: SQLITE_OK is 0.
-        fn step(&mut self, bind_rc: c_int) -> Result<(), WriteError> {
-            if bind_rc != ffi::SQLITE_OK {
-                return Err(error(self.db, bind_rc));
-            }
-            // SAFETY: live statement, fully bound.
-            let rc = unsafe { ffi::sqlite3_step(self.stmt) };
-            // SAFETY: live statement; reset also returns the step's error.
-            unsafe { ffi::sqlite3_reset(self.stmt) };
-            if rc != ffi::SQLITE_DONE {
-                return Err(error(self.db, rc));
-            }
-            Ok(())
-        }
-    }
-
-    impl Drop for Stmt {
-        fn drop(&mut self) {
-            // SAFETY: finalizing the statement we prepared, exactly once.
-            unsafe { ffi::sqlite3_finalize(self.stmt) };
-        }
-    }
-
-    fn exec(db: *mut ffi::sqlite3, sql: &CStr) -> Result<(), WriteError> {
-        // SAFETY: live connection, NUL-terminated SQL, no callback.
-        let rc = unsafe {
-            ffi::sqlite3_exec(
-                db,
-                sql.as_ptr(),
-                None,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != ffi::SQLITE_OK {
-            return Err(error(db, rc));
-        }
-        Ok(())
-    }
-
-    /// One transaction: `fresh` strings, then `batch` with ids from
-    /// `first_id`. On any error nothing stays written and no transaction is
-    /// left open (SQLITE_FULL may already have rolled back by itself, or
-    /// leave a failed COMMIT pending); the transaction is driven here rather
-    /// than by sqlx so that state is always known.
-    pub(super) fn write(
-        db: NonNull<ffi::sqlite3>,
-        first_id: i64,
-        batch: &[Event],
-        interned: &[Interned],
-        fresh: &[(i64, String)],
-    ) -> Result<(), WriteError> {
-        let db = db.as_ptr();
-        exec(db, c"BEGIN IMMEDIATE")?;
-        let res = insert(db, first_id, batch, interned, fresh).and_then(|()| exec(db, c"COMMIT"));
-        // SAFETY: live connection.
-        if res.is_err() && unsafe { ffi::sqlite3_get_autocommit(db) } == 0 {
-            let _ = exec(db, c"ROLLBACK");
-        }
-        res
-    }
-
-    fn insert(
-        db: *mut ffi::sqlite3,
-        first_id: i64,
-        batch: &[Event],
-        interned: &[Interned],
-        fresh: &[(i64, String)],
-    ) -> Result<(), WriteError> {
-        if !fresh.is_empty() {
-            let mut st = Stmt::prepare(db, STRINGS)?;
-            for (id, s) in fresh {
-                let rc = st.int(1, Some(*id)) | st.text(2, s.as_bytes());
-                st.step(rc)?;
-            }
-        }
-        let mut args: Vec<u8> = Vec::with_capacity(256);
-        let rows: Vec<(i64, &Event, &Interned)> = batch
-            .iter()
-            .zip(interned)
-            .enumerate()
-            .map(|(i, (e, n))| (first_id + i as i64, e, n))
-            .collect();
-        let mut chunks = rows.chunks_exact(ROWS_PER_STMT);
-        if chunks.len() > 0 {
-            let mut st = Stmt::prepare(db, multi_row_insert())?;
-            for chunk in chunks.by_ref() {
-                let mut rc = 0;
-                for (r, row) in chunk.iter().enumerate() {
-                    rc |= bind_row(&mut st, (r * COLS) as c_int, row, &mut args);
-                }
-                st.step(rc)?;
-            }
-        }
-        if !chunks.remainder().is_empty() {
-            let mut st = Stmt::prepare(db, EVENTS)?;
-            for row in chunks.remainder() {
-                let rc = bind_row(&mut st, 0, row, &mut args);
-                st.step(rc)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The single writer: receives decoded events, writes them in batched
-/// transactions, then publishes them (with their ids) to live followers and
-/// the export file. When the store refuses writes (disk full) it keeps
-/// draining the queue, counts what it could not store, and writes that as a
-/// `lost` row once writes succeed again.
-pub struct Writer {
-    conn: SqliteConnection,
-    rx: mpsc::Receiver<Event>,
-    live: broadcast::Sender<Arc<Event>>,
-    counters: Arc<Counters>,
-    batch_size: usize,
-    health: Arc<StoreHealth>,
-    export: Option<Exporter>,
-    next_id: i64,
-    strings: HashMap<String, i64>,
-    next_string: i64,
-    dropped: Option<Dropped>,
-    last_attempt: Option<Instant>,
-}
-
-/// One event's interned columns: kind, comm, exe, container_id, fidelity,
-/// and the key list of args.
-type Interned = [Option<i64>; 6];
-
-impl Writer {
-    pub async fn new(
-        store: &Store,
-        rx: mpsc::Receiver<Event>,
-        live: broadcast::Sender<Arc<Event>>,
-        counters: Arc<Counters>,
-        batch_size: usize,
-    ) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: store.path.clone(),
-            source,
-        };
-        let mut conn = SqliteConnection::connect_with(&connect_options(&store.path))
-            .await
-            .map_err(open_err)?;
-        // ids continue after the AUTOINCREMENT high-water mark, so an id is
-        // never reused even after retention deleted the newest rows.
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(open_err)?;
-        let max_id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(open_err)?;
-        let strings: HashMap<String, i64> = sqlx::query_as("SELECT s, id FROM strings")
-            .fetch_all(&mut conn)
-            .await
-            .map_err(open_err)?
-            .into_iter()
-            .collect();
-        let next_string = strings.values().max().copied().unwrap_or(0) + 1;
-        Ok(Self {
-            conn,
-            rx,
-            live,
-            counters,
-            batch_size,
-            health: store.health.clone(),
-            export: None,
-            next_id: seq.unwrap_or(0).max(max_id.unwrap_or(0)) + 1,
-            strings,
-            next_string,
-            dropped: None,
-            last_attempt: None,
-        })
-    }
-
-    /// Also append every committed event to this JSON-lines file.
-    pub fn with_export(mut self, export: Exporter) -> Self {
-        self.export = Some(export);
-        self
-    }
-
-    /// Runs until every sender is dropped and the queue is drained, so a
-    /// clean shutdown loses nothing that was accepted; then leaves the
-    /// clean-shutdown marker that bounds the next downtime row.
-    pub async fn run(mut self) -> Result<(), StoreError> {
-        let mut batch = Vec::with_capacity(self.batch_size);
-        let reopen = self.export.as_ref().map(Exporter::reopen_handle);
-        loop {
-            batch.clear();
-            let n = match &reopen {
-                Some(reopen) => {
-                    tokio::select! {
-                        biased;
-                        _ = reopen.notified() => {
-                            if let Some(x) = self.export.as_mut() {
-                                x.reopen();
-                            }
-                            continue;
-                        }
-                        n = self.rx.recv_many(&mut batch, self.batch_size) => n,
-                    }
-                }
-                None => self.rx.recv_many(&mut batch, self.batch_size).await,
-            };
-            if n == 0 {
-                break;
-            }
-            self.counters
-                .queue_depth
-                .store(self.rx.len() as u64, Relaxed);
-            self.store_batch(&mut batch).await;
-        }
-        let stop = traceed_wire::now_ns();
-        if let Some(d) = self.dropped.take() {
-            let mut row = vec![lost_row(d.count, "userspace", d.from, d.to, &d.fidelity)];
-            match self.write_batch(&mut row).await {
-                Ok(()) => self.publish(&mut row),
-                Err(e) => {
-                    tracing::error!(error = %e, lost = d.count, "stopping with a loss that could not be recorded")
-                }
-            }
-        }
-        sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES ('clean_stop', ?)")
-            .bind(stop)
-            .execute(&mut self.conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn store_batch(&mut self, batch: &mut Vec<Event>) {
-        if self.health.is_paused()
-            && self
-                .last_attempt
-                .is_some_and(|t| t.elapsed() < PAUSED_RETRY)
-        {
-            self.drop_batch(batch);
-            return;
-        }
-        self.last_attempt = Some(Instant::now());
-        if let Some(d) = &self.dropped {
-            let count = d.count;
-            let mut row = vec![lost_row(count, "userspace", d.from, d.to, &d.fidelity)];
-            match self.write_batch(&mut row).await {
-                Ok(()) => {
-                    tracing::warn!(
-                        count,
-                        "store writable again; recorded the events it could not store as a lost row"
-                    );
-                    self.dropped = None;
-                    self.publish(&mut row);
-                }
-                Err(e) => {
-                    self.on_error(e, batch);
-                    return;
-                }
-            }
-        }
-        match self.write_batch(batch).await {
-            Ok(()) => {
-                if self.health.resume() {
-                    tracing::warn!("store writable again: ingest resumed");
-                }
-                self.publish(batch);
-            }
-            Err(e) => self.on_error(e, batch),
-        }
-    }
-
-    fn on_error(&mut self, e: WriteError, batch: &mut Vec<Event>) {
-        let reason = if e.is_full() {
-            format!("disk full ({e}); free space in the state directory")
-        } else {
-            format!("writing failed: {e}")
-        };
-        if self.health.pause(reason.clone()) {
-            tracing::error!(
-                reason,
-                "store refuses writes: ingest paused, loss is counted and recorded when writes succeed"
-            );
-        }
-        self.drop_batch(batch);
-    }
-
-    fn drop_batch(&mut self, batch: &mut Vec<Event>) {
-        let Some(first) = batch.first() else {
-            return;
-        };
-        let (lo, hi) = batch.iter().fold((first.ts, first.ts), |(lo, hi), e| {
-            (lo.min(e.ts), hi.max(e.ts))
-        });
-        let n = batch.len() as u64;
-        self.counters.add_lost_store(n);
-        let d = self.dropped.get_or_insert_with(|| Dropped {
-            count: 0,
-            from: lo,
-            to: hi,
-            fidelity: first.fidelity.clone(),
-        });
-        d.count += n;
-        d.from = d.from.min(lo);
-        d.to = d.to.max(hi);
-        batch.clear();
-    }
-
-    fn publish(&mut self, batch: &mut Vec<Event>) {
-        if let Some(x) = self.export.as_mut() {
-            x.write(batch);
-        }
-        for e in batch.drain(..) {
-            self.counters.count_stored(&e.kind);
-            let _ = self.live.send(Arc::new(e));
-        }
-    }
-
-    /// The interned id of `s`, adding it to `fresh` when it is new.
-    fn intern(&mut self, s: &str, fresh: &mut Vec<(i64, String)>) -> i64 {
-        if let Some(id) = self.strings.get(s) {
-            return *id;
-        }
-        let id = self.next_string;
-        self.next_string += 1;
-        self.strings.insert(s.to_string(), id);
-        fresh.push((id, s.to_string()));
-        id
-    }
-
-    /// Write `batch` in one transaction, assigning ids. On error nothing
-    /// is committed and the writer's id and string state is unchanged.
-    async fn write_batch(&mut self, batch: &mut [Event]) -> Result<(), WriteError> {
-        let mut fresh = Vec::new();
-        let mut interned: Vec<Interned> = Vec::with_capacity(batch.len());
-        for e in batch.iter() {
-            let mut opt = |s: Option<&str>| s.map(|s| self.intern(s, &mut fresh));
-            interned.push([
-                opt(Some(&e.kind)),
-                opt(e.comm.as_deref()),
-                opt(e.exe.as_deref()),
-                opt(e.container_id.as_deref()),
-                opt(Some(&e.fidelity)),
-                opt(args_keys(&e.args).as_deref()),
-            ]);
-        }
-        let res = self.insert(batch, &interned, &fresh).await;
-        match res {
-            Ok(()) => {
-                for (i, e) in batch.iter_mut().enumerate() {
-                    e.id = self.next_id + i as i64;
-                }
-                self.next_id += batch.len() as i64;
-                Ok(())
-            }
-            Err(e) => {
-                for (_, s) in &fresh {
-                    self.strings.remove(s);
-                }
-                self.next_string -= fresh.len() as i64;
-                Err(e)
-            }
-        }
-    }
-
-    async fn insert(
-        &mut self,
-        batch: &[Event],
-        interned: &[Interned],
-        fresh: &[(i64, String)],
-    ) -> Result<(), WriteError> {
-        let first_id = self.next_id;
-        let mut handle = self.conn.lock_handle().await?;
-        let db = handle.as_raw_handle();
-        // The handle is ours until dropped; the transaction runs on this
-        // thread, so tell the runtime it is blocking for a while.
-        tokio::task::block_in_place(|| raw::write(db, first_id, batch, interned, fresh))
-    }
-}
+pub use writer::Writer;
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::metrics::Counters;
     use crate::retention::{Policy, Retention};
+    use tokio::sync::{broadcast, mpsc};
 
     pub fn temp_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("traceed-store-{tag}-{}", std::process::id()));
@@ -1236,7 +907,167 @@ pub(crate) mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Every common API query is an index search in id order: no table scan,
+    /// The block index answers exactly what a scan would: every filter
+    /// combination, both orders, paged with small and large limits, over
+    /// several blocks where values come and go in runs (as processes do).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn block_index_agrees_with_a_scan() {
+        let dir = temp_dir("blocks");
+        let store = Store::open(&dir).await.unwrap();
+        let base = traceed_wire::now_ns() - 10_000 * MIN;
+        let n = 5 << BLOCK_SHIFT;
+        let input: Vec<Event> = (0..n)
+            .map(|i| {
+                // Runs of ~37 events per process; pid 59 only in the last
+                // block, pid 58 only in the first.
+                let pid = match i {
+                    i if i < 200 && i % 50 == 0 => 58,
+                    i if i >= n - 300 && i % 70 == 0 => 59,
+                    i => (i / 37) % 50,
+                } as u32;
+                let mut e = ev(
+                    base + i * MIN,
+                    ["open", "exec", "connect", "exit"][(i as usize / 5) % 4],
+                    pid,
+                    &format!("c{}", pid % 13),
+                );
+                e.ppid = (!pid.is_multiple_of(4)).then_some(pid / 4);
+                e
+            })
+            .collect();
+        let all = write_all(&store, input).await;
+        assert_eq!(all.len() as i64, n);
+        let t = |i: i64| Some(base + i * MIN);
+        let filters: Vec<Query> = vec![
+            Query::default(),
+            Query {
+                pid: Some(7),
+                ..Query::default()
+            },
+            Query {
+                pid: Some(58),
+                ..Query::default()
+            },
+            Query {
+                pid: Some(59),
+                ..Query::default()
+            },
+            Query {
+                pid: Some(4242),
+                ..Query::default()
+            },
+            Query {
+                ppid: Some(3),
+                ..Query::default()
+            },
+            Query {
+                uid: Some(2),
+                ..Query::default()
+            },
+            Query {
+                comm: Some("c5".into()),
+                ..Query::default()
+            },
+            Query {
+                exe: Some("/usr/bin/c6".into()),
+                ..Query::default()
+            },
+            Query {
+                container: Some("c0ffee1".into()),
+                ..Query::default()
+            },
+            Query {
+                kinds: vec!["exec".into()],
+                ..Query::default()
+            },
+            Query {
+                kinds: vec!["exec".into(), "exit".into()],
+                ..Query::default()
+            },
+            Query {
+                kinds: vec!["exec".into()],
+                pid: Some(7),
+                uid: Some(1),
+                ..Query::default()
+            },
+            Query {
+                comm: Some("c5".into()),
+                since: t(1500),
+                until: t(4000),
+                ..Query::default()
+            },
+            Query {
+                pid: Some(59),
+                since: t(100),
+                ..Query::default()
+            },
+            Query {
+                since: t(3000),
+                ..Query::default()
+            },
+            Query {
+                until: t(10),
+                ..Query::default()
+            },
+            Query {
+                fidelity: Some("core".into()),
+                pid: Some(3),
+                ..Query::default()
+            },
+        ];
+        for f in filters {
+            let want: Vec<i64> = all
+                .iter()
+                .filter(|e| {
+                    f.pid.is_none_or(|v| e.pid == Some(v))
+                        && f.ppid.is_none_or(|v| e.ppid == Some(v))
+                        && f.uid.is_none_or(|v| e.uid == Some(v))
+                        && f.comm.as_ref().is_none_or(|v| e.comm.as_ref() == Some(v))
+                        && f.exe.as_ref().is_none_or(|v| e.exe.as_ref() == Some(v))
+                        && f.container.as_ref().is_none_or(|v| {
+                            e.container_id
+                                .as_ref()
+                                .is_some_and(|c| c.starts_with(v.as_str()))
+                        })
+                        && (f.kinds.is_empty() || f.kinds.contains(&e.kind))
+                        && f.fidelity.as_ref().is_none_or(|v| &e.fidelity == v)
+                        && f.since.is_none_or(|v| e.ts >= v)
+                        && f.until.is_none_or(|v| e.ts < v)
+                })
+                .map(|e| e.id)
+                .collect();
+            for desc in [false, true] {
+                // Limit 1 pages one event at a time: only where that is few.
+                let small = if want.len() < 200 { 1 } else { 61 };
+                for limit in [small, 7 * small, 1000] {
+                    let mut q = Query {
+                        desc,
+                        limit,
+                        ..f.clone()
+                    };
+                    let mut got = Vec::new();
+                    loop {
+                        let (page, more) = store.query(&q).await.unwrap();
+                        assert!(page.len() <= limit as usize);
+                        got.extend(page.iter().map(|e| e.id));
+                        if !more {
+                            break;
+                        }
+                        assert!(!page.is_empty(), "{f:?}: more with an empty page");
+                        q.after_id = got.last().copied();
+                    }
+                    if desc {
+                        got.reverse();
+                    }
+                    assert_eq!(got, want, "{f:?} desc={desc} limit={limit}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every common API query is an index search in id order: a rowid range
+    /// of events, driven by the block index when it filters; no table scan,
     /// no sort.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn common_queries_use_indexes() {
@@ -1255,14 +1086,18 @@ pub(crate) mod tests {
             .collect();
         write_all(&store, input).await;
         let since = Some(now - 60 * MIN);
-        let cases: Vec<(&str, Query, &str)> = vec![
+        // The block lookup of a driving filter walks the primary key.
+        let blocks = Some(
+            "SEARCH event_blocks USING PRIMARY KEY (col=? AND value=? AND block>? AND block<?)",
+        );
+        let cases: Vec<(&str, Query, Option<&str>)> = vec![
             (
                 "since",
                 Query {
                     since,
                     ..Query::default()
                 },
-                "INTEGER PRIMARY KEY (rowid>?)",
+                None,
             ),
             (
                 "until",
@@ -1270,7 +1105,7 @@ pub(crate) mod tests {
                     until: since,
                     ..Query::default()
                 },
-                "INTEGER PRIMARY KEY (rowid<?)",
+                None,
             ),
             (
                 "kind+since",
@@ -1279,7 +1114,7 @@ pub(crate) mod tests {
                     kinds: vec!["exec".into()],
                     ..Query::default()
                 },
-                "rowid>?)",
+                blocks,
             ),
             (
                 "kind",
@@ -1287,7 +1122,7 @@ pub(crate) mod tests {
                     kinds: vec!["exec".into()],
                     ..Query::default()
                 },
-                "INDEX events_kind (kind=?)",
+                blocks,
             ),
             (
                 "pid",
@@ -1295,7 +1130,7 @@ pub(crate) mod tests {
                     pid: Some(7),
                     ..Query::default()
                 },
-                "INDEX events_pid (pid=?)",
+                blocks,
             ),
             (
                 "comm",
@@ -1303,7 +1138,7 @@ pub(crate) mod tests {
                     comm: Some("c3".into()),
                     ..Query::default()
                 },
-                "INDEX events_comm (comm=?)",
+                blocks,
             ),
             (
                 "uid",
@@ -1311,7 +1146,7 @@ pub(crate) mod tests {
                     uid: Some(1),
                     ..Query::default()
                 },
-                "INDEX events_uid (uid=?)",
+                blocks,
             ),
             (
                 "container",
@@ -1319,7 +1154,7 @@ pub(crate) mod tests {
                     container: Some(format!("c0ffee{:058x}", 1)[..20].into()),
                     ..Query::default()
                 },
-                "INDEX events_container (container_id=?)",
+                blocks,
             ),
             (
                 "pid+since",
@@ -1328,7 +1163,7 @@ pub(crate) mod tests {
                     since,
                     ..Query::default()
                 },
-                "rowid>?)",
+                blocks,
             ),
             (
                 "comm desc",
@@ -1337,30 +1172,24 @@ pub(crate) mod tests {
                     desc: true,
                     ..Query::default()
                 },
-                "INDEX events_comm (comm=?)",
+                blocks,
             ),
         ];
         for (name, mut q, want) in cases {
             q.limit = 100;
-            let mut b = store
-                .build_query(&q, "EXPLAIN QUERY PLAN ")
-                .await
-                .unwrap()
-                .unwrap();
-            let plan: Vec<String> = b
-                .build()
-                .fetch_all(store.pool())
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>("detail"))
-                .collect();
+            let plan = store.explain(&q).await.unwrap();
             let text = plan.join("\n");
             assert!(
-                plan.iter()
-                    .any(|l| l.starts_with("SEARCH e ") && l.contains(want)),
-                "{name}: wanted a SEARCH of events with {want:?}:\n{text}"
+                plan.iter().any(|l| l.starts_with("SEARCH e ")
+                    && l.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)")),
+                "{name}: wanted a rowid range search of events:\n{text}"
             );
+            if let Some(want) = want {
+                assert!(
+                    plan.iter().any(|l| l.starts_with(want)),
+                    "{name}: wanted {want:?}:\n{text}"
+                );
+            }
             assert!(
                 !plan
                     .iter()
@@ -1456,7 +1285,7 @@ pub(crate) mod tests {
             pool.close().await;
         }
         let store = Store::open(&dir).await.unwrap();
-        assert_eq!(store.schema_version(), 3);
+        assert_eq!(store.schema_version(), 4);
         let rows = all(&store).await;
         assert_eq!(rows.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(rows[1].comm.as_deref(), Some("old"));
@@ -1464,6 +1293,46 @@ pub(crate) mod tests {
         assert_eq!(rows[0].args["argv"][0], "old");
         let new = write_all(&store, vec![ev(2_000, "exec", 9, "old")]).await;
         assert_eq!(new[0].id, 11);
+        // Migration 4 indexed the old rows: filters find them through the
+        // block index, next to the new row.
+        let store = &store;
+        let ids = |q: Query| async move {
+            let q = Query { limit: 10, ..q };
+            let (page, _) = store.query(&q).await.unwrap();
+            page.iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(Query {
+                pid: Some(2),
+                ..Query::default()
+            })
+            .await,
+            [2]
+        );
+        assert_eq!(
+            ids(Query {
+                comm: Some("old".into()),
+                ..Query::default()
+            })
+            .await,
+            [1, 2, 3, 11]
+        );
+        assert_eq!(
+            ids(Query {
+                container: Some("abc".into()),
+                ..Query::default()
+            })
+            .await,
+            [2]
+        );
+        assert_eq!(
+            ids(Query {
+                exe: Some("/bin/old".into()),
+                ..Query::default()
+            })
+            .await,
+            [1, 2, 3]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

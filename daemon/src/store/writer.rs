@@ -1,0 +1,579 @@
+//! The single writer: receives decoded events, encodes each batch (row ids,
+//! interned strings, block-index rows, args text) and hands it to a
+//! dedicated SQLite thread, then publishes the committed events, with their
+//! ids, to live followers and the export file. Encoding and publishing run
+//! on the async side while SQLite writes the batches before (up to DEPTH in
+//! flight): one core each. A third thread checkpoints the WAL so neither
+//! waits for the database file's fsync.
+//!
+//! When the store refuses writes (disk full) the writer keeps draining the
+//! queue, counts what it could not store, and writes that as a `lost` row
+//! once writes succeed again.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::SqlitePool;
+use tokio::sync::{broadcast, mpsc};
+use traceed_wire::Event;
+
+use super::raw::{Conn, Encoded, WriteError};
+use super::{lost_row, BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
+use crate::export::Exporter;
+use crate::metrics::Counters;
+
+/// Namespace inode numbers are stored relative to this (see migration 2).
+const NS_BASE: i64 = 0xF000_0000;
+
+/// While the store refuses writes (disk full), try again at most this often
+/// and count the batches in between as lost.
+const PAUSED_RETRY: Duration = Duration::from_secs(1);
+
+/// WAL frames after a commit at which the checkpoint thread is woken
+/// (SQLite's own auto-checkpoint default).
+const CHECKPOINT_FRAMES: i64 = 1000;
+
+/// WAL frames at which the SQLite thread checkpoints itself before the next
+/// batch: bounds the WAL when the checkpoint thread cannot catch up (a
+/// PASSIVE checkpoint racing a busy writer may never finish the last frames,
+/// and only a finished one lets the WAL start over).
+const WAL_MAX_FRAMES: i64 = 4096;
+
+/// Batches handed to the SQLite thread and not yet answered.
+const DEPTH: usize = 2;
+
+/// Events the writer accepted but could not store, not yet written as a
+/// `lost` row.
+struct Dropped {
+    count: u64,
+    from: i64,
+    to: i64,
+    fidelity: String,
+}
+
+/// String -> id of the `strings` table, kept in memory by the writer.
+struct Interner {
+    ids: foldhash::HashMap<String, i64>,
+    next: i64,
+}
+
+impl Interner {
+    /// The id of `s`, adding it to `fresh` when it is new. Ids are never
+    /// handed out twice, even when the batch that introduced one fails (its
+    /// strings are carried into the next batch).
+    fn id(&mut self, s: &str, fresh: &mut Vec<(i64, String)>) -> i64 {
+        if let Some(id) = self.ids.get(s) {
+            return *id;
+        }
+        let id = self.next;
+        self.next += 1;
+        self.ids.insert(s.to_string(), id);
+        fresh.push((id, s.to_string()));
+        id
+    }
+}
+
+/// The key list of a non-empty object `args` as a JSON array, into `out`
+/// (stored interned); false when `args` is stored verbatim.
+fn args_keys(args: &serde_json::Value, out: &mut Vec<u8>) -> bool {
+    match args {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            out.clear();
+            // Serializing strings into memory cannot fail.
+            let _ = serde::Serializer::collect_seq(&mut serde_json::Serializer::new(out), m.keys());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Append `args` as stored: the values array when its keys are interned
+/// (same order as `args_keys`), else the JSON itself.
+fn encode_args(args: &serde_json::Value, keyed: bool, out: &mut Vec<u8>) {
+    let mut ser = serde_json::Serializer::new(out);
+    // Serializing a Value into memory cannot fail; the output is UTF-8.
+    let _ = match args {
+        serde_json::Value::Object(m) if keyed => {
+            serde::Serializer::collect_seq(&mut ser, m.values())
+        }
+        v => v.serialize(&mut ser),
+    };
+}
+
+/// A batch the SQLite thread is writing.
+struct InFlight {
+    events: Vec<Event>,
+    first_id: i64,
+}
+
+/// What the SQLite thread hands back: the batch's buffers and the outcome.
+type Done = (Encoded, Result<(), WriteError>);
+
+/// A batch back from the SQLite thread, to publish or count as lost.
+type Settled = (InFlight, Result<(), WriteError>);
+
+/// The async side's end of the SQLite thread.
+struct Pipe {
+    jobs: std::sync::mpsc::SyncSender<Encoded>,
+    done: mpsc::UnboundedReceiver<Done>,
+    /// Oldest first; the thread answers in this order.
+    inflight: VecDeque<InFlight>,
+}
+
+/// The SQLite thread: writes each batch in one transaction and schedules
+/// checkpoints on its own helper thread. The batches after a failed one
+/// were encoded assuming its new strings and block rows exist, so those are
+/// carried into the next batch written (OR IGNORE makes that idempotent).
+fn sql_thread(
+    mut conn: Conn,
+    mut ckpt: Conn,
+    jobs: std::sync::mpsc::Receiver<Encoded>,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    let (poke, poked) = std::sync::mpsc::sync_channel::<()>(1);
+    let checkpointer = std::thread::Builder::new()
+        .name("traceed-ckpt".into())
+        .spawn(move || {
+            while poked.recv().is_ok() {
+                if let Err(e) = ckpt.checkpoint() {
+                    // Busy (retention's TRUNCATE) or full: the writer's own
+                    // checkpoint at WAL_MAX_FRAMES is the backstop.
+                    tracing::debug!(error = %e, "WAL checkpoint did not run");
+                }
+            }
+        });
+    let mut carry = Encoded::default();
+    while let Ok(mut batch) = jobs.recv() {
+        if conn.wal_frames() >= WAL_MAX_FRAMES {
+            let _ = conn.checkpoint();
+        }
+        batch.fresh.append(&mut carry.fresh);
+        batch.blocks.append(&mut carry.blocks);
+        let res = conn.write(&batch);
+        if res.is_err() {
+            carry.fresh.extend_from_slice(&batch.fresh);
+            carry.blocks.extend_from_slice(&batch.blocks);
+        }
+        if res.is_ok() && conn.wal_frames() >= CHECKPOINT_FRAMES {
+            // Full: a checkpoint is already asked for.
+            let _ = poke.try_send(());
+        }
+        if done.send((batch, res)).is_err() {
+            break;
+        }
+    }
+    drop(poke);
+    if let Ok(t) = checkpointer {
+        let _ = t.join();
+    }
+}
+
+pub struct Writer {
+    rx: mpsc::Receiver<Event>,
+    live: broadcast::Sender<Arc<Event>>,
+    counters: Arc<Counters>,
+    batch_size: usize,
+    health: Arc<StoreHealth>,
+    export: Option<Exporter>,
+    pool: SqlitePool,
+    /// The writing and checkpointing connections, until run() moves them
+    /// to their threads.
+    conns: Option<(Conn, Conn)>,
+    next_id: i64,
+    strings: Interner,
+    /// The block the last encoded id is in, and the (col, value) pairs
+    /// already indexed for it.
+    block: i64,
+    block_seen: foldhash::HashSet<(BlockCol, i64)>,
+    spare: Vec<Encoded>,
+    spare_events: Vec<Vec<Event>>,
+    keys: Vec<u8>,
+    dropped: Option<Dropped>,
+    last_attempt: Option<Instant>,
+}
+
+impl Writer {
+    pub async fn new(
+        store: &Store,
+        rx: mpsc::Receiver<Event>,
+        live: broadcast::Sender<Arc<Event>>,
+        counters: Arc<Counters>,
+        batch_size: usize,
+    ) -> Result<Self, StoreError> {
+        let pool = store.pool.clone();
+        // ids continue after the AUTOINCREMENT high-water mark, so an id is
+        // never reused even after retention deleted the newest rows.
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+                .fetch_optional(&pool)
+                .await?;
+        let max_id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        let ids: foldhash::HashMap<String, i64> = sqlx::query_as("SELECT s, id FROM strings")
+            .fetch_all(&pool)
+            .await?
+            .into_iter()
+            .collect();
+        let next_string = ids.values().max().copied().unwrap_or(0) + 1;
+        let open = |count_frames| {
+            Conn::open(&store.path, count_frames).map_err(|e| StoreError::Writer {
+                path: store.path.clone(),
+                msg: e.to_string(),
+            })
+        };
+        let conns = (open(true)?, open(false)?);
+        Ok(Self {
+            rx,
+            live,
+            counters,
+            batch_size,
+            health: store.health.clone(),
+            export: None,
+            pool,
+            conns: Some(conns),
+            next_id: seq.unwrap_or(0).max(max_id.unwrap_or(0)) + 1,
+            strings: Interner {
+                ids,
+                next: next_string,
+            },
+            block: -1,
+            block_seen: Default::default(),
+            spare: Vec::new(),
+            spare_events: Vec::new(),
+            keys: Vec::new(),
+            dropped: None,
+            last_attempt: None,
+        })
+    }
+
+    /// Also append every committed event to this JSON-lines file.
+    pub fn with_export(mut self, export: Exporter) -> Self {
+        self.export = Some(export);
+        self
+    }
+
+    /// Runs until every sender is dropped and the queue is drained, so a
+    /// clean shutdown loses nothing that was accepted; then leaves the
+    /// clean-shutdown marker that bounds the next downtime row.
+    pub async fn run(mut self) -> Result<(), StoreError> {
+        let (conn, ckpt) = self.conns.take().expect("Writer::run runs once");
+        let (jobs, jobs_rx) = std::sync::mpsc::sync_channel(DEPTH);
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("traceed-sql".into())
+            .spawn(move || sql_thread(conn, ckpt, jobs_rx, done_tx))
+            .map_err(|e| StoreError::WriterThread(e.to_string()))?;
+        let mut pipe = Pipe {
+            jobs,
+            done,
+            inflight: VecDeque::new(),
+        };
+        let res = self.pump(&mut pipe).await;
+        drop(pipe);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        res?;
+        sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES ('clean_stop', ?)")
+            .bind(traceed_wire::now_ns())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn pump(&mut self, pipe: &mut Pipe) -> Result<(), StoreError> {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let reopen = self.export.as_ref().map(Exporter::reopen_handle);
+        loop {
+            batch.clear();
+            let n = tokio::select! {
+                biased;
+                _ = async {
+                    match &reopen {
+                        Some(r) => r.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(x) = self.export.as_mut() {
+                        x.reopen();
+                    }
+                    continue;
+                }
+                done = pipe.done.recv(), if !pipe.inflight.is_empty() => {
+                    if let Some(s) = self.take(pipe, done)? {
+                        self.settle(s);
+                    }
+                    continue;
+                }
+                n = self.rx.recv_many(&mut batch, self.batch_size) => n,
+            };
+            if n == 0 {
+                break;
+            }
+            self.counters
+                .queue_depth
+                .store(self.rx.len() as u64, Relaxed);
+            if self.health.is_paused()
+                && self
+                    .last_attempt
+                    .is_some_and(|t| t.elapsed() < PAUSED_RETRY)
+            {
+                self.drop_batch(&mut batch);
+                continue;
+            }
+            self.last_attempt = Some(Instant::now());
+            if !self.write_dropped(pipe).await? {
+                self.drop_batch(&mut batch);
+                continue;
+            }
+            // Encode while earlier batches are being written; with DEPTH in
+            // flight wait for the oldest (batches commit and publish in id
+            // order), hand this one over, then publish the oldest while
+            // SQLite writes.
+            let (enc, first_id) = self.encode(&batch);
+            let prev = if pipe.inflight.len() >= DEPTH {
+                self.take_done(pipe).await?
+            } else {
+                None
+            };
+            let next = self.spare_events.pop().unwrap_or_default();
+            self.submit(pipe, enc, std::mem::replace(&mut batch, next), first_id);
+            if let Some(s) = prev {
+                self.settle(s);
+            }
+        }
+        self.drain(pipe).await?;
+        if self.dropped.is_some() && !self.write_dropped(pipe).await? {
+            let lost = self.dropped.as_ref().map_or(0, |d| d.count);
+            tracing::error!(lost, "stopping with a loss that could not be recorded");
+        }
+        Ok(())
+    }
+
+    /// Write the pending `lost` row, if any, on its own; false when the
+    /// store still refuses writes.
+    async fn write_dropped(&mut self, pipe: &mut Pipe) -> Result<bool, StoreError> {
+        if self.dropped.is_none() {
+            return Ok(true);
+        }
+        // Batches in flight may fail and add to the count.
+        self.drain(pipe).await?;
+        let Some(d) = &self.dropped else {
+            return Ok(true);
+        };
+        let count = d.count;
+        let row = lost_row(count, "userspace", d.from, d.to, &d.fidelity);
+        let (enc, first_id) = self.encode(std::slice::from_ref(&row));
+        self.submit(pipe, enc, vec![row], first_id);
+        let (enc, res) = self.recv_done(pipe).await?;
+        let row = pipe
+            .inflight
+            .pop_front()
+            .map(|f| f.events)
+            .unwrap_or_default();
+        match res {
+            Ok(()) => {
+                tracing::warn!(
+                    count,
+                    "store writable again; recorded the events it could not store as a lost row"
+                );
+                self.dropped = None;
+                self.publish(row, first_id);
+                self.spare.push(enc);
+                Ok(true)
+            }
+            Err(e) => {
+                self.spare.push(enc);
+                self.pause(&e);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Ids, interned strings, block rows and args text of `batch`.
+    fn encode(&mut self, batch: &[Event]) -> (Encoded, i64) {
+        let mut enc = self.spare.pop().unwrap_or_default();
+        enc.clear();
+        let first_id = self.next_id;
+        let u = |v: Option<u32>| v.map(i64::from);
+        for (i, e) in batch.iter().enumerate() {
+            let id = first_id + i as i64;
+            let fresh = &mut enc.fresh;
+            let kind = self.strings.id(&e.kind, fresh);
+            let comm = e.comm.as_deref().map(|s| self.strings.id(s, fresh));
+            let exe = e.exe.as_deref().map(|s| self.strings.id(s, fresh));
+            let container = e.container_id.as_deref().map(|s| self.strings.id(s, fresh));
+            let fidelity = self.strings.id(&e.fidelity, fresh);
+            let keys = args_keys(&e.args, &mut self.keys)
+                .then(|| std::str::from_utf8(&self.keys).ok())
+                .flatten()
+                .map(|k| self.strings.id(k, fresh));
+            encode_args(&e.args, keys.is_some(), &mut enc.args);
+            enc.arg_ends.push(enc.args.len());
+            enc.ints.push([
+                Some(id),
+                Some(e.ts),
+                Some(kind),
+                u(e.pid),
+                u(e.tid),
+                u(e.ppid),
+                u(e.uid),
+                u(e.gid),
+                comm,
+                u(e.ns_pid),
+                exe,
+                e.cgroup_id.map(|v| v as i64),
+                container,
+                u(e.mnt_ns).map(|v| v - NS_BASE),
+                u(e.pid_ns).map(|v| v - NS_BASE),
+                e.retval,
+                Some(fidelity),
+                keys,
+            ]);
+            let block = id >> BLOCK_SHIFT;
+            if block != self.block {
+                self.block = block;
+                self.block_seen.clear();
+            }
+            for (col, v) in [
+                (BlockCol::Kind, Some(kind)),
+                (BlockCol::Pid, u(e.pid)),
+                (BlockCol::Ppid, u(e.ppid)),
+                (BlockCol::Uid, u(e.uid)),
+                (BlockCol::Comm, comm),
+                (BlockCol::Exe, exe),
+                (BlockCol::Container, container),
+            ] {
+                if let Some(v) = v {
+                    if self.block_seen.insert((col, v)) {
+                        enc.blocks.push([col as i64, v, block]);
+                    }
+                }
+            }
+        }
+        // Ids of a batch that fails are not reused: a gap, never a clash.
+        self.next_id += batch.len() as i64;
+        (enc, first_id)
+    }
+
+    /// Hand an encoded batch to the SQLite thread (fewer than DEPTH are in
+    /// flight).
+    fn submit(&mut self, pipe: &mut Pipe, enc: Encoded, events: Vec<Event>, first_id: i64) {
+        // Never blocks: the channel holds DEPTH batches and fewer than
+        // DEPTH are unanswered.
+        if let Err(e) = pipe.jobs.send(enc) {
+            // The thread is gone; recv_done reports it.
+            self.spare.push(e.0);
+        }
+        pipe.inflight.push_back(InFlight { events, first_id });
+    }
+
+    async fn recv_done(&mut self, pipe: &mut Pipe) -> Result<Done, StoreError> {
+        pipe.done
+            .recv()
+            .await
+            .ok_or_else(|| StoreError::WriterThread("the SQLite writer thread stopped".into()))
+    }
+
+    /// Wait for every batch in flight and settle it.
+    async fn drain(&mut self, pipe: &mut Pipe) -> Result<(), StoreError> {
+        while let Some(s) = self.take_done(pipe).await? {
+            self.settle(s);
+        }
+        Ok(())
+    }
+
+    /// Wait for the oldest batch in flight, if any.
+    async fn take_done(&mut self, pipe: &mut Pipe) -> Result<Option<Settled>, StoreError> {
+        if pipe.inflight.is_empty() {
+            return Ok(None);
+        }
+        let done = self.recv_done(pipe).await?;
+        self.take(pipe, Some(done))
+    }
+
+    fn take(&mut self, pipe: &mut Pipe, done: Option<Done>) -> Result<Option<Settled>, StoreError> {
+        let (enc, res) = done
+            .ok_or_else(|| StoreError::WriterThread("the SQLite writer thread stopped".into()))?;
+        let Some(f) = pipe.inflight.pop_front() else {
+            return Ok(None);
+        };
+        self.spare.push(enc);
+        Ok(Some((f, res)))
+    }
+
+    /// Publish a committed batch, or count a failed one as lost.
+    fn settle(&mut self, (f, res): Settled) {
+        let InFlight {
+            mut events,
+            first_id,
+        } = f;
+        match res {
+            Ok(()) => {
+                if self.health.resume() {
+                    tracing::warn!("store writable again: ingest resumed");
+                }
+                self.publish(events, first_id);
+            }
+            Err(e) => {
+                self.pause(&e);
+                self.drop_batch(&mut events);
+                self.spare_events.push(events);
+            }
+        }
+    }
+
+    fn pause(&mut self, e: &WriteError) {
+        let reason = if e.is_full() {
+            format!("disk full ({e}); free space in the state directory")
+        } else {
+            format!("writing failed: {e}")
+        };
+        if self.health.pause(reason.clone()) {
+            tracing::error!(
+                reason,
+                "store refuses writes: ingest paused, loss is counted and recorded when writes succeed"
+            );
+        }
+    }
+
+    fn drop_batch(&mut self, batch: &mut Vec<Event>) {
+        let Some(first) = batch.first() else {
+            return;
+        };
+        let (lo, hi) = batch.iter().fold((first.ts, first.ts), |(lo, hi), e| {
+            (lo.min(e.ts), hi.max(e.ts))
+        });
+        let n = batch.len() as u64;
+        self.counters.add_lost_store(n);
+        let d = self.dropped.get_or_insert_with(|| Dropped {
+            count: 0,
+            from: lo,
+            to: hi,
+            fidelity: first.fidelity.clone(),
+        });
+        d.count += n;
+        d.from = d.from.min(lo);
+        d.to = d.to.max(hi);
+        batch.clear();
+    }
+
+    fn publish(&mut self, mut events: Vec<Event>, first_id: i64) {
+        for (i, e) in events.iter_mut().enumerate() {
+            e.id = first_id + i as i64;
+        }
+        if let Some(x) = self.export.as_mut() {
+            x.write(&events);
+        }
+        self.counters
+            .count_stored_all(events.iter().map(|e| e.kind.as_str()));
+        for e in events.drain(..) {
+            let _ = self.live.send(Arc::new(e));
+        }
+        if self.spare_events.len() < 2 {
+            self.spare_events.push(events);
+        }
+    }
+}
