@@ -47,7 +47,11 @@ pub struct Retention {
 
 impl Retention {
     pub async fn new(store: &Store, policy: Policy) -> Result<Self, StoreError> {
-        let conn = SqliteConnection::connect_with(&connect_options(store.path()))
+        // No automatic checkpoints from here: the writer schedules them, and
+        // one started by a delete's commit would make the writer's own get
+        // SQLITE_BUSY, so the WAL could not start over.
+        let options = connect_options(store.path()).pragma("wal_autocheckpoint", "0");
+        let conn = SqliteConnection::connect_with(&options)
             .await
             .map_err(|source| StoreError::Open {
                 path: store.path().into(),

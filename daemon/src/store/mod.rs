@@ -907,6 +907,57 @@ pub(crate) mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Under a flood the WAL is checkpointed off the writer and started
+    /// over: it stays near WAL_MAX_FRAMES pages instead of growing with the
+    /// data (400k events of ~250 B are ~100 MB of pages).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_stays_bounded_under_a_flood() {
+        let dir = temp_dir("wal");
+        let store = Store::open(&dir).await.unwrap();
+        let wal = dir.join("events.db-wal");
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (wal, done) = (wal.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut max = 0;
+                while !done.load(Relaxed) {
+                    max = max.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                max
+            })
+        };
+        let now = traceed_wire::now_ns();
+        let n = 400_000;
+        let input: Vec<Event> = (0..n)
+            .map(|i| {
+                let mut e = ev(now + i, "open", (i / 30 % 500) as u32, "flood");
+                e.args = serde_json::json!({ "path": format!("/var/tmp/{i:0>200}") });
+                e
+            })
+            .collect();
+        let data: u64 = write_all(&store, input).await.len() as u64;
+        assert_eq!(data, n as u64);
+        done.store(true, Relaxed);
+        let max = sampler.await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        // WAL_MAX_FRAMES plus what commits add before the writer's check.
+        let bound = 6144 * page as u64;
+        assert!(
+            (pages * page) as u64 > 2 * bound,
+            "the flood must outgrow the bound: {pages} pages"
+        );
+        assert!(max <= bound, "WAL reached {max} B, bound {bound} B");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The block index answers exactly what a scan would: every filter
     /// combination, both orders, paged with small and large limits, over
     /// several blocks where values come and go in runs (as processes do).

@@ -314,8 +314,10 @@ impl Conn {
         Ok(())
     }
 
-    /// Copy what the WAL holds into the database file without waiting for
-    /// readers or blocking the writer (PASSIVE).
+    /// Copy what the WAL holds into the database file (PASSIVE: never waits
+    /// for readers, never blocks the writer). Run by the writer itself
+    /// between transactions it copies every frame no reader still needs, and
+    /// the next commit starts the WAL over.
     pub fn checkpoint(&mut self) -> Result<(), WriteError> {
         let db = self.db.as_ptr();
         // SAFETY: live connection; NULL database name = all attached.

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -134,13 +134,18 @@ fn sql_thread(
     done: mpsc::UnboundedSender<Done>,
 ) {
     let (poke, poked) = std::sync::mpsc::sync_channel::<()>(1);
+    // One checkpoint at a time: a second one would get SQLITE_BUSY at once.
+    let one_at_a_time = Arc::new(Mutex::new(()));
+    let lock = one_at_a_time.clone();
     let checkpointer = std::thread::Builder::new()
         .name("traceed-ckpt".into())
         .spawn(move || {
             while poked.recv().is_ok() {
+                let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = ckpt.checkpoint() {
-                    // Busy (retention's TRUNCATE) or full: the writer's own
-                    // checkpoint at WAL_MAX_FRAMES is the backstop.
+                    // Full disk, or retention's TRUNCATE running: the
+                    // writer's own checkpoint at WAL_MAX_FRAMES is the
+                    // backstop.
                     tracing::debug!(error = %e, "WAL checkpoint did not run");
                 }
             }
@@ -148,6 +153,9 @@ fn sql_thread(
     let mut carry = Encoded::default();
     while let Ok(mut batch) = jobs.recv() {
         if conn.wal_frames() >= WAL_MAX_FRAMES {
+            // Waits for the checkpoint thread, then copies the rest with no
+            // writer racing it, so the next commit starts the WAL over.
+            let _g = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
             let _ = conn.checkpoint();
         }
         batch.fresh.append(&mut carry.fresh);
