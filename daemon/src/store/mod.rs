@@ -710,7 +710,9 @@ pub(crate) mod tests {
     use super::*;
     use crate::metrics::Counters;
     use crate::retention::{Policy, Retention};
+    use std::sync::atomic::Ordering::Relaxed;
     use tokio::sync::{broadcast, mpsc};
+    use writer::PAUSED_RETRY_FOR_TESTS;
 
     pub fn temp_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("traceed-store-{tag}-{}", std::process::id()));
@@ -904,6 +906,110 @@ pub(crate) mod tests {
             raw.0, r#"[0,"/tmp/f0"]"#,
             "only the values are stored per row"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A batch that fails takes its new strings and block rows with it, but
+    /// the batches after it were encoded assuming both exist: the SQLite
+    /// thread writes them with the next batch, so what follows a failure is
+    /// found by every filter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_batch_filters_still_find_what_follows() {
+        let dir = temp_dir("carry");
+        let store = Store::open(&dir).await.unwrap();
+        // An injected failure: any batch with pid 666 is refused whole.
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.pid = 666 \
+             BEGIN SELECT RAISE(FAIL, 'injected'); END",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(64);
+        let (live, _) = broadcast::channel(64);
+        let w = Writer::new(&store, rx, live, counters.clone(), 64)
+            .await
+            .unwrap();
+        let now = traceed_wire::now_ns();
+        let wait = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| async move {
+            for _ in 0..500 {
+                if done() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("timed out waiting for {what}");
+        };
+        // The failing batch introduces comm "fresh" and its block rows
+        // (queued before the writer runs, so they are one batch).
+        for pid in [5, 666, 5] {
+            tx.send(ev(now, "exec", pid, "fresh")).await.unwrap();
+        }
+        let task = tokio::spawn(w.run());
+        let c = counters.clone();
+        wait(
+            "the refused batch",
+            Box::new(move || c.lost_store.load(Relaxed) == 3),
+        )
+        .await;
+        assert!(store.health().is_paused());
+        sqlx::query("DROP TRIGGER refuse")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        // Past the retry pause, the same values again, in the same block.
+        tokio::time::sleep(PAUSED_RETRY_FOR_TESTS + Duration::from_millis(100)).await;
+        for i in 0..3 {
+            tx.send(ev(now + 1 + i, "exec", 5, "fresh")).await.unwrap();
+        }
+        let c = counters.clone();
+        wait(
+            "the rows after it",
+            Box::new(move || c.events_total.load(Relaxed) == 4),
+        )
+        .await;
+        assert!(!store.health().is_paused());
+        for q in [
+            Query {
+                comm: Some("fresh".into()),
+                ..Query::default()
+            },
+            Query {
+                exe: Some("/usr/bin/fresh".into()),
+                ..Query::default()
+            },
+            Query {
+                pid: Some(5),
+                ..Query::default()
+            },
+            Query {
+                kinds: vec!["exec".into()],
+                ..Query::default()
+            },
+        ] {
+            let (got, _) = store
+                .query(&Query {
+                    limit: 10,
+                    ..q.clone()
+                })
+                .await
+                .unwrap();
+            assert_eq!(got.len(), 3, "{q:?}: {got:?}");
+            assert!(got.iter().all(|e| e.comm.as_deref() == Some("fresh")));
+        }
+        let (lost, _) = store
+            .query(&Query {
+                kinds: vec!["lost".into()],
+                limit: 10,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].args["count"], 3);
+        drop(tx);
+        task.await.unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

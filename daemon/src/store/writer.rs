@@ -31,6 +31,8 @@ const NS_BASE: i64 = 0xF000_0000;
 /// While the store refuses writes (disk full), try again at most this often
 /// and count the batches in between as lost.
 const PAUSED_RETRY: Duration = Duration::from_secs(1);
+#[cfg(test)]
+pub(super) const PAUSED_RETRY_FOR_TESTS: Duration = PAUSED_RETRY;
 
 /// WAL frames after a commit at which the checkpoint thread is woken
 /// (SQLite's own auto-checkpoint default).
@@ -163,7 +165,16 @@ fn sql_thread(
         let res = conn.write(&batch);
         if res.is_err() {
             carry.fresh.extend_from_slice(&batch.fresh);
-            carry.blocks.extend_from_slice(&batch.blocks);
+            // Later batches have higher ids, so only the rows of this
+            // batch's last block can still be needed: the carry stays one
+            // block's worth however long the disk stays full.
+            let last = batch
+                .ints
+                .last()
+                .and_then(|r| r[0])
+                .map(|id| id >> BLOCK_SHIFT);
+            let needed = batch.blocks.iter().filter(|b| Some(b[2]) >= last);
+            carry.blocks.extend(needed);
         }
         if res.is_ok() && conn.wal_frames() >= CHECKPOINT_FRAMES {
             // Full: a checkpoint is already asked for.
@@ -323,13 +334,18 @@ impl Writer {
             self.counters
                 .queue_depth
                 .store(self.rx.len() as u64, Relaxed);
-            if self.health.is_paused()
-                && self
-                    .last_attempt
-                    .is_some_and(|t| t.elapsed() < PAUSED_RETRY)
-            {
-                self.drop_batch(&mut batch);
-                continue;
+            if self.health.is_paused() {
+                // An attempt under way decides whether the store is still
+                // refusing writes.
+                self.drain(pipe).await?;
+                if self.health.is_paused()
+                    && self
+                        .last_attempt
+                        .is_some_and(|t| t.elapsed() < PAUSED_RETRY)
+                {
+                    self.drop_batch(&mut batch);
+                    continue;
+                }
             }
             self.last_attempt = Some(Instant::now());
             if !self.write_dropped(pipe).await? {
@@ -387,6 +403,9 @@ impl Writer {
                     count,
                     "store writable again; recorded the events it could not store as a lost row"
                 );
+                if self.health.resume() {
+                    tracing::warn!("store writable again: ingest resumed");
+                }
                 self.dropped = None;
                 self.publish(row, first_id);
                 self.spare.push(enc);
