@@ -31,6 +31,9 @@ fn main() {
     let ebpf = manifest.join("../daemon-ebpf");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed={}", ebpf.display());
+    // sqlx::migrate! embeds migrations/ at compile time; a new file there
+    // must rebuild the crate (sqlx's documented build.rs line).
+    println!("cargo:rerun-if-changed=../migrations");
     println!("cargo:rerun-if-env-changed=CLANG");
 
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
