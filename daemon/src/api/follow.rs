@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::{broadcast, mpsc};
 use traceed_wire::{ErrorBody, Event};
 
-use super::query::matches;
 use super::AppState;
 use crate::store::Query;
 
@@ -90,7 +89,7 @@ pub fn stream(st: Arc<AppState>, mut q: Query) -> Response {
         loop {
             match live.recv().await {
                 Ok(e) => {
-                    if e.id <= last_id || !matches(&q, &e) {
+                    if e.id <= last_id || !q.matches(&e) {
                         continue;
                     }
                     last_id = e.id;

@@ -1,11 +1,7 @@
-//! `GET /v1/events` parameters: strict parsing into a store `Query`, the
-//! opaque keyset cursor, and the same filter applied in Rust to live events
-//! (it must select exactly what the SQL selects, or `follow` would differ
-//! from a plain query).
+//! `GET /v1/events` parameters: strict parsing into a store `Query` and the
+//! opaque keyset cursor.
 
 use std::collections::HashSet;
-
-use traceed_wire::Event;
 
 use super::ApiError;
 use crate::store::Query;
@@ -182,22 +178,4 @@ pub fn parse_query(raw: Option<&str>) -> Result<(Query, bool), ApiError> {
         ));
     }
     Ok((q, follow))
-}
-
-/// Does a live event pass the query's filters (the SQL WHERE, in Rust)?
-pub fn matches(q: &Query, e: &Event) -> bool {
-    q.since.is_none_or(|s| e.ts >= s)
-        && q.until.is_none_or(|u| e.ts < u)
-        && (q.kinds.is_empty() || q.kinds.contains(&e.kind))
-        && q.pid.is_none_or(|v| e.pid == Some(v))
-        && q.ppid.is_none_or(|v| e.ppid == Some(v))
-        && q.uid.is_none_or(|v| e.uid == Some(v))
-        && q.comm.as_ref().is_none_or(|v| e.comm.as_ref() == Some(v))
-        && q.exe.as_ref().is_none_or(|v| e.exe.as_ref() == Some(v))
-        && q.container.as_ref().is_none_or(|v| {
-            e.container_id
-                .as_ref()
-                .is_some_and(|c| c.starts_with(v.as_str()))
-        })
-        && q.fidelity.as_ref().is_none_or(|v| &e.fidelity == v)
 }

@@ -117,6 +117,31 @@ pub struct Query {
     pub limit: u32,
 }
 
+impl Query {
+    /// Does a live event pass the filters (the SQL WHERE, in Rust)? It must
+    /// select exactly what `Store::query` selects, or `follow` would differ
+    /// from a plain query.
+    pub fn matches(&self, e: &Event) -> bool {
+        self.since.is_none_or(|s| e.ts >= s)
+            && self.until.is_none_or(|u| e.ts < u)
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && self.pid.is_none_or(|v| e.pid == Some(v))
+            && self.ppid.is_none_or(|v| e.ppid == Some(v))
+            && self.uid.is_none_or(|v| e.uid == Some(v))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|v| e.comm.as_ref() == Some(v))
+            && self.exe.as_ref().is_none_or(|v| e.exe.as_ref() == Some(v))
+            && self.container.as_ref().is_none_or(|v| {
+                e.container_id
+                    .as_ref()
+                    .is_some_and(|c| c.starts_with(v.as_str()))
+            })
+            && self.fidelity.as_ref().is_none_or(|v| &e.fidelity == v)
+    }
+}
+
 /// Every read goes through the strings table for the interned columns.
 const SELECT: &str = "SELECT e.id, e.ts, k.s AS kind, e.pid, e.tid, e.ppid, e.uid, e.gid, \
      c.s AS comm, e.ns_pid, x.s AS exe, e.cgroup_id, ct.s AS container_id, \
@@ -295,9 +320,9 @@ impl Store {
             }
             Some(d) => {
                 let f = &plan.filters[d];
-                let (mut blo, mut bhi) = (plan.lo >> BLOCK_SHIFT, (plan.hi - 1) >> BLOCK_SHIFT);
+                let (mut blo, mut bhi) = blocks(plan.lo, plan.hi);
                 'pages: while blo <= bhi && rows.len() < want {
-                    let blocks: Vec<i64> = blocks_sql("", f, blo, bhi, q.desc)
+                    let blocks: Vec<i64> = blocks_sql("", f, (blo, bhi), q.desc)
                         .build_query_scalar::<i64>()
                         .fetch_all(&mut *tx)
                         .await?;
@@ -348,7 +373,7 @@ impl Store {
             rows.iter().map(|r| r.get::<String, _>("detail")).collect()
         };
         if let Some(d) = plan.driver {
-            let mut b = blocks_sql("EXPLAIN QUERY PLAN ", &plan.filters[d], 0, 1, q.desc);
+            let mut b = blocks_sql("EXPLAIN QUERY PLAN ", &plan.filters[d], (0, 1), q.desc);
             out.extend(details(b.build().fetch_all(&mut *c).await?));
         }
         let mut b = plan.range_sql("EXPLAIN QUERY PLAN ", q, plan.lo, plan.hi, 100);
@@ -447,13 +472,11 @@ impl Plan {
     }
 }
 
-/// The blocks in [blo, bhi] holding a value of `f`, in id order, one page.
-fn blocks_sql(prefix: &str, f: &Filter, blo: i64, bhi: i64, desc: bool) -> QueryBuilder<Sqlite> {
-    // One value walks the primary key in block order; several need DISTINCT
-    // and a sort of their blocks (never of events).
-    let distinct = if f.values.len() > 1 { "DISTINCT " } else { "" };
+/// `<prefix>SELECT <what> FROM event_blocks` for the blocks in [blo, bhi]
+/// holding a value of `f`.
+fn blocks_of(prefix: &str, what: &str, f: &Filter, (blo, bhi): (i64, i64)) -> QueryBuilder<Sqlite> {
     let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-        "{prefix}SELECT {distinct}block FROM event_blocks WHERE col = "
+        "{prefix}SELECT {what} FROM event_blocks WHERE col = "
     ));
     b.push_bind(f.col as i64).push(" AND value IN (");
     let mut sep = b.separated(", ");
@@ -463,15 +486,33 @@ fn blocks_sql(prefix: &str, f: &Filter, blo: i64, bhi: i64, desc: bool) -> Query
     b.push(") AND block >= ")
         .push_bind(blo)
         .push(" AND block <= ")
-        .push_bind(bhi)
-        .push(if desc {
-            " ORDER BY block DESC"
-        } else {
-            " ORDER BY block"
-        })
-        .push(" LIMIT ")
-        .push_bind(BLOCKS_PER_PAGE as i64);
+        .push_bind(bhi);
     b
+}
+
+/// The blocks in [blo, bhi] holding a value of `f`, in id order, one page.
+fn blocks_sql(prefix: &str, f: &Filter, range: (i64, i64), desc: bool) -> QueryBuilder<Sqlite> {
+    // One value walks the primary key in block order; several need DISTINCT
+    // and a sort of their blocks (never of events).
+    let what = if f.values.len() > 1 {
+        "DISTINCT block"
+    } else {
+        "block"
+    };
+    let mut b = blocks_of(prefix, what, f, range);
+    b.push(if desc {
+        " ORDER BY block DESC"
+    } else {
+        " ORDER BY block"
+    })
+    .push(" LIMIT ")
+    .push_bind(BLOCKS_PER_PAGE as i64);
+    b
+}
+
+/// The blocks ids [lo, hi) fall in, first and last.
+fn blocks(lo: i64, hi: i64) -> (i64, i64) {
+    (lo >> BLOCK_SHIFT, (hi - 1) >> BLOCK_SHIFT)
 }
 
 /// Runs of consecutive block numbers, as (first, last) in the order given.
@@ -612,21 +653,10 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
     if filters.len() == 1 {
         driver = Some(0);
     } else if filters.len() > 1 {
-        let (blo, bhi) = (lo >> BLOCK_SHIFT, (hi - 1) >> BLOCK_SHIFT);
         let mut best = i64::MAX;
         for (i, f) in filters.iter().enumerate() {
-            let mut b: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT count(*) FROM (SELECT 1 FROM event_blocks WHERE col = ");
-            b.push_bind(f.col as i64).push(" AND value IN (");
-            let mut sep = b.separated(", ");
-            for v in &f.values {
-                sep.push_bind(*v);
-            }
-            b.push(") AND block >= ")
-                .push_bind(blo)
-                .push(" AND block <= ")
-                .push_bind(bhi)
-                .push(" LIMIT 4096)");
+            let mut b = blocks_of("SELECT count(*) FROM (", "1", f, blocks(lo, hi));
+            b.push(" LIMIT 4096)");
             let n: i64 = b.build_query_scalar::<i64>().fetch_one(&mut *c).await?;
             if n == 0 {
                 return Ok(None);
@@ -1095,58 +1125,25 @@ pub(crate) mod tests {
         let all = write_all(&store, input).await;
         assert_eq!(all.len() as i64, n);
         let t = |i: i64| Some(base + i * MIN);
+        let q = |set: fn(&mut Query)| {
+            let mut q = Query::default();
+            set(&mut q);
+            q
+        };
         let filters: Vec<Query> = vec![
             Query::default(),
-            Query {
-                pid: Some(7),
-                ..Query::default()
-            },
-            Query {
-                pid: Some(58),
-                ..Query::default()
-            },
-            Query {
-                pid: Some(59),
-                ..Query::default()
-            },
-            Query {
-                pid: Some(4242),
-                ..Query::default()
-            },
-            Query {
-                ppid: Some(3),
-                ..Query::default()
-            },
-            Query {
-                uid: Some(2),
-                ..Query::default()
-            },
-            Query {
-                comm: Some("c5".into()),
-                ..Query::default()
-            },
-            Query {
-                exe: Some("/usr/bin/c6".into()),
-                ..Query::default()
-            },
-            Query {
-                container: Some("c0ffee1".into()),
-                ..Query::default()
-            },
-            Query {
-                kinds: vec!["exec".into()],
-                ..Query::default()
-            },
-            Query {
-                kinds: vec!["exec".into(), "exit".into()],
-                ..Query::default()
-            },
-            Query {
-                kinds: vec!["exec".into()],
-                pid: Some(7),
-                uid: Some(1),
-                ..Query::default()
-            },
+            q(|q| q.pid = Some(7)),
+            q(|q| q.pid = Some(58)),
+            q(|q| q.pid = Some(59)),
+            q(|q| q.pid = Some(4242)),
+            q(|q| q.ppid = Some(3)),
+            q(|q| q.uid = Some(2)),
+            q(|q| q.comm = Some("c5".into())),
+            q(|q| q.exe = Some("/usr/bin/c6".into())),
+            q(|q| q.container = Some("c0ffee1".into())),
+            q(|q| q.kinds = vec!["exec".into()]),
+            q(|q| q.kinds = vec!["exec".into(), "exit".into()]),
+            q(|q| (q.kinds, q.pid, q.uid) = (vec!["exec".into()], Some(7), Some(1))),
             Query {
                 comm: Some("c5".into()),
                 since: t(1500),
@@ -1166,33 +1163,10 @@ pub(crate) mod tests {
                 until: t(10),
                 ..Query::default()
             },
-            Query {
-                fidelity: Some("core".into()),
-                pid: Some(3),
-                ..Query::default()
-            },
+            q(|q| (q.fidelity, q.pid) = (Some("core".into()), Some(3))),
         ];
         for f in filters {
-            let want: Vec<i64> = all
-                .iter()
-                .filter(|e| {
-                    f.pid.is_none_or(|v| e.pid == Some(v))
-                        && f.ppid.is_none_or(|v| e.ppid == Some(v))
-                        && f.uid.is_none_or(|v| e.uid == Some(v))
-                        && f.comm.as_ref().is_none_or(|v| e.comm.as_ref() == Some(v))
-                        && f.exe.as_ref().is_none_or(|v| e.exe.as_ref() == Some(v))
-                        && f.container.as_ref().is_none_or(|v| {
-                            e.container_id
-                                .as_ref()
-                                .is_some_and(|c| c.starts_with(v.as_str()))
-                        })
-                        && (f.kinds.is_empty() || f.kinds.contains(&e.kind))
-                        && f.fidelity.as_ref().is_none_or(|v| &e.fidelity == v)
-                        && f.since.is_none_or(|v| e.ts >= v)
-                        && f.until.is_none_or(|v| e.ts < v)
-                })
-                .map(|e| e.id)
-                .collect();
+            let want: Vec<i64> = all.iter().filter(|e| f.matches(e)).map(|e| e.id).collect();
             for desc in [false, true] {
                 // Limit 1 pages one event at a time: only where that is few.
                 let small = if want.len() < 200 { 1 } else { 61 };

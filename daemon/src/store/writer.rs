@@ -391,28 +391,22 @@ impl Writer {
         let row = lost_row(count, "userspace", d.from, d.to, &d.fidelity);
         let (enc, first_id) = self.encode(std::slice::from_ref(&row));
         self.submit(pipe, enc, vec![row], first_id);
-        let (enc, res) = self.recv_done(pipe).await?;
-        let row = pipe
-            .inflight
-            .pop_front()
-            .map(|f| f.events)
-            .unwrap_or_default();
+        let Some((row, res)) = self.take_done(pipe).await? else {
+            return Ok(false);
+        };
         match res {
             Ok(()) => {
                 tracing::warn!(
                     count,
                     "store writable again; recorded the events it could not store as a lost row"
                 );
-                if self.health.resume() {
-                    tracing::warn!("store writable again: ingest resumed");
-                }
+                self.resume();
                 self.dropped = None;
-                self.publish(row, first_id);
-                self.spare.push(enc);
+                self.publish(row.events, first_id);
                 Ok(true)
             }
+            // Not drop_batch: the row is the record of a loss, not one.
             Err(e) => {
-                self.spare.push(enc);
                 self.pause(&e);
                 Ok(false)
             }
@@ -491,17 +485,10 @@ impl Writer {
         // Never blocks: the channel holds DEPTH batches and fewer than
         // DEPTH are unanswered.
         if let Err(e) = pipe.jobs.send(enc) {
-            // The thread is gone; recv_done reports it.
+            // The thread is gone; take() reports it.
             self.spare.push(e.0);
         }
         pipe.inflight.push_back(InFlight { events, first_id });
-    }
-
-    async fn recv_done(&mut self, pipe: &mut Pipe) -> Result<Done, StoreError> {
-        pipe.done
-            .recv()
-            .await
-            .ok_or_else(|| StoreError::WriterThread("the SQLite writer thread stopped".into()))
     }
 
     /// Wait for every batch in flight and settle it.
@@ -517,10 +504,12 @@ impl Writer {
         if pipe.inflight.is_empty() {
             return Ok(None);
         }
-        let done = self.recv_done(pipe).await?;
-        self.take(pipe, Some(done))
+        let done = pipe.done.recv().await;
+        self.take(pipe, done)
     }
 
+    /// The answer to the oldest batch in flight; None from the channel means
+    /// the SQLite thread is gone.
     fn take(&mut self, pipe: &mut Pipe, done: Option<Done>) -> Result<Option<Settled>, StoreError> {
         let (enc, res) = done
             .ok_or_else(|| StoreError::WriterThread("the SQLite writer thread stopped".into()))?;
@@ -539,9 +528,7 @@ impl Writer {
         } = f;
         match res {
             Ok(()) => {
-                if self.health.resume() {
-                    tracing::warn!("store writable again: ingest resumed");
-                }
+                self.resume();
                 self.publish(events, first_id);
             }
             Err(e) => {
@@ -549,6 +536,12 @@ impl Writer {
                 self.drop_batch(&mut events);
                 self.spare_events.push(events);
             }
+        }
+    }
+
+    fn resume(&self) {
+        if self.health.resume() {
+            tracing::warn!("store writable again: ingest resumed");
         }
     }
 
