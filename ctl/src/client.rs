@@ -19,6 +19,11 @@ pub enum ClientError {
     PermissionDenied { path: PathBuf },
     #[error("{message}")]
     Refused { status: StatusCode, message: String },
+    #[error("traceed at {path} did not answer within {after:?}.\nIt may be stuck: check `systemctl status traceed` and `journalctl -u traceed`, or wait longer with --timeout.")]
+    Timeout {
+        path: PathBuf,
+        after: std::time::Duration,
+    },
     #[error("bad answer from traceed: {0}")]
     Protocol(String),
 }
@@ -30,6 +35,7 @@ impl ClientError {
             ClientError::PermissionDenied { .. } => 3,
             ClientError::Refused { status, .. } if *status == StatusCode::FORBIDDEN => 3,
             ClientError::Refused { .. } => 1,
+            ClientError::Timeout { .. } => 2,
             ClientError::Protocol(_) => 2,
         }
     }
@@ -38,14 +44,30 @@ impl ClientError {
 pub struct Api {
     socket: PathBuf,
     http: Client<UnixConnector, Empty<Bytes>>,
+    /// Longest wait for an answer (for a follow, for its headers only).
+    timeout: std::time::Duration,
 }
 
 impl Api {
-    pub fn new(socket: &Path) -> Self {
+    pub fn new(socket: &Path, timeout: std::time::Duration) -> Self {
         Self {
             socket: socket.to_path_buf(),
             http: Client::unix(),
+            timeout,
         }
+    }
+
+    /// `f` within the request timeout.
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(self.timeout, f)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                path: self.socket.clone(),
+                after: self.timeout,
+            })?
     }
 
     fn classify(&self, err: &(dyn std::error::Error + 'static)) -> ClientError {
@@ -73,6 +95,10 @@ impl Api {
     /// GET `path_and_query`; a non-2xx answer becomes `Refused` with the
     /// daemon's own error message.
     pub async fn get(&self, path_and_query: &str) -> Result<Response<Incoming>, ClientError> {
+        self.bounded(self.get_unbounded(path_and_query)).await
+    }
+
+    async fn get_unbounded(&self, path_and_query: &str) -> Result<Response<Incoming>, ClientError> {
         let uri: hyper::Uri = Uri::new(&self.socket, path_and_query).into();
         let resp = self.http.get(uri).await.map_err(|e| self.classify(&e))?;
         if resp.status().is_success() {
@@ -95,13 +121,16 @@ impl Api {
         &self,
         path_and_query: &str,
     ) -> Result<T, ClientError> {
-        let resp = self.get(path_and_query).await?;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+        self.bounded(async {
+            let resp = self.get_unbounded(path_and_query).await?;
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .to_bytes();
+            serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+        })
+        .await
     }
 }

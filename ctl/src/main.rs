@@ -32,6 +32,10 @@ struct Cli {
         global = true
     )]
     socket: PathBuf,
+    /// Longest wait for the daemon's answer (e.g. 30s, 2m); a follow waits
+    /// this long for its stream to start, then as long as it runs.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout, global = true)]
+    timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,8 +160,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match traceed_wire::parse_duration(s) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?} is not a duration like 30s or 2m")),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = Api::new(&cli.socket);
+    let api = Api::new(&cli.socket, cli.timeout);
     match cli.command {
         Command::Status { output } => {
             let s: serde_json::Value = api.get_json("/v1/status").await?;

@@ -81,7 +81,13 @@ impl Retention {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            match self.pass().await {
+            // A stop ends a pass under way too: shutdown must not wait for
+            // a long delete run (the writer has flushed by then).
+            let pass = tokio::select! {
+                p = self.pass() => p,
+                _ = stop.changed() => return,
+            };
+            match pass {
                 Ok(p) if p != Pass::default() => {
                     tracing::info!(
                         by_age = p.by_age,

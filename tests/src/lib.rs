@@ -234,18 +234,50 @@ impl Daemon {
         )
     }
 
-    /// SIGTERM and wait; returns the exit status code.
+    /// SIGTERM and wait; returns the exit status code. A daemon that has
+    /// not exited after STOP_TIMEOUT is a bug: it is killed (so the test
+    /// run ends instead of hanging) and the test fails with its log.
     pub fn stop(&mut self) -> Option<i32> {
+        match self.terminate() {
+            Ok(code) => code,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    fn terminate(&mut self) -> Result<Option<i32>, String> {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().ok().and_then(|s| s.code())
+        let t0 = Instant::now();
+        while t0.elapsed() < STOP_TIMEOUT {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return Ok(st.code()),
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("waiting for traceed: {e}")),
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(format!(
+            "traceed did not stop within {STOP_TIMEOUT:?} of SIGTERM (killed):\n{}",
+            self.log_text()
+        ))
     }
 }
+
+/// How long a SIGTERM'd daemon may take to drain and exit.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            self.stop();
+            if let Err(why) = self.terminate() {
+                // Not a panic while unwinding: that would abort the run.
+                if std::thread::panicking() {
+                    eprintln!("{why}");
+                } else {
+                    panic!("{why}");
+                }
+            }
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);

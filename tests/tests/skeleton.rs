@@ -2,6 +2,8 @@
 //! kernel program, stored, and read back through the socket with the right
 //! fields, and time windows include and exclude it.
 
+use std::time::Duration;
+
 use traceed_tests::{http_get, Daemon, Program};
 
 #[test]
@@ -144,6 +146,44 @@ fn unreachable_daemon_is_exit_2_and_names_the_socket() {
         err.contains("/nonexistent/traceed.sock") && err.contains("traceed"),
         "{err}"
     );
+}
+
+/// A daemon that accepts but never answers (stuck) ends tracectl with exit
+/// 2 and a message after --timeout, for a query and for a follow alike.
+#[test]
+fn silent_daemon_times_out_with_exit_2() {
+    let dir = std::env::temp_dir().join(traceed_tests::unique("to"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // Accepted connections are kept open and never read or answered.
+    let keep = std::thread::spawn(move || listener.incoming().take(2).collect::<Vec<_>>());
+    for args in [&["status"][..], &["events", "--follow"][..]] {
+        let t0 = std::time::Instant::now();
+        let out = std::process::Command::new(traceed_tests::bin("tracectl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(["--timeout", "1s"])
+            .args(args)
+            .output()
+            .unwrap();
+        let took = t0.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("did not answer within 1s") && err.contains(&*sock.to_string_lossy()),
+            "{args:?}: {err}"
+        );
+        assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+    }
+    drop(keep.join());
+    let bad = std::process::Command::new(traceed_tests::bin("tracectl"))
+        .args(["--timeout", "soon", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--timeout"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -548,17 +548,23 @@ async fn first_id_at(c: &mut SqliteConnection, ts: i64) -> Result<Option<i64>, S
     if last_ts < ts {
         return Ok(None);
     }
-    // Invariant: hi is a stored id with ts >= target; no answer below lo.
+    // Bisect the id space, not the stored ids: ids have gaps (a batch that
+    // failed on a full disk keeps its ids), so the first stored id at or
+    // after `mid` can be `hi` itself, and narrowing to it would never end.
+    // Invariant: the first stored id >= hi is `found`, with ts >= target;
+    // no answer below lo.
+    let mut found = hi;
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let (id, t) = at(mid).fetch_one(&mut *c).await?;
         if t >= ts {
-            hi = id;
+            hi = mid;
+            found = id;
         } else {
             lo = id + 1;
         }
     }
-    Ok(Some(hi))
+    Ok(Some(found))
 }
 
 /// Interned ids of `strings`; those never stored are left out.
@@ -1464,6 +1470,61 @@ pub(crate) mod tests {
             .await,
             [1, 2, 3]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Ids have gaps where batches failed (a full disk): the time-to-id
+    /// search must still end, with the same answer as a scan. It once
+    /// looped forever when the first stored id after the midpoint was the
+    /// upper bound itself, hanging retention, `--since` queries and shutdown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn time_to_id_search_crosses_id_gaps() {
+        let dir = temp_dir("gaps");
+        let store = Store::open(&dir).await.unwrap();
+        let now = traceed_wire::now_ns();
+        let n = 3000i64;
+        let input: Vec<Event> = (0..n)
+            .map(|i| ev(now - (n - i) * MIN, "open", i as u32, "x"))
+            .collect();
+        write_all(&store, input).await;
+        // Gaps of every shape: one id, a long run, runs next to both ends.
+        for (lo, hi) in [(2, 2), (11, 1999), (2100, 2101), (2990, 2999)] {
+            sqlx::query("DELETE FROM events WHERE id BETWEEN ? AND ?")
+                .bind(lo)
+                .bind(hi)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        let stored: Vec<(i64, i64)> = sqlx::query_as("SELECT id, ts FROM events ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        for &(id, ts) in &stored {
+            for t in [ts - 1, ts, ts + 1] {
+                let want = stored.iter().find(|(_, s)| *s >= t).map(|(i, _)| *i);
+                let got = tokio::time::timeout(Duration::from_secs(5), store.first_id_at(t))
+                    .await
+                    .unwrap_or_else(|_| panic!("search for ts of id {id} did not end"))
+                    .unwrap();
+                assert_eq!(got, want, "t = ts of id {id} {:+}", t - ts);
+            }
+        }
+        // And the API's time filter over the same gaps.
+        let (got, _) = store
+            .query(&Query {
+                since: Some(now - 1000 * MIN),
+                limit: 10_000,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        let want: Vec<i64> = stored
+            .iter()
+            .filter(|(_, ts)| *ts >= now - 1000 * MIN)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), want);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
