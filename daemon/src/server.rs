@@ -225,14 +225,8 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     reader.await??;
     writer.await??;
-    // It stops between statements; bounded anyway, since nothing it does
-    // is needed for a clean stop.
-    if tokio::time::timeout(std::time::Duration::from_secs(5), retention)
-        .await
-        .is_err()
-    {
-        tracing::warn!("retention did not stop within 5 s; stopping without it");
-    }
+    // Returns at once: a stop cancels a pass under way.
+    let _ = retention.await;
     let _ = api_stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), api_task).await;
     remove_socket_if_ours(&cfg.socket, socket_ino);

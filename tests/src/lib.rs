@@ -238,10 +238,7 @@ impl Daemon {
     /// not exited after STOP_TIMEOUT is a bug: it is killed (so the test
     /// run ends instead of hanging) and the test fails with its log.
     pub fn stop(&mut self) -> Option<i32> {
-        match self.terminate() {
-            Ok(code) => code,
-            Err(why) => panic!("{why}"),
-        }
+        self.terminate().unwrap_or_else(|why| panic!("{why}"))
     }
 
     fn terminate(&mut self) -> Result<Option<i32>, String> {

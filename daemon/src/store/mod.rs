@@ -809,6 +809,13 @@ pub(crate) mod tests {
 
     const MIN: i64 = 60_000_000_000;
 
+    /// `n` open events one a minute apart, the newest a minute before `now`.
+    fn minutely(now: i64, n: i64) -> Vec<Event> {
+        (0..n)
+            .map(|i| ev(now - (n - i) * MIN, "open", i as u32, "x"))
+            .collect()
+    }
+
     /// events_view (for sqlite3 CLI users and bench/) shows exactly what
     /// the API shows: strings resolved, namespaces absolute, args an object.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1482,11 +1489,7 @@ pub(crate) mod tests {
         let dir = temp_dir("gaps");
         let store = Store::open(&dir).await.unwrap();
         let now = traceed_wire::now_ns();
-        let n = 3000i64;
-        let input: Vec<Event> = (0..n)
-            .map(|i| ev(now - (n - i) * MIN, "open", i as u32, "x"))
-            .collect();
-        write_all(&store, input).await;
+        write_all(&store, minutely(now, 3000)).await;
         // Gaps of every shape: one id, a long run, runs next to both ends.
         for (lo, hi) in [(2, 2), (11, 1999), (2100, 2101), (2990, 2999)] {
             sqlx::query("DELETE FROM events WHERE id BETWEEN ? AND ?")
@@ -1533,13 +1536,9 @@ pub(crate) mod tests {
         let dir = temp_dir("age");
         let store = Store::open(&dir).await.unwrap();
         let now = traceed_wire::now_ns();
-        // 12000 events, one a minute backwards from now; out-of-order jitter
-        // is not needed: ids follow ts.
+        // Out-of-order jitter is not needed: ids follow ts.
         let n = 12_000i64;
-        let input: Vec<Event> = (0..n)
-            .map(|i| ev(now - (n - i) * MIN, "open", i as u32, "x"))
-            .collect();
-        write_all(&store, input).await;
+        write_all(&store, minutely(now, n)).await;
         let mut r = Retention::new(
             &store,
             Policy {
