@@ -1,5 +1,5 @@
-//! Store benchmark (run by bench/store.sh): drives the daemon's real Writer
-//! and Store (compiled from daemon/src) with realistic synthetic events and
+//! Store benchmark (run by bench/store.sh): drives the real Writer
+//! and Store (the traceed library) with realistic synthetic events and
 //! prints the sustained insert rate, bytes per event on disk and query
 //! latencies over the resulting database.
 //!
@@ -8,19 +8,6 @@
 //! live processes with real-looking comm/exe, 30 % of them in one of ten
 //! containers; paths drawn from a few thousand with a unique tail.
 
-#[allow(dead_code)]
-#[path = "../daemon/src/export.rs"]
-mod export;
-#[allow(dead_code)]
-#[path = "../daemon/src/metrics.rs"]
-mod metrics;
-#[allow(dead_code)]
-#[path = "../daemon/src/retention.rs"]
-mod retention;
-#[allow(dead_code)]
-#[path = "../daemon/src/store/mod.rs"]
-mod store;
-
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
+use traceed::service::metrics;
+use traceed::store::{self, retention};
 use traceed_wire::Event;
 
 const HOUR: i64 = 3_600_000_000_000;

@@ -1,32 +1,12 @@
 //! traceed: wires the loader, the ingest pipeline, the store and the API
 //! together and runs them until SIGTERM/SIGINT.
 
-mod api;
-mod cgroup;
-mod cli;
-mod clock;
-mod config;
-mod decoder;
-mod export;
-mod ingest;
-mod kobject;
-mod loader;
-mod logging;
-mod metrics;
-mod notify;
-mod peer;
-mod proctable;
-mod retention;
-mod scope;
-mod server;
-mod source;
-mod store;
-mod tracefs;
-
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use traceed::kernel::kobject;
+use traceed::service::{cli, config, logging, notify, server};
 
 /// sysexits.h EX_CONFIG: the unit sets RestartPreventExitStatus=78 so a
 /// broken config file is reported once instead of restarted in a loop.

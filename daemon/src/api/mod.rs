@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use tokio::sync::broadcast;
 use traceed_wire::{ErrorBody, Event, EventsPage, Refusal, SkippedHook, Status};
 
-use crate::metrics::{Counters, Metrics};
+use crate::service::metrics::{Counters, Metrics};
 use crate::store::Store;
 pub use query::{encode_cursor, parse_query};
 use serve::Caller;
@@ -185,7 +185,11 @@ fn precheck(caller: Option<&Caller>, req: &Request, uri_len: usize) -> Option<Re
         }
         if !c.allowed {
             return Some(
-                ApiError(StatusCode::FORBIDDEN, crate::peer::refusal(&c.peer)).into_response(),
+                ApiError(
+                    StatusCode::FORBIDDEN,
+                    crate::service::peer::refusal(&c.peer),
+                )
+                .into_response(),
             );
         }
     }
@@ -241,7 +245,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, crate::service::metrics::CONTENT_TYPE)],
         st.metrics.render(),
     )
         .into_response()

@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
-use crate::peer::{self, Peer};
+use crate::service::peer::{self, Peer};
 
 /// Connections served at once (follow streams each hold one).
 pub const MAX_CONNECTIONS: usize = 128;

@@ -16,8 +16,8 @@ use traceed_wire::{Event, EventsPage};
 
 use super::serve::Caller;
 use super::{router, AppState, LoadInfo};
-use crate::metrics::Counters;
-use crate::peer::Peer;
+use crate::service::metrics::Counters;
+use crate::service::peer::Peer;
 use crate::store::{Store, Writer};
 
 const SEC: i64 = 1_000_000_000;

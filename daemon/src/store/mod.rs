@@ -736,7 +736,9 @@ pub fn lost_row(count: u64, source: &str, from: i64, to: i64, fidelity: &str) ->
     }
 }
 
+pub mod export;
 mod raw;
+pub mod retention;
 mod writer;
 
 pub use writer::Writer;
@@ -744,8 +746,8 @@ pub use writer::Writer;
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::metrics::Counters;
-    use crate::retention::{Policy, Retention};
+    use crate::service::metrics::Counters;
+    use crate::store::retention::{Policy, Retention};
     use std::sync::atomic::Ordering::Relaxed;
     use tokio::sync::{broadcast, mpsc};
     use writer::PAUSED_RETRY_FOR_TESTS;

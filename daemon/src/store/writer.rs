@@ -22,8 +22,8 @@ use traceed_wire::Event;
 
 use super::raw::{Conn, Encoded, WriteError};
 use super::{lost_row, BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
-use crate::export::Exporter;
-use crate::metrics::Counters;
+use crate::service::metrics::Counters;
+use crate::store::export::Exporter;
 
 /// Namespace inode numbers are stored relative to this (see migration 2).
 const NS_BASE: i64 = 0xF000_0000;

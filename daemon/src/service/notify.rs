@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 use tokio::sync::mpsc;
 
-use crate::metrics::Counters;
+use crate::service::metrics::Counters;
 
 /// Sends state changes to systemd. Cheap to copy; failures are logged, never
 /// fatal (a daemon must not die because its manager went away).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Mode;
+use crate::service::config::Mode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -14,7 +14,7 @@ use crate::config::Mode;
 )]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, default_value = crate::config::DEFAULT_CONFIG)]
+    #[arg(long, default_value = crate::service::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Directory for events.db (overrides the config).
     #[arg(long)]
@@ -27,7 +27,7 @@ pub struct Cli {
     pub mode: Option<Mode>,
     /// How records reach user space (overrides the config).
     #[arg(long, value_enum)]
-    pub transport: Option<crate::config::Transport>,
+    pub transport: Option<crate::service::config::Transport>,
     /// External BTF file for the CO-RE object (overrides the config).
     #[arg(long)]
     pub btf: Option<PathBuf>,

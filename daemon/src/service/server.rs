@@ -13,13 +13,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::api::{self, AppState, LoadInfo};
-use crate::config::Config;
-use crate::export::Exporter;
-use crate::ingest::{self, Pipeline};
-use crate::loader::{self, LoadOptions};
-use crate::metrics::Counters;
-use crate::notify::{self, Notifier, Watchdog};
-use crate::retention::{self, Retention};
+use crate::kernel::ladder::{self, LoadOptions};
+use crate::pipeline::ingest::{self, Pipeline};
+use crate::service::config::Config;
+use crate::service::metrics::Counters;
+use crate::service::notify::{self, Notifier, Watchdog};
+use crate::store::export::Exporter;
+use crate::store::retention::{self, Retention};
 use crate::store::{Store, Writer};
 
 /// Events kept for live followers; a follower further behind is skipped
@@ -72,14 +72,14 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let retention = tokio::spawn(retention.run(retention_stop_rx));
 
     notifier.status("loading eBPF programs");
-    let scope = crate::scope::Resolved::from_config(&cfg.scope)?;
+    let scope = crate::kernel::scope::Resolved::from_config(&cfg.scope)?;
     let opts = LoadOptions {
         scope,
         generic_syscalls: cfg
             .events
             .syscalls
             .iter()
-            .filter_map(|s| crate::decoder::syscall_table::number(s))
+            .filter_map(|s| crate::pipeline::decoder::syscall_table::number(s))
             .collect(),
         mode: cfg.mode,
         btf_path: cfg.btf_path.clone(),
@@ -90,7 +90,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
         build_objects: cfg.kernel.build_objects,
     };
-    let mut loaded = tokio::task::block_in_place(|| loader::load(&opts))?;
+    let mut loaded = tokio::task::block_in_place(|| ladder::load(&opts))?;
     let fidelity = loaded.rung.fidelity();
     if let Some(ev) = store.downtime_event(fidelity) {
         tracing::info!(from = %ev.args["from"], "recording the time traceed was not running as a lost row");
@@ -129,7 +129,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     );
     let source = std::mem::replace(
         &mut loaded.source,
-        crate::source::EventSource::Perf(Vec::new()),
+        crate::kernel::source::EventSource::Perf(Vec::new()),
     );
     let pending = std::mem::take(&mut loaded.pending);
     let reader = tokio::spawn(ingest::run(
@@ -163,7 +163,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         ),
         started,
     ));
-    crate::metrics::spawn_lag_watch(&live, counters.clone());
+    crate::service::metrics::spawn_lag_watch(&live, counters.clone());
     let listener = bind_socket(&cfg.socket)?;
     let socket_ino = std::fs::metadata(&cfg.socket).map(|m| m.ino()).ok();
     let app = api::router(state.clone());

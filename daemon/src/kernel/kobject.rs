@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use traceed_wire::KernelObject;
+
+use crate::service::config::Transport;
+
 /// Every file the kernel-specific object is compiled from, written to a
 /// temporary tree at build time so `build-object` works on a host that has
 /// no copy of the project. libbpf's headers come from the build host
@@ -95,7 +99,7 @@ pub struct HeaderTree {
 }
 
 pub fn running_release() -> String {
-    crate::loader::kernel_release()
+    super::kernel_release()
 }
 
 pub fn default_headers() -> PathBuf {
@@ -376,6 +380,89 @@ pub fn recorded_release(elf: &[u8]) -> Option<String> {
 /// "ringbuf" or "perf": which events map the object was built with.
 pub fn recorded_transport(elf: &[u8]) -> Option<String> {
     section_str(elf, TRANSPORT_SECTION)
+}
+
+/// An installed, cached or freshly built kernel-specific object for the
+/// running kernel, with what it records about itself.
+pub struct Located {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub info: KernelObject,
+    /// The transport it was compiled for (`.traceed.transport`).
+    pub transport: Transport,
+}
+
+/// Rung 3: `<release>.bpf.o` from the system or state directory, else
+/// compiled now from this kernel's headers and cached in the state
+/// directory. Its recorded release must be the running kernel's.
+pub fn locate(state_dir: &Path, build_objects: bool) -> Result<Located, String> {
+    let release = running_release();
+    let name = format!("{release}.bpf.o");
+    let cache = state_dir.join("objects");
+    let dirs = [PathBuf::from(SYSTEM_OBJECTS), cache.clone()];
+    let mut found = dirs.iter().map(|d| d.join(&name)).find(|p| p.exists());
+    let mut built_ms = None;
+    if found.is_none() {
+        let looked = format!(
+            "no {name} in {} or {}",
+            dirs[0].display(),
+            dirs[1].display()
+        );
+        if !build_objects {
+            return Err(format!("{looked}, and [kernel] build_objects = false"));
+        }
+        let headers = default_headers();
+        if !headers.exists() {
+            return Err(format!(
+                "{looked}, and no headers to build one ({} is missing: `apt-get install \
+                 linux-headers-{release}`, or build it elsewhere with `traceed build-object \
+                 --headers DIR` and copy it to {})",
+                headers.display(),
+                dirs[0].display()
+            ));
+        }
+        let out = cache.join(&name);
+        tracing::info!(headers = %headers.display(), output = %out.display(), "building the kernel-specific object");
+        let b = build(&headers, Some(&out))
+            .map_err(|e| format!("{looked}, and building one failed: {e}"))?;
+        tracing::info!(output = %b.output.display(), took_ms = b.took.as_millis() as u64, "kernel-specific object built");
+        built_ms = Some(b.took.as_millis() as u64);
+        found = Some(b.output);
+    }
+    let path = found.unwrap_or_default();
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let recorded = recorded_release(&bytes).ok_or_else(|| {
+        format!(
+            "{} records no kernel release (a {} section): not built by `traceed build-object`",
+            path.display(),
+            RELEASE_SECTION
+        )
+    })?;
+    // The release is also in the file name, but names are easy to get wrong
+    // when objects are copied around a fleet: the recorded one decides.
+    if recorded != release && std::env::var_os("TRACEED_TEST_ANY_RELEASE").is_none() {
+        return Err(format!(
+            "{} was built for kernel {recorded}, but this kernel is {release}; its offsets \
+             would be wrong: build one with `traceed build-object` against linux-headers-{release}",
+            path.display()
+        ));
+    }
+    let transport = match recorded_transport(&bytes).as_deref() {
+        Some("perf") => Transport::Perf,
+        _ => Transport::Ringbuf,
+    };
+    let info = KernelObject {
+        path: path.display().to_string(),
+        release: recorded,
+        built_now: built_ms.is_some(),
+        build_ms: built_ms,
+    };
+    Ok(Located {
+        path,
+        bytes,
+        info,
+        transport,
+    })
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use aya::maps::HashMap as BpfHashMap;
 use aya::Ebpf;
 
-use crate::cgroup;
-use crate::config::{ScopeConfig, ScopeLists};
+use crate::pipeline::cgroup;
+use crate::service::config::{ScopeConfig, ScopeLists};
 
 const SCOPE_UID_INCLUDE: u32 = 1 << 0;
 const SCOPE_COMM_INCLUDE: u32 = 1 << 1;

@@ -53,6 +53,10 @@ impl ProcTable {
         self.exe.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.exe.is_empty()
+    }
+
     /// Fill `e.exe` (and `e.ppid` when the kernel could not) and update the
     /// table from what the event says.
     pub fn enrich(&mut self, e: &mut Event) {

@@ -8,7 +8,7 @@ use aya::maps::perf::{PerfEvent, PerfEventArrayBuffer};
 use aya::maps::{MapData, PerfEventArray, RingBuf};
 use aya::Ebpf;
 
-use crate::config::Transport;
+use crate::service::config::Transport;
 
 pub enum EventSource {
     Ring(RingBuf<MapData>),

@@ -69,6 +69,12 @@ pub struct Containers {
     last_walk: Option<Instant>,
 }
 
+impl Default for Containers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Containers {
     pub fn new() -> Self {
         let mut c = Self {

@@ -245,7 +245,7 @@ impl Config {
             }
         }
         for name in &self.events.syscalls {
-            if crate::decoder::syscall_table::number(name).is_none() {
+            if crate::pipeline::decoder::syscall_table::number(name).is_none() {
                 return Err((
                     "events.syscalls",
                     format!(
@@ -517,7 +517,7 @@ mod tests {
 
     #[test]
     fn the_shipped_default_config_is_valid_and_all_commented() {
-        let text = include_str!("../../packaging/traceed.toml");
+        let text = include_str!("../../../packaging/traceed.toml");
         let c = Config::parse(text, Path::new("packaging/traceed.toml")).unwrap();
         let d = Config::default();
         assert_eq!(c.log_level, d.log_level);

@@ -9,29 +9,29 @@ use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray};
 
-use crate::source::EventSource;
+use crate::kernel::source::EventSource;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use traceed_wire::Event;
 
-use crate::clock;
-use crate::decoder;
-use crate::metrics::Counters;
-use crate::proctable::ProcTable;
+use crate::pipeline::clock;
+use crate::pipeline::decoder;
+use crate::pipeline::proctable::ProcTable;
+use crate::service::metrics::Counters;
 
 pub struct Pipeline {
     pub fidelity: &'static str,
     pub tx: mpsc::Sender<Event>,
     pub counters: Arc<Counters>,
     pub procs: ProcTable,
-    containers: crate::cgroup::Containers,
+    containers: crate::pipeline::cgroup::Containers,
     pub boot_to_wall: i64,
     /// Userspace drops not yet written as a `lost` row: (count, first, last).
     pending_drops: Option<(u64, i64, i64)>,
     kernel_lost_seen: u64,
     last_lost_check: i64,
     /// systemd's watchdog, fed from this loop's tick (see notify.rs).
-    pub watchdog: Option<crate::notify::Watchdog>,
+    pub watchdog: Option<crate::service::notify::Watchdog>,
 }
 
 impl Pipeline {
@@ -41,7 +41,7 @@ impl Pipeline {
             tx,
             counters,
             procs: ProcTable::seed_from_proc(),
-            containers: crate::cgroup::Containers::new(),
+            containers: crate::pipeline::cgroup::Containers::new(),
             boot_to_wall: clock::boot_to_wall_offset(),
             pending_drops: None,
             kernel_lost_seen: 0,
@@ -68,7 +68,7 @@ impl Pipeline {
             }
         };
         self.procs.enrich(&mut ev);
-        crate::proctable::absolutize(&mut ev, &rec.h.args);
+        crate::pipeline::proctable::absolutize(&mut ev, &rec.h.args);
         if let Some(cg) = ev.cgroup_id {
             ev.container_id = self.containers.container_of(cg).map(|c| c.to_string());
         }

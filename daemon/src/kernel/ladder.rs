@@ -1,0 +1,359 @@
+//! Kernel side, user half: walks the portability ladder, loads the chosen
+//! embedded eBPF object with aya (the CO-RE object only ever with a target
+//! BTF handed over explicitly), attaches its programs, and proves the
+//! choice with a start-up self-check before anything is recorded.
+//!
+//! Owns: the embedded objects, rung choice and the reasons rungs were
+//! refused, and the `Loaded` handle whose drop detaches all.
+
+use std::path::PathBuf;
+
+use aya::maps::{MapData, PerCpuArray};
+use aya::{Btf, Ebpf, EbpfLoader};
+use traceed_wire::{KernelObject, Refusal, SkippedHook};
+
+use super::btf::target_btf;
+use super::hooks::{attach_all, core_hooks, fallback_hooks, Hook};
+use super::selfcheck::self_check;
+use super::source::EventSource;
+use super::tracefs::{self, Format};
+use super::{error_chain, kobject, scope};
+use crate::service::config::{Mode, Transport};
+
+static CORE_RING: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traceed.bpf.o"));
+static CORE_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traceed-perf.bpf.o"));
+static FALLBACK_RING: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fallback.bpf.o"));
+static FALLBACK_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fallback-perf.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("no rung of the portability ladder could be loaded: {0}")]
+    NoRung(String),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rung {
+    CoreKernelBtf,
+    CoreExternalBtf,
+    KernelObject,
+    Fallback,
+}
+
+impl Rung {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rung::CoreKernelBtf => "core-kernel-btf",
+            Rung::CoreExternalBtf => "core-external-btf",
+            Rung::KernelObject => "kernel-object",
+            Rung::Fallback => "fallback",
+        }
+    }
+
+    pub fn fidelity(self) -> &'static str {
+        match self {
+            Rung::CoreKernelBtf | Rung::CoreExternalBtf => "core",
+            Rung::KernelObject => "kernel",
+            Rung::Fallback => "fallback",
+        }
+    }
+}
+
+pub struct LoadOptions {
+    pub scope: scope::Resolved,
+    /// Syscall numbers for the generic raw_syscalls path (empty: not attached).
+    pub generic_syscalls: Vec<u32>,
+    pub mode: Mode,
+    pub transport: Transport,
+    pub btf_path: Option<PathBuf>,
+    pub btf_dir: Option<PathBuf>,
+    /// Where a BTF unpacked from a .btf.tar.xz is kept.
+    pub state_dir: PathBuf,
+    pub self_tgid: u32,
+    pub ring_buffer_bytes: u32,
+    /// Rung 3 may compile the kernel-specific object when none is found.
+    pub build_objects: bool,
+}
+
+/// A loaded and attached object. Dropping `ebpf` detaches every program.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub source: EventSource,
+    /// Records read during the self-check, to be processed first.
+    pub pending: Vec<Vec<u8>>,
+    pub lost_map: Option<PerCpuArray<MapData, u64>>,
+    pub rung: Rung,
+    pub transport: Transport,
+    pub btf_source: Option<String>,
+    pub kernel_object: Option<KernelObject>,
+    pub refused: Vec<Refusal>,
+    pub programs: Vec<String>,
+    pub skipped_hooks: Vec<SkippedHook>,
+}
+
+fn ring_buf_supported() -> bool {
+    aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(false)
+}
+
+/// Walk the ladder from the top (or only the forced rung) and return the
+/// first rung that loads, attaches and passes its self-check.
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    tracefs::ensure_mounted()?;
+    let transport = match opts.transport {
+        Transport::Auto if ring_buf_supported() => Transport::Ringbuf,
+        Transport::Auto => Transport::Perf,
+        t => t,
+    };
+    let mut refused = Vec::new();
+    let want = |r: Rung| match opts.mode {
+        Mode::Auto => true,
+        Mode::Core => matches!(r, Rung::CoreKernelBtf | Rung::CoreExternalBtf),
+        Mode::Kernel => r == Rung::KernelObject,
+        Mode::Fallback => r == Rung::Fallback,
+    };
+    let mut refuse = |rung: Rung, reason: String| {
+        tracing::warn!(rung = rung.as_str(), %reason, "rung refused");
+        refused.push(Refusal {
+            rung: rung.as_str().into(),
+            reason,
+        });
+    };
+
+    for rung in [
+        Rung::CoreKernelBtf,
+        Rung::CoreExternalBtf,
+        Rung::KernelObject,
+        Rung::Fallback,
+    ] {
+        if !want(rung) {
+            continue;
+        }
+        let attempt = match rung {
+            // Rungs 1 and 2: the CO-RE object needs a target BTF. Never load
+            // it without one: aya would keep vmlinux.h's offsets.
+            Rung::CoreKernelBtf | Rung::CoreExternalBtf => {
+                target_btf(rung, opts).and_then(|(btf, source)| {
+                    load_core(&btf, opts, transport).map(|l| (l, Some(source), None, transport))
+                })
+            }
+            Rung::KernelObject => load_kernel_object(opts).map(|(l, ko, t)| (l, None, Some(ko), t)),
+            Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None, None, transport)),
+        };
+        match attempt {
+            Ok((mut l, btf_source, kernel_object, transport)) => {
+                if let Err(reason) = self_check(&mut l, rung, opts) {
+                    refuse(rung, reason);
+                    continue;
+                }
+                return Ok(Loaded {
+                    ebpf: l.ebpf,
+                    source: l.source,
+                    pending: l.pending,
+                    lost_map: l.lost_map,
+                    rung,
+                    transport,
+                    btf_source,
+                    kernel_object,
+                    refused,
+                    programs: l.programs,
+                    skipped_hooks: l.skipped,
+                });
+            }
+            Err(reason) => refuse(rung, reason),
+        }
+    }
+    let summary = refused
+        .iter()
+        .map(|r| format!("{}: {}", r.rung, r.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(LoadError::NoRung(summary))
+}
+
+/// One rung's object, loaded and attached, before its self-check.
+pub struct Attempt {
+    pub ebpf: Ebpf,
+    pub source: EventSource,
+    pub pending: Vec<Vec<u8>>,
+    pub lost_map: Option<PerCpuArray<MapData, u64>>,
+    pub programs: Vec<String>,
+    pub skipped: Vec<SkippedHook>,
+}
+
+/// Wake the reader when 1/16 of the ring is pending (the reader also
+/// drains every `ingest::DRAIN_INTERVAL`).
+fn wakeup_bytes(ring_bytes: u32, transport: Transport) -> u32 {
+    if transport == Transport::Ringbuf {
+        (ring_bytes / 16).max(4096)
+    } else {
+        0
+    }
+}
+
+/// scope_flags, scope_any, wakeup_bytes: the .rodata every object shares.
+fn globals(opts: &LoadOptions, transport: Transport) -> [u32; 3] {
+    [
+        opts.scope.flags(),
+        u32::from(opts.scope.any()),
+        wakeup_bytes(opts.ring_buffer_bytes, transport),
+    ]
+}
+
+fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 3]) -> EbpfLoader<'a> {
+    let mut l = EbpfLoader::new();
+    l.btf(None)
+        .override_global("self_tgid", &opts.self_tgid, true)
+        .override_global("scope_flags", &g[0], true)
+        .override_global("scope_any", &g[1], true)
+        .override_global("wakeup_bytes", &g[2], true);
+    l
+}
+
+fn finish(
+    mut ebpf: Ebpf,
+    opts: &LoadOptions,
+    hooks: &[Hook],
+    transport: Transport,
+) -> Result<Attempt, String> {
+    opts.scope.push(&mut ebpf).map_err(|e| e.to_string())?;
+    push_syscall_filter(&mut ebpf, &opts.generic_syscalls)?;
+    let (programs, skipped) = attach_all(&mut ebpf, hooks)?;
+    let source = EventSource::open(&mut ebpf, transport, opts.ring_buffer_bytes)?;
+    let lost_map = ebpf
+        .take_map("lost")
+        .and_then(|m| PerCpuArray::try_from(m).ok());
+    Ok(Attempt {
+        ebpf,
+        source,
+        pending: Vec::new(),
+        lost_map,
+        programs,
+        skipped,
+    })
+}
+
+fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Attempt, String> {
+    let g = globals(opts, transport);
+    let obj = if transport == Transport::Perf {
+        CORE_PERF
+    } else {
+        CORE_RING
+    };
+    let mut l = loader_for(opts, &g);
+    l.btf(Some(btf));
+    if transport == Transport::Ringbuf {
+        l.map_max_entries("events", opts.ring_buffer_bytes);
+    }
+    let ebpf = l
+        .load(obj)
+        .map_err(|e| format!("loading the CO-RE object: {}", error_chain(&e)))?;
+    finish(
+        ebpf,
+        opts,
+        &core_hooks(!opts.generic_syscalls.is_empty()),
+        transport,
+    )
+}
+
+fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, String> {
+    let g = globals(opts, transport);
+    let fmt = |c: &str, e: &str| Format::read(c, e).map_err(|e| e.to_string());
+    let exec = fmt("sched", "sched_process_exec")?;
+    let fork = fmt("sched", "sched_process_fork")?;
+    let exit = fmt("sched", "sched_process_exit")?;
+    let enter = fmt("syscalls", "sys_enter_openat")?;
+    let sys_exit = fmt("syscalls", "sys_exit_openat")?;
+    let off = |f: &Format, name: &str| f.offset(name).map_err(|e| e.to_string());
+    // The first argument slot is the field right after __syscall_nr.
+    let args_off = off(&enter, "dfd")?;
+    let ret_off = off(&sys_exit, "ret")?;
+    let filename_off = off(&exec, "filename")?;
+    let child_off = off(&fork, "child_pid")?;
+    let group_dead_off = if exit.has("group_dead") {
+        off(&exit, "group_dead")?
+    } else {
+        0
+    };
+
+    let obj = if transport == Transport::Perf {
+        FALLBACK_PERF
+    } else {
+        FALLBACK_RING
+    };
+    let mut l = loader_for(opts, &g);
+    l.override_global("fb_sys_args_off", &args_off, true)
+        .override_global("fb_sys_ret_off", &ret_off, true)
+        .override_global("fb_exec_filename_off", &filename_off, true)
+        .override_global("fb_fork_child_pid_off", &child_off, true)
+        .override_global("fb_exit_group_dead_off", &group_dead_off, true);
+    if transport == Transport::Ringbuf {
+        l.map_max_entries("events", opts.ring_buffer_bytes);
+    }
+    let ebpf = l
+        .load(obj)
+        .map_err(|e| format!("loading the fallback object: {}", error_chain(&e)))?;
+    finish(
+        ebpf,
+        opts,
+        &fallback_hooks(!opts.generic_syscalls.is_empty()),
+        transport,
+    )
+}
+
+fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Transport), String> {
+    let ko = kobject::locate(&opts.state_dir, opts.build_objects)?;
+    let transport = ko.transport;
+    if opts.transport != Transport::Auto && opts.transport != transport {
+        return Err(format!(
+            "{} was built for transport {}, but {} is configured",
+            ko.path.display(),
+            transport.as_str(),
+            opts.transport.as_str()
+        ));
+    }
+    if transport == Transport::Ringbuf && !ring_buf_supported() {
+        return Err(format!(
+            "{} uses a BPF ring buffer, which this kernel lacks",
+            ko.path.display()
+        ));
+    }
+    let g = globals(opts, transport);
+    let mut l = loader_for(opts, &g);
+    if transport == Transport::Ringbuf {
+        l.map_max_entries("events", opts.ring_buffer_bytes);
+    }
+    let ebpf = l.load(&ko.bytes).map_err(|e| {
+        format!(
+            "loading the kernel object {}: {}",
+            ko.path.display(),
+            error_chain(&e)
+        )
+    })?;
+    let a = finish(
+        ebpf,
+        opts,
+        &core_hooks(!opts.generic_syscalls.is_empty()),
+        transport,
+    )?;
+    Ok((a, ko.info, transport))
+}
+
+fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), String> {
+    if nrs.is_empty() {
+        return Ok(());
+    }
+    let map = ebpf
+        .map_mut("syscall_filter")
+        .ok_or("object has no syscall_filter map")?;
+    let mut m: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(map).map_err(|e| format!("syscall_filter: {e}"))?;
+    for nr in nrs {
+        m.insert(*nr, 1, 0)
+            .map_err(|e| format!("syscall_filter: {e}"))?;
+    }
+    Ok(())
+}
