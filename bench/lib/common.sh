@@ -79,7 +79,7 @@ build_workloads() {
     echo data >"$BIN/file"
 }
 
-# Audit hygiene (DESIGN.md): once audit was ever enabled, every task forked
+# Audit hygiene (docs/ARCHITECTURE.md): once audit was ever enabled, every task forked
 # without a `never,task` rule pays the audit syscall path until reboot.
 audit_hygiene_on() {
     command -v auditctl >/dev/null || return 0

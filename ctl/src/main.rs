@@ -116,7 +116,7 @@ enum Order {
 }
 
 fn main() -> ExitCode {
-    // DESIGN.md: 1 is bad usage (clap's own default would be 2, which here
+    // docs/ARCHITECTURE.md: 1 is bad usage (clap's own default would be 2, which here
     // means "daemon unreachable").
     let cli = match Cli::try_parse() {
         Ok(c) => c,

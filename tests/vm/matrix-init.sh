@@ -18,7 +18,7 @@
 # The kernel console (ttyS0) only carries logs. Busybox has no jq: stored
 # events are `tracectl events -o jsonl` lines, and jget() extracts one
 # top-level scalar or array by key. That is sound here because traceed's
-# event keys (DESIGN.md, wire shapes) are distinct names: no args key equals
+# event keys (docs/ARCHITECTURE.md, wire shapes) are distinct names: no args key equals
 # a column name.
 
 /bin/busybox --install -s /bin

@@ -6,7 +6,7 @@
 use jiff::{fmt::temporal::DateTimePrinter, Timestamp};
 use serde::{Deserialize, Serialize};
 
-/// Every event kind the daemon can store, in DESIGN.md's order.
+/// Every event kind the daemon can store, in docs/ARCHITECTURE.md's order.
 pub const KINDS: &[&str] = &[
     "exec",
     "fork",
