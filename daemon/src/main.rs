@@ -6,13 +6,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use traceed::kernel::kobject;
-use traceed::service::{cli, config, logging, notify, server};
+use traceed::service::{cli, config, logging, notify, private, server};
 
 /// sysexits.h EX_CONFIG: the unit sets RestartPreventExitStatus=78 so a
 /// broken config file is reported once instead of restarted in a loop.
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // Before any file is created: the history stays private whatever
+    // umask the daemon was started with.
+    private::restrict_umask();
     let cli = cli::Cli::parse();
     let notifier = notify::Notifier::from_env();
     let cfg = match load_config(&cli) {
@@ -25,6 +28,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let run = matches!(cli.command, None | Some(cli::Command::Run));
+    if let Err(e) = run.then(|| prepare_files(&cfg)).transpose() {
+        eprintln!("traceed: {e}");
+        notifier.status(&format!("config error: {e}"));
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let target = logging::init(&cfg.log_level);
     tracing::debug!(?target, "logging initialised");
     let result = match cli.command.unwrap_or(cli::Command::Run) {
@@ -59,8 +68,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: &cli::Cli) -> Result<config::Config, config::ConfigError> {
+/// The state and runtime directories private, history files created by an
+/// earlier run tightened, and a refusal for anything an untrusted user
+/// could change.
+fn prepare_files(cfg: &config::Config) -> Result<(), private::PrivacyError> {
+    private::prepare_state_dir(&cfg.state_dir)?;
+    if let Some(dir) = cfg.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        private::create_private_dir(dir)?;
+    }
+    if let Some(export) = &cfg.export.jsonl {
+        private::tighten_file(export)?;
+    }
+    Ok(())
+}
+
+fn load_config(cli: &cli::Cli) -> anyhow::Result<config::Config> {
     let explicit = cli.config.as_os_str() != config::DEFAULT_CONFIG;
+    if cli.config.exists() {
+        private::check_trusted("the config file", &cli.config)?;
+    }
     let mut cfg = config::Config::load(&cli.config, explicit)?;
     if let Some(d) = &cli.state_dir {
         cfg.state_dir = d.clone();

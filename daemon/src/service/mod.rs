@@ -1,6 +1,7 @@
 //! What fits traceed into the system: configuration and command line,
 //! the lifecycle (`server`), sd-notify readiness and watchdog, journald
-//! logging, Prometheus metrics and the socket peer checks.
+//! logging, Prometheus metrics, the socket peer checks and the privacy of
+//! the files that hold the history (`private`).
 
 pub mod cli;
 pub mod config;
@@ -8,4 +9,5 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod peer;
+pub mod private;
 pub mod server;
