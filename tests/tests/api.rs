@@ -205,7 +205,9 @@ fn only_root_and_group_traceed_are_served() {
         "core-kernel-btf"
     );
 
-    // Socket opened up by mistake: SO_PEERCRED still refuses a non-member.
+    // Socket and its directory (0750, group traceed) opened up by mistake:
+    // SO_PEERCRED still refuses a non-member.
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     for args in [&["status"][..], &["events", "--since", "1m"][..]] {
         let out = ctl_as_nobody(&d, None, args);

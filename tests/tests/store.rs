@@ -322,7 +322,7 @@ fn fill(path: &Path) -> u64 {
 fn full_disk_pauses_ingest_and_records_the_loss() {
     let dir = test_dir("full");
     let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=24m,mode=0750", "tmpfs"])
         .arg(&dir)
         .status()
         .unwrap();
