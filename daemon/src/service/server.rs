@@ -268,13 +268,7 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     }
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
-    let group = c"traceed";
-    // SAFETY: getgrnam with a constant C string; the result is read at once.
-    let gid = unsafe {
-        let g = libc::getgrnam(group.as_ptr());
-        (!g.is_null()).then(|| (*g).gr_gid)
-    };
-    match gid {
+    match crate::service::peer::group_gid() {
         Some(gid) => {
             std::os::unix::fs::chown(path, None, Some(gid))
                 .with_context(|| format!("chgrp traceed {}", path.display()))?;
