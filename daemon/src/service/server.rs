@@ -168,8 +168,9 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let socket_ino = std::fs::metadata(&cfg.socket).map(|m| m.ino()).ok();
     let app = api::router(state.clone());
     let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
+    let header_timeout = cfg.api.header_timeout;
     let api_task = tokio::spawn(async move {
-        api::serve::serve(listener, app, async move {
+        api::serve::serve(listener, app, header_timeout, async move {
             let _ = api_stop_rx.changed().await;
         })
         .await
