@@ -2,6 +2,12 @@
 //! same target directory) on a private state dir and socket, drives the real
 //! `tracectl`, and speaks raw HTTP to the socket where a test needs the
 //! status code. Everything runs as root against the real kernel.
+//!
+//! Wait for facts, not time: poll (`poll`, `Daemon::wait_for`) for what
+//! must appear, and before asserting that something did NOT happen (or
+//! happened exactly N times) call `Daemon::barrier`. A sleep is for making
+//! time itself pass (a timeout, a downtime), never for "surely it is
+//! stored by now".
 
 pub mod btf;
 
@@ -228,6 +234,39 @@ impl Daemon {
             || {
                 format!(
                     "no matching event for {args:?} within 10 s; daemon log:\n{}",
+                    self.log_text()
+                )
+            },
+        )
+    }
+
+    /// Wait until everything that happened before this call is visible
+    /// through the API, so a test can then assert that something did NOT
+    /// happen (or was recorded exactly N times) without guessing how long
+    /// the pipeline takes. Runs a marker (a uniquely named copy of
+    /// /bin/true) and waits for its exit event, the last record the marker
+    /// causes. Sound because the order of the kernel's ring buffer (one
+    /// queue for every CPU) is kept by the pipeline and the writer (batches
+    /// commit in id order): what was recorded before the marker started is
+    /// stored before the marker's exit is. With per-CPU perf buffers
+    /// (`transport = "perf"`) the order holds per CPU only. A daemon whose
+    /// scope leaves the marker out never shows it: such a test runs a
+    /// marker of its own that the scope admits. Returns the marker's exit.
+    pub fn barrier(&self) -> Event {
+        let marker = Program::new("mark");
+        let pid = marker.run(&[]);
+        poll(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                self.events(&["--comm", &marker.name, "--kind", "exit"])
+                    .into_iter()
+                    .find(|e| e.pid == Some(pid))
+            },
+            || {
+                format!(
+                    "barrier: the marker {} (pid {pid}) did not show up within 10 s; daemon log:\n{}",
+                    marker.name,
                     self.log_text()
                 )
             },

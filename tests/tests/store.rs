@@ -84,11 +84,27 @@ fn kill9_during_flood_keeps_committed_events_and_records_downtime() {
     let prog = Program::new("tsk9");
     let mut flood = Flood::start(&prog.path);
     // Let rows accumulate, then take what the API shows as committed.
-    d1.wait_for(&["--comm", &prog.name, "--kind", "exec"], |_| true);
-    std::thread::sleep(Duration::from_millis(1500));
-    let seen = d1.events(&["--comm", &prog.name, "--limit", "10000"]);
+    let seen = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let s = d1.events(&["--comm", &prog.name, "--limit", "10000"]);
+            (s.len() > 20).then_some(s)
+        },
+        || "flood too slow: not 20 events in 10 s".into(),
+    );
     assert!(seen.len() > 20, "flood too slow: {} events", seen.len());
-    std::thread::sleep(Duration::from_millis(300));
+    // Kill while the flood is still being written: once more than `seen`
+    // is committed, more is on its way.
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let n = d1.events(&["--comm", &prog.name, "--limit", "10000"]).len();
+            (n > seen.len()).then_some(())
+        },
+        || "the flood stopped arriving".into(),
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(d1.pid() as i32, libc::SIGKILL) };
     let killed_at = traceed_wire::now_ns();
@@ -365,7 +381,9 @@ fn full_disk_pauses_ingest_and_records_the_loss() {
         "{}",
         paused.store_state
     );
-    // Still answering, still alive, while full.
+    // Still answering, still alive, after living full for a while: 1.5 s
+    // spans the writer's 1 s retry of a refused write. Time is the subject
+    // here (nothing can be stored to wait for while the disk is full).
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         d.child.try_wait().unwrap().is_none(),
