@@ -84,24 +84,24 @@ fn kill9_during_flood_keeps_committed_events_and_records_downtime() {
     let prog = Program::new("tsk9");
     let mut flood = Flood::start(&prog.path);
     // Let rows accumulate, then take what the API shows as committed.
-    let seen = poll(
+    d1.wait_for(&["--comm", &prog.name, "--kind", "exec"], |_| true);
+    poll(
         Duration::from_secs(10),
         Duration::from_millis(100),
-        || {
-            let s = d1.events(&["--comm", &prog.name, "--limit", "10000"]);
-            (s.len() > 20).then_some(s)
-        },
-        || "flood too slow: not 20 events in 10 s".into(),
+        || (d1.events(&["--comm", &prog.name, "--limit", "21"]).len() > 20).then_some(()),
+        || "flood too slow: not 20 events within 10 s of the first".into(),
     );
+    let seen = d1.events(&["--comm", &prog.name, "--limit", "10000"]);
     assert!(seen.len() > 20, "flood too slow: {} events", seen.len());
-    // Kill while the flood is still being written: once more than `seen`
-    // is committed, more is on its way.
+    // Kill while the flood is still being written: once a row newer than
+    // `seen` is committed, more is on its way.
+    let newest_seen = seen.iter().map(|e| e.id).max();
     poll(
         Duration::from_secs(10),
         Duration::from_millis(20),
         || {
-            let n = d1.events(&["--comm", &prog.name, "--limit", "10000"]).len();
-            (n > seen.len()).then_some(())
+            let newest = d1.events(&["--comm", &prog.name, "--order", "desc", "--limit", "1"]);
+            (newest.first().map(|e| e.id) > newest_seen).then_some(())
         },
         || "the flood stopped arriving".into(),
     );
