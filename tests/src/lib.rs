@@ -2,6 +2,19 @@
 //! same target directory) on a private state dir and socket, drives the real
 //! `tracectl`, and speaks raw HTTP to the socket where a test needs the
 //! status code. Everything runs as root against the real kernel.
+//!
+//! Two rules keep the results honest:
+//! - Wait for facts, not time: poll (`poll`, `Daemon::wait_for`) for what
+//!   must appear, and before asserting that something did NOT happen (or
+//!   happened exactly N times) call `Daemon::barrier`. A sleep is for
+//!   making time itself pass (a timeout, a downtime), never for "surely it
+//!   is stored by now".
+//! - No silent skips: a test never `return`s early because the host lacks
+//!   something (the runner would count it as passed). It creates the
+//!   condition it needs (`traceed_hiding`, `DaemonOpts::hide_btf`, a
+//!   tmpfs), or, where that is impossible, is marked
+//!   `#[ignore = "needs ...; run with --ignored"]` so it is counted as
+//!   ignored and can still be run on a host that has it.
 
 pub mod btf;
 
@@ -74,6 +87,26 @@ pub fn poll<T>(
         assert!(t0.elapsed() < timeout, "{}", why());
         std::thread::sleep(every);
     }
+}
+
+/// The real `traceed` in a private mount namespace where each of `dirs`
+/// that exists is an empty tmpfs: the real kernel and host, minus what a
+/// test needs to be absent (a header tree, installed objects), so the test
+/// runs the same on every host instead of only where those are missing.
+pub fn traceed_hiding(dirs: &[&str]) -> Command {
+    let mut script = String::new();
+    for d in dirs {
+        assert!(!d.contains(['\'', ' ']), "{d}: quote it");
+        script.push_str(&format!(
+            "if [ -d '{d}' ]; then mount -t tmpfs none '{d}' || exit 1; fi; "
+        ));
+    }
+    script.push_str("exec \"$0\" \"$@\"");
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(script)
+        .arg(bin("traceed"));
+    c
 }
 
 /// `traceed_command(hide_btf)` with an empty config, `args`, and its state
@@ -228,6 +261,39 @@ impl Daemon {
             || {
                 format!(
                     "no matching event for {args:?} within 10 s; daemon log:\n{}",
+                    self.log_text()
+                )
+            },
+        )
+    }
+
+    /// Wait until everything that happened before this call is visible
+    /// through the API, so a test can then assert that something did NOT
+    /// happen (or was recorded exactly N times) without guessing how long
+    /// the pipeline takes. Runs a marker (a uniquely named copy of
+    /// /bin/true) and waits for its exit event, the last record the marker
+    /// causes. Sound because the order of the kernel's ring buffer (one
+    /// queue for every CPU) is kept by the pipeline and the writer (batches
+    /// commit in id order): what was recorded before the marker started is
+    /// stored before the marker's exit is. With per-CPU perf buffers
+    /// (`transport = "perf"`) the order holds per CPU only. A daemon whose
+    /// scope leaves the marker out never shows it: such a test runs a
+    /// marker of its own that the scope admits. Returns the marker's exit.
+    pub fn barrier(&self) -> Event {
+        let marker = Program::new("mark");
+        let pid = marker.run(&[]);
+        poll(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                self.events(&["--comm", &marker.name, "--kind", "exit"])
+                    .into_iter()
+                    .find(|e| e.pid == Some(pid))
+            },
+            || {
+                format!(
+                    "barrier: the marker {} (pid {pid}) did not show up within 10 s; daemon log:\n{}",
+                    marker.name,
                     self.log_text()
                 )
             },

@@ -7,10 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use traceed_tests::{bin, http_get, poll, Daemon, Program};
+use traceed_tests::{bin, http_get, poll, Daemon, DaemonOpts, Program};
 use traceed_wire::Event;
 
 fn json(body: &str) -> serde_json::Value {
@@ -43,9 +43,8 @@ fn paging_through_tracectl_returns_every_row_once() {
     for _ in 0..30 {
         prog.run(&[]);
     }
-    d.wait_for(&["--comm", &prog.name, "--kind", "exit"], |_| true);
-    // Let the last exits land.
-    std::thread::sleep(Duration::from_millis(500));
+    // Every run has exited: once a later marker is visible, all 30 are stored.
+    d.barrier();
     let all = d.events(&["--comm", &prog.name, "--page-size", "10000"]);
     assert_eq!(
         all.iter().filter(|e| e.kind == "exec").count(),
@@ -79,18 +78,21 @@ fn follow_seam_has_no_gap_and_no_duplicate_under_load() {
     let stop = Arc::new(AtomicBool::new(false));
     // Events are being generated before, during and after the follower
     // starts, so its history/live seam falls in the middle of the stream.
+    let pids = Arc::new(Mutex::new(Vec::new()));
     let gen = {
-        let (prog, stop) = (prog.clone(), stop.clone());
+        let (prog, stop, pids) = (prog.clone(), stop.clone(), pids.clone());
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                prog.run(&[]);
+                let pid = prog.run(&[]);
+                pids.lock().unwrap().push(pid);
                 n += 1;
             }
             n
         })
     };
-    std::thread::sleep(Duration::from_millis(700));
+    // History first: some runs are stored before the follower starts.
+    d.wait_for(&["--comm", &prog.name, "--kind", "exit"], |_| true);
     let mut follower = Command::new(bin("tracectl"))
         .args(["--socket"])
         .arg(&d.socket)
@@ -100,20 +102,43 @@ fn follow_seam_has_no_gap_and_no_duplicate_under_load() {
         .spawn()
         .unwrap();
     let stdout = follower.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            got.push(serde_json::from_str::<Event>(&line).unwrap());
-        }
-        got
-    });
-    std::thread::sleep(Duration::from_millis(1500));
+    let followed = Arc::new(Mutex::new(Vec::<Event>::new()));
+    let reader = {
+        let followed = followed.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let e = serde_json::from_str::<Event>(&line).unwrap();
+                followed.lock().unwrap().push(e);
+            }
+        })
+    };
+    // Then live events: keep generating until the follower has printed
+    // the exit of a run that started after its first line (so after the
+    // history it was answered with was chosen), plus a few more.
+    let n_at_first_line = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || (!followed.lock().unwrap().is_empty()).then(|| pids.lock().unwrap().len()),
+        || "the follower printed nothing".into(),
+    );
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            let late = *pids.lock().unwrap().get(n_at_first_line + 5)?;
+            let f = followed.lock().unwrap();
+            f.iter()
+                .any(|e| e.kind == "exit" && e.pid == Some(late))
+                .then_some(())
+        },
+        || "no live event reached the follower".into(),
+    );
     stop.store(true, Ordering::Relaxed);
     let runs = gen.join().unwrap();
     assert!(runs > 10, "only {runs} runs");
-    // Wait until the store has every exit, and give the follower time to
-    // print them too.
+    // Wait until the store has every exit, then until the follower has
+    // printed the newest of them (it prints in id order).
     let stored = poll(
         Duration::from_secs(10),
         Duration::from_millis(100),
@@ -123,11 +148,18 @@ fn follow_seam_has_no_gap_and_no_duplicate_under_load() {
         },
         || "store incomplete".into(),
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    let last = stored.last().map(|e| e.id);
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (followed.lock().unwrap().last().map(|e| e.id) >= last).then_some(()),
+        || "the follower did not print the newest stored event".into(),
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) };
     let _ = follower.wait();
-    let followed = reader.join().unwrap();
+    reader.join().unwrap();
+    let followed = std::mem::take(&mut *followed.lock().unwrap());
     let fids: Vec<i64> = followed.iter().map(|e| e.id).collect();
     let sids: Vec<i64> = stored.iter().map(|e| e.id).collect();
     assert!(
@@ -311,26 +343,13 @@ fn http_robustness_through_the_socket() {
     let (s, _) = http_get(&d.socket, "/healthz").unwrap();
     assert_eq!(s, 200, "daemon still serving");
 
-    // A client that never finishes its headers is cut off.
-    let mut slow = UnixStream::connect(&d.socket).unwrap();
-    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
-        .unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let t0 = Instant::now();
-    let mut buf = Vec::new();
-    let _ = slow.read_to_end(&mut buf);
-    let waited = t0.elapsed();
-    assert!(
-        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
-        "slow client closed after {waited:?}"
-    );
-
     // Connections are bounded: past the limit the answer is a JSON 503.
+    // No wait needed: the daemon accepts connections in the order they
+    // were made, and takes each one's slot as it accepts it, so the 129th
+    // finds all 128 taken.
     let idle: Vec<UnixStream> = (0..128)
         .map(|_| UnixStream::connect(&d.socket).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
     let a = raw(
         &d.socket,
         b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -344,6 +363,42 @@ fn http_robustness_through_the_socket() {
         || (http_get(&d.socket, "/v1/status").map(|r| r.0).unwrap_or(0) == 200).then_some(()),
         || "slots not released".into(),
     );
+}
+
+/// `[api] header_timeout` for the tests that wait for it to pass.
+const SHORT_HEADER_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn daemon_with_short_header_timeout() -> Daemon {
+    Daemon::start_with(DaemonOpts {
+        config: Some(format!(
+            "[api]\nheader_timeout = \"{}ms\"\n",
+            SHORT_HEADER_TIMEOUT.as_millis()
+        )),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let d = daemon_with_short_header_timeout();
+    let mut slow = UnixStream::connect(&d.socket).unwrap();
+    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let waited = t0.elapsed();
+    // The clock starts when the daemon takes the connection, a moment
+    // before t0; closed by the configured timeout, not the 10 s default.
+    assert!(
+        waited >= SHORT_HEADER_TIMEOUT - Duration::from_millis(100)
+            && waited < Duration::from_secs(3),
+        "slow client closed after {waited:?}"
+    );
+    let (s, _) = http_get(&d.socket, "/healthz").unwrap();
+    assert_eq!(s, 200, "daemon still serving");
 }
 
 #[test]
@@ -428,9 +483,10 @@ fn tracectl_usage_completions_and_man() {
 
 #[test]
 fn a_follow_stream_outlives_the_header_timeout() {
-    // The 10 s limit is on sending request headers, not on how long a
-    // response may stream: an event 12 s into a follow still arrives.
-    let d = Daemon::start();
+    // The header timeout limits sending request headers, not how long a
+    // response may stream: an event three timeouts into a follow still
+    // arrives.
+    let d = daemon_with_short_header_timeout();
     let prog = Program::new("tdlong");
     let mut s = UnixStream::connect(&d.socket).unwrap();
     write!(
@@ -440,7 +496,7 @@ fn a_follow_stream_outlives_the_header_timeout() {
     )
     .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    std::thread::sleep(Duration::from_secs(12));
+    std::thread::sleep(3 * SHORT_HEADER_TIMEOUT);
     let pid = prog.run(&[]);
     let mut seen = String::new();
     let mut buf = [0u8; 4096];

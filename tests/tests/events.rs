@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use traceed_tests::{unique, Daemon, DaemonOpts, Program};
+use traceed_tests::{poll, unique, Daemon, DaemonOpts, Program};
 use traceed_wire::Event;
 
 fn me() -> String {
@@ -312,11 +312,27 @@ fn module_load_hook_is_probed() {
 #[test]
 fn the_daemon_never_records_itself() {
     let d = Daemon::start();
-    // Give it time to do its periodic work (bpf map reads, cgroup walks).
+    // The daemon's work for an exec (its /proc and cgroup reads) is done
+    // once the exec is visible.
     let prog = Program::new("self");
     prog.run(&[]);
     d.wait_for(&["--kind", "exec", "--comm", &prog.name], |_| true);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Its periodic work: loss accounting (BPF map reads) every 1 s and
+    // retention every 2 s, both from the start: an uptime of 3 s covers a
+    // few of each after a start that takes 1-2 s (the daemon is usually
+    // that old by now; this waits on its clock, not a fixed sleep).
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let (_, body) = traceed_tests::http_get(&d.socket, "/v1/status").ok()?;
+            let s: traceed_wire::Status = serde_json::from_str(&body).ok()?;
+            (s.uptime_s >= 3).then_some(())
+        },
+        || "uptime did not reach 3 s".into(),
+    );
+    // Everything it did until now is stored.
+    d.barrier();
     let own = d.events(&["--pid", &d.pid().to_string()]);
     assert!(
         own.is_empty(),
@@ -368,7 +384,7 @@ fn scope_excludes_comm_and_uid_in_the_kernel() {
     d.wait_for(&["--kind", "open", "--pid", &me()], |e| {
         e.args["path"] == p_ctrl.as_str()
     });
-    std::thread::sleep(Duration::from_millis(500));
+    d.barrier();
     let opens = d.events(&["--kind", "open", "--since", "1m"]);
     assert!(
         !opens.iter().any(|e| e.args["path"] == p_excl.as_str()),
@@ -543,7 +559,14 @@ fn container_id_from_a_real_cgroup_and_scope_by_container() {
     d.wait_for(&["--kind", "exec"], |e| {
         e.args["argv"][1] == inside.as_str()
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The barrier's marker must be inside the container (the scope
+    // records nothing else): run after `outside`, once it is visible, so
+    // is anything `outside` caused.
+    let marker = unique("mk");
+    run_in_container(&marker);
+    d.wait_for(&["--kind", "exec"], |e| {
+        e.args["argv"][1] == marker.as_str()
+    });
     let all = d.events(&["--kind", "exec"]);
     assert!(
         all.iter()

@@ -282,6 +282,11 @@ fn config_errors_exit_78_with_file_line_and_key() {
         ),
         ("log_level = \"info\"\nmode = [\n", "line 2", ""),
         ("log_level = \"very-loud=9\"\n", "line 1", "log_level"),
+        (
+            "[api]\nheader_timeout = \"1ms\"\n",
+            "line 2",
+            "api.header_timeout",
+        ),
     ] {
         let dir = std::env::temp_dir().join(format!("traceed-cfg-{}", unique("c")));
         std::fs::create_dir_all(&dir).unwrap();

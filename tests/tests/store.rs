@@ -85,10 +85,26 @@ fn kill9_during_flood_keeps_committed_events_and_records_downtime() {
     let mut flood = Flood::start(&prog.path);
     // Let rows accumulate, then take what the API shows as committed.
     d1.wait_for(&["--comm", &prog.name, "--kind", "exec"], |_| true);
-    std::thread::sleep(Duration::from_millis(1500));
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || (d1.events(&["--comm", &prog.name, "--limit", "21"]).len() > 20).then_some(()),
+        || "flood too slow: not 20 events within 10 s of the first".into(),
+    );
     let seen = d1.events(&["--comm", &prog.name, "--limit", "10000"]);
     assert!(seen.len() > 20, "flood too slow: {} events", seen.len());
-    std::thread::sleep(Duration::from_millis(300));
+    // Kill while the flood is still being written: once a row newer than
+    // `seen` is committed, more is on its way.
+    let newest_seen = seen.iter().map(|e| e.id).max();
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let newest = d1.events(&["--comm", &prog.name, "--order", "desc", "--limit", "1"]);
+            (newest.first().map(|e| e.id) > newest_seen).then_some(())
+        },
+        || "the flood stopped arriving".into(),
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(d1.pid() as i32, libc::SIGKILL) };
     let killed_at = traceed_wire::now_ns();
@@ -183,19 +199,26 @@ fn export_jsonl_follows_rename_and_sighup() {
         config: Some(format!("[export]\njsonl = \"{}\"\n", export.display())),
         ..Default::default()
     });
-    let read = |p: &Path| -> Vec<Event> {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
+    let parse = |text: &str| -> Vec<Event> {
+        text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
             .collect()
+    };
+    // A closed (rotated) file: every line whole.
+    let read = |p: &Path| -> Vec<Event> { parse(&std::fs::read_to_string(p).unwrap_or_default()) };
+    // The file being written: complete lines only, the daemon may be
+    // halfway through the last one (every daemon records every process,
+    // e.g. another test's flood).
+    let read_live = |p: &Path| -> Vec<Event> {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        parse(text.rfind('\n').map_or("", |end| &text[..=end]))
     };
     let wait_in = |p: &Path, comm: &str| -> Event {
         poll(
             Duration::from_secs(10),
             Duration::from_millis(100),
             || {
-                read(p)
+                read_live(p)
                     .into_iter()
                     .find(|e| e.kind == "exec" && e.comm.as_deref() == Some(comm))
             },
@@ -235,7 +258,7 @@ fn export_jsonl_follows_rename_and_sighup() {
     // Lines are whole and ids strictly increase across both files.
     let ids: Vec<i64> = old
         .iter()
-        .chain(read(&export).iter())
+        .chain(read_live(&export).iter())
         .map(|e| e.id)
         .collect();
     assert!(
@@ -365,7 +388,9 @@ fn full_disk_pauses_ingest_and_records_the_loss() {
         "{}",
         paused.store_state
     );
-    // Still answering, still alive, while full.
+    // Still answering, still alive, after living full for a while: 1.5 s
+    // spans the writer's 1 s retry of a refused write. Time is the subject
+    // here (nothing can be stored to wait for while the disk is full).
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         d.child.try_wait().unwrap().is_none(),

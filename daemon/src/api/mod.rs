@@ -167,31 +167,42 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
 }
 
 fn precheck(caller: Option<&Caller>, req: &Request, uri_len: usize) -> Option<Response> {
-    // No Caller: the request did not come through `serve` (in-process
-    // tests), so there is no peer to check.
-    if let Some(c) = caller {
-        if c.busy {
-            let mut r = ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "too many connections (limit {}); retry shortly",
-                    serve::MAX_CONNECTIONS
-                ),
+    // No Caller: the request did not come through `serve`, so nobody
+    // checked who sent it. Refused: an unchecked request must never be
+    // served (in-process tests attach a Caller themselves).
+    let Some(c) = caller else {
+        tracing::warn!("refusing a request that carries no peer credentials");
+        return Some(
+            ApiError(
+                StatusCode::FORBIDDEN,
+                "permission denied: the request carries no peer credentials \
+                 (the API answers only requests that came through its Unix socket)"
+                    .into(),
             )
-            .into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Some(r);
-        }
-        if !c.allowed {
-            return Some(
-                ApiError(
-                    StatusCode::FORBIDDEN,
-                    crate::service::peer::refusal(&c.peer),
-                )
-                .into_response(),
-            );
-        }
+            .into_response(),
+        );
+    };
+    if c.busy {
+        let mut r = ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many connections (limit {}); retry shortly",
+                serve::MAX_CONNECTIONS
+            ),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Some(r);
+    }
+    if !c.allowed {
+        return Some(
+            ApiError(
+                StatusCode::FORBIDDEN,
+                crate::service::peer::refusal(&c.peer),
+            )
+            .into_response(),
+        );
     }
     if uri_len > MAX_URI {
         return Some(

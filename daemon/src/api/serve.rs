@@ -22,8 +22,9 @@ pub const MAX_CONNECTIONS: usize = 128;
 /// Connections beyond the limit that still get a 503 answer; past this
 /// they are closed unanswered.
 const OVERFLOW_CONNECTIONS: usize = 16;
-/// Time a client has to send a request's headers (also the idle time
-/// allowed between requests on a kept-alive connection).
+/// Default time a client has to send a request's headers (also the idle
+/// time allowed between requests on a kept-alive connection); the config's
+/// `[api] header_timeout` sets it.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's read buffer: heads larger than this are refused by hyper itself
 /// with a bare 431; the JSON-answered limits in `guard` are well below it.
@@ -40,8 +41,15 @@ pub struct Caller {
 }
 
 /// Accept connections until `shutdown` resolves, then let in-flight
-/// requests finish (the caller bounds how long it waits for that).
-pub async fn serve(listener: UnixListener, app: Router, shutdown: impl Future<Output = ()>) {
+/// requests finish (the caller bounds how long it waits for that). A
+/// client that has not sent a request's headers within `header_timeout`
+/// of connecting (or of its previous answer) is disconnected.
+pub async fn serve(
+    listener: UnixListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -98,7 +106,7 @@ pub async fn serve(listener: UnixListener, app: Router, shutdown: impl Future<Ou
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_BUF)
                 .max_headers(MAX_HEADERS)
                 .keep_alive(allowed && !busy);

@@ -79,7 +79,7 @@ impl Fixture {
         ));
         st.ready.store(true, Relaxed);
         Self {
-            app: router(st.clone()),
+            app: router(st.clone()).layer(axum::middleware::map_request(as_root)),
             st,
             tx,
             _dir: dir,
@@ -753,4 +753,44 @@ async fn openapi_document_matches_the_code() {
 
 fn event_sample() -> Event {
     event("exec", 0, 1)
+}
+
+/// What `serve` attaches for a root peer, unless the test attached its own
+/// Caller: the router refuses requests that carry none.
+async fn as_root(mut req: axum::extract::Request) -> axum::extract::Request {
+    if req.extensions().get::<Caller>().is_none() {
+        req.extensions_mut().insert(Caller {
+            peer: Peer {
+                uid: 0,
+                gid: 0,
+                pid: None,
+            },
+            allowed: true,
+            busy: false,
+        });
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_peer_credentials_is_refused() {
+    let f = Fixture::seeded().await;
+    // The bare router, as `serve` hands it requests, minus the Caller
+    // that `serve` attaches.
+    let bare = router(f.st.clone());
+    for uri in ["/v1/events", "/v1/status", "/healthz", "/metrics", "/nope"] {
+        let resp = bare
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{uri}");
+        let b = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b)
+            .unwrap_or_else(|e| panic!("{uri}: body is not JSON ({e}): {b:?}"));
+        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{uri}: {v}"));
+        assert!(msg.contains("no peer credentials"), "{uri}: {msg}");
+    }
+    // The same request with a root Caller is served.
+    assert_eq!(f.get("/v1/status").await.0, StatusCode::OK);
 }

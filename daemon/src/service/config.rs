@@ -45,7 +45,33 @@ pub struct Config {
     pub kernel: KernelConfig,
     pub scope: ScopeConfig,
     pub events: EventsConfig,
+    pub api: ApiConfig,
 }
+
+/// `[api]`: the REST API on the Unix socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Time a client has to send a request's headers, and the idle time
+    /// allowed between requests on a kept-alive connection. Not a limit on
+    /// how long an answer (a `follow=true` stream) may last.
+    #[serde(with = "humanized_duration")]
+    pub header_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: crate::api::serve::HEADER_TIMEOUT,
+        }
+    }
+}
+
+/// Bounds of `[api] header_timeout`: below this, a client that is merely
+/// slow to write a request line (a loaded host) is cut off; above it, idle
+/// connections hold the API's limited slots for long.
+const HEADER_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const HEADER_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -145,6 +171,7 @@ impl Default for Config {
             kernel: KernelConfig::default(),
             scope: ScopeConfig::default(),
             events: EventsConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -292,6 +319,16 @@ impl Config {
                 ),
             ));
         }
+        let t = self.api.header_timeout;
+        if !(HEADER_TIMEOUT_MIN..=HEADER_TIMEOUT_MAX).contains(&t) {
+            return Err((
+                "api.header_timeout",
+                format!(
+                    "api.header_timeout = {t:?}: must be between {HEADER_TIMEOUT_MIN:?} and \
+                     {HEADER_TIMEOUT_MAX:?} (the time a client has to send a request's headers)"
+                ),
+            ));
+        }
         if self.store.max_bytes < 1 << 20 {
             return Err((
                 "store.max_bytes",
@@ -363,7 +400,9 @@ mod humanized_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         traceed_wire::parse_duration(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("'{s}' is not a duration (e.g. \"30d\", \"12h\")"))
+            serde::de::Error::custom(format!(
+                "'{s}' is not a duration (e.g. \"30d\", \"12h\", \"10s\", \"500ms\")"
+            ))
         })
     }
 }
@@ -489,6 +528,35 @@ mod tests {
     }
 
     #[test]
+    fn api_header_timeout_default_override_and_bounds() {
+        let d = Config::parse("", Path::new("t")).unwrap();
+        assert_eq!(d.api.header_timeout, Duration::from_secs(10));
+        let c = Config::parse("[api]\nheader_timeout = \"500ms\"\n", Path::new("t")).unwrap();
+        assert_eq!(c.api.header_timeout, Duration::from_millis(500));
+        for (v, shown) in [("10ms", "10ms"), ("1h", "3600s"), ("0s", "0ns")] {
+            let e = err(&format!(
+                "mode = \"auto\"\n[api]\nheader_timeout = \"{v}\"\n"
+            ));
+            assert!(
+                e.contains("/etc/traceed/traceed.toml")
+                    && e.contains("line 3")
+                    && e.contains(&format!("api.header_timeout = {shown}:"))
+                    && e.contains("between 100ms and 600s"),
+                "{e}"
+            );
+        }
+        let e = err("[api]\nheader_timeout = \"soon\"\n");
+        assert!(
+            e.contains("line 2") && e.contains("'soon' is not a duration"),
+            "{e}"
+        );
+        let e = err("[api]\nheader_timeout = 10\n");
+        assert!(e.contains("line 2"), "{e}");
+        let e = err("[api]\nheader_timout = \"10s\"\n");
+        assert!(e.contains("line 2") && e.contains("header_timout"), "{e}");
+    }
+
+    #[test]
     fn bad_log_level_is_rejected_with_its_line() {
         let e = err("\nlog_level = \"traceed=loudest\"\n");
         assert!(e.contains("line 2") && e.contains("log_level"), "{e}");
@@ -523,6 +591,7 @@ mod tests {
         assert_eq!(c.log_level, d.log_level);
         assert_eq!(c.state_dir, d.state_dir);
         assert_eq!(c.kernel.ring_buffer_bytes, d.kernel.ring_buffer_bytes);
+        assert_eq!(c.api.header_timeout, d.api.header_timeout);
         // Every key the daemon knows is documented there, as a commented
         // default, so uncommenting one line changes one thing.
         for key in [
@@ -544,6 +613,7 @@ mod tests {
             "cgroup",
             "container",
             "mnt_ns",
+            "header_timeout",
         ] {
             assert!(
                 text.lines()

@@ -26,26 +26,37 @@ impl Peer {
     }
 }
 
-/// The gid of group `traceed`, if the group exists. Looked up per
-/// connection (the group may be created after the daemon starts), from
-/// blocking threads, hence the reentrant call.
+/// The gid of group `traceed`, if the group exists: the one group lookup
+/// of the daemon (socket ownership at start, the peer check per
+/// connection; the group may be created after the daemon starts). It runs
+/// on blocking threads concurrently, hence the reentrant getgrnam_r, with a
+/// buffer grown on ERANGE (a group with many members needs more than the
+/// first guess).
 pub fn group_gid() -> Option<u32> {
-    let name = c"traceed";
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: group is plain old data; all-zero is a valid value.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r writes only into our buffers; `res` is null or `&grp`.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut res,
-        )
-    };
-    (rc == 0 && !res.is_null()).then_some(grp.gr_gid)
+    let name = std::ffi::CString::new(GROUP).expect("no NUL in the group name");
+    let mut len = 16 * 1024;
+    loop {
+        let mut buf = vec![0u8; len];
+        // SAFETY: group is plain old data; all-zero is a valid value.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: getgrnam_r writes only into our buffers; `res` is null or `&grp`.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut res,
+            )
+        };
+        match rc {
+            0 => return (!res.is_null()).then_some(grp.gr_gid),
+            libc::ERANGE if len < 16 << 20 => len *= 4,
+            libc::EINTR => {}
+            _ => return None,
+        }
+    }
 }
 
 /// Supplementary groups of a live process, from /proc/<pid>/status.

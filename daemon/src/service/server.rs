@@ -168,8 +168,9 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let socket_ino = std::fs::metadata(&cfg.socket).map(|m| m.ino()).ok();
     let app = api::router(state.clone());
     let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
+    let header_timeout = cfg.api.header_timeout;
     let api_task = tokio::spawn(async move {
-        api::serve::serve(listener, app, async move {
+        api::serve::serve(listener, app, header_timeout, async move {
             let _ = api_stop_rx.changed().await;
         })
         .await
@@ -268,13 +269,7 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     }
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
-    let group = c"traceed";
-    // SAFETY: getgrnam with a constant C string; the result is read at once.
-    let gid = unsafe {
-        let g = libc::getgrnam(group.as_ptr());
-        (!g.is_null()).then(|| (*g).gr_gid)
-    };
-    match gid {
+    match crate::service::peer::group_gid() {
         Some(gid) => {
             std::os::unix::fs::chown(path, None, Some(gid))
                 .with_context(|| format!("chgrp traceed {}", path.display()))?;
