@@ -120,10 +120,8 @@ impl Store {
     pub fn downtime_event(&self, fidelity: &str) -> Option<Event> {
         let from = self.resume_from?;
         let now = traceed_wire::now_ns();
-        let mut e = lost_row(0, "downtime", from, now.max(from), fidelity);
         // How many events were missed is unknowable.
-        e.args["count"] = serde_json::Value::Null;
-        Some(e)
+        Some(Event::lost(None, "downtime", from, now.max(from), fidelity))
     }
 
     pub fn db_bytes(&self) -> u64 {
@@ -134,18 +132,5 @@ impl Store {
             total += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         }
         total
-    }
-}
-
-/// A `lost` event as DESIGN.md shapes it.
-pub fn lost_row(count: u64, source: &str, from: i64, to: i64, fidelity: &str) -> Event {
-    Event {
-        args: serde_json::json!({
-            "count": count,
-            "source": source,
-            "from": traceed_wire::format_ts(from),
-            "to": traceed_wire::format_ts(to),
-        }),
-        ..Event::new("lost", to, fidelity)
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use traceed_wire::Event;
 
 use super::writer::PAUSED_RETRY_FOR_TESTS;
-use super::{lost_row, Query, Store, Writer, BLOCK_SHIFT, MIGRATOR};
+use super::{Query, Store, Writer, BLOCK_SHIFT, MIGRATOR};
 use crate::service::metrics::Counters;
 use crate::store::retention::{Policy, Retention};
 
@@ -24,7 +24,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 pub fn ev(ts: i64, kind: &str, pid: u32, comm: &str) -> Event {
-    let mut e = lost_row(0, "kernel", ts, ts, "core");
+    let mut e = Event::lost(Some(0), "kernel", ts, ts, "core");
     e.kind = kind.into();
     e.pid = Some(pid);
     e.tid = Some(pid);
@@ -94,7 +94,7 @@ async fn events_view_agrees_with_the_api() {
     exec.args = serde_json::json!({"filename": "/bin/sh", "argv": ["sh", "-c", "a \"b\""], "truncated": false});
     let mut unkeyed = ev(now + 1, "open", 43, "cat");
     unkeyed.args = serde_json::json!([1, "x"]);
-    let lost = lost_row(7, "kernel", now - 5, now, "core");
+    let lost = Event::lost(Some(7), "kernel", now - 5, now, "core");
     write_all(&store, vec![exec, unkeyed, lost]).await;
     let api = all(&store).await;
     // id, kind, comm, container_id, mnt_ns, args, fidelity
