@@ -1,10 +1,14 @@
 //! Wire types shared by `traceed` and `tracectl`: the event and status
-//! objects of the REST API, the error body, the list of event kinds and the
-//! parsing of time bounds. Nothing here depends on aya or sqlx, so the client
+//! objects of the REST API, the error body, the list of event kinds, the
+//! query parameters of `GET /v1/events` (`query`) and the parsing of time
+//! bounds. Nothing here depends on aya or sqlx, so the client
 //! stays small.
 
 use jiff::{fmt::temporal::DateTimePrinter, Timestamp};
 use serde::{Deserialize, Serialize};
+
+pub mod query;
+pub use query::EventsQuery;
 
 /// Every event kind the daemon can store, in DESIGN.md's order.
 pub const KINDS: &[&str] = &[
