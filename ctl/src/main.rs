@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use http_body_util::BodyExt;
-use traceed_wire::{Event, EventsPage, Status};
+use traceed_wire::{query, Event, EventsPage, EventsQuery, Status};
 
 use client::{Api, ClientError};
 use output::Format;
@@ -102,7 +102,7 @@ struct EventsArgs {
     #[arg(short = 'f', long)]
     follow: bool,
     /// Events fetched per request while paging (tests use small pages).
-    #[arg(long, hide = true, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    #[arg(long, hide = true, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=u64::from(query::MAX_LIMIT)))]
     page_size: u64,
     /// Output format (default: table on a terminal, jsonl otherwise).
     #[arg(short = 'o', long, value_enum)]
@@ -203,45 +203,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn query_string(a: &EventsArgs, page: u64, cursor: Option<&str>, follow: bool) -> String {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    if let Some(v) = &a.since {
-        q.append_pair("since", v);
-    }
-    if let Some(v) = &a.until {
-        q.append_pair("until", v);
-    }
-    if !a.kind.is_empty() {
-        q.append_pair("kind", &a.kind.join(","));
-    }
-    for (k, v) in [("pid", a.pid), ("ppid", a.ppid), ("uid", a.uid)] {
-        if let Some(v) = v {
-            q.append_pair(k, &v.to_string());
-        }
-    }
-    for (k, v) in [
-        ("comm", &a.comm),
-        ("exe", &a.exe),
-        ("container", &a.container),
-    ] {
-        if let Some(v) = v {
-            q.append_pair(k, v);
-        }
-    }
-    if let Some(v) = &a.fidelity {
-        q.append_pair("fidelity", v);
-    }
-    if a.order == Order::Desc {
-        q.append_pair("order", "desc");
-    }
-    q.append_pair("limit", &page.to_string());
-    if let Some(c) = cursor {
-        q.append_pair("cursor", c);
-    }
-    if follow {
-        q.append_pair("follow", "true");
-    }
-    q.finish()
+/// The query string of `GET /v1/events` for these arguments: one page of
+/// `page` events after `cursor`, or the stream when `follow`.
+fn query_string(
+    a: &EventsArgs,
+    page: u64,
+    cursor: Option<&str>,
+    follow: bool,
+) -> anyhow::Result<String> {
+    let q = EventsQuery {
+        since: a.since.clone(),
+        until: a.until.clone(),
+        kind: a.kind.clone(),
+        pid: a.pid,
+        ppid: a.ppid,
+        uid: a.uid,
+        comm: a.comm.clone(),
+        exe: a.exe.clone(),
+        container: a.container.clone(),
+        fidelity: a.fidelity.clone(),
+        // --page-size is at most MAX_LIMIT, so is what is left of --limit.
+        limit: Some(u32::try_from(page).unwrap_or(query::MAX_LIMIT)),
+        cursor: cursor.map(str::to_owned),
+        order: (a.order == Order::Desc).then_some(query::Order::Desc),
+        follow,
+    };
+    Ok(serde_urlencoded::to_string(&q)?)
 }
 
 async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
@@ -266,7 +253,7 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
         let page = a.page_size.min(max - printed);
         let path = format!(
             "/v1/events?{}",
-            query_string(&a, page, cursor.as_deref(), false)
+            query_string(&a, page, cursor.as_deref(), false)?
         );
         let p: EventsPage = api.get_json(&path).await?;
         printed += p.events.len() as u64;
@@ -310,7 +297,7 @@ async fn follow(
     max: u64,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let path = format!("/v1/events?{}", query_string(a, a.page_size, None, true));
+    let path = format!("/v1/events?{}", query_string(a, a.page_size, None, true)?);
     let resp = api.get(&path).await?;
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
@@ -357,4 +344,72 @@ fn man_page(out: &mut impl Write) -> std::io::Result<()> {
         man.render_options_section(out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> EventsArgs {
+        let cli = Cli::try_parse_from([&["tracectl", "events"], argv].concat()).unwrap();
+        match cli.command {
+            Command::Events(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    /// What tracectl sends is what the daemon's strict parsing reads back.
+    #[test]
+    fn query_string_is_what_the_daemon_reads() {
+        let a = args(&[
+            "--since",
+            "1h 30m",
+            "--until",
+            "2026-11-24T20:50:45Z",
+            "--kind",
+            "exec,open",
+            "--pid",
+            "7",
+            "--ppid",
+            "1",
+            "--uid",
+            "0",
+            "--comm",
+            "a b&c=d",
+            "--exe",
+            "/usr/bin/x+y",
+            "--container",
+            "3f4e2a",
+            "--fidelity",
+            "core",
+            "--order",
+            "desc",
+        ]);
+        let qs = query_string(&a, 100, Some("i2a"), false).unwrap();
+        let back: EventsQuery = serde_urlencoded::from_str(&qs).unwrap();
+        assert_eq!(
+            back,
+            EventsQuery {
+                since: Some("1h 30m".into()),
+                until: Some("2026-11-24T20:50:45Z".into()),
+                kind: vec!["exec".into(), "open".into()],
+                pid: Some(7),
+                ppid: Some(1),
+                uid: Some(0),
+                comm: Some("a b&c=d".into()),
+                exe: Some("/usr/bin/x+y".into()),
+                container: Some("3f4e2a".into()),
+                fidelity: Some("core".into()),
+                limit: Some(100),
+                cursor: Some("i2a".into()),
+                order: Some(query::Order::Desc),
+                follow: false,
+            }
+        );
+        // Defaults are not sent; follow is.
+        assert_eq!(
+            query_string(&args(&["-f"]), 1000, None, true).unwrap(),
+            "limit=1000&follow=true"
+        );
+    }
 }

@@ -1,10 +1,14 @@
 //! Wire types shared by `traceed` and `tracectl`: the event and status
-//! objects of the REST API, the error body, the list of event kinds and the
-//! parsing of time bounds. Nothing here depends on aya or sqlx, so the client
+//! objects of the REST API, the error body, the list of event kinds, the
+//! query parameters of `GET /v1/events` (`query`) and the parsing of time
+//! bounds. Nothing here depends on aya or sqlx, so the client
 //! stays small.
 
 use jiff::{fmt::temporal::DateTimePrinter, Timestamp};
 use serde::{Deserialize, Serialize};
+
+pub mod query;
+pub use query::EventsQuery;
 
 /// Every event kind the daemon can store, in docs/ARCHITECTURE.md's order.
 pub const KINDS: &[&str] = &[
@@ -83,6 +87,22 @@ impl Event {
             retval: None,
             args: serde_json::Value::Object(Default::default()),
             fidelity: fidelity.into(),
+        }
+    }
+
+    /// A `lost` event as DESIGN.md shapes it: `count` events were dropped
+    /// at `source` (`kernel`, `userspace`, `follower`, `downtime`) between
+    /// `from` and `to`; the row is stamped `to`. `count` is None (null)
+    /// where it is unknowable (downtime).
+    pub fn lost(count: Option<u64>, source: &str, from: i64, to: i64, fidelity: &str) -> Self {
+        Self {
+            args: serde_json::json!({
+                "count": count,
+                "source": source,
+                "from": format_ts(from),
+                "to": format_ts(to),
+            }),
+            ..Self::new("lost", to, fidelity)
         }
     }
 }
@@ -256,6 +276,20 @@ mod tests {
         for bad in ["", "yesterday", "1x", "-1h", "12"] {
             assert!(parse_time_spec(bad, now).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn lost_event_json() {
+        let e = Event::lost(Some(7), "kernel", 1_000_000_000, 2_000_000_001, "core");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"id":0,"ts":"1970-01-01T00:00:02.000000001Z","kind":"lost","pid":null,"tid":null,"ppid":null,"uid":null,"gid":null,"comm":null,"ns_pid":null,"exe":null,"cgroup_id":null,"container_id":null,"mnt_ns":null,"pid_ns":null,"retval":null,"args":{"count":7,"from":"1970-01-01T00:00:01.000000000Z","source":"kernel","to":"1970-01-01T00:00:02.000000001Z"},"fidelity":"core"}"#
+        );
+        let d = Event::lost(None, "downtime", 0, 5, "fallback");
+        assert_eq!(
+            serde_json::to_string(&d.args).unwrap(),
+            r#"{"count":null,"from":"1970-01-01T00:00:00.000000000Z","source":"downtime","to":"1970-01-01T00:00:00.000000005Z"}"#
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn stream(st: Arc<AppState>, mut q: Query) -> Response {
                     // `count` is what the ring skipped before filtering: an
                     // upper bound on the matching events missed.
                     let ev: Event =
-                        crate::store::lost_row(n, "follower", last_ts, now, &st.load.fidelity);
+                        Event::lost(Some(n), "follower", last_ts, now, &st.load.fidelity);
                     if tx.send(Ok(ndjson_line(&ev))).await.is_err() {
                         return;
                     }

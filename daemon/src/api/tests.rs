@@ -695,13 +695,35 @@ async fn a_slow_follower_gets_a_lost_line_and_does_not_block_ingest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_the_code() {
     let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
-    let params: Vec<&str> = doc["paths"]["/v1/events"]["get"]["parameters"]
+    // The parameters, their order, types and descriptions are the wire
+    // crate's table (the one EventsQuery and tracectl use).
+    let params: Vec<(&str, &str, &str)> = doc["paths"]["/v1/events"]["get"]["parameters"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["name"].as_str().unwrap())
+        .map(|p| {
+            assert_eq!(p["in"], "query", "{p}");
+            assert_eq!(p["required"], false, "{p}");
+            (
+                p["name"].as_str().unwrap(),
+                p["schema"]["type"].as_str().unwrap(),
+                p["description"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(params, super::query::PARAMS, "documented parameters");
+    let table: Vec<(&str, &str, &str)> = traceed_wire::query::PARAMS
+        .iter()
+        .map(|p| (p.name, p.ty.as_str(), p.description))
+        .collect();
+    assert_eq!(params, table, "documented parameters");
+    let limit = &doc["paths"]["/v1/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()["schema"];
+    assert_eq!(limit["maximum"], traceed_wire::query::MAX_LIMIT);
+    assert_eq!(limit["default"], traceed_wire::query::DEFAULT_LIMIT);
     let kind = doc["paths"]["/v1/events"]["get"]["parameters"]
         .as_array()
         .unwrap()

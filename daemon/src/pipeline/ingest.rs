@@ -95,13 +95,7 @@ impl Pipeline {
         if let Some((n, from, to)) = self.pending_drops {
             if self
                 .tx
-                .try_send(crate::store::lost_row(
-                    n,
-                    "userspace",
-                    from,
-                    to,
-                    self.fidelity,
-                ))
+                .try_send(Event::lost(Some(n), "userspace", from, to, self.fidelity))
                 .is_ok()
             {
                 self.pending_drops = None;
@@ -114,8 +108,8 @@ impl Pipeline {
                 // Only advance once the row is queued: if the queue is full,
                 // the next tick carries the larger delta over a wider range.
                 if delta > 0 {
-                    let ev = crate::store::lost_row(
-                        delta,
+                    let ev = Event::lost(
+                        Some(delta),
                         "kernel",
                         self.last_lost_check,
                         now,

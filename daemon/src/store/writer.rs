@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use traceed_wire::Event;
 
 use super::raw::{Conn, Encoded, WriteError};
-use super::{lost_row, BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
+use super::{BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
 use crate::service::metrics::Counters;
 use crate::store::export::Exporter;
 
@@ -388,7 +388,7 @@ impl Writer {
             return Ok(true);
         };
         let count = d.count;
-        let row = lost_row(count, "userspace", d.from, d.to, &d.fidelity);
+        let row = Event::lost(Some(count), "userspace", d.from, d.to, &d.fidelity);
         let (enc, first_id) = self.encode(std::slice::from_ref(&row));
         self.submit(pipe, enc, vec![row], first_id);
         let Some((row, res)) = self.take_done(pipe).await? else {

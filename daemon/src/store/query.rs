@@ -1,0 +1,489 @@
+//! Reads: the `Query` the API builds, and its plan against the store (time
+//! bounds to id bounds, strings to their interned ids, the block index
+//! choosing which id ranges to scan), then the pages of rows it selects.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use traceed_wire::Event;
+
+use super::{BlockCol, Store, StoreError, BLOCK_SHIFT};
+
+/// How far ingest order may lag wall-clock order (CPU ring jitter, decode
+/// delays). Time bounds are turned into id bounds with this much slack, then
+/// applied exactly on `ts`.
+const TS_SLACK_NS: i64 = 2_000_000_000;
+
+/// A validated query; the API builds it from request parameters.
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub kinds: Vec<String>,
+    pub pid: Option<u32>,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub container: Option<String>,
+    pub fidelity: Option<String>,
+    /// Rows with id strictly after (asc) or before (desc) this one.
+    pub after_id: Option<i64>,
+    pub desc: bool,
+    pub limit: u32,
+}
+
+impl Query {
+    /// Does a live event pass the filters (the SQL WHERE, in Rust)? It must
+    /// select exactly what `Store::query` selects, or `follow` would differ
+    /// from a plain query.
+    pub fn matches(&self, e: &Event) -> bool {
+        self.since.is_none_or(|s| e.ts >= s)
+            && self.until.is_none_or(|u| e.ts < u)
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && self.pid.is_none_or(|v| e.pid == Some(v))
+            && self.ppid.is_none_or(|v| e.ppid == Some(v))
+            && self.uid.is_none_or(|v| e.uid == Some(v))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|v| e.comm.as_ref() == Some(v))
+            && self.exe.as_ref().is_none_or(|v| e.exe.as_ref() == Some(v))
+            && self.container.as_ref().is_none_or(|v| {
+                e.container_id
+                    .as_ref()
+                    .is_some_and(|c| c.starts_with(v.as_str()))
+            })
+            && self.fidelity.as_ref().is_none_or(|v| &e.fidelity == v)
+    }
+}
+
+/// Every read goes through the strings table for the interned columns.
+const SELECT: &str = "SELECT e.id, e.ts, k.s AS kind, e.pid, e.tid, e.ppid, e.uid, e.gid, \
+     c.s AS comm, e.ns_pid, x.s AS exe, e.cgroup_id, ct.s AS container_id, \
+     e.mnt_ns + 4026531840 AS mnt_ns, e.pid_ns + 4026531840 AS pid_ns, \
+     e.retval, e.args, ak.s AS args_keys, f.s AS fidelity \
+     FROM events e \
+     LEFT JOIN strings k ON k.id = e.kind \
+     LEFT JOIN strings c ON c.id = e.comm \
+     LEFT JOIN strings x ON x.id = e.exe \
+     LEFT JOIN strings ct ON ct.id = e.container_id \
+     LEFT JOIN strings f ON f.id = e.fidelity \
+     LEFT JOIN strings ak ON ak.id = e.args_keys";
+
+impl Store {
+    /// ts of the oldest stored event (ids follow time).
+    pub async fn oldest_ts(&self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT ts FROM events ORDER BY id LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The first id whose ts is >= `ts`, by binary search over the rowid:
+    /// ids follow arrival order and ts follows ids within TS_SLACK_NS, which
+    /// callers subtract (a rowid probe is a few page reads; ~25 probes on
+    /// 10M rows). None when every event is older.
+    pub(crate) async fn first_id_at(&self, ts: i64) -> Result<Option<i64>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        first_id_at(&mut c, ts).await
+    }
+
+    /// Run `q`, returning at most `q.limit` events and whether more follow.
+    ///
+    /// All reads share one snapshot (a read transaction), so the block list
+    /// and the row ranges agree with each other and with the writer's
+    /// commits. With an indexed filter the most selective one drives: its
+    /// blocks are read in id order, adjacent blocks merged into one rowid
+    /// range, and each range is scanned with every filter until the page is
+    /// full. Without one the id range from the time bounds is scanned.
+    pub async fn query(&self, q: &Query) -> Result<(Vec<Event>, bool), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(plan) = plan(&mut tx, q).await? else {
+            return Ok((Vec::new(), false));
+        };
+        let want = q.limit as usize + 1;
+        let mut rows: Vec<SqliteRow> = Vec::new();
+        match plan.driver {
+            None => {
+                let mut b = plan.range_sql("", q, plan.lo, plan.hi, want);
+                rows = b.build().fetch_all(&mut *tx).await?;
+            }
+            Some(d) => {
+                let f = &plan.filters[d];
+                let (mut blo, mut bhi) = blocks(plan.lo, plan.hi);
+                'pages: while blo <= bhi && rows.len() < want {
+                    let blocks: Vec<i64> = blocks_sql("", f, (blo, bhi), q.desc)
+                        .build_query_scalar::<i64>()
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let Some(&last) = blocks.last() else {
+                        break;
+                    };
+                    if q.desc {
+                        bhi = last - 1;
+                    } else {
+                        blo = last + 1;
+                    }
+                    for (b0, b1) in runs(&blocks) {
+                        let lo = plan.lo.max(b0 << BLOCK_SHIFT);
+                        let hi = plan.hi.min((b1 + 1) << BLOCK_SHIFT);
+                        let mut b = plan.range_sql("", q, lo, hi, want - rows.len());
+                        rows.extend(b.build().fetch_all(&mut *tx).await?);
+                        if rows.len() >= want {
+                            break 'pages;
+                        }
+                    }
+                    if blocks.len() < BLOCKS_PER_PAGE {
+                        break;
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        let more = rows.len() > q.limit as usize;
+        let events = rows
+            .iter()
+            .take(q.limit as usize)
+            .map(row_to_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((events, more))
+    }
+
+    /// The query plans of the statements `query` runs for `q` (tests check
+    /// them): the block lookup of the driving filter, if any, then the row
+    /// scan of one range.
+    #[cfg(test)]
+    pub(crate) async fn explain(&self, q: &Query) -> Result<Vec<String>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let Some(plan) = plan(&mut c, q).await? else {
+            return Ok(vec!["empty".into()]);
+        };
+        let mut out = Vec::new();
+        let details = |rows: Vec<SqliteRow>| -> Vec<String> {
+            rows.iter().map(|r| r.get::<String, _>("detail")).collect()
+        };
+        if let Some(d) = plan.driver {
+            let mut b = blocks_sql("EXPLAIN QUERY PLAN ", &plan.filters[d], (0, 1), q.desc);
+            out.extend(details(b.build().fetch_all(&mut *c).await?));
+        }
+        let mut b = plan.range_sql("EXPLAIN QUERY PLAN ", q, plan.lo, plan.hi, 100);
+        out.extend(details(b.build().fetch_all(&mut *c).await?));
+        Ok(out)
+    }
+}
+
+/// Block lookups fetched per statement.
+const BLOCKS_PER_PAGE: usize = 256;
+
+/// `col IN values`, on stored (interned) integers.
+#[derive(Debug)]
+struct Filter {
+    col: BlockCol,
+    values: Vec<i64>,
+}
+
+/// A query resolved against the store: id bounds, filters on stored values.
+#[derive(Debug)]
+struct Plan {
+    /// Ids in [lo, hi).
+    lo: i64,
+    hi: i64,
+    filters: Vec<Filter>,
+    fidelity: Option<i64>,
+    /// Index into `filters` of the one whose blocks drive the scan.
+    driver: Option<usize>,
+}
+
+impl Plan {
+    /// Rows of [lo, hi) that pass every filter, in the query's order.
+    fn range_sql(
+        &self,
+        prefix: &str,
+        q: &Query,
+        lo: i64,
+        hi: i64,
+        limit: usize,
+    ) -> QueryBuilder<Sqlite> {
+        let mut b: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("{prefix}{SELECT} WHERE e.id >= "));
+        b.push_bind(lo).push(" AND e.id < ").push_bind(hi);
+        // `+e.ts` keeps the planner on the rowid range: it is the selective,
+        // order-preserving bound (ts only trims its TS_SLACK_NS edges).
+        if let Some(since) = q.since {
+            b.push(" AND +e.ts >= ").push_bind(since);
+        }
+        if let Some(until) = q.until {
+            b.push(" AND +e.ts < ").push_bind(until);
+        }
+        for f in &self.filters {
+            b.push(format!(" AND e.{} IN (", f.col.column()));
+            let mut sep = b.separated(", ");
+            for v in &f.values {
+                sep.push_bind(*v);
+            }
+            b.push(")");
+        }
+        if let Some(v) = self.fidelity {
+            b.push(" AND e.fidelity = ").push_bind(v);
+        }
+        b.push(if q.desc {
+            " ORDER BY e.id DESC"
+        } else {
+            " ORDER BY e.id"
+        });
+        b.push(" LIMIT ").push_bind(limit as i64);
+        b
+    }
+}
+
+/// `<prefix>SELECT <what> FROM event_blocks` for the blocks in [blo, bhi]
+/// holding a value of `f`.
+fn blocks_of(prefix: &str, what: &str, f: &Filter, (blo, bhi): (i64, i64)) -> QueryBuilder<Sqlite> {
+    let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        "{prefix}SELECT {what} FROM event_blocks WHERE col = "
+    ));
+    b.push_bind(f.col as i64).push(" AND value IN (");
+    let mut sep = b.separated(", ");
+    for v in &f.values {
+        sep.push_bind(*v);
+    }
+    b.push(") AND block >= ")
+        .push_bind(blo)
+        .push(" AND block <= ")
+        .push_bind(bhi);
+    b
+}
+
+/// The blocks in [blo, bhi] holding a value of `f`, in id order, one page.
+fn blocks_sql(prefix: &str, f: &Filter, range: (i64, i64), desc: bool) -> QueryBuilder<Sqlite> {
+    // One value walks the primary key in block order; several need DISTINCT
+    // and a sort of their blocks (never of events).
+    let what = if f.values.len() > 1 {
+        "DISTINCT block"
+    } else {
+        "block"
+    };
+    let mut b = blocks_of(prefix, what, f, range);
+    b.push(if desc {
+        " ORDER BY block DESC"
+    } else {
+        " ORDER BY block"
+    })
+    .push(" LIMIT ")
+    .push_bind(BLOCKS_PER_PAGE as i64);
+    b
+}
+
+/// The blocks ids [lo, hi) fall in, first and last.
+fn blocks(lo: i64, hi: i64) -> (i64, i64) {
+    (lo >> BLOCK_SHIFT, (hi - 1) >> BLOCK_SHIFT)
+}
+
+/// Runs of consecutive block numbers, as (first, last) in the order given.
+fn runs(blocks: &[i64]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &b in blocks {
+        match out.last_mut() {
+            Some((_, hi)) if b == *hi + 1 => *hi = b,
+            Some((lo, _)) if b + 1 == *lo => *lo = b,
+            _ => out.push((b, b)),
+        }
+    }
+    out
+}
+
+/// See Store::first_id_at.
+async fn first_id_at(c: &mut SqliteConnection, ts: i64) -> Result<Option<i64>, StoreError> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        // Two subqueries: min() and max() together in one SELECT scan.
+        sqlx::query_as("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)")
+            .fetch_one(&mut *c)
+            .await?;
+    let (Some(mut lo), Some(mut hi)) = (lo, hi) else {
+        return Ok(None);
+    };
+    let at = |id: i64| {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT id, ts FROM events WHERE id >= ? ORDER BY id LIMIT 1",
+        )
+        .bind(id)
+    };
+    let (_, last_ts) = at(hi).fetch_one(&mut *c).await?;
+    if last_ts < ts {
+        return Ok(None);
+    }
+    // Bisect the id space, not the stored ids: ids have gaps (a batch that
+    // failed on a full disk keeps its ids), so the first stored id at or
+    // after `mid` can be `hi` itself, and narrowing to it would never end.
+    // Invariant: the first stored id >= hi is `found`, with ts >= target;
+    // no answer below lo.
+    let mut found = hi;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (id, t) = at(mid).fetch_one(&mut *c).await?;
+        if t >= ts {
+            hi = mid;
+            found = id;
+        } else {
+            lo = id + 1;
+        }
+    }
+    Ok(Some(found))
+}
+
+/// Interned ids of `strings`; those never stored are left out.
+async fn string_ids(c: &mut SqliteConnection, strings: &[String]) -> Result<Vec<i64>, StoreError> {
+    let mut b: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM strings WHERE s IN (");
+    let mut sep = b.separated(", ");
+    for s in strings {
+        sep.push_bind(s.clone());
+    }
+    b.push(")");
+    Ok(b.build_query_scalar::<i64>().fetch_all(&mut *c).await?)
+}
+
+/// Resolve `q` against the store: time bounds to ids, strings to their
+/// interned ids, and the driving filter. None when the answer is provably
+/// empty (a bound past the data, a string never stored).
+async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, StoreError> {
+    let (mut lo, mut hi) = (0i64, i64::MAX);
+    if let Some(since) = q.since {
+        match first_id_at(c, since.saturating_sub(TS_SLACK_NS)).await? {
+            Some(id) => lo = id,
+            None => return Ok(None),
+        }
+    }
+    if let Some(until) = q.until {
+        if let Some(id) = first_id_at(c, until.saturating_add(TS_SLACK_NS)).await? {
+            hi = id;
+        }
+    }
+    match (q.after_id, q.desc) {
+        (Some(a), false) => lo = lo.max(a.saturating_add(1)),
+        (Some(a), true) => hi = hi.min(a),
+        (None, _) => {}
+    }
+    if lo >= hi {
+        return Ok(None);
+    }
+    let mut filters = Vec::new();
+    let interned = [
+        (BlockCol::Kind, q.kinds.clone()),
+        (BlockCol::Comm, q.comm.iter().cloned().collect()),
+        (BlockCol::Exe, q.exe.iter().cloned().collect()),
+    ];
+    for (col, strings) in interned {
+        if strings.is_empty() {
+            continue;
+        }
+        let values = string_ids(c, &strings).await?;
+        if values.is_empty() {
+            return Ok(None);
+        }
+        filters.push(Filter { col, values });
+    }
+    if let Some(v) = &q.container {
+        // Users paste short ids (12 chars) as docker shows them.
+        let values: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM strings WHERE s >= ? AND s < ? LIMIT 1000")
+                .bind(v)
+                .bind(format!("{v}\u{10FFFF}"))
+                .fetch_all(&mut *c)
+                .await?;
+        if values.is_empty() {
+            return Ok(None);
+        }
+        filters.push(Filter {
+            col: BlockCol::Container,
+            values,
+        });
+    }
+    for (col, v) in [
+        (BlockCol::Pid, q.pid),
+        (BlockCol::Ppid, q.ppid),
+        (BlockCol::Uid, q.uid),
+    ] {
+        if let Some(v) = v {
+            filters.push(Filter {
+                col,
+                values: vec![v as i64],
+            });
+        }
+    }
+    let fidelity = match &q.fidelity {
+        Some(f) => match string_ids(c, std::slice::from_ref(f)).await?.first() {
+            Some(id) => Some(*id),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    // The filter with the fewest blocks in range drives; counting stops at
+    // a bound, past which any driver is about as good as a plain scan.
+    let mut driver = None;
+    if filters.len() == 1 {
+        driver = Some(0);
+    } else if filters.len() > 1 {
+        let mut best = i64::MAX;
+        for (i, f) in filters.iter().enumerate() {
+            let mut b = blocks_of("SELECT count(*) FROM (", "1", f, blocks(lo, hi));
+            b.push(" LIMIT 4096)");
+            let n: i64 = b.build_query_scalar::<i64>().fetch_one(&mut *c).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if n < best {
+                best = n;
+                driver = Some(i);
+            }
+        }
+    }
+    Ok(Some(Plan {
+        lo,
+        hi,
+        filters,
+        fidelity,
+        driver,
+    }))
+}
+
+fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
+    let u32_col = |name: &str| -> Result<Option<u32>, sqlx::Error> {
+        Ok(r.try_get::<Option<i64>, _>(name)?.map(|v| v as u32))
+    };
+    let args: String = r.try_get("args")?;
+    Ok(Event {
+        id: r.try_get("id")?,
+        ts: r.try_get("ts")?,
+        kind: r.try_get("kind")?,
+        pid: u32_col("pid")?,
+        tid: u32_col("tid")?,
+        ppid: u32_col("ppid")?,
+        uid: u32_col("uid")?,
+        gid: u32_col("gid")?,
+        comm: r.try_get("comm")?,
+        ns_pid: u32_col("ns_pid")?,
+        exe: r.try_get("exe")?,
+        cgroup_id: r.try_get::<Option<i64>, _>("cgroup_id")?.map(|v| v as u64),
+        container_id: r.try_get("container_id")?,
+        mnt_ns: u32_col("mnt_ns")?,
+        pid_ns: u32_col("pid_ns")?,
+        retval: r.try_get("retval")?,
+        args: decode_args(&args, r.try_get("args_keys")?),
+        fidelity: r.try_get("fidelity")?,
+    })
+}
+
+fn decode_args(text: &str, keys: Option<String>) -> serde_json::Value {
+    use serde_json::Value;
+    let Some(keys) = keys else {
+        return serde_json::from_str(text).unwrap_or(Value::Null);
+    };
+    match (
+        serde_json::from_str::<Vec<String>>(&keys),
+        serde_json::from_str::<Vec<Value>>(text),
+    ) {
+        (Ok(k), Ok(v)) if k.len() == v.len() => Value::Object(k.into_iter().zip(v).collect()),
+        _ => Value::Null,
+    }
+}

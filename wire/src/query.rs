@@ -1,0 +1,397 @@
+//! The query parameters of `GET /v1/events`, listed once: tracectl
+//! serialises an [`EventsQuery`] into the query string, the daemon
+//! deserialises one from it (strictly: every refusal is a message naming
+//! the parameter), and the OpenAPI drift test checks the document's
+//! parameters against [`PARAMS`].
+//!
+//! Deserialising checks each parameter on its own, in the order given: an
+//! unknown, repeated or empty parameter, a malformed number, time, kind,
+//! container id, fidelity, cursor, order or follow flag. What needs more
+//! than one parameter or the clock (resolving times against now, `since`
+//! after `until`, `order=desc` with `follow`) is the daemon's.
+
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Events per page when `limit` is not given.
+pub const DEFAULT_LIMIT: u32 = 1000;
+/// Largest `limit` accepted.
+pub const MAX_LIMIT: u32 = 10_000;
+/// Longest container id accepted (a full docker/containerd id is 64 hex).
+pub const MAX_CONTAINER: usize = 64;
+/// comm is 15 bytes in the kernel; exe a path. Anything longer cannot match.
+pub const MAX_TEXT: usize = 4096;
+
+/// The JSON Schema `type` of a parameter's value in the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    String,
+    Integer,
+    Boolean,
+}
+
+impl ParamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Integer => "integer",
+            Self::Boolean => "boolean",
+        }
+    }
+}
+
+/// One query parameter of `GET /v1/events`, as documented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub description: &'static str,
+}
+
+const fn param(name: &'static str, ty: ParamType, description: &'static str) -> Param {
+    Param {
+        name,
+        ty,
+        description,
+    }
+}
+
+/// Every parameter `GET /v1/events` accepts, in the order of the OpenAPI
+/// document (and of [`EventsQuery`]'s fields).
+pub const PARAMS: &[Param] = &[
+    param(
+        "since",
+        ParamType::String,
+        "Start of the window, inclusive: a duration back from now (`90s`, `15m`, `1h`, `2d`, `1h 30m`) or an RFC 3339 time.",
+    ),
+    param(
+        "until",
+        ParamType::String,
+        "End of the window, exclusive; same forms as `since`. Must not be before `since`.",
+    ),
+    param(
+        "kind",
+        ParamType::String,
+        "Comma-separated event kinds; an unknown kind is a 400 that lists the known ones.",
+    ),
+    param(
+        "pid",
+        ParamType::Integer,
+        "Process id of the acting task (host view).",
+    ),
+    param("ppid", ParamType::Integer, "Parent process id."),
+    param("uid", ParamType::Integer, "User id of the acting task."),
+    param(
+        "comm",
+        ParamType::String,
+        "Exact command name (the kernel's comm, at most 15 bytes; longer values match nothing).",
+    ),
+    param("exe", ParamType::String, "Exact executable path."),
+    param(
+        "container",
+        ParamType::String,
+        "Container id or a prefix of it (hex, case-insensitive), as `docker ps` shows it.",
+    ),
+    param(
+        "fidelity",
+        ParamType::String,
+        "Only events recorded by this rung of the portability ladder.",
+    ),
+    param(
+        "limit",
+        ParamType::Integer,
+        "Events per page (default 1000).",
+    ),
+    param(
+        "cursor",
+        ParamType::String,
+        "Continue after the last page: pass `next_cursor` exactly as returned (opaque). Stable under concurrent inserts.",
+    ),
+    param(
+        "order",
+        ParamType::String,
+        "`asc` (oldest first, the default) or `desc` (newest first). `desc` cannot be combined with `follow=true`.",
+    ),
+    param(
+        "follow",
+        ParamType::Boolean,
+        "Stream instead of paging: NDJSON, one event per line, first the history the other filters select, then live events as they are stored, with no gap and no duplicate between the two. A reader too slow for the live stream gets a `lost` line (`args.source` = `follower`, `args.count` = events skipped before filtering: an upper bound) and continues; the skipped events are in the store. The stream ends only when the client closes it.",
+    ),
+];
+
+/// `order=`: oldest first (the default) or newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+/// The parameters of `GET /v1/events`; `None` (empty, false) is "not
+/// given". Times stay strings (a duration back from now or RFC 3339, see
+/// [`crate::parse_time_spec`]): the daemon resolves them against its clock.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct EventsQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Sent as one comma-separated value.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "comma_list")]
+    pub kind: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// A container id or a prefix of it; lower case once deserialised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page, as returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub follow: bool,
+}
+
+fn comma_list<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.join(","))
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The opaque keyset cursor of `next_cursor`: the last id of a page.
+pub fn encode_cursor(id: i64) -> String {
+    format!("i{id:x}")
+}
+
+/// The id in a cursor [`encode_cursor`] made; None for anything else.
+pub fn decode_cursor(s: &str) -> Option<i64> {
+    let hex = s.strip_prefix('i')?;
+    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    i64::from_str_radix(hex, 16).ok().filter(|v| *v >= 0)
+}
+
+/// The message of a refused `cursor`.
+pub const BAD_CURSOR: &str =
+    "parameter 'cursor': not a cursor this server issued (pass next_cursor exactly as returned)";
+
+fn parse_num(name: &str, v: &str) -> Result<u32, String> {
+    // `+5` parses as a Rust integer; a query parameter is digits only.
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "parameter '{name}': '{v}' is not a non-negative integer"
+        ));
+    }
+    v.parse().map_err(|_| {
+        format!(
+            "parameter '{name}': '{v}' is out of range (0..={})",
+            u32::MAX
+        )
+    })
+}
+
+impl EventsQuery {
+    /// Set parameter `k` from its value `v`, checking both; `k` must not
+    /// have been set before.
+    fn set(&mut self, k: &str, v: String) -> Result<(), String> {
+        if v.is_empty() {
+            return Err(format!("parameter '{k}' is empty"));
+        }
+        let time = |v: String| match crate::parse_time_spec(&v, 0) {
+            // Whether a time parses does not depend on the clock.
+            Ok(_) => Ok(Some(v)),
+            Err(e) => Err(format!("parameter '{k}': {e}")),
+        };
+        let text = |v: String| {
+            if v.len() > MAX_TEXT || v.contains('\0') {
+                Err(format!(
+                    "parameter '{k}': longer than {MAX_TEXT} bytes or contains NUL"
+                ))
+            } else {
+                Ok(Some(v))
+            }
+        };
+        match k {
+            "since" => self.since = time(v)?,
+            "until" => self.until = time(v)?,
+            "kind" => {
+                for kind in v.split(',') {
+                    if !crate::is_kind(kind) {
+                        return Err(format!(
+                            "parameter 'kind': unknown kind '{kind}'; known: {}",
+                            crate::KINDS.join(", ")
+                        ));
+                    }
+                    if !self.kind.iter().any(|k| k == kind) {
+                        self.kind.push(kind.to_string());
+                    }
+                }
+            }
+            "pid" => self.pid = Some(parse_num(k, &v)?),
+            "ppid" => self.ppid = Some(parse_num(k, &v)?),
+            "uid" => self.uid = Some(parse_num(k, &v)?),
+            "comm" => self.comm = text(v)?,
+            "exe" => self.exe = text(v)?,
+            "container" => {
+                if v.len() > MAX_CONTAINER || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "parameter 'container': '{v}' is not a container id \
+                         (1 to {MAX_CONTAINER} hex digits; a prefix is enough)"
+                    ));
+                }
+                self.container = Some(v.to_ascii_lowercase());
+            }
+            "fidelity" => {
+                if !crate::FIDELITIES.contains(&v.as_str()) {
+                    return Err(format!(
+                        "parameter 'fidelity': '{v}' is not one of {}",
+                        crate::FIDELITIES.join(", ")
+                    ));
+                }
+                self.fidelity = Some(v);
+            }
+            "limit" => {
+                let n = parse_num(k, &v).map_err(|_| {
+                    format!("parameter 'limit': '{v}' is not an integer in 1..={MAX_LIMIT}")
+                })?;
+                if !(1..=MAX_LIMIT).contains(&n) {
+                    return Err(format!("parameter 'limit': {n} is outside 1..={MAX_LIMIT}"));
+                }
+                self.limit = Some(n);
+            }
+            "cursor" => {
+                if decode_cursor(&v).is_none() {
+                    return Err(BAD_CURSOR.into());
+                }
+                self.cursor = Some(v);
+            }
+            "order" => {
+                self.order = Some(match v.as_str() {
+                    "asc" => Order::Asc,
+                    "desc" => Order::Desc,
+                    _ => return Err(format!("parameter 'order': '{v}' is not asc or desc")),
+                })
+            }
+            "follow" => {
+                self.follow = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(format!("parameter 'follow': '{v}' is not true or false")),
+                }
+            }
+            _ => unreachable!("checked against PARAMS"),
+        }
+        Ok(())
+    }
+}
+
+/// Strict: an unknown, repeated or empty parameter, or a malformed value,
+/// is an error whose message names the parameter.
+impl<'de> Deserialize<'de> for EventsQuery {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EventsQueryVisitor)
+    }
+}
+
+struct EventsQueryVisitor;
+
+impl<'de> Visitor<'de> for EventsQueryVisitor {
+    type Value = EventsQuery;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the query parameters of GET /v1/events")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EventsQuery, A::Error> {
+        let mut q = EventsQuery::default();
+        let mut seen = [false; PARAMS.len()];
+        while let Some((k, v)) = map.next_entry::<String, String>()? {
+            let Some(i) = PARAMS.iter().position(|p| p.name == k) else {
+                let names: Vec<&str> = PARAMS.iter().map(|p| p.name).collect();
+                return Err(de::Error::custom(format!(
+                    "unknown parameter '{k}'; accepted: {}",
+                    names.join(", ")
+                )));
+            };
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(de::Error::custom(format!(
+                    "parameter '{k}' given more than once"
+                )));
+            }
+            q.set(&k, v).map_err(de::Error::custom)?;
+        }
+        Ok(q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the table lists is what the struct serialises, in that order.
+    #[test]
+    fn params_are_the_fields() {
+        let all = EventsQuery {
+            since: Some("1h".into()),
+            until: Some("5m".into()),
+            kind: vec!["exec".into(), "open".into()],
+            pid: Some(1),
+            ppid: Some(2),
+            uid: Some(3),
+            comm: Some("sh".into()),
+            exe: Some("/bin/sh".into()),
+            container: Some("abc".into()),
+            fidelity: Some("core".into()),
+            limit: Some(10),
+            cursor: Some(encode_cursor(42)),
+            order: Some(Order::Desc),
+            follow: true,
+        };
+        let v = serde_json::to_value(&all).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<&str> = PARAMS.iter().map(|p| p.name).collect();
+        names.sort();
+        assert_eq!(keys, names);
+        assert_eq!(v["kind"], "exec,open");
+        assert_eq!(v["order"], "desc");
+        let none = serde_json::to_value(EventsQuery::default()).unwrap();
+        assert_eq!(none, serde_json::json!({}), "nothing given, nothing sent");
+    }
+
+    #[test]
+    fn cursor_roundtrip() {
+        for id in [0, 1, 255, i64::MAX] {
+            assert_eq!(decode_cursor(&encode_cursor(id)), Some(id));
+        }
+        for bad in [
+            "",
+            "i",
+            "zz",
+            "123",
+            "i-1",
+            "i+1",
+            "i10000000000000000",
+            "ig",
+        ] {
+            assert_eq!(decode_cursor(bad), None, "{bad:?}");
+        }
+    }
+}
