@@ -3,6 +3,8 @@
 //! parsing of time bounds. Nothing here depends on aya or sqlx, so the client
 //! stays small.
 
+pub mod payload;
+
 use jiff::{fmt::temporal::DateTimePrinter, Timestamp};
 use serde::{Deserialize, Serialize};
 

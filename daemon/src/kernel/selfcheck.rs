@@ -7,7 +7,7 @@ use aya::Ebpf;
 
 use super::kernel_release;
 use super::ladder::{Attempt, LoadOptions, Rung};
-use crate::pipeline::decoder;
+use crate::pipeline::{contract, decoder};
 
 /// Prove the rung reads this kernel correctly before trusting it: exec a
 /// child whose parent and mount namespace we know, and compare what the
@@ -125,7 +125,7 @@ fn wait_for_exec(a: &mut Attempt, pid: u32, timeout: Duration) -> Option<decoder
         let pending = &mut a.pending;
         a.source.drain(&mut |rec: &[u8]| {
             if let Ok(r) = decoder::parse(rec) {
-                if r.h.kind == 1 && r.h.pid == pid {
+                if r.h.kind == contract::EK_EXEC && r.h.pid == pid {
                     found = Some(r.h);
                 }
             }
