@@ -25,17 +25,8 @@ struct sys_exit_ctx {
 	long ret;
 };
 
-/* Which syscall of a kind: argument positions differ (open vs openat). */
-enum variant {
-	V_PLAIN = 0,
-	V_AT = 1,  /* leading dirfd */
-	V_AT2 = 2, /* renameat2-style: two dirfds */
-	V_RE = 3,  /* setreuid(ruid, euid) */
-	V_RES = 4, /* setresuid(ruid, euid, suid) */
-	V_T = 5,   /* tkill(tid, sig) */
-	V_TG = 6,  /* tgkill(tgid, tid, sig) */
-	V_OPENAT2 = 7,
-};
+/* enum variant (which syscall of a kind) is part of the record contract:
+ * events.h. */
 
 struct inflight {
 	__u64 args[6];

@@ -139,7 +139,7 @@ int fb_sched_process_exec(void *ctx)
 	if (!e)
 		return 0;
 	bpf_probe_read_kernel(&loc, sizeof(loc), ctx + fb_exec_filename_off);
-	push_str(e, 0, ctx + (loc & 0xFFFF), STR_KERNEL);
+	push_str(e, STR_EXEC_FILENAME, ctx + (loc & 0xFFFF), STR_KERNEL);
 	st = bpf_map_lookup_elem(&argv_stash, &tid);
 	if (st) {
 		__u32 len = st->len;
@@ -148,7 +148,7 @@ int fb_sched_process_exec(void *ctx)
 			len = EV_ARGV_MAX;
 		if (len > 0 && off <= EV_DATA_MAX - EV_ARGV_MAX) {
 			bpf_probe_read_kernel(&e->data[off & EV_DATA_MASK], len & (EV_ARGV_MAX * 2 - 1), st->buf);
-			e->h.str_len[1] = len;
+			e->h.str_len[STR_EXEC_ARGV] = len;
 			e->h.data_len = off + len;
 		}
 		if (st->truncated)
@@ -166,6 +166,10 @@ int fb_sched_process_fork(void *ctx)
 
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
+	bpf_probe_read_kernel(&child, sizeof(child), ctx + fb_fork_child_pid_off);
+	/* A status left by an earlier process with this pid (its exit was not
+	 * recorded) must never be taken for the new one's. */
+	bpf_map_delete_elem(&exit_status, &child);
 	if (out_of_scope())
 		return 0;
 	if (bpf_map_lookup_elem(&clone_thread, &tid))
@@ -173,7 +177,6 @@ int fb_sched_process_fork(void *ctx)
 	/* parent_pid in the record is the forking *thread*; the parent
 	 * process is the current task's tgid. */
 	parent = bpf_get_current_pid_tgid() >> 32;
-	bpf_probe_read_kernel(&child, sizeof(child), ctx + fb_fork_child_pid_off);
 	e = event_start(EK_FORK);
 	if (!e)
 		return 0;
@@ -194,17 +197,19 @@ int fb_enter_exit_group(struct sys_enter_ctx *ctx)
 	return 0;
 }
 
+/* One row per process. The status is known only when the process called
+ * exit_group (from any thread): a process killed by a signal, or whose last
+ * thread left with a plain exit, records exit_code and signal unknown. */
 SEC("tracepoint/sched/sched_process_exit")
 int fb_sched_process_exit(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct event *e;
-	__u32 *code;
+	__u32 *status, code = 0;
+	int known = 0;
 	__u8 group_dead = 0;
 
-	if (out_of_scope())
-		return 0;
 	if (fb_exit_group_dead_off) {
 		bpf_probe_read_kernel(&group_dead, 1, ctx + fb_exit_group_dead_off);
 		if (!group_dead)
@@ -213,14 +218,22 @@ int fb_sched_process_exit(void *ctx)
 		/* Without group_dead, the leader's exit stands for the process. */
 		return 0;
 	}
+	/* Taken whether or not the process is in scope: the entry is done. */
+	status = bpf_map_lookup_elem(&exit_status, &tgid);
+	if (status) {
+		code = *status;
+		known = 1;
+		bpf_map_delete_elem(&exit_status, &tgid);
+	}
+	if (out_of_scope())
+		return 0;
 	e = event_start(EK_EXIT);
 	if (!e)
 		return 0;
-	code = bpf_map_lookup_elem(&exit_status, &tgid);
-	if (code) {
-		e->h.args[0] = *code;
-		e->h.args[2] = 1; /* status known */
-		bpf_map_delete_elem(&exit_status, &tgid);
+	if (known) {
+		e->h.args[SLOT_EXIT_CODE] = code;
+		e->h.args[SLOT_EXIT_SIGNAL] = 0; /* exit_group: no signal */
+		e->h.args[SLOT_EXIT_STATUS_KNOWN] = EXIT_STATUS_KNOWN;
 	}
 	return event_emit(ctx, e);
 }

@@ -14,25 +14,25 @@ static __always_inline int on_open(struct sys_exit_ctx *ctx, struct inflight *in
 	if (!e)
 		return 0;
 	if (in->variant == V_PLAIN) { /* open(path, flags, mode) */
-		push_str(e, 0, (void *)in->args[0], STR_USER);
-		e->h.args[0] = in->args[1];
-		e->h.args[1] = in->args[2];
-		e->h.args[2] = AT_FDCWD_U;
+		push_str(e, STR_OPEN_PATH, (void *)in->args[0], STR_USER);
+		e->h.args[SLOT_OPEN_FLAGS] = in->args[1];
+		e->h.args[SLOT_OPEN_MODE] = in->args[2];
+		e->h.args[SLOT_OPEN_DIRFD] = AT_FDCWD_U;
 	} else if (in->variant == V_OPENAT2) { /* openat2(dfd, path, how, size) */
 		struct open_how___min {
 			__u64 flags;
 			__u64 mode;
 		} how = {};
-		push_str(e, 0, (void *)in->args[1], STR_USER);
+		push_str(e, STR_OPEN_PATH, (void *)in->args[1], STR_USER);
 		bpf_probe_read_user(&how, sizeof(how), (void *)in->args[2]);
-		e->h.args[0] = how.flags;
-		e->h.args[1] = how.mode;
-		e->h.args[2] = in->args[0];
+		e->h.args[SLOT_OPEN_FLAGS] = how.flags;
+		e->h.args[SLOT_OPEN_MODE] = how.mode;
+		e->h.args[SLOT_OPEN_DIRFD] = in->args[0];
 	} else { /* openat(dfd, path, flags, mode) */
-		push_str(e, 0, (void *)in->args[1], STR_USER);
-		e->h.args[0] = in->args[2];
-		e->h.args[1] = in->args[3];
-		e->h.args[2] = in->args[0];
+		push_str(e, STR_OPEN_PATH, (void *)in->args[1], STR_USER);
+		e->h.args[SLOT_OPEN_FLAGS] = in->args[2];
+		e->h.args[SLOT_OPEN_MODE] = in->args[3];
+		e->h.args[SLOT_OPEN_DIRFD] = in->args[0];
 	}
 	return event_emit(ctx, e);
 }
@@ -46,12 +46,12 @@ static __always_inline int on_unlink(struct sys_exit_ctx *ctx, struct inflight *
 	if (!e)
 		return 0;
 	if (in->variant == V_AT) { /* unlinkat(dfd, path, flags) */
-		push_str(e, 0, (void *)in->args[1], STR_USER);
-		e->h.args[1] = in->args[2];
-		e->h.args[2] = in->args[0];
-	} else {
-		push_str(e, 0, (void *)in->args[0], STR_USER);
-		e->h.args[2] = AT_FDCWD_U;
+		push_str(e, STR_UNLINK_PATH, (void *)in->args[1], STR_USER);
+		e->h.args[SLOT_UNLINK_FLAGS] = in->args[2];
+		e->h.args[SLOT_UNLINK_DIRFD] = in->args[0];
+	} else { /* unlink(path) */
+		push_str(e, STR_UNLINK_PATH, (void *)in->args[0], STR_USER);
+		e->h.args[SLOT_UNLINK_DIRFD] = AT_FDCWD_U;
 	}
 	return event_emit(ctx, e);
 }
@@ -64,16 +64,16 @@ static __always_inline int on_rename(struct sys_exit_ctx *ctx, struct inflight *
 	if (!e)
 		return 0;
 	if (in->variant == V_PLAIN) { /* rename(old, new) */
-		push_str(e, 0, (void *)in->args[0], STR_USER);
-		push_str(e, 1, (void *)in->args[1], STR_USER);
-		e->h.args[2] = AT_FDCWD_U;
-		e->h.args[3] = AT_FDCWD_U;
+		push_str(e, STR_RENAME_OLD, (void *)in->args[0], STR_USER);
+		push_str(e, STR_RENAME_NEW, (void *)in->args[1], STR_USER);
+		e->h.args[SLOT_RENAME_OLD_DIRFD] = AT_FDCWD_U;
+		e->h.args[SLOT_RENAME_NEW_DIRFD] = AT_FDCWD_U;
 	} else { /* renameat{,2}(olddfd, old, newdfd, new[, flags]) */
-		push_str(e, 0, (void *)in->args[1], STR_USER);
-		push_str(e, 1, (void *)in->args[3], STR_USER);
-		e->h.args[1] = in->variant == V_AT2 ? in->args[4] : 0;
-		e->h.args[2] = in->args[0];
-		e->h.args[3] = in->args[2];
+		push_str(e, STR_RENAME_OLD, (void *)in->args[1], STR_USER);
+		push_str(e, STR_RENAME_NEW, (void *)in->args[3], STR_USER);
+		e->h.args[SLOT_RENAME_FLAGS] = in->variant == V_AT2 ? in->args[4] : 0;
+		e->h.args[SLOT_RENAME_OLD_DIRFD] = in->args[0];
+		e->h.args[SLOT_RENAME_NEW_DIRFD] = in->args[2];
 	}
 	return event_emit(ctx, e);
 }
@@ -87,22 +87,22 @@ static __always_inline int on_chmod(struct sys_exit_ctx *ctx, struct inflight *i
 	if (!e)
 		return 0;
 	if (in->variant == V_AT) { /* fchmodat(dfd, path, mode) */
-		push_str(e, 0, (void *)in->args[1], STR_USER);
-		e->h.args[0] = in->args[2];
-		e->h.args[2] = in->args[0];
-	} else if (in->variant == V_T) { /* fchmod(fd, mode): no path */
-		e->h.args[0] = in->args[1];
-		e->h.args[3] = in->args[0];
-	} else {
-		push_str(e, 0, (void *)in->args[0], STR_USER);
-		e->h.args[0] = in->args[1];
-		e->h.args[2] = AT_FDCWD_U;
+		push_str(e, STR_CHMOD_PATH, (void *)in->args[1], STR_USER);
+		e->h.args[SLOT_CHMOD_MODE] = in->args[2];
+		e->h.args[SLOT_CHMOD_DIRFD] = in->args[0];
+	} else if (in->variant == V_FD) { /* fchmod(fd, mode): no path */
+		e->h.args[SLOT_CHMOD_MODE] = in->args[1];
+		e->h.args[SLOT_CHMOD_FD] = in->args[0];
+	} else { /* chmod(path, mode) */
+		push_str(e, STR_CHMOD_PATH, (void *)in->args[0], STR_USER);
+		e->h.args[SLOT_CHMOD_MODE] = in->args[1];
+		e->h.args[SLOT_CHMOD_DIRFD] = AT_FDCWD_U;
 	}
 	return event_emit(ctx, e);
 }
 SYSCALL_HOOKS(chmod, 2, EK_CHMOD, V_PLAIN, on_chmod)
 SYSCALL_HOOKS(fchmodat, 3, EK_CHMOD, V_AT, on_chmod)
-SYSCALL_HOOKS(fchmod, 2, EK_CHMOD, V_T, on_chmod)
+SYSCALL_HOOKS(fchmod, 2, EK_CHMOD, V_FD, on_chmod)
 
 static __always_inline int on_mount(struct sys_exit_ctx *ctx, struct inflight *in)
 {
@@ -110,10 +110,10 @@ static __always_inline int on_mount(struct sys_exit_ctx *ctx, struct inflight *i
 	if (!e)
 		return 0;
 	/* mount(source, target, fstype, flags, data) */
-	push_str(e, 0, (void *)in->args[0], STR_USER);
-	push_str(e, 1, (void *)in->args[1], STR_USER);
-	push_str(e, 2, (void *)in->args[2], STR_USER);
-	e->h.args[0] = in->args[3];
+	push_str(e, STR_MOUNT_SOURCE, (void *)in->args[0], STR_USER);
+	push_str(e, STR_MOUNT_TARGET, (void *)in->args[1], STR_USER);
+	push_str(e, STR_MOUNT_FSTYPE, (void *)in->args[2], STR_USER);
+	e->h.args[SLOT_MOUNT_FLAGS] = in->args[3];
 	return event_emit(ctx, e);
 }
 SYSCALL_HOOKS(mount, 5, EK_MOUNT, V_PLAIN, on_mount)
@@ -123,8 +123,9 @@ static __always_inline int on_memfd(struct sys_exit_ctx *ctx, struct inflight *i
 	struct event *e = exit_start(ctx, in);
 	if (!e)
 		return 0;
-	push_str(e, 0, (void *)in->args[0], STR_USER);
-	e->h.args[0] = in->args[1];
+	/* memfd_create(name, flags) */
+	push_str(e, STR_MEMFD_NAME, (void *)in->args[0], STR_USER);
+	e->h.args[SLOT_MEMFD_FLAGS] = in->args[1];
 	return event_emit(ctx, e);
 }
 SYSCALL_HOOKS(memfd_create, 2, EK_MEMFD_CREATE, V_PLAIN, on_memfd)

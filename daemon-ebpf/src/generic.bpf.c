@@ -62,8 +62,8 @@ int raw_sys_exit(struct sys_exit_ctx *ctx)
 	if (!e)
 		return 0;
 #pragma unroll
-	for (int i = 0; i < 6; i++)
-		e->h.args[i] = in.args[i];
+	for (int i = 0; i < EV_NUM_ARGS; i++)
+		e->h.args[SLOT_SYSCALL_ARGS + i] = in.args[i];
 	e->h.aux = in.variant;
 	return event_emit(ctx, e);
 }

@@ -11,7 +11,7 @@ static __always_inline void push_sockaddr(struct event *e, const void *addr, __u
 		return;
 	if (len > EV_SOCKADDR_MAX)
 		len = EV_SOCKADDR_MAX;
-	push_user_bytes(e, 0, addr, len);
+	push_user_bytes(e, STR_SOCK_ADDR, addr, len);
 }
 
 /* connect(fd, addr, len) and bind(fd, addr, len) */
@@ -20,7 +20,7 @@ static __always_inline int on_addr_call(struct sys_exit_ctx *ctx, struct infligh
 	struct event *e = exit_start(ctx, in);
 	if (!e)
 		return 0;
-	e->h.args[0] = in->args[0];
+	e->h.args[SLOT_SOCK_FD] = in->args[0];
 	push_sockaddr(e, (void *)in->args[1], in->args[2]);
 	return event_emit(ctx, e);
 }
@@ -36,7 +36,7 @@ static __always_inline int on_accept(struct sys_exit_ctx *ctx, struct inflight *
 	e = exit_start(ctx, in);
 	if (!e)
 		return 0;
-	e->h.args[0] = in->args[0];
+	e->h.args[SLOT_SOCK_FD] = in->args[0];
 	if (sys_ret(ctx) >= 0 && in->args[1] && in->args[2]) {
 		bpf_probe_read_user(&len, sizeof(len), (void *)in->args[2]);
 		if (len > 0)

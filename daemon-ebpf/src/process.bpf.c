@@ -26,14 +26,14 @@ int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 	task = cur_task();
 	fill_task(e, task);
 
-	push_str(e, 0, READ_KERN(bprm, filename), STR_KERNEL);
+	push_str(e, STR_EXEC_FILENAME, READ_KERN(bprm, filename), STR_KERNEL);
 	arg_start = READ_KERN(task, mm, arg_start);
 	arg_end = READ_KERN(task, mm, arg_end);
 	if (arg_end > arg_start)
-		push_user_bytes(e, 1, (void *)arg_start, arg_end - arg_start);
-	push_str(e, 2, READ_KERN(bprm, interp), STR_KERNEL);
+		push_user_bytes(e, STR_EXEC_ARGV, (void *)arg_start, arg_end - arg_start);
+	push_str(e, STR_EXEC_INTERP, READ_KERN(bprm, interp), STR_KERNEL);
 	/* When the loaded file last changed: a binary replaced in place shows. */
-	e->h.args[3] = inode_ctime_ns(READ_KERN(bprm, file, f_inode));
+	e->h.args[SLOT_EXEC_CTIME] = inode_ctime_ns(READ_KERN(bprm, file, f_inode));
 	return event_emit(ctx, e);
 }
 
@@ -80,8 +80,9 @@ int tp_sched_process_exit(void *ctx)
 		return 0;
 	fill_task(e, task);
 	code = READ_KERN(task, exit_code);
-	e->h.args[0] = (code >> 8) & 0xff; /* exit status */
-	e->h.args[1] = code & 0x7f;        /* terminating signal, 0 = none */
-	e->h.args[2] = 1;                  /* status known */
+	/* The wait status the kernel keeps: always known here. */
+	e->h.args[SLOT_EXIT_CODE] = (code >> 8) & 0xff;
+	e->h.args[SLOT_EXIT_SIGNAL] = code & 0x7f;
+	e->h.args[SLOT_EXIT_STATUS_KNOWN] = EXIT_STATUS_KNOWN;
 	return event_emit(ctx, e);
 }

@@ -4,6 +4,8 @@
 //! bounds. Nothing here depends on aya or sqlx, so the client
 //! stays small.
 
+pub mod payload;
+
 use jiff::{fmt::temporal::DateTimePrinter, Timestamp};
 use serde::{Deserialize, Serialize};
 

@@ -12,6 +12,44 @@ use super::{error_chain, kernel_release};
 
 pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "{SYS_BTF} does not exist: this kernel exposes no BTF (built without \
+         CONFIG_DEBUG_INFO_BTF, or /sys/kernel/btf is hidden); set btf_path (or --btf) \
+         to a BTF file for this kernel, or run with --mode fallback"
+    )]
+    NoKernelBtf,
+    #[error("cannot parse {SYS_BTF}: {0}")]
+    KernelBtf(aya::BtfError),
+    #[error("no external BTF configured (btf_path or btf_dir in the config, or --btf)")]
+    NotConfigured,
+    #[error("BTF file {} is named for kernel {named}, but this kernel is {running}", .path.display())]
+    NamedForOther {
+        path: PathBuf,
+        named: String,
+        running: String,
+    },
+    /// `chain`: aya's error with its sources (the useful part is deep).
+    #[error("cannot use BTF file {}: {chain}", .path.display())]
+    Unusable { path: PathBuf, chain: String },
+    #[error("btf_dir {} has no BTF for this kernel: looked for {} and {}", .dir.display(), .plain.display(), .archive.display())]
+    NotInDir {
+        dir: PathBuf,
+        plain: PathBuf,
+        archive: PathBuf,
+    },
+    #[error("{}: {err}", .path.display())]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("unpacking {}: cannot run tar: {err}", .archive.display())]
+    Tar {
+        archive: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("unpacking {} did not yield {release}.btf (tar and xz-utils are needed)", .archive.display())]
+    Unpack { archive: PathBuf, release: String },
+}
+
 /// A kernel release-looking part of a file name ("6.1.0-18-amd64" in
 /// ".../6.1.0-18-amd64.btf"): used to refuse a BTF named for another kernel.
 fn release_in_name(path: &Path) -> Option<String> {
@@ -21,51 +59,41 @@ fn release_in_name(path: &Path) -> Option<String> {
     looks.then(|| stem.to_string())
 }
 
-pub fn target_btf(rung: Rung, opts: &LoadOptions) -> Result<(Btf, String), String> {
+pub fn target_btf(rung: Rung, opts: &LoadOptions) -> Result<(Btf, String), BtfError> {
     match rung {
         Rung::CoreKernelBtf => {
             if !Path::new(SYS_BTF).exists() {
-                return Err(format!(
-                    "{SYS_BTF} does not exist: this kernel exposes no BTF (built without \
-                     CONFIG_DEBUG_INFO_BTF, or /sys/kernel/btf is hidden); set btf_path (or --btf) \
-                     to a BTF file for this kernel, or run with --mode fallback"
-                ));
+                return Err(BtfError::NoKernelBtf);
             }
             Btf::from_sys_fs()
                 .map(|b| (b, SYS_BTF.to_string()))
-                .map_err(|e| format!("cannot parse {SYS_BTF}: {e}"))
+                .map_err(BtfError::KernelBtf)
         }
         Rung::CoreExternalBtf => {
             let found;
-            let path =
-                match (&opts.btf_path, &opts.btf_dir) {
-                    (Some(p), _) => p,
-                    (None, Some(dir)) => {
-                        found = find_in_btf_dir(dir, &opts.state_dir)?;
-                        &found
-                    }
-                    (None, None) => return Err(
-                        "no external BTF configured (btf_path or btf_dir in the config, or --btf)"
-                            .into(),
-                    ),
-                };
+            let path = match (&opts.btf_path, &opts.btf_dir) {
+                (Some(p), _) => p,
+                (None, Some(dir)) => {
+                    found = find_in_btf_dir(dir, &opts.state_dir)?;
+                    &found
+                }
+                (None, None) => return Err(BtfError::NotConfigured),
+            };
             let running = kernel_release();
             if let Some(named) = release_in_name(path) {
                 if named != running {
-                    return Err(format!(
-                        "BTF file {} is named for kernel {named}, but this kernel is {running}",
-                        path.display()
-                    ));
+                    return Err(BtfError::NamedForOther {
+                        path: path.clone(),
+                        named,
+                        running,
+                    });
                 }
             }
             Btf::parse_file(path, Endianness::default())
                 .map(|b| (b, path.display().to_string()))
-                .map_err(|e| {
-                    format!(
-                        "cannot use BTF file {}: {}",
-                        path.display(),
-                        error_chain(&e)
-                    )
+                .map_err(|e| BtfError::Unusable {
+                    path: path.clone(),
+                    chain: error_chain(&e),
                 })
         }
         Rung::KernelObject | Rung::Fallback => unreachable!("only the CO-RE object needs BTF"),
@@ -81,7 +109,7 @@ fn os_release_field(text: &str, key: &str) -> Option<String> {
 
 /// `<dir>/<os-id>/<version-id>/<arch>/<release>.btf`, or the same
 /// `.btf.tar.xz` (BTFHub's archive form), unpacked into the state dir.
-fn find_in_btf_dir(dir: &Path, state_dir: &Path) -> Result<PathBuf, String> {
+fn find_in_btf_dir(dir: &Path, state_dir: &Path) -> Result<PathBuf, BtfError> {
     let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let id = os_release_field(&os, "ID").unwrap_or_else(|| "linux".into());
     let version = os_release_field(&os, "VERSION_ID").unwrap_or_default();
@@ -93,28 +121,30 @@ fn find_in_btf_dir(dir: &Path, state_dir: &Path) -> Result<PathBuf, String> {
     }
     let archive = base.join(format!("{release}.btf.tar.xz"));
     if !archive.exists() {
-        return Err(format!(
-            "btf_dir {} has no BTF for this kernel: looked for {} and {}",
-            dir.display(),
-            plain.display(),
-            archive.display()
-        ));
+        return Err(BtfError::NotInDir {
+            dir: dir.to_path_buf(),
+            plain,
+            archive,
+        });
     }
     let out = state_dir.join("btf");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(&out).map_err(|err| BtfError::Io {
+        path: out.clone(),
+        err,
+    })?;
     let st = std::process::Command::new("tar")
         .arg("-xJf")
         .arg(&archive)
         .arg("-C")
         .arg(&out)
         .status()
-        .map_err(|e| format!("unpacking {}: cannot run tar: {e}", archive.display()))?;
+        .map_err(|err| BtfError::Tar {
+            archive: archive.clone(),
+            err,
+        })?;
     let unpacked = out.join(format!("{release}.btf"));
     if !st.success() || !unpacked.exists() {
-        return Err(format!(
-            "unpacking {} did not yield {release}.btf (tar and xz-utils are needed)",
-            archive.display()
-        ));
+        return Err(BtfError::Unpack { archive, release });
     }
     Ok(unpacked)
 }

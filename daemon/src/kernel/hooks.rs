@@ -2,22 +2,47 @@
 //! tracepoint, which hooks are optional (the kernel may lack their
 //! tracepoint), and attaching them.
 
-use aya::programs::{RawTracePoint, TracePoint};
+use aya::programs::{Program, RawTracePoint, TracePoint};
 use aya::Ebpf;
 use traceed_wire::SkippedHook;
 
-use super::error_chain;
+use super::{error_chain, tracefs};
 
+/// Where a program attaches. Both name the tracepoint's tracefs directory
+/// (`events/<category>/<name>`), which says whether this kernel has it.
 pub enum Attach {
     Tracepoint(&'static str, String),
-    RawTracepoint(&'static str),
+    /// (category, name): the raw tracepoint `name`; the category is only
+    /// used to look it up in tracefs.
+    RawTracepoint(&'static str, &'static str),
+}
+
+impl Attach {
+    pub fn tracefs_event(&self) -> (&str, &str) {
+        match self {
+            Attach::Tracepoint(cat, name) => (cat, name),
+            Attach::RawTracepoint(cat, name) => (cat, name),
+        }
+    }
+
+    /// The ELF section the program must be in for this attach type.
+    pub fn section(&self) -> String {
+        match self {
+            Attach::Tracepoint(cat, name) => format!("tracepoint/{cat}/{name}"),
+            Attach::RawTracepoint(_, name) => format!("raw_tracepoint/{name}"),
+        }
+    }
 }
 
 pub struct Hook {
     pub prog: String,
     pub attach: Attach,
-    /// Optional hooks may be refused by the kernel; that is a warning.
+    /// Optional hooks are those whose tracepoint some kernels lack; see
+    /// `attach_all` for what happens to them.
     pub optional: bool,
+    /// Attach only when this hook was attached (a syscall's sys_enter half
+    /// is useless, and fills the inflight map, without its sys_exit half).
+    pub after: Option<String>,
 }
 
 impl Hook {
@@ -26,8 +51,22 @@ impl Hook {
             prog: prog.into(),
             attach: Attach::Tracepoint(cat, name.into()),
             optional,
+            after: None,
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error(
+        "the loaded object has no program {} named in the hook table: it was not built from this \
+         traceed's sources (a kernel-specific object from another traceed version: rebuild it with \
+         `traceed build-object`)",
+        .0.join(", ")
+    )]
+    MissingPrograms(Vec<String>),
+    #[error("attaching required hook {prog}: {reason}")]
+    Required { prog: String, reason: String },
 }
 
 /// Syscalls recorded at sys_exit (with arguments stashed at sys_enter).
@@ -74,14 +113,22 @@ fn common_hooks(hooks: &mut Vec<Hook>, generic: bool) {
     }
     for sys in SYSCALLS {
         // exit first: an enter whose exit is missing would only fill the map.
-        for side in ["exit", "enter"] {
-            hooks.push(Hook::tp(
-                &format!("{side}_{sys}"),
+        let exit = format!("exit_{sys}");
+        hooks.push(Hook::tp(
+            &exit,
+            "syscalls",
+            &format!("sys_exit_{sys}"),
+            true,
+        ));
+        hooks.push(Hook {
+            after: Some(exit),
+            ..Hook::tp(
+                &format!("enter_{sys}"),
                 "syscalls",
-                &format!("sys_{side}_{sys}"),
+                &format!("sys_enter_{sys}"),
                 true,
-            ));
-        }
+            )
+        });
     }
 }
 
@@ -89,13 +136,15 @@ pub fn core_hooks(generic: bool) -> Vec<Hook> {
     let mut hooks = vec![
         Hook {
             prog: "raw_sched_process_exec".into(),
-            attach: Attach::RawTracepoint("sched_process_exec"),
+            attach: Attach::RawTracepoint("sched", "sched_process_exec"),
             optional: false,
+            after: None,
         },
         Hook {
             prog: "raw_sched_process_fork".into(),
-            attach: Attach::RawTracepoint("sched_process_fork"),
+            attach: Attach::RawTracepoint("sched", "sched_process_fork"),
             optional: false,
+            after: None,
         },
         Hook::tp(
             "tp_sched_process_exit",
@@ -144,46 +193,88 @@ pub fn fallback_hooks(generic: bool) -> Vec<Hook> {
     hooks
 }
 
+/// Attach every hook of the table, in order.
+///
+/// - A program the table names but the object lacks refuses the rung (the
+///   object and the table disagree: a build mismatch, never a kernel
+///   matter), before anything is attached.
+/// - A required hook that fails refuses the rung.
+/// - An optional hook whose tracepoint this kernel lacks (no
+///   `events/<category>/<name>` in tracefs) is skipped and listed, without
+///   trying: that is what optional means (openat2 before 5.6, module_load
+///   without modules, no syscall tracepoints).
+/// - An optional hook whose tracepoint exists but that fails to load or
+///   attach is skipped too, with a warning and the kernel's reason in
+///   status, rather than refusing the rung. The choice: every rung carries
+///   the same syscall programs, so refusing would walk down to the fallback,
+///   fail there the same way, and leave the host with no events at all
+///   because one syscall hook was refused on some kernel; a loud, listed
+///   gap is better. (The kernel matrix, 5.10 / 6.1 / 6.12, skips none.)
+/// - A hook with `after` is skipped when that hook was not attached.
 pub fn attach_all(
     ebpf: &mut Ebpf,
     hooks: &[Hook],
-) -> Result<(Vec<String>, Vec<SkippedHook>), String> {
-    let mut attached = Vec::new();
+) -> Result<(Vec<String>, Vec<SkippedHook>), HookError> {
+    let missing: Vec<String> = hooks
+        .iter()
+        .filter(|h| ebpf.program(&h.prog).is_none())
+        .map(|h| h.prog.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(HookError::MissingPrograms(missing));
+    }
+    let mut attached: Vec<String> = Vec::new();
     let mut skipped = Vec::new();
+    let mut skip = |hook: &Hook, reason: String| {
+        tracing::warn!(hook = %hook.prog, %reason, "optional hook skipped");
+        skipped.push(SkippedHook {
+            hook: hook.prog.clone(),
+            reason,
+        });
+    };
     for hook in hooks {
-        match attach_one(ebpf, hook) {
-            Ok(()) => attached.push(hook.prog.clone()),
-            Err(source) if hook.optional => {
-                let reason = error_chain(&source);
-                tracing::warn!(hook = %hook.prog, %reason, "optional hook skipped");
-                skipped.push(SkippedHook {
-                    hook: hook.prog.clone(),
-                    reason,
-                });
+        let (cat, name) = hook.attach.tracefs_event();
+        if hook.optional && tracefs::has_event(cat, name) == Some(false) {
+            skip(hook, format!("this kernel has no tracepoint {cat}/{name}"));
+            continue;
+        }
+        if let Some(dep) = &hook.after {
+            if !attached.contains(dep) {
+                skip(hook, format!("not attached because {dep} is not"));
+                continue;
             }
-            Err(source) => {
-                return Err(format!(
-                    "attaching required hook {}: {}",
-                    hook.prog,
+        }
+        let Some(prog) = ebpf.program_mut(&hook.prog) else {
+            return Err(HookError::MissingPrograms(vec![hook.prog.clone()]));
+        };
+        match attach_one(prog, &hook.attach) {
+            Ok(()) => attached.push(hook.prog.clone()),
+            Err(source) if hook.optional => skip(
+                hook,
+                format!(
+                    "tracepoint {cat}/{name} exists but the kernel refused the program: {}",
                     error_chain(&source)
-                ));
+                ),
+            ),
+            Err(source) => {
+                return Err(HookError::Required {
+                    prog: hook.prog.clone(),
+                    reason: error_chain(&source),
+                });
             }
         }
     }
     Ok((attached, skipped))
 }
 
-fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), aya::programs::ProgramError> {
-    let prog = ebpf
-        .program_mut(&hook.prog)
-        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?;
-    match hook.attach {
-        Attach::Tracepoint(cat, ref name) => {
+fn attach_one(prog: &mut Program, attach: &Attach) -> Result<(), aya::programs::ProgramError> {
+    match attach {
+        Attach::Tracepoint(cat, name) => {
             let p: &mut TracePoint = prog.try_into()?;
             p.load()?;
             p.attach(cat, name)?;
         }
-        Attach::RawTracepoint(name) => {
+        Attach::RawTracepoint(_, name) => {
             let p: &mut RawTracePoint = prog.try_into()?;
             p.load()?;
             p.attach(name)?;

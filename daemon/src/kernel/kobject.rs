@@ -366,6 +366,50 @@ pub fn section<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
     })
 }
 
+/// The programs of a BPF object: (section, function name) of every global
+/// function symbol outside `.text`, which is what aya loads as a program.
+/// None when `elf` is not an ELF64 little-endian object.
+pub fn programs(elf: &[u8]) -> Option<Vec<(String, String)>> {
+    const SHT_SYMTAB: u32 = 2;
+    const STT_FUNC: u8 = 2;
+    const STB_GLOBAL: u8 = 1;
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);
+    let cstr_at = |o: usize| {
+        let b = elf.get(o..)?;
+        let end = b.iter().position(|&c| c == 0)?;
+        Some(String::from_utf8_lossy(&b[..end]).into_owned())
+    };
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = u64_at(0x28)?;
+    let shentsize = u16_at(0x3a)? as usize;
+    let shnum = u16_at(0x3c)? as usize;
+    let shstrndx = u16_at(0x3e)? as usize;
+    let hdr = |i: usize| shoff + i * shentsize;
+    let shstrtab = u64_at(hdr(shstrndx) + 0x18)?;
+    let section_name = |i: usize| cstr_at(shstrtab + u32_at(hdr(i))? as usize);
+    let symtab = (0..shnum).find(|&i| u32_at(hdr(i) + 4) == Some(SHT_SYMTAB))?;
+    let (off, size) = (u64_at(hdr(symtab) + 0x18)?, u64_at(hdr(symtab) + 0x20)?);
+    let strtab = u64_at(hdr(u32_at(hdr(symtab) + 0x28)? as usize) + 0x18)?;
+    let mut out = Vec::new();
+    for sym in (off..off + size).step_by(24) {
+        let info = *elf.get(sym + 4)?;
+        let shndx = u16_at(sym + 6)? as usize;
+        if info & 0xf != STT_FUNC || info >> 4 != STB_GLOBAL || shndx == 0 || shndx >= shnum {
+            continue;
+        }
+        let sec = section_name(shndx)?;
+        if sec == ".text" {
+            continue;
+        }
+        out.push((sec, cstr_at(strtab + u32_at(sym)? as usize)?));
+    }
+    Some(out)
+}
+
 fn section_str(elf: &[u8], name: &str) -> Option<String> {
     let s = section(elf, name)?;
     let s = s.split(|&c| c == 0).next()?;
@@ -392,10 +436,66 @@ pub struct Located {
     pub transport: Transport,
 }
 
+/// Why rung 3 has no object to load.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("{looked}, and [kernel] build_objects = false")]
+    NotBuilding { looked: Looked },
+    #[error(
+        "{looked}, and no headers to build one ({} is missing: `apt-get install \
+         linux-headers-{release}`, or build it elsewhere with `traceed build-object \
+         --headers DIR` and copy it to {SYSTEM_OBJECTS})",
+        .headers.display()
+    )]
+    NoHeaders {
+        looked: Looked,
+        headers: PathBuf,
+        release: String,
+    },
+    #[error("{looked}, and building one failed: {err}")]
+    Build { looked: Looked, err: Box<KobjError> },
+    #[error("{}: {err}", .path.display())]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error(
+        "{} records no kernel release (a {RELEASE_SECTION} section): not built by `traceed build-object`",
+        .path.display()
+    )]
+    NoRelease { path: PathBuf },
+    #[error(
+        "{} was built for kernel {recorded}, but this kernel is {release}; its offsets \
+         would be wrong: build one with `traceed build-object` against linux-headers-{release}",
+        .path.display()
+    )]
+    OtherRelease {
+        path: PathBuf,
+        recorded: String,
+        release: String,
+    },
+}
+
+/// Where rung 3 looked for `name`: "no <name> in <system dir> or <cache>".
+#[derive(Debug)]
+pub struct Looked {
+    pub name: String,
+    pub dirs: [PathBuf; 2],
+}
+
+impl std::fmt::Display for Looked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no {} in {} or {}",
+            self.name,
+            self.dirs[0].display(),
+            self.dirs[1].display()
+        )
+    }
+}
+
 /// Rung 3: `<release>.bpf.o` from the system or state directory, else
 /// compiled now from this kernel's headers and cached in the state
 /// directory. Its recorded release must be the running kernel's.
-pub fn locate(state_dir: &Path, build_objects: bool) -> Result<Located, String> {
+pub fn locate(state_dir: &Path, build_objects: bool) -> Result<Located, LocateError> {
     let release = running_release();
     let name = format!("{release}.bpf.o");
     let cache = state_dir.join("objects");
@@ -403,49 +503,47 @@ pub fn locate(state_dir: &Path, build_objects: bool) -> Result<Located, String> 
     let mut found = dirs.iter().map(|d| d.join(&name)).find(|p| p.exists());
     let mut built_ms = None;
     if found.is_none() {
-        let looked = format!(
-            "no {name} in {} or {}",
-            dirs[0].display(),
-            dirs[1].display()
-        );
+        let looked = Looked {
+            name: name.clone(),
+            dirs,
+        };
         if !build_objects {
-            return Err(format!("{looked}, and [kernel] build_objects = false"));
+            return Err(LocateError::NotBuilding { looked });
         }
         let headers = default_headers();
         if !headers.exists() {
-            return Err(format!(
-                "{looked}, and no headers to build one ({} is missing: `apt-get install \
-                 linux-headers-{release}`, or build it elsewhere with `traceed build-object \
-                 --headers DIR` and copy it to {})",
-                headers.display(),
-                dirs[0].display()
-            ));
+            return Err(LocateError::NoHeaders {
+                looked,
+                headers,
+                release,
+            });
         }
         let out = cache.join(&name);
         tracing::info!(headers = %headers.display(), output = %out.display(), "building the kernel-specific object");
-        let b = build(&headers, Some(&out))
-            .map_err(|e| format!("{looked}, and building one failed: {e}"))?;
+        let b = build(&headers, Some(&out)).map_err(|err| LocateError::Build {
+            looked,
+            err: Box::new(err),
+        })?;
         tracing::info!(output = %b.output.display(), took_ms = b.took.as_millis() as u64, "kernel-specific object built");
         built_ms = Some(b.took.as_millis() as u64);
         found = Some(b.output);
     }
     let path = found.unwrap_or_default();
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let recorded = recorded_release(&bytes).ok_or_else(|| {
-        format!(
-            "{} records no kernel release (a {} section): not built by `traceed build-object`",
-            path.display(),
-            RELEASE_SECTION
-        )
-    })?;
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(err) => return Err(LocateError::Read { path, err }),
+    };
+    let Some(recorded) = recorded_release(&bytes) else {
+        return Err(LocateError::NoRelease { path });
+    };
     // The release is also in the file name, but names are easy to get wrong
     // when objects are copied around a fleet: the recorded one decides.
     if recorded != release && std::env::var_os("TRACEED_TEST_ANY_RELEASE").is_none() {
-        return Err(format!(
-            "{} was built for kernel {recorded}, but this kernel is {release}; its offsets \
-             would be wrong: build one with `traceed build-object` against linux-headers-{release}",
-            path.display()
-        ));
+        return Err(LocateError::OtherRelease {
+            path,
+            recorded,
+            release,
+        });
     }
     let transport = match recorded_transport(&bytes).as_deref() {
         Some("perf") => Transport::Perf,

@@ -12,10 +12,11 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::{Btf, Ebpf, EbpfLoader};
 use traceed_wire::{KernelObject, Refusal, SkippedHook};
 
-use super::btf::target_btf;
-use super::hooks::{attach_all, core_hooks, fallback_hooks, Hook};
-use super::selfcheck::self_check;
-use super::source::EventSource;
+use super::btf::{target_btf, BtfError};
+use super::hooks::{attach_all, core_hooks, fallback_hooks, Hook, HookError};
+use super::kobject::LocateError;
+use super::selfcheck::{self_check, SelfCheckError};
+use super::source::{EventSource, SourceError};
 use super::tracefs::{self, Format};
 use super::{error_chain, kobject, scope};
 use crate::service::config::{Mode, Transport};
@@ -34,6 +35,40 @@ pub enum LoadError {
     NoRung(String),
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
+}
+
+/// Why one rung was refused (its Display is the reason in status).
+#[derive(Debug, thiserror::Error)]
+pub enum RungError {
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    KernelObject(#[from] LocateError),
+    #[error(transparent)]
+    SelfCheck(#[from] SelfCheckError),
+    #[error(transparent)]
+    Hooks(#[from] HookError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Scope(#[from] scope::ScopeError),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    /// `chain`: aya's error with its sources (the verifier log, the errno).
+    #[error("loading the {what}: {chain}")]
+    Load { what: String, chain: String },
+    #[error("{} was built for transport {built}, but {configured} is configured", .path.display())]
+    TransportMismatch {
+        path: PathBuf,
+        built: &'static str,
+        configured: &'static str,
+    },
+    #[error("{} uses a BPF ring buffer, which this kernel lacks", .path.display())]
+    NoRingBuf { path: PathBuf },
+    #[error("object has no syscall_filter map")]
+    NoSyscallFilter,
+    #[error("syscall_filter: {0}")]
+    SyscallFilter(aya::maps::MapError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +150,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         Mode::Kernel => r == Rung::KernelObject,
         Mode::Fallback => r == Rung::Fallback,
     };
-    let mut refuse = |rung: Rung, reason: String| {
+    let mut refuse = |rung: Rung, err: RungError| {
+        let reason = err.to_string();
         tracing::warn!(rung = rung.as_str(), %reason, "rung refused");
         refused.push(Refusal {
             rung: rung.as_str().into(),
@@ -135,18 +171,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         let attempt = match rung {
             // Rungs 1 and 2: the CO-RE object needs a target BTF. Never load
             // it without one: aya would keep vmlinux.h's offsets.
-            Rung::CoreKernelBtf | Rung::CoreExternalBtf => {
-                target_btf(rung, opts).and_then(|(btf, source)| {
+            Rung::CoreKernelBtf | Rung::CoreExternalBtf => target_btf(rung, opts)
+                .map_err(RungError::from)
+                .and_then(|(btf, source)| {
                     load_core(&btf, opts, transport).map(|l| (l, Some(source), None, transport))
-                })
-            }
+                }),
             Rung::KernelObject => load_kernel_object(opts).map(|(l, ko, t)| (l, None, Some(ko), t)),
             Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None, None, transport)),
         };
         match attempt {
             Ok((mut l, btf_source, kernel_object, transport)) => {
-                if let Err(reason) = self_check(&mut l, rung, opts) {
-                    refuse(rung, reason);
+                if let Err(err) = self_check(&mut l, rung, opts) {
+                    refuse(rung, err.into());
                     continue;
                 }
                 return Ok(Loaded {
@@ -218,8 +254,8 @@ fn finish(
     opts: &LoadOptions,
     hooks: &[Hook],
     transport: Transport,
-) -> Result<Attempt, String> {
-    opts.scope.push(&mut ebpf).map_err(|e| e.to_string())?;
+) -> Result<Attempt, RungError> {
+    opts.scope.push(&mut ebpf)?;
     push_syscall_filter(&mut ebpf, &opts.generic_syscalls)?;
     let (programs, skipped) = attach_all(&mut ebpf, hooks)?;
     let source = EventSource::open(&mut ebpf, transport, opts.ring_buffer_bytes)?;
@@ -236,7 +272,7 @@ fn finish(
     })
 }
 
-fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Attempt, String> {
+fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Attempt, RungError> {
     let g = globals(opts, transport);
     let obj = if transport == Transport::Perf {
         CORE_PERF
@@ -248,9 +284,10 @@ fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Atte
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
     }
-    let ebpf = l
-        .load(obj)
-        .map_err(|e| format!("loading the CO-RE object: {}", error_chain(&e)))?;
+    let ebpf = l.load(obj).map_err(|e| RungError::Load {
+        what: "CO-RE object".into(),
+        chain: error_chain(&e),
+    })?;
     finish(
         ebpf,
         opts,
@@ -259,15 +296,15 @@ fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Atte
     )
 }
 
-fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, String> {
+fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, RungError> {
     let g = globals(opts, transport);
-    let fmt = |c: &str, e: &str| Format::read(c, e).map_err(|e| e.to_string());
+    let fmt = Format::read;
     let exec = fmt("sched", "sched_process_exec")?;
     let fork = fmt("sched", "sched_process_fork")?;
     let exit = fmt("sched", "sched_process_exit")?;
     let enter = fmt("syscalls", "sys_enter_openat")?;
     let sys_exit = fmt("syscalls", "sys_exit_openat")?;
-    let off = |f: &Format, name: &str| f.offset(name).map_err(|e| e.to_string());
+    let off = |f: &Format, name: &str| f.offset(name);
     // The first argument slot is the field right after __syscall_nr.
     let args_off = off(&enter, "dfd")?;
     let ret_off = off(&sys_exit, "ret")?;
@@ -293,9 +330,10 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, St
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
     }
-    let ebpf = l
-        .load(obj)
-        .map_err(|e| format!("loading the fallback object: {}", error_chain(&e)))?;
+    let ebpf = l.load(obj).map_err(|e| RungError::Load {
+        what: "fallback object".into(),
+        chain: error_chain(&e),
+    })?;
     finish(
         ebpf,
         opts,
@@ -304,34 +342,27 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, St
     )
 }
 
-fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Transport), String> {
+fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Transport), RungError> {
     let ko = kobject::locate(&opts.state_dir, opts.build_objects)?;
     let transport = ko.transport;
     if opts.transport != Transport::Auto && opts.transport != transport {
-        return Err(format!(
-            "{} was built for transport {}, but {} is configured",
-            ko.path.display(),
-            transport.as_str(),
-            opts.transport.as_str()
-        ));
+        return Err(RungError::TransportMismatch {
+            path: ko.path,
+            built: transport.as_str(),
+            configured: opts.transport.as_str(),
+        });
     }
     if transport == Transport::Ringbuf && !ring_buf_supported() {
-        return Err(format!(
-            "{} uses a BPF ring buffer, which this kernel lacks",
-            ko.path.display()
-        ));
+        return Err(RungError::NoRingBuf { path: ko.path });
     }
     let g = globals(opts, transport);
     let mut l = loader_for(opts, &g);
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
     }
-    let ebpf = l.load(&ko.bytes).map_err(|e| {
-        format!(
-            "loading the kernel object {}: {}",
-            ko.path.display(),
-            error_chain(&e)
-        )
+    let ebpf = l.load(&ko.bytes).map_err(|e| RungError::Load {
+        what: format!("kernel object {}", ko.path.display()),
+        chain: error_chain(&e),
     })?;
     let a = finish(
         ebpf,
@@ -342,18 +373,59 @@ fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Tran
     Ok((a, ko.info, transport))
 }
 
-fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), String> {
+fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), RungError> {
     if nrs.is_empty() {
         return Ok(());
     }
     let map = ebpf
         .map_mut("syscall_filter")
-        .ok_or("object has no syscall_filter map")?;
+        .ok_or(RungError::NoSyscallFilter)?;
     let mut m: aya::maps::HashMap<_, u32, u8> =
-        aya::maps::HashMap::try_from(map).map_err(|e| format!("syscall_filter: {e}"))?;
+        aya::maps::HashMap::try_from(map).map_err(RungError::SyscallFilter)?;
     for nr in nrs {
-        m.insert(*nr, 1, 0)
-            .map_err(|e| format!("syscall_filter: {e}"))?;
+        m.insert(*nr, 1, 0).map_err(RungError::SyscallFilter)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hook tables and the embedded objects agree both ways, without
+    /// loading anything: every program a table names is in its object, in
+    /// the section its attach type needs, and every program of an object
+    /// is in its table (the generic path's included).
+    #[test]
+    fn hook_tables_match_the_embedded_objects() {
+        let objects: [(&str, &[u8], Vec<Hook>); 4] = [
+            ("traceed.bpf.o", CORE_RING, core_hooks(true)),
+            ("traceed-perf.bpf.o", CORE_PERF, core_hooks(true)),
+            ("fallback.bpf.o", FALLBACK_RING, fallback_hooks(true)),
+            ("fallback-perf.bpf.o", FALLBACK_PERF, fallback_hooks(true)),
+        ];
+        for (name, obj, table) in objects {
+            let progs = kobject::programs(obj).unwrap_or_else(|| panic!("{name}: not ELF"));
+            assert!(progs.len() > 20, "{name}: {progs:?}");
+            for hook in &table {
+                let found = progs.iter().find(|(_, p)| *p == hook.prog);
+                let (section, _) =
+                    found.unwrap_or_else(|| panic!("{name} has no program {}", hook.prog));
+                assert_eq!(*section, hook.attach.section(), "{name}: {}", hook.prog);
+                if let Some(dep) = &hook.after {
+                    let pos = |p: &str| table.iter().position(|h| h.prog == p);
+                    assert!(
+                        pos(dep).is_some() && pos(dep) < pos(&hook.prog),
+                        "{name}: {dep} must come first"
+                    );
+                }
+            }
+            for (section, prog) in &progs {
+                assert!(
+                    table.iter().any(|h| h.prog == *prog),
+                    "{name}: program {prog} ({section}) is in no hook table"
+                );
+            }
+        }
+    }
 }

@@ -7,24 +7,51 @@ use aya::Ebpf;
 
 use super::kernel_release;
 use super::ladder::{Attempt, LoadOptions, Rung};
-use crate::pipeline::decoder;
+use crate::pipeline::{contract, decoder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelfCheckError {
+    #[error("self-check: {0}")]
+    Exe(std::io::Error),
+    #[error("{0}")]
+    ExePath(std::ffi::NulError),
+    #[error("self-check: pipe: {0}")]
+    Pipe(std::io::Error),
+    #[error("self-check: fork: {0}")]
+    Fork(std::io::Error),
+    #[error(
+        "self-check: the exec of a test child (pid {child}) was not seen within 3 s; \
+         the {rung} programs do not report events on this kernel"
+    )]
+    NotSeen { child: i32, rung: &'static str },
+    #[error(
+        "self-check failed: read ppid {ppid} and mnt_ns {mnt_ns} for a child of pid {parent} in mnt_ns {my_mnt}; \
+         {what} the running kernel ({release})"
+    )]
+    Misread {
+        ppid: u32,
+        mnt_ns: u32,
+        parent: u32,
+        my_mnt: u32,
+        /// What is wrong: the kernel object's offsets, or the BTF.
+        what: &'static str,
+        release: String,
+    },
+}
 
 /// Prove the rung reads this kernel correctly before trusting it: exec a
 /// child whose parent and mount namespace we know, and compare what the
 /// programs recorded. A BTF that does not describe the running kernel shows
 /// up here as a wrong ppid or namespace, not as silent garbage in history.
-pub fn self_check(a: &mut Attempt, rung: Rung, opts: &LoadOptions) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("self-check: {e}"))?;
-    let c_exe =
-        std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+pub fn self_check(a: &mut Attempt, rung: Rung, opts: &LoadOptions) -> Result<(), SelfCheckError> {
+    let exe = std::env::current_exe().map_err(SelfCheckError::Exe)?;
+    let c_exe = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes())
+        .map_err(SelfCheckError::ExePath)?;
     let c_arg = c"--version";
     let mut pipe = [0i32; 2];
     // SAFETY: plain pipe2 into a two-int array.
     if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!(
-            "self-check: pipe: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(SelfCheckError::Pipe(std::io::Error::last_os_error()));
     }
     let devnull = c"/dev/null";
     // SAFETY: the child only calls async-signal-safe functions (read, open,
@@ -44,10 +71,7 @@ pub fn self_check(a: &mut Attempt, rung: Rung, opts: &LoadOptions) -> Result<(),
         pid
     };
     if child < 0 {
-        return Err(format!(
-            "self-check: fork: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(SelfCheckError::Fork(std::io::Error::last_os_error()));
     }
     // The child may be out of the configured scope: let its exec through.
     set_canary(&mut a.ebpf, child as u32);
@@ -63,11 +87,10 @@ pub fn self_check(a: &mut Attempt, rung: Rung, opts: &LoadOptions) -> Result<(),
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
     let Some(h) = found else {
-        return Err(format!(
-            "self-check: the exec of a test child (pid {child}) was not seen within 3 s; \
-             the {} programs do not report events on this kernel",
-            rung.as_str()
-        ));
+        return Err(SelfCheckError::NotSeen {
+            child,
+            rung: rung.as_str(),
+        });
     };
     if rung == Rung::Fallback {
         return Ok(());
@@ -79,14 +102,14 @@ pub fn self_check(a: &mut Attempt, rung: Rung, opts: &LoadOptions) -> Result<(),
         } else {
             "the BTF does not describe"
         };
-        return Err(format!(
-            "self-check failed: read ppid {} and mnt_ns {} for a child of pid {} in mnt_ns {my_mnt}; \
-             {what} the running kernel ({})",
-            h.ppid,
-            h.mnt_ns,
-            opts.self_tgid,
-            kernel_release()
-        ));
+        return Err(SelfCheckError::Misread {
+            ppid: h.ppid,
+            mnt_ns: h.mnt_ns,
+            parent: opts.self_tgid,
+            my_mnt,
+            what,
+            release: kernel_release(),
+        });
     }
     Ok(())
 }
@@ -125,7 +148,7 @@ fn wait_for_exec(a: &mut Attempt, pid: u32, timeout: Duration) -> Option<decoder
         let pending = &mut a.pending;
         a.source.drain(&mut |rec: &[u8]| {
             if let Ok(r) = decoder::parse(rec) {
-                if r.h.kind == 1 && r.h.pid == pid {
+                if r.h.kind == contract::EK_EXEC && r.h.pid == pid {
                     found = Some(r.h);
                 }
             }

@@ -10,21 +10,38 @@ use aya::Ebpf;
 
 use crate::service::config::Transport;
 
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("the object has no `events` map")]
+    NoEventsMap,
+    #[error("events map: {0}")]
+    Map(aya::maps::MapError),
+    #[error("{0}: {1}")]
+    OnlineCpus(&'static str, std::io::Error),
+    #[error("perf buffer of cpu {cpu}: {err}")]
+    PerfBuffer {
+        cpu: u32,
+        err: aya::maps::perf::PerfBufferError,
+    },
+}
+
 pub enum EventSource {
     Ring(RingBuf<MapData>),
     Perf(Vec<PerfEventArrayBuffer<MapData>>),
 }
 
 impl EventSource {
-    pub fn open(ebpf: &mut Ebpf, transport: Transport, ring_bytes: u32) -> Result<Self, String> {
-        let map = ebpf
-            .take_map("events")
-            .ok_or("the object has no `events` map")?;
+    pub fn open(
+        ebpf: &mut Ebpf,
+        transport: Transport,
+        ring_bytes: u32,
+    ) -> Result<Self, SourceError> {
+        let map = ebpf.take_map("events").ok_or(SourceError::NoEventsMap)?;
         match transport {
             Transport::Perf => {
-                let mut arr =
-                    PerfEventArray::try_from(map).map_err(|e| format!("events map: {e}"))?;
-                let cpus = aya::util::online_cpus().map_err(|(m, e)| format!("{m}: {e}"))?;
+                let mut arr = PerfEventArray::try_from(map).map_err(SourceError::Map)?;
+                let cpus =
+                    aya::util::online_cpus().map_err(|(m, e)| SourceError::OnlineCpus(m, e))?;
                 // The same total memory as the ring buffer, split per CPU
                 // (a power of two of pages, at least two).
                 let pages = ((ring_bytes as usize / 4096) / cpus.len().max(1))
@@ -34,14 +51,14 @@ impl EventSource {
                 for cpu in cpus {
                     bufs.push(
                         arr.open(cpu, Some(pages))
-                            .map_err(|e| format!("perf buffer of cpu {cpu}: {e}"))?,
+                            .map_err(|err| SourceError::PerfBuffer { cpu, err })?,
                     );
                 }
                 Ok(Self::Perf(bufs))
             }
             _ => RingBuf::try_from(map)
                 .map(Self::Ring)
-                .map_err(|e| format!("events map: {e}")),
+                .map_err(SourceError::Map),
         }
     }
 

@@ -22,6 +22,12 @@ pub fn root() -> Option<PathBuf> {
         .find(|p| p.join("events").exists())
 }
 
+/// Whether this kernel has the tracepoint `category/name`; None when tracefs
+/// is not mounted (nothing can be said).
+pub fn has_event(category: &str, name: &str) -> Option<bool> {
+    root().map(|r| r.join("events").join(category).join(name).exists())
+}
+
 /// Make sure tracefs is mounted where aya looks for it.
 pub fn ensure_mounted() -> Result<(), TracefsError> {
     if root().is_some() {

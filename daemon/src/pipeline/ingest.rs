@@ -59,8 +59,11 @@ impl Pipeline {
                 return;
             }
         };
-        let mut ev = match decoder::to_event(&rec, self.boot_to_wall, self.fidelity) {
-            Ok(ev) => ev,
+        let decoder::Decoded {
+            event: mut ev,
+            paths_at,
+        } = match decoder::to_event(&rec, self.boot_to_wall, self.fidelity) {
+            Ok(d) => d,
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, "undecodable record");
@@ -68,7 +71,7 @@ impl Pipeline {
             }
         };
         self.procs.enrich(&mut ev);
-        crate::pipeline::proctable::absolutize(&mut ev, &rec.h.args);
+        crate::pipeline::proctable::absolutize(&mut ev, &paths_at);
         if let Some(cg) = ev.cgroup_id {
             ev.container_id = self.containers.container_of(cg).map(|c| c.to_string());
         }

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod clock;
+pub mod contract;
 pub mod decoder;
 pub mod ingest;
 pub mod proctable;

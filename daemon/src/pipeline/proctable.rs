@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use traceed_wire::Event;
 
+use super::decoder::PathAt;
+
 #[derive(Default)]
 pub struct ProcTable {
     exe: HashMap<u32, Arc<str>>,
@@ -114,34 +116,26 @@ impl ProcTable {
     }
 }
 
-const AT_FDCWD: i64 = -100;
+const AT_FDCWD: i32 = -100;
 
 /// Make relative paths absolute against what they were relative to: the
 /// cwd (AT_FDCWD) or the directory fd, read from /proc while the process
-/// is still there. Unresolvable paths stay as the process passed them.
-pub fn absolutize(e: &mut Event, raw_args: &[u64; 6]) {
+/// is still there. The decoder hands over each path with its dirfd;
+/// unresolvable paths stay as the process passed them.
+pub fn absolutize(e: &mut Event, paths: &[PathAt]) {
     let Some(pid) = e.pid else { return };
-    let slots: &[(&str, usize)] = match e.kind.as_str() {
-        "open" | "unlink" | "chmod" => &[("path", 2)],
-        "rename" => &[("old_path", 2), ("new_path", 3)],
-        _ => return,
-    };
-    for (key, dfd_slot) in slots {
-        let Some(path) = e.args.get(*key).and_then(|v| v.as_str()) else {
-            continue;
-        };
-        if path.starts_with('/') || path.is_empty() {
+    for p in paths {
+        if p.path.starts_with('/') || p.path.is_empty() {
             continue;
         }
-        let dfd = raw_args[*dfd_slot] as i64 as i32 as i64;
-        let base = if dfd == AT_FDCWD {
+        let base = if p.dirfd == AT_FDCWD {
             format!("/proc/{pid}/cwd")
         } else {
-            format!("/proc/{pid}/fd/{dfd}")
+            format!("/proc/{pid}/fd/{}", p.dirfd)
         };
         if let Ok(dir) = std::fs::read_link(base) {
-            let abs = dir.join(path).to_string_lossy().into_owned();
-            e.args[*key] = serde_json::Value::String(abs);
+            let abs = dir.join(&p.path).to_string_lossy().into_owned();
+            e.args[p.field] = serde_json::Value::String(abs);
         }
     }
 }
