@@ -92,7 +92,7 @@ impl Event {
         }
     }
 
-    /// A `lost` event as DESIGN.md shapes it: `count` events were dropped
+    /// A `lost` event as docs/ARCHITECTURE.md shapes it: `count` events were dropped
     /// at `source` (`kernel`, `userspace`, `follower`, `downtime`) between
     /// `from` and `to`; the row is stamped `to`. `count` is None (null)
     /// where it is unknowable (downtime).
