@@ -736,6 +736,7 @@ pub fn lost_row(count: u64, source: &str, from: i64, to: i64, fidelity: &str) ->
     }
 }
 
+pub mod clickhouse;
 pub mod export;
 mod raw;
 pub mod retention;
@@ -1431,7 +1432,7 @@ pub(crate) mod tests {
             pool.close().await;
         }
         let store = Store::open(&dir).await.unwrap();
-        assert_eq!(store.schema_version(), 4);
+        assert_eq!(store.schema_version(), 5);
         let rows = all(&store).await;
         assert_eq!(rows.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(rows[1].comm.as_deref(), Some("old"));
