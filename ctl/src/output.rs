@@ -176,7 +176,51 @@ pub fn status_text(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
         s.schema_version,
         s.oldest_ts.map(local_time).unwrap_or_else(|| "-".into()),
         s.retention
-    )
+    )?;
+    if let Some(x) = &s.export {
+        export_text(x, out)?;
+    }
+    Ok(())
+}
+
+/// `[export.clickhouse]`: where the history goes and how far behind it is.
+fn export_text(x: &traceed_wire::ExportStatus, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "export:     {} → {} as host {}{}",
+        x.sink,
+        x.target,
+        x.host,
+        x.server_version
+            .as_ref()
+            .map(|v| format!(" (ClickHouse {v})"))
+            .unwrap_or_default()
+    )?;
+    writeln!(
+        out,
+        "  shipped through id {}; lag {} events ({:.1} s); {} events, {:.1} MiB since start",
+        x.cursor,
+        x.lag_events,
+        x.lag_s,
+        x.events_shipped,
+        x.bytes_shipped as f64 / (1024.0 * 1024.0)
+    )?;
+    if let Some(e) = &x.last_error {
+        let when = x
+            .last_error_ts
+            .map(local_time)
+            .unwrap_or_else(|| "-".into());
+        let recovered = match (x.last_error_ts, x.last_success_ts) {
+            (Some(e), Some(ok)) if ok > e => " (shipping again since)",
+            _ => "",
+        };
+        writeln!(
+            out,
+            "  last error at {when}{recovered} ({} in all): {e}",
+            x.errors
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

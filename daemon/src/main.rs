@@ -56,6 +56,24 @@ fn main() -> ExitCode {
                 })
                 .map_err(anyhow::Error::from)
         }
+        cli::Command::Export {
+            what:
+                cli::ExportCommand::ClickhouseSchema {
+                    cluster,
+                    database,
+                    table,
+                    ttl_days,
+                    clickhouse_version,
+                },
+        } => clickhouse_schema(
+            &cfg,
+            cluster,
+            database,
+            table,
+            ttl_days,
+            &clickhouse_version,
+        )
+        .map(|ddl| print!("{ddl}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +98,52 @@ fn prepare_files(cfg: &config::Config) -> Result<(), private::PrivacyError> {
         private::tighten_file(export)?;
     }
     Ok(())
+}
+
+/// `traceed export clickhouse-schema`: names from the flags, else from
+/// `[export.clickhouse]`, else the defaults.
+fn clickhouse_schema(
+    cfg: &config::Config,
+    cluster: Option<String>,
+    database: Option<String>,
+    table: Option<String>,
+    ttl_days: u32,
+    version: &str,
+) -> anyhow::Result<String> {
+    let ch = cfg.export.clickhouse.as_ref();
+    let database = database
+        .or_else(|| ch.map(|c| c.database.clone()))
+        .unwrap_or_else(|| "traceed".into());
+    let table = table
+        .or_else(|| ch.map(|c| c.table.clone()))
+        .unwrap_or_else(|| "events".into());
+    for (flag, v) in [
+        ("--database", Some(&database)),
+        ("--table", Some(&table)),
+        ("--cluster", cluster.as_ref()),
+    ] {
+        if let Some(v) = v {
+            anyhow::ensure!(
+                config::is_identifier(v),
+                "{flag} {v:?}: must be a plain identifier (letters, digits, _)"
+            );
+        }
+    }
+    let server_version = version
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .with_context(|| {
+            format!("--clickhouse-version {version:?}: expected MAJOR.MINOR, e.g. 18.16")
+        })?;
+    Ok(traceed::store::clickhouse::schema(
+        &traceed::store::clickhouse::SchemaOptions {
+            database,
+            table,
+            cluster,
+            ttl_days,
+            server_version,
+        },
+    ))
 }
 
 fn load_config(cli: &cli::Cli) -> anyhow::Result<config::Config> {

@@ -175,6 +175,42 @@ pub struct Status {
     pub store_state: String,
     pub version: String,
     pub uptime_s: u64,
+    /// `[export.clickhouse]`: how far the shipping is; null when not configured.
+    #[serde(default)]
+    pub export: Option<ExportStatus>,
+}
+
+/// The history shipped to another store (ClickHouse), in `Status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportStatus {
+    /// "clickhouse".
+    pub sink: String,
+    /// Where to: URL, database and table.
+    pub target: String,
+    /// The `host` label on every shipped row.
+    pub host: String,
+    /// This store's random id (the second part of a row's key), null until read.
+    pub store_id: Option<String>,
+    /// ClickHouse's `SELECT version()`, null until it answered.
+    pub server_version: Option<String>,
+    /// The highest event id ClickHouse acknowledged (0: none yet).
+    pub cursor: i64,
+    /// Events stored after the cursor (by id).
+    pub lag_events: u64,
+    /// Age of the oldest event not yet shipped, seconds (0 when caught up).
+    pub lag_s: f64,
+    /// Events and bytes of JSON acknowledged since the daemon started.
+    pub events_shipped: u64,
+    pub bytes_shipped: u64,
+    /// Failed attempts (connection errors, non-200 answers) since start.
+    pub errors: u64,
+    /// The most recent failure, with the first line of ClickHouse's answer.
+    pub last_error: Option<String>,
+    #[serde(default, with = "opt_ts_rfc3339")]
+    pub last_error_ts: Option<i64>,
+    /// When ClickHouse last acknowledged a batch.
+    #[serde(default, with = "opt_ts_rfc3339")]
+    pub last_success_ts: Option<i64>,
 }
 
 /// Format wall-clock nanoseconds as RFC 3339 UTC with nanoseconds.

@@ -293,6 +293,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Json<Status> {
         store_state: st.store.health().describe(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: uptime.as_secs(),
+        export: st.counters.export.get().map(|x| x.snapshot()),
     })
 }
 

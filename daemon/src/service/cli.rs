@@ -51,4 +51,35 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Print what other stores need to receive the history.
+    Export {
+        #[command(subcommand)]
+        what: ExportCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCommand {
+    /// Print the ClickHouse DDL for `[export.clickhouse]`: the
+    /// ReplacingMergeTree table (by day, with retention), a Distributed
+    /// table over a cluster, and a view with the columns of events_view.
+    ClickhouseSchema {
+        /// A cluster in ClickHouse's remote_servers: adds <table>_local on
+        /// every shard and a Distributed <table> over them.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// [default: export.clickhouse.database, else traceed]
+        #[arg(long)]
+        database: Option<String>,
+        /// The table traceed inserts into [default: export.clickhouse.table, else events].
+        #[arg(long)]
+        table: Option<String>,
+        /// Keep this many days in ClickHouse (0: keep everything).
+        #[arg(long, default_value_t = 90)]
+        ttl_days: u32,
+        /// The oldest ClickHouse the DDL must run on (MAJOR.MINOR); 19.6 and
+        /// later get a TTL clause, older ones a partition-dropping recipe.
+        #[arg(long, default_value = "18.16")]
+        clickhouse_version: String,
+    },
 }

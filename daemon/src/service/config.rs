@@ -108,6 +108,198 @@ pub struct ScopeLists {
 pub struct ExportConfig {
     /// Append every stored event as one JSON line here; reopened on SIGHUP.
     pub jsonl: Option<PathBuf>,
+    /// Ship the history, in id order and exactly once, into ClickHouse.
+    pub clickhouse: Option<ClickHouseConfig>,
+}
+
+/// `[export.clickhouse]`: the sink in `store::clickhouse`. Only `url` is
+/// required; everything else has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// The HTTP interface, e.g. "http://127.0.0.1:8123".
+    pub url: String,
+    #[serde(default = "clickhouse_defaults::database")]
+    pub database: String,
+    /// The table inserted into: the `Distributed` table on a cluster.
+    #[serde(default = "clickhouse_defaults::table")]
+    pub table: String,
+    #[serde(default = "clickhouse_defaults::user")]
+    pub user: String,
+    /// A file holding the password (trailing newline ignored); refused when
+    /// every user may read it.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Events per INSERT.
+    #[serde(default = "clickhouse_defaults::batch_size")]
+    pub batch_size: usize,
+    /// How often to look for new events once caught up.
+    #[serde(default = "clickhouse_defaults::interval", with = "humanized_duration")]
+    pub interval: Duration,
+    /// The `host` column of every row [default: this machine's hostname].
+    #[serde(default = "clickhouse_defaults::host")]
+    pub host: String,
+}
+
+mod clickhouse_defaults {
+    pub fn database() -> String {
+        "traceed".into()
+    }
+    pub fn table() -> String {
+        "events".into()
+    }
+    pub fn user() -> String {
+        "default".into()
+    }
+    pub fn batch_size() -> usize {
+        10_000
+    }
+    pub fn interval() -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    pub fn host() -> String {
+        super::hostname()
+    }
+}
+
+/// This machine's hostname (gethostname(2)); "localhost" if it has none.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if rc == 0 && !h.is_empty() => h.to_string(),
+        _ => "localhost".into(),
+    }
+}
+
+/// A ClickHouse identifier traceed interpolates into SQL: plain names only.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 64
+}
+
+impl ClickHouseConfig {
+    /// Values that parse but cannot work: Err((dotted key, message)).
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let url = &self.url;
+        let uri: axum::http::Uri = url.parse().map_err(|e| {
+            (
+                "export.clickhouse.url",
+                format!("export.clickhouse.url = {url:?}: not a URL ({e}); e.g. \"http://127.0.0.1:8123\""),
+            )
+        })?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err((
+                    "export.clickhouse.url",
+                    format!(
+                        "export.clickhouse.url = {url:?}: https is not supported yet (this build speaks plain http to ClickHouse; \
+                         put it on localhost or behind a TLS tunnel such as stunnel, and use http://)"
+                    ),
+                ))
+            }
+            other => {
+                return Err((
+                    "export.clickhouse.url",
+                    format!(
+                        "export.clickhouse.url = {url:?}: the scheme must be http:// (ClickHouse's HTTP interface), not {}",
+                        other.map(|s| format!("{s}://")).unwrap_or_else(|| "none".into())
+                    ),
+                ))
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err((
+                "export.clickhouse.url",
+                format!("export.clickhouse.url = {url:?}: names no host"),
+            ));
+        }
+        if uri.query().is_some() {
+            return Err((
+                "export.clickhouse.url",
+                format!(
+                    "export.clickhouse.url = {url:?}: must not carry a query string (traceed sets the query and its settings)"
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("export.clickhouse.database", &self.database),
+            ("export.clickhouse.table", &self.table),
+        ] {
+            if !is_identifier(v) {
+                return Err((
+                    key,
+                    format!("{key} = {v:?}: must be a plain identifier (letters, digits, _; not starting with a digit)"),
+                ));
+            }
+        }
+        if self.user.is_empty() || self.user.chars().any(|c| c.is_control()) {
+            return Err((
+                "export.clickhouse.user",
+                format!(
+                    "export.clickhouse.user = {:?}: must be a user name",
+                    self.user
+                ),
+            ));
+        }
+        if self.batch_size == 0 || self.batch_size > 1_000_000 {
+            return Err((
+                "export.clickhouse.batch_size",
+                format!(
+                    "export.clickhouse.batch_size = {}: must be between 1 and 1000000",
+                    self.batch_size
+                ),
+            ));
+        }
+        if self.interval.is_zero() {
+            return Err((
+                "export.clickhouse.interval",
+                "export.clickhouse.interval must be greater than 0".into(),
+            ));
+        }
+        if self.host.is_empty() || self.host.chars().any(|c| c.is_control()) {
+            return Err((
+                "export.clickhouse.host",
+                format!(
+                    "export.clickhouse.host = {:?}: must be a non-empty label",
+                    self.host
+                ),
+            ));
+        }
+        self.password()
+            .map_err(|m| ("export.clickhouse.password_file", m))?;
+        Ok(())
+    }
+
+    /// The password from `password_file` (None without one). The file must
+    /// exist and must not be readable by every user.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let key = "export.clickhouse.password_file";
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("{key} = {:?}: {e}", path.display().to_string()))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o004 != 0 {
+            return Err(format!(
+                "{key} = {:?}: every user can read it (mode {mode:04o}); `chmod o-r {}` (e.g. 0640 root:traceed)",
+                path.display().to_string(),
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{key} = {:?}: {e}", path.display().to_string()))?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -328,6 +520,9 @@ impl Config {
                      {HEADER_TIMEOUT_MAX:?} (the time a client has to send a request's headers)"
                 ),
             ));
+        }
+        if let Some(ch) = &self.export.clickhouse {
+            ch.validate()?;
         }
         if self.store.max_bytes < 1 << 20 {
             return Err((
@@ -554,6 +749,72 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         let e = err("[api]\nheader_timout = \"10s\"\n");
         assert!(e.contains("line 2") && e.contains("header_timout"), "{e}");
+    }
+
+    #[test]
+    fn clickhouse_defaults_and_refusals_name_the_key() {
+        let c = Config::parse(
+            "[export.clickhouse]\nurl = \"http://127.0.0.1:8123\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        let ch = c.export.clickhouse.unwrap();
+        assert_eq!(ch.database, "traceed");
+        assert_eq!(ch.table, "events");
+        assert_eq!(ch.user, "default");
+        assert_eq!(ch.batch_size, 10_000);
+        assert_eq!(ch.interval, Duration::from_secs(1));
+        assert_eq!(ch.host, hostname());
+        assert!(ch.password_file.is_none());
+        let base = "[export.clickhouse]\nurl = \"http://127.0.0.1:8123\"\n";
+        for (extra, key, line) in [
+            ("", "url = \"ftp://x:1\"", "line 2"),
+            ("", "url = \"https://x:8443\"", "line 2"),
+            ("batch_size = 0\n", "", "line 3"),
+            ("table = \"ev; DROP\"\n", "", "line 3"),
+            ("interval = \"0s\"\n", "", "line 3"),
+            ("password_file = \"/nonexistent/pw\"\n", "", "line 3"),
+        ] {
+            let text = if key.is_empty() {
+                format!("{base}{extra}")
+            } else {
+                format!("[export.clickhouse]\n{key}\n")
+            };
+            let e = err(&text);
+            let want = if key.is_empty() {
+                extra.split(' ').next().unwrap().to_string()
+            } else {
+                "url".into()
+            };
+            assert!(
+                e.contains(line) && e.contains(&format!("export.clickhouse.{want}")),
+                "{text:?}: {e}"
+            );
+        }
+        assert!(
+            err("[export.clickhouse]\nurl = \"https://x\"\n").contains("https is not supported")
+        );
+        assert!(err("[export.clickhouse]\ndatabase = \"x\"\n").contains("url"));
+        // A world-readable password file is refused; a private one is read.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("traceed-cfg-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = format!("{base}password_file = \"{}\"\n", pw.display());
+        let e = err(&text);
+        assert!(
+            e.contains("export.clickhouse.password_file") && e.contains("0644"),
+            "{e}"
+        );
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let c = Config::parse(&text, Path::new("t")).unwrap();
+        assert_eq!(
+            c.export.clickhouse.unwrap().password().unwrap().as_deref(),
+            Some("s3cret")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -29,6 +29,8 @@ pub struct Counters {
     /// until the first event.
     pub ingest_lag_ns: AtomicI64,
     by_kind: Mutex<BTreeMap<String, u64>>,
+    /// `[export.clickhouse]`: the sink's progress, set once when it starts.
+    pub export: OnceLock<Arc<crate::store::clickhouse::ExportState>>,
 }
 
 impl Counters {
@@ -184,8 +186,64 @@ impl Collector for PipelineCollector {
                 lag as f64 / 1e9,
             )?;
         }
+        if let Some(x) = c.export.get() {
+            encode_export(&mut enc, x)?;
+        }
         Ok(())
     }
+}
+
+/// `[export.clickhouse]`: the same numbers as `export` in /v1/status.
+fn encode_export(
+    enc: &mut DescriptorEncoder,
+    x: &crate::store::clickhouse::ExportState,
+) -> std::fmt::Result {
+    counter(
+        enc,
+        "traceed_export_events",
+        "Events ClickHouse acknowledged since start.",
+        x.events_shipped(),
+    )?;
+    counter(
+        enc,
+        "traceed_export_bytes",
+        "Bytes of JSONEachRow ClickHouse acknowledged since start.",
+        x.bytes_shipped(),
+    )?;
+    counter(
+        enc,
+        "traceed_export_errors",
+        "Failed export attempts (unreachable, non-200 answer) since start.",
+        x.errors(),
+    )?;
+    gauge(
+        enc,
+        "traceed_export_cursor",
+        "Highest event id ClickHouse acknowledged.",
+        x.cursor(),
+    )?;
+    gauge(
+        enc,
+        "traceed_export_lag_events",
+        "Events stored after the export cursor.",
+        x.lag_events() as i64,
+    )?;
+    gauge(
+        enc,
+        "traceed_export_lag_seconds",
+        "Age of the oldest event not yet shipped (0 when caught up).",
+        x.lag_seconds(),
+    )?;
+    let ok = x.last_success_ns();
+    if ok > 0 {
+        gauge(
+            enc,
+            "traceed_export_last_success_timestamp_seconds",
+            "When ClickHouse last acknowledged a batch (Unix time).",
+            ok as f64 / 1e9,
+        )?;
+    }
+    Ok(())
 }
 
 impl Metrics {

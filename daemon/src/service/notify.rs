@@ -125,6 +125,17 @@ pub fn status_line(rung: &str, rate: f64, total: u64, lost: u64) -> String {
     format!("rung {rung}; {rate:.1} events/s; {total} stored; {lost} lost")
 }
 
+/// Appended to STATUS= when the ClickHouse export is more than a minute behind.
+pub fn export_suffix(lag_s: f64, lag_events: u64) -> String {
+    if lag_s <= 60.0 {
+        return String::new();
+    }
+    format!(
+        "; export lag {}s ({lag_events} events)",
+        lag_s.round() as u64
+    )
+}
+
 /// Refresh STATUS= every `every` with the rate over the last interval.
 pub async fn status_loop(
     notifier: Notifier,
@@ -145,7 +156,11 @@ pub async fn status_loop(
         let total = counters.events_total.load(Relaxed);
         let secs = now.duration_since(last.0).as_secs_f64().max(1e-3);
         let rate = total.saturating_sub(last.1) as f64 / secs;
-        notifier.status(&status_line(rung, rate, total, counters.lost_total()));
+        let mut line = status_line(rung, rate, total, counters.lost_total());
+        if let Some(x) = counters.export.get() {
+            line.push_str(&export_suffix(x.lag_seconds(), x.lag_events()));
+        }
+        notifier.status(&line);
         last = (now, total);
     }
 }
@@ -198,6 +213,12 @@ mod tests {
             status_line("core-kernel-btf", 12.345, 100, 2),
             "rung core-kernel-btf; 12.3 events/s; 100 stored; 2 lost"
         );
+    }
+
+    #[test]
+    fn export_lag_shows_after_a_minute() {
+        assert_eq!(export_suffix(59.0, 10), "");
+        assert_eq!(export_suffix(61.2, 1234), "; export lag 61s (1234 events)");
     }
 
     #[test]

@@ -70,6 +70,16 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     )
     .await?;
     let retention = tokio::spawn(retention.run(retention_stop_rx));
+    // [export.clickhouse]: reads the store only; ClickHouse down never blocks ingest.
+    let (export_stop, export_stop_rx) = watch::channel(false);
+    let clickhouse = match &cfg.export.clickhouse {
+        Some(ch) => {
+            let sink = crate::store::clickhouse::Sink::new(&store, ch)?;
+            let _ = counters.export.set(sink.state());
+            Some(tokio::spawn(sink.run(export_stop_rx)))
+        }
+        None => None,
+    };
 
     notifier.status("loading eBPF programs");
     let scope = crate::kernel::scope::Resolved::from_config(&cfg.scope)?;
@@ -217,6 +227,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         }
     }
     let _ = retention_stop.send(true);
+    let _ = export_stop.send(true);
     notifier.stopping();
     status_task.abort();
     notifier.status("stopping: draining the ring buffer and the write queue");
@@ -228,6 +239,16 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     writer.await??;
     // Returns at once: a stop cancels a pass under way.
     let _ = retention.await;
+    if let Some(mut c) = clickhouse {
+        // A batch in flight is abandoned: its cursor was not recorded, so
+        // the next start sends it again (harmless, same keys).
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut c)
+            .await
+            .is_err()
+        {
+            c.abort();
+        }
+    }
     let _ = api_stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), api_task).await;
     remove_socket_if_ours(&cfg.socket, socket_ino);

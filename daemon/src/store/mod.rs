@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use sqlx::SqlitePool;
 use traceed_wire::Event;
 
+pub mod clickhouse;
 pub mod export;
 mod query;
 mod raw;

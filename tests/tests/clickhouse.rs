@@ -1,0 +1,746 @@
+//! `[export.clickhouse]` end to end: real `clickhouse-server` processes (two
+//! shards of a `remote_servers` cluster, each on its own free localhost
+//! ports, data dir and config file), two traceed daemons as two hosts, and
+//! the ground truth: every event of each local store (read through the
+//! daemon's API) is in ClickHouse exactly once, also across a kill -9 of
+//! traceed mid-shipping and a kill -9 + restart of one shard.
+//!
+//! Skipped, with a line saying so, where clickhouse-server is not installed
+//! (`.ci/run` installs it). The config refusals need no ClickHouse.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use traceed_tests::{bin, http_get, poll, traceed_command, unique, Daemon, DaemonOpts, Program};
+use traceed_wire::{Event, EventsPage, ExportStatus, Status};
+
+fn clickhouse_server() -> Option<PathBuf> {
+    ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// None (and a visible SKIP line) without clickhouse-server.
+fn require_clickhouse(test: &str) -> Option<PathBuf> {
+    let bin = clickhouse_server();
+    if bin.is_none() {
+        eprintln!(
+            "SKIP {test}: clickhouse-server is not installed (apt-get install clickhouse-server clickhouse-client)"
+        );
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `clickhouse-server` on 127.0.0.1 with its own directory and ports.
+struct ClickHouse {
+    bin: PathBuf,
+    dir: PathBuf,
+    http: u16,
+    child: Option<Child>,
+}
+
+impl ClickHouse {
+    /// Start a server whose `remote_servers` has cluster `fleet` over the
+    /// given shards' TCP ports (in shard order).
+    fn start(bin: &Path, name: &str, http: u16, tcp: u16, shards: &[u16]) -> Self {
+        assert!(
+            shards.contains(&tcp),
+            "a server is one of its cluster's shards"
+        );
+        let dir = std::env::temp_dir().join(format!("traceed-ch-{}", unique(name)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        let d = dir.display();
+        let shards: String = shards
+            .iter()
+            .map(|p| {
+                format!("<shard><replica><host>127.0.0.1</host><port>{p}</port></replica></shard>")
+            })
+            .collect();
+        std::fs::write(
+            dir.join("config.xml"),
+            format!(
+                r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/log/server.log</log><errorlog>{d}/log/err.log</errorlog></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>{http}</http_port>
+  <tcp_port>{tcp}</tcp_port>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>67108864</mark_cache_size>
+  <uncompressed_cache_size>67108864</uncompressed_cache_size>
+  <remote_servers><fleet>{shards}</fleet></remote_servers>
+</yandex>
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("users.xml"),
+            r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+    <profile>default</profile><quota>default</quota></default></users>
+  <quotas><default></default></quotas>
+</yandex>
+"#,
+        )
+        .unwrap();
+        let mut ch = ClickHouse {
+            bin: bin.into(),
+            dir,
+            http,
+            child: None,
+        };
+        ch.spawn();
+        ch
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .arg(format!(
+                "--config-file={}",
+                self.dir.join("config.xml").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.join("log/stdout")).unwrap())
+            .stderr(std::fs::File::create(self.dir.join("log/stderr")).unwrap())
+            .spawn()
+            .expect("spawn clickhouse-server");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        loop {
+            if let Ok((200, _)) = self.try_query("SELECT 1") {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("clickhouse-server exited with {st}:\n{}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "clickhouse-server on :{} not answering after 30 s:\n{}",
+                self.http,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        ["log/stderr", "log/err.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (status, body) of a POSTed query.
+    fn try_query(&self, sql: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            s,
+            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        )?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    }
+
+    fn query(&self, sql: &str) -> String {
+        let (code, body) = self
+            .try_query(sql)
+            .unwrap_or_else(|e| panic!("clickhouse :{}: {sql}: {e}", self.http));
+        assert_eq!(code, 200, "clickhouse :{}: {sql}: {body}", self.http);
+        body
+    }
+
+    /// Run every statement of `traceed export clickhouse-schema ARGS`.
+    fn apply_schema(&self, args: &[&str]) {
+        let out = Command::new(bin("traceed"))
+            .args(["--config", "/dev/null", "export", "clickhouse-schema"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let ddl = String::from_utf8(out.stdout).unwrap();
+        let sql: String = ddl
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            self.query(stmt);
+        }
+    }
+
+    fn ids(&self, sql: &str) -> Vec<i64> {
+        self.query(sql)
+            .lines()
+            .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("{sql}: {l:?}")))
+            .collect()
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn status(d: &Daemon) -> Status {
+    let (code, body) = http_get(&d.socket, "/v1/status").expect("status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn export(d: &Daemon) -> ExportStatus {
+    status(d).export.expect("status has no export object")
+}
+
+/// Every event of the daemon's store, oldest first, through the API.
+fn all_events(d: &Daemon) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/events?limit=10000&cursor={c}"),
+            None => "/v1/events?limit=10000".to_string(),
+        };
+        let (code, body) = http_get(&d.socket, &path).unwrap();
+        assert_eq!(code, 200, "{body}");
+        let page: EventsPage = serde_json::from_str(&body).unwrap();
+        out.extend(page.events);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+fn daemon_config(url: &str, host: &str, comm: &str) -> String {
+    format!(
+        "[scope.include]\ncomm = [\"{comm}\"]\n\
+         [export.clickhouse]\nurl = \"{url}\"\nhost = \"{host}\"\nbatch_size = 100\ninterval = \"200ms\"\n"
+    )
+}
+
+/// Move the recorded ClickHouse cursor of a stopped daemon's store back by
+/// `by` ids; returns the new cursor.
+fn rewind_cursor(db: &Path, by: i64) -> i64 {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(db);
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            let last: i64 = sqlx::query_scalar(
+                "UPDATE export_cursor SET last_id = max(0, last_id - ?) WHERE sink = 'clickhouse' \
+                 RETURNING last_id",
+            )
+            .bind(by)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            last
+        })
+}
+
+/// Runs `prog` in a loop on a thread until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(prog: Arc<Program>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !s.load(Ordering::Relaxed) {
+                // A clean environment: cargo's LD_LIBRARY_PATH would make
+                // the loader try dozens of paths, ~70 open events a run.
+                let st = Command::new(&prog.path).env_clear().status();
+                if st.is_ok() {
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            n
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(0)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Wait until the daemon has shipped everything it stored (lag 0, cursor
+/// at the newest id), and return that newest id.
+fn wait_caught_up(d: &Daemon, who: &str, timeout: Duration) -> i64 {
+    poll(
+        timeout,
+        Duration::from_millis(200),
+        || {
+            let x = export(d);
+            let newest = all_events(d).last().map(|e| e.id).unwrap_or(0);
+            (x.lag_events == 0 && x.cursor >= newest && newest > 0).then_some(newest)
+        },
+        || {
+            format!(
+                "{who}: export not caught up within {timeout:?}: {:?}\n{}",
+                export(d),
+                d.log_text()
+            )
+        },
+    )
+}
+
+/// The ground truth for one daemon: its store's ids up to `upto`, each in
+/// ClickHouse exactly once (FINAL), with the same content.
+fn check_exactly_once(ch: &ClickHouse, d: &Daemon, host: &str, upto: i64) -> usize {
+    let local: Vec<Event> = all_events(d).into_iter().filter(|e| e.id <= upto).collect();
+    let local_ids: Vec<i64> = local.iter().map(|e| e.id).collect();
+    let mut kinds = std::collections::BTreeMap::new();
+    for e in &local {
+        *kinds
+            .entry((e.comm.clone().unwrap_or_default(), e.kind.clone()))
+            .or_insert(0u64) += 1;
+    }
+    eprintln!("{host}: {} events up to id {upto}: {kinds:?}", local.len());
+    let remote = ch.ids(&format!(
+        "SELECT id FROM traceed.events FINAL WHERE host = '{host}' AND id <= {upto} ORDER BY id FORMAT TabSeparated"
+    ));
+    if remote != local_ids {
+        let missing: Vec<&i64> = local_ids
+            .iter()
+            .filter(|i| !remote.contains(i))
+            .take(20)
+            .collect();
+        let extra: Vec<&i64> = remote
+            .iter()
+            .filter(|i| !local_ids.contains(i))
+            .take(20)
+            .collect();
+        panic!(
+            "{host}: {} events in the store, {} rows in ClickHouse (FINAL); missing {missing:?}, extra {extra:?}",
+            local_ids.len(),
+            remote.len()
+        );
+    }
+    let count: usize = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.events FINAL WHERE host = '{host}' AND id <= {upto}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(count, local_ids.len(), "{host}: count() FINAL");
+    // Content: an exec row as the API shows it.
+    let exec = local
+        .iter()
+        .rev()
+        .find(|e| e.kind == "exec")
+        .expect("an exec event");
+    let row: serde_json::Value = serde_json::from_str(ch.query(&format!(
+        "SELECT ts, ts_ns, kind, pid, ppid, uid, comm, exe, args, fidelity FROM traceed.events FINAL \
+         WHERE host = '{host}' AND id = {} FORMAT JSONEachRow",
+        exec.id
+    ))
+    .trim())
+    .unwrap();
+    // JSONEachRow quotes 64-bit integers.
+    assert_eq!(row["ts_ns"].as_str().unwrap(), exec.ts.to_string(), "{row}");
+    assert_eq!(row["kind"], "exec");
+    assert_eq!(row["pid"].as_u64().map(|p| p as u32), exec.pid);
+    assert_eq!(row["comm"].as_str(), exec.comm.as_deref());
+    assert_eq!(row["exe"].as_str(), exec.exe.as_deref());
+    assert_eq!(row["fidelity"].as_str(), Some(exec.fidelity.as_str()));
+    let args: serde_json::Value = serde_json::from_str(row["args"].as_str().unwrap()).unwrap();
+    assert_eq!(args, exec.args);
+    assert!(
+        row["ts"]
+            .as_str()
+            .unwrap()
+            .starts_with(&traceed_wire::format_ts(exec.ts)[..10]),
+        "{row}"
+    );
+    local_ids.len()
+}
+
+#[test]
+fn two_hosts_two_shards_exactly_once_across_kills() {
+    let Some(chbin) = require_clickhouse("two_hosts_two_shards_exactly_once_across_kills") else {
+        return;
+    };
+    let (h1, t1, h2, t2) = (free_port(), free_port(), free_port(), free_port());
+    let s1 = ClickHouse::start(&chbin, "s1", h1, t1, &[t1, t2]);
+    let mut s2 = ClickHouse::start(&chbin, "s2", h2, t2, &[t1, t2]);
+    for s in [&s1, &s2] {
+        s.apply_schema(&["--cluster", "fleet", "--ttl-days", "30"]);
+    }
+    // Host labels that the cluster places on different shards: hosts[i]
+    // lives on shard i (Distributed: cityHash64(host) % 2, in config order).
+    let tag = unique("h");
+    let mut hosts: [Option<String>; 2] = [None, None];
+    for i in 0.. {
+        let label = format!("{tag}-{i}");
+        let shard: usize = s1
+            .query(&format!("SELECT cityHash64('{label}') % 2"))
+            .trim()
+            .parse()
+            .unwrap();
+        hosts[shard].get_or_insert(label);
+        if hosts.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [host_a, host_b] = hosts.map(Option::unwrap);
+    let prog = Arc::new(Program::new("chx"));
+    let url1 = format!("http://127.0.0.1:{h1}");
+    let url2 = format!("http://localhost:{h2}/");
+    let cfg_a = daemon_config(&url1, &host_a, &prog.name);
+    let a = Daemon::start_with(DaemonOpts {
+        config: Some(cfg_a.clone()),
+        ..Default::default()
+    });
+    let b = Daemon::start_with(DaemonOpts {
+        config: Some(daemon_config(&url2, &host_b, &prog.name)),
+        ..Default::default()
+    });
+    let mut load = Load::start(prog.clone());
+
+    // kill -9 traceed A while it ships: some acknowledged, more waiting.
+    let before = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || {
+            let x = export(&a);
+            (x.cursor >= 500 && x.lag_events > 0).then_some(x)
+        },
+        || {
+            format!(
+                "A never shipped while behind: {:?}\n{}",
+                export(&a),
+                a.log_text()
+            )
+        },
+    );
+    let a_dir = a.dir.clone();
+    let mut a = a;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
+    let _ = a.child.wait();
+    // The store stays: the Daemon's Drop would delete its directory.
+    std::mem::forget(a);
+    eprintln!(
+        "killed traceed A at cursor {} with {} events waiting",
+        before.cursor, before.lag_events
+    );
+    // The worst case of a kill -9: ClickHouse acknowledged batches whose
+    // cursor never reached SQLite. Move A's recorded cursor back 250 ids, so
+    // the restart sends rows ClickHouse already has.
+    let rewound = rewind_cursor(&a_dir.join("events.db"), 250);
+    assert!(
+        rewound + 250 >= before.cursor,
+        "recorded cursor {} is behind the one status showed ({})",
+        rewound + 250,
+        before.cursor
+    );
+
+    // kill -9 shard 2 (B's own server, and the shard B's rows live on):
+    // B keeps storing and reports the failure.
+    s2.kill9();
+    let failing = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let x = export(&b);
+            (x.errors > 0 && x.last_error.is_some()).then_some(x)
+        },
+        || format!("B reported no error with its shard down: {:?}", export(&b)),
+    );
+    eprintln!("B with shard 2 down: {:?}", failing.last_error);
+    std::thread::sleep(Duration::from_secs(2));
+    let stored_meanwhile = status(&b).events_total;
+    assert!(
+        stored_meanwhile > 0,
+        "ingest must go on while ClickHouse is down"
+    );
+    s2.spawn();
+
+    // A again, on the same store: it resumes from its recorded cursor.
+    let a = Daemon::start_with(DaemonOpts {
+        config: Some(cfg_a),
+        dir: Some(a_dir),
+        ..Default::default()
+    });
+    let resumed = export(&a);
+    assert!(
+        resumed.cursor >= rewound,
+        "cursor went back: {} < {rewound}",
+        resumed.cursor
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let runs = load.stop();
+    eprintln!("{runs} runs of {}", prog.name);
+
+    // Backoff is at most 60 s; a shard down for a few seconds costs less.
+    let upto_a = wait_caught_up(&a, "A", Duration::from_secs(120));
+    let upto_b = wait_caught_up(&b, "B", Duration::from_secs(120));
+    assert_eq!(export(&a).lag_s, 0.0);
+    assert_eq!(export(&b).lag_s, 0.0);
+    let n_a = check_exactly_once(&s1, &a, &host_a, upto_a);
+    let n_b = check_exactly_once(&s2, &b, &host_b, upto_b);
+    eprintln!("exactly once: {host_a} {n_a} events, {host_b} {n_b} events");
+
+    // Each host's rows live on its shard only, under one store_id.
+    for (i, (s, host)) in [(&s1, &host_a), (&s2, &host_b)].into_iter().enumerate() {
+        let other = [&s2, &s1][i];
+        let here: u64 = s
+            .query(&format!(
+                "SELECT count() FROM traceed.events_local WHERE host = '{host}'"
+            ))
+            .trim()
+            .parse()
+            .unwrap();
+        let there: u64 = other
+            .query(&format!(
+                "SELECT count() FROM traceed.events_local WHERE host = '{host}'"
+            ))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            here > 0 && there == 0,
+            "{host}: {here} rows on its shard, {there} on the other"
+        );
+        let ids = s.query(&format!(
+            "SELECT DISTINCT store_id FROM traceed.events_local WHERE host = '{host}'"
+        ));
+        assert_eq!(ids.lines().count(), 1, "{host}: store ids {ids:?}");
+    }
+    assert_eq!(
+        export(&a).store_id.as_deref(),
+        s1.query(&format!(
+            "SELECT any(store_id) FROM traceed.events WHERE host = '{host_a}'"
+        ))
+        .lines()
+        .next()
+    );
+    // Repeats (a batch re-sent after a kill) are rows until a merge; FINAL
+    // hid them above, OPTIMIZE FINAL removes them.
+    let raw: u64 = s1
+        .query(&format!(
+            "SELECT count() FROM traceed.events WHERE host = '{host_a}' AND id <= {upto_a}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("{host_a}: {raw} rows before merging, {n_a} events");
+    // A sent the 250 rows after its rewound cursor again (ids are dense
+    // here: no batch failed), and they were counted once above.
+    assert_eq!(export(&a).events_shipped as i64, upto_a - rewound);
+    for s in [&s1, &s2] {
+        s.query("OPTIMIZE TABLE traceed.events_local FINAL");
+    }
+    let merged: u64 = s1
+        .query(&format!(
+            "SELECT count() FROM traceed.events_local WHERE host = '{host_a}' AND id <= {upto_a}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(merged as usize, n_a);
+    // The view answers like the SQLite events_view.
+    let v: u64 = s2
+        .query(&format!(
+            "SELECT count() FROM traceed.events_view WHERE host = '{host_b}' AND id <= {upto_b}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(v as usize, n_b);
+    // /metrics says the same as status.
+    let (_, metrics) = http_get(&b.socket, "/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "traceed_export_lag_events 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("traceed_export_bytes_total "), "{metrics}");
+    let text = String::from_utf8(b.ctl(&["status"]).stdout).unwrap();
+    assert!(text.contains("export:") && text.contains(&host_b), "{text}");
+}
+
+#[test]
+fn unreachable_server_or_missing_table_is_a_warning_with_retries() {
+    let Some(chbin) =
+        require_clickhouse("unreachable_server_or_missing_table_is_a_warning_with_retries")
+    else {
+        return;
+    };
+    let prog = Program::new("chy");
+    // Nothing listens there: the daemon starts, and says why it cannot ship.
+    let closed = free_port();
+    let down = Daemon::start_with(DaemonOpts {
+        config: Some(daemon_config(
+            &format!("http://127.0.0.1:{closed}"),
+            "nowhere",
+            &prog.name,
+        )),
+        ..Default::default()
+    });
+    let (h, t) = (free_port(), free_port());
+    let ch = ClickHouse::start(&chbin, "one", h, t, &[t]);
+    let cfg = format!(
+        "{}table = \"late_events\"\n",
+        daemon_config(&format!("http://127.0.0.1:{h}"), "late", &prog.name)
+    );
+    let late = Daemon::start_with(DaemonOpts {
+        config: Some(cfg),
+        ..Default::default()
+    });
+    prog.run(&[]);
+    let x = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || export(&down).last_error.map(|e| (e, export(&down))),
+        || format!("no error reported: {:?}", export(&down)),
+    );
+    assert!(x.0.contains("cannot reach"), "{x:?}");
+    assert_eq!(x.1.cursor, 0);
+    let x = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || export(&late).last_error,
+        || format!("no error reported: {:?}", export(&late)),
+    );
+    assert!(x.contains("404") && x.contains("doesn't exist"), "{x}");
+    assert!(
+        export(&late).server_version.is_some(),
+        "{:?}",
+        export(&late)
+    );
+    // The table appears: the retries find it, and the lag returns to 0.
+    ch.apply_schema(&["--table", "late_events"]);
+    prog.run(&[]);
+    let upto = wait_caught_up(&late, "late", Duration::from_secs(90));
+    let n: usize = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.late_events FINAL WHERE host = 'late' AND id <= {upto}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, all_events(&late).iter().filter(|e| e.id <= upto).count());
+    // The unreachable one still runs and still stores.
+    assert!(export(&down).errors >= 2, "{:?}", export(&down));
+    assert!(status(&down).events_total > 0);
+}
+
+/// Config errors refuse the start with exit 78 and the key's name.
+#[test]
+fn clickhouse_config_errors_exit_78_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("traceed-chcfg-{}", unique("c")));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ok = "url = \"http://127.0.0.1:9\"\n";
+    for (body, key) in [
+        (
+            "url = \"ftp://127.0.0.1:8123\"\n".to_string(),
+            "export.clickhouse.url",
+        ),
+        (
+            "url = \"https://127.0.0.1:8443\"\n".to_string(),
+            "https is not supported",
+        ),
+        (
+            format!("{ok}batch_size = 0\n"),
+            "export.clickhouse.batch_size",
+        ),
+        (
+            format!("{ok}password_file = \"{}\"\n", pw.display()),
+            "export.clickhouse.password_file",
+        ),
+    ] {
+        let cfg = dir.join("traceed.toml");
+        std::fs::write(&cfg, format!("[export.clickhouse]\n{body}")).unwrap();
+        let out = traceed_command(false)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(dir.join("s.sock"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{body:?}: {err}");
+        assert!(
+            err.contains(key) && err.contains("line "),
+            "{body:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
