@@ -359,15 +359,7 @@ pub fn http_get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
+    let (status, body) = split_http_answer(&text);
     let body = if text
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -377,6 +369,20 @@ pub fn http_get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
         body
     };
     Ok((status, body))
+}
+
+/// (status, body) of a whole HTTP/1.x answer; status 0 when unreadable.
+pub fn split_http_answer(text: &str) -> (u16, String) {
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use traceed_tests::{bin, http_get, poll, traceed_command, unique, Daemon, DaemonOpts, Program};
+use traceed_tests::{
+    bin, http_get, poll, split_http_answer, traceed_command, unique, Daemon, DaemonOpts, Program,
+};
 use traceed_wire::{Event, EventsPage, ExportStatus, Status};
 
 fn clickhouse_server() -> Option<PathBuf> {
@@ -174,17 +176,7 @@ impl ClickHouse {
         )?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf)?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
+        Ok(split_http_answer(&String::from_utf8_lossy(&buf)))
     }
 
     fn query(&self, sql: &str) -> String {

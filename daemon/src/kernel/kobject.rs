@@ -340,28 +340,79 @@ fn run(mut cmd: Command, step: &'static str, release: &str) -> Result<(), KobjEr
     })
 }
 
-/// The contents of section `name` of an ELF64 little-endian object.
-pub fn section<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);
-    if elf.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let shoff = u64_at(0x28)?;
-    let shentsize = u16_at(0x3a)? as usize;
-    let shnum = u16_at(0x3c)? as usize;
-    let shstrndx = u16_at(0x3e)? as usize;
-    let hdr = |i: usize| shoff + i * shentsize;
-    let strtab = u64_at(hdr(shstrndx) + 0x18)?;
-    (0..shnum).find_map(|i| {
-        let h = hdr(i);
-        let n = strtab + u32_at(h)? as usize;
-        let end = n + elf.get(n..)?.iter().position(|&c| c == 0)?;
-        if elf.get(n..end)? != name.as_bytes() {
+/// Just enough of an ELF64 little-endian object to find sections and
+/// symbols; every read is bounds-checked (None past the end).
+struct Elf<'a> {
+    b: &'a [u8],
+    shoff: usize,
+    shentsize: usize,
+    shnum: usize,
+    shstrtab: usize,
+}
+
+impl<'a> Elf<'a> {
+    fn parse(b: &'a [u8]) -> Option<Self> {
+        if b.get(..6)? != b"\x7fELF\x02\x01" {
             return None;
         }
-        let (off, size) = (u64_at(h + 0x18)?, u64_at(h + 0x20)?);
+        let mut e = Self {
+            b,
+            shoff: 0,
+            shentsize: 0,
+            shnum: 0,
+            shstrtab: 0,
+        };
+        e.shoff = e.u64_at(0x28)?;
+        e.shentsize = e.u16_at(0x3a)? as usize;
+        e.shnum = e.u16_at(0x3c)? as usize;
+        let shstrndx = e.u16_at(0x3e)? as usize;
+        e.shstrtab = e.u64_at(e.hdr(shstrndx) + 0x18)?;
+        Some(e)
+    }
+
+    fn u16_at(&self, o: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(self.b.get(o..o + 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(&self, o: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(self.b.get(o..o + 4)?.try_into().ok()?))
+    }
+
+    fn u64_at(&self, o: usize) -> Option<usize> {
+        Some(u64::from_le_bytes(self.b.get(o..o + 8)?.try_into().ok()?) as usize)
+    }
+
+    fn cstr_at(&self, o: usize) -> Option<&'a [u8]> {
+        let b = self.b.get(o..)?;
+        Some(&b[..b.iter().position(|&c| c == 0)?])
+    }
+
+    /// Offset of section header `i`.
+    fn hdr(&self, i: usize) -> usize {
+        self.shoff + i * self.shentsize
+    }
+
+    fn section_name(&self, i: usize) -> Option<&'a [u8]> {
+        self.cstr_at(self.shstrtab + self.u32_at(self.hdr(i))? as usize)
+    }
+
+    /// (offset, size) of section `i`'s contents.
+    fn section_range(&self, i: usize) -> Option<(usize, usize)> {
+        Some((
+            self.u64_at(self.hdr(i) + 0x18)?,
+            self.u64_at(self.hdr(i) + 0x20)?,
+        ))
+    }
+}
+
+/// The contents of section `name` of an ELF64 little-endian object.
+pub fn section<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let e = Elf::parse(elf)?;
+    (0..e.shnum).find_map(|i| {
+        if e.section_name(i)? != name.as_bytes() {
+            return None;
+        }
+        let (off, size) = e.section_range(i)?;
         elf.get(off..off + size)
     })
 }
@@ -373,39 +424,26 @@ pub fn programs(elf: &[u8]) -> Option<Vec<(String, String)>> {
     const SHT_SYMTAB: u32 = 2;
     const STT_FUNC: u8 = 2;
     const STB_GLOBAL: u8 = 1;
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);
-    let cstr_at = |o: usize| {
-        let b = elf.get(o..)?;
-        let end = b.iter().position(|&c| c == 0)?;
-        Some(String::from_utf8_lossy(&b[..end]).into_owned())
-    };
-    if elf.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let shoff = u64_at(0x28)?;
-    let shentsize = u16_at(0x3a)? as usize;
-    let shnum = u16_at(0x3c)? as usize;
-    let shstrndx = u16_at(0x3e)? as usize;
-    let hdr = |i: usize| shoff + i * shentsize;
-    let shstrtab = u64_at(hdr(shstrndx) + 0x18)?;
-    let section_name = |i: usize| cstr_at(shstrtab + u32_at(hdr(i))? as usize);
-    let symtab = (0..shnum).find(|&i| u32_at(hdr(i) + 4) == Some(SHT_SYMTAB))?;
-    let (off, size) = (u64_at(hdr(symtab) + 0x18)?, u64_at(hdr(symtab) + 0x20)?);
-    let strtab = u64_at(hdr(u32_at(hdr(symtab) + 0x28)? as usize) + 0x18)?;
+    let e = Elf::parse(elf)?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let symtab = (0..e.shnum).find(|&i| e.u32_at(e.hdr(i) + 4) == Some(SHT_SYMTAB))?;
+    let (off, size) = e.section_range(symtab)?;
+    let strtab = e.section_range(e.u32_at(e.hdr(symtab) + 0x28)? as usize)?.0;
     let mut out = Vec::new();
     for sym in (off..off + size).step_by(24) {
         let info = *elf.get(sym + 4)?;
-        let shndx = u16_at(sym + 6)? as usize;
-        if info & 0xf != STT_FUNC || info >> 4 != STB_GLOBAL || shndx == 0 || shndx >= shnum {
+        let shndx = e.u16_at(sym + 6)? as usize;
+        if info & 0xf != STT_FUNC || info >> 4 != STB_GLOBAL || shndx == 0 || shndx >= e.shnum {
             continue;
         }
-        let sec = section_name(shndx)?;
-        if sec == ".text" {
+        let sec = e.section_name(shndx)?;
+        if sec == b".text" {
             continue;
         }
-        out.push((sec, cstr_at(strtab + u32_at(sym)? as usize)?));
+        out.push((
+            text(sec),
+            text(e.cstr_at(strtab + e.u32_at(sym)? as usize)?),
+        ));
     }
     Some(out)
 }
