@@ -90,12 +90,14 @@ fn main() -> ExitCode {
 /// earlier run tightened, and a refusal for anything an untrusted user
 /// could change.
 fn prepare_files(cfg: &config::Config) -> Result<(), private::PrivacyError> {
-    private::prepare_state_dir(&cfg.state_dir)?;
+    // Files carry group `traceed` where it exists: looked up once.
+    let gid = traceed::service::peer::group_gid();
+    private::prepare_state_dir(&cfg.state_dir, gid)?;
     if let Some(dir) = cfg.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        private::create_private_dir(dir)?;
+        private::create_private_dir(dir, gid)?;
     }
     if let Some(export) = &cfg.export.jsonl {
-        private::tighten_file(export)?;
+        private::tighten_file(export, gid)?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use traceed_tests::{
     bin, http_get, poll, split_http_answer, traceed_command, unique, Daemon, DaemonOpts, Program,
@@ -132,30 +132,27 @@ impl ClickHouse {
             .spawn()
             .expect("spawn clickhouse-server");
         self.child = Some(child);
-        let t0 = Instant::now();
-        loop {
-            if let Ok((200, _)) = self.try_query("SELECT 1") {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("clickhouse-server exited with {st}:\n{}", self.log());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "clickhouse-server on :{} not answering after 30 s:\n{}",
-                self.http,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (http, dir) = (self.http, self.dir.clone());
+        poll(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    panic!("clickhouse-server exited with {st}:\n{}", self.log());
+                }
+                matches!(self.try_query("SELECT 1"), Ok((200, _))).then_some(())
+            },
+            || {
+                format!(
+                    "clickhouse-server on :{http} not answering after 30 s:\n{}",
+                    read_log(&dir)
+                )
+            },
+        );
     }
 
     fn log(&self) -> String {
-        ["log/stderr", "log/err.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        read_log(&self.dir)
     }
 
     fn kill9(&mut self) {
@@ -281,6 +278,15 @@ fn rewind_cursor(db: &Path, by: i64) -> i64 {
             pool.close().await;
             last
         })
+}
+
+/// A server's stderr and error log.
+fn read_log(dir: &Path) -> String {
+    ["log/stderr", "log/err.log"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Runs `prog` in a loop on a thread until stopped.
@@ -510,7 +516,14 @@ fn two_hosts_two_shards_exactly_once_across_kills() {
         || format!("B reported no error with its shard down: {:?}", export(&b)),
     );
     eprintln!("B with shard 2 down: {:?}", failing.last_error);
-    std::thread::sleep(Duration::from_secs(2));
+    // Ingest goes on: B stores what the load runs while its shard is down.
+    let at_failure = status(&b).events_total;
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || (status(&b).events_total >= at_failure + 100).then_some(()),
+        || format!("B stored nothing new with its shard down: {:?}", status(&b)),
+    );
     let stored_meanwhile = status(&b).events_total;
     assert!(
         stored_meanwhile > 0,
@@ -530,7 +543,13 @@ fn two_hosts_two_shards_exactly_once_across_kills() {
         "cursor went back: {} < {rewound}",
         resumed.cursor
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Fresh events for the restarted A to ship after what it resends.
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || (status(&a).events_total >= 200).then_some(()),
+        || format!("A stored too little after its restart: {:?}", status(&a)),
+    );
     let runs = load.stop();
     eprintln!("{runs} runs of {}", prog.name);
 

@@ -20,13 +20,37 @@ use traceed_wire::{Event, Status};
 /// only) and the other thread later calls exit_group(5).
 const THREADS_C: &str = r#"
 #include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 
+static int after_leader;
+
+/* The main thread has exited: its task is a zombie (or gone) until the
+ * whole group ends. */
+static int leader_gone(void)
+{
+	char path[64], buf[512], *r;
+	size_t n;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", getpid());
+	f = fopen(path, "r");
+	if (!f)
+		return 1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	r = strrchr(buf, ')');
+	return r && (r[2] == 'Z' || r[2] == 'X');
+}
+
 static void *group_exit(void *code)
 {
-	usleep(100 * 1000);
+	while (after_leader && !leader_gone())
+		sched_yield();
 	syscall(SYS_exit_group, (long)code);
 	return 0;
 }
@@ -41,6 +65,7 @@ int main(int argc, char **argv)
 		for (;;)
 			pause();
 	}
+	after_leader = 1;
 	pthread_create(&t, 0, group_exit, (void *)5L);
 	syscall(SYS_exit, 0); /* this thread only */
 	return 2;

@@ -105,16 +105,11 @@ pub fn check_trusted(what: &'static str, path: &Path) -> Result<(), PrivacyError
     Ok(())
 }
 
-/// The gid files should carry: group `traceed` where it exists.
-fn share_gid() -> Option<u32> {
-    super::peer::group_gid()
-}
-
 /// Clear the given permission bits of `path` if it has any of them, and
 /// give it group `traceed` where that group exists (best effort: an
 /// unprivileged daemon may not be allowed to, and then the mode alone keeps
 /// it private).
-fn tighten(path: &Path, keep: u32) -> Result<(), PrivacyError> {
+fn tighten(path: &Path, keep: u32, share_gid: Option<u32>) -> Result<(), PrivacyError> {
     let md = match std::fs::symlink_metadata(path) {
         Ok(md) => md,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -130,7 +125,7 @@ fn tighten(path: &Path, keep: u32) -> Result<(), PrivacyError> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & keep))
             .map_err(io(path))?;
     }
-    if let Some(gid) = share_gid() {
+    if let Some(gid) = share_gid {
         if md.gid() != gid {
             let _ = std::os::unix::fs::lchown(path, None, Some(gid));
         }
@@ -141,18 +136,19 @@ fn tighten(path: &Path, keep: u32) -> Result<(), PrivacyError> {
 /// Create the state directory 0750 (or tighten one created earlier),
 /// refuse one an untrusted user controls, and tighten the history files
 /// already in it to 0640.
-pub fn prepare_state_dir(dir: &Path) -> Result<(), PrivacyError> {
-    create_private_dir(dir)?;
+/// `share_gid`: the group files carry (group `traceed` where it exists).
+pub fn prepare_state_dir(dir: &Path, gid: Option<u32>) -> Result<(), PrivacyError> {
+    create_private_dir(dir, gid)?;
     check_trusted("the state directory", dir)?;
-    tighten(dir, DIR_MODE)?;
+    tighten(dir, DIR_MODE, gid)?;
     for name in HISTORY_FILES {
-        tighten(&dir.join(name), FILE_MODE)?;
+        tighten(&dir.join(name), FILE_MODE, gid)?;
     }
     Ok(())
 }
 
 /// Create `dir` (and missing parents) with mode 0750, whatever the umask.
-pub fn create_private_dir(dir: &Path) -> Result<(), PrivacyError> {
+pub fn create_private_dir(dir: &Path, share_gid: Option<u32>) -> Result<(), PrivacyError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -163,15 +159,15 @@ pub fn create_private_dir(dir: &Path) -> Result<(), PrivacyError> {
         .map_err(io(dir))?;
     // DirBuilder's mode is filtered by the umask; set it exactly.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io(dir))?;
-    if let Some(gid) = share_gid() {
+    if let Some(gid) = share_gid {
         let _ = std::os::unix::fs::chown(dir, None, Some(gid));
     }
     Ok(())
 }
 
 /// A file traceed writes history into (the JSON-lines export): 0640.
-pub fn tighten_file(path: &Path) -> Result<(), PrivacyError> {
-    tighten(path, FILE_MODE)
+pub fn tighten_file(path: &Path, share_gid: Option<u32>) -> Result<(), PrivacyError> {
+    tighten(path, FILE_MODE, share_gid)
 }
 
 #[cfg(test)]
@@ -186,7 +182,7 @@ mod tests {
     fn state_dir_is_created_private_and_old_files_are_tightened() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("a/b/state");
-        prepare_state_dir(&dir).unwrap();
+        prepare_state_dir(&dir, None).unwrap();
         assert_eq!(mode(&dir), 0o750);
 
         // A directory and database left world-readable by an earlier run.
@@ -194,7 +190,7 @@ mod tests {
         let db = dir.join("events.db");
         std::fs::write(&db, b"x").unwrap();
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-        prepare_state_dir(&dir).unwrap();
+        prepare_state_dir(&dir, None).unwrap();
         assert_eq!(mode(&dir), 0o750);
         assert_eq!(mode(&db), 0o640);
     }
