@@ -4,6 +4,7 @@
 //! bounds. Nothing here depends on aya or sqlx, so the client
 //! stays small.
 
+pub mod bytes;
 pub mod payload;
 
 use jiff::{fmt::temporal::DateTimePrinter, Timestamp};

@@ -19,6 +19,11 @@ pub struct Args<T> {
     /// when true.
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// A byte string of this event was not valid UTF-8: every byte string
+    /// of the event (these args, `comm`, `exe`) is in the escaped form of
+    /// `crate::bytes`. Present only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub escaped: bool,
 }
 
 /// A name where one is known, else the raw number (a syscall number, a
@@ -174,6 +179,7 @@ mod tests {
                 exe_ctime: None,
             },
             truncated: false,
+            escaped: false,
         };
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
@@ -186,6 +192,7 @@ mod tests {
                 target_tid: Some(4),
             },
             truncated: true,
+            escaped: false,
         };
         let v = serde_json::to_value(&k).unwrap();
         assert_eq!(
@@ -196,6 +203,7 @@ mod tests {
         let f = Args {
             fields: Fork {},
             truncated: false,
+            escaped: false,
         };
         assert_eq!(serde_json::to_value(&f).unwrap(), json!({}));
         let b = Bpf {

@@ -1,7 +1,9 @@
 //! Scope filters: turns `[scope]` from the config into the keys the kernel
 //! programs check (uid, comm, tgid, cgroup id, mount-namespace inode) and
-//! pushes them into the BPF maps before any program is attached.
+//! pushes them into the BPF maps before any program is attached; and the
+//! `exe` key (`ExeScope`), which user space checks right after enrichment.
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
 use aya::maps::HashMap as BpfHashMap;
@@ -9,6 +11,7 @@ use aya::Ebpf;
 
 use crate::pipeline::cgroup;
 use crate::service::config::{ScopeConfig, ScopeLists};
+use traceed_wire::Event;
 
 const SCOPE_UID_INCLUDE: u32 = 1 << 0;
 const SCOPE_COMM_INCLUDE: u32 = 1 << 1;
@@ -40,6 +43,8 @@ pub struct Keys {
     pub pid: Vec<u32>,
     pub cgroup: Vec<u64>,
     pub mnt_ns: Vec<u32>,
+    /// Executable paths, resolved (see `exe_key`).
+    pub exe: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -56,6 +61,14 @@ fn comm_key(s: &str) -> [u8; 16] {
     k
 }
 
+/// The path as the kernel names a loaded file (`/proc/<pid>/exe`): with
+/// symlinks resolved, so `/bin/sh` matches what it points to. A path that
+/// does not exist (yet) is kept as written.
+fn exe_key(p: &std::path::Path) -> Vec<u8> {
+    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    p.as_os_str().as_bytes().to_vec()
+}
+
 fn resolve_lists(l: &ScopeLists) -> Result<Keys, ScopeError> {
     let mut k = Keys {
         uid: l.uid.clone(),
@@ -63,6 +76,7 @@ fn resolve_lists(l: &ScopeLists) -> Result<Keys, ScopeError> {
         pid: l.pid.clone(),
         cgroup: Vec::new(),
         mnt_ns: l.mnt_ns.clone(),
+        exe: l.exe.iter().map(|p| exe_key(p)).collect(),
     };
     for p in &l.cgroup {
         let full = if p.is_absolute() {
@@ -164,5 +178,84 @@ impl Resolved {
             put(ebpf, "scope_mntns", &keys.mnt_ns, v)?;
         }
         Ok(())
+    }
+}
+
+/// `[scope.*] exe`: the executable the kernel loaded, as the process table
+/// knows it from the exec (and /proc/<pid>/exe), which neither
+/// `prctl(PR_SET_NAME)` nor argv[0] can change. Checked in user space right
+/// after enrichment, so an excluded process still costs its records in the
+/// ring buffer; they are dropped before the store, and not counted as lost.
+#[derive(Debug, Default, Clone)]
+pub struct ExeScope {
+    include: Vec<Vec<u8>>,
+    exclude: Vec<Vec<u8>>,
+}
+
+impl ExeScope {
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Whether `e` is in scope: with an include list only a known, listed
+    /// exe is; a listed exe is never (excludes win).
+    pub fn admits(&self, e: &Event) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let exe = e
+            .exe
+            .as_deref()
+            .map(|s| crate::pipeline::decoder::raw_bytes(e, s));
+        let listed = |l: &[Vec<u8>]| exe.as_ref().is_some_and(|x| l.contains(x));
+        if listed(&self.exclude) {
+            return false;
+        }
+        self.include.is_empty() || listed(&self.include)
+    }
+}
+
+impl Resolved {
+    pub fn exe_scope(&self) -> ExeScope {
+        ExeScope {
+            include: self.include.exe.clone(),
+            exclude: self.exclude.exe.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(exe: Option<&str>, escaped: bool) -> Event {
+        let mut e = Event::new("open", 0, "core");
+        e.exe = exe.map(String::from);
+        if escaped {
+            e.args = serde_json::json!({"escaped": true});
+        }
+        e
+    }
+
+    #[test]
+    fn exe_scope_matches_the_bytes_of_the_exe() {
+        let s = ExeScope {
+            include: vec![],
+            exclude: vec![b"/opt/a\\b".to_vec(), b"/opt/\\xff".to_vec()],
+        };
+        assert!(s.admits(&ev(Some("/usr/bin/true"), false)));
+        assert!(s.admits(&ev(None, false)), "unknown exe: not excluded");
+        assert!(!s.admits(&ev(Some("/opt/a\\b"), false)));
+        // Escaped: the rendering doubles the backslash, the bytes match.
+        assert!(!s.admits(&ev(Some("/opt/a\\\\b"), true)));
+        // "\xff" escaped is the byte 0xff, not the four characters listed.
+        assert!(s.admits(&ev(Some("/opt/\\xff"), true)));
+        let inc = ExeScope {
+            include: vec![b"/usr/bin/true".to_vec()],
+            exclude: vec![],
+        };
+        assert!(inc.admits(&ev(Some("/usr/bin/true"), false)));
+        assert!(!inc.admits(&ev(Some("/usr/bin/false"), false)));
+        assert!(!inc.admits(&ev(None, false)), "unknown exe: not included");
     }
 }

@@ -4,10 +4,15 @@
 //! function below building its typed payload (`traceed_wire::payload`) from
 //! the slots events.h names (`pipeline::contract`), and paths relative to a
 //! directory fd come out decoded (`PathAt`) for the process table to
-//! resolve.
+//! resolve. Byte strings come out in the one reversible rendering of
+//! `traceed_wire::bytes` (the event-level helpers at the end of this file
+//! keep an event's strings in one form when enrichment adds more).
+
+use std::cell::Cell;
 
 use serde::Serialize;
 use serde_json::Value;
+use traceed_wire::bytes;
 use traceed_wire::payload::{self, Args, NameOrNumber};
 use traceed_wire::Event;
 
@@ -71,8 +76,12 @@ const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// (family, addr, port) of a raw `struct sockaddr`.
-fn sockaddr(b: &[u8]) -> (Option<&'static str>, Option<String>, Option<u16>) {
+/// (family, addr, port) of a raw `struct sockaddr`; `text` renders a unix
+/// socket's path.
+fn sockaddr(
+    b: &[u8],
+    text: &dyn Fn(&[u8]) -> String,
+) -> (Option<&'static str>, Option<String>, Option<u16>) {
     if b.len() < 2 {
         return (None, None, None);
     }
@@ -96,8 +105,8 @@ fn sockaddr(b: &[u8]) -> (Option<&'static str>, Option<String>, Option<u16>) {
             let path = &b[2..];
             // Abstract sockets start with NUL; show them as '@name'.
             let s = match path.first() {
-                Some(0) => format!("@{}", cstr(&path[1..])),
-                _ => cstr(path),
+                Some(0) => format!("@{}", text(until_nul(&path[1..]))),
+                _ => text(until_nul(path)),
             };
             (Some("unix"), Some(s), None)
         }
@@ -119,12 +128,25 @@ pub enum DecodeError {
 pub struct Record<'a> {
     pub h: RawHeader,
     pub strs: [Option<&'a [u8]>; c::EV_NUM_STRS],
+    /// Render byte strings escaped (`to_event`'s second pass).
+    escape: Cell<bool>,
+    /// A string rendered unescaped was not UTF-8: the pass must be redone.
+    saw_invalid: Cell<bool>,
 }
 
 impl Record<'_> {
     /// String `i` (a `STR_*` slot), up to its NUL; None when absent.
     fn str(&self, i: usize) -> Option<String> {
-        self.strs[i].map(cstr)
+        self.strs[i].map(|b| self.text(until_nul(b)))
+    }
+
+    /// A byte string as this pass renders it.
+    fn text(&self, b: &[u8]) -> String {
+        let escape = self.escape.get();
+        if !escape && bytes::needs_escape(b) {
+            self.saw_invalid.set(true);
+        }
+        bytes::render(b, escape)
     }
 
     /// The raw u64 in `args[slot]` (a `SLOT_*`).
@@ -168,25 +190,29 @@ pub fn parse(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
         strs[i] = Some(&data[off..off + len]);
         off += len;
     }
-    Ok(Record { h, strs })
+    Ok(Record {
+        h,
+        strs,
+        escape: Cell::new(false),
+        saw_invalid: Cell::new(false),
+    })
 }
 
 pub fn kind_name(kind: u32) -> Option<&'static str> {
     Kind::from_raw(kind).map(Kind::name)
 }
 
-/// A C string up to its first NUL, lossily as UTF-8.
-pub fn cstr(b: &[u8]) -> String {
+/// A C string up to its first NUL.
+fn until_nul(b: &[u8]) -> &[u8] {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    &b[..end]
 }
 
-/// argv as the kernel keeps it: NUL-separated, NUL-terminated.
-fn split_argv(b: &[u8]) -> Vec<String> {
+/// argv as the kernel keeps it: NUL-separated, NUL-terminated; each
+/// argument rendered by `text`.
+fn split_argv(b: &[u8], text: &dyn Fn(&[u8]) -> String) -> Vec<String> {
     let b = b.strip_suffix(&[0]).unwrap_or(b);
-    b.split(|&c| c == 0)
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
+    b.split(|&c| c == 0).map(text).collect()
 }
 
 /// A path an event names relative to a directory fd (AT_FDCWD for the
@@ -234,7 +260,9 @@ impl FromRecord for payload::Exec {
         let filename = r.str(c::STR_EXEC_FILENAME);
         let ctime = r.arg(c::SLOT_EXEC_CTIME);
         Self {
-            argv: r.strs[c::STR_EXEC_ARGV].map(split_argv).unwrap_or_default(),
+            argv: r.strs[c::STR_EXEC_ARGV]
+                .map(|b| split_argv(b, &|a| r.text(a)))
+                .unwrap_or_default(),
             interpreter: r
                 .str(c::STR_EXEC_INTERP)
                 .filter(|i| Some(i) != filename.as_ref()),
@@ -355,7 +383,7 @@ impl FromRecord for payload::ModuleLoad {
 impl FromRecord for payload::Sock {
     fn from_record(r: &Record<'_>, _: &mut Vec<PathAt>) -> Self {
         let (family, addr, port) = r.strs[c::STR_SOCK_ADDR]
-            .map(sockaddr)
+            .map(|b| sockaddr(b, &|p| r.text(p)))
             .unwrap_or((None, None, None));
         Self {
             fd: r.int(c::SLOT_SOCK_FD),
@@ -449,11 +477,12 @@ impl FromRecord for payload::Syscall {
     }
 }
 
-/// `args` of an event: the kind's payload plus `truncated`.
+/// `args` of an event: the kind's payload plus `truncated` and `escaped`.
 fn args_of<T: FromRecord>(r: &Record<'_>, at: &mut Vec<PathAt>) -> Value {
     let a = Args {
         fields: T::from_record(r, at),
         truncated: r.has(c::EF_TRUNCATED),
+        escaped: r.escape.get(),
     };
     // Plain structs of numbers and strings: serialising cannot fail.
     serde_json::to_value(a).unwrap_or_default()
@@ -467,6 +496,47 @@ pub fn to_event(
 ) -> Result<Decoded, DecodeError> {
     let h = &rec.h;
     let kind = Kind::from_raw(h.kind).ok_or(DecodeError::Kind(h.kind))?;
+    rec.escape.set(false);
+    rec.saw_invalid.set(false);
+    let (args, comm, at) = match render(rec, kind) {
+        // Rare (a name that is not UTF-8): render every string again,
+        // escaped, so the event's strings are all in one form.
+        _ if rec.saw_invalid.get() => {
+            rec.escape.set(true);
+            render(rec, kind)
+        }
+        first => first,
+    };
+    let has_ns = rec.has(c::EF_HAS_NS);
+    let ns = |v: u32| has_ns.then_some(v);
+    let event = Event {
+        id: 0,
+        ts: (h.ts_ns as i64).saturating_add(boot_to_wall_ns),
+        kind: kind.name().to_string(),
+        pid: Some(h.pid),
+        tid: Some(h.tid),
+        ppid: rec.has(c::EF_HAS_PPID).then_some(h.ppid),
+        uid: Some(h.uid),
+        gid: Some(h.gid),
+        comm: Some(comm),
+        ns_pid: ns(h.ns_pid),
+        exe: None,
+        cgroup_id: (h.cgroup_id != 0).then_some(h.cgroup_id),
+        container_id: None,
+        mnt_ns: ns(h.mnt_ns),
+        pid_ns: ns(h.pid_ns),
+        retval: rec.has(c::EF_HAS_RETVAL).then_some(h.retval),
+        args,
+        fidelity: fidelity.to_string(),
+    };
+    Ok(Decoded {
+        event,
+        paths_at: at,
+    })
+}
+
+/// One rendering pass over a record's strings: (args, comm, paths).
+fn render(rec: &Record<'_>, kind: Kind) -> (Value, String, Vec<PathAt>) {
     let mut at = Vec::new();
     let at_ = &mut at;
     let args = match kind {
@@ -487,36 +557,57 @@ pub fn to_event(
         Kind::MemfdCreate => args_of::<payload::MemfdCreate>(rec, at_),
         Kind::Syscall => args_of::<payload::Syscall>(rec, at_),
     };
-    let has_ns = rec.has(c::EF_HAS_NS);
-    let ns = |v: u32| has_ns.then_some(v);
-    let event = Event {
-        id: 0,
-        ts: (h.ts_ns as i64).saturating_add(boot_to_wall_ns),
-        kind: kind.name().to_string(),
-        pid: Some(h.pid),
-        tid: Some(h.tid),
-        ppid: rec.has(c::EF_HAS_PPID).then_some(h.ppid),
-        uid: Some(h.uid),
-        gid: Some(h.gid),
-        comm: Some(cstr(&h.comm)),
-        ns_pid: ns(h.ns_pid),
-        exe: None,
-        cgroup_id: (h.cgroup_id != 0).then_some(h.cgroup_id),
-        container_id: None,
-        mnt_ns: ns(h.mnt_ns),
-        pid_ns: ns(h.pid_ns),
-        retval: rec.has(c::EF_HAS_RETVAL).then_some(h.retval),
-        args,
-        fidelity: fidelity.to_string(),
-    };
-    Ok(Decoded {
-        event,
-        paths_at: at,
-    })
+    let comm = rec.text(until_nul(&rec.h.comm));
+    (args, comm, at)
+}
+
+/// Whether `e`'s byte strings are in the escaped form (`args.escaped`).
+pub fn is_escaped(e: &Event) -> bool {
+    e.args.get("escaped") == Some(&Value::Bool(true))
+}
+
+/// The bytes a string of `e` stands for (as passed to `store_bytes`).
+pub fn raw_bytes(e: &Event, s: &str) -> Vec<u8> {
+    let escaped = is_escaped(e);
+    // A string of this event was rendered by `bytes::render` with this
+    // flag, so it always parses; the fallback keeps a bug from panicking.
+    bytes::unrender(s, escaped).unwrap_or_else(|_| s.as_bytes().to_vec())
+}
+
+/// `b` rendered as a string of `e`, escaping the event first when `b` is
+/// not UTF-8 and the event is not escaped yet (enrichment adds `exe` and
+/// resolved paths after decoding).
+pub fn store_bytes(e: &mut Event, b: &[u8]) -> String {
+    if !is_escaped(e) && bytes::needs_escape(b) {
+        escape_event(e);
+    }
+    bytes::render(b, is_escaped(e))
+}
+
+/// Move an unescaped event to the escaped form: its strings are all valid
+/// UTF-8, so escaping them only doubles backslashes. The strings in args
+/// that are not byte strings (family, syscall and bpf command names,
+/// times, IP addresses) never hold a backslash.
+fn escape_event(e: &mut Event) {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::String(s) if s.contains('\\') => *s = s.replace('\\', "\\\\"),
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            Value::Object(m) => m.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut e.args);
+    for s in [&mut e.comm, &mut e.exe].into_iter().flatten() {
+        *s = s.replace('\\', "\\\\");
+    }
+    if let Value::Object(m) = &mut e.args {
+        m.insert("escaped".into(), Value::Bool(true));
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::mem::{offset_of, size_of};
 
     use serde_json::{json, Map};
@@ -544,6 +635,158 @@ mod tests {
         unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().cast(), h) };
         buf.extend_from_slice(&data);
         buf
+    }
+
+    /// xorshift64*: random records without a dependency, seeded so a
+    /// failure reproduces.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+
+        pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+
+        /// A record as the kernel could never send it: random bytes, a
+        /// valid header with lying lengths or an unknown kind, a valid
+        /// record cut short, random strings.
+        pub(crate) fn malformed_record(&mut self) -> Vec<u8> {
+            let kinds: Vec<u32> = Kind::ALL.iter().map(|k| *k as u32).collect();
+            match self.below(5) {
+                0 => {
+                    let n = self.below(2 * c::HEADER_SIZE as u64) as usize;
+                    self.bytes(n)
+                }
+                shape => {
+                    let kind = if shape == 1 {
+                        self.next() as u32
+                    } else {
+                        kinds[self.below(kinds.len() as u64) as usize]
+                    };
+                    let strs: Vec<Vec<u8>> = (0..self.below(5))
+                        .map(|_| {
+                            let n = self.below(300) as usize;
+                            self.bytes(n)
+                        })
+                        .collect();
+                    let refs: Vec<&[u8]> = strs.iter().map(|s| s.as_slice()).collect();
+                    let (a, b, d) = (self.next(), self.next(), self.next());
+                    let mut buf = record_with(kind, &refs, |h| {
+                        h.flags = a as u32;
+                        h.aux = (a >> 32) as u32;
+                        h.args = [a, b, d, a ^ b, b ^ d, d.rotate_left(7)];
+                        h.ts_ns = b;
+                        h.comm.copy_from_slice(&d.to_ne_bytes().repeat(2));
+                        if shape == 3 {
+                            // Lengths that lie: past the data, or summing
+                            // past it.
+                            h.data_len = (d >> 40) as u32;
+                            h.str_len = [a as u16, (a >> 16) as u16, b as u16, u16::MAX];
+                        }
+                    });
+                    if shape == 4 {
+                        let cut = self.below(buf.len() as u64 + 1) as usize;
+                        buf.truncate(cut);
+                    }
+                    buf
+                }
+            }
+        }
+    }
+
+    /// Every string of a decoded event gives back bytes (the escaped
+    /// form parses).
+    fn strings_unrender(e: &Event) {
+        fn walk(v: &Value, esc: bool) {
+            match v {
+                Value::String(s) => {
+                    bytes::unrender(s, esc).unwrap_or_else(|x| panic!("{s:?}: {x}"));
+                }
+                Value::Array(a) => a.iter().for_each(|v| walk(v, esc)),
+                Value::Object(m) => m.values().for_each(|v| walk(v, esc)),
+                _ => {}
+            }
+        }
+        let esc = is_escaped(e);
+        walk(&e.args, esc);
+        walk(&json!(e.comm), esc);
+    }
+
+    #[test]
+    fn malformed_records_never_panic() {
+        let mut rng = Rng(0xdec0_de);
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..100_000 {
+            let buf = rng.malformed_record();
+            match parse(&buf).and_then(|r| to_event(&r, i64::MAX, "core")) {
+                Ok(d) => {
+                    ok += 1;
+                    strings_unrender(&d.event);
+                    serde_json::to_string(&d.event).unwrap();
+                }
+                Err(_) => err += 1,
+            }
+        }
+        assert!(ok > 10_000 && err > 10_000, "ok {ok} err {err}");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_survive_decoding() {
+        let mut rng = Rng(0xb17e5);
+        for _ in 0..20_000 {
+            // Mostly ASCII with a backslash or an invalid byte now and then.
+            let s = |rng: &mut Rng| -> Vec<u8> {
+                (0..rng.below(20))
+                    .map(|_| match rng.below(8) {
+                        0 => b'\\',
+                        1 => 0x80 | rng.next() as u8,
+                        _ => b'a' + rng.below(26) as u8,
+                    })
+                    .collect()
+            };
+            let (old, new, comm) = (s(&mut rng), s(&mut rng), s(&mut rng));
+            let comm: Vec<u8> = comm.into_iter().take(15).collect();
+            let with_nul = |b: &[u8]| [b, b"\0"].concat();
+            let buf = record_with(c::EK_RENAME, &[&with_nul(&old), &with_nul(&new)], |h| {
+                h.comm = [0; 16];
+                h.comm[..comm.len()].copy_from_slice(&comm);
+            });
+            let e = decode(&buf).event;
+            let want_escape = [&old, &new, &comm].iter().any(|b| bytes::needs_escape(b));
+            assert_eq!(is_escaped(&e), want_escape);
+            let back = |k: &str| raw_bytes(&e, e.args[k].as_str().unwrap());
+            let or_null = |b: &Vec<u8>| (!b.is_empty()).then(|| b.clone());
+            assert_eq!(or_null(&back("old_path")), or_null(&old));
+            assert_eq!(or_null(&back("new_path")), or_null(&new));
+            assert_eq!(raw_bytes(&e, e.comm.as_deref().unwrap()), comm);
+        }
+    }
+
+    #[test]
+    fn enrichment_escapes_an_event_that_was_plain() {
+        let mut e = decode(&record(c::EK_OPEN, &[b"C:\\dir\0"])).event;
+        assert!(!is_escaped(&e));
+        assert_eq!(e.args["path"], "C:\\dir");
+        let exe = store_bytes(&mut e, b"/opt/\xff\\x");
+        e.exe = Some(exe);
+        assert!(is_escaped(&e));
+        assert_eq!(e.args["path"], "C:\\\\dir");
+        assert_eq!(e.exe.as_deref(), Some("/opt/\\xff\\\\x"));
+        assert_eq!(raw_bytes(&e, e.args["path"].as_str().unwrap()), b"C:\\dir");
+        assert_eq!(raw_bytes(&e, e.exe.as_deref().unwrap()), b"/opt/\xff\\x");
+        // Already escaped: nothing doubles twice.
+        assert_eq!(store_bytes(&mut e, b"a\\b"), "a\\\\b");
+        assert_eq!(e.args["path"], "C:\\\\dir");
     }
 
     fn record(kind: u32, strs: &[&[u8]]) -> Vec<u8> {
@@ -652,14 +895,15 @@ mod tests {
         const V_RE: u32 = 3;
         const V_RES: u32 = 4;
         let kind = kind_name(h.kind).unwrap();
-        let s = |i: usize| strs[i].map(cstr);
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let s = |i: usize| strs[i].map(|b| lossy(until_nul(b)));
         let mut args = Map::new();
         let a = &h.args;
         let int = |v: u64| v as u32 as i32;
         match kind {
             "exec" => {
                 args.insert("filename".into(), json!(s(0)));
-                let argv = strs[1].map(split_argv).unwrap_or_default();
+                let argv = strs[1].map(|b| split_argv(b, &lossy)).unwrap_or_default();
                 args.insert("argv".into(), json!(argv));
                 if let Some(interp) = s(2).filter(|i| Some(i) != s(0).as_ref()) {
                     args.insert("interpreter".into(), json!(interp));
@@ -715,7 +959,9 @@ mod tests {
             }
             "connect" | "bind" | "accept" => {
                 args.insert("fd".into(), json!(int(a[0])));
-                let (family, addr, port) = strs[0].map(sockaddr).unwrap_or((None, None, None));
+                let (family, addr, port) = strs[0]
+                    .map(|b| sockaddr(b, &lossy))
+                    .unwrap_or((None, None, None));
                 args.insert("family".into(), json!(family));
                 args.insert("addr".into(), json!(addr));
                 args.insert("port".into(), json!(port));

@@ -1,7 +1,8 @@
 //! The ingest pipeline between the kernel and the writer: reads the ring
 //! buffer, decodes and enriches records, and hands them to the store's
 //! bounded queue without ever blocking on it. Everything that is dropped on
-//! the way (kernel could not reserve, queue full) becomes a `lost` event.
+//! the way (kernel could not reserve, record undecodable, queue full)
+//! becomes a `lost` event. The `exe` scope key is applied here.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,6 +29,12 @@ pub struct Pipeline {
     pub boot_to_wall: i64,
     /// Userspace drops not yet written as a `lost` row: (count, first, last).
     pending_drops: Option<(u64, i64, i64)>,
+    /// Undecodable records not yet written as a `lost` row (same shape;
+    /// times are when they were read: a malformed record's own is not
+    /// to be trusted).
+    pending_decode: Option<(u64, i64, i64)>,
+    /// `[scope.*] exe`, checked once the process table named the exe.
+    pub exe_scope: crate::kernel::scope::ExeScope,
     kernel_lost_seen: u64,
     last_lost_check: i64,
     /// systemd's watchdog, fed from this loop's tick (see notify.rs).
@@ -44,6 +51,8 @@ impl Pipeline {
             containers: crate::pipeline::cgroup::Containers::new(),
             boot_to_wall: clock::boot_to_wall_offset(),
             pending_drops: None,
+            pending_decode: None,
+            exe_scope: Default::default(),
             kernel_lost_seen: 0,
             last_lost_check: now(),
             watchdog: None,
@@ -51,26 +60,28 @@ impl Pipeline {
     }
 
     fn handle_record(&mut self, buf: &[u8]) {
-        let rec = match decoder::parse(buf) {
-            Ok(r) => r,
-            Err(e) => {
-                self.counters.decode_errors.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, "undecodable record");
-                return;
-            }
-        };
+        let decoded = decoder::parse(buf)
+            .and_then(|rec| decoder::to_event(&rec, self.boot_to_wall, self.fidelity));
         let decoder::Decoded {
             event: mut ev,
             paths_at,
-        } = match decoder::to_event(&rec, self.boot_to_wall, self.fidelity) {
+        } = match decoded {
             Ok(d) => d,
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, "undecodable record");
+                let t = now();
+                self.pending_decode = Some(match self.pending_decode {
+                    Some((n, from, _)) => (n + 1, from, t),
+                    None => (1, t, t),
+                });
                 return;
             }
         };
         self.procs.enrich(&mut ev);
+        if !self.exe_scope.admits(&ev) {
+            return;
+        }
         crate::pipeline::proctable::absolutize(&mut ev, &paths_at);
         if let Some(cg) = ev.cgroup_id {
             ev.container_id = self.containers.container_of(cg).map(|c| c.to_string());
@@ -95,6 +106,15 @@ impl Pipeline {
     /// Turn loss since the last call into `lost` rows.
     fn account_loss(&mut self, lost_map: Option<&PerCpuArray<MapData, u64>>) {
         let now = now();
+        if let Some((n, from, to)) = self.pending_decode {
+            if self
+                .tx
+                .try_send(Event::lost(Some(n), "decode", from, to, self.fidelity))
+                .is_ok()
+            {
+                self.pending_decode = None;
+            }
+        }
         if let Some((n, from, to)) = self.pending_drops {
             if self
                 .tx
@@ -215,4 +235,41 @@ async fn any_readable(fds: &[AsyncFd<Fd>]) {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::decoder::tests::Rng;
+
+    #[test]
+    fn every_undecodable_record_is_a_counted_lost_row() {
+        let (tx, mut rx) = mpsc::channel(100_000);
+        let counters = Arc::new(Counters::default());
+        let mut p = Pipeline::new("core", tx, counters.clone());
+        let mut rng = Rng(0x1055);
+        let mut failures = 0u64;
+        let mut decoded = 0u64;
+        for _ in 0..20_000 {
+            let rec = rng.malformed_record();
+            let fails = decoder::parse(&rec)
+                .and_then(|r| decoder::to_event(&r, 0, "core"))
+                .is_err();
+            failures += u64::from(fails);
+            decoded += u64::from(!fails);
+            p.handle_record(&rec);
+        }
+        p.account_loss(None);
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        assert!(failures > 1000, "generator too tame: {failures}");
+        assert_eq!(counters.decode_errors.load(Relaxed), failures);
+        let lost: Vec<&Event> = events.iter().filter(|e| e.kind == "lost").collect();
+        assert_eq!(lost.len(), 1, "one row for the burst: {lost:?}");
+        assert_eq!(lost[0].args["source"], "decode");
+        assert_eq!(lost[0].args["count"], failures);
+        assert_eq!(events.len() as u64, decoded + 1);
+    }
 }

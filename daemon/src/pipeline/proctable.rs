@@ -4,15 +4,18 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use traceed_wire::Event;
 
-use super::decoder::PathAt;
+use super::decoder::{raw_bytes, store_bytes, PathAt};
 
 #[derive(Default)]
 pub struct ProcTable {
-    exe: HashMap<u32, Arc<str>>,
+    /// The path's bytes: it is rendered per event (`decoder::store_bytes`).
+    exe: HashMap<u32, Arc<[u8]>>,
     /// Parent of each known process: what the fallback object cannot read
     /// from the kernel comes from fork events and /proc.
     ppid: HashMap<u32, u32>,
@@ -26,10 +29,10 @@ fn read_ppid(pid: u32) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn read_exe(pid: u32) -> Option<Arc<str>> {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| Arc::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
+fn read_exe(pid: u32) -> Option<Arc<[u8]>> {
+    let p = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let b = p.as_os_str().as_bytes();
+    Some(Arc::from(b.strip_suffix(b" (deleted)").unwrap_or(b)))
 }
 
 impl ProcTable {
@@ -82,12 +85,16 @@ impl ProcTable {
                 // the process's cwd while it is still there to ask.
                 let loaded = ["interpreter", "filename"]
                     .iter()
-                    .find_map(|k| e.args.get(*k).and_then(|f| f.as_str()));
+                    .find_map(|k| e.args.get(*k).and_then(|f| f.as_str()))
+                    .map(|p| raw_bytes(e, p));
                 let exe = match loaded {
-                    Some(p) if p.starts_with('/') => Some(Arc::from(p)),
+                    Some(p) if p.starts_with(b"/") => Some(Arc::from(p)),
                     Some(p) => std::fs::read_link(format!("/proc/{pid}/cwd"))
                         .ok()
-                        .map(|cwd| Arc::from(cwd.join(p).to_string_lossy().as_ref()))
+                        .map(|cwd| {
+                            let abs = cwd.join(std::ffi::OsStr::from_bytes(&p));
+                            Arc::from(abs.as_os_str().as_bytes())
+                        })
                         .or_else(|| read_exe(pid)),
                     None => read_exe(pid),
                 };
@@ -108,7 +115,9 @@ impl ProcTable {
                 slot.insert(exe);
             }
         }
-        e.exe = self.exe.get(&pid).map(|s| s.to_string());
+        if let Some(exe) = self.exe.get(&pid).cloned() {
+            e.exe = Some(store_bytes(e, &exe));
+        }
         if e.kind == "exit" {
             self.exe.remove(&pid);
             self.ppid.remove(&pid);
@@ -128,13 +137,19 @@ pub fn absolutize(e: &mut Event, paths: &[PathAt]) {
         if p.path.starts_with('/') || p.path.is_empty() {
             continue;
         }
+        // Read back from the event: adding `exe` may have escaped it since.
+        let Some(cur) = e.args.get(p.field).and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let rel = raw_bytes(e, cur);
         let base = if p.dirfd == AT_FDCWD {
             format!("/proc/{pid}/cwd")
         } else {
             format!("/proc/{pid}/fd/{}", p.dirfd)
         };
         if let Ok(dir) = std::fs::read_link(base) {
-            let abs = dir.join(&p.path).to_string_lossy().into_owned();
+            let abs = dir.join(Path::new(std::ffi::OsStr::from_bytes(&rel)));
+            let abs = store_bytes(e, abs.as_os_str().as_bytes());
             e.args[p.field] = serde_json::Value::String(abs);
         }
     }

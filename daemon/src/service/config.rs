@@ -81,7 +81,7 @@ pub struct EventsConfig {
 }
 
 /// `[scope.include]` / `[scope.exclude]`: applied in the kernel, before a
-/// record is built. An include list for a key means only matching tasks
+/// record is built (`exe`: in user space, right after decoding). An include list for a key means only matching tasks
 /// are recorded; excludes always win.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,6 +101,10 @@ pub struct ScopeLists {
     /// Container ids (full or a unique prefix) running at start.
     pub container: Vec<String>,
     pub mnt_ns: Vec<u32>,
+    /// Absolute executable paths (symlinks resolved at start), matched in
+    /// user space against the file the kernel loaded: unlike `comm`, a
+    /// process cannot rename itself out of (or into) this key.
+    pub exe: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -463,6 +467,20 @@ impl Config {
                 ));
             }
         }
+        for (key, list) in [
+            ("scope.include.exe", &self.scope.include.exe),
+            ("scope.exclude.exe", &self.scope.exclude.exe),
+        ] {
+            if let Some(p) = list.iter().find(|p| !p.is_absolute()) {
+                return Err((
+                    key,
+                    format!(
+                        "{key} '{}': must be an absolute path (the kernel's path of the loaded executable)",
+                        p.display()
+                    ),
+                ));
+            }
+        }
         for name in &self.events.syscalls {
             if crate::pipeline::decoder::syscall_table::number(name).is_none() {
                 return Err((
@@ -720,6 +738,11 @@ mod tests {
         let long = format!("socket = \"/run/{}.sock\"\n", "x".repeat(120));
         let e = err(&long);
         assert!(e.contains("line 1") && e.contains("107"), "{e}");
+        let e = err("[scope.exclude]\nexe = [\"/usr/bin/curl\", \"curl\"]\n");
+        assert!(
+            e.contains("line 2") && e.contains("scope.exclude.exe") && e.contains("'curl'"),
+            "{e}"
+        );
     }
 
     #[test]

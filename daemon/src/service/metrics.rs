@@ -56,6 +56,7 @@ impl Counters {
         self.lost_kernel.load(Relaxed)
             + self.lost_userspace.load(Relaxed)
             + self.lost_store.load(Relaxed)
+            + self.decode_errors.load(Relaxed)
     }
 
     fn by_kind(&self) -> Vec<(String, u64)> {
@@ -148,6 +149,7 @@ impl Collector for PipelineCollector {
                 ("kernel", c.lost_kernel.load(Relaxed)),
                 ("userspace", c.lost_userspace.load(Relaxed)),
                 ("store", c.lost_store.load(Relaxed)),
+                ("decode", c.decode_errors.load(Relaxed)),
             ] {
                 let labels = [("source", source)];
                 ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;

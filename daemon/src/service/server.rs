@@ -83,6 +83,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
 
     notifier.status("loading eBPF programs");
     let scope = crate::kernel::scope::Resolved::from_config(&cfg.scope)?;
+    let exe_scope = scope.exe_scope();
     let opts = LoadOptions {
         scope,
         generic_syscalls: cfg
@@ -132,6 +133,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut pipeline = Pipeline::new(fidelity, tx, counters.clone());
+    pipeline.exe_scope = exe_scope;
     pipeline.watchdog = Watchdog::from_env(notifier, counters.clone());
     tracing::info!(
         processes = pipeline.procs.len(),
