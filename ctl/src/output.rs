@@ -69,15 +69,44 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// `s` with everything that would act on a terminal instead of showing
+/// written out: C0 and C1 controls and DEL (`\n`, `\r`, `\t`, else
+/// `\xNN` or `\u{NN}`), and the invisible format characters that reorder
+/// or hide text (bidi overrides and isolates, zero-width characters, line
+/// and paragraph separators, BOM) as `\u{NNNN}`. Names are chosen by the
+/// traced processes, so a file name must not be able to rewrite the
+/// screen or pass for another.
+pub fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\x7f' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            '\u{80}'..='\u{9f}'
+            | '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn event_row(e: &Event) -> Vec<String> {
     vec![
         local_time(e.ts),
-        e.kind.clone(),
+        terminal_safe(&e.kind),
         opt(&e.pid),
         opt(&e.ppid),
         opt(&e.uid),
-        opt(&e.comm),
-        summary(e),
+        terminal_safe(&opt(&e.comm)),
+        terminal_safe(&summary(e)),
     ]
 }
 
@@ -271,6 +300,46 @@ mod tests {
         assert_eq!(l.chars().count(), 60);
         assert!(l.ends_with("..."));
         assert!(follow_line(&exec(&[&long]), None).ends_with(&long));
+    }
+
+    /// Everything a hostile name could use on a terminal: line breaks,
+    /// ESC sequences, carriage return, bidi overrides and isolates, C1 CSI,
+    /// zero-width characters.
+    const HOSTILE: &str =
+        "a\nb\x1b[2J\x1b]0;title\x07c\rd\u{202e}txt.exe\u{2066}e\u{9b}31m\u{200b}\x7f\tz";
+
+    fn assert_inert(text: &str) {
+        for c in text.chars() {
+            let bad = (c.is_control() && c != '\n')
+                || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
+            assert!(!bad, "raw {c:?} in {text:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_written_out() {
+        assert_eq!(
+            terminal_safe(HOSTILE),
+            "a\\nb\\x1b[2J\\x1b]0;title\\x07c\\rd\\u{202e}txt.exe\\u{2066}e\\u{9b}31m\\u{200b}\\x7f\\tz"
+        );
+        assert_eq!(terminal_safe("plain é/ü 日本"), "plain é/ü 日本");
+        let mut open = exec(&[]);
+        open.kind = "open".into();
+        open.comm = Some(HOSTILE.into());
+        open.args = serde_json::json!({"path": HOSTILE, "flags": 0, "mode": 0});
+        let argv = exec(&[HOSTILE, HOSTILE]);
+        for width in [None, Some(300)] {
+            let text = table(&[open.clone(), argv.clone()], width).to_string();
+            assert_inert(&text);
+            // One line per row plus the frame: no name broke a line.
+            assert_eq!(text.lines().count(), 2 + 1 + 2 + 1, "{text}");
+            assert!(text.contains("\\u{202e}"), "{text}");
+        }
+        for e in [&open, &argv] {
+            let line = follow_line(e, None);
+            assert_inert(&line);
+            assert_eq!(line.lines().count(), 1);
+        }
     }
 
     #[test]
