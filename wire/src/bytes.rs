@@ -117,7 +117,7 @@ mod tests {
             let n = (self.next() % 12) as usize;
             let mut v = Vec::new();
             for _ in 0..n {
-                if self.next() % 4 == 0 {
+                if self.next().is_multiple_of(4) {
                     v.push(self.next() as u8);
                 } else {
                     let a = ALPHABET[(self.next() % ALPHABET.len() as u64) as usize];

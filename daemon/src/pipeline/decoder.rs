@@ -724,7 +724,7 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_records_never_panic() {
-        let mut rng = Rng(0xdec0_de);
+        let mut rng = Rng(0x00de_c0de);
         let (mut ok, mut err) = (0, 0);
         for _ in 0..100_000 {
             let buf = rng.malformed_record();
@@ -742,7 +742,7 @@ pub(crate) mod tests {
 
     #[test]
     fn bytes_that_are_not_utf8_survive_decoding() {
-        let mut rng = Rng(0xb17e5);
+        let mut rng = Rng(0x000b_17e5);
         for _ in 0..20_000 {
             // Mostly ASCII with a backslash or an invalid byte now and then.
             let s = |rng: &mut Rng| -> Vec<u8> {

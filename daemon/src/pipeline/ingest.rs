@@ -247,7 +247,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(100_000);
         let counters = Arc::new(Counters::default());
         let mut p = Pipeline::new("core", tx, counters.clone());
-        let mut rng = Rng(0x1055);
+        let mut rng = Rng(0x1055_1055);
         let mut failures = 0u64;
         let mut decoded = 0u64;
         for _ in 0..20_000 {
