@@ -93,6 +93,25 @@ fn names_with_control_characters_newlines_and_invalid_utf8() {
     for n in names {
         std::fs::File::create(path(&join(&dir, n))).unwrap();
     }
+    // A comm that is not UTF-8 and holds control characters (PR_SET_NAME
+    // keeps 15 bytes).
+    let comm: &[u8] = b"c\xff\x1b[7m\n\\x";
+    let by_comm = join(&dir, b"by-comm");
+    {
+        let (comm, p) = (comm.to_vec(), by_comm.clone());
+        std::thread::spawn(move || {
+            let name = std::ffi::CString::new(comm).unwrap();
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string.
+            assert_eq!(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) }, 0);
+            std::fs::File::create(path(&p)).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+    let e = wait_exact(&d, "open", "path", &by_comm);
+    assert_eq!(e.args["escaped"], true, "{e:?}");
+    let c = unrender(e.comm.as_deref().unwrap(), true).unwrap();
+    assert_eq!(c, comm);
     let mut seen = Vec::new();
     for n in names {
         let full = join(&dir, n);
@@ -116,7 +135,7 @@ fn names_with_control_characters_newlines_and_invalid_utf8() {
     let bad = &seen[3].0;
     let found = d.events(&["--kind", "open", "--pid", &me(), "--since", "5m"]);
     assert!(found.iter().any(|e| e.args["path"] == bad.as_str()));
-    let text = table_is_inert(&d, "open", &marker, names.len());
+    let text = table_is_inert(&d, "open", &marker, names.len() + 1);
     assert!(text.contains("\\\\xff"), "{text}");
     assert!(text.contains("\\u{202e}"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -193,5 +212,61 @@ fn rename_exchange_records_both_sides_and_the_flag() {
     assert_eq!(e.args["escaped"], true);
     assert_eq!(e.retval, Some(0));
     table_is_inert(&d, "rename", &marker, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_executable_argv_and_exe_that_are_not_utf8() {
+    let d = Daemon::start();
+    let dir = case_dir("exec");
+    let marker = dir.file_name().unwrap().to_str().unwrap().to_string();
+    let exe = join(&dir, b"tru\xffe\\x\nbin");
+    std::fs::copy("/bin/true", path(&exe)).unwrap();
+    let arg: &[u8] = b"arg\xfe\\x41\x1b";
+    let pid = loop {
+        match std::process::Command::new(path(&exe))
+            .arg(OsStr::from_bytes(arg))
+            .spawn()
+        {
+            // A copy just made can still be open in a child another test
+            // thread forked: ETXTBSY until that child execs.
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => {
+                let mut c = r.unwrap();
+                let pid = c.id();
+                c.wait().unwrap();
+                break pid;
+            }
+        }
+    };
+    let e = d.wait_for(&["--kind", "exec", "--pid", &pid.to_string()], |_| true);
+    assert_eq!(e.args["escaped"], true, "{e:?}");
+    assert_eq!(field_bytes(&e, "filename").as_deref(), Some(exe.as_slice()));
+    let argv: Vec<Vec<u8>> = e.args["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| unrender(a.as_str().unwrap(), true).unwrap())
+        .collect();
+    assert_eq!(argv, vec![exe.clone(), arg.to_vec()]);
+    assert_eq!(unrender(e.exe.as_deref().unwrap(), true).unwrap(), exe);
+    let out = d.ctl(&[
+        "events",
+        "-o",
+        "table",
+        "--kind",
+        "exec",
+        "--pid",
+        &pid.to_string(),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains(&marker)).count(),
+        1,
+        "{text}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
