@@ -142,11 +142,17 @@ impl Record<'_> {
 
     /// A byte string as this pass renders it.
     fn text(&self, b: &[u8]) -> String {
-        let escape = self.escape.get();
-        if !escape && bytes::needs_escape(b) {
-            self.saw_invalid.set(true);
+        if self.escape.get() {
+            return bytes::render(b, true);
         }
-        bytes::render(b, escape)
+        match std::str::from_utf8(b) {
+            Ok(s) => s.to_owned(),
+            Err(_) => {
+                // This pass is thrown away; the escaped one keeps the bytes.
+                self.saw_invalid.set(true);
+                String::new()
+            }
+        }
     }
 
     /// The raw u64 in `args[slot]` (a `SLOT_*`).
