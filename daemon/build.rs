@@ -116,6 +116,9 @@ int main(void)
 	printf("size EV_NUM_ARGS %d\n", EV_NUM_ARGS);
 	printf("size EV_NUM_STRS %d\n", EV_NUM_STRS);
 	printf("size EV_DATA_MAX %d\n", EV_DATA_MAX);
+	printf("size EV_ARGV_CAP %d\n", EV_ARGV_CAP);
+	printf("size EV_ARG_MAX %d\n", EV_ARG_MAX);
+	printf("size EV_BUF_SIZE %d\n", EV_BUF_SIZE);
 #define OFF(f) printf("off %s %zu %zu\n", #f, offsetof(struct event_header, f), sizeof(((struct event_header *)0)->f));
 	TRACEED_HEADER_FIELDS(OFF)
 #define KIND(name, num, wire) printf("kind %s %d %s\n", #name, num, wire);
@@ -128,6 +131,7 @@ int main(void)
 	TRACEED_ARG_SLOTS(SLOT)
 	TRACEED_STR_SLOTS(SLOT)
 	printf("value EXIT_STATUS_KNOWN %d\n", EXIT_STATUS_KNOWN);
+	printf("value ARGV_SIZE_KNOWN %d\n", ARGV_SIZE_KNOWN);
 	return 0;
 }
 "#;

@@ -24,10 +24,16 @@ pub fn summary(e: &Event) -> String {
                 .and_then(|v| v.as_array())
                 .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
                 .unwrap_or_default();
-            if argv.is_empty() {
+            let what = if argv.is_empty() {
                 s("filename")
             } else {
                 argv.join(" ")
+            };
+            // A failed exec (retval -errno) says why first: the command may
+            // be long enough to be cut at the terminal's edge.
+            match e.retval {
+                Some(r) if r < 0 => format!("[{}] {what}", errno_name(-r)),
+                _ => what,
             }
         }
         "exit" => match a.get("signal").and_then(|v| v.as_u64()) {
@@ -53,6 +59,31 @@ pub fn summary(e: &Event) -> String {
             parts.join(" ")
         }
     }
+}
+
+/// The symbolic name of the errors an exec can fail with, else the number.
+fn errno_name(errno: i64) -> String {
+    let name = match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        5 => "EIO",
+        7 => "E2BIG",
+        8 => "ENOEXEC",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        14 => "EFAULT",
+        20 => "ENOTDIR",
+        21 => "EISDIR",
+        22 => "EINVAL",
+        23 => "ENFILE",
+        24 => "EMFILE",
+        26 => "ETXTBSY",
+        36 => "ENAMETOOLONG",
+        40 => "ELOOP",
+        80 => "ELIBBAD",
+        _ => return format!("errno {errno}"),
+    };
+    name.into()
 }
 
 pub fn local_time(ns: i64) -> String {
@@ -340,6 +371,20 @@ mod tests {
             assert_inert(&line);
             assert_eq!(line.lines().count(), 1);
         }
+    }
+
+    #[test]
+    fn failed_exec_shows_its_error() {
+        let mut e = exec(&["/nope", "-x"]);
+        assert_eq!(summary(&e), "/nope -x");
+        e.retval = Some(-2);
+        assert_eq!(summary(&e), "[ENOENT] /nope -x");
+        e.retval = Some(-13);
+        assert!(table(&[e.clone()], None)
+            .to_string()
+            .contains("[EACCES] /nope -x"));
+        e.retval = Some(-99);
+        assert_eq!(summary(&e), "[errno 99] /nope -x");
     }
 
     #[test]

@@ -3,9 +3,11 @@
  * Shared by every hook family of every object: the maps, the load-time
  * globals, and the helpers that start, fill and emit a record.
  *
- * Records are built in a per-CPU scratch map (a full record is ~8 KiB, the
- * BPF stack is 512 bytes) and copied into the ring buffer (or the perf event
- * array when built with -DTRACEED_PERF for kernels without ring buffers).
+ * Records are built in a per-CPU scratch slot (a record holds up to
+ * EV_BUF_SIZE bytes of strings, the BPF stack is 512 bytes) and only the
+ * header and the data bytes used are copied into the ring buffer (or the
+ * perf event array when built with -DTRACEED_PERF for kernels without ring
+ * buffers), so a record is sized to its strings and argv.
  */
 #ifndef TRACEED_COMMON_H
 #define TRACEED_COMMON_H
@@ -32,6 +34,9 @@ const volatile __u32 wakeup_bytes = 0;
 
 /* Non-zero when any scope list (include or exclude) is configured. */
 const volatile __u32 scope_any = 0;
+/* [events] max_argv_bytes: argv beyond this is cut (EF_TRUNCATED); the
+ * loader keeps it within what the object can hold (EV_ARGV_CAP). */
+const volatile __u32 max_argv_bytes = 32 * 1024;
 
 #define SCOPE_UID_INCLUDE (1u << 0)
 #define SCOPE_COMM_INCLUDE (1u << 1)
@@ -82,8 +87,13 @@ struct {
 } events SEC(".maps");
 #endif
 
+/* One record under construction per CPU, indexed by CPU id. A plain array
+ * and not a per-CPU one: per-CPU values are limited to 32 KiB and a record
+ * with a whole argv is larger. The loader sets max_entries to the number of
+ * possible CPUs. Programs run with migration disabled, so a slot is never
+ * shared by two programs at once (as with a per-CPU map). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct event);
@@ -163,8 +173,8 @@ static __always_inline int out_of_scope(void)
  * unavailable (never expected) so callers just bail. */
 static __always_inline struct event *event_start(__u32 kind)
 {
-	__u32 zero = 0;
-	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct event *e = bpf_map_lookup_elem(&scratch, &cpu);
 	if (!e)
 		return NULL;
 
@@ -205,49 +215,186 @@ static __always_inline void mark_truncated(struct event *e)
 #define STR_KERNEL 0
 #define STR_USER 1
 
-/* Append a NUL-terminated string read from kernel or user memory. */
-static __always_inline void push_str(struct event *e, int idx, const void *src, int where)
+/* Append a NUL-terminated string read from kernel or user memory, at most
+ * `max` bytes (a constant, at most EV_DATA_MAX). */
+static __always_inline void push_str_from(struct event *e, int idx, const void *src, int where,
+					  const __u32 max)
 {
 	__u32 off = e->h.data_len;
 	long n;
 
-	if (idx >= EV_NUM_STRS || off > EV_DATA_MAX - EV_STR_MAX) {
+	if (idx >= EV_NUM_STRS || off > EV_DATA_MAX) {
 		mark_truncated(e);
 		return;
 	}
 	if (where == STR_USER)
-		n = bpf_probe_read_user_str(&e->data[off & EV_DATA_MASK], EV_STR_MAX, src);
+		n = bpf_probe_read_user_str(&e->data[off & (EV_DATA_MAX * 2 - 1)], max, src);
 	else
-		n = bpf_probe_read_kernel_str(&e->data[off & EV_DATA_MASK], EV_STR_MAX, src);
+		n = bpf_probe_read_kernel_str(&e->data[off & (EV_DATA_MAX * 2 - 1)], max, src);
 	if (n <= 0) {
 		/* unreadable (e.g. not yet faulted in): store as absent */
 		return;
 	}
-	if (n == EV_STR_MAX)
+	if (n == max)
 		mark_truncated(e);
 	e->h.str_len[idx & (EV_NUM_STRS - 1)] = n;
 	e->h.data_len = off + n;
 }
 
-/* Append `len` raw bytes of user memory (argv blocks). */
+static __always_inline void push_str(struct event *e, int idx, const void *src, int where)
+{
+	push_str_from(e, idx, src, where, EV_STR_MAX);
+}
+
+/* A kernel string of up to `max` bytes (the working directory). */
+#define push_str_max(e, idx, src, max) push_str_from(e, idx, src, STR_KERNEL, max)
+
+/* Append `len` raw bytes of user memory (socket addresses), at most
+ * EV_STR_MAX. */
 static __always_inline void push_user_bytes(struct event *e, int idx, const void *src, __u64 len)
 {
 	__u32 off = e->h.data_len;
 
-	if (idx >= EV_NUM_STRS || off > EV_DATA_MAX - EV_ARGV_MAX) {
+	if (idx >= EV_NUM_STRS || off > EV_DATA_MAX) {
 		mark_truncated(e);
 		return;
 	}
-	if (len > EV_ARGV_MAX) {
-		len = EV_ARGV_MAX;
+	if (len > EV_STR_MAX) {
+		len = EV_STR_MAX;
 		mark_truncated(e);
 	}
 	if (len == 0)
 		return;
-	if (bpf_probe_read_user(&e->data[off & EV_DATA_MASK], len & (EV_ARGV_MAX * 2 - 1), src) < 0)
+	if (bpf_probe_read_user(&e->data[off & (EV_DATA_MAX * 2 - 1)], len & (EV_STR_MAX * 2 - 1),
+				src) < 0)
 		return;
 	e->h.str_len[idx & (EV_NUM_STRS - 1)] = len;
 	e->h.data_len = off + len;
+}
+
+/* The argv limit in force: the configured one, within the buffer. */
+static __always_inline __u32 argv_cap(void)
+{
+	__u32 cap = max_argv_bytes;
+	if (cap > EV_ARGV_CAP)
+		cap = EV_ARGV_CAP;
+	return cap;
+}
+
+/* argc and the whole argv length, exact (also when argv itself is cut). */
+static __always_inline void set_argv_size(struct event *e, __u64 argc, __u64 bytes)
+{
+	e->h.args[SLOT_EXEC_ARGC] = argc;
+	e->h.args[SLOT_EXEC_ARGV_BYTES] = bytes;
+	e->h.args[SLOT_EXEC_ARGV_KNOWN] = ARGV_SIZE_KNOWN;
+}
+
+/* Append argv as one block of user memory (the kernel's copy on the new
+ * stack: mm->arg_start..arg_end), cut to max_argv_bytes. It is the record's
+ * last string, so it may start anywhere below EV_DATA_MAX. */
+static __always_inline void push_argv_block(struct event *e, const void *src, __u64 len)
+{
+	__u32 off = e->h.data_len;
+	__u32 cap = argv_cap();
+
+	if (off > EV_DATA_MAX) {
+		mark_truncated(e);
+		return;
+	}
+	if (len > cap) {
+		len = cap;
+		mark_truncated(e);
+	}
+	if (len == 0)
+		return;
+	/* Both bounds again in a form every verifier tracks (a mask). */
+	if (bpf_probe_read_user(&e->data[off & (EV_DATA_MAX * 2 - 1)], len & (EV_ARGV_CAP * 2 - 1),
+				src) < 0)
+		return;
+	e->h.str_len[STR_EXEC_ARGV] = len;
+	e->h.data_len = off + len;
+}
+
+/* At most this many arguments are read one by one (failed execs, the
+ * fallback); a bounded loop, so it needs kernel 5.3+ like every loop here. */
+#define ARGV_PTR_SLOTS 1024
+
+struct argv_read {
+	__u32 used;  /* bytes stored */
+	__u32 argc;  /* arguments seen */
+	__u32 whole; /* the array's NULL was reached and nothing was cut */
+};
+
+/* Read a user argv (array of string pointers, NULL-terminated) argument by
+ * argument into buf + base, at most `cap` bytes. */
+static __always_inline void read_argv_ptrs(char *buf, __u32 base, __u32 cap,
+					   const char *const *argv, struct argv_read *r)
+{
+	__u32 used = 0;
+	int i;
+
+	r->used = 0;
+	r->argc = 0;
+	r->whole = 0;
+	if (base > EV_DATA_MAX || !argv)
+		return;
+	if (cap > EV_ARGV_CAP)
+		cap = EV_ARGV_CAP;
+	for (i = 0; i < ARGV_PTR_SLOTS; i++) {
+		const char *arg = 0;
+		__u64 room, off;
+		long n;
+
+		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]))
+			break;
+		if (!arg) {
+			r->whole = 1;
+			break;
+		}
+		if (used >= cap)
+			break;
+		/* 64-bit and unsigned, so the verifier sees 0..EV_ARG_MAX */
+		room = (__u64)cap - used;
+		if (room > EV_ARG_MAX)
+			room = EV_ARG_MAX;
+		off = (__u64)base + used;
+		if (off > EV_DATA_MAX + EV_ARGV_CAP)
+			break;
+		n = bpf_probe_read_user_str(&buf[off], room, arg);
+		if (n <= 0)
+			break;
+		used += n;
+		if (n == room) {
+			/* cut inside this argument: the rest is unknown */
+			r->argc = i + 1;
+			r->used = used;
+			return;
+		}
+	}
+	r->argc = i;
+	r->used = used;
+}
+
+/* Append a user argv read argument by argument as string STR_EXEC_ARGV;
+ * argc and argv_bytes are set only when the whole array was read. */
+static __always_inline void push_argv_ptrs(struct event *e, const char *const *argv)
+{
+	struct argv_read r;
+	__u32 off = e->h.data_len;
+
+	if (off > EV_DATA_MAX) {
+		mark_truncated(e);
+		return;
+	}
+	read_argv_ptrs(e->data, off, argv_cap(), argv, &r);
+	if (r.whole)
+		set_argv_size(e, r.argc, r.used);
+	else
+		mark_truncated(e);
+	if (r.used == 0)
+		return;
+	e->h.str_len[STR_EXEC_ARGV] = r.used;
+	e->h.data_len = off + r.used;
 }
 
 static __always_inline void count_lost(void)
@@ -265,6 +412,12 @@ static __always_inline int event_emit(void *ctx, struct event *e)
 
 	if (size > sizeof(*e))
 		size = sizeof(*e);
+#ifdef TRACEED_PERF
+	/* A perf sample carries at most 64 KiB (its header's size is a u16);
+	 * the loader keeps max_argv_bytes below that for perf objects. */
+	if (size > 65000)
+		size = 65000;
+#endif
 #ifdef TRACEED_PERF
 	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, e, size);
 #else

@@ -22,13 +22,25 @@
 #define TASK_COMM_LEN 16
 #define EV_NUM_STRS 4
 #define EV_NUM_ARGS 6
-/* Strings land at (offset & EV_DATA_MASK); one string is at most EV_STR_MAX
- * bytes, so the data area is twice the mask to keep every write in bounds
- * for the verifier while the emitted part stays <= EV_DATA_MAX. */
+/* A string starts at an offset <= EV_DATA_MAX (masked with
+ * 2 * EV_DATA_MAX - 1 for the verifier) and is at most EV_STR_MAX bytes
+ * (EV_PATH_MAX for an exec's working directory). */
 #define EV_DATA_MAX 4096
-#define EV_DATA_MASK (EV_DATA_MAX - 1)
 #define EV_STR_MAX 1024
-#define EV_ARGV_MAX 2048
+/* argv is an exec record's last string, so it may run past EV_DATA_MAX: up
+ * to the load-time `max_argv_bytes` ([events] max_argv_bytes), never more
+ * than EV_ARGV_CAP (the kernel's own limit for one string, MAX_ARG_STRLEN).
+ * Read argument by argument (failed execs, the fallback), one argument is at
+ * most EV_ARG_MAX. The buffer holds the worst case the verifier can see:
+ * strings up to EV_DATA_MAX, then argv from at most there. Only the header
+ * and data_len bytes are emitted, so a short argv makes a short record. */
+#define EV_ARGV_CAP (128 * 1024)
+#define EV_ARG_MAX (32 * 1024)
+#define EV_BUF_SIZE (EV_DATA_MAX * 2 + EV_ARGV_CAP + EV_ARG_MAX)
+/* The working directory walk (CO-RE): at most this many path components,
+ * the path at most EV_PATH_MAX bytes. */
+#define EV_PATH_MAX 4096
+#define EV_PATH_COMPONENTS 48
 
 /* Event kinds: X(NAME, number, wire name). EK_<NAME> in C; the wire names in
  * this order, then "lost" (made in user space), are traceed_wire::KINDS. */
@@ -96,6 +108,9 @@ enum variant {
  * the daemon resolves relative paths against them.
  */
 #define TRACEED_ARG_SLOTS(X)                                                      \
+	X(SLOT_EXEC_ARGC, 0)          /* argument count (SLOT_EXEC_ARGV_KNOWN) */     \
+	X(SLOT_EXEC_ARGV_BYTES, 1)    /* whole argv length, NULs included */         \
+	X(SLOT_EXEC_ARGV_KNOWN, 2)    /* ARGV_SIZE_KNOWN: the two above are exact */ \
 	X(SLOT_EXEC_CTIME, 3)         /* loaded file's inode ctime, ns; 0 unknown */ \
 	X(SLOT_EXIT_CODE, 0)          /* exit status, 0-255 */                       \
 	X(SLOT_EXIT_SIGNAL, 1)        /* terminating signal, 0 = none */             \
@@ -131,8 +146,9 @@ enum variant {
 
 #define TRACEED_STR_SLOTS(X)                                         \
 	X(STR_EXEC_FILENAME, 0)  /* as the caller named it */        \
-	X(STR_EXEC_ARGV, 1)      /* NUL-separated, NUL-terminated */ \
-	X(STR_EXEC_INTERP, 2)    /* the file loaded (interpreter) */ \
+	X(STR_EXEC_INTERP, 1)    /* the file loaded (interpreter) */ \
+	X(STR_EXEC_CWD, 2)       /* working directory, absolute */   \
+	X(STR_EXEC_ARGV, 3)      /* NUL-separated, NUL-terminated; last: it may be long */ \
 	X(STR_OPEN_PATH, 0)                                          \
 	X(STR_UNLINK_PATH, 0)                                        \
 	X(STR_RENAME_OLD, 0)                                         \
@@ -156,6 +172,10 @@ enum event_slot {
  * else (0: the fallback saw no exit_group) decodes as exit_code and signal
  * unknown (null), never as a guessed 0. */
 #define EXIT_STATUS_KNOWN 1
+
+/* args[SLOT_EXEC_ARGV_KNOWN]: argc and argv_bytes were measured whole (also
+ * when argv itself was cut to max_argv_bytes). Else both are unknown. */
+#define ARGV_SIZE_KNOWN 1
 
 /* Raw socket addresses are copied as bytes; enough for sockaddr_un. */
 #define EV_SOCKADDR_MAX 128
@@ -199,14 +219,14 @@ struct event_header {
 	__u32 pid_ns;
 	char comm[TASK_COMM_LEN];
 	__u64 args[EV_NUM_ARGS];
-	__u16 str_len[EV_NUM_STRS];
+	__u32 str_len[EV_NUM_STRS]; /* argv may pass 64 KiB */
 	__u32 data_len;
 	__u32 aux; /* EK_SYSCALL: the syscall number; EK_SETUID, EK_KILL: the variant */
 };
 
 struct event {
 	struct event_header h;
-	char data[EV_DATA_MAX * 2];
+	char data[EV_BUF_SIZE];
 };
 
 #endif

@@ -5,6 +5,7 @@
  * relocation. It loads on kernels with no BTF at all.
  */
 #include "fallback_process.bpf.c"
+#include "exec_fail.bpf.c"
 #include "file.bpf.c"
 #include "net.bpf.c"
 #include "security.bpf.c"

@@ -12,29 +12,28 @@ const volatile __u32 fb_exec_filename_off = 8;   /* __data_loc char[] filename *
 const volatile __u32 fb_fork_child_pid_off = 44;
 const volatile __u32 fb_exit_group_dead_off = 0; /* 0: field absent */
 
-#define ARGV_SLOTS 32
-
 /* argv as read at execve entry (user memory of the caller), per thread,
- * until sched_process_exec of the same thread emits it. */
+ * until sched_process_exec of the same thread emits it (or the failed
+ * exec's sys_exit drops it). Hash values are preallocated, so the stash is
+ * bounded twice: FB_ARGV_STASH bytes of argv (the fallback's cut, whatever
+ * max_argv_bytes says) and FB_STASH_ENTRIES execs in flight at once. */
+#define FB_ARGV_STASH (32 * 1024)
+#define FB_STASH_ENTRIES 128
+
 struct argv_stash {
 	__u32 len;
-	__u32 truncated;
-	char buf[EV_ARGV_MAX];
+	__u32 argc;
+	__u32 whole;
+	__u32 pad;
+	char buf[FB_ARGV_STASH];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, FB_STASH_ENTRIES);
 	__type(key, __u32);
 	__type(value, struct argv_stash);
 } argv_stash SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct argv_stash);
-} argv_scratch SEC(".maps");
 
 /* clone()s that create threads, per calling thread, so the fork tracepoint
  * (which only gives pids) records processes only. */
@@ -80,35 +79,25 @@ struct {
 	__type(value, __u32);
 } exit_status SEC(".maps");
 
+/* Built in the record scratch (too large for the stack), then copied. */
 static __always_inline int stash_argv(struct sys_enter_ctx *ctx, int argv_slot)
 {
-	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 cpu = bpf_get_smp_processor_id(), tid = (__u32)bpf_get_current_pid_tgid();
 	const char *const *argv = (const char *const *)sys_arg(ctx, argv_slot);
-	struct argv_stash *st = bpf_map_lookup_elem(&argv_scratch, &zero);
-	const char *arg;
-	__u32 off = 0;
-	long n;
-	int i;
+	struct event *e = bpf_map_lookup_elem(&scratch, &cpu);
+	struct argv_stash *st;
+	struct argv_read r;
+	__u32 cap = argv_cap();
 
-	if (!st || out_of_scope())
+	if (!e || (out_of_scope() && !is_canary()))
 		return 0;
-	st->len = 0;
-	st->truncated = 0;
-	for (i = 0; i < ARGV_SLOTS; i++) {
-		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) || !arg)
-			break;
-		if (off > EV_ARGV_MAX - 256) {
-			st->truncated = 1;
-			break;
-		}
-		n = bpf_probe_read_user_str(&st->buf[off & (EV_ARGV_MAX - 1)], 256, arg);
-		if (n <= 0)
-			break;
-		off += n;
-	}
-	if (i == ARGV_SLOTS)
-		st->truncated = 1;
-	st->len = off;
+	if (cap > FB_ARGV_STASH)
+		cap = FB_ARGV_STASH;
+	st = (struct argv_stash *)e->data;
+	read_argv_ptrs(e->data, __builtin_offsetof(struct argv_stash, buf), cap, argv, &r);
+	st->len = r.used;
+	st->argc = r.argc;
+	st->whole = r.whole;
 	bpf_map_update_elem(&argv_stash, &tid, st, BPF_ANY);
 	return 0;
 }
@@ -140,18 +129,22 @@ int fb_sched_process_exec(void *ctx)
 		return 0;
 	bpf_probe_read_kernel(&loc, sizeof(loc), ctx + fb_exec_filename_off);
 	push_str(e, STR_EXEC_FILENAME, ctx + (loc & 0xFFFF), STR_KERNEL);
+	/* No interpreter and no working directory here (kernel structs). */
 	st = bpf_map_lookup_elem(&argv_stash, &tid);
 	if (st) {
 		__u32 len = st->len;
 		__u32 off = e->h.data_len;
-		if (len > EV_ARGV_MAX)
-			len = EV_ARGV_MAX;
-		if (len > 0 && off <= EV_DATA_MAX - EV_ARGV_MAX) {
-			bpf_probe_read_kernel(&e->data[off & EV_DATA_MASK], len & (EV_ARGV_MAX * 2 - 1), st->buf);
+		if (len > FB_ARGV_STASH)
+			len = FB_ARGV_STASH;
+		if (len > 0 && off <= EV_DATA_MAX) {
+			bpf_probe_read_kernel(&e->data[off & (EV_DATA_MAX * 2 - 1)],
+					      len & (FB_ARGV_STASH * 2 - 1), st->buf);
 			e->h.str_len[STR_EXEC_ARGV] = len;
 			e->h.data_len = off + len;
 		}
-		if (st->truncated)
+		if (st->whole)
+			set_argv_size(e, st->argc, len);
+		else
 			mark_truncated(e);
 		bpf_map_delete_elem(&argv_stash, &tid);
 	}

@@ -5,11 +5,113 @@
  */
 #include "task.h"
 
+#ifdef CORE
+/* The working directory is built backwards from the end of this buffer,
+ * one path component at a time, then copied into the record. */
+struct path_buf {
+	char buf[EV_PATH_MAX * 2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct path_buf);
+} path_scratch SEC(".maps");
+
+/* struct mount embeds the struct vfsmount a path points at (fs/mount.h). */
+static __always_inline struct mount *real_mount(struct vfsmount *mnt)
+{
+	return (struct mount *)((char *)mnt - bpf_core_field_offset(struct mount, mnt));
+}
+
+/* task->fs->pwd as an absolute path as the task sees it (like
+ * /proc/PID/cwd): dentry names up to the root of their mount, then on from
+ * the mount point in the parent mount, until the task's root, as d_path
+ * does (without its locks: a rename racing the walk can give a mixed path,
+ * as in every tracer that walks dentries). Each step appends exactly one
+ * name, crossing at most one mount first, so the verifier follows one path
+ * per iteration. Paths deeper than EV_PATH_COMPONENTS or longer than
+ * EV_PATH_MAX, directories not reachable from the root (a detached mount)
+ * and mounts stacked on one mount point leave `cwd` absent. */
+static __always_inline void push_cwd(struct event *e, struct task_struct *task)
+{
+	__u32 zero = 0;
+	struct path_buf *pb = bpf_map_lookup_elem(&path_scratch, &zero);
+	struct dentry *dentry, *parent, *root, *top;
+	struct vfsmount *vfsmnt, *top_mnt;
+	struct mount *mnt, *mnt_parent;
+	struct fs_struct *fs;
+	__u32 pos = EV_PATH_MAX - 1, len;
+	int i, done = 0;
+
+	if (!pb)
+		return;
+	fs = READ_KERN(task, fs);
+	dentry = READ_KERN(fs, pwd.dentry);
+	vfsmnt = READ_KERN(fs, pwd.mnt);
+	top = READ_KERN(fs, root.dentry);
+	top_mnt = READ_KERN(fs, root.mnt);
+	if (!dentry || !vfsmnt)
+		return;
+	mnt = real_mount(vfsmnt);
+	mnt_parent = READ_KERN(mnt, mnt_parent);
+	pb->buf[EV_PATH_MAX - 1] = 0;
+	for (i = 0; i < EV_PATH_COMPONENTS; i++) {
+		if (dentry == top && vfsmnt == top_mnt) {
+			done = 1;
+			break;
+		}
+		root = READ_KERN(vfsmnt, mnt_root);
+		if (dentry == root) {
+			if (mnt == mnt_parent) {
+				done = 1; /* the root of the mount tree */
+				break;
+			}
+			dentry = READ_KERN(mnt, mnt_mountpoint);
+			mnt = mnt_parent;
+			mnt_parent = READ_KERN(mnt, mnt_parent);
+			vfsmnt = __builtin_preserve_access_index(&mnt->mnt);
+			if (dentry == top && vfsmnt == top_mnt) {
+				done = 1;
+				break;
+			}
+			if (dentry == READ_KERN(vfsmnt, mnt_root))
+				break;
+		}
+		parent = READ_KERN(dentry, d_parent);
+		if (dentry == parent)
+			break;
+		len = READ_KERN(dentry, d_name.len);
+		if (len == 0 || len + 1 > pos)
+			break;
+		pos -= len;
+		bpf_probe_read_kernel(&pb->buf[pos & (EV_PATH_MAX - 1)], len & (EV_PATH_MAX - 1),
+				      READ_KERN(dentry, d_name.name));
+		pos -= 1;
+		pb->buf[pos & (EV_PATH_MAX - 1)] = '/';
+		dentry = parent;
+	}
+	if (!done)
+		return;
+	if (pos == EV_PATH_MAX - 1) /* the root itself */
+		pb->buf[--pos & (EV_PATH_MAX - 1)] = '/';
+	push_str_max(e, STR_EXEC_CWD, &pb->buf[pos & (EV_PATH_MAX - 1)], EV_PATH_MAX);
+}
+#else
+/* The kernel-specific object cannot walk mounts: struct mount is private
+ * to fs/ and not in the installed headers. `cwd` stays absent there. */
+static __always_inline void push_cwd(struct event *e, struct task_struct *task)
+{
+}
+#endif
+
 /* sched_process_exec fires after the new image is mapped, in the context of
  * the exec'd task: argv is already on its new stack (unlike at syscall
- * entry, where a fresh child's pages may not be faulted in yet). The raw
- * form hands us the linux_binprm: filename as the caller passed it, and
- * interp, the file actually loaded (the interpreter, for a script). */
+ * entry, where a fresh child's pages may not be faulted in yet), in one
+ * block, so one read takes it whole. The raw form hands us the
+ * linux_binprm: filename as the caller passed it, interp, the file
+ * actually loaded (the interpreter, for a script), and argc. */
 SEC("raw_tracepoint/sched_process_exec")
 int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -26,12 +128,16 @@ int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 	task = cur_task();
 	fill_task(e, task);
 
+	/* String order is slot order: argv, the long one, last. */
 	push_str(e, STR_EXEC_FILENAME, READ_KERN(bprm, filename), STR_KERNEL);
+	push_str(e, STR_EXEC_INTERP, READ_KERN(bprm, interp), STR_KERNEL);
+	push_cwd(e, task);
 	arg_start = READ_KERN(task, mm, arg_start);
 	arg_end = READ_KERN(task, mm, arg_end);
-	if (arg_end > arg_start)
-		push_user_bytes(e, STR_EXEC_ARGV, (void *)arg_start, arg_end - arg_start);
-	push_str(e, STR_EXEC_INTERP, READ_KERN(bprm, interp), STR_KERNEL);
+	if (arg_end > arg_start) {
+		set_argv_size(e, READ_KERN(bprm, argc), arg_end - arg_start);
+		push_argv_block(e, (void *)arg_start, arg_end - arg_start);
+	}
 	/* When the loaded file last changed: a binary replaced in place shows. */
 	e->h.args[SLOT_EXEC_CTIME] = inode_ctime_ns(READ_KERN(bprm, file, f_inode));
 	return event_emit(ctx, e);

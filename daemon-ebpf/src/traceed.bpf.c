@@ -7,6 +7,7 @@
  * .bpf.c file.
  */
 #include "process.bpf.c"
+#include "exec_fail.bpf.c"
 #include "file.bpf.c"
 #include "net.bpf.c"
 #include "security.bpf.c"

@@ -48,6 +48,17 @@ pub struct Exec {
     /// When the loaded file last changed (RFC 3339); absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe_ctime: Option<String>,
+    /// The argument count, also when `argv` was cut (`truncated`); absent
+    /// when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argc: Option<u64>,
+    /// The whole argv's length in bytes, each argument with its NUL (as the
+    /// kernel counts it), also when `argv` was cut; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv_bytes: Option<u64>,
+    /// The working directory at exec, absolute; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 /// `fork`: the row is the new task; nothing kind-specific.
@@ -177,6 +188,9 @@ mod tests {
                 argv: vec![],
                 interpreter: None,
                 exe_ctime: None,
+                argc: None,
+                argv_bytes: None,
+                cwd: None,
             },
             truncated: false,
             escaped: false,

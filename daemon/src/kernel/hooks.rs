@@ -73,6 +73,9 @@ pub enum HookError {
 /// Optional: a kernel without the syscall (openat2 before 5.6) or without
 /// syscall tracepoints skips it and says so in status.
 const SYSCALLS: &[&str] = &[
+    // Failed execs only (a successful one is sched_process_exec's record).
+    "execve",
+    "execveat",
     "open",
     "openat",
     "openat2",

@@ -39,6 +39,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ebpf_file!("src/fallback.bpf.c"),
     ebpf_file!("src/fallback_process.bpf.c"),
     ebpf_file!("src/process.bpf.c"),
+    ebpf_file!("src/exec_fail.bpf.c"),
     ebpf_file!("src/file.bpf.c"),
     ebpf_file!("src/net.bpf.c"),
     ebpf_file!("src/security.bpf.c"),

@@ -69,6 +69,8 @@ pub enum RungError {
     NoSyscallFilter,
     #[error("syscall_filter: {0}")]
     SyscallFilter(aya::maps::MapError),
+    #[error("counting the possible CPUs (one record slot each): {0}")]
+    Cpus(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +112,8 @@ pub struct LoadOptions {
     pub state_dir: PathBuf,
     pub self_tgid: u32,
     pub ring_buffer_bytes: u32,
+    /// `[events] max_argv_bytes`: argv beyond this is cut (`truncated`).
+    pub max_argv_bytes: u32,
     /// Rung 3 may compile the kernel-specific object when none is found.
     pub build_objects: bool,
 }
@@ -230,23 +234,51 @@ fn wakeup_bytes(ring_bytes: u32, transport: Transport) -> u32 {
     }
 }
 
-/// scope_flags, scope_any, wakeup_bytes: the .rodata every object shares.
-fn globals(opts: &LoadOptions, transport: Transport) -> [u32; 3] {
+/// A perf sample is at most 64 KiB with its headers (`perf_event_header.size`
+/// is a u16), so with the perf transport argv is cut here, leaving room for
+/// the record's header and its other strings.
+pub const PERF_ARGV_MAX: u32 = 48 << 10;
+
+/// argv's cut as the object applies it: what is configured, within what
+/// one record of this transport can carry.
+pub fn effective_argv_max(configured: u32, transport: Transport) -> u32 {
+    if transport == Transport::Perf {
+        configured.min(PERF_ARGV_MAX)
+    } else {
+        configured
+    }
+}
+
+/// scope_flags, scope_any, wakeup_bytes, max_argv_bytes: the .rodata every
+/// object shares.
+fn globals(opts: &LoadOptions, transport: Transport) -> [u32; 4] {
     [
         opts.scope.flags(),
         u32::from(opts.scope.any()),
         wakeup_bytes(opts.ring_buffer_bytes, transport),
+        effective_argv_max(opts.max_argv_bytes, transport),
     ]
 }
 
-fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 3]) -> EbpfLoader<'a> {
+/// Records are built in one `scratch` slot per CPU (a plain array: a
+/// record with a whole argv is larger than a per-CPU value may be), indexed
+/// by CPU id, so the map needs one entry per possible CPU.
+fn scratch_slots() -> Result<u32, RungError> {
+    aya::util::nr_cpus()
+        .map(|n| n as u32)
+        .map_err(|(path, e)| RungError::Cpus(format!("{path}: {e}")))
+}
+
+fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'a>, RungError> {
     let mut l = EbpfLoader::new();
     l.btf(None)
         .override_global("self_tgid", &opts.self_tgid, true)
         .override_global("scope_flags", &g[0], true)
         .override_global("scope_any", &g[1], true)
-        .override_global("wakeup_bytes", &g[2], true);
-    l
+        .override_global("wakeup_bytes", &g[2], true)
+        .override_global("max_argv_bytes", &g[3], true)
+        .map_max_entries("scratch", scratch_slots()?);
+    Ok(l)
 }
 
 fn finish(
@@ -279,7 +311,7 @@ fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Atte
     } else {
         CORE_RING
     };
-    let mut l = loader_for(opts, &g);
+    let mut l = loader_for(opts, &g)?;
     l.btf(Some(btf));
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
@@ -321,7 +353,7 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, Ru
     } else {
         FALLBACK_RING
     };
-    let mut l = loader_for(opts, &g);
+    let mut l = loader_for(opts, &g)?;
     l.override_global("fb_sys_args_off", &args_off, true)
         .override_global("fb_sys_ret_off", &ret_off, true)
         .override_global("fb_exec_filename_off", &filename_off, true)
@@ -356,7 +388,7 @@ fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Tran
         return Err(RungError::NoRingBuf { path: ko.path });
     }
     let g = globals(opts, transport);
-    let mut l = loader_for(opts, &g);
+    let mut l = loader_for(opts, &g)?;
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
     }

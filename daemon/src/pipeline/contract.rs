@@ -26,7 +26,7 @@ pub struct RawHeader {
     pub pid_ns: u32,
     pub comm: [u8; TASK_COMM_LEN],
     pub args: [u64; EV_NUM_ARGS],
-    pub str_len: [u16; EV_NUM_STRS],
+    pub str_len: [u32; EV_NUM_STRS],
     pub data_len: u32,
     pub aux: u32,
 }
@@ -114,7 +114,7 @@ mod tests {
             HEADER_FIELDS, CHECKED,
             "TRACEED_HEADER_FIELDS vs same_layout!"
         );
-        assert_eq!(EVENT_SIZE, HEADER_SIZE + 2 * EV_DATA_MAX);
+        assert_eq!(EVENT_SIZE, HEADER_SIZE + EV_BUF_SIZE);
     }
 
     /// The kinds of events.h, then "lost" (made in user space), are the

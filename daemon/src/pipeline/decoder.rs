@@ -265,6 +265,7 @@ impl FromRecord for payload::Exec {
     fn from_record(r: &Record<'_>, _: &mut Vec<PathAt>) -> Self {
         let filename = r.str(c::STR_EXEC_FILENAME);
         let ctime = r.arg(c::SLOT_EXEC_CTIME);
+        let sized = r.arg(c::SLOT_EXEC_ARGV_KNOWN) == c::ARGV_SIZE_KNOWN;
         Self {
             argv: r.strs[c::STR_EXEC_ARGV]
                 .map(|b| split_argv(b, &|a| r.text(a)))
@@ -273,6 +274,9 @@ impl FromRecord for payload::Exec {
                 .str(c::STR_EXEC_INTERP)
                 .filter(|i| Some(i) != filename.as_ref()),
             exe_ctime: (ctime != 0).then(|| traceed_wire::format_ts(ctime as i64)),
+            argc: sized.then(|| r.arg(c::SLOT_EXEC_ARGC)),
+            argv_bytes: sized.then(|| r.arg(c::SLOT_EXEC_ARGV_BYTES)),
+            cwd: r.str(c::STR_EXEC_CWD),
             filename,
         }
     }
@@ -631,7 +635,7 @@ pub(crate) mod tests {
         h.comm[..4].copy_from_slice(b"true");
         let mut data = Vec::new();
         for (i, s) in strs.iter().enumerate() {
-            h.str_len[i] = s.len() as u16;
+            h.str_len[i] = s.len() as u32;
             data.extend_from_slice(s);
         }
         h.data_len = data.len() as u32;
@@ -810,12 +814,15 @@ pub(crate) mod tests {
         assert_eq!(size_of::<RawHeader>(), c::HEADER_SIZE);
         assert_eq!(offset_of!(RawHeader, data_len), c::OFF_DATA_LEN);
         assert_eq!(offset_of!(RawHeader, aux), c::OFF_AUX);
-        assert_eq!(c::EVENT_SIZE, c::HEADER_SIZE + 8192);
+        assert_eq!(c::EVENT_SIZE, c::HEADER_SIZE + c::EV_BUF_SIZE);
     }
 
     #[test]
     fn exec_decodes_filename_and_argv() {
-        let buf = record(c::EK_EXEC, &[b"/bin/true\0", b"true\0--marker\0x y\0"]);
+        let buf = record(
+            c::EK_EXEC,
+            &[b"/bin/true\0", b"", b"", b"true\0--marker\0x y\0"],
+        );
         let e = decode(&buf).event;
         assert_eq!(e.kind, "exec");
         assert_eq!(e.pid, Some(42));
@@ -829,6 +836,41 @@ pub(crate) mod tests {
             json!({"filename": "/bin/true", "argv": ["true", "--marker", "x y"]}),
             "no interpreter, exe_ctime or truncated key when there is none"
         );
+    }
+
+    /// argc and argv_bytes come with their "known" marker only (also when
+    /// argv was cut); cwd is string 2; a failed exec carries its -errno.
+    #[test]
+    fn exec_sizes_cwd_and_failure() {
+        let buf = record_with(
+            c::EK_EXEC,
+            &[b"/nope\0", b"", b"/tmp/w d\0", b"nope\0a\0"],
+            |h| {
+                h.args[c::SLOT_EXEC_ARGC] = 3;
+                h.args[c::SLOT_EXEC_ARGV_BYTES] = 9000;
+                h.args[c::SLOT_EXEC_ARGV_KNOWN] = c::ARGV_SIZE_KNOWN;
+                h.flags |= c::EF_TRUNCATED | c::EF_HAS_RETVAL;
+                h.retval = -2;
+            },
+        );
+        let e = decode(&buf).event;
+        assert_eq!(e.retval, Some(-2));
+        assert_eq!(
+            e.args,
+            json!({"filename": "/nope", "argv": ["nope", "a"], "argc": 3, "argv_bytes": 9000,
+                   "cwd": "/tmp/w d", "truncated": true})
+        );
+        let buf = record_with(c::EK_EXEC, &[b"/x\0"], |h| {
+            h.args[c::SLOT_EXEC_ARGC] = 3;
+            h.args[c::SLOT_EXEC_ARGV_BYTES] = 9;
+        });
+        let e = decode(&buf).event;
+        assert_eq!(
+            e.args,
+            json!({"filename": "/x", "argv": []}),
+            "sizes unknown"
+        );
+        assert_eq!(e.retval, None, "a successful exec has no retval");
     }
 
     #[test]
@@ -909,9 +951,10 @@ pub(crate) mod tests {
         match kind {
             "exec" => {
                 args.insert("filename".into(), json!(s(0)));
-                let argv = strs[1].map(|b| split_argv(b, &lossy)).unwrap_or_default();
+                // Since argc, argv_bytes and cwd: argv is string 3, cwd 2.
+                let argv = strs[3].map(|b| split_argv(b, &lossy)).unwrap_or_default();
                 args.insert("argv".into(), json!(argv));
-                if let Some(interp) = s(2).filter(|i| Some(i) != s(0).as_ref()) {
+                if let Some(interp) = s(1).filter(|i| Some(i) != s(0).as_ref()) {
                     args.insert("interpreter".into(), json!(interp));
                 }
                 if a[3] != 0 {
@@ -919,6 +962,13 @@ pub(crate) mod tests {
                         "exe_ctime".into(),
                         json!(traceed_wire::format_ts(a[3] as i64)),
                     );
+                }
+                if a[2] == c::ARGV_SIZE_KNOWN {
+                    args.insert("argc".into(), json!(a[0]));
+                    args.insert("argv_bytes".into(), json!(a[1]));
+                }
+                if let Some(cwd) = s(2) {
+                    args.insert("cwd".into(), json!(cwd));
                 }
             }
             "exit" => {

@@ -78,8 +78,10 @@ impl ProcTable {
                 });
             }
         }
+        // A failed exec (retval -errno) left the process as it was.
+        let failed = e.retval.is_some_and(|r| r < 0);
         match e.kind.as_str() {
-            "exec" => {
+            "exec" if !failed => {
                 // The file the kernel loaded (the interpreter for a script),
                 // as the caller named it; relative names are resolved against
                 // the process's cwd while it is still there to ask.

@@ -73,11 +73,30 @@ impl Default for ApiConfig {
 const HEADER_TIMEOUT_MIN: Duration = Duration::from_millis(100);
 const HEADER_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Bounds of `[events] max_argv_bytes`: below the low one common command
+/// lines are already cut; the high one is the kernel's own limit for one
+/// string (MAX_ARG_STRLEN) and what a record can hold (`EV_ARGV_CAP`).
+pub const MAX_ARGV_BYTES_MIN: u64 = 256;
+pub const MAX_ARGV_BYTES_MAX: u64 = 128 << 10;
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// Extra syscalls recorded with raw arguments (kind `syscall`).
     pub syscalls: Vec<String>,
+    /// An exec's argv is recorded up to this many bytes (NULs included);
+    /// beyond, it is cut and the event says `truncated`.
+    #[serde(with = "humanized_bytes")]
+    pub max_argv_bytes: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            syscalls: Vec::new(),
+            max_argv_bytes: 32 << 10,
+        }
+    }
 }
 
 /// `[scope.include]` / `[scope.exclude]`: applied in the kernel, before a
@@ -491,6 +510,16 @@ impl Config {
                 ));
             }
         }
+        let a = self.events.max_argv_bytes;
+        if !(MAX_ARGV_BYTES_MIN..=MAX_ARGV_BYTES_MAX).contains(&a) {
+            return Err((
+                "events.max_argv_bytes",
+                format!(
+                    "events.max_argv_bytes = {a}: must be between {MAX_ARGV_BYTES_MIN} and \
+                     {MAX_ARGV_BYTES_MAX} bytes (\"256B\" to \"128KiB\")"
+                ),
+            ));
+        }
         if self.store.max_age.is_zero() {
             return Err((
                 "store.max_age",
@@ -743,6 +772,23 @@ mod tests {
             e.contains("line 2") && e.contains("scope.exclude.exe") && e.contains("'curl'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_argv_bytes_default_units_and_bounds() {
+        let d = Config::parse("", Path::new("t")).unwrap();
+        assert_eq!(d.events.max_argv_bytes, 32 << 10);
+        let c = Config::parse("[events]\nmax_argv_bytes = \"128KiB\"\n", Path::new("t")).unwrap();
+        assert_eq!(c.events.max_argv_bytes, 128 << 10);
+        let c = Config::parse("[events]\nmax_argv_bytes = 256\n", Path::new("t")).unwrap();
+        assert_eq!(c.events.max_argv_bytes, 256);
+        for v in ["255", "\"129KiB\"", "0"] {
+            let e = err(&format!("[events]\nmax_argv_bytes = {v}\n"));
+            assert!(
+                e.contains("line 2") && e.contains("events.max_argv_bytes") && e.contains("128KiB"),
+                "{v}: {e}"
+            );
+        }
     }
 
     #[test]

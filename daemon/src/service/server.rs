@@ -99,6 +99,8 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         transport: cfg.kernel.transport,
         self_tgid: std::process::id(),
         ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
+        // Validated to at most 128 KiB.
+        max_argv_bytes: cfg.events.max_argv_bytes as u32,
         build_objects: cfg.kernel.build_objects,
     };
     let mut loaded = tokio::task::block_in_place(|| ladder::load(&opts))?;
