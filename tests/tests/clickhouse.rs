@@ -722,6 +722,145 @@ fn unreachable_server_or_missing_table_is_a_warning_with_retries() {
     assert!(status(&down).events_total > 0);
 }
 
+/// ClickHouse down and a short max_age: retention deletes what was never
+/// shipped (the store stays bounded), records exactly that many events in
+/// `lost` rows with source export (plus the metric and a warning), and the
+/// cursor skips them; once ClickHouse is up, shipping resumes after them,
+/// sending nothing twice and not stalling.
+#[test]
+fn retention_of_unshipped_events_is_a_lost_row_and_shipping_resumes() {
+    let Some(chbin) =
+        require_clickhouse("retention_of_unshipped_events_is_a_lost_row_and_shipping_resumes")
+    else {
+        return;
+    };
+    let prog = Program::new("chr");
+    let host = unique("ret");
+    // Nothing listens on the HTTP port until the server starts below.
+    let (h, t) = (free_port(), free_port());
+    let cfg = format!(
+        "{}[store]\nmax_age = \"10s\"\n",
+        daemon_config(&format!("http://127.0.0.1:{h}"), &host, &prog.name)
+    );
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(cfg),
+        ..Default::default()
+    });
+    let pids: Vec<u32> = (0..20).map(|_| prog.run(&[])).collect();
+    // Every run stored (an exit is a process's last event); in this scope
+    // nothing else is recorded, so these are all the events there are.
+    let burst = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let all = all_events(&d);
+            let exits = all
+                .iter()
+                .filter(|e| e.kind == "exit" && e.pid.is_some_and(|p| pids.contains(&p)))
+                .count();
+            (exits == pids.len()).then_some(all)
+        },
+        || format!("the runs were not all stored: {}", d.log_text()),
+    );
+    assert!(burst.iter().all(|e| e.kind != "lost"), "{burst:?}");
+    let ids: Vec<i64> = burst.iter().map(|e| e.id).collect();
+    let x = export(&d);
+    assert_eq!(x.cursor, 0, "{x:?}");
+
+    // Retention deletes them unshipped: lost rows with their exact count.
+    let lost = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let now = all_events(&d);
+            if now.iter().any(|e| ids.contains(&e.id)) {
+                return None;
+            }
+            let rows: Vec<Event> = now
+                .into_iter()
+                .filter(|e| e.kind == "lost" && e.args["source"] == "export")
+                .collect();
+            let sum: u64 = rows.iter().map(|e| e.args["count"].as_u64().unwrap()).sum();
+            (sum >= ids.len() as u64).then_some(rows)
+        },
+        || {
+            format!(
+                "no lost rows (source export) for the {} deleted events: {:?}\n{}",
+                ids.len(),
+                all_events(&d)
+                    .iter()
+                    .map(|e| (e.id, &e.kind))
+                    .collect::<Vec<_>>(),
+                d.log_text()
+            )
+        },
+    );
+    let sum: u64 = lost.iter().map(|e| e.args["count"].as_u64().unwrap()).sum();
+    assert_eq!(sum, ids.len() as u64, "lost rows {lost:?}");
+    let from = lost.iter().map(|e| e.args["from"].as_str().unwrap()).min();
+    let to = lost.iter().map(|e| e.args["to"].as_str().unwrap()).max();
+    assert_eq!(from, Some(traceed_wire::format_ts(burst[0].ts).as_str()));
+    assert_eq!(
+        to,
+        Some(traceed_wire::format_ts(burst.last().unwrap().ts).as_str())
+    );
+    // The cursor skipped the deleted range; the lag counts only what is left.
+    let x = export(&d);
+    assert!(x.cursor >= *ids.last().unwrap(), "{x:?}");
+    assert!(x.lag_events <= 2 * lost.len() as u64, "{x:?}");
+    let (_, metrics) = http_get(&d.socket, "/metrics").unwrap();
+    let line = format!("traceed_export_lost_events_total {sum}");
+    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    assert!(
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("not yet shipped")),
+        "no warning in the journal:\n{}",
+        d.log_text()
+    );
+
+    // ClickHouse comes up: shipping resumes after the deleted range.
+    let ch = ClickHouse::start(&chbin, "ret", h, t, &[t]);
+    ch.apply_schema(&[]);
+    prog.run(&[]);
+    let upto = wait_caught_up(&d, "retention", Duration::from_secs(120));
+    let remote = ch.ids(&format!(
+        "SELECT id FROM traceed.events WHERE host = '{host}' ORDER BY id FORMAT TabSeparated"
+    ));
+    // Nothing sent twice (no FINAL here), nothing from the deleted range.
+    let mut distinct = remote.clone();
+    distinct.dedup();
+    assert_eq!(distinct, remote, "rows sent twice");
+    assert!(
+        remote.iter().all(|i| !ids.contains(i)),
+        "deleted ids arrived: {remote:?}"
+    );
+    assert_eq!(export(&d).events_shipped, remote.len() as u64);
+    // Every event still stored is there (older shipped ones may be gone
+    // from the store by now: max_age is 10 s).
+    let local: Vec<i64> = all_events(&d)
+        .iter()
+        .map(|e| e.id)
+        .filter(|&i| i <= upto)
+        .collect();
+    assert!(
+        local.iter().all(|i| remote.contains(i)),
+        "store {local:?}, ClickHouse {remote:?}"
+    );
+    // The loss itself reached the fleet.
+    let shipped_lost: u64 = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.events WHERE host = '{host}' AND kind = 'lost' \
+             AND visitParamExtractString(args, 'source') = 'export'"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(shipped_lost >= 1, "no lost row in ClickHouse");
+    let text = String::from_utf8(d.ctl(&["status"]).stdout).unwrap();
+    assert!(text.contains("export:"), "{text}");
+}
+
 /// Config errors refuse the start with exit 78 and the key's name.
 #[test]
 fn clickhouse_config_errors_exit_78_naming_the_key() {
