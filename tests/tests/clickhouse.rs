@@ -39,6 +39,9 @@ fn require_clickhouse(test: &str) -> Option<PathBuf> {
     bin
 }
 
+/// The password of user `shipper` on every test server.
+const SHIPPER_PASSWORD: &str = "pw-5hipper";
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -100,14 +103,16 @@ impl ClickHouse {
         .unwrap();
         std::fs::write(
             dir.join("users.xml"),
-            r#"<?xml version="1.0"?>
+            format!(r#"<?xml version="1.0"?>
 <yandex>
   <profiles><default></default></profiles>
   <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-    <profile>default</profile><quota>default</quota></default></users>
+    <profile>default</profile><quota>default</quota></default>
+    <shipper><password>{SHIPPER_PASSWORD}</password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+    <profile>default</profile><quota>default</quota></shipper></users>
   <quotas><default></default></quotas>
 </yandex>
-"#,
+"#),
         )
         .unwrap();
         let mut ch = ClickHouse {
@@ -859,6 +864,98 @@ fn retention_of_unshipped_events_is_a_lost_row_and_shipping_resumes() {
     assert!(shipped_lost >= 1, "no lost row in ClickHouse");
     let text = String::from_utf8(d.ctl(&["status"]).stdout).unwrap();
     assert!(text.contains("export:"), "{text}");
+}
+
+/// A refused password is a status error and a journal warning with
+/// retries, not a refused start; the right password (from a 0600 file)
+/// ships. A non-200 answer's first line is in the journal.
+#[test]
+fn refused_password_is_a_warning_with_retries_and_the_right_one_ships() {
+    let Some(chbin) =
+        require_clickhouse("refused_password_is_a_warning_with_retries_and_the_right_one_ships")
+    else {
+        return;
+    };
+    let prog = Program::new("chp");
+    let (h, t) = (free_port(), free_port());
+    let ch = ClickHouse::start(&chbin, "pw", h, t, &[t]);
+    ch.apply_schema(&[]);
+    let dir = std::env::temp_dir().join(format!("traceed-chpw-{}", unique("p")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let daemon = |host: &str, password: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let pw = dir.join(host);
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Daemon::start_with(DaemonOpts {
+            config: Some(format!(
+                "{}user = \"shipper\"\npassword_file = \"{}\"\n",
+                daemon_config(&format!("http://127.0.0.1:{h}"), host, &prog.name),
+                pw.display()
+            )),
+            ..Default::default()
+        })
+    };
+    let wrong = daemon("wrongpw", "not-it");
+    let right = daemon("rightpw", SHIPPER_PASSWORD);
+    prog.run(&[]);
+    let x = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let x = export(&wrong);
+            (x.errors >= 2).then_some(x)
+        },
+        || format!("no retried error: {:?}", export(&wrong)),
+    );
+    let err = x.last_error.clone().unwrap();
+    assert!(err.contains("answered") && err.contains("shipper"), "{x:?}");
+    assert!(!err.contains('\n'), "one line: {err:?}");
+    assert_eq!(x.cursor, 0);
+    // The journal has the answer's first line and the backoff.
+    let log = wrong.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&err) && l.contains("retrying in")),
+        "{err:?} not in the journal:\n{log}"
+    );
+    // It records all the same.
+    assert!(status(&wrong).events_total > 0);
+    // The same server with the right password: every event, once.
+    let upto = wait_caught_up(&right, "rightpw", Duration::from_secs(60));
+    let n: usize = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.events WHERE host = 'rightpw' AND id <= {upto}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        n,
+        all_events(&right).iter().filter(|e| e.id <= upto).count()
+    );
+    // tracectl status shows the cursor, lag, bytes and the last error.
+    let text = String::from_utf8(wrong.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("shipped through id 0")
+            && text.contains("last error")
+            && text.contains("MiB"),
+        "{text}"
+    );
+    let (_, metrics) = http_get(&wrong.socket, "/metrics").unwrap();
+    for name in [
+        "traceed_export_cursor 0",
+        "traceed_export_lag_events ",
+        "traceed_export_lag_seconds ",
+        "traceed_export_errors_total ",
+        "traceed_export_bytes_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} in\n{metrics}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Config errors refuse the start with exit 78 and the key's name.
