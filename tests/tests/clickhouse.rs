@@ -62,6 +62,18 @@ impl ClickHouse {
     /// Start a server whose `remote_servers` has cluster `fleet` over the
     /// given shards' TCP ports (in shard order).
     fn start(bin: &Path, name: &str, http: u16, tcp: u16, shards: &[u16]) -> Self {
+        Self::start_with(bin, name, http, tcp, shards, "")
+    }
+
+    /// `start`, with `extra` inside <yandex> (e.g. an https_port).
+    fn start_with(
+        bin: &Path,
+        name: &str,
+        http: u16,
+        tcp: u16,
+        shards: &[u16],
+        extra: &str,
+    ) -> Self {
         assert!(
             shards.contains(&tcp),
             "a server is one of its cluster's shards"
@@ -96,6 +108,7 @@ impl ClickHouse {
   <mark_cache_size>67108864</mark_cache_size>
   <uncompressed_cache_size>67108864</uncompressed_cache_size>
   <remote_servers><fleet>{shards}</fleet></remote_servers>
+  {extra}
 </yandex>
 "#
             ),
@@ -958,6 +971,155 @@ fn refused_password_is_a_warning_with_retries_and_the_right_one_ships() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A private CA and a certificate for 127.0.0.1 signed by it, made with
+/// the openssl CLI in `dir`: (ca.pem, server.pem, server.key).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian package openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=traceed test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// https: a real clickhouse-server's https_port with a certificate from a
+/// private CA. With `ca_file` naming that CA every event arrives; without
+/// it (the system's roots) the handshake is refused and status says why.
+#[test]
+fn https_with_a_private_ca_ships_and_an_unknown_ca_is_refused() {
+    let Some(chbin) =
+        require_clickhouse("https_with_a_private_ca_ships_and_an_unknown_ca_is_refused")
+    else {
+        return;
+    };
+    let certs = std::env::temp_dir().join(format!("traceed-chtls-{}", unique("c")));
+    let (ca, cert, key) = make_certificates(&certs);
+    let (h, t, hs) = (free_port(), free_port(), free_port());
+    let ch = ClickHouse::start_with(
+        &chbin,
+        "tls",
+        h,
+        t,
+        &[t],
+        &format!(
+            "<https_port>{hs}</https_port>\n  <openSSL><server><certificateFile>{}</certificateFile>\
+             <privateKeyFile>{}</privateKeyFile><verificationMode>none</verificationMode>\
+             <loadDefaultCAFile>false</loadDefaultCAFile><disableProtocols>sslv2,sslv3</disableProtocols>\
+             </server></openSSL>",
+            cert.display(),
+            key.display()
+        ),
+    );
+    ch.apply_schema(&[]);
+    let prog = Program::new("chs");
+    let url = format!("https://127.0.0.1:{hs}");
+    let trusted = Daemon::start_with(DaemonOpts {
+        config: Some(format!(
+            "{}ca_file = \"{}\"\n",
+            daemon_config(&url, "tls-ok", &prog.name),
+            ca.display()
+        )),
+        ..Default::default()
+    });
+    let untrusted = Daemon::start_with(DaemonOpts {
+        config: Some(daemon_config(&url, "tls-unknown", &prog.name)),
+        ..Default::default()
+    });
+    prog.run(&[]);
+    let upto = wait_caught_up(&trusted, "tls-ok", Duration::from_secs(60));
+    let x = export(&trusted);
+    assert_eq!(
+        x.server_version.as_deref(),
+        Some(ch.query("SELECT version()").trim())
+    );
+    let n: usize = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.events FINAL WHERE host = 'tls-ok' AND id <= {upto}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        n,
+        all_events(&trusted).iter().filter(|e| e.id <= upto).count()
+    );
+    let err = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || export(&untrusted).last_error,
+        || format!("no error without the CA: {:?}", export(&untrusted)),
+    );
+    assert!(err.contains("certificate"), "{err}");
+    let none: u64 = ch
+        .query("SELECT count() FROM traceed.events WHERE host = 'tls-unknown'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(none, 0);
+    let _ = std::fs::remove_dir_all(&certs);
+}
+
 /// Config errors refuse the start with exit 78 and the key's name.
 #[test]
 fn clickhouse_config_errors_exit_78_naming_the_key() {
@@ -975,8 +1137,8 @@ fn clickhouse_config_errors_exit_78_naming_the_key() {
             "export.clickhouse.url",
         ),
         (
-            "url = \"https://127.0.0.1:8443\"\n".to_string(),
-            "https is not supported",
+            "url = \"https://127.0.0.1:8443\"\nca_file = \"/dev/null\"\n".to_string(),
+            "export.clickhouse.ca_file",
         ),
         (
             format!("{ok}batch_size = 0\n"),

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -417,9 +418,10 @@ fn encode(host: &str, store_id: &str, events: &[Event]) -> String {
 #[derive(Debug)]
 struct Failure(String);
 
-/// ClickHouse's HTTP interface (hyper's client; plain http only).
+/// ClickHouse's HTTP interface (hyper's client; http, or https through
+/// rustls with the ring provider).
 struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// scheme://authority/path, without a trailing slash.
     base: String,
     user: String,
@@ -427,19 +429,25 @@ struct Http {
 }
 
 impl Http {
-    fn new(cfg: &ClickHouseConfig, password: Option<String>) -> Self {
+    fn new(cfg: &ClickHouseConfig, password: Option<String>) -> anyhow::Result<Self> {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(Duration::from_secs(5)));
         conn.set_nodelay(true);
+        conn.enforce_http(false);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(cfg)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(2))
             .build(conn);
-        Self {
+        Ok(Self {
             client,
             base: cfg.url.trim_end_matches('/').to_string(),
             user: cfg.user.clone(),
             password,
-        }
+        })
     }
 
     /// POST `body` with the URL parameters `params`: the answer's body on
@@ -496,6 +504,38 @@ impl Http {
     }
 }
 
+/// The TLS client: the certificates of `ca_file` when set, else the
+/// system's roots (Debian: /etc/ssl/certs, package ca-certificates).
+fn tls_config(cfg: &ClickHouseConfig) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let private = cfg.ca_certificates().map_err(anyhow::Error::msg)?;
+    if private.is_empty() {
+        if cfg.url.starts_with("https:") {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "clickhouse export: reading the system's CA certificates");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "clickhouse export: no system CA certificates found (install ca-certificates, or set export.clickhouse.ca_file); https will fail"
+                );
+            }
+        }
+    } else {
+        for c in private {
+            roots.add(c).map_err(|e| {
+                anyhow::anyhow!("export.clickhouse.ca_file: not a usable CA certificate: {e}")
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// hyper-util's error chain, flattened: "connection refused" is in a source.
 fn describe_client_error(e: &hyper_util::client::legacy::Error, base: &str) -> String {
     let mut msg = format!("cannot reach {base}: {e}");
@@ -534,7 +574,7 @@ impl Sink {
         let (guard, losses) = ExportGuard::new(state.clone());
         Ok(Self {
             store: store.clone(),
-            http: Http::new(cfg, password),
+            http: Http::new(cfg, password)?,
             database: cfg.database.clone(),
             table: cfg.table.clone(),
             batch_size: u32::try_from(cfg.batch_size).unwrap_or(u32::MAX),
