@@ -39,6 +39,9 @@ fn require_clickhouse(test: &str) -> Option<PathBuf> {
     bin
 }
 
+/// The password of user `shipper` on every test server.
+const SHIPPER_PASSWORD: &str = "pw-5hipper";
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -59,6 +62,18 @@ impl ClickHouse {
     /// Start a server whose `remote_servers` has cluster `fleet` over the
     /// given shards' TCP ports (in shard order).
     fn start(bin: &Path, name: &str, http: u16, tcp: u16, shards: &[u16]) -> Self {
+        Self::start_with(bin, name, http, tcp, shards, "")
+    }
+
+    /// `start`, with `extra` inside <yandex> (e.g. an https_port).
+    fn start_with(
+        bin: &Path,
+        name: &str,
+        http: u16,
+        tcp: u16,
+        shards: &[u16],
+        extra: &str,
+    ) -> Self {
         assert!(
             shards.contains(&tcp),
             "a server is one of its cluster's shards"
@@ -93,6 +108,7 @@ impl ClickHouse {
   <mark_cache_size>67108864</mark_cache_size>
   <uncompressed_cache_size>67108864</uncompressed_cache_size>
   <remote_servers><fleet>{shards}</fleet></remote_servers>
+  {extra}
 </yandex>
 "#
             ),
@@ -100,14 +116,16 @@ impl ClickHouse {
         .unwrap();
         std::fs::write(
             dir.join("users.xml"),
-            r#"<?xml version="1.0"?>
+            format!(r#"<?xml version="1.0"?>
 <yandex>
   <profiles><default></default></profiles>
   <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-    <profile>default</profile><quota>default</quota></default></users>
+    <profile>default</profile><quota>default</quota></default>
+    <shipper><password>{SHIPPER_PASSWORD}</password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+    <profile>default</profile><quota>default</quota></shipper></users>
   <quotas><default></default></quotas>
 </yandex>
-"#,
+"#),
         )
         .unwrap();
         let mut ch = ClickHouse {
@@ -722,6 +740,386 @@ fn unreachable_server_or_missing_table_is_a_warning_with_retries() {
     assert!(status(&down).events_total > 0);
 }
 
+/// ClickHouse down and a short max_age: retention deletes what was never
+/// shipped (the store stays bounded), records exactly that many events in
+/// `lost` rows with source export (plus the metric and a warning), and the
+/// cursor skips them; once ClickHouse is up, shipping resumes after them,
+/// sending nothing twice and not stalling.
+#[test]
+fn retention_of_unshipped_events_is_a_lost_row_and_shipping_resumes() {
+    let Some(chbin) =
+        require_clickhouse("retention_of_unshipped_events_is_a_lost_row_and_shipping_resumes")
+    else {
+        return;
+    };
+    let prog = Program::new("chr");
+    let host = unique("ret");
+    // Nothing listens on the HTTP port until the server starts below.
+    let (h, t) = (free_port(), free_port());
+    let cfg = format!(
+        "{}[store]\nmax_age = \"10s\"\n",
+        daemon_config(&format!("http://127.0.0.1:{h}"), &host, &prog.name)
+    );
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(cfg),
+        ..Default::default()
+    });
+    let pids: Vec<u32> = (0..20).map(|_| prog.run(&[])).collect();
+    // Every run stored (an exit is a process's last event); in this scope
+    // nothing else is recorded, so these are all the events there are.
+    let burst = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let all = all_events(&d);
+            let exits = all
+                .iter()
+                .filter(|e| e.kind == "exit" && e.pid.is_some_and(|p| pids.contains(&p)))
+                .count();
+            (exits == pids.len()).then_some(all)
+        },
+        || format!("the runs were not all stored: {}", d.log_text()),
+    );
+    assert!(burst.iter().all(|e| e.kind != "lost"), "{burst:?}");
+    let ids: Vec<i64> = burst.iter().map(|e| e.id).collect();
+    let x = export(&d);
+    assert_eq!(x.cursor, 0, "{x:?}");
+
+    // Retention deletes them unshipped: lost rows with their exact count.
+    let lost = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let now = all_events(&d);
+            if now.iter().any(|e| ids.contains(&e.id)) {
+                return None;
+            }
+            let rows: Vec<Event> = now
+                .into_iter()
+                .filter(|e| e.kind == "lost" && e.args["source"] == "export")
+                .collect();
+            let sum: u64 = rows.iter().map(|e| e.args["count"].as_u64().unwrap()).sum();
+            (sum >= ids.len() as u64).then_some(rows)
+        },
+        || {
+            format!(
+                "no lost rows (source export) for the {} deleted events: {:?}\n{}",
+                ids.len(),
+                all_events(&d)
+                    .iter()
+                    .map(|e| (e.id, &e.kind))
+                    .collect::<Vec<_>>(),
+                d.log_text()
+            )
+        },
+    );
+    let sum: u64 = lost.iter().map(|e| e.args["count"].as_u64().unwrap()).sum();
+    assert_eq!(sum, ids.len() as u64, "lost rows {lost:?}");
+    let from = lost.iter().map(|e| e.args["from"].as_str().unwrap()).min();
+    let to = lost.iter().map(|e| e.args["to"].as_str().unwrap()).max();
+    assert_eq!(from, Some(traceed_wire::format_ts(burst[0].ts).as_str()));
+    assert_eq!(
+        to,
+        Some(traceed_wire::format_ts(burst.last().unwrap().ts).as_str())
+    );
+    // The cursor skipped the deleted range; the lag counts only what is left.
+    let x = export(&d);
+    assert!(x.cursor >= *ids.last().unwrap(), "{x:?}");
+    assert!(x.lag_events <= 2 * lost.len() as u64, "{x:?}");
+    let (_, metrics) = http_get(&d.socket, "/metrics").unwrap();
+    let line = format!("traceed_export_lost_events_total {sum}");
+    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    assert!(
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("not yet shipped")),
+        "no warning in the journal:\n{}",
+        d.log_text()
+    );
+
+    // ClickHouse comes up: shipping resumes after the deleted range.
+    let ch = ClickHouse::start(&chbin, "ret", h, t, &[t]);
+    ch.apply_schema(&[]);
+    prog.run(&[]);
+    let upto = wait_caught_up(&d, "retention", Duration::from_secs(120));
+    let remote = ch.ids(&format!(
+        "SELECT id FROM traceed.events WHERE host = '{host}' ORDER BY id FORMAT TabSeparated"
+    ));
+    // Nothing sent twice (no FINAL here), nothing from the deleted range.
+    let mut distinct = remote.clone();
+    distinct.dedup();
+    assert_eq!(distinct, remote, "rows sent twice");
+    assert!(
+        remote.iter().all(|i| !ids.contains(i)),
+        "deleted ids arrived: {remote:?}"
+    );
+    assert_eq!(export(&d).events_shipped, remote.len() as u64);
+    // Every event still stored is there (older shipped ones may be gone
+    // from the store by now: max_age is 10 s).
+    let local: Vec<i64> = all_events(&d)
+        .iter()
+        .map(|e| e.id)
+        .filter(|&i| i <= upto)
+        .collect();
+    assert!(
+        local.iter().all(|i| remote.contains(i)),
+        "store {local:?}, ClickHouse {remote:?}"
+    );
+    // The loss itself reached the fleet.
+    let shipped_lost: u64 = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.events WHERE host = '{host}' AND kind = 'lost' \
+             AND visitParamExtractString(args, 'source') = 'export'"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(shipped_lost >= 1, "no lost row in ClickHouse");
+    let text = String::from_utf8(d.ctl(&["status"]).stdout).unwrap();
+    assert!(text.contains("export:"), "{text}");
+}
+
+/// A refused password is a status error and a journal warning with
+/// retries, not a refused start; the right password (from a 0600 file)
+/// ships. A non-200 answer's first line is in the journal.
+#[test]
+fn refused_password_is_a_warning_with_retries_and_the_right_one_ships() {
+    let Some(chbin) =
+        require_clickhouse("refused_password_is_a_warning_with_retries_and_the_right_one_ships")
+    else {
+        return;
+    };
+    let prog = Program::new("chp");
+    let (h, t) = (free_port(), free_port());
+    let ch = ClickHouse::start(&chbin, "pw", h, t, &[t]);
+    ch.apply_schema(&[]);
+    let dir = std::env::temp_dir().join(format!("traceed-chpw-{}", unique("p")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let daemon = |host: &str, password: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let pw = dir.join(host);
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Daemon::start_with(DaemonOpts {
+            config: Some(format!(
+                "{}user = \"shipper\"\npassword_file = \"{}\"\n",
+                daemon_config(&format!("http://127.0.0.1:{h}"), host, &prog.name),
+                pw.display()
+            )),
+            ..Default::default()
+        })
+    };
+    let wrong = daemon("wrongpw", "not-it");
+    let right = daemon("rightpw", SHIPPER_PASSWORD);
+    prog.run(&[]);
+    let x = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let x = export(&wrong);
+            (x.errors >= 2).then_some(x)
+        },
+        || format!("no retried error: {:?}", export(&wrong)),
+    );
+    let err = x.last_error.clone().unwrap();
+    assert!(err.contains("answered") && err.contains("shipper"), "{x:?}");
+    assert!(!err.contains('\n'), "one line: {err:?}");
+    assert_eq!(x.cursor, 0);
+    // The journal has the answer's first line and the backoff.
+    let log = wrong.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&err) && l.contains("retrying in")),
+        "{err:?} not in the journal:\n{log}"
+    );
+    // It records all the same.
+    assert!(status(&wrong).events_total > 0);
+    // The same server with the right password: every event, once.
+    let upto = wait_caught_up(&right, "rightpw", Duration::from_secs(60));
+    let n: usize = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.events WHERE host = 'rightpw' AND id <= {upto}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        n,
+        all_events(&right).iter().filter(|e| e.id <= upto).count()
+    );
+    // tracectl status shows the cursor, lag, bytes and the last error.
+    let text = String::from_utf8(wrong.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("shipped through id 0")
+            && text.contains("last error")
+            && text.contains("MiB"),
+        "{text}"
+    );
+    let (_, metrics) = http_get(&wrong.socket, "/metrics").unwrap();
+    for name in [
+        "traceed_export_cursor 0",
+        "traceed_export_lag_events ",
+        "traceed_export_lag_seconds ",
+        "traceed_export_errors_total ",
+        "traceed_export_bytes_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} in\n{metrics}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, made with
+/// the openssl CLI in `dir`: (ca.pem, server.pem, server.key).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian package openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=traceed test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// https: a real clickhouse-server's https_port with a certificate from a
+/// private CA. With `ca_file` naming that CA every event arrives; without
+/// it (the system's roots) the handshake is refused and status says why.
+#[test]
+fn https_with_a_private_ca_ships_and_an_unknown_ca_is_refused() {
+    let Some(chbin) =
+        require_clickhouse("https_with_a_private_ca_ships_and_an_unknown_ca_is_refused")
+    else {
+        return;
+    };
+    let certs = std::env::temp_dir().join(format!("traceed-chtls-{}", unique("c")));
+    let (ca, cert, key) = make_certificates(&certs);
+    let (h, t, hs) = (free_port(), free_port(), free_port());
+    let ch = ClickHouse::start_with(
+        &chbin,
+        "tls",
+        h,
+        t,
+        &[t],
+        &format!(
+            "<https_port>{hs}</https_port>\n  <openSSL><server><certificateFile>{}</certificateFile>\
+             <privateKeyFile>{}</privateKeyFile><verificationMode>none</verificationMode>\
+             <loadDefaultCAFile>false</loadDefaultCAFile><disableProtocols>sslv2,sslv3</disableProtocols>\
+             </server></openSSL>",
+            cert.display(),
+            key.display()
+        ),
+    );
+    ch.apply_schema(&[]);
+    let prog = Program::new("chs");
+    let url = format!("https://127.0.0.1:{hs}");
+    let trusted = Daemon::start_with(DaemonOpts {
+        config: Some(format!(
+            "{}ca_file = \"{}\"\n",
+            daemon_config(&url, "tls-ok", &prog.name),
+            ca.display()
+        )),
+        ..Default::default()
+    });
+    let untrusted = Daemon::start_with(DaemonOpts {
+        config: Some(daemon_config(&url, "tls-unknown", &prog.name)),
+        ..Default::default()
+    });
+    prog.run(&[]);
+    let upto = wait_caught_up(&trusted, "tls-ok", Duration::from_secs(60));
+    let x = export(&trusted);
+    assert_eq!(
+        x.server_version.as_deref(),
+        Some(ch.query("SELECT version()").trim())
+    );
+    let n: usize = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.events FINAL WHERE host = 'tls-ok' AND id <= {upto}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        n,
+        all_events(&trusted).iter().filter(|e| e.id <= upto).count()
+    );
+    let err = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || export(&untrusted).last_error,
+        || format!("no error without the CA: {:?}", export(&untrusted)),
+    );
+    assert!(err.contains("certificate"), "{err}");
+    let none: u64 = ch
+        .query("SELECT count() FROM traceed.events WHERE host = 'tls-unknown'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(none, 0);
+    let _ = std::fs::remove_dir_all(&certs);
+}
+
 /// Config errors refuse the start with exit 78 and the key's name.
 #[test]
 fn clickhouse_config_errors_exit_78_naming_the_key() {
@@ -739,8 +1137,8 @@ fn clickhouse_config_errors_exit_78_naming_the_key() {
             "export.clickhouse.url",
         ),
         (
-            "url = \"https://127.0.0.1:8443\"\n".to_string(),
-            "https is not supported",
+            "url = \"https://127.0.0.1:8443\"\nca_file = \"/dev/null\"\n".to_string(),
+            "export.clickhouse.ca_file",
         ),
         (
             format!("{ok}batch_size = 0\n"),

@@ -153,6 +153,11 @@ pub struct ClickHouseConfig {
     /// every user may read it.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// https only: a PEM file with the CA certificate(s) that signed the
+    /// server's; when set, only these are trusted [default: the system's
+    /// roots].
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Events per INSERT.
     #[serde(default = "clickhouse_defaults::batch_size")]
     pub batch_size: usize,
@@ -218,25 +223,29 @@ impl ClickHouseConfig {
             )
         })?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err((
-                    "export.clickhouse.url",
-                    format!(
-                        "export.clickhouse.url = {url:?}: https is not supported yet (this build speaks plain http to ClickHouse; \
-                         put it on localhost or behind a TLS tunnel such as stunnel, and use http://)"
-                    ),
-                ))
-            }
+            Some("http") | Some("https") => {}
             other => {
                 return Err((
                     "export.clickhouse.url",
                     format!(
-                        "export.clickhouse.url = {url:?}: the scheme must be http:// (ClickHouse's HTTP interface), not {}",
+                        "export.clickhouse.url = {url:?}: the scheme must be http:// or https:// (ClickHouse's HTTP interface), not {}",
                         other.map(|s| format!("{s}://")).unwrap_or_else(|| "none".into())
                     ),
                 ))
             }
+        }
+        if let Some(ca) = &self.ca_file {
+            let key = "export.clickhouse.ca_file";
+            if uri.scheme_str() != Some("https") {
+                return Err((
+                    key,
+                    format!(
+                        "{key} = {:?}: only used with an https:// url",
+                        ca.display().to_string()
+                    ),
+                ));
+            }
+            self.ca_certificates().map_err(|m| (key, m))?;
         }
         if uri.host().is_none_or(str::is_empty) {
             return Err((
@@ -299,6 +308,29 @@ impl ClickHouseConfig {
         self.password()
             .map_err(|m| ("export.clickhouse.password_file", m))?;
         Ok(())
+    }
+
+    /// The certificates of `ca_file` (empty without one); a file that
+    /// cannot be read or holds no PEM certificate is an error.
+    pub fn ca_certificates(
+        &self,
+    ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let Some(path) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let key = "export.clickhouse.ca_file";
+        let shown = path.display().to_string();
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{key} = {shown:?}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{key} = {shown:?}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            ));
+        }
+        Ok(certs)
     }
 
     /// The password from `password_file` (None without one). The file must
@@ -838,7 +870,7 @@ mod tests {
         let base = "[export.clickhouse]\nurl = \"http://127.0.0.1:8123\"\n";
         for (extra, key, line) in [
             ("", "url = \"ftp://x:1\"", "line 2"),
-            ("", "url = \"https://x:8443\"", "line 2"),
+            ("ca_file = \"/nonexistent/ca.pem\"\n", "", "line 3"),
             ("batch_size = 0\n", "", "line 3"),
             ("table = \"ev; DROP\"\n", "", "line 3"),
             ("interval = \"0s\"\n", "", "line 3"),
@@ -860,8 +892,13 @@ mod tests {
                 "{text:?}: {e}"
             );
         }
+        // https is accepted; a CA file must hold a certificate.
+        let https = "[export.clickhouse]\nurl = \"https://x:8443\"\n";
+        assert!(Config::parse(https, Path::new("t")).is_ok());
+        let e = err(&format!("{https}ca_file = \"/dev/null\"\n"));
         assert!(
-            err("[export.clickhouse]\nurl = \"https://x\"\n").contains("https is not supported")
+            e.contains("export.clickhouse.ca_file") && e.contains("no PEM certificate"),
+            "{e}"
         );
         assert!(err("[export.clickhouse]\ndatabase = \"x\"\n").contains("url"));
         // A world-readable password file is refused; a private one is read.

@@ -218,6 +218,12 @@ fn encode_export(
         "Failed export attempts (unreachable, non-200 answer) since start.",
         x.errors(),
     )?;
+    counter(
+        enc,
+        "traceed_export_lost_events",
+        "Events retention deleted before they were shipped (each also a lost row, source export).",
+        x.events_lost(),
+    )?;
     gauge(
         enc,
         "traceed_export_cursor",

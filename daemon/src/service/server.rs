@@ -58,6 +58,14 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         None => (writer, None),
     };
     let writer = tokio::spawn(writer.run());
+    // [export.clickhouse]: reads the store only; ClickHouse down never blocks
+    // ingest. Retention reports deletes of what it has not shipped.
+    let (export_stop, export_stop_rx) = watch::channel(false);
+    let mut sink = match &cfg.export.clickhouse {
+        Some(ch) => Some(crate::store::clickhouse::Sink::new(&store, ch)?),
+        None => None,
+    };
+    let export_losses = sink.as_mut().and_then(|s| s.take_losses());
     let (retention_stop, retention_stop_rx) = watch::channel(false);
     let retention = Retention::new(
         &store,
@@ -69,17 +77,15 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let retention = tokio::spawn(retention.run(retention_stop_rx));
-    // [export.clickhouse]: reads the store only; ClickHouse down never blocks ingest.
-    let (export_stop, export_stop_rx) = watch::channel(false);
-    let clickhouse = match &cfg.export.clickhouse {
-        Some(ch) => {
-            let sink = crate::store::clickhouse::Sink::new(&store, ch)?;
-            let _ = counters.export.set(sink.state());
-            Some(tokio::spawn(sink.run(export_stop_rx)))
-        }
-        None => None,
+    let retention = match &sink {
+        Some(s) => retention.with_export(s.guard()),
+        None => retention,
     };
+    let retention = tokio::spawn(retention.run(retention_stop_rx));
+    let clickhouse = sink.map(|sink| {
+        let _ = counters.export.set(sink.state());
+        tokio::spawn(sink.run(export_stop_rx))
+    });
 
     notifier.status("loading eBPF programs");
     let scope = crate::kernel::scope::Resolved::from_config(&cfg.scope)?;
@@ -108,6 +114,9 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     if let Some(ev) = store.downtime_event(fidelity) {
         tracing::info!(from = %ev.args["from"], "recording the time traceed was not running as a lost row");
         let _ = tx.send(ev).await;
+    }
+    if let Some(losses) = export_losses {
+        crate::store::clickhouse::spawn_lost_rows(losses, tx.downgrade(), fidelity);
     }
     let refused: Vec<String> = loaded
         .refused

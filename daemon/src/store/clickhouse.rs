@@ -14,9 +14,13 @@
 //! The sink only reads the store: ClickHouse being slow or down never
 //! blocks ingest; the lag grows (status, /metrics, STATUS=) instead.
 //!
-//! Not yet: retention (store/retention.rs) may delete events the sink has
-//! not shipped; they are skipped silently. The next increment records such
-//! a deletion as a `lost` row with source `export` (see the note there).
+//! Retention (store/retention.rs) deletes old events whether shipped or
+//! not, so the disk never fills. `ExportGuard`, shared by the two, makes
+//! that loss exact: a delete of ids above the cursor moves the cursor past
+//! them (in the same transaction) and reports them as a `lost` row (source
+//! `export`), the `traceed_export_lost_events` counter and a warning. Rows
+//! deleted while a batch holding them is in flight are lost only if that
+//! batch then fails; if ClickHouse acknowledges it, they arrived.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -24,11 +28,12 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use traceed_wire::{Event, ExportStatus};
 
 use crate::service::config::ClickHouseConfig;
@@ -56,6 +61,8 @@ pub struct ExportState {
     events_shipped: AtomicU64,
     bytes_shipped: AtomicU64,
     errors: AtomicU64,
+    /// Unshipped events retention deleted since start.
+    events_lost: AtomicU64,
     last_error: Mutex<Option<(i64, String)>>,
     last_success_ns: AtomicI64,
 }
@@ -73,6 +80,7 @@ impl ExportState {
             events_shipped: AtomicU64::new(0),
             bytes_shipped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            events_lost: AtomicU64::new(0),
             last_error: Mutex::new(None),
             last_success_ns: AtomicI64::new(0),
         }
@@ -123,6 +131,10 @@ impl ExportState {
         self.errors.load(Relaxed)
     }
 
+    pub fn events_lost(&self) -> u64 {
+        self.events_lost.load(Relaxed)
+    }
+
     pub fn last_success_ns(&self) -> i64 {
         self.last_success_ns.load(Relaxed)
     }
@@ -135,6 +147,206 @@ impl ExportState {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Unshipped events that retention deleted: how many, and the times of
+/// the first and the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loss {
+    pub count: u64,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl Loss {
+    /// The loss of `(id, ts)` rows, None for none.
+    fn of<'a>(rows: impl Iterator<Item = &'a (i64, i64)>) -> Option<Loss> {
+        rows.fold(None, |acc: Option<Loss>, &(_, ts)| {
+            let one = Loss {
+                count: 1,
+                from: ts,
+                to: ts,
+            };
+            Some(acc.map_or(one, |a| a.merge(one)))
+        })
+    }
+
+    fn merge(self, o: Loss) -> Loss {
+        Loss {
+            count: self.count + o.count,
+            from: self.from.min(o.from),
+            to: self.to.max(o.to),
+        }
+    }
+
+    /// The `lost` row: stamped now (when the loss happened, so it outlives
+    /// the events it counts under the same max_age), `from`/`to` the
+    /// times of the deleted events.
+    pub fn event(&self, fidelity: &str) -> Event {
+        let mut e = Event::lost(Some(self.count), "export", self.from, self.to, fidelity);
+        e.ts = traceed_wire::now_ns().max(self.to);
+        e
+    }
+}
+
+/// The batch the sink has read and ClickHouse has not yet answered.
+#[derive(Default)]
+struct Flight {
+    /// Its highest id; None while nothing is in flight.
+    hi: Option<i64>,
+    /// Its rows that retention deleted meanwhile: lost only if it fails.
+    pending: Option<Loss>,
+}
+
+/// Shared by the sink and retention (see the top of this module).
+pub struct ExportGuard {
+    state: Arc<ExportState>,
+    /// Held by the sink while it reads a batch and marks it in flight, and
+    /// by retention around a delete, so no batch is read half-deleted and
+    /// the two agree on the cursor.
+    reads: tokio::sync::Mutex<()>,
+    flight: Mutex<Flight>,
+    losses: mpsc::UnboundedSender<Loss>,
+}
+
+impl ExportGuard {
+    fn new(state: Arc<ExportState>) -> (Arc<Self>, mpsc::UnboundedReceiver<Loss>) {
+        let (losses, rx) = mpsc::unbounded_channel();
+        let g = Self {
+            state,
+            reads: tokio::sync::Mutex::new(()),
+            flight: Mutex::new(Flight::default()),
+            losses,
+        };
+        (Arc::new(g), rx)
+    }
+
+    /// Retention, before it deletes ids below `hi`: hold this until
+    /// `deleted` has run.
+    pub async fn lock_reads(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reads.lock().await
+    }
+
+    /// Retention, inside its write transaction, before deleting ids below
+    /// `hi`: the (id, ts) of those the sink has not shipped.
+    pub async fn unshipped_below(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        hi: i64,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        let cursor: Option<i64> =
+            sqlx::query_scalar("SELECT last_id FROM export_cursor WHERE sink = ?")
+                .bind(SINK)
+                .fetch_optional(&mut *conn)
+                .await?;
+        sqlx::query_as("SELECT id, ts FROM events WHERE id > ? AND id < ? ORDER BY id")
+            .bind(cursor.unwrap_or(0))
+            .bind(hi)
+            .fetch_all(&mut *conn)
+            .await
+    }
+
+    /// Retention, in the same transaction, after deleting `unshipped`:
+    /// moves the recorded cursor past them and splits them into the loss
+    /// to report now and the part of the batch in flight (decided by its
+    /// answer). Then `deleted` after the commit.
+    pub async fn skip(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        unshipped: &[(i64, i64)],
+    ) -> Result<Option<Loss>, sqlx::Error> {
+        let Some(&(top, _)) = unshipped.last() else {
+            return Ok(None);
+        };
+        save_cursor(conn, &self.state.target, top).await?;
+        // Read while the transaction holds the write lock: a successful
+        // batch clears `hi` only after its cursor write, which waits for us.
+        let mut f = lock(&self.flight);
+        let split =
+            f.hi.map_or(0, |hi| unshipped.partition_point(|r| r.0 <= hi));
+        if let Some(p) = Loss::of(unshipped[..split].iter()) {
+            f.pending = Some(f.pending.map_or(p, |q| q.merge(p)));
+        }
+        Ok(Loss::of(unshipped[split..].iter()))
+    }
+
+    /// Retention, after the commit (still holding `lock_reads`).
+    pub fn deleted(&self, unshipped: &[(i64, i64)], now_lost: Option<Loss>) {
+        if let Some(&(top, _)) = unshipped.last() {
+            self.state.cursor.fetch_max(top, Relaxed);
+        }
+        if let Some(l) = now_lost {
+            self.report(l);
+        }
+    }
+
+    fn report(&self, l: Loss) {
+        self.state.events_lost.fetch_add(l.count, Relaxed);
+        tracing::warn!(
+            count = l.count,
+            from = %traceed_wire::format_ts(l.from),
+            to = %traceed_wire::format_ts(l.to),
+            target_db = %self.state.target,
+            "clickhouse export: retention deleted {} events not yet shipped to {} (recorded as a lost row, source export)",
+            l.count,
+            self.state.target
+        );
+        let _ = self.losses.send(l);
+    }
+
+    /// The sink: the batch up to `hi` is on its way.
+    fn sending(&self, hi: i64) {
+        *lock(&self.flight) = Flight {
+            hi: Some(hi),
+            pending: None,
+        };
+    }
+
+    /// The sink: ClickHouse answered (`shipped`) or the attempt failed.
+    fn answered(&self, shipped: bool) {
+        let pending = std::mem::take(&mut *lock(&self.flight)).pending;
+        if let (Some(l), false) = (pending, shipped) {
+            self.report(l);
+        }
+    }
+}
+
+/// Turn reported losses into `lost` rows, through the writer's queue
+/// (weakly held: the queue closing at shutdown must not wait for this).
+pub fn spawn_lost_rows(
+    mut losses: mpsc::UnboundedReceiver<Loss>,
+    queue: mpsc::WeakSender<Event>,
+    fidelity: &'static str,
+) {
+    tokio::spawn(async move {
+        while let Some(l) = losses.recv().await {
+            let Some(q) = queue.upgrade() else { return };
+            if q.send(l.event(fidelity)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The recorded cursor moves forward only: retention may have moved it
+/// past a deleted range while a batch below that was in flight.
+async fn save_cursor(
+    conn: &mut sqlx::SqliteConnection,
+    target: &str,
+    last: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO export_cursor (sink, target, last_id, updated_ns) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (sink) DO UPDATE SET target = excluded.target, \
+         last_id = max(export_cursor.last_id, excluded.last_id), updated_ns = excluded.updated_ns",
+    )
+    .bind(SINK)
+    .bind(target)
+    .bind(last)
+    .bind(traceed_wire::now_ns())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One row as ClickHouse receives it (JSONEachRow): the key, the time twice
@@ -206,9 +418,10 @@ fn encode(host: &str, store_id: &str, events: &[Event]) -> String {
 #[derive(Debug)]
 struct Failure(String);
 
-/// ClickHouse's HTTP interface (hyper's client; plain http only).
+/// ClickHouse's HTTP interface (hyper's client; http, or https through
+/// rustls with the ring provider).
 struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// scheme://authority/path, without a trailing slash.
     base: String,
     user: String,
@@ -216,19 +429,25 @@ struct Http {
 }
 
 impl Http {
-    fn new(cfg: &ClickHouseConfig, password: Option<String>) -> Self {
+    fn new(cfg: &ClickHouseConfig, password: Option<String>) -> anyhow::Result<Self> {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(Duration::from_secs(5)));
         conn.set_nodelay(true);
+        conn.enforce_http(false);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(cfg)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(2))
             .build(conn);
-        Self {
+        Ok(Self {
             client,
             base: cfg.url.trim_end_matches('/').to_string(),
             user: cfg.user.clone(),
             password,
-        }
+        })
     }
 
     /// POST `body` with the URL parameters `params`: the answer's body on
@@ -285,6 +504,38 @@ impl Http {
     }
 }
 
+/// The TLS client: the certificates of `ca_file` when set, else the
+/// system's roots (Debian: /etc/ssl/certs, package ca-certificates).
+fn tls_config(cfg: &ClickHouseConfig) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let private = cfg.ca_certificates().map_err(anyhow::Error::msg)?;
+    if private.is_empty() {
+        if cfg.url.starts_with("https:") {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "clickhouse export: reading the system's CA certificates");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "clickhouse export: no system CA certificates found (install ca-certificates, or set export.clickhouse.ca_file); https will fail"
+                );
+            }
+        }
+    } else {
+        for c in private {
+            roots.add(c).map_err(|e| {
+                anyhow::anyhow!("export.clickhouse.ca_file: not a usable CA certificate: {e}")
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// hyper-util's error chain, flattened: "connection refused" is in a source.
 fn describe_client_error(e: &hyper_util::client::legacy::Error, base: &str) -> String {
     let mut msg = format!("cannot reach {base}: {e}");
@@ -304,6 +555,8 @@ pub struct Sink {
     batch_size: u32,
     interval: Duration,
     state: Arc<ExportState>,
+    guard: Arc<ExportGuard>,
+    losses: Option<mpsc::UnboundedReceiver<Loss>>,
 }
 
 impl Sink {
@@ -317,19 +570,33 @@ impl Sink {
             cfg.database,
             cfg.table
         );
+        let state = Arc::new(ExportState::new(target, cfg.host.clone()));
+        let (guard, losses) = ExportGuard::new(state.clone());
         Ok(Self {
             store: store.clone(),
-            http: Http::new(cfg, password),
+            http: Http::new(cfg, password)?,
             database: cfg.database.clone(),
             table: cfg.table.clone(),
             batch_size: u32::try_from(cfg.batch_size).unwrap_or(u32::MAX),
             interval: cfg.interval,
-            state: Arc::new(ExportState::new(target, cfg.host.clone())),
+            state,
+            guard,
+            losses: Some(losses),
         })
     }
 
     pub fn state(&self) -> Arc<ExportState> {
         self.state.clone()
+    }
+
+    /// For retention (`Retention::with_export`).
+    pub fn guard(&self) -> Arc<ExportGuard> {
+        self.guard.clone()
+    }
+
+    /// The losses retention reports, for `spawn_lost_rows` (once).
+    pub fn take_losses(&mut self) -> Option<mpsc::UnboundedReceiver<Loss>> {
+        self.losses.take()
     }
 
     /// Ship until `stop` turns true. Never returns an error: every failure
@@ -350,7 +617,8 @@ impl Sink {
             }
         };
         *lock(&st.store_id) = Some(store_id.clone());
-        st.cursor.store(cursor, Relaxed);
+        // Retention may have moved it meanwhile (never backwards).
+        cursor = st.cursor.fetch_max(cursor, Relaxed).max(cursor);
         tracing::info!(
             target_db = %st.target,
             host = %st.host,
@@ -431,20 +699,60 @@ impl Sink {
     /// Send the batch after `cursor`; on 200 record the new cursor.
     /// Returns the new cursor (None: nothing to send) and the batch size.
     async fn ship(&self, store_id: &str, cursor: i64) -> Result<(Option<i64>, usize), Failure> {
-        let q = Query {
-            after_id: Some(cursor),
-            limit: self.batch_size,
-            ..Query::default()
+        let events = {
+            let _reads = self.guard.lock_reads().await;
+            // Past what retention deleted unshipped (it moved the cursor).
+            let q = Query {
+                after_id: Some(cursor.max(self.state.cursor())),
+                limit: self.batch_size,
+                ..Query::default()
+            };
+            let (events, _) = self
+                .store
+                .query(&q)
+                .await
+                .map_err(|e| Failure(format!("reading the store: {e}")))?;
+            if let Some(e) = events.last() {
+                self.guard.sending(e.id);
+            }
+            events
         };
-        let (events, _) = self
-            .store
-            .query(&q)
-            .await
-            .map_err(|e| Failure(format!("reading the store: {e}")))?;
         let Some(last) = events.last().map(|e| e.id) else {
             return Ok((None, 0));
         };
-        let body = encode(&self.state.host, store_id, &events);
+        let bytes = match self.send(store_id, &events).await {
+            Ok(b) => b,
+            Err(f) => {
+                self.guard.answered(false);
+                return Err(f);
+            }
+        };
+        // Acknowledged: only now does the cursor move. The batch stays in
+        // flight until then, so a delete meanwhile does not count it lost.
+        let saved = async {
+            let mut c = self.store.pool().acquire().await?;
+            save_cursor(&mut c, &self.state.target, last).await
+        }
+        .await;
+        self.guard.answered(true);
+        saved.map_err(|e| Failure(format!("recording the export cursor: {e}")))?;
+        let st = &self.state;
+        st.cursor.fetch_max(last, Relaxed);
+        st.events_shipped.fetch_add(events.len() as u64, Relaxed);
+        st.bytes_shipped.fetch_add(bytes, Relaxed);
+        st.last_success_ns.store(traceed_wire::now_ns(), Relaxed);
+        tracing::debug!(
+            events = events.len(),
+            bytes,
+            cursor = last,
+            "clickhouse export: batch acknowledged"
+        );
+        Ok((Some(st.cursor()), events.len()))
+    }
+
+    /// One INSERT of `events`; the bytes sent on 200.
+    async fn send(&self, store_id: &str, events: &[Event]) -> Result<u64, Failure> {
+        let body = encode(&self.state.host, store_id, events);
         let bytes = body.len() as u64;
         let insert = format!(
             "INSERT INTO {}.{} FORMAT JSONEachRow",
@@ -463,22 +771,7 @@ impl Sink {
                 body,
             )
             .await?;
-        // Acknowledged: only now does the cursor move.
-        self.save_cursor(last)
-            .await
-            .map_err(|e| Failure(format!("recording the export cursor: {e}")))?;
-        let st = &self.state;
-        st.cursor.store(last, Relaxed);
-        st.events_shipped.fetch_add(events.len() as u64, Relaxed);
-        st.bytes_shipped.fetch_add(bytes, Relaxed);
-        st.last_success_ns.store(traceed_wire::now_ns(), Relaxed);
-        tracing::debug!(
-            events = events.len(),
-            bytes,
-            cursor = last,
-            "clickhouse export: batch acknowledged"
-        );
-        Ok((Some(last), events.len()))
+        Ok(bytes)
     }
 
     async fn load_identity(&self) -> Result<(String, i64), sqlx::Error> {
@@ -508,24 +801,10 @@ impl Sink {
         Ok((store_id, cursor))
     }
 
-    async fn save_cursor(&self, last: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO export_cursor (sink, target, last_id, updated_ns) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (sink) DO UPDATE SET target = excluded.target, \
-             last_id = excluded.last_id, updated_ns = excluded.updated_ns",
-        )
-        .bind(SINK)
-        .bind(&self.state.target)
-        .bind(last)
-        .bind(traceed_wire::now_ns())
-        .execute(self.store.pool())
-        .await?;
-        Ok(())
-    }
-
     /// Lag: events stored after the cursor (by id: the writer assigns ids
     /// in order, gaps only where a batch failed) and the age of the first.
     async fn refresh_lag(&self, cursor: i64) {
+        let cursor = cursor.max(self.state.cursor());
         let pool = self.store.pool();
         let max: Result<Option<i64>, _> = sqlx::query_scalar("SELECT max(id) FROM events")
             .fetch_one(pool)
@@ -721,6 +1000,95 @@ mod tests {
         keys.sort_unstable();
         cols.sort_unstable();
         assert_eq!(keys, cols);
+    }
+
+    /// Retention deletes ids 1..=500 of a store whose cursor is at 100 while
+    /// the batch 101..=300 is in flight: 301..=500 are lost at once, the
+    /// in-flight ones only when their batch fails; the cursor skips to 500.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_of_unshipped_events_is_counted_once_and_skipped() {
+        use crate::store::retention::{Policy, Retention};
+        use crate::store::tests::{ev, temp_dir, write_all};
+        const MIN: i64 = 60_000_000_000;
+        let dir = temp_dir("chloss");
+        let store = Store::open(&dir).await.unwrap();
+        let now = traceed_wire::now_ns();
+        // ids 1..=1000, one a minute; 500 of them older than 500.5 minutes.
+        let events: Vec<Event> = (0..1000i64)
+            .map(|i| ev(now - (1000 - i) * MIN, "open", i as u32, "x"))
+            .collect();
+        write_all(&store, events).await;
+        let ts_of = |id: i64| now - (1000 - (id - 1)) * MIN;
+        let state = Arc::new(ExportState::new("t".into(), "h".into()));
+        let (guard, mut losses) = ExportGuard::new(state.clone());
+        let mut c = store.pool().acquire().await.unwrap();
+        save_cursor(&mut c, "t", 100).await.unwrap();
+        drop(c);
+        guard.sending(300);
+        let policy = Policy {
+            max_age: Duration::from_secs(500 * 60 + 30),
+            max_bytes: u64::MAX,
+            min_free_bytes: 0,
+            interval: Duration::from_secs(1),
+        };
+        let mut r = Retention::new(&store, policy.clone())
+            .await
+            .unwrap()
+            .with_export(guard.clone());
+        assert_eq!(r.pass().await.unwrap().by_age, 500);
+        let now_lost = losses.try_recv().expect("a loss reported at once");
+        assert_eq!(
+            now_lost,
+            Loss {
+                count: 200,
+                from: ts_of(301),
+                to: ts_of(500)
+            }
+        );
+        assert!(losses.try_recv().is_err());
+        assert_eq!(state.events_lost(), 200);
+        assert_eq!(state.cursor(), 500);
+        let recorded: i64 = sqlx::query_scalar("SELECT last_id FROM export_cursor")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(recorded, 500);
+        // The batch fails: its deleted rows are lost too.
+        guard.answered(false);
+        let l = losses.try_recv().expect("the failed batch's rows");
+        assert_eq!((l.count, l.from, l.to), (200, ts_of(101), ts_of(300)));
+        assert_eq!(state.events_lost(), 400);
+        // A lost row is stamped now, so it outlives the rows it counts.
+        let row = l.event("core");
+        assert!(row.ts >= now && row.args["source"] == "export" && row.args["count"] == 200);
+
+        // A batch that ClickHouse acknowledges after its rows were deleted
+        // shipped them: nothing lost; and shipped rows are never counted.
+        guard.sending(700);
+        let mut c = store.pool().acquire().await.unwrap();
+        save_cursor(&mut c, "t", 600).await.unwrap();
+        // The cursor never moves back.
+        save_cursor(&mut c, "t", 550).await.unwrap();
+        drop(c);
+        let mut r = Retention::new(
+            &store,
+            Policy {
+                max_age: Duration::from_secs(200 * 60 + 30),
+                ..policy
+            },
+        )
+        .await
+        .unwrap()
+        .with_export(guard.clone());
+        assert_eq!(r.pass().await.unwrap().by_age, 300);
+        // 701..=800 deleted unshipped; 601..=700 in flight.
+        let l = losses.try_recv().unwrap();
+        assert_eq!((l.count, l.from, l.to), (100, ts_of(701), ts_of(800)));
+        guard.answered(true);
+        assert!(losses.try_recv().is_err());
+        assert_eq!(state.events_lost(), 500);
+        assert_eq!(state.cursor(), 800);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -4,13 +4,19 @@
 //! waits long for the lock and ingest never stalls. Freed pages stay in the
 //! file for reuse (the file stops growing at the size budget); only when the
 //! filesystem runs short are they handed back (incremental vacuum).
+//!
+//! With `[export.clickhouse]` a delete also runs the sink's accounting
+//! (`clickhouse::ExportGuard`): unshipped events are deleted all the same,
+//! and recorded as lost (source `export`) with the cursor moved past them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::watch;
 
+use crate::store::clickhouse::ExportGuard;
 use crate::store::{connect_options, Store, StoreError};
 
 /// Rows per DELETE transaction: a few ms with the block index, short enough
@@ -43,6 +49,7 @@ pub struct Retention {
     store: Store,
     dir: PathBuf,
     policy: Policy,
+    export: Option<Arc<ExportGuard>>,
 }
 
 impl Retention {
@@ -67,7 +74,14 @@ impl Retention {
             store: store.clone(),
             dir,
             policy,
+            export: None,
         })
+    }
+
+    /// Account deletes of events the ClickHouse sink has not shipped.
+    pub fn with_export(mut self, guard: Arc<ExportGuard>) -> Self {
+        self.export = Some(guard);
+        self
     }
 
     /// Check every `interval` until `stop` turns true. Errors are logged,
@@ -188,17 +202,33 @@ impl Retention {
         if let Some(b) = below {
             hi = hi.min(b);
         }
-        let r = sqlx::query("DELETE FROM events WHERE id < ?")
-            .bind(hi)
+        let Some(guard) = self.export.clone() else {
+            return delete_below(&mut self.conn, hi).await;
+        };
+        // One write transaction: the unshipped rows counted are the rows
+        // deleted, and the cursor moves past them atomically.
+        let _reads = guard.lock_reads().await;
+        sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut self.conn)
             .await?;
-        // Block-index rows of blocks now wholly deleted; the block holding
-        // the oldest kept id stays. A stale row would only cost a probe.
-        sqlx::query("DELETE FROM event_blocks WHERE block < ?")
-            .bind(hi >> crate::store::BLOCK_SHIFT)
-            .execute(&mut self.conn)
-            .await?;
-        Ok(r.rows_affected())
+        let done = async {
+            let unshipped = guard.unshipped_below(&mut self.conn, hi).await?;
+            let n = delete_below(&mut self.conn, hi).await?;
+            let lost = guard.skip(&mut self.conn, &unshipped).await?;
+            sqlx::query("COMMIT").execute(&mut self.conn).await?;
+            Ok::<_, StoreError>((n, unshipped, lost))
+        }
+        .await;
+        match done {
+            Ok((n, unshipped, lost)) => {
+                guard.deleted(&unshipped, lost);
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+                Err(e)
+            }
+        }
     }
 
     /// Bytes of the database file in use: pages not on the freelist. The
@@ -219,6 +249,21 @@ impl Retention {
     fn free_bytes(&self) -> u64 {
         free_bytes(&self.dir).unwrap_or(u64::MAX)
     }
+}
+
+/// Delete the rows below id `hi`.
+async fn delete_below(conn: &mut SqliteConnection, hi: i64) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM events WHERE id < ?")
+        .bind(hi)
+        .execute(&mut *conn)
+        .await?;
+    // Block-index rows of blocks now wholly deleted; the block holding
+    // the oldest kept id stays. A stale row would only cost a probe.
+    sqlx::query("DELETE FROM event_blocks WHERE block < ?")
+        .bind(hi >> crate::store::BLOCK_SHIFT)
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected())
 }
 
 /// Space available to unprivileged writers on the filesystem holding `dir`.
