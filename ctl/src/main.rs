@@ -50,6 +50,11 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Sigma rules: `rules check PATH...` validates them offline.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Print a shell completion script (e.g. `tracectl completions bash > /etc/bash_completion.d/tracectl`).
     Completions {
         #[arg(value_enum)]
@@ -58,6 +63,18 @@ enum Command {
     /// Print the manual page (roff) generated from these definitions
     /// (e.g. `tracectl man > /usr/share/man/man1/tracectl.1`).
     Man,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Load rule files and directories as the daemon would and print what
+    /// it would say: exit 0 when every rule loads, 1 when one is skipped or
+    /// broken. Needs no daemon.
+    Check {
+        /// Rule files (.yml/.yaml) or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -187,6 +204,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Events(args) => events(&api, *args).await,
+        Command::Rules {
+            command: RulesCommand::Check { paths },
+        } => rules_check(&paths),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             let mut out = std::io::stdout().lock();
@@ -200,6 +220,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
+    }
+}
+
+fn rules_check(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let set = traceed_detect::load_paths(paths, false);
+    let mut out = std::io::stdout().lock();
+    for r in &set.rules {
+        writeln!(
+            out,
+            "{}: ok: {} ({}, {})",
+            r.source,
+            r.id,
+            r.title,
+            r.level.name()
+        )?;
+    }
+    for s in &set.skipped {
+        eprintln!("warning: {s}");
+    }
+    for e in &set.errors {
+        eprintln!("error: {e}");
+    }
+    writeln!(
+        out,
+        "{} rules loaded, {} skipped, {} errors",
+        set.rules.len(),
+        set.skipped.len(),
+        set.errors.len()
+    )?;
+    out.flush()?;
+    if set.skipped.is_empty() && set.errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of the rules would not run",
+            set.skipped.len() + set.errors.len()
+        )
     }
 }
 
