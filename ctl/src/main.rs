@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use http_body_util::BodyExt;
-use traceed_wire::{query, Event, EventsPage, EventsQuery, Status};
+use traceed_wire::{query, Alert, Event, EventsPage, EventsQuery, Status};
 
 use client::{Api, ClientError};
 use output::Format;
@@ -50,6 +50,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Alerts of the Sigma rules (oldest first), each with the matched event
+    /// and what the process did in the minute before; or follow them.
+    Alerts(AlertsArgs),
     /// Sigma rules: `rules check PATH...` validates them offline.
     Rules {
         #[command(subcommand)]
@@ -63,6 +66,28 @@ enum Command {
     /// Print the manual page (roff) generated from these definitions
     /// (e.g. `tracectl man > /usr/share/man/man1/tracectl.1`).
     Man,
+}
+
+#[derive(Args)]
+struct AlertsArgs {
+    /// Start of the window: a duration back from now (90s, 15m, 1h, 2d) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// End of the window (exclusive), same forms as --since.
+    #[arg(long)]
+    until: Option<String>,
+    /// Minimum level: informational, low, medium, high, critical.
+    #[arg(long)]
+    level: Option<String>,
+    /// Only this rule id.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Keep printing new alerts as they are raised.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// table: for people; json: the API's objects; jsonl: one per line.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
 }
 
 #[derive(Subcommand)]
@@ -207,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules {
             command: RulesCommand::Check { paths },
         } => rules_check(&paths),
+        Command::Alerts(a) => alerts(&api, &a).await,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             let mut out = std::io::stdout().lock();
@@ -221,6 +247,61 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn alerts(api: &Api, a: &AlertsArgs) -> anyhow::Result<()> {
+    let mut q: Vec<(&str, String)> = Vec::new();
+    for (k, v) in [
+        ("since", &a.since),
+        ("until", &a.until),
+        ("level", &a.level),
+        ("rule", &a.rule),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    if a.follow {
+        q.push(("follow", "true".into()));
+    }
+    let path = format!("/v1/alerts?{}", serde_urlencoded::to_string(&q)?);
+    let mut out = std::io::stdout().lock();
+    let print = |al: &Alert, out: &mut std::io::StdoutLock| -> anyhow::Result<()> {
+        match a.output {
+            Format::Table => output::alert_text(al, out)?,
+            Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(al)?)?,
+            Format::Jsonl => writeln!(out, "{}", serde_json::to_string(al)?)?,
+        }
+        out.flush()?;
+        Ok(())
+    };
+    if !a.follow {
+        let list: Vec<Alert> = api.get_json(&path).await?;
+        if a.output == Format::Json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            return Ok(());
+        }
+        for al in &list {
+            print(al, &mut out)?;
+        }
+        return Ok(());
+    }
+    let mut body = api.get(&path).await?.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let al: Alert =
+                serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            print(&al, &mut out)?;
+        }
+    }
+    Ok(())
 }
 
 fn rules_check(paths: &[PathBuf]) -> anyhow::Result<()> {

@@ -192,6 +192,11 @@ impl Retention {
             .bind(hi)
             .execute(&mut self.conn)
             .await?;
+        // Alerts go with their events, not before (issue 16).
+        sqlx::query("DELETE FROM alerts WHERE event_id < ?")
+            .bind(hi)
+            .execute(&mut self.conn)
+            .await?;
         // Block-index rows of blocks now wholly deleted; the block holding
         // the oldest kept id stays. A stale row would only cost a probe.
         sqlx::query("DELETE FROM event_blocks WHERE block < ?")
