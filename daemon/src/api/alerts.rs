@@ -17,6 +17,8 @@ use traceed_wire::ErrorBody;
 use super::{ApiError, AppState};
 use crate::detect::alerts::{self, AlertQuery};
 
+/// Every parameter, in the order openapi.json documents them (drift test).
+pub const PARAMS: &[&str] = &["since", "until", "level", "rule", "follow", "limit"];
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 10_000;
 const POLL: Duration = Duration::from_millis(200);
@@ -68,7 +70,8 @@ fn parse(raw: Option<&str>) -> Result<(AlertQuery, bool), ApiError> {
             }
             _ => {
                 return Err(ApiError::bad(format!(
-                    "unknown parameter '{k}'; accepted: since, until, level, rule, follow, limit"
+                    "unknown parameter '{k}'; accepted: {}",
+                    PARAMS.join(", ")
                 )))
             }
         }
