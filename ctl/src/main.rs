@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use http_body_util::BodyExt;
-use traceed_wire::{query, Event, EventsPage, EventsQuery, Status};
+use traceed_wire::{query, Alert, Event, EventsPage, EventsQuery, Status};
 
 use client::{Api, ClientError};
 use output::Format;
@@ -50,6 +50,14 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Alerts of the Sigma rules (oldest first), each with the matched event
+    /// and what the process did in the minute before; or follow them.
+    Alerts(AlertsArgs),
+    /// Sigma rules: `rules check PATH...` validates them offline.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Print a shell completion script (e.g. `tracectl completions bash > /etc/bash_completion.d/tracectl`).
     Completions {
         #[arg(value_enum)]
@@ -58,6 +66,40 @@ enum Command {
     /// Print the manual page (roff) generated from these definitions
     /// (e.g. `tracectl man > /usr/share/man/man1/tracectl.1`).
     Man,
+}
+
+#[derive(Args)]
+struct AlertsArgs {
+    /// Start of the window: a duration back from now (90s, 15m, 1h, 2d) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// End of the window (exclusive), same forms as --since.
+    #[arg(long)]
+    until: Option<String>,
+    /// Minimum level: informational, low, medium, high, critical.
+    #[arg(long)]
+    level: Option<String>,
+    /// Only this rule id.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Keep printing new alerts as they are raised.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// table: for people; json: the API's objects; jsonl: one per line.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Load rule files and directories as the daemon would and print what
+    /// it would say: exit 0 when every rule loads, 1 when one is skipped or
+    /// broken. Needs no daemon.
+    Check {
+        /// Rule files (.yml/.yaml) or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -187,6 +229,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Events(args) => events(&api, *args).await,
+        Command::Rules {
+            command: RulesCommand::Check { paths },
+        } => rules_check(&paths),
+        Command::Alerts(a) => alerts(&api, &a).await,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             let mut out = std::io::stdout().lock();
@@ -200,6 +246,98 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
+    }
+}
+
+async fn alerts(api: &Api, a: &AlertsArgs) -> anyhow::Result<()> {
+    let mut q: Vec<(&str, String)> = Vec::new();
+    for (k, v) in [
+        ("since", &a.since),
+        ("until", &a.until),
+        ("level", &a.level),
+        ("rule", &a.rule),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    if a.follow {
+        q.push(("follow", "true".into()));
+    }
+    let path = format!("/v1/alerts?{}", serde_urlencoded::to_string(&q)?);
+    let mut out = std::io::stdout().lock();
+    let print = |al: &Alert, out: &mut std::io::StdoutLock| -> anyhow::Result<()> {
+        match a.output {
+            Format::Table => output::alert_text(al, out)?,
+            Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(al)?)?,
+            Format::Jsonl => writeln!(out, "{}", serde_json::to_string(al)?)?,
+        }
+        out.flush()?;
+        Ok(())
+    };
+    if !a.follow {
+        let list: Vec<Alert> = api.get_json(&path).await?;
+        if a.output == Format::Json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            return Ok(());
+        }
+        for al in &list {
+            print(al, &mut out)?;
+        }
+        return Ok(());
+    }
+    let mut body = api.get(&path).await?.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let al: Alert =
+                serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            print(&al, &mut out)?;
+        }
+    }
+    Ok(())
+}
+
+fn rules_check(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let set = traceed_detect::load_paths(paths, false);
+    let mut out = std::io::stdout().lock();
+    for r in &set.rules {
+        writeln!(
+            out,
+            "{}: ok: {} ({}, {})",
+            r.source,
+            r.id,
+            r.title,
+            r.level.name()
+        )?;
+    }
+    for s in &set.skipped {
+        eprintln!("warning: {s}");
+    }
+    for e in &set.errors {
+        eprintln!("error: {e}");
+    }
+    writeln!(
+        out,
+        "{} rules loaded, {} skipped, {} errors",
+        set.rules.len(),
+        set.skipped.len(),
+        set.errors.len()
+    )?;
+    out.flush()?;
+    if set.skipped.is_empty() && set.errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of the rules would not run",
+            set.skipped.len() + set.errors.len()
+        )
     }
 }
 

@@ -197,6 +197,39 @@ pub fn follow_line(e: &Event, width: Option<u16>) -> String {
     }
 }
 
+/// An alert for people: the match, then the process's minute before it.
+pub fn alert_text(a: &traceed_wire::Alert, out: &mut impl Write) -> std::io::Result<()> {
+    let exe = a
+        .event
+        .as_ref()
+        .and_then(|e| e.exe.as_deref())
+        .unwrap_or("-");
+    writeln!(
+        out,
+        "{}  {:<8} {} [{}]  pid {}  {}",
+        local_time(a.ts),
+        a.level.to_uppercase(),
+        a.title,
+        a.rule_id,
+        a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        exe
+    )?;
+    if let Some(e) = &a.event {
+        writeln!(out, "    matched  {} {}", e.kind, summary(e))?;
+    }
+    if !a.context.is_empty() {
+        writeln!(
+            out,
+            "    the minute before ({} events of this process):",
+            a.context.len()
+        )?;
+        for e in &a.context {
+            writeln!(out, "      {}  {} {}", local_time(e.ts), e.kind, summary(e))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn status_text(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "traceed {} — up {}s", s.version, s.uptime_s)?;
     writeln!(
@@ -237,6 +270,13 @@ pub fn status_text(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
         s.oldest_ts.map(local_time).unwrap_or_else(|| "-".into()),
         s.retention
     )?;
+    if let Some(d) = &s.detect {
+        writeln!(
+            out,
+            "detection:  {} rules active, {} skipped (unsupported), {} unreadable; {} alerts, {} events missed",
+            d.rules_loaded, d.rules_skipped, d.rule_errors, d.alerts_total, d.dropped_events
+        )?;
+    }
     if let Some(x) = &s.export {
         export_text(x, out)?;
     }

@@ -14,6 +14,7 @@
 //! store through this library. docs/ARCHITECTURE.md explains the whole.
 
 pub mod api;
+pub mod detect;
 pub mod kernel;
 pub mod pipeline;
 pub mod service;

@@ -99,6 +99,7 @@ fn prepare_files(cfg: &config::Config) -> Result<(), private::PrivacyError> {
     if let Some(export) = &cfg.export.jsonl {
         private::tighten_file(export, gid)?;
     }
+    traceed::detect::check_paths(&cfg.detect.rules)?;
     Ok(())
 }
 

@@ -43,6 +43,41 @@ pub fn is_kind(s: &str) -> bool {
 /// Which rung of the portability ladder recorded an event.
 pub const FIDELITIES: &[&str] = &["core", "kernel", "fallback"];
 
+/// A Sigma rule's match (`GET /v1/alerts`), with what happened before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: i64,
+    pub rule_id: String,
+    pub title: String,
+    /// informational, low, medium, high or critical.
+    pub level: String,
+    pub tags: Vec<String>,
+    pub event_id: i64,
+    /// The matched event's time; RFC 3339 on the wire.
+    #[serde(with = "ts_rfc3339")]
+    pub ts: i64,
+    pub pid: Option<u32>,
+    /// The matched event; null once retention deleted it.
+    pub event: Option<Event>,
+    /// The same process's events in the minute before the match (oldest
+    /// first, at most 100), from the store.
+    pub context: Vec<Event>,
+}
+
+/// Detection counts in `Status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DetectStatus {
+    pub rules_loaded: u64,
+    /// Rules using a feature traceed does not support (logged with the
+    /// file and the feature).
+    pub rules_skipped: u64,
+    /// Rule files that could not be read or parsed.
+    pub rule_errors: u64,
+    pub alerts_total: u64,
+    /// Events the detector fell too far behind to see.
+    pub dropped_events: u64,
+}
+
 /// One stored event. Unknown fields are `None` and serialize as `null`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -179,6 +214,9 @@ pub struct Status {
     /// `[export.clickhouse]`: how far the shipping is; null when not configured.
     #[serde(default)]
     pub export: Option<ExportStatus>,
+    /// `[detect]`: rules and alerts; absent from an older daemon.
+    #[serde(default)]
+    pub detect: Option<DetectStatus>,
 }
 
 /// The history shipped to another store (ClickHouse), in `Status`.

@@ -4,6 +4,7 @@
 //! wrong and what is accepted; `guard` applies the per-request limits, peer
 //! check, metrics and logging in one place for every route.
 
+mod alerts;
 mod follow;
 mod query;
 pub mod serve;
@@ -93,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
+        .route("/v1/alerts", get(alerts::get))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -122,7 +124,8 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-const ENDPOINTS: &str = "GET /v1/events, /v1/status, /v1/openapi.json, /healthz, /metrics";
+const ENDPOINTS: &str =
+    "GET /v1/events, /v1/alerts, /v1/status, /v1/openapi.json, /healthz, /metrics";
 
 async fn not_found() -> ApiError {
     ApiError(
@@ -294,6 +297,17 @@ async fn status(State(st): State<Arc<AppState>>) -> Json<Status> {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: uptime.as_secs(),
         export: st.counters.export.get().map(|x| x.snapshot()),
+        detect: st
+            .counters
+            .detect
+            .get()
+            .map(|d| traceed_wire::DetectStatus {
+                rules_loaded: d.rules_loaded.load(Relaxed),
+                rules_skipped: d.rules_skipped.load(Relaxed),
+                rule_errors: d.rule_errors.load(Relaxed),
+                alerts_total: d.alerts_total.load(Relaxed),
+                dropped_events: d.dropped_events.load(Relaxed),
+            }),
     })
 }
 

@@ -740,8 +740,21 @@ async fn openapi_document_matches_the_code() {
         .collect();
     assert_eq!(documented, traceed_wire::KINDS, "kind pattern is stale");
     let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    // /v1/alerts: the parameters the parser accepts, in its order.
+    let alert_params: Vec<&str> = doc["paths"]["/v1/alerts"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        alert_params,
+        super::alerts::PARAMS,
+        "documented /v1/alerts parameters"
+    );
     for p in [
         "/v1/events",
+        "/v1/alerts",
         "/v1/status",
         "/healthz",
         "/metrics",

@@ -46,6 +46,30 @@ pub struct Config {
     pub scope: ScopeConfig,
     pub events: EventsConfig,
     pub api: ApiConfig,
+    pub detect: DetectConfig,
+}
+
+/// `[detect]`: Sigma rules matched live (README "Detection").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Rule files and directories of them (`*.yml`, `*.yaml`, recursively);
+    /// a missing one is fine.
+    pub rules: Vec<PathBuf>,
+    /// Rule ids not to run.
+    pub disabled: Vec<String>,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            rules: vec![
+                "/usr/share/traceed/rules".into(),
+                "/etc/traceed/rules.d".into(),
+            ],
+            disabled: Vec::new(),
+        }
+    }
 }
 
 /// `[api]`: the REST API on the Unix socket.
@@ -419,6 +443,7 @@ impl Default for Config {
             scope: ScopeConfig::default(),
             events: EventsConfig::default(),
             api: ApiConfig::default(),
+            detect: DetectConfig::default(),
         }
     }
 }

@@ -8,6 +8,36 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+/// Where `init` sent the log, for entries written outside tracing.
+static TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
+
+/// A detection alert: a journal entry of its own with the syslog PRIORITY
+/// of the rule's level (2 crit .. 6 info; tracing's levels cannot say
+/// "crit") and the given fields; on stderr a tracing warning.
+pub fn alert_entry(priority: u8, message: &str, fields: &[(&str, &str)]) {
+    if TARGET.get() == Some(&Target::Journald) && journal_send(priority, message, fields).is_ok() {
+        return;
+    }
+    let f: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::warn!(priority, "{message} [{}]", f.join(" "));
+}
+
+/// The journal's native protocol: one datagram of KEY=value lines (values
+/// here never hold a newline: they are escaped first).
+fn journal_send(priority: u8, message: &str, fields: &[(&str, &str)]) -> std::io::Result<()> {
+    let clean = |s: &str| s.replace('\n', " ");
+    let mut d = format!(
+        "PRIORITY={priority}\nSYSLOG_IDENTIFIER=traceed\nMESSAGE={}\n",
+        clean(message)
+    );
+    for (k, v) in fields {
+        d.push_str(&format!("{k}={}\n", clean(v)));
+    }
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    sock.send_to(d.as_bytes(), "/run/systemd/journal/socket")?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Journald,
@@ -45,6 +75,7 @@ pub fn init(level: &str) -> Target {
     if let Some(e) = bad_env {
         tracing::warn!("ignoring RUST_LOG: {e}; using log_level = {level:?}");
     }
+    let _ = TARGET.set(target);
     target
 }
 

@@ -31,6 +31,8 @@ pub struct Counters {
     by_kind: Mutex<BTreeMap<String, u64>>,
     /// `[export.clickhouse]`: the sink's progress, set once when it starts.
     pub export: OnceLock<Arc<crate::store::clickhouse::ExportState>>,
+    /// `[detect]`: rule and alert counts, set once when the detector starts.
+    pub detect: OnceLock<Arc<crate::detect::Stats>>,
 }
 
 impl Counters {
@@ -190,6 +192,39 @@ impl Collector for PipelineCollector {
         }
         if let Some(x) = c.export.get() {
             encode_export(&mut enc, x)?;
+        }
+        if let Some(d) = c.detect.get() {
+            {
+                let proto = ConstCounter::new(0u64);
+                let mut fam = enc.encode_descriptor(
+                    "traceed_alerts",
+                    "Sigma rule matches, by rule id.",
+                    None,
+                    proto.metric_type(),
+                )?;
+                for (rule, n) in d.per_rule() {
+                    let labels = [("rule", rule.as_str())];
+                    ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
+                }
+            }
+            counter(
+                &mut enc,
+                "traceed_detect_dropped_events",
+                "Events the detector fell too far behind to match (they are in the store).",
+                d.dropped_events.load(Relaxed),
+            )?;
+            gauge(
+                &mut enc,
+                "traceed_rules_loaded",
+                "Sigma rules active.",
+                d.rules_loaded.load(Relaxed) as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "traceed_rules_skipped",
+                "Sigma rules skipped for an unsupported feature.",
+                d.rules_skipped.load(Relaxed) as i64,
+            )?;
         }
         Ok(())
     }

@@ -187,6 +187,14 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         started,
     ));
     crate::service::metrics::spawn_lag_watch(&live, counters.clone());
+    let detect_stats = Arc::new(crate::detect::Stats::default());
+    let _ = counters.detect.set(detect_stats.clone());
+    let (engine, engine_rx) =
+        watch::channel(Arc::new(crate::detect::load(&cfg.detect, &detect_stats)));
+    tokio::spawn(
+        crate::detect::Detector::new(engine_rx, store.clone(), detect_stats.clone())
+            .run(live.subscribe()),
+    );
     let listener = bind_socket(&cfg.socket)?;
     let socket_ino = std::fs::metadata(&cfg.socket).map(|m| m.ino()).ok();
     let app = api::router(state.clone());
@@ -230,6 +238,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 notifier.reloading();
                 tracing::info!("SIGHUP: reloading");
+                crate::detect::reload(&cfg.detect, &detect_stats, &engine);
                 match &export_reopen {
                     Some(r) => r.notify_one(),
                     None => tracing::info!("SIGHUP: no export file to reopen"),

@@ -257,6 +257,11 @@ async fn delete_below(conn: &mut SqliteConnection, hi: i64) -> Result<u64, Store
         .bind(hi)
         .execute(&mut *conn)
         .await?;
+    // Alerts go with their events, not before (issue 16).
+    sqlx::query("DELETE FROM alerts WHERE event_id < ?")
+        .bind(hi)
+        .execute(&mut *conn)
+        .await?;
     // Block-index rows of blocks now wholly deleted; the block holding
     // the oldest kept id stays. A stale row would only cost a probe.
     sqlx::query("DELETE FROM event_blocks WHERE block < ?")

@@ -693,7 +693,14 @@ async fn upgrade_from_schema_1_keeps_rows_and_ids() {
         pool.close().await;
     }
     let store = Store::open(&dir).await.unwrap();
-    assert_eq!(store.schema_version(), 5);
+    assert_eq!(
+        store.schema_version(),
+        crate::store::MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap()
+    );
     let rows = all(&store).await;
     assert_eq!(rows.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(rows[1].comm.as_deref(), Some("old"));
@@ -803,6 +810,14 @@ async fn retention_by_age_deletes_oldest_only() {
     // Out-of-order jitter is not needed: ids follow ts.
     let n = 12_000i64;
     write_all(&store, minutely(now, n)).await;
+    // Alerts of the oldest and the newest event: only the first goes.
+    for id in [1, n] {
+        sqlx::query("INSERT INTO alerts (rule_id, title, level, tags, event_id, ts, pid) VALUES ('r', 't', 3, '[]', ?, 0, 1)")
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
     let mut r = Retention::new(
         &store,
         Policy {
@@ -825,6 +840,15 @@ async fn retention_by_age_deletes_oldest_only() {
     // Oldest only: what remains is the newest contiguous id range.
     assert_eq!(left.last().unwrap().id, n);
     assert_eq!(left.first().unwrap().id, n - left.len() as i64 + 1);
+    let alerts: Vec<i64> = sqlx::query_scalar("SELECT event_id FROM alerts")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        alerts,
+        [n],
+        "alerts are deleted with their events, not before"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,0 +1,365 @@
+//! Detection end to end: the shipped rule set (packaging/rules) loaded by a
+//! real daemon, each behaviour run for real and its alert read back through
+//! tracectl; each near miss must not alert. Plus the rule-file handling
+//! that must never stop the daemon (unsupported features, YAML errors) and
+//! the trust check that must.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use traceed_tests::{bin, poll, unique, Daemon, DaemonOpts, Program};
+use traceed_wire::Alert;
+
+fn rules_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/rules")
+}
+
+fn start(extra_rules: &[&PathBuf]) -> Daemon {
+    let mut dirs = vec![format!("{:?}", rules_dir().canonicalize().unwrap())];
+    dirs.extend(extra_rules.iter().map(|p| format!("{p:?}")));
+    Daemon::start_with(DaemonOpts {
+        config: Some(format!("[detect]\nrules = [{}]\n", dirs.join(", "))),
+        ..DaemonOpts::default()
+    })
+}
+
+fn alerts(d: &Daemon, rule: &str) -> Vec<Alert> {
+    let out = d.ctl(&["alerts", "-o", "jsonl", "--rule", rule]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The alert is on the process itself or on a child it started.
+fn concerns(a: &Alert, pid: u32) -> bool {
+    a.pid == Some(pid) || a.event.as_ref().and_then(|e| e.ppid) == Some(pid)
+}
+
+fn wait_alert(d: &Daemon, rule: &str, pid: u32) -> Alert {
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || alerts(d, rule).into_iter().find(|a| concerns(a, pid)),
+        || format!("no alert of {rule} for pid {pid}:\n{}", d.log_text()),
+    )
+}
+
+fn run(cmd: &mut Command) -> u32 {
+    let mut c = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+fn sh(script: &str) -> Command {
+    let mut c = Command::new("/bin/sh");
+    c.args(["-c", script]);
+    c
+}
+
+/// One shipped rule: the behaviour, and a near miss.
+struct Case {
+    rule: &'static str,
+    hit: Box<dyn Fn() -> u32>,
+    miss: Box<dyn Fn() -> u32>,
+}
+
+fn cases(tmp: &std::path::Path) -> Vec<Case> {
+    let file = tmp.join("target-file");
+    std::fs::write(&file, "x").unwrap();
+    let f1 = file.display().to_string();
+    let f2 = f1.clone();
+    let modprobe = match ["/usr/sbin/modprobe", "/sbin/modprobe"]
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+    {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let p = tmp.join("modprobe");
+            std::fs::copy("/bin/true", &p).unwrap();
+            p
+        }
+    };
+    let modprobe2 = modprobe.clone();
+    vec![
+        Case {
+            rule: "traceed-reverse-shell",
+            // Port 9 on loopback refuses: the redirection is attempted, no
+            // shell is exposed.
+            hit: Box::new(|| {
+                run(Command::new("bash").args(["-c", "exec 3<>/dev/tcp/127.0.0.1/9 || true"]))
+            }),
+            miss: Box::new(|| run(Command::new("bash").args(["-c", "echo ok >/dev/null"]))),
+        },
+        Case {
+            rule: "traceed-download-to-shell",
+            hit: Box::new(|| run(&mut sh("curl -s http://127.0.0.1:9/x | sh; true"))),
+            miss: Box::new(|| run(&mut sh("curl -s http://127.0.0.1:9/x | grep -c sh; true"))),
+        },
+        Case {
+            rule: "traceed-shadow-read",
+            hit: Box::new(|| run(Command::new("cat").arg("/etc/shadow"))),
+            miss: Box::new(|| run(Command::new("ls").args(["-l", "/etc/shadow"]))),
+        },
+        Case {
+            rule: "traceed-setuid-file",
+            hit: Box::new(move || run(Command::new("chmod").args(["u+s", &f1]))),
+            miss: Box::new(move || run(Command::new("chmod").args(["755", &f2]))),
+        },
+        Case {
+            rule: "traceed-module-load",
+            // The real modprobe where kmod is installed (a module that does
+            // not exist: the attempt is the behaviour); else a stand-in
+            // named modprobe, which is all the rule sees of it.
+            hit: Box::new(move || run(Command::new(&modprobe).arg("traceed_no_such_module"))),
+            miss: Box::new(move || {
+                run(Command::new(&modprobe2).args(["-n", "traceed_no_such_module"]))
+            }),
+        },
+        Case {
+            rule: "traceed-ptrace-attach",
+            hit: Box::new(|| {
+                let mut target = Command::new("sleep").arg("0.3").spawn().unwrap();
+                let pid = target.id().to_string();
+                let me = run(Command::new("strace").args(["-o", "/dev/null", "-p", &pid]));
+                target.wait().unwrap();
+                me
+            }),
+            miss: Box::new(|| run(Command::new("strace").args(["-o", "/dev/null", "/bin/true"]))),
+        },
+        Case {
+            rule: "traceed-exec-memfd-shm",
+            hit: Box::new(|| {
+                let p = PathBuf::from("/dev/shm").join(unique("shm"));
+                std::fs::copy("/bin/true", &p).unwrap();
+                let pid = run(&mut Command::new(&p));
+                let _ = std::fs::remove_file(&p);
+                pid
+            }),
+            miss: Box::new(|| Program::new("tmpt").run(&[])),
+        },
+        Case {
+            rule: "traceed-shell-parent-tmp",
+            // A copy of dash under /tmp forks a child that execs /bin/sh
+            // (`; true` keeps the parent from exec'ing it in place).
+            hit: Box::new(|| {
+                let parent = Program::copy_of("/bin/dash", "dropper");
+                assert!(parent.path.starts_with("/tmp"), "{}", parent.path.display());
+                run(Command::new(&parent.path).args(["-c", "/bin/sh -c true; true"]))
+            }),
+            miss: Box::new(|| run(&mut sh("/bin/sh -c true; true"))),
+        },
+    ]
+}
+
+#[test]
+fn shipped_rules_alert_live_and_near_misses_do_not() {
+    let d = start(&[]);
+    let cases = cases(&d.dir);
+    for c in &cases {
+        let miss = (c.miss)();
+        let hit = (c.hit)();
+        let a = wait_alert(&d, c.rule, hit);
+        // The near miss ran first: the detector handles events in order, so
+        // the hit's alert means the near miss was already matched (or not).
+        let wrong: Vec<Alert> = alerts(&d, c.rule)
+            .into_iter()
+            .filter(|a| concerns(a, miss))
+            .collect();
+        assert!(wrong.is_empty(), "{}: near miss alerted: {wrong:?}", c.rule);
+        let ev = a
+            .event
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: alert without its event", c.rule));
+        assert_eq!(ev.id, a.event_id);
+        assert_eq!(ev.kind, "exec", "{}", c.rule);
+        assert!(!a.level.is_empty() && !a.tags.is_empty(), "{a:?}");
+    }
+    // Per-rule counters and the status line.
+    let (code, metrics) = traceed_tests::http_get(&d.socket, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for c in &cases {
+        assert!(
+            metrics.contains(&format!("traceed_alerts_total{{rule=\"{}\"}}", c.rule)),
+            "{}: {metrics}",
+            c.rule
+        );
+    }
+    let st = d.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        text.contains("detection:  8 rules active, 0 skipped"),
+        "{text}"
+    );
+}
+
+#[test]
+fn alert_carries_the_minute_before_and_filters_apply() {
+    let d = start(&[]);
+    // A copy of dash under /tmp: it runs `true` (context), then starts a
+    // shell, which alerts; the alert of the child has no context of its own
+    // but the parent's command is in its ppid.
+    let parent = Program::copy_of("/bin/dash", "ctx");
+    let pid = run(Command::new(&parent.path)
+        .args(["-c", "cat /etc/hostname >/dev/null; /bin/sh -c true; true"]));
+    let a = wait_alert(&d, "traceed-shell-parent-tmp", pid);
+    assert_eq!(a.level, "medium");
+    // The child's own exec is the match; its context is its events before
+    // the exec (fork), all of that pid.
+    let child = a.pid.unwrap();
+    assert!(
+        a.context
+            .iter()
+            .all(|e| e.pid == Some(child) && e.ts <= a.ts),
+        "{a:?}"
+    );
+    // level is a minimum: medium alerts are not "high".
+    let out = d.ctl(&[
+        "alerts",
+        "-o",
+        "jsonl",
+        "--level",
+        "high",
+        "--rule",
+        "traceed-shell-parent-tmp",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    // Bad input names the parameter.
+    let (code, body) = traceed_tests::http_get(&d.socket, "/v1/alerts?level=loud").unwrap();
+    assert_eq!(code, 400);
+    assert!(body.contains("parameter 'level'"), "{body}");
+    let (code, body) = traceed_tests::http_get(&d.socket, "/v1/alerts?rules=x").unwrap();
+    assert_eq!(code, 400);
+    assert!(body.contains("unknown parameter 'rules'"), "{body}");
+}
+
+#[test]
+fn unsupported_and_broken_rules_are_named_and_counted_never_fatal() {
+    let dir = std::env::temp_dir().join(unique("ru"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("agg.yml"),
+        "title: Too many\nlogsource: {product: linux, category: process_creation}\ndetection:\n  s: {Image|endswith: /sh}\n  condition: s | count() > 10\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("broken.yml"),
+        "title: x\ndetection:\n  s: [a\n  b: c\n",
+    )
+    .unwrap();
+    let d = start(&[&dir]);
+    let st: traceed_wire::Status =
+        serde_json::from_slice(&d.ctl(&["status", "-o", "json"]).stdout).unwrap();
+    let det = st.detect.expect("detect status");
+    assert_eq!(
+        (det.rules_loaded, det.rules_skipped, det.rule_errors),
+        (8, 1, 1)
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("agg.yml: rule 'Too many' skipped: unsupported aggregation"),
+        "{log}"
+    );
+    assert!(log.contains("broken.yml:"), "{log}");
+    // tracectl rules check says the same offline, and exits 1.
+    let out = Command::new(bin("tracectl"))
+        .args(["rules", "check"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agg.yml: rule 'Too many' skipped: unsupported aggregation"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken.yml:3:") || err.contains("broken.yml:4:"),
+        "{err}"
+    );
+    let ok = Command::new(bin("tracectl"))
+        .args(["rules", "check"])
+        .arg(rules_dir())
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn untrusted_rules_dir_refuses_start_and_keeps_old_rules_on_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(unique("ro"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cfg_dir = std::env::temp_dir().join(unique("cfg"));
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    let cfg = cfg_dir.join("traceed.toml");
+    std::fs::write(&cfg, format!("[detect]\nrules = [{:?}]\n", dir)).unwrap();
+    let out = traceed_tests::traceed_command(false)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(&cfg_dir)
+        .arg("--socket")
+        .arg(cfg_dir.join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the rules path") && err.contains("writable by every user"),
+        "{err}"
+    );
+
+    // Started trusted, made untrusted, then SIGHUP: the old rules stay.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(rules_dir().join("shadow_read.yml"), dir.join("r.yml")).unwrap();
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(format!("[detect]\nrules = [{:?}]\n", dir)),
+        ..DaemonOpts::default()
+    });
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            d.log_text()
+                .contains("rules not reloaded, keeping the previous set")
+                .then_some(())
+        },
+        || d.log_text(),
+    );
+    let pid = run(Command::new("cat").arg("/etc/shadow"));
+    wait_alert(&d, "traceed-shadow-read", pid);
+    // Trusted again, the rule removed: a reload drops it.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::remove_file(dir.join("r.yml")).unwrap();
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || d.log_text().contains("0 active").then_some(()),
+        || d.log_text(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&cfg_dir);
+}
