@@ -55,6 +55,75 @@ pub fn summary(e: &Event) -> String {
     }
 }
 
+/// Text from the recorded process as a terminal should show it: control
+/// characters (escape sequences, newlines in an argv) escaped, not obeyed.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// One line of `tracectl tree`: pid, key, user, command line, start,
+/// lifetime and how it ended.
+fn tree_line(p: &traceed_wire::ProcEntry) -> String {
+    let cmd = p
+        .cmdline
+        .as_deref()
+        .or(p.exe.as_deref())
+        .or(p.comm.as_deref())
+        .unwrap_or("?");
+    let start = p.start.map_or_else(|| "start ?".into(), local_time);
+    let end = match (p.exit, p.signal, p.exit_code) {
+        (None, _, _) => "running".to_string(),
+        (Some(_), Some(sig), _) => format!("killed by signal {sig}"),
+        (Some(_), None, Some(c)) => format!("exit {c}"),
+        (Some(_), None, None) => "exited".to_string(),
+    };
+    let life = p
+        .lifetime_s
+        .map_or_else(String::new, |s| format!(" after {s:.3}s"));
+    format!(
+        "{} [{}] uid={} {}  ({start}, {end}{life})",
+        p.pid,
+        p.proc,
+        opt(&p.uid),
+        printable(cmd)
+    )
+}
+
+/// `tracectl tree` for a terminal: the ancestry from the top, then the
+/// process (marked) and its descendants, indented by depth.
+pub fn tree_text(t: &traceed_wire::Tree, out: &mut impl Write) -> std::io::Result<()> {
+    let mut depth = 0;
+    for a in &t.ancestors {
+        writeln!(out, "{}{}", "  ".repeat(depth), tree_line(a))?;
+        depth += 1;
+    }
+    writeln!(out, "{}* {}", "  ".repeat(depth), tree_line(&t.process))?;
+    let mut depths = std::collections::HashMap::new();
+    depths.insert(t.process.proc.as_str(), depth);
+    for d in &t.descendants {
+        let pd = d
+            .parent
+            .as_deref()
+            .and_then(|p| depths.get(p))
+            .copied()
+            .unwrap_or(depth);
+        depths.insert(d.proc.as_str(), pd + 1);
+        writeln!(out, "{}{}", "  ".repeat(pd + 1), tree_line(d))?;
+    }
+    if t.truncated {
+        writeln!(out, "(more descendants than shown)")?;
+    }
+    Ok(())
+}
+
 pub fn local_time(ns: i64) -> String {
     let Ok(ts) = jiff::Timestamp::from_nanosecond(ns as i128) else {
         return ns.to_string();
@@ -271,6 +340,11 @@ mod tests {
         assert_eq!(l.chars().count(), 60);
         assert!(l.ends_with("..."));
         assert!(follow_line(&exec(&[&long]), None).ends_with(&long));
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("a\x1b[31mb\nc"), "a\\u{1b}[31mb\\nc");
     }
 
     #[test]

@@ -50,6 +50,8 @@ fn event(kind: &str, ts: i64, pid: u32) -> Event {
         retval: None,
         args: serde_json::json!({}),
         fidelity: "core".into(),
+        proc: None,
+        lineage: None,
     }
 }
 

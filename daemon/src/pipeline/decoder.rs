@@ -508,6 +508,8 @@ pub fn to_event(
         retval: rec.has(c::EF_HAS_RETVAL).then_some(h.retval),
         args,
         fidelity: fidelity.to_string(),
+        proc: None,
+        lineage: None,
     };
     Ok(Decoded {
         event,

@@ -198,6 +198,12 @@ impl Retention {
             .bind(hi >> crate::store::BLOCK_SHIFT)
             .execute(&mut self.conn)
             .await?;
+        // Process rows go with the newest event that touched them (their
+        // fork, exec, exit or first sight), through procs_last_id.
+        sqlx::query("DELETE FROM procs WHERE last_id < ?")
+            .bind(hi)
+            .execute(&mut self.conn)
+            .await?;
         Ok(r.rows_affected())
     }
 
