@@ -60,24 +60,37 @@ fn tree_and_descendants_of_a_scripted_incident() {
 
     let t = tree(&d, &[&top.to_string()]);
     assert_eq!(t.process.pid, top);
-    assert_eq!(t.process.cmdline.as_deref(), Some(&*format!("sh -c {top_cmd}")));
+    assert_eq!(
+        t.process.cmdline.as_deref(),
+        Some(&*format!("sh -c {top_cmd}"))
+    );
     assert_eq!(t.process.exit_code, Some(0));
     assert!(t.process.lifetime_s.is_some());
     // Ancestry: this test process is the parent, and it reaches pid 1.
     let me = std::process::id();
     assert_eq!(t.ancestors.last().map(|a| a.pid), Some(me), "{t:#?}");
     assert_eq!(t.ancestors.first().map(|a| a.pid), Some(1), "{t:#?}");
-    assert_eq!(t.process.parent.as_ref(), Some(&t.ancestors.last().unwrap().proc));
+    assert_eq!(
+        t.process.parent.as_ref(),
+        Some(&t.ancestors.last().unwrap().proc)
+    );
     // Descendants: exactly the child and the two grandchildren.
     let by_pid: HashMap<u32, &traceed_wire::ProcEntry> =
         t.descendants.iter().map(|p| (p.pid, p)).collect();
     let want: BTreeSet<u32> = [kid, gcs[0], gcs[1]].into();
-    assert_eq!(by_pid.keys().copied().collect::<BTreeSet<_>>(), want, "{t:#?}");
+    assert_eq!(
+        by_pid.keys().copied().collect::<BTreeSet<_>>(),
+        want,
+        "{t:#?}"
+    );
     assert_eq!(t.descendants.len(), 3);
     let k = by_pid[&kid];
     assert_eq!(k.parent.as_ref(), Some(&t.process.proc));
     assert_eq!(k.exit_code, Some(4));
-    assert_eq!(k.cmdline.as_deref(), Some(&*format!("sh {}", child.display())));
+    assert_eq!(
+        k.cmdline.as_deref(),
+        Some(&*format!("sh {}", child.display()))
+    );
     let (g1, g2) = (by_pid[&gcs[0]], by_pid[&gcs[1]]);
     assert_eq!(g1.parent.as_ref(), Some(&k.proc));
     assert_eq!(g2.parent.as_ref(), Some(&k.proc));
@@ -106,7 +119,9 @@ fn tree_and_descendants_of_a_scripted_incident() {
     let got_ids: BTreeSet<i64> = got.iter().map(|e| e.id).collect();
     assert_eq!(got_ids.len(), got.len(), "no duplicates across pages");
     assert_eq!(got_ids, expected);
-    assert!(got.iter().all(|e| e.proc.as_ref().is_some_and(|p| keys.contains(p))));
+    assert!(got
+        .iter()
+        .all(|e| e.proc.as_ref().is_some_and(|p| keys.contains(p))));
     // Every kind of the incident is there: forks, execs, exits.
     for kind in ["fork", "exec", "exit", "open"] {
         assert!(got.iter().any(|e| e.kind == kind), "no {kind} in {got:#?}");
@@ -116,7 +131,10 @@ fn tree_and_descendants_of_a_scripted_incident() {
     // characters and marks the process.
     let text = d.ctl(&["tree", &top.to_string(), "-o", "table"]);
     let text = String::from_utf8(text.stdout).unwrap();
-    assert!(text.contains(&format!("* {top} [{}]", t.process.proc)), "{text}");
+    assert!(
+        text.contains(&format!("* {top} [{}]", t.process.proc)),
+        "{text}"
+    );
 
     // Bad input: a pid with no process, a bad --at.
     let none = d.ctl(&["tree", "4194305"]);
@@ -160,7 +178,10 @@ fn a_reused_host_pid_is_two_processes() {
     assert_eq!(exit_b.pid, Some(reused));
     let (ka, kb) = (exit_a.proc.clone().unwrap(), exit_b.proc.clone().unwrap());
     assert_ne!(ka, kb, "two processes that shared pid {pid} have one key");
-    assert!(ea.iter().filter(|e| e.pid == Some(pid)).all(|e| e.proc.as_ref() == Some(&ka)));
+    assert!(ea
+        .iter()
+        .filter(|e| e.pid == Some(pid))
+        .all(|e| e.proc.as_ref() == Some(&ka)));
     assert!(eb.iter().all(|e| e.proc.as_ref() == Some(&kb)));
 
     // The tree at each one's time is that one's, and --at now is the latest.
@@ -177,7 +198,10 @@ fn a_reused_host_pid_is_two_processes() {
 
     let only_a = d.events(&["--descendants-of", &pid.to_string(), "--at", &at_a]);
     assert!(!only_a.is_empty());
-    assert!(only_a.iter().all(|e| e.proc.as_ref() == Some(&ka)), "{only_a:#?}");
+    assert!(
+        only_a.iter().all(|e| e.proc.as_ref() == Some(&ka)),
+        "{only_a:#?}"
+    );
     assert!(only_a.iter().any(|e| e.kind == "exit" && e.id == exit_a.id));
 }
 
@@ -196,9 +220,16 @@ fn a_reused_pid_inside_a_pid_namespace_is_two_processes() {
         .args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout).unwrap();
-    let ns: Vec<u32> = line.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    let ns: Vec<u32> = line
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
     assert_eq!(ns[0], ns[1], "the namespace pid was not reused: {line}");
     let exits = poll(
         std::time::Duration::from_secs(10),
@@ -217,9 +248,15 @@ fn a_reused_pid_inside_a_pid_namespace_is_two_processes() {
     assert_ne!(exits[0].proc, exits[1].proc);
     for e in &exits {
         let host = e.pid.unwrap();
-        let t = tree(&d, &[&host.to_string(), "--at", &traceed_wire::format_ts(e.ts)]);
+        let t = tree(
+            &d,
+            &[&host.to_string(), "--at", &traceed_wire::format_ts(e.ts)],
+        );
         assert_eq!(Some(&t.process.proc), e.proc.as_ref());
         // The namespace's init (the shell) is the parent of both.
-        assert_eq!(t.ancestors.last().map(|a| a.comm.as_deref()), Some(Some("sh")));
+        assert_eq!(
+            t.ancestors.last().map(|a| a.comm.as_deref()),
+            Some(Some("sh"))
+        );
     }
 }

@@ -693,7 +693,7 @@ async fn upgrade_from_schema_1_keeps_rows_and_ids() {
         pool.close().await;
     }
     let store = Store::open(&dir).await.unwrap();
-    assert_eq!(store.schema_version(), 5);
+    assert_eq!(store.schema_version(), 6);
     let rows = all(&store).await;
     assert_eq!(rows.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(rows[1].comm.as_deref(), Some("old"));
