@@ -446,8 +446,18 @@ mod tests {
                 cursor: Some("i2a".into()),
                 order: Some(query::Order::Desc),
                 follow: false,
+                descendants_of: None,
+                at: None,
             }
         );
+        let qs = query_string(
+            &args(&["--descendants-of", "42", "--at", "10m"]),
+            5,
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(qs, "limit=5&descendants_of=42&at=10m");
         // Defaults are not sent; follow is.
         assert_eq!(
             query_string(&args(&["-f"]), 1000, None, true).unwrap(),

@@ -380,6 +380,8 @@ mod tests {
             cursor: Some(encode_cursor(42)),
             order: Some(Order::Desc),
             follow: true,
+            descendants_of: Some(4),
+            at: Some("1m".into()),
         };
         let v = serde_json::to_value(&all).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
@@ -390,6 +392,19 @@ mod tests {
         assert_eq!(v["order"], "desc");
         let none = serde_json::to_value(EventsQuery::default()).unwrap();
         assert_eq!(none, serde_json::json!({}), "nothing given, nothing sent");
+    }
+
+    #[test]
+    fn descendants_of_and_at_are_checked() {
+        let mut q = EventsQuery::default();
+        q.set("descendants_of", "7".into()).unwrap();
+        q.set("at", "5m".into()).unwrap();
+        assert_eq!(q.descendants_of, Some(7));
+        assert_eq!(q.at.as_deref(), Some("5m"));
+        let e = q.set("at", "later".into()).unwrap_err();
+        assert!(e.contains("parameter 'at'"), "{e}");
+        let e = q.set("descendants_of", "x".into()).unwrap_err();
+        assert!(e.contains("parameter 'descendants_of'"), "{e}");
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl ProcTable {
                 }
                 if let Some((pp, start)) = read_stat(pid) {
                     t.ppid.insert(pid, pp);
-                    t.live.insert(pid, t.from_proc(pid, start));
+                    t.live.insert(pid, t.instance_from_proc(pid, start));
                 }
             }
         }
@@ -173,7 +173,7 @@ impl ProcTable {
         t
     }
 
-    fn from_proc(&self, pid: u32, start_ticks: u64) -> Instance {
+    fn instance_from_proc(&self, pid: u32, start_ticks: u64) -> Instance {
         let start = start_ticks * self.tick_ns;
         Instance {
             key: derive_key(&self.boot_id, pid, start),
@@ -202,7 +202,7 @@ impl ProcTable {
             return Some(*i);
         }
         let (pp, ticks) = read_stat(pid)?;
-        let mut i = self.from_proc(pid, ticks);
+        let mut i = self.instance_from_proc(pid, ticks);
         if i.start > t {
             return None;
         }
@@ -395,7 +395,7 @@ mod tests {
     fn table() -> (ProcTable, u32) {
         let mut t = ProcTable::new(BOOT, TICK, 0);
         let parent = 4_200_000_001;
-        t.live.insert(parent, t.from_proc(parent, 5));
+        t.live.insert(parent, t.instance_from_proc(parent, 5));
         (t, parent)
     }
 
@@ -438,7 +438,7 @@ mod tests {
         let (mut t, parent) = table();
         let child = 4_200_000_003;
         // As if an event of the child had read it from /proc (tick 100).
-        t.live.insert(child, t.from_proc(child, 100));
+        t.live.insert(child, t.instance_from_proc(child, 100));
         let early = t.live[&child].key;
         let mut f = ev("fork", child, parent, 100 * TICK as i64 + 3_000);
         t.enrich(&mut f);
