@@ -106,17 +106,25 @@ pub fn tree_text(t: &traceed_wire::Tree, out: &mut impl Write) -> std::io::Resul
         depth += 1;
     }
     writeln!(out, "{}* {}", "  ".repeat(depth), tree_line(&t.process))?;
-    let mut depths = std::collections::HashMap::new();
-    depths.insert(t.process.proc.as_str(), depth);
+    // Children under their parent, oldest first, depth first.
+    let mut children: std::collections::HashMap<&str, Vec<&traceed_wire::ProcEntry>> =
+        std::collections::HashMap::new();
     for d in &t.descendants {
-        let pd = d
-            .parent
-            .as_deref()
-            .and_then(|p| depths.get(p))
-            .copied()
-            .unwrap_or(depth);
-        depths.insert(d.proc.as_str(), pd + 1);
-        writeln!(out, "{}{}", "  ".repeat(pd + 1), tree_line(d))?;
+        let parent = d.parent.as_deref().unwrap_or(t.process.proc.as_str());
+        children.entry(parent).or_default().push(d);
+    }
+    for v in children.values_mut() {
+        v.sort_by_key(|p| (p.start, p.pid));
+    }
+    let mut stack: Vec<(&traceed_wire::ProcEntry, usize)> = children
+        .get(t.process.proc.as_str())
+        .map(|v| v.iter().rev().map(|p| (*p, depth + 1)).collect())
+        .unwrap_or_default();
+    while let Some((p, d)) = stack.pop() {
+        writeln!(out, "{}{}", "  ".repeat(d), tree_line(p))?;
+        if let Some(v) = children.get(p.proc.as_str()) {
+            stack.extend(v.iter().rev().map(|c| (*c, d + 1)));
+        }
     }
     if t.truncated {
         writeln!(out, "(more descendants than shown)")?;

@@ -245,39 +245,57 @@ impl ProcTable {
     fn announce(&mut self, pid: u32, i: Instance) -> Vec<Announced> {
         let mut out = Vec::new();
         let (mut pid, mut i) = (pid, i);
-        while i.from_proc && !i.announced && out.len() < 256 {
-            if let Some(live) = self.live.get_mut(&pid) {
-                live.announced = true;
+        let mut first = true;
+        while out.len() < 256 {
+            let pending = i.from_proc && !i.announced;
+            // Above the event's own process, the first one already told of
+            // ends the walk: its ancestry was told with it.
+            if !pending && !first {
+                break;
             }
+            first = false;
             let ppid = self.ppid.get(&pid).copied();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .ok()
-                .filter(|c| !c.is_empty())
-                .map(|c| {
-                    let s = String::from_utf8_lossy(&c);
-                    s.trim_end_matches('\0').replace('\0', " ")
-                });
-            // The owner of /proc/<pid> is the process's effective uid.
-            let uid = std::fs::metadata(format!("/proc/{pid}"))
-                .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-            out.push(Announced {
-                key: i.key,
-                pid,
-                ppid,
-                parent: i.parent,
-                uid,
-                start: i.start as i64 + self.boot_to_wall,
-                exe: self.exe.get(&pid).map(|s| s.to_string()),
-                cmdline,
-            });
+            if pending {
+                if let Some(live) = self.live.get_mut(&pid) {
+                    live.announced = true;
+                }
+                out.push(self.read_announced(pid, ppid, i));
+            }
             let Some((pp, parent)) = ppid.and_then(|pp| Some((pp, *self.live.get(&pp)?))) else {
                 break;
             };
+            if pp == pid {
+                break;
+            }
             pid = pp;
             i = parent;
         }
         out
+    }
+
+    /// What /proc says of an instance older than the daemon.
+    fn read_announced(&self, pid: u32, ppid: Option<u32>, i: Instance) -> Announced {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                let s = String::from_utf8_lossy(&c);
+                s.trim_end_matches('\0').replace('\0', " ")
+            });
+        // The owner of /proc/<pid> is the process's effective uid.
+        let uid = std::fs::metadata(format!("/proc/{pid}"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        Announced {
+            key: i.key,
+            pid,
+            ppid,
+            parent: i.parent,
+            uid,
+            start: i.start as i64 + self.boot_to_wall,
+            exe: self.exe.get(&pid).map(|s| s.to_string()),
+            cmdline,
+        }
     }
 
     /// Fill `e.exe`, `e.proc` (and `e.ppid` when the kernel could not) and
@@ -449,6 +467,22 @@ mod tests {
         let mut f2 = ev("fork", child, parent, 300 * TICK as i64);
         t.enrich(&mut f2);
         assert_ne!(f2.proc, f.proc);
+    }
+
+    #[test]
+    fn a_fork_announces_the_ancestry_older_than_the_daemon_once() {
+        let (mut t, parent) = table();
+        let grand = 4_200_000_000;
+        t.live.insert(grand, t.instance_from_proc(grand, 1));
+        t.ppid.insert(parent, grand);
+        let child = 4_200_000_004;
+        let mut f = ev("fork", child, parent, 1_000_000_000);
+        t.enrich(&mut f);
+        let told: Vec<u32> = f.lineage.unwrap().announce.iter().map(|a| a.pid).collect();
+        assert_eq!(told, [parent, grand]);
+        let mut again = ev("fork", child + 1, parent, 1_100_000_000);
+        t.enrich(&mut again);
+        assert!(again.lineage.unwrap().announce.is_empty());
     }
 
     #[test]
