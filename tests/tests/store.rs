@@ -299,7 +299,7 @@ fn schema_1_database_is_upgraded_on_start() {
         dir: Some(dir.clone()),
         ..Default::default()
     });
-    assert_eq!(status(&d).schema_version, 5);
+    assert_eq!(status(&d).schema_version, 6);
     let old = d.events(&["--comm", "oldcomm", "--since", "1h"]);
     assert_eq!(old.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(old[0].exe.as_deref(), Some("/bin/old"));
