@@ -396,6 +396,8 @@ impl Gen {
             retval,
             args,
             fidelity: self.fidelity.clone(),
+            proc: None,
+            lineage: None,
         }
     }
 }

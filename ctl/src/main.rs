@@ -44,6 +44,18 @@ struct Cli {
 enum Command {
     /// List recorded events (oldest first), or follow them live.
     Events(Box<EventsArgs>),
+    /// Show a process's ancestry (up to pid 1) and everything it started.
+    Tree {
+        /// Process id (host view).
+        pid: u32,
+        /// When the pid named the process (default now: the live process
+        /// with that pid, or the most recent one); a duration back or RFC 3339.
+        #[arg(long)]
+        at: Option<String>,
+        /// Output format (default: an indented tree on a terminal, json otherwise).
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Format>,
+    },
     /// Show which rung of the portability ladder runs, and the store's state.
     Status {
         /// table: a summary for people; json: the daemon's status object.
@@ -143,6 +155,13 @@ struct EventsArgs {
     /// Print the matching history, then keep printing new events as they happen.
     #[arg(short = 'f', long)]
     follow: bool,
+    /// Only events of this process (pid at --at) and of everything it
+    /// started, at any depth.
+    #[arg(long, conflicts_with = "follow")]
+    descendants_of: Option<u32>,
+    /// With --descendants-of: when the pid named the process (default now).
+    #[arg(long, requires = "descendants_of")]
+    at: Option<String>,
     /// Events fetched per request while paging (tests use small pages).
     #[arg(long, hide = true, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=u64::from(query::MAX_LIMIT)))]
     page_size: u64,
@@ -233,6 +252,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: RulesCommand::Check { paths },
         } => rules_check(&paths),
         Command::Alerts(a) => alerts(&api, &a).await,
+        Command::Tree { pid, at, output } => {
+            let q = serde_urlencoded::to_string([("pid", Some(pid.to_string())), ("at", at)])?;
+            let t: serde_json::Value = api.get_json(&format!("/v1/tree?{q}")).await?;
+            let format = output.unwrap_or(if std::io::stdout().is_terminal() {
+                Format::Table
+            } else {
+                Format::Json
+            });
+            let mut out = std::io::stdout().lock();
+            match format {
+                Format::Table => {
+                    let t: traceed_wire::Tree = serde_json::from_value(t)
+                        .map_err(|e| ClientError::Protocol(format!("tree: {e}")))?;
+                    output::tree_text(&t, &mut out)?
+                }
+                Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&t)?)?,
+                Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&t)?)?,
+            }
+            out.flush()?;
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             let mut out = std::io::stdout().lock();
@@ -365,6 +405,8 @@ fn query_string(
         cursor: cursor.map(str::to_owned),
         order: (a.order == Order::Desc).then_some(query::Order::Desc),
         follow,
+        descendants_of: a.descendants_of,
+        at: a.at.clone(),
     };
     Ok(serde_urlencoded::to_string(&q)?)
 }
@@ -542,8 +584,18 @@ mod tests {
                 cursor: Some("i2a".into()),
                 order: Some(query::Order::Desc),
                 follow: false,
+                descendants_of: None,
+                at: None,
             }
         );
+        let qs = query_string(
+            &args(&["--descendants-of", "42", "--at", "10m"]),
+            5,
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(qs, "limit=5&descendants_of=42&at=10m");
         // Defaults are not sent; follow is.
         assert_eq!(
             query_string(&args(&["-f"]), 1000, None, true).unwrap(),

@@ -86,6 +86,69 @@ fn errno_name(errno: i64) -> String {
     name.into()
 }
 
+/// One line of `tracectl tree`: pid, key, user, command line, start,
+/// lifetime and how it ended.
+fn tree_line(p: &traceed_wire::ProcEntry) -> String {
+    let cmd = p
+        .cmdline
+        .as_deref()
+        .or(p.exe.as_deref())
+        .or(p.comm.as_deref())
+        .unwrap_or("?");
+    let start = p.start.map_or_else(|| "start ?".into(), local_time);
+    let end = match (p.exit, p.signal, p.exit_code) {
+        (None, _, _) => "running".to_string(),
+        (Some(_), Some(sig), _) => format!("killed by signal {sig}"),
+        (Some(_), None, Some(c)) => format!("exit {c}"),
+        (Some(_), None, None) => "exited".to_string(),
+    };
+    let life = p
+        .lifetime_s
+        .map_or_else(String::new, |s| format!(" after {s:.3}s"));
+    format!(
+        "{} [{}] uid={} {}  ({start}, {end}{life})",
+        p.pid,
+        p.proc,
+        opt(&p.uid),
+        terminal_safe(cmd)
+    )
+}
+
+/// `tracectl tree` for a terminal: the ancestry from the top, then the
+/// process (marked) and its descendants, indented by depth.
+pub fn tree_text(t: &traceed_wire::Tree, out: &mut impl Write) -> std::io::Result<()> {
+    let mut depth = 0;
+    for a in &t.ancestors {
+        writeln!(out, "{}{}", "  ".repeat(depth), tree_line(a))?;
+        depth += 1;
+    }
+    writeln!(out, "{}* {}", "  ".repeat(depth), tree_line(&t.process))?;
+    // Children under their parent, oldest first, depth first.
+    let mut children: std::collections::HashMap<&str, Vec<&traceed_wire::ProcEntry>> =
+        std::collections::HashMap::new();
+    for d in &t.descendants {
+        let parent = d.parent.as_deref().unwrap_or(t.process.proc.as_str());
+        children.entry(parent).or_default().push(d);
+    }
+    for v in children.values_mut() {
+        v.sort_by_key(|p| (p.start, p.pid));
+    }
+    let mut stack: Vec<(&traceed_wire::ProcEntry, usize)> = children
+        .get(t.process.proc.as_str())
+        .map(|v| v.iter().rev().map(|p| (*p, depth + 1)).collect())
+        .unwrap_or_default();
+    while let Some((p, d)) = stack.pop() {
+        writeln!(out, "{}{}", "  ".repeat(d), tree_line(p))?;
+        if let Some(v) = children.get(p.proc.as_str()) {
+            stack.extend(v.iter().rev().map(|c| (*c, d + 1)));
+        }
+    }
+    if t.truncated {
+        writeln!(out, "(more descendants than shown)")?;
+    }
+    Ok(())
+}
+
 pub fn local_time(ns: i64) -> String {
     let Ok(ts) = jiff::Timestamp::from_nanosecond(ns as i128) else {
         return ns.to_string();

@@ -101,6 +101,54 @@ pub struct Event {
     pub retval: Option<i64>,
     pub args: serde_json::Value,
     pub fidelity: String,
+    /// The process instance: 16 hex digits, different for two processes
+    /// that shared a pid (see [`proc_key_hex`]); null when unknown.
+    #[serde(default)]
+    pub proc: Option<String>,
+    /// What the daemon's process table knew when it saw the event, for the
+    /// store's `procs` table; never on the wire, never stored per event.
+    #[serde(skip)]
+    pub lineage: Option<Lineage>,
+}
+
+/// The parent instance and start of the event's process, as the daemon's
+/// process table derived them (internal: pipeline -> writer).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lineage {
+    /// Key of the parent process instance, when known.
+    pub parent: Option<u64>,
+    /// Wall-clock start of the process (ns since the epoch), when known.
+    pub start: Option<i64>,
+    /// Processes the store has not been told of yet, read from /proc: the
+    /// event's own (when older than the daemon) and its ancestors, so a
+    /// tree reaches pid 1 even through processes that recorded nothing.
+    pub announce: Vec<Announced>,
+}
+
+/// A process instance the daemon met in /proc (internal, see [`Lineage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    pub key: u64,
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub parent: Option<u64>,
+    pub uid: Option<u32>,
+    pub start: i64,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+}
+
+/// A process key as the API shows it: 16 lower-case hex digits.
+pub fn proc_key_hex(key: u64) -> String {
+    format!("{key:016x}")
+}
+
+/// The inverse of [`proc_key_hex`]; None unless exactly 16 hex digits.
+pub fn parse_proc_key(s: &str) -> Option<u64> {
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
 }
 
 impl Event {
@@ -125,6 +173,8 @@ impl Event {
             retval: None,
             args: serde_json::Value::Object(Default::default()),
             fidelity: fidelity.into(),
+            proc: None,
+            lineage: None,
         }
     }
 
@@ -150,6 +200,43 @@ impl Event {
 pub struct EventsPage {
     pub events: Vec<Event>,
     pub next_cursor: Option<String>,
+}
+
+/// One process instance in a `GET /v1/tree` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcEntry {
+    /// The instance key (as `Event::proc`).
+    pub proc: String,
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    /// The parent instance's key, when known.
+    pub parent: Option<String>,
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    /// The last exec's argv joined by spaces (null: no exec recorded).
+    pub cmdline: Option<String>,
+    #[serde(default, with = "opt_ts_rfc3339")]
+    pub start: Option<i64>,
+    #[serde(default, with = "opt_ts_rfc3339")]
+    pub exit: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    /// exit - start in seconds; null while running or when either is unknown.
+    pub lifetime_s: Option<f64>,
+}
+
+/// `GET /v1/tree` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    pub process: ProcEntry,
+    /// From the oldest known ancestor (pid 1 when recorded) down to the
+    /// parent.
+    pub ancestors: Vec<ProcEntry>,
+    /// Every process it started, at any depth; each after its parent.
+    pub descendants: Vec<ProcEntry>,
+    /// More descendants exist than the answer holds.
+    pub truncated: bool,
 }
 
 /// Every 4xx answer carries this body.
@@ -360,7 +447,7 @@ mod tests {
         let e = Event::lost(Some(7), "kernel", 1_000_000_000, 2_000_000_001, "core");
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
-            r#"{"id":0,"ts":"1970-01-01T00:00:02.000000001Z","kind":"lost","pid":null,"tid":null,"ppid":null,"uid":null,"gid":null,"comm":null,"ns_pid":null,"exe":null,"cgroup_id":null,"container_id":null,"mnt_ns":null,"pid_ns":null,"retval":null,"args":{"count":7,"from":"1970-01-01T00:00:01.000000000Z","source":"kernel","to":"1970-01-01T00:00:02.000000001Z"},"fidelity":"core"}"#
+            r#"{"id":0,"ts":"1970-01-01T00:00:02.000000001Z","kind":"lost","pid":null,"tid":null,"ppid":null,"uid":null,"gid":null,"comm":null,"ns_pid":null,"exe":null,"cgroup_id":null,"container_id":null,"mnt_ns":null,"pid_ns":null,"retval":null,"args":{"count":7,"from":"1970-01-01T00:00:01.000000000Z","source":"kernel","to":"1970-01-01T00:00:02.000000001Z"},"fidelity":"core","proc":null}"#
         );
         let d = Event::lost(None, "downtime", 0, 5, "fallback");
         assert_eq!(

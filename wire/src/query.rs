@@ -119,6 +119,16 @@ pub const PARAMS: &[Param] = &[
         ParamType::Boolean,
         "Stream instead of paging: NDJSON, one event per line, first the history the other filters select, then live events as they are stored, with no gap and no duplicate between the two. A reader too slow for the live stream gets a `lost` line (`args.source` = `follower`, `args.count` = events skipped before filtering: an upper bound) and continues; the skipped events are in the store. The stream ends only when the client closes it.",
     ),
+    param(
+        "descendants_of",
+        ParamType::Integer,
+        "Only events of the process with this pid at `at` (default now: the live process with that pid, else the most recent one) and of every process it started, at any depth (process instances, so a reused pid never joins). A pid with no such process is a 404. At most 100000 processes are followed. Cannot be combined with `follow=true`.",
+    ),
+    param(
+        "at",
+        ParamType::String,
+        "With `descendants_of`: the time at which the pid names the process; same forms as `since`.",
+    ),
 ];
 
 /// `order=`: oldest first (the default) or newest first.
@@ -165,6 +175,10 @@ pub struct EventsQuery {
     pub order: Option<Order>,
     #[serde(skip_serializing_if = "is_false")]
     pub follow: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub descendants_of: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 fn comma_list<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
@@ -297,6 +311,8 @@ impl EventsQuery {
                     _ => return Err(format!("parameter 'follow': '{v}' is not true or false")),
                 }
             }
+            "descendants_of" => self.descendants_of = Some(parse_num(k, &v)?),
+            "at" => self.at = time(v)?,
             _ => unreachable!("checked against PARAMS"),
         }
         Ok(())
@@ -364,6 +380,8 @@ mod tests {
             cursor: Some(encode_cursor(42)),
             order: Some(Order::Desc),
             follow: true,
+            descendants_of: Some(4),
+            at: Some("1m".into()),
         };
         let v = serde_json::to_value(&all).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
@@ -374,6 +392,19 @@ mod tests {
         assert_eq!(v["order"], "desc");
         let none = serde_json::to_value(EventsQuery::default()).unwrap();
         assert_eq!(none, serde_json::json!({}), "nothing given, nothing sent");
+    }
+
+    #[test]
+    fn descendants_of_and_at_are_checked() {
+        let mut q = EventsQuery::default();
+        q.set("descendants_of", "7".into()).unwrap();
+        q.set("at", "5m".into()).unwrap();
+        assert_eq!(q.descendants_of, Some(7));
+        assert_eq!(q.at.as_deref(), Some("5m"));
+        let e = q.set("at", "later".into()).unwrap_err();
+        assert!(e.contains("parameter 'at'"), "{e}");
+        let e = q.set("descendants_of", "x".into()).unwrap_err();
+        assert!(e.contains("parameter 'descendants_of'"), "{e}");
     }
 
     #[test]

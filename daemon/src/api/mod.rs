@@ -10,6 +10,7 @@ mod query;
 pub mod serve;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -95,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(alerts::get))
+        .route("/v1/tree", get(tree::tree))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -315,7 +317,20 @@ async fn events(
     State(st): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (q, follow) = parse_query(raw.as_deref())?;
+    let (mut q, follow, desc) = query::parse_query_full(raw.as_deref())?;
+    if let Some(d) = desc {
+        let key = tree::resolve(&st.store, d.pid, d.at).await?;
+        let (keys, more) = st.store.proc_and_descendants(key).await?;
+        if more {
+            // Said in the log; the answer covers the first MAX_DESCENDANTS.
+            tracing::warn!(
+                pid = d.pid,
+                cap = crate::store::procs::MAX_DESCENDANTS,
+                "descendants_of: more descendants than the cap; the rest are left out"
+            );
+        }
+        q.procs = Some(keys);
+    }
     if follow {
         return Ok(follow::stream(st, q));
     }

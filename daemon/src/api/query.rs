@@ -11,8 +11,21 @@ use crate::store::Query;
 
 pub use traceed_wire::query::encode_cursor;
 
+/// `descendants_of` and its `at` (resolved against the clock), which the
+/// handler turns into `Query::procs` with the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descendants {
+    pub pid: u32,
+    pub at: Option<i64>,
+}
+
 /// Strict parsing: unknown, repeated or empty parameters are errors.
 pub fn parse_query(raw: Option<&str>) -> Result<(Query, bool), ApiError> {
+    parse_query_full(raw).map(|(q, f, _)| (q, f))
+}
+
+/// [`parse_query`], and the `descendants_of` request if any.
+pub fn parse_query_full(raw: Option<&str>) -> Result<(Query, bool, Option<Descendants>), ApiError> {
     // The only errors are EventsQuery's own, each naming the parameter.
     let p: EventsQuery =
         serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -36,6 +49,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<(Query, bool), ApiError> {
         exe: p.exe,
         container: p.container,
         fidelity: p.fidelity,
+        procs: None,
         after_id: p
             .cursor
             .as_deref()
@@ -54,5 +68,21 @@ pub fn parse_query(raw: Option<&str>) -> Result<(Query, bool), ApiError> {
             "parameter 'order': desc cannot be combined with follow=true (a stream runs oldest to newest)",
         ));
     }
-    Ok((q, p.follow))
+    let at = time("at", &p.at)?;
+    let desc = match (p.descendants_of, at) {
+        (Some(pid), at) => Some(Descendants { pid, at }),
+        (None, Some(_)) => {
+            return Err(ApiError::bad(
+                "parameter 'at': only meaningful with descendants_of",
+            ))
+        }
+        (None, None) => None,
+    };
+    if desc.is_some() && p.follow {
+        return Err(ApiError::bad(
+            "parameter 'descendants_of': cannot be combined with follow=true \
+             (the set of processes is decided when the request is made)",
+        ));
+    }
+    Ok((q, p.follow, desc))
 }

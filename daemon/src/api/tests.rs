@@ -50,6 +50,8 @@ fn event(kind: &str, ts: i64, pid: u32) -> Event {
         retval: None,
         args: serde_json::json!({}),
         fidelity: "core".into(),
+        proc: None,
+        lineage: None,
     }
 }
 
@@ -755,12 +757,60 @@ async fn openapi_document_matches_the_code() {
     for p in [
         "/v1/events",
         "/v1/alerts",
+        "/v1/tree",
         "/v1/status",
         "/healthz",
         "/metrics",
         "/v1/openapi.json",
     ] {
         assert!(paths.iter().any(|x| *x == p), "{p} undocumented");
+    }
+    let tree_params: Vec<&str> = doc["paths"]["/v1/tree"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tree_params,
+        super::tree::PARAMS,
+        "documented tree parameters"
+    );
+    let entry = traceed_wire::ProcEntry {
+        proc: traceed_wire::proc_key_hex(1),
+        pid: 1,
+        ppid: None,
+        parent: None,
+        uid: None,
+        comm: None,
+        exe: None,
+        cmdline: None,
+        start: None,
+        exit: None,
+        exit_code: None,
+        signal: None,
+        lifetime_s: None,
+    };
+    let tree = serde_json::to_value(traceed_wire::Tree {
+        process: entry.clone(),
+        ancestors: vec![],
+        descendants: vec![],
+        truncated: false,
+    })
+    .unwrap();
+    for (schema, sample) in [
+        ("ProcEntry", serde_json::to_value(&entry).unwrap()),
+        ("Tree", tree),
+    ] {
+        let props = doc["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap();
+        let keys: Vec<&String> = sample.as_object().unwrap().keys().collect();
+        assert_eq!(
+            props.keys().collect::<Vec<_>>(),
+            keys,
+            "{schema} documented"
+        );
     }
     // Every field the daemon sends is documented, and only those.
     let status = &doc["components"]["schemas"]["Status"]["properties"];

@@ -538,6 +538,8 @@ pub fn to_event(
         retval: rec.has(c::EF_HAS_RETVAL).then_some(h.retval),
         args,
         fidelity: fidelity.to_string(),
+        proc: None,
+        lineage: None,
     };
     Ok(Decoded {
         event,
@@ -701,7 +703,7 @@ pub(crate) mod tests {
                             // Lengths that lie: past the data, or summing
                             // past it.
                             h.data_len = (d >> 40) as u32;
-                            h.str_len = [a as u16, (a >> 16) as u16, b as u16, u16::MAX];
+                            h.str_len = [a as u32, (a >> 32) as u32, b as u16 as u32, u32::MAX];
                         }
                     });
                     if shape == 4 {

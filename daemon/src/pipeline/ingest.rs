@@ -43,13 +43,16 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(fidelity: &'static str, tx: mpsc::Sender<Event>, counters: Arc<Counters>) -> Self {
+        // One offset for the decoder and the process table: the table turns
+        // wall times back into the boot clock its keys are derived from.
+        let boot_to_wall = clock::boot_to_wall_offset();
         Self {
             fidelity,
             tx,
             counters,
-            procs: ProcTable::seed_from_proc(),
+            procs: ProcTable::seed_from_proc(boot_to_wall),
             containers: crate::pipeline::cgroup::Containers::new(),
-            boot_to_wall: clock::boot_to_wall_offset(),
+            boot_to_wall,
             pending_drops: None,
             pending_decode: None,
             exe_scope: Default::default(),
@@ -155,6 +158,63 @@ fn now() -> i64 {
     traceed_wire::now_ns()
 }
 
+/// Per-CPU perf buffers are read one after the other, so a record can be
+/// read before an older one of another CPU (a child's first event before
+/// its fork record): each drain's records are put in time order, and those
+/// younger than this are held for the next drain, by when every CPU's
+/// older records are in their buffers. The ring buffer is one queue in
+/// reservation order and needs none of this.
+const REORDER_NS: u64 = 10_000_000;
+
+#[derive(Default)]
+struct Reorder {
+    held: Vec<Vec<u8>>,
+}
+
+impl Reorder {
+    fn ts(rec: &[u8]) -> u64 {
+        use crate::pipeline::contract::{OFF_TS_NS, SIZE_TS_NS};
+        rec.get(OFF_TS_NS..OFF_TS_NS + SIZE_TS_NS)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_ne_bytes)
+    }
+
+    /// Hand over, oldest first, every held record at or before `horizon`
+    /// (boot-clock ns; everything when None).
+    fn release(&mut self, horizon: Option<u64>, f: &mut dyn FnMut(&[u8])) {
+        self.held.sort_by_key(|r| Self::ts(r));
+        let n = match horizon {
+            Some(h) => self.held.partition_point(|r| Self::ts(r) <= h),
+            None => self.held.len(),
+        };
+        for r in self.held.drain(..n) {
+            f(&r);
+        }
+    }
+}
+
+fn boot_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Drain `source` into the pipeline, through `reorder` for perf buffers.
+fn drain(source: &mut EventSource, reorder: &mut Option<Reorder>, p: &mut Pipeline, last: bool) {
+    match reorder {
+        None => source.drain(&mut |rec| p.handle_record(rec)),
+        Some(r) => {
+            let horizon = (!last).then(|| boot_now_ns().saturating_sub(REORDER_NS));
+            source.drain(&mut |rec| r.held.push(rec.to_vec()));
+            r.release(horizon, &mut |rec| p.handle_record(rec));
+        }
+    }
+}
+
 /// Longest a record waits in the ring when the ring is nearly empty.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -180,6 +240,7 @@ pub async fn run(
     for rec in pending {
         p.handle_record(&rec);
     }
+    let mut reorder = matches!(source, EventSource::Perf(_)).then(Reorder::default);
     let mut fds = Vec::new();
     for fd in source.fds() {
         // SAFETY: `source` keeps the fd open and unchanged until this
@@ -192,15 +253,15 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The programs wake us only when the ring is filling up; a trickle of
     // events is collected by this timer instead (bounded latency).
-    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = any_readable(&fds) => {
-                source.drain(&mut |rec| p.handle_record(rec));
+                drain(&mut source, &mut reorder, &mut p, false);
             }
-            _ = drain.tick() => {
-                source.drain(&mut |rec| p.handle_record(rec));
+            _ = drain_tick.tick() => {
+                drain(&mut source, &mut reorder, &mut p, false);
             }
             _ = tick.tick() => {
                 p.account_loss(lost_map.as_ref());
@@ -209,7 +270,7 @@ pub async fn run(
                 }
             }
             _ = stop.changed() => {
-                source.drain(&mut |rec| p.handle_record(rec));
+                drain(&mut source, &mut reorder, &mut p, true);
                 p.account_loss(lost_map.as_ref());
                 return Ok(());
             }

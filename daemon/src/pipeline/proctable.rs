@@ -1,6 +1,20 @@
 //! The user-space process table: what the kernel record does not carry for
-//! every event (the executable path), kept per tgid. Seeded from /proc at
-//! start so processes older than the daemon are known too.
+//! every event (the executable path, ppid on the fallback rung, and the
+//! process instance key), kept per tgid. Seeded from /proc at start so
+//! processes older than the daemon are known too.
+//!
+//! Process identity: a pid names a process only until it is reused, so every
+//! event also gets `proc`, a key for the process *instance*:
+//! `fnv1a64(boot_id, tgid, start)`, where `start` is the boot-clock time the
+//! instance began, in ns. For a process forked while traceed runs, `start`
+//! is the timestamp of its fork record (every rung fills `ts_ns` from
+//! CLOCK_BOOTTIME, so the derivation is the same on every rung); for one
+//! older than the daemon it is `/proc/<pid>/stat` starttime (clock ticks
+//! since boot) in ns. Two instances of one pid cannot share a start: the
+//! second is forked only after the first was reaped. The key is decided
+//! once per instance, when the instance is first seen, and every later event
+//! of that tgid takes it from here; records arrive in causal order (see
+//! `kernel::source`), so a new instance's events never precede its fork.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -8,25 +22,97 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use traceed_wire::Event;
+use traceed_wire::{Announced, Event, Lineage};
 
 use super::decoder::{raw_bytes, store_bytes, PathAt};
 
-#[derive(Default)]
+/// One process instance as the table knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Instance {
+    key: u64,
+    /// Boot-clock ns the instance started (tick resolution when from /proc).
+    start: u64,
+    parent: Option<u64>,
+    /// Derived from /proc rather than from a fork record this daemon saw.
+    from_proc: bool,
+    /// A from_proc instance the store has been told of (Lineage::announce).
+    announced: bool,
+}
+
 pub struct ProcTable {
     /// The path's bytes: it is rendered per event (`decoder::store_bytes`).
     exe: HashMap<u32, Arc<[u8]>>,
     /// Parent of each known process: what the fallback object cannot read
     /// from the kernel comes from fork events and /proc.
     ppid: HashMap<u32, u32>,
+    /// The live instance of each tgid.
+    live: HashMap<u32, Instance>,
+    boot_id: [u8; 16],
+    /// ns per clock tick of /proc/<pid>/stat starttime.
+    tick_ns: u64,
+    /// Wall minus boot clock (the decoder's offset), to get back to ts_ns.
+    boot_to_wall: i64,
 }
 
-/// The ppid field of /proc/<pid>/stat (after the parenthesised comm, which
-/// may itself contain spaces and parentheses).
-fn read_ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// FNV-1a over the boot id, the tgid and the start: stable across daemon
+/// restarts (all three are facts of the kernel), and 64 bits so a clash of
+/// two instances is negligible (and never of two instances of one pid with
+/// different starts under the same boot, short of a hash collision).
+pub fn derive_key(boot_id: &[u8; 16], pid: u32, start_boot_ns: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in boot_id
+        .iter()
+        .copied()
+        .chain(pid.to_le_bytes())
+        .chain(start_boot_ns.to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// /proc/sys/kernel/random/boot_id (a UUID) as 16 bytes; zeros if absent.
+fn read_boot_id() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        let hex: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
+        for (i, pair) in hex.chunks(2).take(16).enumerate() {
+            let v = std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok());
+            out[i] = v.unwrap_or(0);
+        }
+    }
+    out
+}
+
+fn clock_tick_ns() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        1_000_000_000 / hz as u64
+    } else {
+        10_000_000
+    }
+}
+
+/// ppid and starttime (ticks since boot) from /proc/<pid>/stat, after the
+/// parenthesised comm (which may itself contain spaces and parentheses).
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the comm: state(0) ppid(1) ... starttime is field 22 of the
+    // line, index 19 here.
+    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+fn read_stat(pid: u32) -> Option<(u32, u64)> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn read_ppid(pid: u32) -> Option<u32> {
+    read_stat(pid).map(|(pp, _)| pp)
 }
 
 fn read_exe(pid: u32) -> Option<Arc<[u8]>> {
@@ -35,9 +121,26 @@ fn read_exe(pid: u32) -> Option<Arc<[u8]>> {
     Some(Arc::from(b.strip_suffix(b" (deleted)").unwrap_or(b)))
 }
 
+impl Default for ProcTable {
+    fn default() -> Self {
+        Self::new(read_boot_id(), clock_tick_ns(), 0)
+    }
+}
+
 impl ProcTable {
-    pub fn seed_from_proc() -> Self {
-        let mut t = Self::default();
+    fn new(boot_id: [u8; 16], tick_ns: u64, boot_to_wall: i64) -> Self {
+        Self {
+            exe: HashMap::new(),
+            ppid: HashMap::new(),
+            live: HashMap::new(),
+            boot_id,
+            tick_ns,
+            boot_to_wall,
+        }
+    }
+
+    pub fn seed_from_proc(boot_to_wall: i64) -> Self {
+        let mut t = Self::new(read_boot_id(), clock_tick_ns(), boot_to_wall);
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for ent in dir.flatten() {
                 let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -46,12 +149,42 @@ impl ProcTable {
                 if let Some(exe) = read_exe(pid) {
                     t.exe.insert(pid, exe);
                 }
-                if let Some(pp) = read_ppid(pid) {
+                if let Some((pp, start)) = read_stat(pid) {
                     t.ppid.insert(pid, pp);
+                    t.live.insert(pid, t.instance_from_proc(pid, start));
                 }
             }
         }
+        // Parents once every instance is known (a parent may have a higher pid).
+        let parents: Vec<(u32, Option<u64>)> = t
+            .live
+            .keys()
+            .map(|&pid| {
+                let pk = t
+                    .ppid
+                    .get(&pid)
+                    .and_then(|pp| t.live.get(pp))
+                    .map(|i| i.key);
+                (pid, pk)
+            })
+            .collect();
+        for (pid, pk) in parents {
+            if let Some(i) = t.live.get_mut(&pid) {
+                i.parent = pk;
+            }
+        }
         t
+    }
+
+    fn instance_from_proc(&self, pid: u32, start_ticks: u64) -> Instance {
+        let start = start_ticks * self.tick_ns;
+        Instance {
+            key: derive_key(&self.boot_id, pid, start),
+            start,
+            parent: None,
+            from_proc: true,
+            announced: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -62,8 +195,117 @@ impl ProcTable {
         self.exe.is_empty()
     }
 
-    /// Fill `e.exe` (and `e.ppid` when the kernel could not) and update the
-    /// table from what the event says.
+    /// The instance of `pid` at boot-clock time `t`: the live one, or one
+    /// read from /proc if it was running by then (a process whose fork this
+    /// daemon did not see: older than the daemon, or its fork was lost).
+    /// None when the pid now names a process that started after `t`: the
+    /// event's process is gone and its key cannot be known.
+    fn instance_at(&mut self, pid: u32, t: u64) -> Option<Instance> {
+        if let Some(i) = self.live.get(&pid) {
+            return Some(*i);
+        }
+        let (pp, ticks) = read_stat(pid)?;
+        let mut i = self.instance_from_proc(pid, ticks);
+        if i.start > t {
+            return None;
+        }
+        i.parent = self.live.get(&pp).map(|p| p.key);
+        self.ppid.entry(pid).or_insert(pp);
+        self.live.insert(pid, i);
+        Some(i)
+    }
+
+    /// A fork record: a new instance of the child's tgid starts at `t`.
+    fn forked(&mut self, pid: u32, ppid: Option<u32>, t: u64) -> Instance {
+        let parent = ppid.and_then(|pp| self.instance_at(pp, t)).map(|i| i.key);
+        let tick = self.tick_ns.max(1);
+        let inst = match self.live.get(&pid) {
+            // Already read from /proc within this instance's tick: it is this
+            // process, met before its fork record was handled (an event of the
+            // child read /proc first). Keep the key its events already have.
+            Some(old) if old.from_proc && old.start / tick + 1 >= t / tick && old.start <= t => {
+                Instance {
+                    parent: parent.or(old.parent),
+                    start: t,
+                    ..*old
+                }
+            }
+            _ => Instance {
+                key: derive_key(&self.boot_id, pid, t),
+                start: t,
+                parent,
+                from_proc: false,
+                announced: true,
+            },
+        };
+        self.live.insert(pid, inst);
+        inst
+    }
+
+    /// The instances from /proc on `pid`'s ancestry (itself included) not
+    /// yet announced to the store, marked announced now. Each is read from
+    /// /proc once; a fork's child is never among them.
+    fn announce(&mut self, pid: u32, i: Instance) -> Vec<Announced> {
+        let mut out = Vec::new();
+        let (mut pid, mut i) = (pid, i);
+        let mut first = true;
+        while out.len() < 256 {
+            let pending = i.from_proc && !i.announced;
+            // Above the event's own process, the first one already told of
+            // ends the walk: its ancestry was told with it.
+            if !pending && !first {
+                break;
+            }
+            first = false;
+            let ppid = self.ppid.get(&pid).copied();
+            if pending {
+                if let Some(live) = self.live.get_mut(&pid) {
+                    live.announced = true;
+                }
+                out.push(self.read_announced(pid, ppid, i));
+            }
+            let Some((pp, parent)) = ppid.and_then(|pp| Some((pp, *self.live.get(&pp)?))) else {
+                break;
+            };
+            if pp == pid {
+                break;
+            }
+            pid = pp;
+            i = parent;
+        }
+        out
+    }
+
+    /// What /proc says of an instance older than the daemon.
+    fn read_announced(&self, pid: u32, ppid: Option<u32>, i: Instance) -> Announced {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                let s = String::from_utf8_lossy(&c);
+                s.trim_end_matches('\0').replace('\0', " ")
+            });
+        // The owner of /proc/<pid> is the process's effective uid.
+        let uid = std::fs::metadata(format!("/proc/{pid}"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        Announced {
+            key: i.key,
+            pid,
+            ppid,
+            parent: i.parent,
+            uid,
+            start: i.start as i64 + self.boot_to_wall,
+            exe: self
+                .exe
+                .get(&pid)
+                .map(|s| String::from_utf8_lossy(s).into_owned()),
+            cmdline,
+        }
+    }
+
+    /// Fill `e.exe`, `e.proc` (and `e.ppid` when the kernel could not) and
+    /// update the table from what the event says.
     pub fn enrich(&mut self, e: &mut Event) {
         let Some(pid) = e.pid else { return };
         match e.ppid {
@@ -77,6 +319,20 @@ impl ProcTable {
                     Some(pp)
                 });
             }
+        }
+        let t = (e.ts - self.boot_to_wall).max(0) as u64;
+        let inst = if e.kind == "fork" {
+            Some(self.forked(pid, e.ppid, t))
+        } else {
+            self.instance_at(pid, t)
+        };
+        if let Some(i) = inst {
+            e.proc = Some(traceed_wire::proc_key_hex(i.key));
+            e.lineage = Some(Lineage {
+                parent: i.parent,
+                start: Some(i.start as i64 + self.boot_to_wall),
+                announce: self.announce(pid, i),
+            });
         }
         // A failed exec (retval -errno) left the process as it was.
         let failed = e.retval.is_some_and(|r| r < 0);
@@ -123,6 +379,7 @@ impl ProcTable {
         if e.kind == "exit" {
             self.exe.remove(&pid);
             self.ppid.remove(&pid);
+            self.live.remove(&pid);
         }
     }
 }
@@ -154,5 +411,114 @@ pub fn absolutize(e: &mut Event, paths: &[PathAt]) {
             let abs = store_bytes(e, abs.as_os_str().as_bytes());
             e.args[p.field] = serde_json::Value::String(abs);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOT: [u8; 16] = [7; 16];
+    const TICK: u64 = 10_000_000;
+
+    fn ev(kind: &str, pid: u32, ppid: u32, t: i64) -> Event {
+        let mut e = Event::new(kind, t, "core");
+        e.pid = Some(pid);
+        e.ppid = Some(ppid);
+        e
+    }
+
+    /// A table that knows only `parent` (as if read from /proc) and cannot
+    /// read /proc for the made-up pids below (they are above pid_max).
+    fn table() -> (ProcTable, u32) {
+        let mut t = ProcTable::new(BOOT, TICK, 0);
+        let parent = 4_200_000_001;
+        t.live.insert(parent, t.instance_from_proc(parent, 5));
+        (t, parent)
+    }
+
+    #[test]
+    fn the_key_depends_on_boot_pid_and_start() {
+        let k = derive_key(&BOOT, 100, 1_000);
+        assert_eq!(k, derive_key(&BOOT, 100, 1_000), "deterministic");
+        assert_ne!(k, derive_key(&BOOT, 100, 1_001), "another start");
+        assert_ne!(k, derive_key(&BOOT, 101, 1_000), "another pid");
+        assert_ne!(k, derive_key(&[8; 16], 100, 1_000), "another boot");
+    }
+
+    #[test]
+    fn a_reused_pid_is_a_new_instance() {
+        let (mut t, parent) = table();
+        let child = 4_200_000_002;
+        let mut f1 = ev("fork", child, parent, 1_000_000_000);
+        t.enrich(&mut f1);
+        let mut o1 = ev("open", child, parent, 1_100_000_000);
+        t.enrich(&mut o1);
+        let mut x1 = ev("exit", child, parent, 1_200_000_000);
+        t.enrich(&mut x1);
+        // The same pid again, 1 µs later (ns_last_pid makes that possible).
+        let mut f2 = ev("fork", child, parent, 1_200_001_000);
+        t.enrich(&mut f2);
+        let mut o2 = ev("open", child, parent, 1_300_000_000);
+        t.enrich(&mut o2);
+        assert!(f1.proc.is_some());
+        assert_eq!(f1.proc, o1.proc);
+        assert_eq!(o1.proc, x1.proc);
+        assert_eq!(f2.proc, o2.proc);
+        assert_ne!(f1.proc, f2.proc, "two instances of one pid share a key");
+        let pk = t.live[&parent].key;
+        assert_eq!(f1.lineage.unwrap().parent, Some(pk));
+        assert_eq!(f2.lineage.unwrap().start, Some(1_200_001_000));
+    }
+
+    #[test]
+    fn a_child_met_before_its_fork_record_keeps_its_key() {
+        let (mut t, parent) = table();
+        let child = 4_200_000_003;
+        // As if an event of the child had read it from /proc (tick 100).
+        t.live.insert(child, t.instance_from_proc(child, 100));
+        let early = t.live[&child].key;
+        let mut f = ev("fork", child, parent, 100 * TICK as i64 + 3_000);
+        t.enrich(&mut f);
+        assert_eq!(f.proc, Some(traceed_wire::proc_key_hex(early)));
+        // A fork much later is another instance.
+        let mut x = ev("exit", child, parent, 200 * TICK as i64);
+        t.enrich(&mut x);
+        let mut f2 = ev("fork", child, parent, 300 * TICK as i64);
+        t.enrich(&mut f2);
+        assert_ne!(f2.proc, f.proc);
+    }
+
+    #[test]
+    fn a_fork_announces_the_ancestry_older_than_the_daemon_once() {
+        let (mut t, parent) = table();
+        let grand = 4_200_000_000;
+        t.live.insert(grand, t.instance_from_proc(grand, 1));
+        t.ppid.insert(parent, grand);
+        let child = 4_200_000_004;
+        let mut f = ev("fork", child, parent, 1_000_000_000);
+        t.enrich(&mut f);
+        let told: Vec<u32> = f.lineage.unwrap().announce.iter().map(|a| a.pid).collect();
+        assert_eq!(told, [parent, grand]);
+        let mut again = ev("fork", child + 1, parent, 1_100_000_000);
+        t.enrich(&mut again);
+        assert!(again.lineage.unwrap().announce.is_empty());
+    }
+
+    #[test]
+    fn stat_fields_survive_a_comm_with_parentheses() {
+        let line = "42 (a) b) S 7 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 100000 10";
+        assert_eq!(parse_stat(line), Some((7, 12345)));
+    }
+
+    #[test]
+    fn this_process_gets_a_key_from_proc() {
+        let mut t = ProcTable::seed_from_proc(0);
+        let me = std::process::id();
+        let mut e = ev("open", me, 1, i64::MAX / 2);
+        t.enrich(&mut e);
+        let (_, ticks) = read_stat(me).unwrap();
+        let want = derive_key(&read_boot_id(), me, ticks * clock_tick_ns());
+        assert_eq!(e.proc, Some(traceed_wire::proc_key_hex(want)));
     }
 }

@@ -21,6 +21,7 @@ use traceed_wire::Event;
 
 pub mod clickhouse;
 pub mod export;
+pub mod procs;
 mod query;
 mod raw;
 pub mod retention;

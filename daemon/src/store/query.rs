@@ -26,6 +26,9 @@ pub struct Query {
     pub exe: Option<String>,
     pub container: Option<String>,
     pub fidelity: Option<String>,
+    /// Only events of these process instances (keys as stored); Some(empty)
+    /// matches nothing. `descendants_of` resolves to this.
+    pub procs: Option<Vec<i64>>,
     /// Rows with id strictly after (asc) or before (desc) this one.
     pub after_id: Option<i64>,
     pub desc: bool,
@@ -54,6 +57,12 @@ impl Query {
                     .is_some_and(|c| c.starts_with(v.as_str()))
             })
             && self.fidelity.as_ref().is_none_or(|v| &e.fidelity == v)
+            && self.procs.as_ref().is_none_or(|set| {
+                e.proc
+                    .as_deref()
+                    .and_then(traceed_wire::parse_proc_key)
+                    .is_some_and(|k| set.contains(&(k as i64)))
+            })
     }
 }
 
@@ -61,7 +70,7 @@ impl Query {
 const SELECT: &str = "SELECT e.id, e.ts, k.s AS kind, e.pid, e.tid, e.ppid, e.uid, e.gid, \
      c.s AS comm, e.ns_pid, x.s AS exe, e.cgroup_id, ct.s AS container_id, \
      e.mnt_ns + 4026531840 AS mnt_ns, e.pid_ns + 4026531840 AS pid_ns, \
-     e.retval, e.args, ak.s AS args_keys, f.s AS fidelity \
+     e.retval, e.args, ak.s AS args_keys, f.s AS fidelity, e.proc \
      FROM events e \
      LEFT JOIN strings k ON k.id = e.kind \
      LEFT JOIN strings c ON c.id = e.comm \
@@ -411,6 +420,15 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
             });
         }
     }
+    if let Some(set) = &q.procs {
+        if set.is_empty() {
+            return Ok(None);
+        }
+        filters.push(Filter {
+            col: BlockCol::Proc,
+            values: set.clone(),
+        });
+    }
     let fidelity = match &q.fidelity {
         Some(f) => match string_ids(c, std::slice::from_ref(f)).await?.first() {
             Some(id) => Some(*id),
@@ -471,6 +489,10 @@ fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
         retval: r.try_get("retval")?,
         args: decode_args(&args, r.try_get("args_keys")?),
         fidelity: r.try_get("fidelity")?,
+        proc: r
+            .try_get::<Option<i64>, _>("proc")?
+            .map(|k| traceed_wire::proc_key_hex(k as u64)),
+        lineage: None,
     })
 }
 

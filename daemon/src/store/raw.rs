@@ -31,7 +31,7 @@ impl WriteError {
 
 /// Integer columns of one `events` row, in the order of EVENTS' parameters
 /// with `args` (parameter 17) left out.
-pub(super) type IntCols = [Option<i64>; 18];
+pub(super) type IntCols = [Option<i64>; 19];
 
 /// One batch as it is written: every column bound from here, so the events
 /// themselves stay with the async side for publishing. Reused between
@@ -47,6 +47,18 @@ pub(super) struct Encoded {
     pub fresh: Vec<(i64, String)>,
     /// event_blocks rows: (col, value, block).
     pub blocks: Vec<[i64; 3]>,
+    /// Upserts of the `procs` table (store::procs).
+    pub procs: Vec<ProcRow>,
+}
+
+/// One upsert of a `procs` row: known fields replace, unknown ones (None)
+/// keep what the row has.
+#[derive(Debug, Default, Clone)]
+pub(super) struct ProcRow {
+    /// key, pid, ppid, parent, uid, start_ts, exit_ts, exit_code, signal,
+    /// exe, comm, last_id.
+    pub ints: [Option<i64>; 12],
+    pub cmdline: Option<String>,
 }
 
 impl Encoded {
@@ -56,17 +68,29 @@ impl Encoded {
         self.arg_ends.clear();
         self.fresh.clear();
         self.blocks.clear();
+        self.procs.clear();
     }
 }
 
 const EVENTS: &CStr = c"INSERT OR FAIL INTO events (id, ts, kind, pid, tid, ppid, uid, gid, comm, \
-    ns_pid, exe, cgroup_id, container_id, mnt_ns, pid_ns, retval, args, fidelity, args_keys) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+    ns_pid, exe, cgroup_id, container_id, mnt_ns, pid_ns, retval, args, fidelity, args_keys, proc) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+const PROCS: &CStr = c"INSERT INTO procs (key, pid, ppid, parent, uid, start_ts, exit_ts, \
+    exit_code, signal, exe, comm, last_id, cmdline) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+    ON CONFLICT (key) DO UPDATE SET ppid = coalesce(excluded.ppid, ppid), \
+    parent = coalesce(parent, excluded.parent), uid = coalesce(excluded.uid, uid), \
+    start_ts = coalesce(start_ts, excluded.start_ts), \
+    exit_ts = coalesce(excluded.exit_ts, exit_ts), \
+    exit_code = coalesce(excluded.exit_code, exit_code), \
+    signal = coalesce(excluded.signal, signal), exe = coalesce(excluded.exe, exe), \
+    comm = coalesce(excluded.comm, comm), cmdline = coalesce(excluded.cmdline, cmdline), \
+    last_id = max(last_id, excluded.last_id)";
 /// OR IGNORE: a string or block row carried over from a failed batch, or
 /// re-offered after a restart, may already be stored.
 const STRINGS: &CStr = c"INSERT OR IGNORE INTO strings (id, s) VALUES (?1, ?2)";
 const BLOCKS: &CStr = c"INSERT OR IGNORE INTO event_blocks (col, value, block) VALUES (?1, ?2, ?3)";
-const COLS: usize = 19;
+const COLS: usize = 20;
 const ARGS_PARAM: usize = 17;
 
 /// Rows per multi-row INSERT: amortizes what SQLite does once per statement
@@ -361,7 +385,7 @@ impl Conn {
             let start = if i == 0 { 0 } else { b.arg_ends[i - 1] };
             let mut rc = st.text_static(base + ARGS_PARAM, &b.args[start..b.arg_ends[i]]);
             for (c, v) in b.ints[i].iter().enumerate() {
-                // Parameters 1..=16, then 18 and 19 (17 is args).
+                // Parameters 1..=16, then 18..=20 (17 is args).
                 let p = if c + 1 < ARGS_PARAM { c + 1 } else { c + 2 };
                 rc |= st.int(base + p, *v);
             }
@@ -372,7 +396,24 @@ impl Conn {
             st.int(base + 1, Some(col))
                 | st.int(base + 2, Some(value))
                 | st.int(base + 3, Some(block))
-        })
+        })?;
+        if !b.procs.is_empty() {
+            // One row per statement: an upsert cannot be batched by
+            // multi_row, and these are a few per process, not per event.
+            let mut st = Stmt::prepare(db, PROCS)?;
+            for p in &b.procs {
+                let mut rc = 0;
+                for (i, v) in p.ints.iter().enumerate() {
+                    rc |= st.int(i + 1, *v);
+                }
+                rc |= match &p.cmdline {
+                    Some(c) => st.text_static(13, c.as_bytes()),
+                    None => st.int(13, None),
+                };
+                st.step(rc)?;
+            }
+        }
+        Ok(())
     }
 }
 

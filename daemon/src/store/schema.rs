@@ -28,6 +28,9 @@ pub(crate) enum BlockCol {
     Comm = 5,
     Exe = 6,
     Container = 7,
+    /// The process instance key (migration 6); 8..15 are the payload
+    /// filters'.
+    Proc = 20,
 }
 
 impl BlockCol {
@@ -40,6 +43,7 @@ impl BlockCol {
             Self::Comm => "comm",
             Self::Exe => "exe",
             Self::Container => "container_id",
+            Self::Proc => "proc",
         }
     }
 }

@@ -920,3 +920,78 @@ async fn retention_by_size_bounds_the_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The writer keeps `procs` from fork/exec/exit; a tree and
+/// descendants_of follow keys (a reused pid stays apart); retention deletes
+/// process rows with their events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn procs_follow_keys_and_go_with_their_events() {
+    let dir = temp_dir("procs");
+    let store = Store::open(&dir).await.unwrap();
+    let now = traceed_wire::now_ns();
+    let t0 = now - 1000 * MIN;
+    let proc_ev = |ts: i64, kind: &str, pid: u32, ppid: u32, key: u64, parent: Option<u64>| {
+        let mut e = ev(ts, kind, pid, "sh");
+        e.ppid = Some(ppid);
+        e.proc = Some(traceed_wire::proc_key_hex(key));
+        e.lineage = Some(traceed_wire::Lineage {
+            parent,
+            start: Some(if key == 3 { now - MIN / 2 } else { t0 }),
+            announce: vec![],
+        });
+        e.args = match kind {
+            "exec" => serde_json::json!({"filename": "/bin/sh", "argv": ["sh", "-c", "x"]}),
+            "exit" => serde_json::json!({"exit_code": 3, "signal": null}),
+            _ => serde_json::json!({}),
+        };
+        e
+    };
+    // Old: pid 100 (key 1) with child pid 101 (key 2); both exit. Then pid
+    // 101 is reused (key 3) by a child of an unrelated process (key 9).
+    let mut evs = vec![
+        proc_ev(t0, "fork", 100, 1, 1, None),
+        proc_ev(t0 + 1, "fork", 101, 100, 2, Some(1)),
+        proc_ev(t0 + 2, "exec", 101, 100, 2, Some(1)),
+        proc_ev(t0 + 3, "exit", 101, 100, 2, Some(1)),
+        proc_ev(t0 + 4, "exit", 100, 1, 1, None),
+    ];
+    evs.extend(minutely(now, 999));
+    evs.push(proc_ev(now - MIN / 2, "fork", 101, 50, 3, Some(9)));
+    evs.push(proc_ev(now - MIN / 3, "open", 101, 50, 3, Some(9)));
+    write_all(&store, evs).await;
+
+    let old = store.proc_at(101, Some(t0 + 2)).await.unwrap().unwrap();
+    assert_eq!(old, 2);
+    assert_eq!(store.proc_at(101, None).await.unwrap(), Some(3));
+    let t = store.tree(1).await.unwrap().unwrap();
+    assert_eq!(t.descendants.len(), 1, "the reused pid is not a descendant");
+    assert_eq!(t.descendants[0].proc, traceed_wire::proc_key_hex(2));
+    assert_eq!(t.descendants[0].exit_code, Some(3));
+    assert_eq!(t.descendants[0].cmdline.as_deref(), Some("sh -c x"));
+    let (keys, more) = store.proc_and_descendants(1).await.unwrap();
+    assert!(!more);
+    let q = Query {
+        procs: Some(keys),
+        limit: 100,
+        ..Query::default()
+    };
+    let (got, _) = store.query(&q).await.unwrap();
+    assert_eq!(got.len(), 5, "{got:#?}");
+
+    let mut r = Retention::new(
+        &store,
+        Policy {
+            max_age: Duration::from_secs(100 * 60),
+            max_bytes: u64::MAX,
+            min_free_bytes: 0,
+            interval: Duration::from_secs(1),
+        },
+    )
+    .await
+    .unwrap();
+    r.pass().await.unwrap();
+    assert_eq!(store.proc_at(101, Some(t0 + 2)).await.unwrap(), None);
+    assert!(store.tree(1).await.unwrap().is_none());
+    assert_eq!(store.proc_at(101, None).await.unwrap(), Some(3));
+    let _ = std::fs::remove_dir_all(&dir);
+}

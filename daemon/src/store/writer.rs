@@ -20,7 +20,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{broadcast, mpsc};
 use traceed_wire::Event;
 
-use super::raw::{Conn, Encoded, WriteError};
+use super::raw::{Conn, Encoded, ProcRow, WriteError};
 use super::{BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
 use crate::service::metrics::Counters;
 use crate::store::export::Exporter;
@@ -212,6 +212,73 @@ pub struct Writer {
     keys: Vec<u8>,
     dropped: Option<Dropped>,
     last_attempt: Option<Instant>,
+    /// Process keys with a `procs` row written since start and no exit yet:
+    /// their other events need no upsert.
+    procs_seen: foldhash::HashSet<i64>,
+}
+
+/// procs_seen is cleared past this (processes whose exit was lost would
+/// otherwise stay forever); the cost is one upsert per live process again.
+const PROCS_SEEN_MAX: usize = 1 << 20;
+
+/// The `procs` upsert an event calls for, if any: the first event of an
+/// instance, and every fork, exec and exit.
+fn proc_row(
+    e: &Event,
+    key: i64,
+    id: i64,
+    exe: Option<i64>,
+    comm: Option<i64>,
+    seen: &mut foldhash::HashSet<i64>,
+) -> Option<ProcRow> {
+    let lifecycle = matches!(e.kind.as_str(), "fork" | "exec" | "exit");
+    if !seen.insert(key) && !lifecycle {
+        return None;
+    }
+    if seen.len() > PROCS_SEEN_MAX {
+        seen.clear();
+    }
+    let u = |v: Option<u32>| v.map(i64::from);
+    let lineage = e.lineage.clone().unwrap_or_default();
+    let arg = |k: &str| e.args.get(k).and_then(serde_json::Value::as_i64);
+    let (mut exit_ts, mut exit_code, mut signal, mut cmdline) = (None, None, None, None);
+    match e.kind.as_str() {
+        "exit" => {
+            exit_ts = Some(e.ts);
+            exit_code = arg("exit_code");
+            signal = arg("signal");
+            seen.remove(&key);
+        }
+        // A failed exec changed nothing.
+        "exec" if e.retval.is_none_or(|r| r >= 0) => {
+            cmdline = e.args.get("argv").and_then(|a| a.as_array()).map(|a| {
+                a.iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+        }
+        _ => {}
+    }
+    let exec_ok = e.kind != "exec" || cmdline.is_some();
+    Some(ProcRow {
+        ints: [
+            Some(key),
+            u(e.pid),
+            u(e.ppid),
+            lineage.parent.map(|p| p as i64),
+            u(e.uid),
+            lineage.start,
+            exit_ts,
+            exit_code,
+            signal,
+            // exe and comm change at exec; another event's are the same.
+            exe.filter(|_| exec_ok),
+            comm.filter(|_| exec_ok),
+            Some(id),
+        ],
+        cmdline,
+    })
 }
 
 impl Writer {
@@ -266,6 +333,7 @@ impl Writer {
             keys: Vec::new(),
             dropped: None,
             last_attempt: None,
+            procs_seen: Default::default(),
         })
     }
 
@@ -431,6 +499,11 @@ impl Writer {
                 .then(|| std::str::from_utf8(&self.keys).ok())
                 .flatten()
                 .map(|k| self.strings.id(k, fresh));
+            let proc = e
+                .proc
+                .as_deref()
+                .and_then(traceed_wire::parse_proc_key)
+                .map(|k| k as i64);
             encode_args(&e.args, keys.is_some(), &mut enc.args);
             enc.arg_ends.push(enc.args.len());
             enc.ints.push([
@@ -452,7 +525,32 @@ impl Writer {
                 e.retval,
                 Some(fidelity),
                 keys,
+                proc,
             ]);
+            if let Some(k) = proc {
+                enc.procs
+                    .extend(proc_row(e, k, id, exe, comm, &mut self.procs_seen));
+            }
+            for a in e.lineage.iter().flat_map(|l| &l.announce) {
+                let exe = a.exe.as_deref().map(|s| self.strings.id(s, &mut enc.fresh));
+                enc.procs.push(ProcRow {
+                    ints: [
+                        Some(a.key as i64),
+                        Some(i64::from(a.pid)),
+                        a.ppid.map(i64::from),
+                        a.parent.map(|p| p as i64),
+                        a.uid.map(i64::from),
+                        Some(a.start),
+                        None,
+                        None,
+                        None,
+                        exe,
+                        None,
+                        Some(id),
+                    ],
+                    cmdline: a.cmdline.clone(),
+                });
+            }
             let block = id >> BLOCK_SHIFT;
             if block != self.block {
                 self.block = block;
@@ -466,6 +564,7 @@ impl Writer {
                 (BlockCol::Comm, comm),
                 (BlockCol::Exe, exe),
                 (BlockCol::Container, container),
+                (BlockCol::Proc, proc),
             ] {
                 if let Some(v) = v {
                     if self.block_seen.insert((col, v)) {
