@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use http_body_util::BodyExt;
-use traceed_wire::{query, Event, EventsPage, EventsQuery, Status};
+use traceed_wire::{query, Coverage, Event, EventsPage, EventsQuery, Status};
 
 use client::{Api, ClientError};
 use output::Format;
@@ -92,6 +92,21 @@ struct EventsArgs {
     /// Only events recorded by this rung: core, kernel or fallback.
     #[arg(long, value_parser = ["core", "kernel", "fallback"])]
     fidelity: Option<String>,
+    /// Only events naming this path (open, unlink, chmod, exec, mount target, either side of a rename): exact, or a prefix ending in '*' (/etc/*).
+    #[arg(long)]
+    path: Option<String>,
+    /// Only connect/accept/bind with this address or in this CIDR block (10.0.0.5, 10.0.0.0/8, ::1, fd00::/8).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Only connect/accept/bind with this port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Only execs whose argv, joined by spaces, contains this text.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Only events whose syscall returned an error.
+    #[arg(long)]
+    failed: bool,
     /// Oldest first (asc, the default) or newest first (desc).
     #[arg(long, value_enum, default_value = "asc", conflicts_with = "follow")]
     order: Order,
@@ -222,6 +237,11 @@ fn query_string(
         exe: a.exe.clone(),
         container: a.container.clone(),
         fidelity: a.fidelity.clone(),
+        path: a.path.clone(),
+        addr: a.addr.clone(),
+        port: a.port,
+        cmdline: a.cmdline.clone(),
+        failed: a.failed,
         // --page-size is at most MAX_LIMIT, so is what is left of --limit.
         limit: Some(u32::try_from(page).unwrap_or(query::MAX_LIMIT)),
         cursor: cursor.map(str::to_owned),
@@ -256,6 +276,10 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
             query_string(&a, page, cursor.as_deref(), false)?
         );
         let p: EventsPage = api.get_json(&path).await?;
+        if cursor.is_none() {
+            // Every page carries the coverage of the whole window: warn once.
+            warn_incomplete(p.coverage.as_ref());
+        }
         printed += p.events.len() as u64;
         match format {
             // A table needs all rows to size its columns.
@@ -290,6 +314,14 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one stderr line of an incomplete answer; stdout and the exit status
+/// are unchanged.
+fn warn_incomplete(c: Option<&Coverage>) {
+    if let Some(w) = c.and_then(Coverage::warning) {
+        eprintln!("{w}");
+    }
+}
+
 async fn follow(
     api: &Api,
     a: &EventsArgs,
@@ -299,6 +331,11 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let path = format!("/v1/events?{}", query_string(a, a.page_size, None, true)?);
     let resp = api.get(&path).await?;
+    let coverage = resp
+        .headers()
+        .get(traceed_wire::COVERAGE_HEADER)
+        .and_then(|v| serde_json::from_slice::<Coverage>(v.as_bytes()).ok());
+    warn_incomplete(coverage.as_ref());
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
     let mut printed = 0u64;
@@ -382,6 +419,15 @@ mod tests {
             "3f4e2a",
             "--fidelity",
             "core",
+            "--path",
+            "/etc/*",
+            "--addr",
+            "10.0.0.0/8",
+            "--port",
+            "443",
+            "--cmdline",
+            "base64 -d",
+            "--failed",
             "--order",
             "desc",
         ]);
@@ -400,6 +446,11 @@ mod tests {
                 exe: Some("/usr/bin/x+y".into()),
                 container: Some("3f4e2a".into()),
                 fidelity: Some("core".into()),
+                path: Some("/etc/*".into()),
+                addr: Some("10.0.0.0/8".into()),
+                port: Some(443),
+                cmdline: Some("base64 -d".into()),
+                failed: true,
                 limit: Some(100),
                 cursor: Some("i2a".into()),
                 order: Some(query::Order::Desc),

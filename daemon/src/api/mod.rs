@@ -302,8 +302,19 @@ async fn events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let (q, follow) = parse_query(raw.as_deref())?;
+    let coverage = st.store.coverage(q.since, q.until).await?;
     if follow {
-        return Ok(follow::stream(st, q));
+        // A stream has no body to put it in: the coverage of its history
+        // (the window up to now) travels in a header; loss after that
+        // arrives as `lost` lines in the stream itself.
+        let mut r = follow::stream(st, q);
+        if let Some(v) = serde_json::to_string(&coverage)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            r.headers_mut().insert(traceed_wire::COVERAGE_HEADER, v);
+        }
+        return Ok(r);
     }
     let (events, more) = st.store.query(&q).await?;
     let next_cursor = if more {
@@ -314,6 +325,7 @@ async fn events(
     Ok(Json(EventsPage {
         events,
         next_cursor,
+        coverage: Some(coverage),
     })
     .into_response())
 }

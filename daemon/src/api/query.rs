@@ -3,7 +3,7 @@
 //! `Query`: times resolved against the clock, the cursor decoded, and the
 //! checks that take two parameters.
 
-use traceed_wire::query::{decode_cursor, Order, BAD_CURSOR, DEFAULT_LIMIT};
+use traceed_wire::query::{decode_cursor, Cidr, Order, PathMatch, BAD_CURSOR, DEFAULT_LIMIT};
 use traceed_wire::EventsQuery;
 
 use super::ApiError;
@@ -36,6 +36,22 @@ pub fn parse_query(raw: Option<&str>) -> Result<(Query, bool), ApiError> {
         exe: p.exe,
         container: p.container,
         fidelity: p.fidelity,
+        // EventsQuery checked both; these cannot fail here.
+        path: p
+            .path
+            .as_deref()
+            .map(|v| {
+                PathMatch::parse(v).map_err(|e| ApiError::bad(format!("parameter 'path': {e}")))
+            })
+            .transpose()?,
+        addr: p
+            .addr
+            .as_deref()
+            .map(|v| Cidr::parse(v).map_err(|e| ApiError::bad(format!("parameter 'addr': {e}"))))
+            .transpose()?,
+        port: p.port,
+        cmdline: p.cmdline,
+        failed: p.failed,
         after_id: p
             .cursor
             .as_deref()

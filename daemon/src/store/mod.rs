@@ -21,6 +21,7 @@ use traceed_wire::Event;
 
 pub mod clickhouse;
 pub mod export;
+mod payload;
 mod query;
 mod raw;
 pub mod retention;
