@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use http_body_util::BodyExt;
-use traceed_wire::{query, Coverage, Event, EventsPage, EventsQuery, Status};
+use traceed_wire::{query, CountsPage, Coverage, Event, EventsPage, EventsQuery, Status};
 
 use client::{Api, ClientError};
 use output::Format;
@@ -107,6 +107,12 @@ struct EventsArgs {
     /// Only events whose syscall returned an error.
     #[arg(long)]
     failed: bool,
+    /// Instead of events, the most frequent values of this field among them, with counts.
+    #[arg(long, value_name = "FIELD", conflicts_with_all = ["follow", "limit"])]
+    count_by: Option<String>,
+    /// With --count-by: how many values to list (the rest are counted as other).
+    #[arg(long, requires = "count_by", default_value_t = traceed_wire::DEFAULT_TOP as u64, value_parser = clap::value_parser!(u64).range(1..=traceed_wire::MAX_TOP as u64))]
+    top: u64,
     /// Oldest first (asc, the default) or newest first (desc).
     #[arg(long, value_enum, default_value = "asc", conflicts_with = "follow")]
     order: Order,
@@ -259,6 +265,9 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
     });
     let max = a.limit.unwrap_or(u64::MAX);
     let mut out = std::io::stdout().lock();
+    if let Some(by) = &a.count_by {
+        return counts(api, &a, by, format, &mut out).await;
+    }
     if a.follow {
         return follow(api, &a, format, max, &mut out).await;
     }
@@ -309,6 +318,56 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
         Format::Table if all.is_empty() => writeln!(out, "no events match")?,
         Format::Table => writeln!(out, "{}", output::table(&all, output::terminal_width()))?,
         Format::Jsonl => {}
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `--count-by`: a table on a terminal, else the JSON answer.
+async fn counts(
+    api: &Api,
+    a: &EventsArgs,
+    by: &str,
+    format: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut qs = query_string(a, 1, None, false)?;
+    // Counts take the filters, not paging.
+    qs = qs
+        .split('&')
+        .filter(|kv| !kv.starts_with("limit="))
+        .collect::<Vec<_>>()
+        .join("&");
+    let extra = serde_urlencoded::to_string([("by", by), ("top", &a.top.to_string())])?;
+    let sep = if qs.is_empty() { "" } else { "&" };
+    let p: CountsPage = api
+        .get_json(&format!("/v1/events/counts?{qs}{sep}{extra}"))
+        .await?;
+    warn_incomplete(Some(&p.coverage));
+    match format {
+        Format::Table => {
+            let width = p
+                .counts
+                .iter()
+                .map(|c| c.value.chars().count())
+                .chain([by.len(), 5])
+                .max()
+                .unwrap_or(5);
+            writeln!(out, "{:>12}  {by}", "COUNT")?;
+            for c in &p.counts {
+                writeln!(out, "{:>12}  {}", traceed_wire::thousands(c.count), c.value)?;
+            }
+            if p.other > 0 {
+                writeln!(out, "{:>12}  (other)", traceed_wire::thousands(p.other))?;
+            }
+            writeln!(
+                out,
+                "{:>12}  {:-<width$}",
+                traceed_wire::thousands(p.total),
+                "total "
+            )?;
+        }
+        Format::Json | Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&p)?)?,
     }
     out.flush()?;
     Ok(())

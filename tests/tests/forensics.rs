@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::process::Command;
 
 use traceed_tests::{http_get, unique, Daemon, DaemonOpts};
-use traceed_wire::{Event, EventsPage};
+use traceed_wire::{Count, CountsPage, Event, EventsPage};
 
 /// Pids of `root` and everything it started, from the exec events.
 fn tree(d: &Daemon, since: &str, root: u32) -> HashSet<u32> {
@@ -124,6 +124,10 @@ fn forensic_filters_and_coverage_on_a_scripted_incident() {
             .iter()
             .all(|e| ["connect", "accept", "bind"].contains(&e.kind.as_str())));
     }
+    let connector = mine(&q(&["--port", &port]), &pids)[0]
+        .pid
+        .unwrap()
+        .to_string();
     let got = q(&["--addr", "10.0.0.0/8", "--port", &port]);
     assert!(mine(&got, &pids).is_empty(), "{got:?}");
     // cmdline: the exec of /bin/true with the marker (tracectl's own
@@ -147,6 +151,83 @@ fn forensic_filters_and_coverage_on_a_scripted_incident() {
             serde_json::json!(["/bin/true", format!("{marker}-x")])
         );
     }
+
+    // count-by, other filters applied: the test's own write of the secret
+    // and the incident's two opens.
+    let counts = |args: &[&str]| -> CountsPage {
+        let mut a = vec!["events", "-o", "json", "--since", since.as_str()];
+        a.extend_from_slice(args);
+        let out = d.ctl(&a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let c = counts(&["--count-by", "path", "--path", &format!("{dir}/*")]);
+    let want = [(secret.clone(), 2), (missing.clone(), 1)];
+    let got: Vec<(String, u64)> = c
+        .counts
+        .iter()
+        .map(|c| (c.value.clone(), c.count))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!((c.other, c.total, c.by.as_str()), (0, 3, "path"));
+    let c = counts(&[
+        "--count-by",
+        "path",
+        "--path",
+        &format!("{dir}/*"),
+        "--top",
+        "1",
+    ]);
+    assert_eq!((c.counts.len(), c.other, c.total), (1, 1, 3));
+    let c = counts(&[
+        "--count-by",
+        "port",
+        "--pid",
+        &connector,
+        "--kind",
+        "connect",
+    ]);
+    assert_eq!(
+        c.counts,
+        [Count {
+            value: port.clone(),
+            count: 1
+        }]
+    );
+    let c = counts(&["--count-by", "kind", "--pid", &connector]);
+    assert!(
+        c.counts
+            .iter()
+            .any(|c| c.value == "connect" && c.count == 1),
+        "{c:?}"
+    );
+    assert!(
+        c.counts.iter().any(|c| c.value == "exec" && c.count == 1),
+        "{c:?}"
+    );
+    let out = d.ctl(&[
+        "events",
+        "-o",
+        "table",
+        "--count-by",
+        "path",
+        "--path",
+        &secret,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().next().unwrap().contains("COUNT"), "{text}");
+    assert!(text.contains(&secret), "{text}");
+    let out = d.ctl(&["events", "--count-by", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("'by'") && err.contains("exe, comm, path, addr, port, kind, uid"),
+        "{err}"
+    );
 
     // Bad input: 400 naming the parameter; tracectl exits 1 with it.
     for (args, name) in [
@@ -239,6 +320,22 @@ fn forensic_filters_and_coverage_on_a_scripted_incident() {
     );
     // The test's own write of the file and the incident's read.
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), rows);
+    // Counts carry the same coverage and warning.
+    let out = d.ctl(&[
+        "events",
+        "-o",
+        "json",
+        "--since",
+        &since,
+        "--count-by",
+        "path",
+        "--path",
+        &secret,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    let c: CountsPage = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!c.coverage.complete && c.coverage.gaps[0].source == "downtime");
     drop(listener);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -133,6 +133,33 @@ pub struct Coverage {
     pub gaps: Vec<Gap>,
 }
 
+/// Fields `GET /v1/events/counts?by=` groups by.
+pub const COUNT_BY: &[&str] = &["exe", "comm", "path", "addr", "port", "kind", "uid"];
+/// Values listed when `top` is not given, and the most accepted.
+pub const DEFAULT_TOP: usize = 20;
+pub const MAX_TOP: usize = 1000;
+
+/// `GET /v1/events/counts` answer: the most frequent values of one field
+/// among the events the filters select.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CountsPage {
+    pub by: String,
+    /// Most frequent first (ties by value).
+    pub counts: Vec<Count>,
+    /// Events counted under a value not listed (beyond `top`, or a value
+    /// first seen after the distinct-value cap was reached).
+    pub other: u64,
+    /// Events counted (those that have the field).
+    pub total: u64,
+    pub coverage: Coverage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Count {
+    pub value: String,
+    pub count: u64,
+}
+
 /// The response header of `GET /v1/events?follow=true` holding the
 /// [`Coverage`] (JSON) of the history part of the stream.
 pub const COVERAGE_HEADER: &str = "x-traceed-coverage";

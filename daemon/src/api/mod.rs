@@ -21,11 +21,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::broadcast;
-use traceed_wire::{ErrorBody, Event, EventsPage, Refusal, SkippedHook, Status};
+use traceed_wire::{Count, CountsPage, ErrorBody, Event, EventsPage, Refusal, SkippedHook, Status};
 
 use crate::service::metrics::{Counters, Metrics};
 use crate::store::Store;
-pub use query::{encode_cursor, parse_query};
+pub use query::{encode_cursor, parse_counts, parse_query};
 use serve::Caller;
 
 /// The OpenAPI 3.1 description of everything below.
@@ -93,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
+        .route("/v1/events/counts", get(counts))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -122,7 +123,8 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-const ENDPOINTS: &str = "GET /v1/events, /v1/status, /v1/openapi.json, /healthz, /metrics";
+const ENDPOINTS: &str =
+    "GET /v1/events, /v1/events/counts, /v1/status, /v1/openapi.json, /healthz, /metrics";
 
 async fn not_found() -> ApiError {
     ApiError(
@@ -295,6 +297,25 @@ async fn status(State(st): State<Arc<AppState>>) -> Json<Status> {
         uptime_s: uptime.as_secs(),
         export: st.counters.export.get().map(|x| x.snapshot()),
     })
+}
+
+async fn counts(
+    State(st): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<CountsPage>, ApiError> {
+    let (q, by, top) = parse_counts(raw.as_deref())?;
+    let coverage = st.store.coverage(q.since, q.until).await?;
+    let (counts, other, total) = st.store.count_by(&q, &by, top).await?;
+    Ok(Json(CountsPage {
+        by,
+        counts: counts
+            .into_iter()
+            .map(|(value, count)| Count { value, count })
+            .collect(),
+        other,
+        total,
+        coverage,
+    }))
 }
 
 async fn events(

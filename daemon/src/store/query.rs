@@ -177,6 +177,67 @@ impl Store {
         Ok((rows, more))
     }
 
+    /// The `top` most frequent values of field `by` (one of
+    /// traceed_wire::COUNT_BY) among the events `q` selects, the count of
+    /// the rest, and the number counted. Pages through the query, so memory
+    /// is one page plus at most DISTINCT_CAP values: past the cap, values
+    /// not yet seen go to `other` (exact for the listed values only while
+    /// the cap is not reached).
+    pub async fn count_by(
+        &self,
+        q: &Query,
+        by: &str,
+        top: usize,
+    ) -> Result<(Vec<(String, u64)>, u64, u64), StoreError> {
+        let mut q = Query {
+            limit: 10_000,
+            desc: false,
+            after_id: None,
+            ..q.clone()
+        };
+        let mut counts: foldhash::HashMap<String, u64> = Default::default();
+        let (mut other, mut total) = (0u64, 0u64);
+        let mut add = |v: String| {
+            total += 1;
+            if let Some(n) = counts.get_mut(&v) {
+                *n += 1;
+            } else if counts.len() < DISTINCT_CAP {
+                counts.insert(v, 1);
+            } else {
+                other += 1;
+            }
+        };
+        loop {
+            let (rows, more) = self.query(&q).await?;
+            for e in &rows {
+                let (k, a) = (e.kind.as_str(), &e.args);
+                match by {
+                    "exe" => e.exe.clone().into_iter().for_each(&mut add),
+                    "comm" => e.comm.clone().into_iter().for_each(&mut add),
+                    "kind" => add(e.kind.clone()),
+                    "uid" => e.uid.into_iter().for_each(|u| add(u.to_string())),
+                    "path" => payload::paths(k, a).for_each(|p| add(p.to_string())),
+                    "addr" => payload::ip(k, a)
+                        .into_iter()
+                        .for_each(|ip| add(ip.to_string())),
+                    "port" => payload::port(k, a)
+                        .into_iter()
+                        .for_each(|p| add(p.to_string())),
+                    _ => {}
+                }
+            }
+            match (more, rows.last()) {
+                (true, Some(last)) => q.after_id = Some(last.id),
+                _ => break,
+            }
+        }
+        let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        other += v.iter().skip(top).map(|(_, n)| n).sum::<u64>();
+        v.truncate(top);
+        Ok((v, other, total))
+    }
+
     /// Loss that intersects [since, until): the stored `lost` rows whose
     /// span [from, to] overlaps it. A row is stamped `to`, so those with
     /// ts >= since are read (through the block index on kind; there are
@@ -286,6 +347,10 @@ fn push_gap(gaps: &mut Vec<(i64, i64, Gap)>, from: i64, to: i64, source: &str, c
     }
     last.2.count = last.2.count.zip(count).map(|(a, b)| a.saturating_add(b));
 }
+
+/// Distinct values `count_by` keeps; enough for any exe/comm/uid/kind/port
+/// population, a bound for paths and addresses (a few MB).
+const DISTINCT_CAP: usize = 100_000;
 
 /// Rows read per statement when rows are re-checked in Rust (a payload
 /// filter): enough that a sparse match does not cost a statement per row.
