@@ -346,13 +346,6 @@ async fn counts(
     warn_incomplete(Some(&p.coverage));
     match format {
         Format::Table => {
-            let width = p
-                .counts
-                .iter()
-                .map(|c| c.value.chars().count())
-                .chain([by.len(), 5])
-                .max()
-                .unwrap_or(5);
             writeln!(out, "{:>12}  {by}", "COUNT")?;
             for c in &p.counts {
                 writeln!(out, "{:>12}  {}", traceed_wire::thousands(c.count), c.value)?;
@@ -360,12 +353,7 @@ async fn counts(
             if p.other > 0 {
                 writeln!(out, "{:>12}  (other)", traceed_wire::thousands(p.other))?;
             }
-            writeln!(
-                out,
-                "{:>12}  {:-<width$}",
-                traceed_wire::thousands(p.total),
-                "total "
-            )?;
+            writeln!(out, "{:>12}  (total)", traceed_wire::thousands(p.total))?;
         }
         Format::Json | Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&p)?)?,
     }
