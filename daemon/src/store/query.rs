@@ -707,7 +707,7 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
     // Split on the spaces argv is joined with: each piece lies within one
     // argv element, so it occurs verbatim in the args JSON unless JSON
     // escapes it (then it is left to the re-check).
-    let needles = q
+    let mut needles: Vec<String> = q
         .cmdline
         .iter()
         .flat_map(|t| t.split(' '))
@@ -715,6 +715,20 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
         .filter(|p| serde_json::to_string(p).is_ok_and(|j| j.len() == p.len() + 2))
         .map(str::to_owned)
         .collect();
+    // A path is stored as a JSON string, escaped as serde_json escapes this
+    // one: the quoted path (or the open-quoted prefix) occurs verbatim, so
+    // the re-check decodes only rows that hold it.
+    if let Some(m) = &q.path {
+        let (p, exact) = match m {
+            PathMatch::Exact(p) => (p, true),
+            PathMatch::Prefix(p) => (p, false),
+        };
+        let mut j = serde_json::to_string(p).unwrap_or_default();
+        if !exact {
+            j.pop();
+        }
+        needles.push(j);
+    }
     let fidelity = match &q.fidelity {
         Some(f) => match string_ids(c, std::slice::from_ref(f)).await?.first() {
             Some(id) => Some(*id),
