@@ -489,6 +489,17 @@ async fn main() -> anyhow::Result<()> {
                     if i % rare_every == rare_every / 2 {
                         e.comm = Some(RARE_COMM.into());
                     }
+                    // The forensic needles: 20 reads of /etc/shadow and 20
+                    // connects to 10.9.9.9:4444 in the whole store.
+                    if i % rare_every == rare_every / 3 {
+                        e.kind = "open".into();
+                        e.args = serde_json::json!({"path": "/etc/shadow", "flags": 0, "mode": 0});
+                    }
+                    if i % rare_every == rare_every / 4 {
+                        e.kind = "connect".into();
+                        e.args =
+                            serde_json::json!({"family": "inet", "addr": "10.9.9.9", "port": 4444});
+                    }
                     e
                 })
                 .collect()
@@ -587,7 +598,67 @@ async fn main() -> anyhow::Result<()> {
             },
         ),
     ];
-    for (name, q) in queries {
+    use traceed_wire::query::{Cidr, PathMatch};
+    let forensic: Vec<(&str, store::Query)> = vec![
+        (
+            "path=/etc/shadow (20 rows) limit=100",
+            store::Query {
+                path: Some(PathMatch::parse("/etc/shadow").map_err(anyhow::Error::msg)?),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "addr=10.9.9.9 (20 rows) limit=100",
+            store::Query {
+                addr: Some(Cidr::parse("10.9.9.9").map_err(anyhow::Error::msg)?),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "port=4444 (20 rows) limit=100",
+            store::Query {
+                port: Some(4444),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "path=/etc/* limit=100",
+            store::Query {
+                path: Some(PathMatch::parse("/etc/*").map_err(anyhow::Error::msg)?),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "path=/etc/* since=1h limit=1000",
+            store::Query {
+                path: Some(PathMatch::parse("/etc/*").map_err(anyhow::Error::msg)?),
+                since: Some(traceed_wire::now_ns() - HOUR),
+                limit: 1000,
+                ..Default::default()
+            },
+        ),
+        (
+            "addr=10.9.0.0/16 (CIDR, 20 rows) limit=100",
+            store::Query {
+                addr: Some(Cidr::parse("10.9.0.0/16").map_err(anyhow::Error::msg)?),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "cmdline=base64 -d (no match: every exec row) limit=100",
+            store::Query {
+                cmdline: Some("base64 -d".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, q) in queries.into_iter().chain(forensic) {
         let mut times = Vec::new();
         let mut got = 0;
         for _ in 0..a.runs {
@@ -604,6 +675,35 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
+    let day = store::Query {
+        since: Some(traceed_wire::now_ns() - 24 * HOUR),
+        ..Default::default()
+    };
+    let mut times = Vec::new();
+    for _ in 0..a.runs.min(5) {
+        let t = Instant::now();
+        let (top, _, _) = st.count_by(&day, "exe", 20).await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(top);
+    }
+    results.push((
+        "count-by exe since=1d (top 20)".into(),
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.95),
+        20,
+    ));
+    let mut times = Vec::new();
+    for _ in 0..a.runs {
+        let t = Instant::now();
+        std::hint::black_box(st.coverage(day.since, None).await?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    results.push((
+        "coverage since=1d".into(),
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.95),
+        0,
+    ));
     println!(
         "store benchmark: {n} events over {}h, runs of mean {} events per process, db {}",
         a.span_h,

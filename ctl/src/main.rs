@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use http_body_util::BodyExt;
-use traceed_wire::{query, Alert, Event, EventsPage, EventsQuery, Status};
+use traceed_wire::{query, Alert, CountsPage, Coverage, Event, EventsPage, EventsQuery, Status};
 
 use client::{Api, ClientError};
 use output::Format;
@@ -146,6 +146,27 @@ struct EventsArgs {
     /// Only events recorded by this rung: core, kernel or fallback.
     #[arg(long, value_parser = ["core", "kernel", "fallback"])]
     fidelity: Option<String>,
+    /// Only events naming this path (open, unlink, chmod, exec, mount target, either side of a rename): exact, or a prefix ending in '*' (/etc/*).
+    #[arg(long)]
+    path: Option<String>,
+    /// Only connect/accept/bind with this address or in this CIDR block (10.0.0.5, 10.0.0.0/8, ::1, fd00::/8).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Only connect/accept/bind with this port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Only execs whose argv, joined by spaces, contains this text.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Only events whose syscall returned an error.
+    #[arg(long)]
+    failed: bool,
+    /// Instead of events, the most frequent values of this field among them, with counts.
+    #[arg(long, value_name = "FIELD", conflicts_with_all = ["follow", "limit"])]
+    count_by: Option<String>,
+    /// With --count-by: how many values to list (the rest are counted as other).
+    #[arg(long, requires = "count_by", default_value_t = traceed_wire::DEFAULT_TOP as u64, value_parser = clap::value_parser!(u64).range(1..=traceed_wire::MAX_TOP as u64))]
+    top: u64,
     /// Oldest first (asc, the default) or newest first (desc).
     #[arg(long, value_enum, default_value = "asc", conflicts_with = "follow")]
     order: Order,
@@ -400,6 +421,11 @@ fn query_string(
         exe: a.exe.clone(),
         container: a.container.clone(),
         fidelity: a.fidelity.clone(),
+        path: a.path.clone(),
+        addr: a.addr.clone(),
+        port: a.port,
+        cmdline: a.cmdline.clone(),
+        failed: a.failed,
         // --page-size is at most MAX_LIMIT, so is what is left of --limit.
         limit: Some(u32::try_from(page).unwrap_or(query::MAX_LIMIT)),
         cursor: cursor.map(str::to_owned),
@@ -419,6 +445,9 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
     });
     let max = a.limit.unwrap_or(u64::MAX);
     let mut out = std::io::stdout().lock();
+    if let Some(by) = &a.count_by {
+        return counts(api, &a, by, format, &mut out).await;
+    }
     if a.follow {
         return follow(api, &a, format, max, &mut out).await;
     }
@@ -436,6 +465,10 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
             query_string(&a, page, cursor.as_deref(), false)?
         );
         let p: EventsPage = api.get_json(&path).await?;
+        if cursor.is_none() {
+            // Every page carries the coverage of the whole window: warn once.
+            warn_incomplete(p.coverage.as_ref());
+        }
         printed += p.events.len() as u64;
         match format {
             // A table needs all rows to size its columns.
@@ -470,6 +503,52 @@ async fn events(api: &Api, a: EventsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--count-by`: a table on a terminal, else the JSON answer.
+async fn counts(
+    api: &Api,
+    a: &EventsArgs,
+    by: &str,
+    format: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut qs = query_string(a, 1, None, false)?;
+    // Counts take the filters, not paging.
+    qs = qs
+        .split('&')
+        .filter(|kv| !kv.starts_with("limit="))
+        .collect::<Vec<_>>()
+        .join("&");
+    let extra = serde_urlencoded::to_string([("by", by), ("top", &a.top.to_string())])?;
+    let sep = if qs.is_empty() { "" } else { "&" };
+    let p: CountsPage = api
+        .get_json(&format!("/v1/events/counts?{qs}{sep}{extra}"))
+        .await?;
+    warn_incomplete(Some(&p.coverage));
+    match format {
+        Format::Table => {
+            writeln!(out, "{:>12}  {by}", "COUNT")?;
+            for c in &p.counts {
+                writeln!(out, "{:>12}  {}", traceed_wire::thousands(c.count), c.value)?;
+            }
+            if p.other > 0 {
+                writeln!(out, "{:>12}  (other)", traceed_wire::thousands(p.other))?;
+            }
+            writeln!(out, "{:>12}  (total)", traceed_wire::thousands(p.total))?;
+        }
+        Format::Json | Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&p)?)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The one stderr line of an incomplete answer; stdout and the exit status
+/// are unchanged.
+fn warn_incomplete(c: Option<&Coverage>) {
+    if let Some(w) = c.and_then(Coverage::warning) {
+        eprintln!("{w}");
+    }
+}
+
 async fn follow(
     api: &Api,
     a: &EventsArgs,
@@ -479,6 +558,11 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let path = format!("/v1/events?{}", query_string(a, a.page_size, None, true)?);
     let resp = api.get(&path).await?;
+    let coverage = resp
+        .headers()
+        .get(traceed_wire::COVERAGE_HEADER)
+        .and_then(|v| serde_json::from_slice::<Coverage>(v.as_bytes()).ok());
+    warn_incomplete(coverage.as_ref());
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
     let mut printed = 0u64;
@@ -562,6 +646,15 @@ mod tests {
             "3f4e2a",
             "--fidelity",
             "core",
+            "--path",
+            "/etc/*",
+            "--addr",
+            "10.0.0.0/8",
+            "--port",
+            "443",
+            "--cmdline",
+            "base64 -d",
+            "--failed",
             "--order",
             "desc",
         ]);
@@ -580,6 +673,11 @@ mod tests {
                 exe: Some("/usr/bin/x+y".into()),
                 container: Some("3f4e2a".into()),
                 fidelity: Some("core".into()),
+                path: Some("/etc/*".into()),
+                addr: Some("10.0.0.0/8".into()),
+                port: Some(443),
+                cmdline: Some("base64 -d".into()),
+                failed: true,
                 limit: Some(100),
                 cursor: Some("i2a".into()),
                 order: Some(query::Order::Desc),

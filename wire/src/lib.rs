@@ -200,6 +200,115 @@ impl Event {
 pub struct EventsPage {
     pub events: Vec<Event>,
     pub next_cursor: Option<String>,
+    /// Loss in the query's time window (the same on every page). Absent
+    /// from daemons older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
+}
+
+/// Whether loss intersects an answer's time window: the stored `lost` rows
+/// (kernel, userspace, downtime) whose span overlaps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// No loss intersects the window.
+    pub complete: bool,
+    /// Events lost in the gaps; null when a gap's count is unknowable
+    /// (downtime).
+    pub lost: Option<u64>,
+    /// Oldest first; at most [`MAX_GAPS`], the rest merged into the last.
+    pub gaps: Vec<Gap>,
+}
+
+/// Fields `GET /v1/events/counts?by=` groups by.
+pub const COUNT_BY: &[&str] = &["exe", "comm", "path", "addr", "port", "kind", "uid"];
+/// Values listed when `top` is not given, and the most accepted.
+pub const DEFAULT_TOP: usize = 20;
+pub const MAX_TOP: usize = 1000;
+
+/// `GET /v1/events/counts` answer: the most frequent values of one field
+/// among the events the filters select.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CountsPage {
+    pub by: String,
+    /// Most frequent first (ties by value).
+    pub counts: Vec<Count>,
+    /// Events counted under a value not listed (beyond `top`, or a value
+    /// first seen after the distinct-value cap was reached).
+    pub other: u64,
+    /// Events counted (those that have the field).
+    pub total: u64,
+    pub coverage: Coverage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Count {
+    pub value: String,
+    pub count: u64,
+}
+
+/// The response header of `GET /v1/events?follow=true` holding the
+/// [`Coverage`] (JSON) of the history part of the stream.
+pub const COVERAGE_HEADER: &str = "x-traceed-coverage";
+
+/// Gaps listed one by one; beyond this the last gap absorbs the rest.
+pub const MAX_GAPS: usize = 100;
+
+/// One `lost` row as coverage reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    /// RFC 3339, as the `lost` row's `args.from` and `args.to`.
+    pub from: String,
+    pub to: String,
+    /// `kernel`, `userspace` or `downtime` (several, comma-separated, for
+    /// a merged gap).
+    pub source: String,
+    pub count: Option<u64>,
+}
+
+impl Coverage {
+    /// The one line tracectl prints on stderr for an incomplete answer.
+    pub fn warning(&self) -> Option<String> {
+        if self.complete || self.gaps.is_empty() {
+            return None;
+        }
+        let from = self.gaps.iter().map(|g| g.from.as_str()).min()?;
+        let to = self.gaps.iter().map(|g| g.to.as_str()).max()?;
+        let mut why: Vec<&str> = Vec::new();
+        for g in &self.gaps {
+            for s in g.source.split(',') {
+                let w = match s {
+                    "kernel" => "kernel ring buffer full",
+                    "userspace" => "traceed could not keep up or store them",
+                    "downtime" => "traceed was not running",
+                    other => other,
+                };
+                if !why.contains(&w) {
+                    why.push(w);
+                }
+            }
+        }
+        let what = match self.lost {
+            Some(n) => format!("{} events", thousands(n)),
+            None => "an unknown number of events".into(),
+        };
+        Some(format!(
+            "warning: {what} lost between {from} and {to} ({}); this answer may be incomplete",
+            why.join("; ")
+        ))
+    }
+}
+
+/// 1234567 -> "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// One process instance in a `GET /v1/tree` answer.
@@ -440,6 +549,62 @@ mod tests {
         for bad in ["", "yesterday", "1x", "-1h", "12"] {
             assert!(parse_time_spec(bad, now).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn coverage_warning() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234), "1,234");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(
+            Coverage {
+                complete: true,
+                ..Default::default()
+            }
+            .warning(),
+            None
+        );
+        let gap = |from: &str, to: &str, source: &str, count| Gap {
+            from: from.into(),
+            to: to.into(),
+            source: source.into(),
+            count,
+        };
+        let c = Coverage {
+            complete: false,
+            lost: Some(1234),
+            gaps: vec![gap(
+                "2026-12-01T10:00:00Z",
+                "2026-12-01T10:05:00Z",
+                "kernel",
+                Some(1234),
+            )],
+        };
+        assert_eq!(
+            c.warning().unwrap(),
+            "warning: 1,234 events lost between 2026-12-01T10:00:00Z and 2026-12-01T10:05:00Z \
+             (kernel ring buffer full); this answer may be incomplete"
+        );
+        let c = Coverage {
+            complete: false,
+            lost: None,
+            gaps: vec![
+                gap(
+                    "2026-12-01T09:00:00Z",
+                    "2026-12-01T09:30:00Z",
+                    "downtime",
+                    None,
+                ),
+                gap(
+                    "2026-12-01T10:00:00Z",
+                    "2026-12-01T10:05:00Z",
+                    "kernel",
+                    Some(3),
+                ),
+            ],
+        };
+        let w = c.warning().unwrap();
+        assert!(w.starts_with("warning: an unknown number of events lost between 2026-12-01T09:00:00Z and 2026-12-01T10:05:00Z (traceed was not running; kernel ring buffer full)"), "{w}");
     }
 
     #[test]

@@ -100,6 +100,31 @@ pub const PARAMS: &[Param] = &[
         "Only events recorded by this rung of the portability ladder.",
     ),
     param(
+        "path",
+        ParamType::String,
+        "A path: exact (`/etc/shadow`), or a prefix ending in `*` (`/etc/*`, `/etc/pass*`); `*` anywhere else is a 400. Matches the path of open, unlink and chmod, the exec filename, the mount target and either side of a rename.",
+    ),
+    param(
+        "addr",
+        ParamType::String,
+        "An IPv4 or IPv6 address (`10.1.2.3`, `::1`) or a CIDR block (`10.0.0.0/8`, `fd00::/8`); matches the address of connect, accept and bind. An IPv4 address also matches its IPv4-mapped IPv6 form.",
+    ),
+    param(
+        "port",
+        ParamType::Integer,
+        "A port (0-65535); matches connect, accept and bind.",
+    ),
+    param(
+        "cmdline",
+        ParamType::String,
+        "A substring of an exec's argv joined by single spaces (case-sensitive); matches exec events.",
+    ),
+    param(
+        "failed",
+        ParamType::Boolean,
+        "`true`: only events whose syscall returned an error (a negative retval). `false` is the same as not giving it.",
+    ),
+    param(
         "limit",
         ParamType::Integer,
         "Events per page (default 1000).",
@@ -166,6 +191,18 @@ pub struct EventsQuery {
     pub container: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<String>,
+    /// Checked by [`PathMatch::parse`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Checked by [`Cidr::parse`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub failed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page, as returned.
@@ -282,6 +319,29 @@ impl EventsQuery {
                 }
                 self.fidelity = Some(v);
             }
+            "path" => {
+                PathMatch::parse(&v).map_err(|e| format!("parameter 'path': {e}"))?;
+                self.path = text(v)?;
+            }
+            "addr" => {
+                Cidr::parse(&v).map_err(|e| format!("parameter 'addr': {e}"))?;
+                self.addr = Some(v);
+            }
+            "port" => {
+                let n = parse_num(k, &v)
+                    .ok()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| format!("parameter 'port': '{v}' is not a port (0-65535)"))?;
+                self.port = Some(n);
+            }
+            "cmdline" => self.cmdline = text(v)?,
+            "failed" => {
+                self.failed = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(format!("parameter 'failed': '{v}' is not true or false")),
+                }
+            }
             "limit" => {
                 let n = parse_num(k, &v).map_err(|_| {
                     format!("parameter 'limit': '{v}' is not an integer in 1..={MAX_LIMIT}")
@@ -316,6 +376,104 @@ impl EventsQuery {
             _ => unreachable!("checked against PARAMS"),
         }
         Ok(())
+    }
+}
+
+/// `path=`: an exact path or a prefix (the text before a trailing `*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// Only a trailing `*` is special: a path may hold any other byte, and a
+    /// glob could not use the index.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (body, prefix) = match s.strip_suffix('*') {
+            Some(b) => (b, true),
+            None => (s, false),
+        };
+        if body.contains('*') {
+            return Err(format!(
+                "'{s}': '*' is only allowed at the end (a prefix such as /etc/*); globs are not supported"
+            ));
+        }
+        Ok(if prefix {
+            Self::Prefix(body.to_string())
+        } else {
+            Self::Exact(body.to_string())
+        })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(p) => path == p,
+            Self::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// `addr=`: an address block, IPv4 held as its IPv4-mapped IPv6 form so a
+/// v4 address matches whichever way a socket reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: [u8; 16],
+    /// Leading bits that must match, 0..=128 (an IPv4 /n is 96 + n).
+    pub bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (s, None),
+        };
+        let ip: std::net::IpAddr = ip.parse().map_err(|_| {
+            format!(
+                "'{s}' is not an IP address or CIDR block (10.0.0.1, 10.0.0.0/8, ::1, fd00::/8)"
+            )
+        })?;
+        let (max, base) = if ip.is_ipv4() { (32u8, 96u8) } else { (128, 0) };
+        let bits = match len {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max && l.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(format!("'{s}': prefix length '{l}' is not in 0..={max}")),
+            },
+        };
+        let mut c = Self {
+            addr: normalise(ip),
+            bits: base + bits,
+        };
+        // The block's own address: 10.1.2.3/8 is 10.0.0.0/8.
+        c.addr = c.masked(c.addr);
+        Ok(c)
+    }
+
+    /// One address, not a block.
+    pub fn is_host(&self) -> bool {
+        self.bits == 128
+    }
+
+    fn masked(&self, mut a: [u8; 16]) -> [u8; 16] {
+        for (i, b) in a.iter_mut().enumerate() {
+            let keep = (self.bits as usize).saturating_sub(i * 8).min(8);
+            *b &= (0xffu16 << (8 - keep)) as u8;
+        }
+        a
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.masked(normalise(ip)) == self.addr
+    }
+}
+
+/// The 16 bytes an address is compared and indexed by (IPv4 mapped).
+pub fn normalise(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -376,6 +534,11 @@ mod tests {
             exe: Some("/bin/sh".into()),
             container: Some("abc".into()),
             fidelity: Some("core".into()),
+            path: Some("/etc/*".into()),
+            addr: Some("10.0.0.0/8".into()),
+            port: Some(443),
+            cmdline: Some("base64 -d".into()),
+            failed: true,
             limit: Some(10),
             cursor: Some(encode_cursor(42)),
             order: Some(Order::Desc),
@@ -405,6 +568,51 @@ mod tests {
         assert!(e.contains("parameter 'at'"), "{e}");
         let e = q.set("descendants_of", "x".into()).unwrap_err();
         assert!(e.contains("parameter 'descendants_of'"), "{e}");
+    }
+
+    #[test]
+    fn payload_parameters() {
+        let q = |s: &str| {
+            let mut q = EventsQuery::default();
+            for kv in s.split('&') {
+                let (k, v) = kv.split_once('=').unwrap();
+                q.set(k, v.to_string())?;
+            }
+            Ok::<_, String>(q)
+        };
+        assert!(q("path=/etc/*&addr=10.0.0.0/8&port=22&cmdline=a b&failed=true").is_ok());
+        for (bad, name) in [
+            ("path=/etc/*.conf", "'path'"),
+            ("path=*", ""),
+            ("addr=10.0.0.300", "'addr'"),
+            ("addr=10.0.0.0/33", "'addr'"),
+            ("addr=::1/129", "'addr'"),
+            ("addr=10.0.0.0/+8", "'addr'"),
+            ("port=65536", "'port'"),
+            ("port=-1", "'port'"),
+            ("failed=yes", "'failed'"),
+        ] {
+            match q(bad) {
+                Err(e) => assert!(e.contains(name), "{bad}: {e}"),
+                Ok(_) => assert!(name.is_empty(), "{bad} accepted"),
+            }
+        }
+        assert_eq!(
+            PathMatch::parse("/etc/pass*"),
+            Ok(PathMatch::Prefix("/etc/pass".into()))
+        );
+        let net = Cidr::parse("10.1.2.3/8").unwrap();
+        assert!(net.contains("10.200.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().is_host());
+        assert!(Cidr::parse("127.0.0.1/32").unwrap().is_host());
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
     }
 
     #[test]

@@ -23,11 +23,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::broadcast;
-use traceed_wire::{ErrorBody, Event, EventsPage, Refusal, SkippedHook, Status};
+use traceed_wire::{Count, CountsPage, ErrorBody, Event, EventsPage, Refusal, SkippedHook, Status};
 
 use crate::service::metrics::{Counters, Metrics};
 use crate::store::Store;
-pub use query::{encode_cursor, parse_query};
+pub use query::{encode_cursor, parse_counts, parse_query};
 use serve::Caller;
 
 /// The OpenAPI 3.1 description of everything below.
@@ -97,6 +97,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(alerts::get))
         .route("/v1/tree", get(tree::tree))
+        .route("/v1/events/counts", get(counts))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -127,7 +128,7 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 const ENDPOINTS: &str =
-    "GET /v1/events, /v1/alerts, /v1/status, /v1/openapi.json, /healthz, /metrics";
+    "GET /v1/events, /v1/events/counts, /v1/tree, /v1/alerts, /v1/status, /v1/openapi.json, /healthz, /metrics";
 
 async fn not_found() -> ApiError {
     ApiError(
@@ -313,6 +314,25 @@ async fn status(State(st): State<Arc<AppState>>) -> Json<Status> {
     })
 }
 
+async fn counts(
+    State(st): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<CountsPage>, ApiError> {
+    let (q, by, top) = parse_counts(raw.as_deref())?;
+    let coverage = st.store.coverage(q.since, q.until).await?;
+    let (counts, other, total) = st.store.count_by(&q, &by, top).await?;
+    Ok(Json(CountsPage {
+        by,
+        counts: counts
+            .into_iter()
+            .map(|(value, count)| Count { value, count })
+            .collect(),
+        other,
+        total,
+        coverage,
+    }))
+}
+
 async fn events(
     State(st): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
@@ -331,8 +351,19 @@ async fn events(
         }
         q.procs = Some(keys);
     }
+    let coverage = st.store.coverage(q.since, q.until).await?;
     if follow {
-        return Ok(follow::stream(st, q));
+        // A stream has no body to put it in: the coverage of its history
+        // (the window up to now) travels in a header; loss after that
+        // arrives as `lost` lines in the stream itself.
+        let mut r = follow::stream(st, q);
+        if let Some(v) = serde_json::to_string(&coverage)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            r.headers_mut().insert(traceed_wire::COVERAGE_HEADER, v);
+        }
+        return Ok(r);
     }
     let (events, more) = st.store.query(&q).await?;
     let next_cursor = if more {
@@ -343,6 +374,7 @@ async fn events(
     Ok(Json(EventsPage {
         events,
         next_cursor,
+        coverage: Some(coverage),
     })
     .into_response())
 }

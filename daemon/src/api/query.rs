@@ -3,7 +3,7 @@
 //! `Query`: times resolved against the clock, the cursor decoded, and the
 //! checks that take two parameters.
 
-use traceed_wire::query::{decode_cursor, Order, BAD_CURSOR, DEFAULT_LIMIT};
+use traceed_wire::query::{decode_cursor, Cidr, Order, PathMatch, BAD_CURSOR, DEFAULT_LIMIT};
 use traceed_wire::EventsQuery;
 
 use super::ApiError;
@@ -50,6 +50,22 @@ pub fn parse_query_full(raw: Option<&str>) -> Result<(Query, bool, Option<Descen
         container: p.container,
         fidelity: p.fidelity,
         procs: None,
+        // EventsQuery checked both; these cannot fail here.
+        path: p
+            .path
+            .as_deref()
+            .map(|v| {
+                PathMatch::parse(v).map_err(|e| ApiError::bad(format!("parameter 'path': {e}")))
+            })
+            .transpose()?,
+        addr: p
+            .addr
+            .as_deref()
+            .map(|v| Cidr::parse(v).map_err(|e| ApiError::bad(format!("parameter 'addr': {e}"))))
+            .transpose()?,
+        port: p.port,
+        cmdline: p.cmdline,
+        failed: p.failed,
         after_id: p
             .cursor
             .as_deref()
@@ -85,4 +101,63 @@ pub fn parse_query_full(raw: Option<&str>) -> Result<(Query, bool, Option<Descen
         ));
     }
     Ok((q, p.follow, desc))
+}
+
+/// `GET /v1/events/counts`: `by` (required), `top`, and every filter of
+/// `/v1/events` except paging, order and follow.
+pub fn parse_counts(raw: Option<&str>) -> Result<(Query, String, usize), ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| ApiError::bad(e.to_string()))?;
+    let (mut by, mut top) = (None, None);
+    let mut rest = Vec::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "by" if by.is_some() => {
+                return Err(ApiError::bad("parameter 'by' given more than once"))
+            }
+            "top" if top.is_some() => {
+                return Err(ApiError::bad("parameter 'top' given more than once"))
+            }
+            "by" => {
+                if !traceed_wire::COUNT_BY.contains(&v.as_str()) {
+                    return Err(ApiError::bad(format!(
+                        "parameter 'by': unknown field '{v}'; known: {}",
+                        traceed_wire::COUNT_BY.join(", ")
+                    )));
+                }
+                by = Some(v);
+            }
+            "top" => {
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| {
+                        (1..=traceed_wire::MAX_TOP).contains(n)
+                            && v.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .ok_or_else(|| {
+                        ApiError::bad(format!(
+                            "parameter 'top': '{v}' is not an integer in 1..={}",
+                            traceed_wire::MAX_TOP
+                        ))
+                    })?;
+                top = Some(n);
+            }
+            "limit" | "cursor" | "order" | "follow" => {
+                return Err(ApiError::bad(format!(
+                    "parameter '{k}' does not apply to counts"
+                )))
+            }
+            _ => rest.push((k, v)),
+        }
+    }
+    let by = by.ok_or_else(|| {
+        ApiError::bad(format!(
+            "parameter 'by' is required: one of {}",
+            traceed_wire::COUNT_BY.join(", ")
+        ))
+    })?;
+    let rest = serde_urlencoded::to_string(&rest).map_err(|e| ApiError::bad(e.to_string()))?;
+    let (q, _) = parse_query(Some(&rest))?;
+    Ok((q, by, top.unwrap_or(traceed_wire::DEFAULT_TOP)))
 }

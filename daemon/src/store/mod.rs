@@ -22,6 +22,7 @@ use traceed_wire::Event;
 pub mod clickhouse;
 pub mod export;
 pub mod procs;
+mod payload;
 mod query;
 mod raw;
 pub mod retention;

@@ -4,8 +4,10 @@
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use traceed_wire::Event;
+use traceed_wire::query::{Cidr, PathMatch};
+use traceed_wire::{Coverage, Event, Gap};
 
+use super::payload::{self, NET_KINDS, PATH_KINDS};
 use super::{BlockCol, Store, StoreError, BLOCK_SHIFT};
 
 /// How far ingest order may lag wall-clock order (CPU ring jitter, decode
@@ -29,6 +31,14 @@ pub struct Query {
     /// Only events of these process instances (keys as stored); Some(empty)
     /// matches nothing. `descendants_of` resolves to this.
     pub procs: Option<Vec<i64>>,
+    /// Payload filters (store/payload.rs): served by the block index where
+    /// they can be, always re-checked on the decoded row.
+    pub path: Option<PathMatch>,
+    pub addr: Option<Cidr>,
+    pub port: Option<u16>,
+    pub cmdline: Option<String>,
+    /// Only rows whose syscall failed (retval < 0).
+    pub failed: bool,
     /// Rows with id strictly after (asc) or before (desc) this one.
     pub after_id: Option<i64>,
     pub desc: bool,
@@ -63,6 +73,28 @@ impl Query {
                     .and_then(traceed_wire::parse_proc_key)
                     .is_some_and(|k| set.contains(&(k as i64)))
             })
+            && (!self.failed || e.retval.is_some_and(|r| r < 0))
+            && self.matches_payload(e)
+    }
+
+    /// The payload filters alone: what the SQL of a scan cannot check.
+    fn matches_payload(&self, e: &Event) -> bool {
+        let (k, a) = (e.kind.as_str(), &e.args);
+        self.path
+            .as_ref()
+            .is_none_or(|m| payload::paths(k, a).any(|p| m.matches(p)))
+            && self
+                .addr
+                .is_none_or(|c| payload::ip(k, a).is_some_and(|ip| c.contains(ip)))
+            && self.port.is_none_or(|p| payload::port(k, a) == Some(p))
+            && self
+                .cmdline
+                .as_ref()
+                .is_none_or(|t| payload::cmdline(k, a).is_some_and(|c| c.contains(t.as_str())))
+    }
+
+    fn has_payload(&self) -> bool {
+        self.path.is_some() || self.addr.is_some() || self.port.is_some() || self.cmdline.is_some()
     }
 }
 
@@ -112,11 +144,11 @@ impl Store {
             return Ok((Vec::new(), false));
         };
         let want = q.limit as usize + 1;
-        let mut rows: Vec<SqliteRow> = Vec::new();
+        let mut rows: Vec<Event> = Vec::new();
         match plan.driver {
             None => {
-                let mut b = plan.range_sql("", q, plan.lo, plan.hi, want);
-                rows = b.build().fetch_all(&mut *tx).await?;
+                plan.scan(&mut tx, q, plan.lo, plan.hi, want, &mut rows)
+                    .await?
             }
             Some(d) => {
                 let f = &plan.filters[d];
@@ -137,8 +169,7 @@ impl Store {
                     for (b0, b1) in runs(&blocks) {
                         let lo = plan.lo.max(b0 << BLOCK_SHIFT);
                         let hi = plan.hi.min((b1 + 1) << BLOCK_SHIFT);
-                        let mut b = plan.range_sql("", q, lo, hi, want - rows.len());
-                        rows.extend(b.build().fetch_all(&mut *tx).await?);
+                        plan.scan(&mut tx, q, lo, hi, want, &mut rows).await?;
                         if rows.len() >= want {
                             break 'pages;
                         }
@@ -151,12 +182,122 @@ impl Store {
         }
         tx.commit().await?;
         let more = rows.len() > q.limit as usize;
-        let events = rows
-            .iter()
-            .take(q.limit as usize)
-            .map(row_to_event)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((events, more))
+        rows.truncate(q.limit as usize);
+        Ok((rows, more))
+    }
+
+    /// The `top` most frequent values of field `by` (one of
+    /// traceed_wire::COUNT_BY) among the events `q` selects, the count of
+    /// the rest, and the number counted. Pages through the query, so memory
+    /// is one page plus at most DISTINCT_CAP values: past the cap, values
+    /// not yet seen go to `other` (exact for the listed values only while
+    /// the cap is not reached).
+    pub async fn count_by(
+        &self,
+        q: &Query,
+        by: &str,
+        top: usize,
+    ) -> Result<(Vec<(String, u64)>, u64, u64), StoreError> {
+        let mut q = Query {
+            limit: 10_000,
+            desc: false,
+            after_id: None,
+            ..q.clone()
+        };
+        let mut counts: foldhash::HashMap<String, u64> = Default::default();
+        let (mut other, mut total) = (0u64, 0u64);
+        let mut add = |v: String| {
+            total += 1;
+            if let Some(n) = counts.get_mut(&v) {
+                *n += 1;
+            } else if counts.len() < DISTINCT_CAP {
+                counts.insert(v, 1);
+            } else {
+                other += 1;
+            }
+        };
+        loop {
+            let (rows, more) = self.query(&q).await?;
+            for e in &rows {
+                let (k, a) = (e.kind.as_str(), &e.args);
+                match by {
+                    "exe" => e.exe.clone().into_iter().for_each(&mut add),
+                    "comm" => e.comm.clone().into_iter().for_each(&mut add),
+                    "kind" => add(e.kind.clone()),
+                    "uid" => e.uid.into_iter().for_each(|u| add(u.to_string())),
+                    "path" => payload::paths(k, a).for_each(|p| add(p.to_string())),
+                    "addr" => payload::ip(k, a)
+                        .into_iter()
+                        .for_each(|ip| add(ip.to_string())),
+                    "port" => payload::port(k, a)
+                        .into_iter()
+                        .for_each(|p| add(p.to_string())),
+                    _ => {}
+                }
+            }
+            match (more, rows.last()) {
+                (true, Some(last)) => q.after_id = Some(last.id),
+                _ => break,
+            }
+        }
+        let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        other += v.iter().skip(top).map(|(_, n)| n).sum::<u64>();
+        v.truncate(top);
+        Ok((v, other, total))
+    }
+
+    /// Loss that intersects [since, until): the stored `lost` rows whose
+    /// span [from, to] overlaps it. A row is stamped `to`, so those with
+    /// ts >= since are read (through the block index on kind; there are
+    /// few), and `from` is checked here: a downtime row stored at start-up
+    /// can cover a window long before its own ts.
+    pub async fn coverage(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Coverage, StoreError> {
+        let mut q = Query {
+            since,
+            kinds: vec!["lost".into()],
+            limit: 1000,
+            ..Query::default()
+        };
+        let mut gaps: Vec<(i64, i64, Gap)> = Vec::new();
+        let mut lost = Some(0u64);
+        loop {
+            let (rows, more) = self.query(&q).await?;
+            for e in &rows {
+                let at = |k: &str| {
+                    e.args
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .and_then(|s| traceed_wire::parse_time_spec(s, 0).ok())
+                };
+                let (from, to) = (at("from").unwrap_or(e.ts), at("to").unwrap_or(e.ts));
+                if since.is_some_and(|s| to < s) || until.is_some_and(|u| from >= u) {
+                    continue;
+                }
+                let count = e.args.get("count").and_then(|c| c.as_u64());
+                lost = lost.zip(count).map(|(a, b)| a.saturating_add(b));
+                let source = e
+                    .args
+                    .get("source")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("unknown");
+                push_gap(&mut gaps, from, to, source, count);
+            }
+            match (more, rows.last()) {
+                (true, Some(last)) => q.after_id = Some(last.id),
+                _ => break,
+            }
+        }
+        gaps.sort_by_key(|g| (g.0, g.1));
+        Ok(Coverage {
+            complete: gaps.is_empty(),
+            lost: if gaps.is_empty() { Some(0) } else { lost },
+            gaps: gaps.into_iter().map(|g| g.2).collect(),
+        })
     }
 
     /// The query plans of the statements `query` runs for `q` (tests check
@@ -173,6 +314,7 @@ impl Store {
             rows.iter().map(|r| r.get::<String, _>("detail")).collect()
         };
         if let Some(d) = plan.driver {
+            out.push(format!("driver {:?}", plan.filters[d].col));
             let mut b = blocks_sql("EXPLAIN QUERY PLAN ", &plan.filters[d], (0, 1), q.desc);
             out.extend(details(b.build().fetch_all(&mut *c).await?));
         }
@@ -181,6 +323,47 @@ impl Store {
         Ok(out)
     }
 }
+
+/// Add a gap; past MAX_GAPS the newest one absorbs it, so an answer stays
+/// small whatever the loss history.
+fn push_gap(gaps: &mut Vec<(i64, i64, Gap)>, from: i64, to: i64, source: &str, count: Option<u64>) {
+    if gaps.len() < traceed_wire::MAX_GAPS {
+        gaps.push((
+            from,
+            to,
+            Gap {
+                from: traceed_wire::format_ts(from),
+                to: traceed_wire::format_ts(to),
+                source: source.into(),
+                count,
+            },
+        ));
+        return;
+    }
+    let Some(last) = gaps.last_mut() else {
+        return;
+    };
+    if from < last.0 {
+        last.0 = from;
+        last.2.from = traceed_wire::format_ts(from);
+    }
+    if to > last.1 {
+        last.1 = to;
+        last.2.to = traceed_wire::format_ts(to);
+    }
+    if !last.2.source.split(',').any(|s| s == source) {
+        last.2.source = format!("{},{source}", last.2.source);
+    }
+    last.2.count = last.2.count.zip(count).map(|(a, b)| a.saturating_add(b));
+}
+
+/// Distinct values `count_by` keeps; enough for any exe/comm/uid/kind/port
+/// population, a bound for paths and addresses (a few MB).
+const DISTINCT_CAP: usize = 100_000;
+
+/// Rows read per statement when rows are re-checked in Rust (a payload
+/// filter): enough that a sparse match does not cost a statement per row.
+const RECHECK_BATCH: usize = 512;
 
 /// Block lookups fetched per statement.
 const BLOCKS_PER_PAGE: usize = 256;
@@ -202,9 +385,56 @@ struct Plan {
     fidelity: Option<i64>,
     /// Index into `filters` of the one whose blocks drive the scan.
     driver: Option<usize>,
+    /// A payload filter is given: rows are re-checked after decoding.
+    recheck: bool,
+    /// Pieces of `cmdline` that must occur verbatim in the args text:
+    /// a cheap SQL pre-filter before the re-check decodes the row.
+    needles: Vec<String>,
 }
 
 impl Plan {
+    /// Append to `out` the rows of [lo, hi) that pass every filter, in the
+    /// query's order, until it holds `want`. Memory stays bounded by the
+    /// batch whatever the range holds.
+    async fn scan(
+        &self,
+        c: &mut SqliteConnection,
+        q: &Query,
+        mut lo: i64,
+        mut hi: i64,
+        want: usize,
+        out: &mut Vec<Event>,
+    ) -> Result<(), StoreError> {
+        while out.len() < want && lo < hi {
+            let need = want - out.len();
+            let n = if self.recheck {
+                need.max(RECHECK_BATCH)
+            } else {
+                need
+            };
+            let rows = self
+                .range_sql("", q, lo, hi, n)
+                .build()
+                .fetch_all(&mut *c)
+                .await?;
+            for r in &rows {
+                let e = row_to_event(r)?;
+                if q.desc {
+                    hi = e.id;
+                } else {
+                    lo = e.id + 1;
+                }
+                if !self.recheck || q.matches_payload(&e) {
+                    out.push(e);
+                }
+            }
+            if rows.len() < n {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Rows of [lo, hi) that pass every filter, in the query's order.
     fn range_sql(
         &self,
@@ -226,7 +456,10 @@ impl Plan {
             b.push(" AND +e.ts < ").push_bind(until);
         }
         for f in &self.filters {
-            b.push(format!(" AND e.{} IN (", f.col.column()));
+            let Some(col) = f.col.column() else {
+                continue;
+            };
+            b.push(format!(" AND e.{col} IN ("));
             let mut sep = b.separated(", ");
             for v in &f.values {
                 sep.push_bind(*v);
@@ -235,6 +468,14 @@ impl Plan {
         }
         if let Some(v) = self.fidelity {
             b.push(" AND e.fidelity = ").push_bind(v);
+        }
+        if q.failed {
+            b.push(" AND e.retval < 0");
+        }
+        for n in &self.needles {
+            b.push(" AND instr(e.args, ")
+                .push_bind(n.clone())
+                .push(") > 0");
         }
         b.push(if q.desc {
             " ORDER BY e.id DESC"
@@ -377,8 +618,31 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
         return Ok(None);
     }
     let mut filters = Vec::new();
+    // A payload filter implies the kinds that carry it; the kind's blocks
+    // drive a filter the index cannot serve (a CIDR block, a cmdline).
+    let mut kinds = q.kinds.clone();
+    let implied: [(bool, &[&str]); 3] = [
+        (q.path.is_some(), PATH_KINDS),
+        (q.addr.is_some() || q.port.is_some(), NET_KINDS),
+        (q.cmdline.is_some(), &["exec"]),
+    ];
+    let mut restricted = !kinds.is_empty();
+    for (given, allowed) in implied {
+        if !given {
+            continue;
+        }
+        if restricted {
+            kinds.retain(|k| allowed.contains(&k.as_str()));
+        } else {
+            kinds = allowed.iter().map(|k| k.to_string()).collect();
+            restricted = true;
+        }
+        if kinds.is_empty() {
+            return Ok(None);
+        }
+    }
     let interned = [
-        (BlockCol::Kind, q.kinds.clone()),
+        (BlockCol::Kind, kinds),
         (BlockCol::Comm, q.comm.iter().cloned().collect()),
         (BlockCol::Exe, q.exe.iter().cloned().collect()),
     ];
@@ -429,6 +693,60 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
             values: set.clone(),
         });
     }
+    match &q.path {
+        Some(PathMatch::Exact(p)) => filters.push(Filter {
+            col: BlockCol::Path,
+            values: vec![payload::hash63(p.as_bytes())],
+        }),
+        // The deepest directory the prefix names: every path under the
+        // prefix has it among its indexed directories.
+        Some(PathMatch::Prefix(p)) => {
+            if let Some(d) = payload::dirs(p).last() {
+                filters.push(Filter {
+                    col: BlockCol::PathDir,
+                    values: vec![payload::hash63(d.as_bytes())],
+                });
+            }
+        }
+        None => {}
+    }
+    if let Some(c) = q.addr.filter(Cidr::is_host) {
+        filters.push(Filter {
+            col: BlockCol::Addr,
+            values: vec![payload::hash63(&c.addr)],
+        });
+    }
+    if let Some(p) = q.port {
+        filters.push(Filter {
+            col: BlockCol::Port,
+            values: vec![i64::from(p)],
+        });
+    }
+    // Split on the spaces argv is joined with: each piece lies within one
+    // argv element, so it occurs verbatim in the args JSON unless JSON
+    // escapes it (then it is left to the re-check).
+    let mut needles: Vec<String> = q
+        .cmdline
+        .iter()
+        .flat_map(|t| t.split(' '))
+        .filter(|p| !p.is_empty())
+        .filter(|p| serde_json::to_string(p).is_ok_and(|j| j.len() == p.len() + 2))
+        .map(str::to_owned)
+        .collect();
+    // A path is stored as a JSON string, escaped as serde_json escapes this
+    // one: the quoted path (or the open-quoted prefix) occurs verbatim, so
+    // the re-check decodes only rows that hold it.
+    if let Some(m) = &q.path {
+        let (p, exact) = match m {
+            PathMatch::Exact(p) => (p, true),
+            PathMatch::Prefix(p) => (p, false),
+        };
+        let mut j = serde_json::to_string(p).unwrap_or_default();
+        if !exact {
+            j.pop();
+        }
+        needles.push(j);
+    }
     let fidelity = match &q.fidelity {
         Some(f) => match string_ids(c, std::slice::from_ref(f)).await?.first() {
             Some(id) => Some(*id),
@@ -462,6 +780,8 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
         filters,
         fidelity,
         driver,
+        recheck: q.has_payload(),
+        needles,
     }))
 }
 
@@ -496,7 +816,7 @@ fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
     })
 }
 
-fn decode_args(text: &str, keys: Option<String>) -> serde_json::Value {
+pub(super) fn decode_args(text: &str, keys: Option<String>) -> serde_json::Value {
     use serde_json::Value;
     let Some(keys) = keys else {
         return serde_json::from_str(text).unwrap_or(Value::Null);

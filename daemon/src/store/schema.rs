@@ -31,11 +31,20 @@ pub(crate) enum BlockCol {
     /// The process instance key (migration 6); 8..15 are the payload
     /// filters'.
     Proc = 20,
+    /// Payload keys (store/payload.rs), which have no column of their own:
+    /// a 63-bit hash of each path an event names, of each directory above
+    /// it, of its socket address; its port as is.
+    Path = 8,
+    PathDir = 9,
+    Addr = 10,
+    Port = 11,
 }
 
 impl BlockCol {
-    pub(super) fn column(self) -> &'static str {
-        match self {
+    /// The `events` column it indexes; None for payload keys, which rows
+    /// are re-checked against in Rust (Query::matches).
+    pub(super) fn column(self) -> Option<&'static str> {
+        Some(match self {
             Self::Kind => "kind",
             Self::Pid => "pid",
             Self::Ppid => "ppid",
@@ -44,7 +53,8 @@ impl BlockCol {
             Self::Exe => "exe",
             Self::Container => "container_id",
             Self::Proc => "proc",
-        }
+            Self::Path | Self::PathDir | Self::Addr | Self::Port => return None,
+        })
     }
 }
 
@@ -104,6 +114,7 @@ impl Store {
                 .await
                 .map_err(open_err)?;
         }
+        super::payload::backfill(&pool).await.map_err(open_err)?;
         let marker: Option<i64> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'clean_stop'")
                 .fetch_optional(&pool)

@@ -572,6 +572,12 @@ impl Writer {
                     }
                 }
             }
+            let seen = &mut self.block_seen;
+            super::payload::keys(&e.kind, &e.args, |col, v| {
+                if seen.insert((col, v)) {
+                    enc.blocks.push([col as i64, v, block]);
+                }
+            });
         }
         // Ids of a batch that fails are not reused: a gap, never a clash.
         self.next_id += batch.len() as i64;

@@ -1,0 +1,210 @@
+//! Payload keys of the block index (BlockCol 8..11): the paths, directories,
+//! socket addresses and ports an event's `args` name, derived the same way
+//! by the writer, by the one-time backfill of stores written before these
+//! keys existed, and by the planner; plus reading them back out of `args`
+//! for the re-check of each row a payload filter selects.
+//!
+//! Paths and addresses are indexed by a 63-bit hash, not interned: most
+//! paths are unique (temp files, /proc/<pid>/...), and interning them would
+//! grow `strings` and the writer's in-memory map without bound. A hash
+//! collision only costs a block scan; every row is re-checked.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+use sqlx::{Row, SqlitePool};
+
+use super::{BlockCol, BLOCK_SHIFT};
+
+/// Kinds whose `args` name a path, and the keys that hold it.
+pub(crate) const PATH_KINDS: &[&str] = &["open", "unlink", "chmod", "exec", "mount", "rename"];
+/// Kinds with a socket address.
+pub(crate) const NET_KINDS: &[&str] = &["connect", "accept", "bind"];
+
+/// Directories above a path that are indexed, from the root. A prefix
+/// deeper than this is served by its deepest indexed directory and the
+/// re-check; deeper entries would add rows for little gain.
+pub(crate) const MAX_DIR_DEPTH: usize = 8;
+
+/// FNV-1a, 63 bits (event_blocks.value is a signed integer). Stable across
+/// versions and platforms, unlike std's and foldhash's seeded hashers: the
+/// values are stored.
+pub(crate) fn hash63(b: &[u8]) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+/// The paths an event of `kind` names.
+pub(crate) fn paths<'a>(kind: &str, args: &'a Value) -> impl Iterator<Item = &'a str> {
+    let keys: &[&str] = match kind {
+        "open" | "unlink" | "chmod" => &["path"],
+        "exec" => &["filename"],
+        "mount" => &["target"],
+        "rename" => &["old_path", "new_path"],
+        _ => &[],
+    };
+    keys.iter().filter_map(move |k| args.get(k)?.as_str())
+}
+
+/// Each prefix of `path` that ends in '/', from the root, at most
+/// MAX_DIR_DEPTH: `/etc/ssh/x` -> `/`, `/etc/`, `/etc/ssh/`.
+pub(crate) fn dirs(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/')
+        .map(move |(i, _)| &path[..=i])
+        .take(MAX_DIR_DEPTH)
+}
+
+/// The socket address of a connect/accept/bind (None for unix sockets).
+pub(crate) fn ip(kind: &str, args: &Value) -> Option<IpAddr> {
+    if !NET_KINDS.contains(&kind) {
+        return None;
+    }
+    args.get("addr")?.as_str()?.parse().ok()
+}
+
+pub(crate) fn port(kind: &str, args: &Value) -> Option<u16> {
+    if !NET_KINDS.contains(&kind) {
+        return None;
+    }
+    u16::try_from(args.get("port")?.as_u64()?).ok()
+}
+
+/// An exec's argv joined by single spaces.
+pub(crate) fn cmdline(kind: &str, args: &Value) -> Option<String> {
+    if kind != "exec" {
+        return None;
+    }
+    let argv = args.get("argv")?.as_array()?;
+    let parts: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
+    Some(parts.join(" "))
+}
+
+/// The hash an address is indexed by.
+pub(crate) fn addr_key(ip: IpAddr) -> i64 {
+    hash63(&traceed_wire::query::normalise(ip))
+}
+
+/// Every payload key of one event.
+pub(crate) fn keys(kind: &str, args: &Value, mut f: impl FnMut(BlockCol, i64)) {
+    for p in paths(kind, args) {
+        f(BlockCol::Path, hash63(p.as_bytes()));
+        for d in dirs(p) {
+            f(BlockCol::PathDir, hash63(d.as_bytes()));
+        }
+    }
+    if let Some(ip) = ip(kind, args) {
+        f(BlockCol::Addr, addr_key(ip));
+    }
+    if let Some(p) = port(kind, args) {
+        f(BlockCol::Port, i64::from(p));
+    }
+}
+
+/// Rows read per statement by the backfill.
+const BACKFILL_BATCH: i64 = 20_000;
+
+/// The rows of PATH_KINDS and NET_KINDS after an id (a test checks the
+/// list).
+const BACKFILL_SELECT: &str = "SELECT e.id, k.s AS kind, e.args, ak.s AS args_keys FROM events e \
+     JOIN strings k ON k.id = e.kind LEFT JOIN strings ak ON ak.id = e.args_keys \
+     WHERE e.id > ? AND e.kind IN (SELECT id FROM strings WHERE s IN \
+     ('open', 'unlink', 'chmod', 'exec', 'mount', 'rename', 'connect', 'accept', 'bind')) \
+     ORDER BY e.id LIMIT ?";
+
+/// Index the payload keys of rows stored before they existed, once (the
+/// `payload_index` meta key records that it ran). Hashes are computed in
+/// Rust, so this cannot be a SQL migration. Runs at open, before the writer
+/// starts; each batch commits on its own, so an interrupted backfill
+/// resumes where it stopped (OR IGNORE).
+pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let from: Option<i64> =
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'payload_index'")
+            .fetch_optional(pool)
+            .await?;
+    let Some(mut after) = (match from {
+        // Done.
+        Some(v) if v < 0 => None,
+        Some(v) => Some(v),
+        None => Some(0),
+    }) else {
+        return Ok(());
+    };
+    let mut logged = false;
+    loop {
+        let rows = sqlx::query(BACKFILL_SELECT)
+            .bind(after)
+            .bind(BACKFILL_BATCH)
+            .fetch_all(pool)
+            .await?;
+        let mut tx = pool.begin().await?;
+        let mut seen = foldhash::HashSet::default();
+        for r in &rows {
+            let id: i64 = r.try_get("id")?;
+            let kind: String = r.try_get("kind")?;
+            let args = super::query::decode_args(
+                &r.try_get::<String, _>("args")?,
+                r.try_get("args_keys")?,
+            );
+            keys(&kind, &args, |col, v| {
+                seen.insert((col as i64, v, id >> BLOCK_SHIFT));
+            });
+            after = id;
+        }
+        if !rows.is_empty() && !logged {
+            tracing::info!("indexing the paths and addresses of stored events (one-time)");
+            logged = true;
+        }
+        for (col, v, block) in seen {
+            sqlx::query("INSERT OR IGNORE INTO event_blocks (col, value, block) VALUES (?, ?, ?)")
+                .bind(col)
+                .bind(v)
+                .bind(block)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = (rows.len() as i64) < BACKFILL_BATCH;
+        sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES ('payload_index', ?)")
+            .bind(if done { -1 } else { after })
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirs_of_a_path() {
+        assert_eq!(
+            dirs("/etc/ssh/sshd_config").collect::<Vec<_>>(),
+            ["/", "/etc/", "/etc/ssh/"]
+        );
+        assert_eq!(dirs("/etc/").collect::<Vec<_>>(), ["/", "/etc/"]);
+        assert_eq!(dirs("rel").count(), 0);
+        assert_eq!(dirs("/a/b/c/d/e/f/g/h/i/j/k").count(), MAX_DIR_DEPTH);
+    }
+
+    #[test]
+    fn backfill_reads_every_payload_kind() {
+        for k in PATH_KINDS.iter().chain(NET_KINDS) {
+            assert!(BACKFILL_SELECT.contains(&format!("'{k}'")), "{k}");
+        }
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        // Stored values: changing the hash needs a new backfill.
+        assert_eq!(hash63(b""), (0xcbf2_9ce4_8422_2325u64 >> 1) as i64);
+        assert!(hash63(b"/etc/shadow") >= 0);
+        assert_ne!(hash63(b"/etc/"), hash63(b"/etc"));
+    }
+}
