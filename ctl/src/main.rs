@@ -276,6 +276,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tree { pid, at, output } => {
             let q = serde_urlencoded::to_string([("pid", Some(pid.to_string())), ("at", at)])?;
             let t: serde_json::Value = api.get_json(&format!("/v1/tree?{q}")).await?;
+            let coverage = t
+                .get("coverage")
+                .and_then(|c| serde_json::from_value::<Coverage>(c.clone()).ok());
+            warn_incomplete(coverage.as_ref());
             let format = output.unwrap_or(if std::io::stdout().is_terminal() {
                 Format::Table
             } else {

@@ -421,13 +421,13 @@ impl Program {
         Program { path, name }
     }
 
-    /// Run it to completion with `args`; returns its pid.
-    pub fn run(&self, args: &[&str]) -> u32 {
-        // A copy made a moment ago can still be open for writing in a child
-        // that another test thread forked meanwhile: ETXTBSY until that
-        // child execs. Retry briefly rather than fail on the race.
+    /// Start it with `args`. A copy made a moment ago can still be open for
+    /// writing in a child that another test thread forked meanwhile:
+    /// ETXTBSY until that child execs. Retry briefly rather than fail on
+    /// the race.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         let mut tries = 0;
-        let mut c = loop {
+        loop {
             match Command::new(&self.path).args(args).spawn() {
                 Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
                     tries += 1;
@@ -435,7 +435,12 @@ impl Program {
                 }
                 r => break r.expect("spawn test program"),
             }
-        };
+        }
+    }
+
+    /// Run it to completion with `args`; returns its pid.
+    pub fn run(&self, args: &[&str]) -> u32 {
+        let mut c = self.spawn(args);
         let pid = c.id();
         c.wait().unwrap();
         pid

@@ -123,7 +123,7 @@ fn assert_status(x: &Event, exit_code: Option<u64>, signal: Option<u64>, what: &
 /// under test, not the fork of ours), then `act` on its pid; returns the
 /// pid and the wait status.
 fn run_and(d: &Daemon, prog: &Program, args: &[&str], act: impl FnOnce(u32)) -> (u32, ExitStatus) {
-    let mut c = Command::new(&prog.path).args(args).spawn().unwrap();
+    let mut c = prog.spawn(args);
     let pid = c.id();
     d.wait_for(&["--kind", "exec", "--pid", &pid.to_string()], |_| true);
     act(pid);

@@ -9,6 +9,15 @@ use std::process::Command;
 use traceed_tests::{http_get, poll, unique, Daemon, Program};
 use traceed_wire::{Event, Tree};
 
+/// The last exit of the process and its descendants (all have exited).
+fn g_last_exit(t: &Tree) -> Option<i64> {
+    std::iter::once(&t.process)
+        .chain(&t.descendants)
+        .map(|p| p.exit)
+        .max()
+        .flatten()
+}
+
 fn tree(d: &Daemon, args: &[&str]) -> Tree {
     let mut a = vec!["tree", "-o", "json"];
     a.extend_from_slice(args);
@@ -103,6 +112,10 @@ fn tree_and_descendants_of_a_scripted_incident() {
         .map(|p| p.proc.clone())
         .collect();
     assert_eq!(keys.len(), 4, "every instance has its own key");
+    // The answer says whether loss touched the lifetimes it spans.
+    let c = t.coverage.as_ref().expect("a tree carries its coverage");
+    assert_eq!(c.complete, c.gaps.is_empty(), "{c:?}");
+    assert_eq!(t.window(), (t.process.start, g_last_exit(&t)));
 
     // --descendants-of: exactly the events of these four processes, from
     // the top's fork on (its pid may have run something before).

@@ -346,6 +346,25 @@ pub struct Tree {
     pub descendants: Vec<ProcEntry>,
     /// More descendants exist than the answer holds.
     pub truncated: bool,
+    /// Loss over the lifetimes the answer spans (the process and its
+    /// descendants, from the earliest start to the last exit, or now while
+    /// any runs): a tree built over a gap may miss processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
+}
+
+impl Tree {
+    /// The time window the tree's answer depends on (ns): the earliest
+    /// start of the process and its descendants, and the last exit (None
+    /// while any of them still runs).
+    pub fn window(&self) -> (Option<i64>, Option<i64>) {
+        let all = || std::iter::once(&self.process).chain(&self.descendants);
+        let from = all().filter_map(|p| p.start).min();
+        let to = all()
+            .map(|p| p.exit)
+            .try_fold(i64::MIN, |m, e| e.map(|e| m.max(e)));
+        (from, to)
+    }
 }
 
 /// Every 4xx answer carries this body.

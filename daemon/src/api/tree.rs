@@ -114,7 +114,11 @@ pub async fn tree(
         Target::Key(k) => k as i64,
     };
     match st.store.tree(key).await? {
-        Some(t) => Ok(Json(t).into_response()),
+        Some(mut t) => {
+            let (from, to) = t.window();
+            t.coverage = Some(st.store.coverage(from, to).await?);
+            Ok(Json(t).into_response())
+        }
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!(

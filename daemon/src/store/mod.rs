@@ -21,8 +21,8 @@ use traceed_wire::Event;
 
 pub mod clickhouse;
 pub mod export;
-pub mod procs;
 mod payload;
+pub mod procs;
 mod query;
 mod raw;
 pub mod retention;

@@ -180,6 +180,7 @@ impl Store {
             ancestors,
             descendants,
             truncated,
+            coverage: None,
         }))
     }
 }
