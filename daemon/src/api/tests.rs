@@ -796,6 +796,11 @@ async fn openapi_document_matches_the_code() {
         ancestors: vec![],
         descendants: vec![],
         truncated: false,
+        coverage: Some(traceed_wire::Coverage {
+            complete: true,
+            lost: Some(0),
+            gaps: vec![],
+        }),
     })
     .unwrap();
     for (schema, sample) in [
