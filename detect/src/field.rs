@@ -405,6 +405,24 @@ mod tests {
     }
 
     #[test]
+    fn failed_execs_are_no_process_creation_and_cwd_is_current_directory() {
+        let procs = ProcessMap::new(2);
+        let mut ok = exec(12, 1, "/usr/bin/id", &["id"]);
+        ok.retval = None;
+        ok.args["cwd"] = json!("/srv/app");
+        let s = WireSubject::new(&ok, &procs, None);
+        assert!(s.in_category(Category::ProcessCreation));
+        assert_eq!(
+            s.field(Field::CurrentDirectory).as_deref(),
+            Some("/srv/app")
+        );
+        let mut failed = ok.clone();
+        failed.retval = Some(-2);
+        let s = WireSubject::new(&failed, &procs, None);
+        assert!(!s.in_category(Category::ProcessCreation));
+    }
+
+    #[test]
     fn parent_fields_come_from_the_process_map() {
         let mut procs = ProcessMap::new(2);
         let parent = exec(10, 1, "/tmp/dropper", &["/tmp/dropper", "-x"]);

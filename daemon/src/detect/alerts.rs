@@ -95,6 +95,7 @@ pub async fn query(store: &Store, q: &AlertQuery) -> Result<Vec<Alert>, StoreErr
             pid: pid.and_then(|p| u32::try_from(p).ok()),
             event: None,
             context: Vec::new(),
+            ancestry: Vec::new(),
         };
         with_context(store, &mut a).await?;
         out.push(a);
@@ -102,8 +103,9 @@ pub async fn query(store: &Store, q: &AlertQuery) -> Result<Vec<Alert>, StoreErr
     Ok(out)
 }
 
-/// The matched event (found by its time and pid, then its id) and the
-/// process's events in the minute before it.
+/// The matched event (found by its time and pid, then its id), the
+/// process's events in the minute before it (that process instance only:
+/// a reused pid's earlier owner is left out) and its ancestry.
 async fn with_context(store: &Store, a: &mut Alert) -> Result<(), StoreError> {
     let Some(pid) = a.pid else { return Ok(()) };
     let q = Query {
@@ -119,6 +121,17 @@ async fn with_context(store: &Store, a: &mut Alert) -> Result<(), StoreError> {
     if let Some(i) = events.iter().position(|e| e.id == a.event_id) {
         a.event = Some(events.remove(i));
         events.retain(|e| e.id < a.event_id);
+    }
+    let key = a
+        .event
+        .as_ref()
+        .and_then(|e| e.proc.as_deref())
+        .and_then(traceed_wire::parse_proc_key);
+    if let Some(key) = key {
+        let mine =
+            |e: &Event| e.proc.as_deref().and_then(traceed_wire::parse_proc_key) == Some(key);
+        events.retain(mine);
+        a.ancestry = store.ancestry(key as i64).await?.unwrap_or_default();
     }
     if events.len() > CONTEXT_MAX as usize {
         events.drain(..events.len() - CONTEXT_MAX as usize);

@@ -91,6 +91,39 @@ async fn key_at(
 
 /// Keys of `key`'s descendants at any depth (not `key` itself), parents
 /// before children, at most `cap`; true when there were more.
+/// The ancestry of `process` (key `key`) up to pid 1, oldest first, as it
+/// was when it started: parent keys where recorded, else the parent pid's
+/// instance at the child's start.
+async fn ancestors_of(
+    c: &mut SqliteConnection,
+    process: &ProcEntry,
+    key: i64,
+) -> Result<Vec<ProcEntry>, StoreError> {
+    let mut ancestors = Vec::new();
+    let mut cur = process.clone();
+    let mut seen = vec![key];
+    while ancestors.len() < MAX_DEPTH && cur.pid > 1 {
+        let parent = match cur.parent.as_deref().and_then(traceed_wire::parse_proc_key) {
+            Some(k) => Some(k as i64),
+            None => match cur.ppid {
+                Some(pp) => key_at(&mut *c, pp, cur.start).await?,
+                None => None,
+            },
+        };
+        let Some(pk) = parent.filter(|k| !seen.contains(k)) else {
+            break;
+        };
+        let Some(p) = by_key(&mut *c, pk).await? else {
+            break;
+        };
+        seen.push(pk);
+        ancestors.push(p.clone());
+        cur = p;
+    }
+    ancestors.reverse();
+    Ok(ancestors)
+}
+
 async fn descendant_keys(
     c: &mut SqliteConnection,
     key: i64,
@@ -128,33 +161,24 @@ impl Store {
     /// The tree of instance `key`: ancestry by parent keys (where a parent
     /// key is unknown, the instance of the ppid alive when the child
     /// started), and descendants. None when the key is not stored.
+    /// The process `key` and its ancestry, oldest first (pid 1 first when
+    /// recorded); None when the store has no such process.
+    pub async fn ancestry(&self, key: i64) -> Result<Option<Vec<ProcEntry>>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let Some(process) = by_key(&mut c, key).await? else {
+            return Ok(None);
+        };
+        let mut chain = ancestors_of(&mut c, &process, key).await?;
+        chain.push(process);
+        Ok(Some(chain))
+    }
+
     pub async fn tree(&self, key: i64) -> Result<Option<Tree>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let Some(process) = by_key(&mut tx, key).await? else {
             return Ok(None);
         };
-        let mut ancestors = Vec::new();
-        let mut cur = process.clone();
-        let mut seen = vec![key];
-        while ancestors.len() < MAX_DEPTH && cur.pid > 1 {
-            let parent = match cur.parent.as_deref().and_then(traceed_wire::parse_proc_key) {
-                Some(k) => Some(k as i64),
-                None => match cur.ppid {
-                    Some(pp) => key_at(&mut tx, pp, cur.start).await?,
-                    None => None,
-                },
-            };
-            let Some(pk) = parent.filter(|k| !seen.contains(k)) else {
-                break;
-            };
-            let Some(p) = by_key(&mut tx, pk).await? else {
-                break;
-            };
-            seen.push(pk);
-            ancestors.push(p.clone());
-            cur = p;
-        }
-        ancestors.reverse();
+        let ancestors = ancestors_of(&mut tx, &process, key).await?;
         let (keys, mut truncated) = descendant_keys(&mut tx, key, TREE_DESCENDANTS).await?;
         let mut descendants = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
