@@ -125,6 +125,38 @@ impl Store {
         Ok((keys, more))
     }
 
+    /// The ancestry of instance `key` alone (oldest first, up to the
+    /// parent), without the descendants `tree` also reads: what a hunt
+    /// match carries. Empty when the key is not stored.
+    pub async fn ancestors(&self, key: i64) -> Result<Vec<ProcEntry>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let Some(mut cur) = by_key(&mut c, key).await? else {
+            return Ok(Vec::new());
+        };
+        let mut ancestors = Vec::new();
+        let mut seen = vec![key];
+        while ancestors.len() < MAX_DEPTH && cur.pid > 1 {
+            let parent = match cur.parent.as_deref().and_then(traceed_wire::parse_proc_key) {
+                Some(k) => Some(k as i64),
+                None => match cur.ppid {
+                    Some(pp) => key_at(&mut c, pp, cur.start).await?,
+                    None => None,
+                },
+            };
+            let Some(pk) = parent.filter(|k| !seen.contains(k)) else {
+                break;
+            };
+            let Some(p) = by_key(&mut c, pk).await? else {
+                break;
+            };
+            seen.push(pk);
+            ancestors.push(p.clone());
+            cur = p;
+        }
+        ancestors.reverse();
+        Ok(ancestors)
+    }
+
     /// The tree of instance `key`: ancestry by parent keys (where a parent
     /// key is unknown, the instance of the ppid alive when the child
     /// started), and descendants. None when the key is not stored.
