@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Response, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -101,6 +101,42 @@ impl Api {
     async fn get_unbounded(&self, path_and_query: &str) -> Result<Response<Incoming>, ClientError> {
         let uri: hyper::Uri = Uri::new(&self.socket, path_and_query).into();
         let resp = self.http.get(uri).await.map_err(|e| self.classify(&e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+        Err(ClientError::Refused { status, message })
+    }
+
+    /// POST `body` to `path_and_query` (the hunt); errors as `get`.
+    pub async fn post(
+        &self,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        self.bounded(async {
+            let http: Client<UnixConnector, Full<Bytes>> = Client::unix();
+            let uri: hyper::Uri = Uri::new(&self.socket, path_and_query).into();
+            let req = hyper::Request::post(uri)
+                .header(hyper::header::CONTENT_TYPE, "application/yaml")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let resp = http.request(req).await.map_err(|e| self.classify(&e))?;
+            self.check(resp).await
+        })
+        .await
+    }
+
+    async fn check(&self, resp: Response<Incoming>) -> Result<Response<Incoming>, ClientError> {
         if resp.status().is_success() {
             return Ok(resp);
         }

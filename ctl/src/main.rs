@@ -65,6 +65,9 @@ enum Command {
     /// Alerts of the Sigma rules (oldest first), each with the matched event
     /// and what the process did in the minute before; or follow them.
     Alerts(AlertsArgs),
+    /// Match Sigma rules against the stored history (a retro-hunt): each
+    /// match is printed as it is found, with its event and process ancestry.
+    Hunt(HuntArgs),
     /// Sigma rules: `rules check PATH...` validates them offline.
     Rules {
         #[command(subcommand)]
@@ -98,6 +101,22 @@ struct AlertsArgs {
     #[arg(short = 'f', long)]
     follow: bool,
     /// table: for people; json: the API's objects; jsonl: one per line.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(Args)]
+struct HuntArgs {
+    /// Rule files (.yml/.yaml) or directories of them.
+    #[arg(required = true)]
+    rules: Vec<PathBuf>,
+    /// Start of the window: a duration back from now (90s, 15m, 1h, 30d) or an RFC 3339 time.
+    #[arg(long, default_value = "30d")]
+    since: String,
+    /// End of the window (exclusive), same forms as --since (default: when the hunt starts).
+    #[arg(long)]
+    until: Option<String>,
+    /// table: for people; json: the API's match objects; jsonl: one per line.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Format,
 }
@@ -273,6 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: RulesCommand::Check { paths },
         } => rules_check(&paths),
         Command::Alerts(a) => alerts(&api, &a).await,
+        Command::Hunt(h) => hunt(&api, &h).await,
         Command::Tree { pid, at, output } => {
             let q = serde_urlencoded::to_string([("pid", Some(pid.to_string())), ("at", at)])?;
             let t: serde_json::Value = api.get_json(&format!("/v1/tree?{q}")).await?;
@@ -364,6 +384,162 @@ async fn alerts(api: &Api, a: &AlertsArgs) -> anyhow::Result<()> {
             let al: Alert =
                 serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
             print(&al, &mut out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The hunt's body: every rule file, checked locally first (the same
+/// messages as `rules check`), joined as YAML documents.
+fn hunt_body(paths: &[PathBuf]) -> anyhow::Result<Vec<u8>> {
+    let set = traceed_detect::load_paths(paths, false);
+    for s in &set.skipped {
+        eprintln!("warning: {s}");
+    }
+    for e in &set.errors {
+        eprintln!("error: {e}");
+    }
+    if !set.skipped.is_empty() || !set.errors.is_empty() {
+        anyhow::bail!(
+            "{} of the rules would not run",
+            set.skipped.len() + set.errors.len()
+        );
+    }
+    if set.rules.is_empty() {
+        anyhow::bail!("no rule found in the given paths");
+    }
+    let mut body = String::new();
+    for r in &set.rules {
+        let text = std::fs::read_to_string(&r.source)?;
+        body.push_str("---\n");
+        body.push_str(&text);
+        if !text.ends_with('\n') {
+            body.push('\n');
+        }
+    }
+    Ok(body.into_bytes())
+}
+
+async fn hunt(api: &Api, h: &HuntArgs) -> anyhow::Result<()> {
+    let body = hunt_body(&h.rules)?;
+    let mut q: Vec<(&str, String)> = vec![("since", h.since.clone())];
+    if let Some(u) = &h.until {
+        q.push(("until", u.clone()));
+    }
+    let path = format!("/v1/hunt?{}", serde_urlencoded::to_string(&q)?);
+    let progress = h.output == Format::Table && std::io::stderr().is_terminal();
+    let mut body = api.post(&path, body).await?.into_body();
+    let mut out = std::io::stdout().lock();
+    let started = std::time::Instant::now();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    let mut shown = false;
+    let clear = |shown: &mut bool| {
+        if *shown {
+            eprint!("\r\x1b[K");
+            *shown = false;
+        }
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = buf.drain(..=nl).collect();
+            let v: serde_json::Value =
+                serde_json::from_slice(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(p) = v.get("progress") {
+                if progress {
+                    let n = |k: &str| p.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+                    let (scanned, total, matches) = (n("scanned"), n("total"), n("matches"));
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    let rate = scanned as f64 / secs;
+                    let left = if rate > 0.0 {
+                        format!("{:.0}s left", total.saturating_sub(scanned) as f64 / rate)
+                    } else {
+                        "-".into()
+                    };
+                    eprint!(
+                        "\r\x1b[Kscanned {scanned} of {total} events, {rate:.0}/s, {matches} matches, {left}"
+                    );
+                    shown = true;
+                }
+                continue;
+            }
+            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                clear(&mut shown);
+                anyhow::bail!("the hunt failed: {e}");
+            }
+            if let Some(s) = v.get("summary") {
+                clear(&mut shown);
+                let coverage = s
+                    .get("coverage")
+                    .and_then(|c| serde_json::from_value::<Coverage>(c.clone()).ok());
+                warn_incomplete(coverage.as_ref());
+                if h.output == Format::Table {
+                    eprintln!(
+                        "{} events scanned, {} matches",
+                        s.get("scanned").and_then(|x| x.as_u64()).unwrap_or(0),
+                        s.get("matches").and_then(|x| x.as_u64()).unwrap_or(0)
+                    );
+                }
+                continue;
+            }
+            let Some(m) = v.get("match") else {
+                continue;
+            };
+            clear(&mut shown);
+            match h.output {
+                Format::Table => hunt_text(m, &mut out)?,
+                Format::Json => all.push(m.clone()),
+                Format::Jsonl => writeln!(out, "{}", serde_json::to_string(m)?)?,
+            }
+            out.flush()?;
+        }
+    }
+    clear(&mut shown);
+    if h.output == Format::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn hunt_text(m: &serde_json::Value, out: &mut impl Write) -> anyhow::Result<()> {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let rule = &m["rule"];
+    let ev: Option<Event> = serde_json::from_value(m["event"].clone()).ok();
+    let (when, id, what) = match &ev {
+        Some(e) => (
+            output::local_time(e.ts),
+            e.id.to_string(),
+            output::summary(e),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    writeln!(
+        out,
+        "{when}  [{}] {} ({})  event {id}",
+        s(&rule["level"]),
+        output::terminal_safe(&s(&rule["title"])),
+        output::terminal_safe(&s(&rule["id"])),
+    )?;
+    writeln!(out, "    {}", output::terminal_safe(&what))?;
+    if let Some(anc) = m["ancestry"].as_array() {
+        let chain: Vec<String> = anc
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}({})",
+                    output::terminal_safe(p["exe"].as_str().or(p["comm"].as_str()).unwrap_or("?")),
+                    p["pid"]
+                )
+            })
+            .collect();
+        if !chain.is_empty() {
+            writeln!(out, "    ancestry: {}", chain.join(" > "))?;
         }
     }
     Ok(())

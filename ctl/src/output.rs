@@ -271,14 +271,30 @@ pub fn alert_text(a: &traceed_wire::Alert, out: &mut impl Write) -> std::io::Res
         out,
         "{}  {:<8} {} [{}]  pid {}  {}",
         local_time(a.ts),
-        a.level.to_uppercase(),
-        a.title,
-        a.rule_id,
+        terminal_safe(&a.level.to_uppercase()),
+        terminal_safe(&a.title),
+        terminal_safe(&a.rule_id),
         a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-        exe
+        terminal_safe(exe)
     )?;
     if let Some(e) = &a.event {
-        writeln!(out, "    matched  {} {}", e.kind, summary(e))?;
+        writeln!(
+            out,
+            "    matched  {} {}",
+            e.kind,
+            terminal_safe(&summary(e))
+        )?;
+    }
+    if !a.ancestry.is_empty() {
+        let chain: Vec<String> = a
+            .ancestry
+            .iter()
+            .map(|p| {
+                let name = p.exe.as_deref().or(p.comm.as_deref()).unwrap_or("?");
+                format!("{}({})", terminal_safe(name), p.pid)
+            })
+            .collect();
+        writeln!(out, "    ancestry: {}", chain.join(" > "))?;
     }
     if !a.context.is_empty() {
         writeln!(
@@ -287,7 +303,13 @@ pub fn alert_text(a: &traceed_wire::Alert, out: &mut impl Write) -> std::io::Res
             a.context.len()
         )?;
         for e in &a.context {
-            writeln!(out, "      {}  {} {}", local_time(e.ts), e.kind, summary(e))?;
+            writeln!(
+                out,
+                "      {}  {} {}",
+                local_time(e.ts),
+                e.kind,
+                terminal_safe(&summary(e))
+            )?;
         }
     }
     Ok(())

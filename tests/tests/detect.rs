@@ -224,6 +224,15 @@ fn alert_carries_the_minute_before_and_filters_apply() {
             .all(|e| e.pid == Some(child) && e.ts <= a.ts),
         "{a:?}"
     );
+    // Its ancestry ends with the /tmp parent and passes through this test.
+    let chain: Vec<u32> = a.ancestry.iter().map(|p| p.pid).collect();
+    assert_eq!(chain.last(), Some(&pid), "{a:?}");
+    assert_eq!(
+        a.ancestry.last().and_then(|p| p.exe.as_deref()),
+        parent.path.to_str(),
+        "{a:?}"
+    );
+    assert!(chain.contains(&std::process::id()), "{chain:?}");
     // level is a minimum: medium alerts are not "high".
     let out = d.ctl(&[
         "alerts",
@@ -362,4 +371,214 @@ fn untrusted_rules_dir_refuses_start_and_keeps_old_rules_on_reload() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&cfg_dir);
+}
+
+/// `tracectl hunt -o jsonl RULES... ARGS`: the match objects.
+fn hunt(d: &Daemon, rules: &[&std::path::Path], args: &[&str]) -> Vec<serde_json::Value> {
+    let mut a: Vec<String> = vec!["hunt".into(), "-o".into(), "jsonl".into()];
+    a.extend(rules.iter().map(|p| p.display().to_string()));
+    a.extend(args.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = d.ctl(&a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn pid_of(m: &serde_json::Value) -> Option<u32> {
+    m["event"]["pid"].as_u64().map(|p| p as u32)
+}
+
+/// A raw POST /v1/hunt, for what tracectl checks before sending.
+fn post_hunt(d: &Daemon, query: &str, body: &str) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // An over-size body is refused before it is read: the write may then
+    // meet a closed socket, and the answer is still there to read.
+    let _ = write!(
+        s,
+        "POST /v1/hunt{query} HTTP/1.1\r\nHost: traceed\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s
+}
+
+#[test]
+fn hunt_finds_stored_behaviours_with_their_event_and_near_misses_none() {
+    let d = start(&[]);
+    // Parent fields in a hunt: the detector's process map, fed in id order.
+    let tmp_parent = Program::copy_of("/bin/dash", "hdropper");
+    let shadow_miss = run(Command::new("ls").args(["-l", "/etc/shadow"]));
+    let shadow_hit = run(Command::new("cat").arg("/etc/shadow"));
+    let parent_miss = run(&mut sh("/bin/sh -c true; true"));
+    let parent_hit = run(Command::new(&tmp_parent.path).args(["-c", "/bin/sh -c true; true"]));
+    let live_shadow = wait_alert(&d, "traceed-shadow-read", shadow_hit);
+    let live_parent = wait_alert(&d, "traceed-shell-parent-tmp", parent_hit);
+
+    let shadow = rules_dir().join("shadow_read.yml");
+    let parent = rules_dir().join("shell_from_tmp_parent.yml");
+    let ms = hunt(&d, &[&shadow, &parent], &["--since", "10m"]);
+    let find = |rule: &str, pid: u32| {
+        ms.iter()
+            .filter(|m| m["rule"]["id"] == rule)
+            .find(|m| pid_of(m) == Some(pid) || m["event"]["ppid"].as_u64() == Some(pid as u64))
+    };
+    let m = find("traceed-shadow-read", shadow_hit).unwrap_or_else(|| panic!("{ms:#?}"));
+    assert_eq!(m["event"]["id"].as_i64(), Some(live_shadow.event_id), "{m}");
+    assert_eq!(m["rule"]["level"], "high");
+    assert!(m["rule"]["title"].as_str().is_some_and(|t| !t.is_empty()));
+    let anc = m["ancestry"].as_array().expect("ancestry");
+    assert!(
+        anc.iter()
+            .any(|p| p["pid"].as_u64() == Some(std::process::id() as u64)),
+        "the test process is an ancestor: {m}"
+    );
+    let m = find("traceed-shell-parent-tmp", parent_hit).unwrap_or_else(|| panic!("{ms:#?}"));
+    assert_eq!(m["event"]["id"].as_i64(), Some(live_parent.event_id), "{m}");
+    assert!(
+        find("traceed-shadow-read", shadow_miss).is_none(),
+        "{ms:#?}"
+    );
+    assert!(
+        find("traceed-shell-parent-tmp", parent_miss).is_none(),
+        "{ms:#?}"
+    );
+
+    // A window that ends before the behaviour has none of it.
+    let before = hunt(&d, &[&shadow], &["--since", "1h", "--until", "10m"]);
+    assert!(
+        before.iter().all(|m| pid_of(m) != Some(shadow_hit)),
+        "{before:?}"
+    );
+
+    // The table: one match, its rule and ancestry.
+    let out = d.ctl(&["hunt", &shadow.display().to_string(), "--since", "10m"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("traceed-shadow-read") && text.contains("ancestry:"),
+        "{text}"
+    );
+    assert!(text.contains(&live_shadow.event_id.to_string()), "{text}");
+
+    // A bad rule: exit 1 from tracectl (with `rules check`'s message), and
+    // a 400 naming the problem from the API; so is a bad parameter.
+    let bad = d.dir.join("bad.yml");
+    std::fs::write(&bad, "title: [unclosed\n").unwrap();
+    let out = d.ctl(&["hunt", &bad.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error:") && err.contains("YAML error"),
+        "{err}"
+    );
+    let out = d.ctl(&["hunt", &shadow.display().to_string(), "--since", "bogus"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (query, body, want) in [
+        ("", "title: [unclosed\n", "YAML error"),
+        ("", "", "no rule"),
+        ("?since=bogus", "title: x\n", "parameter 'since'"),
+        ("?nope=1", "title: x\n", "unknown parameter"),
+    ] {
+        use std::io::Read;
+        let mut s = post_hunt(&d, query, body);
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (code, answer) = traceed_tests::split_http_answer(&text);
+        assert_eq!(code, 400, "{query} {body}: {text}");
+        assert!(answer.contains(want), "{query} {body}: {answer}");
+    }
+    let big = format!("title: x\ndescription: '{}'\n", "a".repeat(2 << 20));
+    {
+        use std::io::Read;
+        let mut s = post_hunt(&d, "", &big);
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let (code, _) = traceed_tests::split_http_answer(&text);
+        assert_eq!(code, 413, "{}", &text[..text.len().min(300)]);
+    }
+}
+
+fn metric(d: &Daemon, name: &str) -> Option<f64> {
+    let (_, m) = traceed_tests::http_get(&d.socket, "/metrics").ok()?;
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn hunt_of_everything_streams_and_stops_when_the_client_goes_away() {
+    use std::io::Read;
+    let d = start(&[]);
+    // History: a few thousand execs.
+    run(&mut sh(
+        "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done",
+    ));
+    d.barrier();
+    let all = "title: every exec\nid: hunt-everything\nlogsource:\n  product: linux\n  category: process_creation\ndetection:\n  selection:\n    Image|startswith: '/'\n  condition: selection\n";
+    let mut s = post_hunt(&d, "?since=1h", all);
+    // Read progressively until the first match line.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&got).contains("\"match\"") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "stream ended first: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("{\"progress\""), "{text}");
+    assert!(!text.contains("\"summary\""), "{text}");
+    // The scan waits for this reader: it is running.
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || (metric(&d, "traceed_hunts_active") == Some(1.0)).then_some(()),
+        || "no hunt is active".into(),
+    );
+    drop(s);
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || (metric(&d, "traceed_hunts_active") == Some(0.0)).then_some(()),
+        || format!("the hunt still runs:\n{}", d.log_text()),
+    );
+    let log = d.log_text();
+    assert!(log.contains("hunt stopped: the client went away"), "{log}");
+    assert!(
+        !log.contains("hunt done"),
+        "the scan had ended first: {log}"
+    );
+    assert!(metric(&d, "traceed_hunts_abandoned_total").is_some_and(|n| n >= 1.0));
+
+    // Read to the end, the same hunt streams every exec and a summary.
+    let mut s = post_hunt(&d, "?since=1h", all);
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let matches = text.matches("{\"match\"").count();
+    assert!(matches >= 3000, "{matches} matches");
+    assert!(
+        text.contains("{\"summary\""),
+        "{}",
+        &text[text.len().saturating_sub(500)..]
+    );
 }

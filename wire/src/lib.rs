@@ -62,8 +62,9 @@ pub struct Alert {
     /// The same process's events in the minute before the match (oldest
     /// first, at most 100), from the store.
     pub context: Vec<Event>,
-    /// The process and its ancestors as they were, oldest first (pid 1
-    /// first when recorded); empty when the store has no such process.
+    /// The process's ancestors as they were, oldest first (pid 1 first
+    /// when recorded) down to its parent; empty when the store has no such
+    /// process.
     #[serde(default)]
     pub ancestry: Vec<ProcEntry>,
 }

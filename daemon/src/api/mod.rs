@@ -6,6 +6,7 @@
 
 mod alerts;
 mod follow;
+mod hunt;
 mod query;
 pub mod serve;
 #[cfg(test)]
@@ -97,6 +98,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(alerts::get))
         .route("/v1/tree", get(tree::tree))
+        .route("/v1/hunt", axum::routing::post(hunt::post))
         .route("/v1/events/counts", get(counts))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
@@ -128,7 +130,7 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 const ENDPOINTS: &str =
-    "GET /v1/events, /v1/events/counts, /v1/tree, /v1/alerts, /v1/status, /v1/openapi.json, /healthz, /metrics";
+    "GET /v1/events, /v1/events/counts, /v1/tree, /v1/alerts, /v1/status, /v1/openapi.json, /healthz, /metrics; POST /v1/hunt";
 
 async fn not_found() -> ApiError {
     ApiError(
@@ -141,13 +143,18 @@ async fn method_not_allowed(req: Request) -> Response {
     let mut r = ApiError(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
-            "method {} is not allowed: the API is read-only, every endpoint answers GET (and HEAD)",
+            "method {} is not allowed here: the API is read-only, every endpoint answers GET (and HEAD) but POST /v1/hunt",
             req.method()
         ),
     )
     .into_response();
+    let allow = if req.uri().path() == "/v1/hunt" {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
     r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -239,11 +246,13 @@ fn precheck(caller: Option<&Caller>, req: &Request, uri_len: usize) -> Option<Re
     let has_body = h.contains_key(header::TRANSFER_ENCODING)
         || h.get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body {
+    // The hunt's rules travel in its body (its own handler bounds it).
+    let hunt = req.method() == axum::http::Method::POST && req.uri().path() == "/v1/hunt";
+    if has_body && !hunt {
         return Some(
             ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "request bodies are not accepted: every endpoint is a GET with query parameters"
+                "request bodies are not accepted: every endpoint but POST /v1/hunt is a GET with query parameters"
                     .into(),
             )
             .into_response(),

@@ -131,7 +131,7 @@ async fn with_context(store: &Store, a: &mut Alert) -> Result<(), StoreError> {
         let mine =
             |e: &Event| e.proc.as_deref().and_then(traceed_wire::parse_proc_key) == Some(key);
         events.retain(mine);
-        a.ancestry = store.ancestry(key as i64).await?.unwrap_or_default();
+        a.ancestry = store.ancestors(key as i64).await?;
     }
     if events.len() > CONTEXT_MAX as usize {
         events.drain(..events.len() - CONTEXT_MAX as usize);

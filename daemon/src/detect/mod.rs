@@ -137,7 +137,7 @@ pub fn reload(cfg: &DetectConfig, stats: &Stats, engine: &watch::Sender<Arc<Engi
 }
 
 /// The user name of a uid, cached (the detector asks once per uid).
-fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: zeroed passwd and a buffer owned by this frame, sizes given.
     unsafe {

@@ -25,6 +25,10 @@ pub struct Counters {
     pub queue_depth: AtomicU64,
     /// Events a `follow` reader was too slow to receive (still in the store).
     pub follow_dropped: AtomicU64,
+    /// Retro-hunts running now (`POST /v1/hunt`).
+    pub hunts_active: AtomicU64,
+    /// Hunts stopped because their client went away.
+    pub hunts_abandoned: AtomicU64,
     /// Wall clock minus event time of the newest committed event, ns; -1
     /// until the first event.
     pub ingest_lag_ns: AtomicI64,
@@ -162,6 +166,18 @@ impl Collector for PipelineCollector {
             "traceed_follow_dropped_events",
             "Live events a slow follow=true reader did not receive (they are in the store).",
             c.follow_dropped.load(Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "traceed_hunts_active",
+            "Retro-hunts (POST /v1/hunt) scanning now.",
+            c.hunts_active.load(Relaxed) as i64,
+        )?;
+        counter(
+            &mut enc,
+            "traceed_hunts_abandoned",
+            "Retro-hunts stopped because their client went away.",
+            c.hunts_abandoned.load(Relaxed),
         )?;
         counter(
             &mut enc,

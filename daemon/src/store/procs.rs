@@ -158,21 +158,20 @@ impl Store {
         Ok((keys, more))
     }
 
+    /// The ancestry of instance `key` alone (oldest first, up to the
+    /// parent), without the descendants `tree` also reads: what a hunt
+    /// match carries. Empty when the key is not stored.
+    pub async fn ancestors(&self, key: i64) -> Result<Vec<ProcEntry>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let Some(process) = by_key(&mut c, key).await? else {
+            return Ok(Vec::new());
+        };
+        ancestors_of(&mut c, &process, key).await
+    }
+
     /// The tree of instance `key`: ancestry by parent keys (where a parent
     /// key is unknown, the instance of the ppid alive when the child
     /// started), and descendants. None when the key is not stored.
-    /// The process `key` and its ancestry, oldest first (pid 1 first when
-    /// recorded); None when the store has no such process.
-    pub async fn ancestry(&self, key: i64) -> Result<Option<Vec<ProcEntry>>, StoreError> {
-        let mut c = self.pool.acquire().await?;
-        let Some(process) = by_key(&mut c, key).await? else {
-            return Ok(None);
-        };
-        let mut chain = ancestors_of(&mut c, &process, key).await?;
-        chain.push(process);
-        Ok(Some(chain))
-    }
-
     pub async fn tree(&self, key: i64) -> Result<Option<Tree>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let Some(process) = by_key(&mut tx, key).await? else {

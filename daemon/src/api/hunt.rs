@@ -1,0 +1,306 @@
+//! `POST /v1/hunt`: the retro-hunt. Sigma rules in the body (YAML
+//! documents separated by `---` lines) are matched against the stored
+//! history of the window, in id order, and each match is streamed as an
+//! NDJSON line as soon as it is found, with progress lines every
+//! `PROGRESS` and a final summary carrying the window's coverage.
+//!
+//! The scan reads through `Store::query` in pages of `CHUNK` on the read
+//! pool (WAL readers never block the writer) and yields between pages.
+//! Lines go through a small bounded channel: a slow reader slows the scan,
+//! never memory; a reader that goes away closes the channel and the scan
+//! stops at the next page or line.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::mpsc;
+use traceed_detect::{Engine, ProcessMap, Rule, WireSubject};
+
+use super::{ApiError, AppState};
+use crate::store::Query;
+
+/// Every parameter, in the order openapi.json documents them (drift test).
+pub const PARAMS: &[&str] = &["since", "until"];
+/// Largest request body (all rules together).
+pub const MAX_BODY: usize = traceed_detect::MAX_RULE_BYTES;
+/// Events read per page.
+const CHUNK: u32 = 2000;
+/// Lines buffered between the scan and the socket.
+const LINES: usize = 64;
+const PROGRESS: Duration = Duration::from_millis(500);
+
+fn parse(raw: Option<&str>) -> Result<(Option<i64>, i64), ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| ApiError::bad(e.to_string()))?;
+    let now = traceed_wire::now_ns();
+    let (mut since, mut until) = (None, None);
+    let mut seen = Vec::new();
+    for (k, v) in &pairs {
+        if seen.contains(&k.as_str()) {
+            return Err(ApiError::bad(format!("parameter '{k}' is given twice")));
+        }
+        seen.push(k.as_str());
+        let t = traceed_wire::parse_time_spec(v, now)
+            .map_err(|e| ApiError::bad(format!("parameter '{k}': {e}")));
+        match k.as_str() {
+            "since" => since = Some(t?),
+            "until" => until = Some(t?),
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "unknown parameter '{k}'; accepted: {}",
+                    PARAMS.join(", ")
+                )))
+            }
+        }
+    }
+    // Without an end, the window ends when the hunt starts: the scan ends.
+    let until = until.unwrap_or(now);
+    if since.is_some_and(|s| s > until) {
+        return Err(ApiError::bad("parameter 'since' is after 'until'"));
+    }
+    Ok((since, until))
+}
+
+/// The body's YAML documents (split on `---` lines), each loaded as
+/// `rules check` loads a file; any that does not load refuses the hunt
+/// with the same messages.
+pub fn load_rules(text: &str) -> Result<Vec<Rule>, String> {
+    let mut docs: Vec<String> = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            docs.push(String::new());
+        } else {
+            let d = docs.last_mut().expect("one document at least");
+            d.push_str(line);
+            d.push('\n');
+        }
+    }
+    let blank = |d: &str| {
+        d.lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    };
+    let mut rules = Vec::new();
+    let mut problems = Vec::new();
+    for (n, d) in docs.iter().filter(|d| !blank(d)).enumerate() {
+        let name = format!("body document {}", n + 1);
+        match traceed_detect::parse_rule(&name, d) {
+            Ok(Ok(r)) => rules.push(r),
+            Ok(Err(s)) => problems.push(format!("warning: {s}")),
+            Err(e) => problems.push(format!("error: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    if rules.is_empty() {
+        return Err(
+            "the body holds no rule: send Sigma rule YAML documents, separated by '---' lines"
+                .into(),
+        );
+    }
+    Ok(rules)
+}
+
+fn line(v: &impl serde::Serialize) -> Vec<u8> {
+    let mut l = serde_json::to_vec(v).unwrap_or_default();
+    l.push(b'\n');
+    l
+}
+
+type Line = Result<Vec<u8>, std::io::Error>;
+
+pub async fn post(
+    State(st): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (since, until) = parse(raw.as_deref())?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the rules are over the {MAX_BODY} byte limit"),
+        )
+    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad("the body is not UTF-8 text (Sigma rule YAML)"))?;
+    let rules = load_rules(text).map_err(ApiError::bad)?;
+    let engine = Engine::new(rules);
+    let (tx, rx) = mpsc::channel::<Line>(LINES);
+    st.counters.hunts_active.fetch_add(1, Relaxed);
+    tokio::spawn(async move {
+        let outcome = scan(&st, &engine, since, until, &tx).await;
+        st.counters.hunts_active.fetch_sub(1, Relaxed);
+        match outcome {
+            Ok(s) => tracing::info!(
+                scanned = s.scanned,
+                matches = s.matches,
+                "hunt done: {} events scanned, {} matches",
+                s.scanned,
+                s.matches
+            ),
+            Err(Stop::Gone(s)) => {
+                st.counters.hunts_abandoned.fetch_add(1, Relaxed);
+                tracing::info!(
+                    scanned = s.scanned,
+                    "hunt stopped: the client went away after {} events scanned",
+                    s.scanned
+                );
+            }
+            Err(Stop::Store(e)) => {
+                tracing::error!(error = %e, "hunt: store query failed");
+                let _ = tx
+                    .send(Ok(line(&json!({ "error": format!("store: {e}") }))))
+                    .await;
+            }
+        }
+    });
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|l| (l, rx)) });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    scanned: u64,
+    total: u64,
+    matches: u64,
+}
+
+enum Stop {
+    Gone(Progress),
+    Store(crate::store::StoreError),
+}
+
+impl From<crate::store::StoreError> for Stop {
+    fn from(e: crate::store::StoreError) -> Self {
+        Stop::Store(e)
+    }
+}
+
+/// The first or last stored id of the window.
+async fn edge(
+    st: &AppState,
+    since: Option<i64>,
+    until: i64,
+    desc: bool,
+) -> Result<Option<i64>, crate::store::StoreError> {
+    let q = Query {
+        since,
+        until: Some(until),
+        desc,
+        limit: 1,
+        ..Query::default()
+    };
+    Ok(st.store.query(&q).await?.0.first().map(|e| e.id))
+}
+
+async fn scan(
+    st: &AppState,
+    engine: &Engine,
+    since: Option<i64>,
+    until: i64,
+    tx: &mpsc::Sender<Line>,
+) -> Result<Progress, Stop> {
+    let mut p = Progress::default();
+    let first = edge(st, since, until, false).await?;
+    let last = edge(st, since, until, true).await?;
+    // Ids are assigned in order by the writer: the id span of the window
+    // is its size (an upper bound where retention or loss left holes).
+    p.total = match (first, last) {
+        (Some(a), Some(b)) => (b - a + 1).max(0) as u64,
+        _ => 0,
+    };
+    let send = |v: serde_json::Value, p: Progress| async move {
+        tx.send(Ok(line(&v))).await.map_err(|_| Stop::Gone(p))
+    };
+    send(json!({ "progress": p.json() }), p).await?;
+    let mut procs = ProcessMap::default();
+    let mut users: HashMap<u32, Option<String>> = HashMap::new();
+    let mut q = Query {
+        since,
+        until: Some(until),
+        limit: CHUNK,
+        ..Query::default()
+    };
+    let mut last_progress = Instant::now();
+    let mut hits: Vec<&Rule> = Vec::new();
+    loop {
+        if tx.is_closed() {
+            return Err(Stop::Gone(p));
+        }
+        let (page, more) = st.store.query(&q).await?;
+        for ev in &page {
+            q.after_id = Some(ev.id);
+            p.scanned += 1;
+            if let Some(uid) = ev.uid {
+                users
+                    .entry(uid)
+                    .or_insert_with(|| crate::detect::user_name(uid));
+            }
+            let user = ev
+                .uid
+                .and_then(|u| users.get(&u))
+                .and_then(|u| u.as_deref());
+            hits.clear();
+            let subject = WireSubject::new(ev, &procs, user);
+            if subject.is_candidate() {
+                engine.matches(&subject, &mut hits);
+            }
+            for rule in &hits {
+                p.matches += 1;
+                let ancestry = match ev.proc.as_deref().and_then(traceed_wire::parse_proc_key) {
+                    Some(k) => st.store.ancestors(k as i64).await?,
+                    None => Vec::new(),
+                };
+                let m = json!({ "match": {
+                    "rule": { "id": rule.id, "title": rule.title, "level": rule.level.name() },
+                    "event": ev,
+                    "ancestry": ancestry,
+                }});
+                send(m, p).await?;
+            }
+            procs.observe(ev);
+            if last_progress.elapsed() >= PROGRESS {
+                last_progress = Instant::now();
+                send(json!({ "progress": p.json() }), p).await?;
+            }
+        }
+        if !more {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    p.total = p.total.max(p.scanned);
+    let coverage = st.store.coverage(since, Some(until)).await?;
+    send(
+        json!({ "summary": {
+            "scanned": p.scanned,
+            "matches": p.matches,
+            "rules": engine.rules().len(),
+            "coverage": coverage,
+        }}),
+        p,
+    )
+    .await?;
+    Ok(p)
+}
+
+impl Progress {
+    fn json(&self) -> serde_json::Value {
+        json!({ "scanned": self.scanned, "total": self.total, "matches": self.matches })
+    }
+}
