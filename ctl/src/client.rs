@@ -101,20 +101,7 @@ impl Api {
     async fn get_unbounded(&self, path_and_query: &str) -> Result<Response<Incoming>, ClientError> {
         let uri: hyper::Uri = Uri::new(&self.socket, path_and_query).into();
         let resp = self.http.get(uri).await.map_err(|e| self.classify(&e))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
-        Err(ClientError::Refused { status, message })
+        self.check(resp).await
     }
 
     /// POST `body` to `path_and_query` (the hunt); errors as `get`.
@@ -168,5 +155,40 @@ impl Api {
             serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
         })
         .await
+    }
+}
+
+/// An NDJSON answer (follow streams, hunts) read one line at a time as it
+/// arrives, never the whole body at once.
+pub struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    pub fn new(resp: Response<Incoming>) -> Self {
+        Self {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line as a `T`; None at the end of the body.
+    pub async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, ClientError> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(e.to_string()));
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                self.buf.extend_from_slice(data);
+            }
+        }
     }
 }

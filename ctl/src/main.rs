@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use http_body_util::BodyExt;
 use traceed_wire::{query, Alert, CountsPage, Coverage, Event, EventsPage, EventsQuery, Status};
 
-use client::{Api, ClientError};
+use client::{Api, ClientError, Lines};
 use output::Format;
 
 #[derive(Parser)]
@@ -371,20 +370,9 @@ async fn alerts(api: &Api, a: &AlertsArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut body = api.get(&path).await?.into_body();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        buf.extend_from_slice(data);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let al: Alert =
-                serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            print(&al, &mut out)?;
-        }
+    let mut lines = Lines::new(api.get(&path).await?);
+    while let Some(al) = lines.next::<Alert>().await? {
+        print(&al, &mut out)?;
     }
     Ok(())
 }
@@ -428,10 +416,9 @@ async fn hunt(api: &Api, h: &HuntArgs) -> anyhow::Result<()> {
     }
     let path = format!("/v1/hunt?{}", serde_urlencoded::to_string(&q)?);
     let progress = h.output == Format::Table && std::io::stderr().is_terminal();
-    let mut body = api.post(&path, body).await?.into_body();
+    let mut lines = Lines::new(api.post(&path, body).await?);
     let mut out = std::io::stdout().lock();
     let started = std::time::Instant::now();
-    let mut buf: Vec<u8> = Vec::new();
     let mut all: Vec<serde_json::Value> = Vec::new();
     let mut shown = false;
     let clear = |shown: &mut bool| {
@@ -440,64 +427,54 @@ async fn hunt(api: &Api, h: &HuntArgs) -> anyhow::Result<()> {
             *shown = false;
         }
     };
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        buf.extend_from_slice(data);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let raw: Vec<u8> = buf.drain(..=nl).collect();
-            let v: serde_json::Value =
-                serde_json::from_slice(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if let Some(p) = v.get("progress") {
-                if progress {
-                    let n = |k: &str| p.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-                    let (scanned, total, matches) = (n("scanned"), n("total"), n("matches"));
-                    let secs = started.elapsed().as_secs_f64().max(1e-3);
-                    let rate = scanned as f64 / secs;
-                    let left = if rate > 0.0 {
-                        format!("{:.0}s left", total.saturating_sub(scanned) as f64 / rate)
-                    } else {
-                        "-".into()
-                    };
-                    eprint!(
+    while let Some(v) = lines.next::<serde_json::Value>().await? {
+        if let Some(p) = v.get("progress") {
+            if progress {
+                let n = |k: &str| p.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+                let (scanned, total, matches) = (n("scanned"), n("total"), n("matches"));
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let rate = scanned as f64 / secs;
+                let left = if rate > 0.0 {
+                    format!("{:.0}s left", total.saturating_sub(scanned) as f64 / rate)
+                } else {
+                    "-".into()
+                };
+                eprint!(
                         "\r\x1b[Kscanned {scanned} of {total} events, {rate:.0}/s, {matches} matches, {left}"
                     );
-                    shown = true;
-                }
-                continue;
+                shown = true;
             }
-            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-                clear(&mut shown);
-                anyhow::bail!("the hunt failed: {e}");
-            }
-            if let Some(s) = v.get("summary") {
-                clear(&mut shown);
-                let coverage = s
-                    .get("coverage")
-                    .and_then(|c| serde_json::from_value::<Coverage>(c.clone()).ok());
-                warn_incomplete(coverage.as_ref());
-                if h.output == Format::Table {
-                    eprintln!(
-                        "{} events scanned, {} matches",
-                        s.get("scanned").and_then(|x| x.as_u64()).unwrap_or(0),
-                        s.get("matches").and_then(|x| x.as_u64()).unwrap_or(0)
-                    );
-                }
-                continue;
-            }
-            let Some(m) = v.get("match") else {
-                continue;
-            };
-            clear(&mut shown);
-            match h.output {
-                Format::Table => hunt_text(m, &mut out)?,
-                Format::Json => all.push(m.clone()),
-                Format::Jsonl => writeln!(out, "{}", serde_json::to_string(m)?)?,
-            }
-            out.flush()?;
+            continue;
         }
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            clear(&mut shown);
+            anyhow::bail!("the hunt failed: {e}");
+        }
+        if let Some(s) = v.get("summary") {
+            clear(&mut shown);
+            let coverage = s
+                .get("coverage")
+                .and_then(|c| serde_json::from_value::<Coverage>(c.clone()).ok());
+            warn_incomplete(coverage.as_ref());
+            if h.output == Format::Table {
+                eprintln!(
+                    "{} events scanned, {} matches",
+                    s.get("scanned").and_then(|x| x.as_u64()).unwrap_or(0),
+                    s.get("matches").and_then(|x| x.as_u64()).unwrap_or(0)
+                );
+            }
+            continue;
+        }
+        let Some(m) = v.get("match") else {
+            continue;
+        };
+        clear(&mut shown);
+        match h.output {
+            Format::Table => hunt_text(m, &mut out)?,
+            Format::Json => all.push(m.clone()),
+            Format::Jsonl => writeln!(out, "{}", serde_json::to_string(m)?)?,
+        }
+        out.flush()?;
     }
     clear(&mut shown);
     if h.output == Format::Json {
@@ -522,7 +499,7 @@ fn hunt_text(m: &serde_json::Value, out: &mut impl Write) -> anyhow::Result<()> 
     writeln!(
         out,
         "{when}  [{}] {} ({})  event {id}",
-        s(&rule["level"]),
+        output::terminal_safe(&s(&rule["level"])),
         output::terminal_safe(&s(&rule["title"])),
         output::terminal_safe(&s(&rule["id"])),
     )?;
@@ -743,32 +720,21 @@ async fn follow(
         .get(traceed_wire::COVERAGE_HEADER)
         .and_then(|v| serde_json::from_slice::<Coverage>(v.as_bytes()).ok());
     warn_incomplete(coverage.as_ref());
-    let mut body = resp.into_body();
-    let mut buf: Vec<u8> = Vec::new();
+    let mut lines = Lines::new(resp);
     let mut printed = 0u64;
     let width = output::terminal_width();
     if format == Format::Table {
         writeln!(out, "{}", output::follow_header())?;
     }
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        buf.extend_from_slice(data);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let e: Event =
-                serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            match format {
-                Format::Table => writeln!(out, "{}", output::follow_line(&e, width))?,
-                Format::Json | Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&e)?)?,
-            }
-            out.flush()?;
-            printed += 1;
-            if printed >= max {
-                return Ok(());
-            }
+    while let Some(e) = lines.next::<Event>().await? {
+        match format {
+            Format::Table => writeln!(out, "{}", output::follow_line(&e, width))?,
+            Format::Json | Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&e)?)?,
+        }
+        out.flush()?;
+        printed += 1;
+        if printed >= max {
+            return Ok(());
         }
     }
     Ok(())
