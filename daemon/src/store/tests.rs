@@ -818,17 +818,7 @@ async fn retention_by_age_deletes_oldest_only() {
             .await
             .unwrap();
     }
-    let mut r = Retention::new(
-        &store,
-        Policy {
-            max_age: Duration::from_secs(100 * 60),
-            max_bytes: u64::MAX,
-            min_free_bytes: 0,
-            interval: Duration::from_secs(1),
-        },
-    )
-    .await
-    .unwrap();
+    let mut r = by_age(&store, Duration::from_secs(100 * 60)).await;
     let p = r.pass().await.unwrap();
     let left = all(&store).await;
     assert!(
@@ -978,17 +968,7 @@ async fn procs_follow_keys_and_go_with_their_events() {
     let (got, _) = store.query(&q).await.unwrap();
     assert_eq!(got.len(), 5, "{got:#?}");
 
-    let mut r = Retention::new(
-        &store,
-        Policy {
-            max_age: Duration::from_secs(100 * 60),
-            max_bytes: u64::MAX,
-            min_free_bytes: 0,
-            interval: Duration::from_secs(1),
-        },
-    )
-    .await
-    .unwrap();
+    let mut r = by_age(&store, Duration::from_secs(100 * 60)).await;
     r.pass().await.unwrap();
     assert_eq!(store.proc_at(101, Some(t0 + 2)).await.unwrap(), None);
     assert!(store.tree(1).await.unwrap().is_none());
@@ -1219,4 +1199,20 @@ async fn coverage_reports_loss_in_the_window() {
     assert_eq!(c.lost, None, "downtime and userspace: unknown total");
     assert_eq!(c.gaps.len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Retention by age alone (no size or free-space bound), checked every
+/// second.
+async fn by_age(store: &Store, max_age: Duration) -> Retention {
+    Retention::new(
+        store,
+        Policy {
+            max_age,
+            max_bytes: u64::MAX,
+            min_free_bytes: 0,
+            interval: Duration::from_secs(1),
+        },
+    )
+    .await
+    .unwrap()
 }
