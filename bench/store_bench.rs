@@ -679,19 +679,29 @@ async fn main() -> anyhow::Result<()> {
         since: Some(traceed_wire::now_ns() - 24 * HOUR),
         ..Default::default()
     };
-    let mut times = Vec::new();
-    for _ in 0..a.runs.min(5) {
-        let t = Instant::now();
-        let (top, _, _) = st.count_by(&day, "exe", 20).await?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        std::hint::black_box(top);
+    let exec_day = store::Query {
+        kinds: vec!["exec".into()],
+        ..day.clone()
+    };
+    let hour = store::Query {
+        since: Some(traceed_wire::now_ns() - HOUR),
+        ..Default::default()
+    };
+    let counts = [
+        ("count-by exe since=1d (top 20)", &day, "exe"),
+        ("count-by comm since=1h (top 20)", &hour, "comm"),
+        ("count-by exe kind=exec since=1d (top 20)", &exec_day, "exe"),
+    ];
+    for (name, q, by) in counts {
+        let mut times = Vec::new();
+        for _ in 0..a.runs.min(11) {
+            let t = Instant::now();
+            let (top, _, _) = st.count_by(q, by, 20).await?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(top);
+        }
+        results.push((name.into(), pct(&mut times, 0.5), pct(&mut times, 0.95), 20));
     }
-    results.push((
-        "count-by exe since=1d (top 20)".into(),
-        pct(&mut times, 0.5),
-        pct(&mut times, 0.95),
-        20,
-    ));
     let mut times = Vec::new();
     for _ in 0..a.runs {
         let t = Instant::now();

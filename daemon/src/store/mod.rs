@@ -6,7 +6,8 @@
 //! Repeated strings are interned in `strings` (schema 2); the writer keeps
 //! the string -> id map in memory and assigns row ids itself. Filters are
 //! served by a block index (schema 4, `event_blocks`): which values occur in
-//! each run of 1024 ids, instead of one B-tree entry per row per column.
+//! each run of 1024 ids, and how often, instead of one B-tree entry per row
+//! per column.
 //!
 //! Files: `schema.rs` (connection options, migrations, open), `query.rs`
 //! (the `Query` type and its planner), `writer.rs` and `raw.rs` (the

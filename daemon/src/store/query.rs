@@ -188,16 +188,99 @@ impl Store {
 
     /// The `top` most frequent values of field `by` (one of
     /// traceed_wire::COUNT_BY) among the events `q` selects, the count of
-    /// the rest, and the number counted. Pages through the query, so memory
-    /// is one page plus at most DISTINCT_CAP values: past the cap, values
-    /// not yet seen go to `other` (exact for the listed values only while
-    /// the cap is not reached).
+    /// the rest, and the number counted.
+    ///
+    /// A column (exe, comm, kind, uid) is counted in SQL: with no filter but
+    /// time, from the block counts of the blocks wholly inside the window
+    /// and the rows of its edges; with filters, by a `GROUP BY` over the
+    /// rows the plan selects. A payload field (path, addr, port), or any
+    /// field under a payload filter, is counted from decoded rows, paged,
+    /// so memory is one page plus at most DISTINCT_CAP values: past the
+    /// cap, values not yet seen go to `other` (exact for the listed values
+    /// only while the cap is not reached).
     pub async fn count_by(
         &self,
         q: &Query,
         by: &str,
         top: usize,
     ) -> Result<(Vec<(String, u64)>, u64, u64), StoreError> {
+        let col = match by {
+            "exe" => Some(BlockCol::Exe),
+            "comm" => Some(BlockCol::Comm),
+            "kind" => Some(BlockCol::Kind),
+            "uid" => Some(BlockCol::Uid),
+            _ => None,
+        };
+        if let Some(col) = col.filter(|_| !q.has_payload()) {
+            return self.count_column(q, col, top).await;
+        }
+        let (counts, mut other) = self.count_decoded(q, by).await?;
+        let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+        let total = other + v.iter().map(|(_, n)| n).sum::<u64>();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        other += v.iter().skip(top).map(|(_, n)| n).sum::<u64>();
+        v.truncate(top);
+        Ok((v, other, total))
+    }
+
+    /// count_by for a column: counts per stored value, the top ones turned
+    /// into strings.
+    async fn count_column(
+        &self,
+        q: &Query,
+        col: BlockCol,
+        top: usize,
+    ) -> Result<(Vec<(String, u64)>, u64, u64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut counts: foldhash::HashMap<i64, u64> = Default::default();
+        if let Some(plan) = plan(&mut tx, q).await? {
+            let rows = if plan.filters.is_empty() && plan.fidelity.is_none() && !q.failed {
+                block_counts(&mut tx, q, &plan, col, &mut counts).await?
+            } else if let Some(d) = plan.driver {
+                driver_ranges(&mut tx, &plan, &plan.filters[d]).await?
+            } else {
+                vec![(plan.lo, plan.hi)]
+            };
+            for (lo, hi) in rows {
+                let mut b = plan.group_sql(q, col, lo, hi);
+                let got: Vec<(Option<i64>, i64)> = b.build_query_as().fetch_all(&mut *tx).await?;
+                for (v, n) in got {
+                    if let Some(v) = v {
+                        *counts.entry(v).or_default() += n as u64;
+                    }
+                }
+            }
+        }
+        let total: u64 = counts.values().sum();
+        let mut v: Vec<(i64, u64)> = counts.into_iter().collect();
+        v.sort_unstable_by_key(|&(_, n)| std::cmp::Reverse(n));
+        // Ties at the cut are broken by the string, as the decoded path
+        // does, so every value tied with the last listed one is resolved.
+        if let Some(&(_, cut)) = v.get(top.saturating_sub(1)) {
+            v.truncate(v.partition_point(|(_, n)| *n >= cut));
+        }
+        let names = match col {
+            BlockCol::Uid => v.iter().map(|(u, _)| (*u, u.to_string())).collect(),
+            _ => strings_of(&mut tx, v.iter().map(|(id, _)| *id)).await?,
+        };
+        tx.commit().await?;
+        let mut out: Vec<(String, u64)> = v
+            .into_iter()
+            .filter_map(|(id, n)| Some((names.get(&id)?.clone(), n)))
+            .collect();
+        out.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(top);
+        let listed: u64 = out.iter().map(|(_, n)| n).sum();
+        Ok((out, total - listed, total))
+    }
+
+    /// count_by from decoded rows: counts per value, and the values past
+    /// DISTINCT_CAP.
+    async fn count_decoded(
+        &self,
+        q: &Query,
+        by: &str,
+    ) -> Result<(foldhash::HashMap<String, u64>, u64), StoreError> {
         let mut q = Query {
             limit: 10_000,
             desc: false,
@@ -205,9 +288,8 @@ impl Store {
             ..q.clone()
         };
         let mut counts: foldhash::HashMap<String, u64> = Default::default();
-        let (mut other, mut total) = (0u64, 0u64);
+        let mut other = 0u64;
         let mut add = |v: String| {
-            total += 1;
             if let Some(n) = counts.get_mut(&v) {
                 *n += 1;
             } else if counts.len() < DISTINCT_CAP {
@@ -240,11 +322,7 @@ impl Store {
                 _ => break,
             }
         }
-        let mut v: Vec<(String, u64)> = counts.into_iter().collect();
-        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        other += v.iter().skip(top).map(|(_, n)| n).sum::<u64>();
-        v.truncate(top);
-        Ok((v, other, total))
+        Ok((counts, other))
     }
 
     /// Loss that intersects [since, until): the stored `lost` rows whose
@@ -444,9 +522,34 @@ impl Plan {
         hi: i64,
         limit: usize,
     ) -> QueryBuilder<Sqlite> {
+        let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{prefix}{SELECT} WHERE "));
+        self.push_where(&mut b, q, lo, hi);
+        b.push(if q.desc {
+            " ORDER BY e.id DESC"
+        } else {
+            " ORDER BY e.id"
+        });
+        b.push(" LIMIT ").push_bind(limit as i64);
+        b
+    }
+
+    /// Per value of `col`, how many rows of [lo, hi) pass every filter.
+    fn group_sql(&self, q: &Query, col: BlockCol, lo: i64, hi: i64) -> QueryBuilder<Sqlite> {
+        let name = col.column().unwrap_or("kind");
         let mut b: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("{prefix}{SELECT} WHERE e.id >= "));
-        b.push_bind(lo).push(" AND e.id < ").push_bind(hi);
+            QueryBuilder::new(format!("SELECT e.{name}, count(*) FROM events e WHERE "));
+        self.push_where(&mut b, q, lo, hi);
+        b.push(format!(" GROUP BY e.{name}"));
+        b
+    }
+
+    /// The WHERE conditions of the rows of [lo, hi) that pass every
+    /// filter the SQL can check.
+    fn push_where(&self, b: &mut QueryBuilder<Sqlite>, q: &Query, lo: i64, hi: i64) {
+        b.push("e.id >= ")
+            .push_bind(lo)
+            .push(" AND e.id < ")
+            .push_bind(hi);
         // `+e.ts` keeps the planner on the rowid range: it is the selective,
         // order-preserving bound (ts only trims its TS_SLACK_NS edges).
         if let Some(since) = q.since {
@@ -477,14 +580,144 @@ impl Plan {
                 .push_bind(n.clone())
                 .push(") > 0");
         }
-        b.push(if q.desc {
-            " ORDER BY e.id DESC"
-        } else {
-            " ORDER BY e.id"
-        });
-        b.push(" LIMIT ").push_bind(limit as i64);
-        b
     }
+}
+
+/// For a count over `plan`'s window with no filter but time: add the
+/// counts of `col`'s values in the blocks wholly inside the window to
+/// `counts`, and return the id ranges left to count from rows (the edges,
+/// and blocks whose counts predate migration 9).
+///
+/// A block is wholly inside when its ids lie between the first id at
+/// `since + TS_SLACK_NS` and the first at `until - TS_SLACK_NS`: ts
+/// follows ids within the slack. The block of the oldest stored id is an
+/// edge too, since retention may have deleted part of it.
+async fn block_counts(
+    c: &mut SqliteConnection,
+    q: &Query,
+    plan: &Plan,
+    col: BlockCol,
+    counts: &mut foldhash::HashMap<i64, u64>,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let whole = vec![(plan.lo, plan.hi)];
+    let (min, max): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)")
+            .fetch_one(&mut *c)
+            .await?;
+    let (Some(min), Some(max)) = (min, max) else {
+        return Ok(whole);
+    };
+    let a = match q.since {
+        Some(s) => match first_id_at(c, s.saturating_add(TS_SLACK_NS)).await? {
+            Some(id) => id.max(min),
+            None => return Ok(whole),
+        },
+        None => min,
+    };
+    let b = match q.until {
+        Some(u) => first_id_at(c, u.saturating_sub(TS_SLACK_NS))
+            .await?
+            .unwrap_or(max + 1),
+        None => max + 1,
+    };
+    let (b0, b1) = ((a >> BLOCK_SHIFT) + 1, (b >> BLOCK_SHIFT) - 1);
+    if b0 > b1 {
+        return Ok(whole);
+    }
+    let unknown: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT block FROM event_blocks \
+         WHERE col = ? AND block >= ? AND block <= ? AND n IS NULL ORDER BY block",
+    )
+    .bind(col as i64)
+    .bind(b0)
+    .bind(b1)
+    .fetch_all(&mut *c)
+    .await?;
+    let mut rows = vec![(plan.lo, b0 << BLOCK_SHIFT)];
+    let mut known = Vec::new();
+    let mut next = b0;
+    for (u0, u1) in runs(&unknown) {
+        if u0 > next {
+            known.push((next, u0 - 1));
+        }
+        rows.push((u0 << BLOCK_SHIFT, (u1 + 1) << BLOCK_SHIFT));
+        next = u1 + 1;
+    }
+    if next <= b1 {
+        known.push((next, b1));
+    }
+    rows.push(((b1 + 1) << BLOCK_SHIFT, plan.hi));
+    for (k0, k1) in known {
+        let got: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT value, sum(n) FROM event_blocks \
+             WHERE col = ? AND block >= ? AND block <= ? GROUP BY value",
+        )
+        .bind(col as i64)
+        .bind(k0)
+        .bind(k1)
+        .fetch_all(&mut *c)
+        .await?;
+        for (v, n) in got {
+            *counts.entry(v).or_default() += n as u64;
+        }
+    }
+    Ok(rows.into_iter().filter(|(lo, hi)| lo < hi).collect())
+}
+
+/// Every id range the driving filter's blocks cover in `plan`'s window, in
+/// id order (adjacent blocks merged).
+async fn driver_ranges(
+    c: &mut SqliteConnection,
+    plan: &Plan,
+    f: &Filter,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let (mut blo, bhi) = blocks(plan.lo, plan.hi);
+    let mut out = Vec::new();
+    while blo <= bhi {
+        let page: Vec<i64> = blocks_sql("", f, (blo, bhi), false)
+            .build_query_scalar::<i64>()
+            .fetch_all(&mut *c)
+            .await?;
+        let Some(&last) = page.last() else {
+            break;
+        };
+        blo = last + 1;
+        for (b0, b1) in runs(&page) {
+            let (lo, hi) = (
+                plan.lo.max(b0 << BLOCK_SHIFT),
+                plan.hi.min((b1 + 1) << BLOCK_SHIFT),
+            );
+            match out.last_mut() {
+                Some((_, h)) if *h == lo => *h = hi,
+                _ => out.push((lo, hi)),
+            }
+        }
+        if page.len() < BLOCKS_PER_PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The strings of interned `ids`.
+async fn strings_of(
+    c: &mut SqliteConnection,
+    ids: impl Iterator<Item = i64>,
+) -> Result<foldhash::HashMap<i64, String>, StoreError> {
+    let ids: Vec<i64> = ids.collect();
+    let mut out = foldhash::HashMap::default();
+    for chunk in ids.chunks(500) {
+        let mut b: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT id, s FROM strings WHERE id IN (");
+        let mut sep = b.separated(", ");
+        for id in chunk {
+            sep.push_bind(*id);
+        }
+        b.push(")");
+        let got: Vec<(i64, String)> = b.build_query_as().fetch_all(&mut *c).await?;
+        out.extend(got);
+    }
+    Ok(out)
 }
 
 /// `<prefix>SELECT <what> FROM event_blocks` for the blocks in [blo, bhi]

@@ -45,8 +45,9 @@ pub(super) struct Encoded {
     /// Interned strings first used by this batch (or carried over from a
     /// batch that failed).
     pub fresh: Vec<(i64, String)>,
-    /// event_blocks rows: (col, value, block).
-    pub blocks: Vec<[i64; 3]>,
+    /// event_blocks rows: (col, value, block, occurrences in this batch),
+    /// added to the stored count.
+    pub blocks: Vec<[i64; 4]>,
     /// Upserts of the `procs` table (store::procs).
     pub procs: Vec<ProcRow>,
 }
@@ -86,10 +87,14 @@ const PROCS: &CStr = c"INSERT INTO procs (key, pid, ppid, parent, uid, start_ts,
     signal = coalesce(excluded.signal, signal), exe = coalesce(excluded.exe, exe), \
     comm = coalesce(excluded.comm, comm), cmdline = coalesce(excluded.cmdline, cmdline), \
     last_id = max(last_id, excluded.last_id)";
-/// OR IGNORE: a string or block row carried over from a failed batch, or
-/// re-offered after a restart, may already be stored.
+/// OR IGNORE: a string carried over from a failed batch, or re-offered
+/// after a restart, may already be stored.
 const STRINGS: &CStr = c"INSERT OR IGNORE INTO strings (id, s) VALUES (?1, ?2)";
-const BLOCKS: &CStr = c"INSERT OR IGNORE INTO event_blocks (col, value, block) VALUES (?1, ?2, ?3)";
+/// Each batch adds its own occurrences to a block's count (migration 9), so
+/// a batch that fails leaves no trace and none depends on another. A row
+/// from before counts existed keeps n NULL: unknown, never a wrong count.
+const BLOCKS: &CStr = c"INSERT INTO event_blocks (col, value, block, n) VALUES (?1, ?2, ?3, ?4) \
+    ON CONFLICT (col, value, block) DO UPDATE SET n = n + excluded.n";
 const COLS: usize = 20;
 const ARGS_PARAM: usize = 17;
 
@@ -97,12 +102,19 @@ const ARGS_PARAM: usize = 17;
 /// (cursors, the AUTOINCREMENT counter); 160k -> 196k rows/s when measured.
 const ROWS_PER_STMT: usize = 32;
 
-/// `one`'s VALUES tuple repeated for ROWS_PER_STMT rows.
+/// `one`'s VALUES tuple repeated for ROWS_PER_STMT rows (what follows the
+/// tuple, an upsert clause, is kept).
 fn multi_row(one: &CStr, cols: usize) -> CString {
     let tuple = format!("({})", vec!["?"; cols].join(","));
-    let head = one.to_str().expect("ASCII");
-    let head = &head[..head.find("VALUES").expect("VALUES") + 7];
-    CString::new(format!("{head}{}", vec![tuple; ROWS_PER_STMT].join(","))).expect("no NUL")
+    let one = one.to_str().expect("ASCII");
+    let values = one.find("VALUES").expect("VALUES") + 7;
+    let tail = &one[values..][one[values..].find(')').expect("a tuple") + 1..];
+    CString::new(format!(
+        "{}{}{tail}",
+        &one[..values],
+        vec![tuple; ROWS_PER_STMT].join(",")
+    ))
+    .expect("no NUL")
 }
 
 /// (single-row SQL, ROWS_PER_STMT-row SQL, parameters per row)
@@ -120,7 +132,7 @@ fn strings_sql() -> Sql {
 
 fn blocks_sql() -> Sql {
     static MANY: OnceLock<CString> = OnceLock::new();
-    (BLOCKS, MANY.get_or_init(|| multi_row(BLOCKS, 3)), 3)
+    (BLOCKS, MANY.get_or_init(|| multi_row(BLOCKS, 4)), 4)
 }
 
 /// A prepared statement, finalized on drop.
@@ -392,10 +404,11 @@ impl Conn {
             rc
         })?;
         insert_rows(db, blocks_sql(), b.blocks.len(), |st, base, i| {
-            let [col, value, block] = b.blocks[i];
+            let [col, value, block, n] = b.blocks[i];
             st.int(base + 1, Some(col))
                 | st.int(base + 2, Some(value))
                 | st.int(base + 3, Some(block))
+                | st.int(base + 4, Some(n))
         })?;
         if !b.procs.is_empty() {
             // One row per statement: an upsert cannot be batched by

@@ -127,8 +127,8 @@ struct Pipe {
 
 /// The SQLite thread: writes each batch in one transaction and schedules
 /// checkpoints on its own helper thread. The batches after a failed one
-/// were encoded assuming its new strings and block rows exist, so those are
-/// carried into the next batch written (OR IGNORE makes that idempotent).
+/// were encoded assuming its new strings exist, so those are carried into
+/// the next batch written (OR IGNORE makes that idempotent).
 fn sql_thread(
     mut conn: Conn,
     mut ckpt: Conn,
@@ -161,20 +161,11 @@ fn sql_thread(
             let _ = conn.checkpoint();
         }
         batch.fresh.append(&mut carry.fresh);
-        batch.blocks.append(&mut carry.blocks);
         let res = conn.write(&batch);
         if res.is_err() {
+            // Block rows are not carried: each batch adds its own counts,
+            // and a failed batch's events are not stored.
             carry.fresh.extend_from_slice(&batch.fresh);
-            // Later batches have higher ids, so only the rows of this
-            // batch's last block can still be needed: the carry stays one
-            // block's worth however long the disk stays full.
-            let last = batch
-                .ints
-                .last()
-                .and_then(|r| r[0])
-                .map(|id| id >> BLOCK_SHIFT);
-            let needed = batch.blocks.iter().filter(|b| Some(b[2]) >= last);
-            carry.blocks.extend(needed);
         }
         if res.is_ok() && conn.wal_frames() >= CHECKPOINT_FRAMES {
             // Full: a checkpoint is already asked for.
@@ -203,10 +194,8 @@ pub struct Writer {
     conns: Option<(Conn, Conn)>,
     next_id: i64,
     strings: Interner,
-    /// The block the last encoded id is in, and the (col, value) pairs
-    /// already indexed for it.
-    block: i64,
-    block_seen: foldhash::HashSet<(BlockCol, i64)>,
+    /// The batch being encoded: occurrences per (col, value, block).
+    block_counts: foldhash::HashMap<(BlockCol, i64, i64), i64>,
     spare: Vec<Encoded>,
     spare_events: Vec<Vec<Event>>,
     keys: Vec<u8>,
@@ -326,8 +315,7 @@ impl Writer {
                 ids,
                 next: next_string,
             },
-            block: -1,
-            block_seen: Default::default(),
+            block_counts: Default::default(),
             spare: Vec::new(),
             spare_events: Vec::new(),
             keys: Vec::new(),
@@ -552,10 +540,7 @@ impl Writer {
                 });
             }
             let block = id >> BLOCK_SHIFT;
-            if block != self.block {
-                self.block = block;
-                self.block_seen.clear();
-            }
+            let counts = &mut self.block_counts;
             for (col, v) in [
                 (BlockCol::Kind, Some(kind)),
                 (BlockCol::Pid, u(e.pid)),
@@ -567,18 +552,20 @@ impl Writer {
                 (BlockCol::Proc, proc),
             ] {
                 if let Some(v) = v {
-                    if self.block_seen.insert((col, v)) {
-                        enc.blocks.push([col as i64, v, block]);
-                    }
+                    *counts.entry((col, v, block)).or_default() += 1;
                 }
             }
-            let seen = &mut self.block_seen;
             super::payload::keys(&e.kind, &e.args, |col, v| {
-                if seen.insert((col, v)) {
-                    enc.blocks.push([col as i64, v, block]);
-                }
+                *counts.entry((col, v, block)).or_default() += 1;
             });
         }
+        enc.blocks.extend(
+            self.block_counts
+                .drain()
+                .map(|((col, v, block), n)| [col as i64, v, block, n]),
+        );
+        // Key order: the upserts walk the primary key's B-tree forward.
+        enc.blocks.sort_unstable();
         // Ids of a batch that fails are not reused: a gap, never a clash.
         self.next_id += batch.len() as i64;
         (enc, first_id)
