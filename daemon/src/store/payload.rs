@@ -1,5 +1,6 @@
-//! Payload keys of the block index (BlockCol 8..11): the paths, directories,
-//! socket addresses and ports an event's `args` name, derived the same way
+//! Payload keys of the block index (BlockCol 8..11; 8..10 live in per-block
+//! Bloom filters, bloom.rs): the paths, directories, socket addresses and
+//! ports an event's `args` name, derived the same way
 //! by the writer, by the one-time backfill of stores written before these
 //! keys existed, and by the planner; plus reading them back out of `args`
 //! for the re-check of each row a payload filter selects.
@@ -14,7 +15,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 use sqlx::{Row, SqlitePool};
 
-use super::{BlockCol, BLOCK_SHIFT};
+use super::{bloom, BlockCol, BLOCK_SHIFT};
 
 /// Kinds whose `args` name a path, and the keys that hold it.
 pub(crate) const PATH_KINDS: &[&str] = &["open", "unlink", "chmod", "exec", "mount", "rename"];
@@ -142,6 +143,7 @@ pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             .await?;
         let mut tx = pool.begin().await?;
         let mut seen = foldhash::HashSet::default();
+        let mut blooms: foldhash::HashMap<i64, Vec<u8>> = Default::default();
         for r in &rows {
             let id: i64 = r.try_get("id")?;
             let kind: String = r.try_get("kind")?;
@@ -149,14 +151,36 @@ pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
                 &r.try_get::<String, _>("args")?,
                 r.try_get("args_keys")?,
             );
+            let block = id >> BLOCK_SHIFT;
             keys(&kind, &args, |col, v| {
-                seen.insert((col as i64, v, id >> BLOCK_SHIFT));
+                if bloom::holds(col) {
+                    let bits = blooms.entry(block).or_insert_with(|| vec![0; bloom::BYTES]);
+                    bloom::insert(bits, col, v);
+                } else {
+                    seen.insert((col as i64, v, block));
+                }
             });
             after = id;
         }
         if !rows.is_empty() && !logged {
             tracing::info!("indexing the paths and addresses of stored events (one-time)");
             logged = true;
+        }
+        // A block split across two batches: OR into what the first wrote.
+        for (block, mut bits) in blooms {
+            let old: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT bits FROM block_blooms WHERE block = ?")
+                    .bind(block)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(old) = old {
+                bloom::merge(&mut bits, &old);
+            }
+            sqlx::query("INSERT OR REPLACE INTO block_blooms (block, bits) VALUES (?, ?)")
+                .bind(block)
+                .bind(bits)
+                .execute(&mut *tx)
+                .await?;
         }
         for (col, v, block) in seen {
             sqlx::query("INSERT OR IGNORE INTO event_blocks (col, value, block) VALUES (?, ?, ?)")

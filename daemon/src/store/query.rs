@@ -8,7 +8,7 @@ use traceed_wire::query::{Cidr, PathMatch};
 use traceed_wire::{Coverage, Event, Gap};
 
 use super::payload::{self, NET_KINDS, PATH_KINDS};
-use super::{BlockCol, Store, StoreError, BLOCK_SHIFT};
+use super::{bloom, BlockCol, Store, StoreError, BLOCK_SHIFT};
 
 /// How far ingest order may lag wall-clock order (CPU ring jitter, decode
 /// delays). Time bounds are turned into id bounds with this much slack, then
@@ -152,20 +152,10 @@ impl Store {
             }
             Some(d) => {
                 let f = &plan.filters[d];
-                let (mut blo, mut bhi) = blocks(plan.lo, plan.hi);
-                'pages: while blo <= bhi && rows.len() < want {
-                    let blocks: Vec<i64> = blocks_sql("", f, (blo, bhi), q.desc)
-                        .build_query_scalar::<i64>()
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    let Some(&last) = blocks.last() else {
-                        break;
-                    };
-                    if q.desc {
-                        bhi = last - 1;
-                    } else {
-                        blo = last + 1;
-                    }
+                let mut range = Some(blocks(plan.lo, plan.hi));
+                'pages: while let Some(r) = range.filter(|_| rows.len() < want) {
+                    let (blocks, next) = blocks_page(&mut tx, f, r, q.desc).await?;
+                    range = next;
                     for (b0, b1) in runs(&blocks) {
                         let lo = plan.lo.max(b0 << BLOCK_SHIFT);
                         let hi = plan.hi.min((b1 + 1) << BLOCK_SHIFT);
@@ -173,9 +163,6 @@ impl Store {
                         if rows.len() >= want {
                             break 'pages;
                         }
-                    }
-                    if blocks.len() < BLOCKS_PER_PAGE {
-                        break;
                     }
                 }
             }
@@ -392,8 +379,13 @@ impl Store {
             rows.iter().map(|r| r.get::<String, _>("detail")).collect()
         };
         if let Some(d) = plan.driver {
-            out.push(format!("driver {:?}", plan.filters[d].col));
-            let mut b = blocks_sql("EXPLAIN QUERY PLAN ", &plan.filters[d], (0, 1), q.desc);
+            let f = &plan.filters[d];
+            out.push(format!("driver {:?}", f.col));
+            let mut b = if bloom::holds(f.col) {
+                blooms_sql("EXPLAIN QUERY PLAN ", (0, 1), q.desc)
+            } else {
+                blocks_sql("EXPLAIN QUERY PLAN ", f, (0, 1), q.desc)
+            };
             out.extend(details(b.build().fetch_all(&mut *c).await?));
         }
         let mut b = plan.range_sql("EXPLAIN QUERY PLAN ", q, plan.lo, plan.hi, 100);
@@ -443,8 +435,14 @@ const DISTINCT_CAP: usize = 100_000;
 /// filter): enough that a sparse match does not cost a statement per row.
 const RECHECK_BATCH: usize = 512;
 
-/// Block lookups fetched per statement.
+/// Block lookups (or block filters) fetched per statement.
 const BLOCKS_PER_PAGE: usize = 256;
+
+/// Scanning a block's rows costs about this many block filter tests (1024
+/// rows of ~100 B against 2 kB): a column filter drives rather than a
+/// path or address one when it names fewer blocks than the window has
+/// divided by this.
+const BLOOM_TEST_COST: i64 = 32;
 
 /// `col IN values`, on stored (interned) integers.
 #[derive(Debug)]
@@ -671,17 +669,11 @@ async fn driver_ranges(
     plan: &Plan,
     f: &Filter,
 ) -> Result<Vec<(i64, i64)>, StoreError> {
-    let (mut blo, bhi) = blocks(plan.lo, plan.hi);
+    let mut range = Some(blocks(plan.lo, plan.hi));
     let mut out = Vec::new();
-    while blo <= bhi {
-        let page: Vec<i64> = blocks_sql("", f, (blo, bhi), false)
-            .build_query_scalar::<i64>()
-            .fetch_all(&mut *c)
-            .await?;
-        let Some(&last) = page.last() else {
-            break;
-        };
-        blo = last + 1;
+    while let Some(r) = range {
+        let (page, next) = blocks_page(c, f, r, false).await?;
+        range = next;
         for (b0, b1) in runs(&page) {
             let (lo, hi) = (
                 plan.lo.max(b0 << BLOCK_SHIFT),
@@ -692,11 +684,66 @@ async fn driver_ranges(
                 _ => out.push((lo, hi)),
             }
         }
-        if page.len() < BLOCKS_PER_PAGE {
-            break;
-        }
     }
     Ok(out)
+}
+
+/// One page of the blocks in [blo, bhi] that may hold a value of `f`, in
+/// the given order, and the range left after it (None: this was the last).
+/// Paths and addresses test each block's filter (bloom.rs); other columns
+/// read their rows.
+async fn blocks_page(
+    c: &mut SqliteConnection,
+    f: &Filter,
+    (blo, bhi): (i64, i64),
+    desc: bool,
+) -> Result<(Vec<i64>, Option<(i64, i64)>), StoreError> {
+    let (page, scanned, last) = if bloom::holds(f.col) {
+        let rows: Vec<(i64, Vec<u8>)> = blooms_sql("", (blo, bhi), desc)
+            .build_query_as()
+            .fetch_all(&mut *c)
+            .await?;
+        let last = rows.last().map(|r| r.0);
+        let hits = rows
+            .iter()
+            .filter(|(_, bits)| f.values.iter().any(|v| bloom::may_hold(bits, f.col, *v)))
+            .map(|r| r.0)
+            .collect();
+        (hits, rows.len(), last)
+    } else {
+        let page: Vec<i64> = blocks_sql("", f, (blo, bhi), desc)
+            .build_query_scalar::<i64>()
+            .fetch_all(&mut *c)
+            .await?;
+        let (n, last) = (page.len(), page.last().copied());
+        (page, n, last)
+    };
+    let next = match last {
+        Some(l) if scanned >= BLOCKS_PER_PAGE => {
+            let r = if desc { (blo, l - 1) } else { (l + 1, bhi) };
+            (r.0 <= r.1).then_some(r)
+        }
+        _ => None,
+    };
+    Ok((page, next))
+}
+
+/// The block filters in [blo, bhi], in the given order, one page.
+fn blooms_sql(prefix: &str, (blo, bhi): (i64, i64), desc: bool) -> QueryBuilder<Sqlite> {
+    let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        "{prefix}SELECT block, bits FROM block_blooms WHERE block >= "
+    ));
+    b.push_bind(blo)
+        .push(" AND block <= ")
+        .push_bind(bhi)
+        .push(if desc {
+            " ORDER BY block DESC"
+        } else {
+            " ORDER BY block"
+        })
+        .push(" LIMIT ")
+        .push_bind(BLOCKS_PER_PAGE as i64);
+    b
 }
 
 /// The strings of interned `ids`.
@@ -989,12 +1036,18 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
     };
     // The filter with the fewest blocks in range drives; counting stops at
     // a bound, past which any driver is about as good as a plain scan.
+    // A path or address filter (a block filter test, never counted: that
+    // would read every filter twice) drives unless a column's blocks are
+    // fewer than the window's blocks / BLOOM_TEST_COST.
     let mut driver = None;
     if filters.len() == 1 {
         driver = Some(0);
     } else if filters.len() > 1 {
         let mut best = i64::MAX;
         for (i, f) in filters.iter().enumerate() {
+            if bloom::holds(f.col) {
+                continue;
+            }
             let mut b = blocks_of("SELECT count(*) FROM (", "1", f, blocks(lo, hi));
             b.push(" LIMIT 4096)");
             let n: i64 = b.build_query_scalar::<i64>().fetch_one(&mut *c).await?;
@@ -1003,6 +1056,15 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
             }
             if n < best {
                 best = n;
+                driver = Some(i);
+            }
+        }
+        if let Some(i) = filters.iter().position(|f| bloom::holds(f.col)) {
+            let max: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events")
+                .fetch_one(&mut *c)
+                .await?;
+            let (blo, bhi) = blocks(lo, hi.min(max.unwrap_or(0) + 1));
+            if best.saturating_mul(BLOOM_TEST_COST) > bhi - blo {
                 driver = Some(i);
             }
         }

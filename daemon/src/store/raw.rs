@@ -15,6 +15,8 @@ use std::sync::{Arc, OnceLock};
 
 use libsqlite3_sys as ffi;
 
+use super::bloom;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{msg} (sqlite code {code})")]
 pub(super) struct WriteError {
@@ -50,6 +52,10 @@ pub(super) struct Encoded {
     pub blocks: Vec<[i64; 4]>,
     /// Upserts of the `procs` table (store::procs).
     pub procs: Vec<ProcRow>,
+    /// block_blooms rows: the blocks this batch touched and, back to back,
+    /// each one's whole filter (bloom::BYTES) as the writer holds it.
+    pub bloom_blocks: Vec<i64>,
+    pub bloom_bits: Vec<u8>,
 }
 
 /// One upsert of a `procs` row: known fields replace, unknown ones (None)
@@ -70,6 +76,8 @@ impl Encoded {
         self.fresh.clear();
         self.blocks.clear();
         self.procs.clear();
+        self.bloom_blocks.clear();
+        self.bloom_bits.clear();
     }
 }
 
@@ -95,6 +103,9 @@ const STRINGS: &CStr = c"INSERT OR IGNORE INTO strings (id, s) VALUES (?1, ?2)";
 /// from before counts existed keeps n NULL: unknown, never a wrong count.
 const BLOCKS: &CStr = c"INSERT INTO event_blocks (col, value, block, n) VALUES (?1, ?2, ?3, ?4) \
     ON CONFLICT (col, value, block) DO UPDATE SET n = n + excluded.n";
+/// The writer holds the filter of the block it is filling, loaded at
+/// start: each batch writes it whole.
+const BLOOMS: &CStr = c"INSERT OR REPLACE INTO block_blooms (block, bits) VALUES (?1, ?2)";
 const COLS: usize = 20;
 const ARGS_PARAM: usize = 17;
 
@@ -185,6 +196,20 @@ impl Stmt {
                 self.stmt,
                 i as c_int,
                 v.as_ptr().cast::<c_char>(),
+                v.len() as c_int,
+                ffi::SQLITE_STATIC(),
+            )
+        }
+    }
+
+    /// As text_static, for a BLOB.
+    fn blob_static(&mut self, i: usize, v: &[u8]) -> c_int {
+        // SAFETY: as text_static: `v` outlives the statement.
+        unsafe {
+            ffi::sqlite3_bind_blob(
+                self.stmt,
+                i as c_int,
+                v.as_ptr().cast(),
                 v.len() as c_int,
                 ffi::SQLITE_STATIC(),
             )
@@ -410,6 +435,13 @@ impl Conn {
                 | st.int(base + 3, Some(block))
                 | st.int(base + 4, Some(n))
         })?;
+        if !b.bloom_blocks.is_empty() {
+            let mut st = Stmt::prepare(db, BLOOMS)?;
+            for (block, bits) in b.bloom_blocks.iter().zip(b.bloom_bits.chunks(bloom::BYTES)) {
+                let rc = st.int(1, Some(*block)) | st.blob_static(2, bits);
+                st.step(rc)?;
+            }
+        }
         if !b.procs.is_empty() {
             // One row per statement: an upsert cannot be batched by
             // multi_row, and these are a few per process, not per event.

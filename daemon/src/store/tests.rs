@@ -1137,6 +1137,10 @@ async fn payload_filters_agree_with_a_scan() {
         .execute(&pool)
         .await
         .unwrap();
+    sqlx::query("DELETE FROM block_blooms")
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query("DELETE FROM meta WHERE key = 'payload_index'")
         .execute(&pool)
         .await
@@ -1147,7 +1151,14 @@ async fn payload_filters_agree_with_a_scan() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert!(rows > 0, "backfilled");
+    let blooms: i64 = sqlx::query_scalar("SELECT count(*) FROM block_blooms")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        rows > 0 && blooms == 5,
+        "backfilled: {rows} port rows, {blooms} filters"
+    );
     check(all, store).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use traceed_wire::Event;
 
 use super::raw::{Conn, Encoded, ProcRow, WriteError};
-use super::{BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
+use super::{bloom, BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
 use crate::service::metrics::Counters;
 use crate::store::export::Exporter;
 
@@ -196,6 +196,9 @@ pub struct Writer {
     strings: Interner,
     /// The batch being encoded: occurrences per (col, value, block).
     block_counts: foldhash::HashMap<(BlockCol, i64, i64), i64>,
+    /// The payload filter (bloom.rs) of the block being filled.
+    bloom_block: i64,
+    bloom_bits: Vec<u8>,
     spare: Vec<Encoded>,
     spare_events: Vec<Vec<Event>>,
     keys: Vec<u8>,
@@ -301,6 +304,19 @@ impl Writer {
             })
         };
         let conns = (open(true)?, open(false)?);
+        let next_id = seq.unwrap_or(0).max(max_id.unwrap_or(0)) + 1;
+        // The filter of the block the next id falls in, as stored: the
+        // writer adds to it and rewrites it whole.
+        let bloom_block = next_id >> BLOCK_SHIFT;
+        let mut bloom_bits = vec![0u8; bloom::BYTES];
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT bits FROM block_blooms WHERE block = ?")
+                .bind(bloom_block)
+                .fetch_optional(&pool)
+                .await?;
+        if let Some(b) = stored {
+            bloom::merge(&mut bloom_bits, &b);
+        }
         Ok(Self {
             rx,
             live,
@@ -310,12 +326,14 @@ impl Writer {
             export: None,
             pool,
             conns: Some(conns),
-            next_id: seq.unwrap_or(0).max(max_id.unwrap_or(0)) + 1,
+            next_id,
             strings: Interner {
                 ids,
                 next: next_string,
             },
             block_counts: Default::default(),
+            bloom_block,
+            bloom_bits,
             spare: Vec::new(),
             spare_events: Vec::new(),
             keys: Vec::new(),
@@ -540,6 +558,11 @@ impl Writer {
                 });
             }
             let block = id >> BLOCK_SHIFT;
+            if block != self.bloom_block {
+                self.push_bloom(&mut enc);
+                self.bloom_bits.fill(0);
+                self.bloom_block = block;
+            }
             let counts = &mut self.block_counts;
             for (col, v) in [
                 (BlockCol::Kind, Some(kind)),
@@ -555,10 +578,16 @@ impl Writer {
                     *counts.entry((col, v, block)).or_default() += 1;
                 }
             }
+            let bits = &mut self.bloom_bits;
             super::payload::keys(&e.kind, &e.args, |col, v| {
-                *counts.entry((col, v, block)).or_default() += 1;
+                if bloom::holds(col) {
+                    bloom::insert(bits, col, v);
+                } else {
+                    *counts.entry((col, v, block)).or_default() += 1;
+                }
             });
         }
+        self.push_bloom(&mut enc);
         enc.blocks.extend(
             self.block_counts
                 .drain()
@@ -569,6 +598,15 @@ impl Writer {
         // Ids of a batch that fails are not reused: a gap, never a clash.
         self.next_id += batch.len() as i64;
         (enc, first_id)
+    }
+
+    /// Write the current block's filter with the batch, unless it is
+    /// empty (no event of the block named a path or address).
+    fn push_bloom(&self, enc: &mut Encoded) {
+        if self.bloom_bits.iter().any(|&b| b != 0) {
+            enc.bloom_blocks.push(self.bloom_block);
+            enc.bloom_bits.extend_from_slice(&self.bloom_bits);
+        }
     }
 
     /// Hand an encoded batch to the SQLite thread (fewer than DEPTH are in
