@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use sqlx::SqlitePool;
 use traceed_wire::Event;
 
-mod bloom;
+pub(crate) mod bloom;
 pub mod clickhouse;
 pub mod export;
 mod payload;

@@ -167,20 +167,25 @@ pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             logged = true;
         }
         // A block split across two batches: OR into what the first wrote.
-        for (block, mut bits) in blooms {
-            let old: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT bits FROM block_blooms WHERE block = ?")
+        for (block, mut filter) in blooms {
+            let old: Vec<(i64, Vec<u8>)> =
+                sqlx::query_as("SELECT slice, bits FROM block_blooms WHERE block = ?")
                     .bind(block)
-                    .fetch_optional(&mut *tx)
+                    .fetch_all(&mut *tx)
                     .await?;
-            if let Some(old) = old {
-                bloom::merge(&mut bits, &old);
+            for (slice, bits) in old {
+                bloom::merge(&mut filter, slice as usize, &bits);
             }
-            sqlx::query("INSERT OR REPLACE INTO block_blooms (block, bits) VALUES (?, ?)")
+            for (slice, bits) in bloom::slices(&filter) {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO block_blooms (slice, block, bits) VALUES (?, ?, ?)",
+                )
+                .bind(slice as i64)
                 .bind(block)
                 .bind(bits)
                 .execute(&mut *tx)
                 .await?;
+            }
         }
         for (col, v, block) in seen {
             sqlx::query("INSERT OR IGNORE INTO event_blocks (col, value, block) VALUES (?, ?, ?)")

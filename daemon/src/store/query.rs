@@ -382,7 +382,7 @@ impl Store {
             let f = &plan.filters[d];
             out.push(format!("driver {:?}", f.col));
             let mut b = if bloom::holds(f.col) {
-                blooms_sql("EXPLAIN QUERY PLAN ", (0, 1), q.desc)
+                blooms_sql("EXPLAIN QUERY PLAN ", 0, (0, 1), q.desc)
             } else {
                 blocks_sql("EXPLAIN QUERY PLAN ", f, (0, 1), q.desc)
             };
@@ -698,15 +698,18 @@ async fn blocks_page(
     (blo, bhi): (i64, i64),
     desc: bool,
 ) -> Result<(Vec<i64>, Option<(i64, i64)>), StoreError> {
-    let (page, scanned, last) = if bloom::holds(f.col) {
-        let rows: Vec<(i64, Vec<u8>)> = blooms_sql("", (blo, bhi), desc)
+    // The planner gives a path or address filter one value (one slice).
+    let bloom_key = f.values.first().filter(|_| f.values.len() == 1);
+    let (page, scanned, last) = if let Some(&v) = bloom_key.filter(|_| bloom::holds(f.col)) {
+        let slice = bloom::slice_of(f.col, v);
+        let rows: Vec<(i64, Vec<u8>)> = blooms_sql("", slice, (blo, bhi), desc)
             .build_query_as()
             .fetch_all(&mut *c)
             .await?;
         let last = rows.last().map(|r| r.0);
         let hits = rows
             .iter()
-            .filter(|(_, bits)| f.values.iter().any(|v| bloom::may_hold(bits, f.col, *v)))
+            .filter(|(_, bits)| bloom::may_hold(bits, f.col, v))
             .map(|r| r.0)
             .collect();
         (hits, rows.len(), last)
@@ -728,12 +731,20 @@ async fn blocks_page(
     Ok((page, next))
 }
 
-/// The block filters in [blo, bhi], in the given order, one page.
-fn blooms_sql(prefix: &str, (blo, bhi): (i64, i64), desc: bool) -> QueryBuilder<Sqlite> {
+/// One slice of the block filters in [blo, bhi], in the given order, one
+/// page.
+fn blooms_sql(
+    prefix: &str,
+    slice: usize,
+    (blo, bhi): (i64, i64),
+    desc: bool,
+) -> QueryBuilder<Sqlite> {
     let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-        "{prefix}SELECT block, bits FROM block_blooms WHERE block >= "
+        "{prefix}SELECT block, bits FROM block_blooms WHERE slice = "
     ));
-    b.push_bind(blo)
+    b.push_bind(slice as i64)
+        .push(" AND block >= ")
+        .push_bind(blo)
         .push(" AND block <= ")
         .push_bind(bhi)
         .push(if desc {

@@ -105,7 +105,8 @@ const BLOCKS: &CStr = c"INSERT INTO event_blocks (col, value, block, n) VALUES (
     ON CONFLICT (col, value, block) DO UPDATE SET n = n + excluded.n";
 /// The writer holds the filter of the block it is filling, loaded at
 /// start: each batch writes it whole.
-const BLOOMS: &CStr = c"INSERT OR REPLACE INTO block_blooms (block, bits) VALUES (?1, ?2)";
+const BLOOMS: &CStr =
+    c"INSERT OR REPLACE INTO block_blooms (slice, block, bits) VALUES (?1, ?2, ?3)";
 const COLS: usize = 20;
 const ARGS_PARAM: usize = 17;
 
@@ -437,9 +438,13 @@ impl Conn {
         })?;
         if !b.bloom_blocks.is_empty() {
             let mut st = Stmt::prepare(db, BLOOMS)?;
-            for (block, bits) in b.bloom_blocks.iter().zip(b.bloom_bits.chunks(bloom::BYTES)) {
-                let rc = st.int(1, Some(*block)) | st.blob_static(2, bits);
-                st.step(rc)?;
+            for (block, filter) in b.bloom_blocks.iter().zip(b.bloom_bits.chunks(bloom::BYTES)) {
+                for (slice, bits) in bloom::slices(filter) {
+                    let rc = st.int(1, Some(slice as i64))
+                        | st.int(2, Some(*block))
+                        | st.blob_static(3, bits);
+                    st.step(rc)?;
+                }
             }
         }
         if !b.procs.is_empty() {

@@ -268,10 +268,14 @@ async fn delete_below(conn: &mut SqliteConnection, hi: i64) -> Result<u64, Store
         .bind(hi >> crate::store::BLOCK_SHIFT)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM block_blooms WHERE block < ?")
-        .bind(hi >> crate::store::BLOCK_SHIFT)
-        .execute(&mut *conn)
-        .await?;
+    // One range per slice: the primary key starts with the slice.
+    for slice in 0..crate::store::bloom::SLICES as i64 {
+        sqlx::query("DELETE FROM block_blooms WHERE slice = ? AND block < ?")
+            .bind(slice)
+            .bind(hi >> crate::store::BLOCK_SHIFT)
+            .execute(&mut *conn)
+            .await?;
+    }
     // Process rows go with the newest event that touched them (their
     // fork, exec, exit or first sight), through procs_last_id.
     sqlx::query("DELETE FROM procs WHERE last_id < ?")

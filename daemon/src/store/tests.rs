@@ -1151,7 +1151,7 @@ async fn payload_filters_agree_with_a_scan() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    let blooms: i64 = sqlx::query_scalar("SELECT count(*) FROM block_blooms")
+    let blooms: i64 = sqlx::query_scalar("SELECT count(DISTINCT block) FROM block_blooms")
         .fetch_one(store.pool())
         .await
         .unwrap();

@@ -309,13 +309,13 @@ impl Writer {
         // writer adds to it and rewrites it whole.
         let bloom_block = next_id >> BLOCK_SHIFT;
         let mut bloom_bits = vec![0u8; bloom::BYTES];
-        let stored: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT bits FROM block_blooms WHERE block = ?")
+        let stored: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT slice, bits FROM block_blooms WHERE block = ?")
                 .bind(bloom_block)
-                .fetch_optional(&pool)
+                .fetch_all(&pool)
                 .await?;
-        if let Some(b) = stored {
-            bloom::merge(&mut bloom_bits, &b);
+        for (slice, bits) in stored {
+            bloom::merge(&mut bloom_bits, slice as usize, &bits);
         }
         Ok(Self {
             rx,
