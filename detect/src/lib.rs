@@ -11,25 +11,35 @@ pub mod condition;
 pub mod field;
 pub mod matcher;
 pub mod rule;
+pub mod values;
 
 pub use field::{Category, Field, ProcessMap, Subject, WireSubject};
 pub use rule::{load_paths, parse_rule, Level, LoadError, Rule, RuleSet, Skipped, MAX_RULE_BYTES};
+pub use values::{FieldSet, Values};
 
 /// Rules indexed by category, so an event is tried only against the rules
-/// that can see it.
+/// that can see it, on field values read once per event.
 #[derive(Debug, Default)]
 pub struct Engine {
     rules: Vec<Rule>,
     by_category: [Vec<usize>; Category::ALL.len()],
+    /// The fields any rule of the category reads.
+    fields: [FieldSet; Category::ALL.len()],
 }
 
 impl Engine {
     pub fn new(rules: Vec<Rule>) -> Self {
         let mut by_category: [Vec<usize>; Category::ALL.len()] = Default::default();
+        let mut fields = [FieldSet::default(); Category::ALL.len()];
         for (i, r) in rules.iter().enumerate() {
             by_category[r.category as usize].push(i);
+            fields[r.category as usize] = fields[r.category as usize].union(r.fields());
         }
-        Engine { rules, by_category }
+        Engine {
+            rules,
+            by_category,
+            fields,
+        }
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -39,13 +49,22 @@ impl Engine {
     /// Appends to `out` every rule the subject matches (each at most once,
     /// even when the event is in several categories).
     pub fn matches<'a>(&'a self, subject: &dyn Subject, out: &mut Vec<&'a Rule>) {
+        let cats = Category::ALL.map(|c| subject.in_category(c));
+        let want = Category::ALL
+            .into_iter()
+            .filter(|c| cats[*c as usize])
+            .fold(FieldSet::default(), |w, c| w.union(self.fields[c as usize]));
+        if !cats.contains(&true) {
+            return;
+        }
+        let values = Values::load(subject, want);
         for c in Category::ALL {
-            if !subject.in_category(c) {
+            if !cats[c as usize] {
                 continue;
             }
             for &i in &self.by_category[c as usize] {
                 let rule = &self.rules[i];
-                if rule.matches(subject) && !out.iter().any(|r| std::ptr::eq(*r, rule)) {
+                if rule.eval(&values) && !out.iter().any(|r| std::ptr::eq(*r, rule)) {
                     out.push(rule);
                 }
             }
