@@ -273,6 +273,11 @@ impl Prefilter {
         self.n_atoms
     }
 
+    #[cfg(test)]
+    pub(crate) fn memory(&self) -> usize {
+        self.searchers.iter().map(|s| s.ac.memory_usage()).sum()
+    }
+
     /// The atoms present in the event's values, and the rules keyed on
     /// them added to `cands`.
     pub(crate) fn scan(&self, v: &Values<'_>, cands: &mut Bits) -> Bits {
