@@ -286,6 +286,7 @@ mod engine_tests {
         "title: file\nlogsource: {product: linux, category: file_event}\ndetection:\n  s:\n    TargetFilename|startswith: [/etc/cron, /tmp/]\n    TargetFilename|endswith: ['.sh', '.so']\n  f:\n    Image|endswith: /dpkg\n  condition: s and not f\n",
         "title: file-delete\nlogsource: {product: linux, category: file_delete}\ndetection:\n  s:\n    TargetFilename|contains: [/var/log/, .bash_history]\n  condition: s\n",
         "title: unicode\nlogsource: {product: linux, category: process_creation}\ndetection:\n  s:\n    CommandLine|contains: 'é*ß'\n  t:\n    CommandLine|contains: ÉCHO\n  condition: s or t\n",
+        "title: regex-forms\nlogsource: {product: linux, category: process_creation}\ndetection:\n  a:\n    CommandLine|re: '(?i)\\b(wget|curl)\\s+[^|]*\\|\\s*(ba|z)?sh\\b'\n  b:\n    CommandLine|re|i: 'kill\\s+-(9|kill)'\n  c:\n    CommandLine|re: 'x{2}(ab)+c\\d?$'\n  condition: 1 of them\n",
         "title: empty-map\nlogsource: {product: linux, category: file_rename}\ndetection:\n  s: {}\n  condition: s\n",
     ];
 
@@ -335,6 +336,14 @@ mod engine_tests {
                 "\u{212A}ill -\u{17F} 9",
                 "tar -xf /tmp/a",
                 "ssh-\u{212A}ey",
+            ],
+            "regex-forms" => &[
+                "curl -s http://x | sh",
+                "WGET x |bash",
+                "\u{212A}ill -9",
+                "KILL -\u{212A}ILL",
+                "xxababc",
+                "xxabc7",
             ],
             "unicode" => &[
                 "\u{c9}cho",

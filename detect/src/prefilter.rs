@@ -8,13 +8,14 @@
 //! conjunctive form (every clause needs one of its atoms present). One
 //! Aho-Corasick automaton per field finds every atom present in an event;
 //! a rule is evaluated only when its clauses all hold. Anything we cannot
-//! turn into atoms (`not`, regexes, CIDRs, `exists`, null) leaves no
-//! clause, so the rule is evaluated: the filter may let too much through,
-//! never too little.
+//! turn into atoms (`not`, CIDRs, `exists`, null, a regex without a
+//! literal every match holds) leaves no clause, so the rule is evaluated:
+//! the filter may let too much through, never too little.
 
 use std::collections::HashMap;
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use regex_syntax::hir::{Class, Hir, HirKind};
 
 use crate::condition::Cond;
 use crate::field::Field;
@@ -100,8 +101,11 @@ impl Atoms {
 
     /// Any of the branches: one clause holding the best clause of each
     /// (each branch implies its own), or nothing if a branch is
-    /// unconstrained.
-    fn any_of(&self, branches: Vec<Cnf>) -> Cnf {
+    /// unconstrained; a single branch as it is.
+    fn any_of(&self, mut branches: Vec<Cnf>) -> Cnf {
+        if branches.len() == 1 {
+            return branches.pop().unwrap_or_default();
+        }
         let mut clause = Clause::new();
         for b in &branches {
             match self.best(b) {
@@ -124,34 +128,114 @@ impl Atoms {
                 s.as_str()
             }
             Pattern::Glob { lit, .. } => lit.as_str(),
-            Pattern::Null
+            Pattern::Re(_)
+            | Pattern::Null
             | Pattern::Exists(_)
             | Pattern::Any
-            | Pattern::Re(_)
             | Pattern::Cidr(..) => return None,
         };
         (!needle.is_empty()).then(|| self.intern(f, needle))
     }
 
-    fn field_match(&mut self, fm: &FieldMatch) -> Cnf {
-        // A value holds when any of its variants does: one clause, unless
-        // a variant has no atom.
-        let mut value = |variants: &Vec<Pattern>| -> Option<Clause> {
-            variants.iter().map(|p| self.pattern(fm.field, p)).collect()
-        };
-        let per_value: Vec<Option<Clause>> = fm.values.iter().map(&mut value).collect();
-        if fm.all {
-            per_value.into_iter().flatten().collect()
-        } else {
-            match per_value.into_iter().collect::<Option<Vec<Clause>>>() {
-                Some(cs) if !cs.is_empty() => {
-                    let mut c: Clause = cs.concat();
-                    c.sort_unstable();
-                    c.dedup();
-                    vec![c]
+    /// What a value matching `p` must contain: one clause, or for a regex
+    /// the clauses of [`Atoms::regex`].
+    fn pattern_cnf(&mut self, f: Field, p: &Pattern) -> Cnf {
+        match p {
+            Pattern::Re(re) => match regex_syntax::Parser::new().parse(re.as_str()) {
+                Ok(hir) => self.regex(f, &hir),
+                Err(_) => Cnf::new(),
+            },
+            p => self
+                .pattern(f, p)
+                .map(|a| vec![vec![a]])
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Ends a run of text in a concatenation: a clause unless a clause
+    /// already holds all of it.
+    fn flush(&mut self, f: Field, out: &mut Cnf, run: &mut String, carried: &mut usize) {
+        if run.len() > *carried {
+            out.push(vec![self.intern(f, run)]);
+        }
+        run.clear();
+        *carried = 0;
+    }
+
+    /// Text every match of `hir` contains once ASCII-lowercased: runs of
+    /// a concatenation that match one text (up to ASCII case), the
+    /// required text of repeated (at least once) and grouped parts, any of
+    /// an alternation's.
+    fn regex(&mut self, f: Field, hir: &Hir) -> Cnf {
+        if let Some(t) = exact_text(hir) {
+            return if t.is_empty() {
+                Cnf::new()
+            } else {
+                vec![vec![self.intern(f, &t)]]
+            };
+        }
+        match hir.kind() {
+            HirKind::Concat(subs) => {
+                let mut out = Cnf::new();
+                // The text matched by consecutive one-text parts; `carried`
+                // is the length of its start that a clause already holds.
+                let mut run = String::new();
+                let mut carried = 0;
+                for sub in subs {
+                    match (exact_text(sub), sub.kind()) {
+                        (Some(t), _) => run.push_str(&t),
+                        // `t+` after a run extends it; the last `t` starts
+                        // the next one.
+                        (None, HirKind::Repetition(r)) if r.min >= 1 => match exact_text(&r.sub) {
+                            Some(t) if !t.is_empty() => {
+                                run.push_str(&t.repeat(r.min.min(16) as usize));
+                                self.flush(f, &mut out, &mut run, &mut carried);
+                                carried = t.len();
+                                run = t;
+                            }
+                            _ => {
+                                self.flush(f, &mut out, &mut run, &mut carried);
+                                let inner = self.regex(f, sub);
+                                out.extend(inner);
+                            }
+                        },
+                        (None, _) => {
+                            self.flush(f, &mut out, &mut run, &mut carried);
+                            let inner = self.regex(f, sub);
+                            out.extend(inner);
+                        }
+                    }
                 }
-                _ => Cnf::new(),
+                self.flush(f, &mut out, &mut run, &mut carried);
+                out
             }
+            HirKind::Alternation(subs) => {
+                let branches = subs.iter().map(|s| self.regex(f, s)).collect();
+                self.any_of(branches)
+            }
+            HirKind::Repetition(r) if r.min >= 1 => self.regex(f, &r.sub),
+            HirKind::Capture(c) => self.regex(f, &c.sub),
+            _ => Cnf::new(),
+        }
+    }
+
+    fn field_match(&mut self, fm: &FieldMatch) -> Cnf {
+        // A value holds when any of its variants does.
+        let per_value: Vec<Cnf> = fm
+            .values
+            .iter()
+            .map(|variants| {
+                let branches = variants
+                    .iter()
+                    .map(|p| self.pattern_cnf(fm.field, p))
+                    .collect();
+                self.any_of(branches)
+            })
+            .collect();
+        if fm.all {
+            per_value.concat()
+        } else {
+            self.any_of(per_value)
         }
     }
 
@@ -176,6 +260,59 @@ impl Atoms {
     }
 }
 
+/// The one text `hir` matches, ASCII-lowercased, if it matches one (up to
+/// ASCII case: `(?i)a` is the class `[Aa]`; `(?i)k` also holds the Kelvin
+/// sign, so it is not one text).
+fn exact_text(hir: &Hir) -> Option<String> {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => Some(String::new()),
+        HirKind::Literal(l) => std::str::from_utf8(&l.0).ok().map(str::to_ascii_lowercase),
+        HirKind::Class(c) => class_char(c).map(String::from),
+        HirKind::Capture(c) => exact_text(&c.sub),
+        HirKind::Repetition(r) if Some(r.min) == r.max && r.min <= 16 => {
+            exact_text(&r.sub).map(|t| t.repeat(r.min as usize))
+        }
+        HirKind::Concat(subs) => subs.iter().map(exact_text).collect(),
+        _ => None,
+    }
+}
+
+/// The one character a class's members are once ASCII-lowercased.
+fn class_char(c: &Class) -> Option<char> {
+    let mut one = None;
+    let mut same = |ch: char| match one {
+        None => {
+            one = Some(ch);
+            true
+        }
+        Some(o) => o == ch,
+    };
+    match c {
+        Class::Unicode(u) => {
+            for r in u.ranges() {
+                if u32::from(r.end()) - u32::from(r.start()) > 4 {
+                    return None;
+                }
+                for ch in r.start()..=r.end() {
+                    if !same(ch.to_ascii_lowercase()) {
+                        return None;
+                    }
+                }
+            }
+        }
+        Class::Bytes(b) => {
+            for r in b.ranges() {
+                for byte in r.start()..=r.end() {
+                    if !byte.is_ascii() || !same(char::from(byte.to_ascii_lowercase())) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    one
+}
+
 /// One automaton over a field's needles; pattern id `i` is `atoms[i]`.
 #[derive(Debug)]
 struct Searcher {
@@ -188,7 +325,8 @@ struct Searcher {
 /// necessary condition.
 #[derive(Debug, Default)]
 pub(crate) struct Prefilter {
-    n_atoms: usize,
+    /// Per atom: its field and needle.
+    atoms: Vec<(Field, String)>,
     searchers: Vec<Searcher>,
     /// Per rule: its clauses, the best first.
     clauses: Vec<Cnf>,
@@ -218,8 +356,7 @@ impl Prefilter {
             }
             clauses.push(cnf);
         }
-        let n_atoms = atoms.list.len();
-        let mut keyed = vec![Vec::new(); n_atoms];
+        let mut keyed = vec![Vec::new(); atoms.list.len()];
         let mut unkeyed = Bits::new(rules.len());
         for (r, cnf) in clauses.iter().enumerate() {
             match cnf.first() {
@@ -246,7 +383,7 @@ impl Prefilter {
                 // Beyond the automaton's size limits: no filtering at all
                 // rather than rules wrongly skipped.
                 return Prefilter {
-                    n_atoms: 0,
+                    atoms: Vec::new(),
                     searchers: Vec::new(),
                     clauses: vec![Cnf::new(); rules.len()],
                     keyed: Vec::new(),
@@ -260,7 +397,7 @@ impl Prefilter {
             });
         }
         Prefilter {
-            n_atoms,
+            atoms: atoms.list,
             searchers,
             clauses,
             keyed,
@@ -270,7 +407,7 @@ impl Prefilter {
 
     #[cfg(test)]
     pub(crate) fn atom_count(&self) -> usize {
-        self.n_atoms
+        self.atoms.len()
     }
 
     #[cfg(test)]
@@ -281,7 +418,7 @@ impl Prefilter {
     /// The atoms present in the event's values, and the rules keyed on
     /// them added to `cands`.
     pub(crate) fn scan(&self, v: &Values<'_>, cands: &mut Bits) -> Bits {
-        let mut present = Bits::new(self.n_atoms);
+        let mut present = Bits::new(self.atoms.len());
         for s in &self.searchers {
             let Some(val) = v.get(s.field) else { continue };
             for m in s.ac.find_overlapping_iter(val.lower) {
@@ -297,10 +434,99 @@ impl Prefilter {
         present
     }
 
+    /// Rule `r`'s clauses as needles.
+    #[cfg(test)]
+    pub(crate) fn needles(&self, r: usize) -> Vec<Vec<&str>> {
+        self.clauses[r]
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|&a| self.atoms[a as usize].1.as_str())
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Whether every clause of rule `r` has an atom in `present`.
     pub(crate) fn may_match(&self, r: usize, present: &Bits) -> bool {
         self.clauses[r]
             .iter()
             .all(|c| c.iter().any(|&a| present.get(a as usize)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rule::parse_rule;
+
+    fn needles(detection: &str) -> Vec<Vec<String>> {
+        let text = format!(
+            "title: t\nlogsource: {{product: linux, category: process_creation}}\ndetection:\n{detection}"
+        );
+        let rule = parse_rule("t.yml", &text).unwrap().unwrap();
+        let p = Prefilter::new(std::slice::from_ref(&rule));
+        let mut n: Vec<Vec<String>> = p
+            .needles(0)
+            .into_iter()
+            .map(|c| {
+                let mut c: Vec<String> = c.into_iter().map(String::from).collect();
+                c.sort();
+                c
+            })
+            .collect();
+        n.sort();
+        n
+    }
+
+    fn cnf(clauses: &[&[&str]]) -> Vec<Vec<String>> {
+        clauses
+            .iter()
+            .map(|c| c.iter().map(|s| s.to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn literal_patterns_and_conditions() {
+        assert_eq!(
+            needles("  s:\n    Image|endswith: [/Curl, /wget]\n    CommandLine|contains|all: [' -o ', http]\n  condition: s\n"),
+            cnf(&[&[" -o "], &["/curl", "/wget"], &["http"]])
+        );
+        // `not` constrains nothing; `or` keeps the best clause of each side.
+        assert_eq!(
+            needles("  a:\n    Image|endswith: /nc\n    CommandLine|contains: ' -e '\n  b:\n    CommandLine|contains: /dev/tcp/\n  f:\n    User: root\n  condition: (a or b) and not f\n"),
+            cnf(&[&[" -e ", "/dev/tcp/"]])
+        );
+        // A side without literals leaves the rule unfiltered.
+        assert!(needles(
+            "  a:\n    Image|endswith: /nc\n  b:\n    CommandLine|re: '.*'\n  condition: a or b\n"
+        )
+        .is_empty());
+        assert!(needles("  f:\n    Image|endswith: /nc\n  condition: not f\n").is_empty());
+    }
+
+    #[test]
+    fn regex_literals() {
+        let re = |r: &str| {
+            needles(&format!(
+                "  s:\n    CommandLine|re: '{r}'\n  condition: s\n"
+            ))
+        };
+        assert_eq!(
+            re(r"\b(curl|wget)\s[^|]*\|\s*sh\b"),
+            cnf(&[&["curl", "wget"], &["sh"], &["|"]])
+        );
+        assert_eq!(
+            re(r"^(\S*/)?(insmod|modprobe)\s"),
+            cnf(&[&["insmod", "modprobe"]])
+        );
+        // Case-insensitive: one text per ASCII-case class, broken at k and
+        // s (the Kelvin sign and the long s are their case forms too).
+        assert_eq!(re(r"(?i)ChMoD\s+\+x"), cnf(&[&["+x"], &["chmod"]]));
+        assert_eq!(re(r"(?i)kill -s"), cnf(&[&["ill -"]]));
+        assert_eq!(re(r"x{3}y+(ab)?z*"), cnf(&[&["xxxy"]]));
+        assert_eq!(re(r"-e\s+(ab)+c"), cnf(&[&["-e"], &["ab"], &["abc"]]));
+        assert!(re(r"a|b*").is_empty());
+        assert!(re(r"[0-9]+").is_empty());
     }
 }
