@@ -28,13 +28,46 @@ type Clause = Vec<Atom>;
 /// All clauses must hold; no clause: always true.
 type Cnf = Vec<Clause>;
 
+/// Words of a [`Bits`] kept inline: one per event for the rules and one
+/// for the atoms, and up to 1,024 of each (a few hundred rules) needs no
+/// allocation.
+const INLINE: usize = 16;
+
 /// A bit per item (rules or atoms), sized once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Bits(Vec<u64>);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bits {
+    Inline([u64; INLINE]),
+    Heap(Vec<u64>),
+}
+
+impl Default for Bits {
+    fn default() -> Self {
+        Bits::Inline([0; INLINE])
+    }
+}
 
 impl Bits {
     pub(crate) fn new(n: usize) -> Self {
-        Bits(vec![0; n.div_ceil(64)])
+        let words = n.div_ceil(64);
+        if words <= INLINE {
+            Bits::Inline([0; INLINE])
+        } else {
+            Bits::Heap(vec![0; words])
+        }
+    }
+
+    fn words(&self) -> &[u64] {
+        match self {
+            Bits::Inline(w) => w,
+            Bits::Heap(w) => w,
+        }
+    }
+
+    fn words_mut(&mut self) -> &mut [u64] {
+        match self {
+            Bits::Inline(w) => w,
+            Bits::Heap(w) => w,
+        }
     }
 
     pub(crate) fn all(n: usize) -> Self {
@@ -44,18 +77,18 @@ impl Bits {
     }
 
     pub(crate) fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
+        self.words_mut()[i / 64] |= 1 << (i % 64);
     }
 
     pub(crate) fn get(&self, i: usize) -> bool {
-        self.0[i / 64] & (1 << (i % 64)) != 0
+        self.words()[i / 64] & (1 << (i % 64)) != 0
     }
 
     /// Set bits in `self & mask`, ascending.
     pub(crate) fn iter_and<'a>(&'a self, mask: &'a Bits) -> impl Iterator<Item = usize> + 'a {
-        self.0
+        self.words()
             .iter()
-            .zip(&mask.0)
+            .zip(mask.words())
             .enumerate()
             .flat_map(|(w, (a, b))| {
                 let mut bits = a & b;
