@@ -551,11 +551,12 @@ mod engine_tests {
 
     /// The exclusion list of `glob_literal` is complete for the regex
     /// crate's case folding: the only non-ASCII characters that
-    /// case-insensitively match an ASCII letter are the Kelvin sign and
-    /// the long s.
+    /// case-insensitively match an ASCII character are the Kelvin sign
+    /// and the long s. (The regex prefilter relies on the same fact
+    /// through `class_char`, which sees the folded classes themselves.)
     #[test]
     fn only_k_and_s_fold_to_non_ascii() {
-        let re = regex::Regex::new("(?i)^[a-z]$").unwrap();
+        let re = regex::Regex::new(r"(?i)^[\x00-\x7F]$").unwrap();
         let odd: Vec<char> = (0x80..=0x10FFFF_u32)
             .filter_map(char::from_u32)
             .filter(|c| re.is_match(c.encode_utf8(&mut [0; 4])))
