@@ -3,7 +3,9 @@
 # traceed ships a pre-filled store into a clickhouse-server on localhost,
 # traceed's CPU per shipped event, and stored bytes per event in ClickHouse
 # next to SQLite. Prints one line per repetition and a summary.
-#   bench/ship.sh [--events N] [--reps N] [--batch N] [--dir DIR]
+#   bench/ship.sh [--events N] [--reps N] [--batch N] [--dir DIR] [--perf FILE]
+# --perf FILE: `perf record -g` traceed during the last repetition's
+# shipping into FILE (its CPU figure then includes perf's overhead).
 # Needs root (the daemon loads its eBPF programs), clickhouse-server,
 # curl and python3. Not part of `make test`.
 #
@@ -21,6 +23,7 @@ EVENTS=1000000
 REPS=3
 BATCH=10000
 IDLE_S=5
+PERF_OUT=
 WORK=${TMPDIR:-/tmp}/traceed-ship-bench
 while [ $# -gt 0 ]; do
   case $1 in
@@ -28,7 +31,8 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2; shift ;;
     --batch) BATCH=$2; shift ;;
     --dir) WORK=$2; shift ;;
-    *) echo "usage: bench/ship.sh [--events N] [--reps N] [--batch N] [--dir DIR]" >&2; exit 1 ;;
+    --perf) PERF_OUT=$2; shift ;;
+    *) echo "usage: bench/ship.sh [--events N] [--reps N] [--batch N] [--dir DIR] [--perf FILE]" >&2; exit 1 ;;
   esac
   shift
 done
@@ -99,7 +103,10 @@ TCK=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$TCK" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 status() { curl -sS --unix-socket "$WORK/api.sock" http://x/v1/status; }
-field() { python3 -c 'import json,sys; d=json.load(sys.stdin)["export"]; print(d[sys.argv[1]])' "$1"; }
+# A field of status' export object (its names are unique in status):
+# grep, not a python start per poll, so the shipping window is seen
+# within milliseconds.
+field() { grep -o "\"$1\":[0-9]*" | head -1 | cut -d: -f2; }
 
 echo "ClickHouse $VERSION on 127.0.0.1:$HTTP; $ROWS events (ids to $MAXID); batch $BATCH; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 RESULTS=()
@@ -110,23 +117,30 @@ for rep in $(seq "$REPS"); do
   TR_PID=$!
   for _ in $(seq 300); do status >/dev/null 2>&1 && break; sleep 0.1; done
   status >/dev/null
-  # Idle (table missing: 404s with backoff), polled like the shipping phase.
+  # Idle (table missing: 404s with backoff), polled as often as the
+  # shipping phase, so the polls' own cost is subtracted too.
   c0=$(cpu_s $TR_PID); t0=$(now)
-  end=$(python3 -c "print($t0 + $IDLE_S)")
-  while python3 -c "import sys; sys.exit(0 if $(now) < $end else 1)"; do status >/dev/null; sleep 0.1; done
+  end_ns=$(( $(date +%s%N) + IDLE_S * 1000000000 ))
+  while [ "$(date +%s%N)" -lt "$end_ns" ]; do status | field cursor >/dev/null; sleep 0.01; done
   idle_rate=$(python3 -c "print(($(cpu_s $TR_PID) - $c0) / ($(now) - $t0))")
+  PERF_PID=
+  if [ -n "$PERF_OUT" ] && [ "$rep" = "$REPS" ]; then
+    perf record -g -o "$PERF_OUT" -p "$TR_PID" >/dev/null 2>&1 &
+    PERF_PID=$!
+  fi
   create_tables
   # From the first acknowledged batch to the last.
-  while [ "$(status | field cursor)" = 0 ]; do sleep 0.02; done
+  while [ "$(status | field cursor)" = 0 ]; do sleep 0.005; done
   c1=$(cpu_s $TR_PID); t1=$(now); first=$(status | field cursor)
   # Caught up: every prefilled id, plus the start's own downtime row.
   while :; do
     st=$(status)
     last=$(field cursor <<<"$st")
     [ "$last" -ge "$MAXID" ] && [ "$(field lag_events <<<"$st")" = 0 ] && break
-    sleep 0.05
+    sleep 0.01
   done
   c2=$(cpu_s $TR_PID); t2=$(now)
+  if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
   line=$(python3 - "$ROWS" "$first" "$last" "$c1" "$c2" "$t1" "$t2" "$idle_rate" <<'EOF'
 import sys
 rows, first, maxid = (int(x) for x in sys.argv[1:4])
@@ -134,6 +148,8 @@ c1, c2, t1, t2, idle = (float(x) for x in sys.argv[4:9])
 # ids are dense here (one writer run, no failed batch): events = id span.
 n = maxid - first
 wall = t2 - t1
+if n <= 0:
+    sys.exit(f"the whole store shipped before the first poll saw a batch: use more --events")
 cpu = (c2 - c1) - idle * wall
 print(f"{n / wall:.0f} {cpu / n * 1e6:.2f} {n} {wall:.2f} {c2 - c1:.2f} {idle * 100:.2f}")
 EOF
