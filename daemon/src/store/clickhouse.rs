@@ -37,7 +37,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use libsqlite3_sys as ffi;
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use traceed_wire::{Event, ExportStatus};
 
@@ -438,10 +437,13 @@ impl Stmt {
     }
 
     fn int(&self, col: c_int) -> Option<i64> {
-        // SAFETY: live statement positioned on a row; col in range.
+        // One column lookup, not two (column_type + column_int64 each
+        // look the column up again).
+        // SAFETY: live statement positioned on a row; col in range; the
+        // value is read at once, before the statement moves.
         unsafe {
-            (ffi::sqlite3_column_type(self.ptr(), col) != ffi::SQLITE_NULL)
-                .then(|| ffi::sqlite3_column_int64(self.ptr(), col))
+            let v = ffi::sqlite3_column_value(self.ptr(), col);
+            (ffi::sqlite3_value_type(v) != ffi::SQLITE_NULL).then(|| ffi::sqlite3_value_int64(v))
         }
     }
 
@@ -476,33 +478,91 @@ fn sqlite_error(db: *mut ffi::sqlite3, rc: c_int) -> String {
     format!("{msg} (sqlite code {rc})")
 }
 
-/// Stored text as &str: it was bound from a Rust string, so this is a
-/// check, not a conversion; anything else is shown replaced, never dropped.
-fn utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(b)
-}
-
 /// Append `s` as a JSON string (serde_json's escaping, as `Row` had).
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(out, s);
 }
 
-fn push_num(out: &mut Vec<u8>, field: &[u8], v: Option<impl Serialize>) {
+/// Append `b` escaped as the inside of a JSON string, byte for byte as
+/// serde_json escapes a str: `"` and `\` get a backslash, the control
+/// characters with a short form (\b \t \n \f \r) use it, the others are
+/// \u00xx; everything else (UTF-8 included) is copied.
+fn push_escaped(out: &mut Vec<u8>, b: &[u8]) {
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c >= 0x20 && c != b'"' && c != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&b[run..i]);
+        run = i + 1;
+        let short = match c {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            b'\t' => b't',
+            b'\n' => b'n',
+            0x0c => b'f',
+            b'\r' => b'r',
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 0xf)]);
+                continue;
+            }
+        };
+        out.push(b'\\');
+        out.push(short);
+    }
+    out.extend_from_slice(&b[run..]);
+}
+
+/// Append `v` in decimal (what serde_json writes), with no call out: a
+/// constant-length extend is a few stores where a copy of the digits from
+/// a buffer (itoa's way) is a memcpy call, and there are a dozen per row.
+fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let len = v.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let start = out.len();
+    out.extend_from_slice(&[b'0'; 20]);
+    for d in out[start..start + len].iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.truncate(start + len);
+}
+
+/// `field` then the number, or null.
+fn push_u(out: &mut Vec<u8>, field: &[u8], v: Option<u64>) {
     out.extend_from_slice(field);
     match v {
-        // Writing into a Vec cannot fail.
-        Some(v) => drop(serde_json::to_writer(&mut *out, &v)),
+        Some(v) => push_decimal(out, v),
         None => out.extend_from_slice(b"null"),
     }
 }
+
+fn push_i(out: &mut Vec<u8>, field: &[u8], v: Option<i64>) {
+    match v {
+        Some(v) if v < 0 => {
+            out.extend_from_slice(field);
+            out.push(b'-');
+            push_decimal(out, v.unsigned_abs());
+        }
+        v => push_u(out, field, v.map(|v| v as u64)),
+    }
+}
+
+/// An args key list's keys, each `\"key\":` (see `Names::keys`).
+type KeyList = Box<[Box<[u8]>]>;
 
 /// The interned strings the sink has met: as JSON string literals, and
 /// args key lists as their keys' literals.
 struct Names {
     stmt: Stmt,
     text: foldhash::HashMap<i64, Box<str>>,
-    keys: foldhash::HashMap<i64, Option<Box<[Box<str>]>>>,
+    /// Per key list: each key's literal followed by `:`, escaped for the
+    /// inside of the args string (`\"path\":`).
+    keys: foldhash::HashMap<i64, Option<KeyList>>,
 }
 
 impl Names {
@@ -510,7 +570,11 @@ impl Names {
         self.stmt.bind(1, id);
         let rc = self.stmt.step();
         let s = (rc == ffi::SQLITE_ROW)
-            .then(|| self.stmt.text(0).map(|b| utf8(b).into_owned()))
+            .then(|| {
+                self.stmt
+                    .text(0)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
             .flatten();
         self.stmt.reset();
         if rc != ffi::SQLITE_ROW && rc != ffi::SQLITE_DONE {
@@ -536,17 +600,24 @@ impl Names {
         Ok(self.text.get(&id).map(|s| &**s))
     }
 
-    /// The keys of args key list `id`, each a JSON literal; None when it is
+    /// The keys of args key list `id`, as stored in `keys`; None when it is
     /// missing or not a list of strings (args are then `null`, as a
     /// decoded row had them).
-    fn keys(&mut self, id: i64) -> Result<Option<&[Box<str>]>, String> {
+    fn keys(&mut self, id: i64) -> Result<Option<&[Box<[u8]>]>, String> {
         if !self.keys.contains_key(&id) {
             let parsed = self
                 .fetch(id)?
                 .and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok())
                 .map(|ks| {
                     ks.iter()
-                        .map(|k| serde_json::to_string(k).unwrap_or_default().into())
+                        .map(|k| {
+                            let mut lit = Vec::new();
+                            push_json_str(&mut lit, k);
+                            let mut esc = Vec::new();
+                            push_escaped(&mut esc, &lit);
+                            esc.push(b':');
+                            esc.into_boxed_slice()
+                        })
                         .collect()
                 });
             if self.keys.len() >= NAMES_CAP {
@@ -626,8 +697,7 @@ struct Reader {
     db: Db,
     /// `{"host":"…","store_id":"…","id":`, the same on every row.
     prefix: Vec<u8>,
-    /// One row's args object, before it is escaped into the body.
-    args: String,
+    /// The elements of one row's values array.
     spans: Vec<(usize, usize)>,
     body: Vec<u8>,
 }
@@ -702,7 +772,6 @@ impl Reader {
             },
             db: Db(nn),
             prefix,
-            args: String::new(),
             spans: Vec::new(),
             body: Vec::new(),
         })
@@ -742,11 +811,11 @@ impl Reader {
         let names = &mut self.names;
         let id = st.int(C_ID).unwrap_or(0);
         out.extend_from_slice(&self.prefix);
-        push_num(out, b"", Some(id));
+        push_i(out, b"", Some(id));
         let ts_ns = st.int(C_TS).map_or(0, |t| u64::try_from(t).unwrap_or(0));
         let secs = u32::try_from(ts_ns / 1_000_000_000).unwrap_or(u32::MAX);
-        push_num(out, b",\"ts\":", Some(secs));
-        push_num(out, b",\"ts_ns\":", Some(ts_ns));
+        push_u(out, b",\"ts\":", Some(u64::from(secs)));
+        push_u(out, b",\"ts_ns\":", Some(ts_ns));
         let name = |out: &mut Vec<u8>, names: &mut Names, field: &[u8], col: c_int| {
             out.extend_from_slice(field);
             let lit = match st.int(col) {
@@ -762,57 +831,56 @@ impl Reader {
             Ok::<(), String>(())
         };
         name(out, names, b",\"kind\":", C_KIND)?;
-        let u32_col = |c| st.int(c).map(|v| v as u32);
-        push_num(out, b",\"pid\":", u32_col(C_PID));
-        push_num(out, b",\"tid\":", u32_col(C_TID));
-        push_num(out, b",\"ppid\":", u32_col(C_PPID));
-        push_num(out, b",\"uid\":", u32_col(C_UID));
-        push_num(out, b",\"gid\":", u32_col(C_GID));
+        let u32_col = |c| st.int(c).map(|v| u64::from(v as u32));
+        push_u(out, b",\"pid\":", u32_col(C_PID));
+        push_u(out, b",\"tid\":", u32_col(C_TID));
+        push_u(out, b",\"ppid\":", u32_col(C_PPID));
+        push_u(out, b",\"uid\":", u32_col(C_UID));
+        push_u(out, b",\"gid\":", u32_col(C_GID));
         name(out, names, b",\"comm\":", C_COMM)?;
-        push_num(out, b",\"ns_pid\":", u32_col(C_NS_PID));
+        push_u(out, b",\"ns_pid\":", u32_col(C_NS_PID));
         name(out, names, b",\"exe\":", C_EXE)?;
-        push_num(
+        push_u(
             out,
             b",\"cgroup_id\":",
             st.int(C_CGROUP_ID).map(|v| v as u64),
         );
         name(out, names, b",\"container_id\":", C_CONTAINER_ID)?;
-        let ns = |c| st.int(c).map(|v| (v + NS_BASE) as u32);
-        push_num(out, b",\"mnt_ns\":", ns(C_MNT_NS));
-        push_num(out, b",\"pid_ns\":", ns(C_PID_NS));
-        push_num(out, b",\"retval\":", st.int(C_RETVAL));
-        out.extend_from_slice(b",\"args\":");
-        let text = utf8(st.text(C_ARGS).unwrap_or(b""));
-        let args: &str = match st.int(C_ARGS_KEYS) {
+        let ns = |c| st.int(c).map(|v| u64::from((v + NS_BASE) as u32));
+        push_u(out, b",\"mnt_ns\":", ns(C_MNT_NS));
+        push_u(out, b",\"pid_ns\":", ns(C_PID_NS));
+        push_i(out, b",\"retval\":", st.int(C_RETVAL));
+        out.extend_from_slice(b",\"args\":\"");
+        // Stored text is the serde_json output of what was a str, so it is
+        // escaped as it stands (a byte that is not UTF-8 could only come
+        // from outside traceed; it is shipped as is rather than stall the
+        // sink, where the decoded Event failed the batch for good).
+        let text = st.text(C_ARGS).unwrap_or(b"");
+        match st.int(C_ARGS_KEYS) {
             // Stored as is: its own JSON.
-            None => &text,
+            None => push_escaped(out, text),
             Some(kid) => {
-                let keys = names.keys(kid)?;
                 let spans = &mut self.spans;
-                match keys {
-                    Some(keys)
-                        if split_array(text.as_bytes(), spans) && spans.len() == keys.len() =>
-                    {
-                        let a = &mut self.args;
-                        a.clear();
-                        a.push('{');
+                match names.keys(kid)? {
+                    // `{"k1":v1,…}`: each value's text as stored, which is
+                    // what re-serializing its parsed value gives.
+                    Some(keys) if split_array(text, spans) && spans.len() == keys.len() => {
+                        out.push(b'{');
                         for (i, (k, &(s, e))) in keys.iter().zip(spans.iter()).enumerate() {
                             if i > 0 {
-                                a.push(',');
+                                out.push(b',');
                             }
-                            a.push_str(k);
-                            a.push(':');
-                            a.push_str(&text[s..e]);
+                            out.extend_from_slice(k);
+                            push_escaped(out, &text[s..e]);
                         }
-                        a.push('}');
-                        a
+                        out.push(b'}');
                     }
                     // What a decoded row of an unreadable args held.
-                    _ => "null",
+                    _ => out.extend_from_slice(b"null"),
                 }
             }
-        };
-        push_json_str(out, args);
+        }
+        out.push(b'"');
         name(out, names, b",\"fidelity\":", C_FIDELITY)?;
         out.extend_from_slice(b"}\n");
         Ok(id)
@@ -1412,6 +1480,7 @@ pub fn schema(o: &SchemaOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
 
     /// How rows were made before `Reader` (kept as the reference the
     /// bytes `Reader` makes are compared with): one row as ClickHouse receives it (JSONEachRow): the key, the time twice
@@ -1619,6 +1688,88 @@ mod tests {
         cols.sort_unstable();
         assert_eq!(keys, cols);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The read-and-encode half of shipping alone, on an existing store:
+    /// `SHIP_STORE=<state dir> cargo test --release -p traceed --lib --
+    /// --ignored --nocapture reader_cost`. CPU per row of `Reader::read`,
+    /// batch 10,000, each of 3 passes over the whole store.
+    #[test]
+    #[ignore]
+    fn reader_cost() {
+        let dir = std::env::var("SHIP_STORE").expect("SHIP_STORE=<state dir>");
+        let path = Path::new(&dir).join("events.db");
+        let mut r = Reader::open(&path, "bench", "0123456789abcdef0123456789abcdef").unwrap();
+        for pass in 1..=3 {
+            // SAFETY: getrusage fills the struct it is given.
+            let cpu = || unsafe {
+                let mut u: libc::rusage = std::mem::zeroed();
+                libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+                let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+                t(u.ru_utime) + t(u.ru_stime)
+            };
+            let (c0, t0) = (cpu(), std::time::Instant::now());
+            let (mut after, mut rows, mut bytes) = (0, 0, 0);
+            loop {
+                let b = r.read(after, 10_000).unwrap();
+                let Some(last) = b.last else { break };
+                after = last;
+                rows += b.rows;
+                bytes += r.body.len();
+            }
+            let (cpu_s, wall) = (cpu() - c0, t0.elapsed().as_secs_f64());
+            eprintln!(
+                "pass {pass}: {rows} rows, {:.0} bytes/row, CPU {:.3} us/row, wall {:.3} us/row",
+                bytes as f64 / rows as f64,
+                cpu_s / rows as f64 * 1e6,
+                wall / rows as f64 * 1e6
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_serde_jsons() {
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            4_026_531_840,
+            i64::MAX,
+            -1,
+            -10,
+            i64::MIN,
+        ] {
+            let mut ours = Vec::new();
+            push_i(&mut ours, b"", Some(v));
+            assert_eq!(ours, serde_json::to_vec(&v).unwrap());
+        }
+        for v in [0, 7, 1_000_000_000_000_000_000, u64::MAX] {
+            let mut ours = b"x".to_vec();
+            push_u(&mut ours, b":", Some(v));
+            assert_eq!(ours[2..], serde_json::to_vec(&v).unwrap());
+        }
+        let mut n = Vec::new();
+        push_u(&mut n, b"a", None);
+        push_i(&mut n, b"b", None);
+        assert_eq!(n, b"anullbnull");
+    }
+
+    #[test]
+    fn escaping_is_serde_jsons() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é\u{202e}\u{1F600}\\xff\"");
+        for s in [all.as_str(), "", "plain", "\"", "\\"] {
+            let mut ours = b"\"".to_vec();
+            push_escaped(&mut ours, s.as_bytes());
+            ours.push(b'"');
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
+        }
     }
 
     #[test]
