@@ -135,28 +135,28 @@ for rep in $(seq "$REPS"); do
   # count() there is metadata, and costs traceed nothing).
   count() { q 'SELECT count() FROM traceed.events'; }
   while [ "$(count)" = 0 ]; do sleep 0.005; done
-  c1=$(cpu_s $TR_PID); t1=$(now); first=$(count)
+  c1=$(cpu_s $TR_PID); t1=$(now); first=$(count); k1=$(cpu_s $CH_PID)
   while [ "$(count)" -lt "$target" ]; do sleep 0.005; done
-  c2=$(cpu_s $TR_PID); t2=$(now)
+  c2=$(cpu_s $TR_PID); t2=$(now); k2=$(cpu_s $CH_PID)
   if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
   # And the daemon agrees: cursor at the newest id, no lag.
   st=$(status)
   [ "$(field cursor <<<"$st")" -ge "$MAXID" ] && [ "$(field lag_events <<<"$st")" = 0 ] ||
     { echo "rep $rep: ClickHouse has every row but status says $st" >&2; exit 1; }
-  line=$(python3 - "$first" "$target" "$c1" "$c2" "$t1" "$t2" "$idle_rate" <<'EOF'
+  line=$(python3 - "$first" "$target" "$c1" "$c2" "$t1" "$t2" "$idle_rate" "$k1" "$k2" <<'EOF'
 import sys
 first, target = (int(x) for x in sys.argv[1:3])
-c1, c2, t1, t2, idle = (float(x) for x in sys.argv[3:8])
+c1, c2, t1, t2, idle, k1, k2 = (float(x) for x in sys.argv[3:10])
 n = target - first
 wall = t2 - t1
 if n <= 0:
     sys.exit(f"the whole store shipped before the first poll saw a batch: use more --events")
 cpu = (c2 - c1) - idle * wall
-print(f"{n / wall:.0f} {cpu / n * 1e6:.2f} {n} {wall:.2f} {c2 - c1:.2f} {idle * 100:.2f}")
+print(f"{n / wall:.0f} {cpu / n * 1e6:.2f} {n} {wall:.2f} {c2 - c1:.2f} {idle * 100:.2f} {(k2 - k1) / n * 1e6:.2f}")
 EOF
 )
-  read -r rate us n wall cpu idlepct <<<"$line"
-  echo "rep $rep: shipped $n events in ${wall}s = $rate events/s; traceed CPU ${cpu}s (idle ${idlepct}% of a core subtracted) = $us µs/event"
+  read -r rate us n wall cpu idlepct chus <<<"$line"
+  echo "rep $rep: shipped $n events in ${wall}s = $rate events/s; traceed CPU ${cpu}s (idle ${idlepct}% of a core subtracted) = $us µs/event; clickhouse-server CPU $chus µs/event"
   RESULTS+=("$rate $us")
   kill "$TR_PID"; wait "$TR_PID" || true; TR_PID=
 done
