@@ -829,6 +829,15 @@ fn retention_of_unshipped_events_is_a_lost_row_and_shipping_resumes() {
     let (_, metrics) = http_get(&d.socket, "/metrics").unwrap();
     let line = format!("traceed_export_lost_events_total {sum}");
     assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    // tracectl status: the loss next to the cursor.
+    assert_eq!(export(&d).events_lost, sum);
+    let text = String::from_utf8(d.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "; {sum} lost: retention deleted them before shipping"
+        )),
+        "{text}"
+    );
     assert!(
         d.log_text()
             .lines()

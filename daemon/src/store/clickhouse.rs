@@ -105,6 +105,7 @@ impl ExportState {
             events_shipped: self.events_shipped.load(Relaxed),
             bytes_shipped: self.bytes_shipped.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            events_lost: self.events_lost.load(Relaxed),
             last_error_ts: last_error.as_ref().map(|e| e.0),
             last_error: last_error.map(|e| e.1),
             last_success_ts: (success != 0).then_some(success),
