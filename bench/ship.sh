@@ -3,24 +3,29 @@
 # traceed ships a pre-filled store into a clickhouse-server on localhost,
 # traceed's CPU per shipped event, and stored bytes per event in ClickHouse
 # next to SQLite. Prints one line per repetition and a summary.
-#   bench/ship.sh [--events N] [--reps N] [--batch N] [--dir DIR]
+#   bench/ship.sh [--events N] [--reps N] [--batch N] [--dir DIR] [--perf FILE]
+# --perf FILE: `perf record -g` traceed during the last repetition's
+# shipping into FILE (its CPU figure then includes perf's overhead).
 # Needs root (the daemon loads its eBPF programs), clickhouse-server,
 # curl and python3. Not part of `make test`.
 #
 # Per repetition: the target table is dropped, the store's export cursor
 # deleted, traceed started (its scope matches no process, so it records
 # nothing: a shipping-only phase); while the table is missing every insert
-# is a 404, so the daemon's idle CPU (plus its retries and the status
-# polls) is measured first over IDLE_S seconds; then the table is created,
-# and from the first acknowledged batch to the last the wall time and
-# traceed's CPU time (utime + stime from /proc) are taken. CPU per event =
-# (CPU during shipping - idle rate x duration) / events shipped.
+# is a 404, so the daemon's idle CPU (with its retries) is measured first
+# over IDLE_S seconds; then the table is created, and from the first batch
+# in ClickHouse to the last (polling ClickHouse's count(), never traceed's
+# API, whose answers would cost traceed CPU at a rate that varies with the
+# load) the wall time and traceed's CPU time (utime + stime from /proc)
+# are taken. CPU per event = (CPU during shipping - idle rate x duration) /
+# events shipped in that window.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=1000000
 REPS=3
 BATCH=10000
 IDLE_S=5
+PERF_OUT=
 WORK=${TMPDIR:-/tmp}/traceed-ship-bench
 while [ $# -gt 0 ]; do
   case $1 in
@@ -28,7 +33,8 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2; shift ;;
     --batch) BATCH=$2; shift ;;
     --dir) WORK=$2; shift ;;
-    *) echo "usage: bench/ship.sh [--events N] [--reps N] [--batch N] [--dir DIR]" >&2; exit 1 ;;
+    --perf) PERF_OUT=$2; shift ;;
+    *) echo "usage: bench/ship.sh [--events N] [--reps N] [--batch N] [--dir DIR] [--perf FILE]" >&2; exit 1 ;;
   esac
   shift
 done
@@ -99,7 +105,8 @@ TCK=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$TCK" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 status() { curl -sS --unix-socket "$WORK/api.sock" http://x/v1/status; }
-field() { python3 -c 'import json,sys; d=json.load(sys.stdin)["export"]; print(d[sys.argv[1]])' "$1"; }
+# A field of status' export object (its names are unique in status).
+field() { grep -o "\"$1\":[0-9]*" | head -1 | cut -d: -f2; }
 
 echo "ClickHouse $VERSION on 127.0.0.1:$HTTP; $ROWS events (ids to $MAXID); batch $BATCH; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 RESULTS=()
@@ -110,36 +117,46 @@ for rep in $(seq "$REPS"); do
   TR_PID=$!
   for _ in $(seq 300); do status >/dev/null 2>&1 && break; sleep 0.1; done
   status >/dev/null
-  # Idle (table missing: 404s with backoff), polled like the shipping phase.
+  # Idle (table missing: 404s with backoff); nothing polls traceed from
+  # here to the end of the repetition, so what is subtracted is only what
+  # the daemon does by itself.
   c0=$(cpu_s $TR_PID); t0=$(now)
-  end=$(python3 -c "print($t0 + $IDLE_S)")
-  while python3 -c "import sys; sys.exit(0 if $(now) < $end else 1)"; do status >/dev/null; sleep 0.1; done
+  sleep "$IDLE_S"
   idle_rate=$(python3 -c "print(($(cpu_s $TR_PID) - $c0) / ($(now) - $t0))")
+  # Every row of the store: the prefill and each start's downtime row.
+  target=$(sqlite 'SELECT count(*) FROM events')
+  PERF_PID=
+  if [ -n "$PERF_OUT" ] && [ "$rep" = "$REPS" ]; then
+    perf record -g -o "$PERF_OUT" -p "$TR_PID" >/dev/null 2>&1 &
+    PERF_PID=$!
+  fi
   create_tables
-  # From the first acknowledged batch to the last.
-  while [ "$(status | field cursor)" = 0 ]; do sleep 0.02; done
-  c1=$(cpu_s $TR_PID); t1=$(now); first=$(status | field cursor)
-  # Caught up: every prefilled id, plus the start's own downtime row.
-  while :; do
-    st=$(status)
-    last=$(field cursor <<<"$st")
-    [ "$last" -ge "$MAXID" ] && [ "$(field lag_events <<<"$st")" = 0 ] && break
-    sleep 0.05
-  done
-  c2=$(cpu_s $TR_PID); t2=$(now)
-  line=$(python3 - "$ROWS" "$first" "$last" "$c1" "$c2" "$t1" "$t2" "$idle_rate" <<'EOF'
+  # From the first acknowledged batch to the last, seen in ClickHouse (a
+  # count() there is metadata, and costs traceed nothing).
+  count() { q 'SELECT count() FROM traceed.events'; }
+  while [ "$(count)" = 0 ]; do sleep 0.005; done
+  c1=$(cpu_s $TR_PID); t1=$(now); first=$(count); k1=$(cpu_s $CH_PID)
+  while [ "$(count)" -lt "$target" ]; do sleep 0.005; done
+  c2=$(cpu_s $TR_PID); t2=$(now); k2=$(cpu_s $CH_PID)
+  if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
+  # And the daemon agrees: cursor at the newest id, no lag.
+  st=$(status)
+  [ "$(field cursor <<<"$st")" -ge "$MAXID" ] && [ "$(field lag_events <<<"$st")" = 0 ] ||
+    { echo "rep $rep: ClickHouse has every row but status says $st" >&2; exit 1; }
+  line=$(python3 - "$first" "$target" "$c1" "$c2" "$t1" "$t2" "$idle_rate" "$k1" "$k2" <<'EOF'
 import sys
-rows, first, maxid = (int(x) for x in sys.argv[1:4])
-c1, c2, t1, t2, idle = (float(x) for x in sys.argv[4:9])
-# ids are dense here (one writer run, no failed batch): events = id span.
-n = maxid - first
+first, target = (int(x) for x in sys.argv[1:3])
+c1, c2, t1, t2, idle, k1, k2 = (float(x) for x in sys.argv[3:10])
+n = target - first
 wall = t2 - t1
+if n <= 0:
+    sys.exit(f"the whole store shipped before the first poll saw a batch: use more --events")
 cpu = (c2 - c1) - idle * wall
-print(f"{n / wall:.0f} {cpu / n * 1e6:.2f} {n} {wall:.2f} {c2 - c1:.2f} {idle * 100:.2f}")
+print(f"{n / wall:.0f} {cpu / n * 1e6:.2f} {n} {wall:.2f} {c2 - c1:.2f} {idle * 100:.2f} {(k2 - k1) / n * 1e6:.2f}")
 EOF
 )
-  read -r rate us n wall cpu idlepct <<<"$line"
-  echo "rep $rep: shipped $n events in ${wall}s = $rate events/s; traceed CPU ${cpu}s (idle ${idlepct}% of a core subtracted) = $us µs/event"
+  read -r rate us n wall cpu idlepct chus <<<"$line"
+  echo "rep $rep: shipped $n events in ${wall}s = $rate events/s; traceed CPU ${cpu}s (idle ${idlepct}% of a core subtracted) = $us µs/event; clickhouse-server CPU $chus µs/event"
   RESULTS+=("$rate $us")
   kill "$TR_PID"; wait "$TR_PID" || true; TR_PID=
 done

@@ -381,9 +381,15 @@ fn export_text(x: &traceed_wire::ExportStatus, out: &mut impl Write) -> std::io:
             .map(|v| format!(" (ClickHouse {v})"))
             .unwrap_or_default()
     )?;
+    // Loss next to the cursor: a cursor that moved on does not say whether
+    // everything before it arrived.
+    let lost = match x.events_lost {
+        0 => "none lost".to_string(),
+        n => format!("{n} lost: retention deleted them before shipping (lost rows, source export)"),
+    };
     writeln!(
         out,
-        "  shipped through id {}; lag {} events ({:.1} s); {} events, {:.1} MiB since start",
+        "  shipped through id {}; lag {} events ({:.1} s); {} events, {:.1} MiB since start; {lost}",
         x.cursor,
         x.lag_events,
         x.lag_s,
@@ -424,6 +430,43 @@ mod tests {
             args: serde_json::json!({ "argv": argv }),
             ..Event::new("exec", 1_764_017_445_123_456_789, "core")
         }
+    }
+
+    #[test]
+    fn export_status_shows_loss_next_to_the_cursor() {
+        let mut x = traceed_wire::ExportStatus {
+            sink: "clickhouse".into(),
+            target: "http://ch:8123 traceed.events".into(),
+            host: "web-1".into(),
+            store_id: None,
+            server_version: Some("18.16.1".into()),
+            cursor: 42,
+            lag_events: 3,
+            lag_s: 1.5,
+            events_shipped: 42,
+            bytes_shipped: 1 << 20,
+            errors: 0,
+            events_lost: 0,
+            last_error: None,
+            last_error_ts: None,
+            last_success_ts: None,
+        };
+        let text = |x: &traceed_wire::ExportStatus| {
+            let mut v = Vec::new();
+            export_text(x, &mut v).unwrap();
+            String::from_utf8(v).unwrap()
+        };
+        let t = text(&x);
+        assert!(
+            t.contains("shipped through id 42; lag 3 events (1.5 s); 42 events, 1.0 MiB since start; none lost\n"),
+            "{t}"
+        );
+        x.events_lost = 7;
+        let t = text(&x);
+        assert!(
+            t.contains("; 7 lost: retention deleted them before shipping"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -829,6 +829,15 @@ fn retention_of_unshipped_events_is_a_lost_row_and_shipping_resumes() {
     let (_, metrics) = http_get(&d.socket, "/metrics").unwrap();
     let line = format!("traceed_export_lost_events_total {sum}");
     assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    // tracectl status: the loss next to the cursor.
+    assert_eq!(export(&d).events_lost, sum);
+    let text = String::from_utf8(d.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "; {sum} lost: retention deleted them before shipping"
+        )),
+        "{text}"
+    );
     assert!(
         d.log_text()
             .lines()
@@ -1167,5 +1176,178 @@ fn clickhouse_config_errors_exit_78_naming_the_key() {
             "{body:?}: {err}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A ClickHouse integer as JSONEachRow prints it: 64-bit ones quoted.
+fn ch_int(v: &serde_json::Value) -> Option<i128> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from)),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Every shipped row equals its local event, column by column: names and
+/// args with bytes that are not UTF-8 (rendered `\xNN`), quotes, escapes
+/// and newlines; args byte for byte as the API's JSON of them.
+#[test]
+fn shipped_rows_are_the_local_events_field_by_field() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let Some(chbin) = require_clickhouse("shipped_rows_are_the_local_events_field_by_field") else {
+        return;
+    };
+    let (h, t) = (free_port(), free_port());
+    let ch = ClickHouse::start(&chbin, "rows", h, t, &[t]);
+    ch.apply_schema(&[]);
+    // /bin/true under a directory whose name is not UTF-8.
+    let name = unique("chf");
+    let mut dir = std::env::temp_dir().into_os_string().into_vec();
+    dir.extend_from_slice(format!("/traceed-ch-{name}-").as_bytes());
+    dir.extend_from_slice(b"\xff\\x41\"q\"\nd");
+    let dir = PathBuf::from(OsStr::from_bytes(&dir));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join(&name);
+    std::fs::copy("/bin/true", &exe).unwrap();
+    let host = unique("rows");
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(daemon_config(
+            &format!("http://127.0.0.1:{h}"),
+            &host,
+            &name,
+        )),
+        ..Default::default()
+    });
+    let mut pids = Vec::new();
+    for arg in [&b"arg\xfe\\x41\x1b\"q\"\n"[..], b"{\"k\":[1,2]}", b"plain"] {
+        let child = loop {
+            match Command::new(&exe).arg(OsStr::from_bytes(arg)).spawn() {
+                // Just copied: another test thread's fork may still hold it
+                // open for writing until that child execs.
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                r => break r.unwrap(),
+            }
+        };
+        pids.push(child.id());
+        let mut child = child;
+        child.wait().unwrap();
+    }
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let all = all_events(&d);
+            pids.iter()
+                .all(|p| all.iter().any(|e| e.kind == "exit" && e.pid == Some(*p)))
+                .then_some(())
+        },
+        || format!("the runs were not all stored: {}", d.log_text()),
+    );
+    let upto = wait_caught_up(&d, "rows", Duration::from_secs(60));
+    let store_id = export(&d).store_id.expect("store_id");
+    let local: Vec<Event> = all_events(&d)
+        .into_iter()
+        .filter(|e| e.id <= upto)
+        .collect();
+    let execs: Vec<&Event> = local
+        .iter()
+        .filter(|e| e.kind == "exec" && e.comm.as_deref() == Some(name.as_str()))
+        .collect();
+    assert!(
+        execs.len() >= 3
+            && execs
+                .iter()
+                .all(|e| e.exe.as_deref().is_some_and(|x| x.contains("\\xff"))),
+        "execs with the rendered directory: {execs:?}"
+    );
+    let text = ch.query(&format!(
+        "SELECT *, toUInt32(ts) AS ts_secs FROM traceed.events FINAL WHERE host = '{host}' \
+         AND id <= {upto} ORDER BY id FORMAT JSONEachRow"
+    ));
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), local.len(), "{text}");
+    let mut columns: Vec<&str> = vec![
+        "host",
+        "store_id",
+        "id",
+        "ts",
+        "ts_secs",
+        "ts_ns",
+        "kind",
+        "pid",
+        "tid",
+        "ppid",
+        "uid",
+        "gid",
+        "comm",
+        "ns_pid",
+        "exe",
+        "cgroup_id",
+        "container_id",
+        "mnt_ns",
+        "pid_ns",
+        "retval",
+        "args",
+        "fidelity",
+    ];
+    columns.sort_unstable();
+    for (row, e) in rows.iter().zip(&local) {
+        let mut keys: Vec<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, columns, "a column not compared below: {row}");
+        let int = |k: &str| ch_int(&row[k]);
+        let s = |k: &str| row[k].as_str();
+        let ctx = format!("{row}\n{e:?}");
+        assert_eq!(s("host"), Some(host.as_str()), "{ctx}");
+        assert_eq!(s("store_id"), Some(store_id.as_str()), "{ctx}");
+        assert_eq!(int("id"), Some(e.id.into()), "{ctx}");
+        assert_eq!(int("ts_ns"), Some(e.ts.into()), "{ctx}");
+        assert_eq!(int("ts_secs"), Some((e.ts / 1_000_000_000).into()), "{ctx}");
+        assert_eq!(s("kind"), Some(e.kind.as_str()), "{ctx}");
+        for (k, v) in [
+            ("pid", e.pid),
+            ("tid", e.tid),
+            ("ppid", e.ppid),
+            ("uid", e.uid),
+            ("gid", e.gid),
+            ("ns_pid", e.ns_pid),
+            ("mnt_ns", e.mnt_ns),
+            ("pid_ns", e.pid_ns),
+        ] {
+            assert_eq!(int(k), v.map(i128::from), "{k}: {ctx}");
+        }
+        assert_eq!(int("cgroup_id"), e.cgroup_id.map(i128::from), "{ctx}");
+        assert_eq!(int("retval"), e.retval.map(i128::from), "{ctx}");
+        assert_eq!(s("comm"), e.comm.as_deref(), "{ctx}");
+        assert_eq!(s("exe"), e.exe.as_deref(), "{ctx}");
+        assert_eq!(s("container_id"), e.container_id.as_deref(), "{ctx}");
+        assert_eq!(s("fidelity"), Some(e.fidelity.as_str()), "{ctx}");
+        // args: the text itself, as serde_json writes the event's args.
+        assert_eq!(
+            s("args"),
+            Some(serde_json::to_string(&e.args).unwrap().as_str()),
+            "{ctx}"
+        );
+    }
+    // The argv that is not UTF-8 arrived as the API renders it.
+    let argv: Vec<String> = execs
+        .iter()
+        .filter_map(|e| e.args["argv"].get(1)?.as_str().map(String::from))
+        .collect();
+    assert!(argv.iter().any(|a| a.contains("\\xfe")), "{argv:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

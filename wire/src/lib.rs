@@ -463,6 +463,11 @@ pub struct ExportStatus {
     pub bytes_shipped: u64,
     /// Failed attempts (connection errors, non-200 answers) since start.
     pub errors: u64,
+    /// Events retention deleted before they were shipped, since start
+    /// (`traceed_export_lost_events_total`); the store also has each range
+    /// as a `lost` row with source `export`. 0 from an older daemon.
+    #[serde(default)]
+    pub events_lost: u64,
     /// The most recent failure, with the first line of ClickHouse's answer.
     pub last_error: Option<String>,
     #[serde(default, with = "opt_ts_rfc3339")]

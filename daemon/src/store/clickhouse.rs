@@ -22,6 +22,10 @@
 //! deleted while a batch holding them is in flight are lost only if that
 //! batch then fails; if ClickHouse acknowledges it, they arrived.
 
+use std::ffi::{c_int, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,12 +36,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
+use libsqlite3_sys as ffi;
 use tokio::sync::{mpsc, watch};
 use traceed_wire::{Event, ExportStatus};
 
 use crate::service::config::ClickHouseConfig;
-use crate::store::{Query, Store};
+use crate::store::Store;
 
 /// The `export_cursor.sink` of this sink.
 const SINK: &str = "clickhouse";
@@ -101,6 +105,7 @@ impl ExportState {
             events_shipped: self.events_shipped.load(Relaxed),
             bytes_shipped: self.bytes_shipped.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            events_lost: self.events_lost.load(Relaxed),
             last_error_ts: last_error.as_ref().map(|e| e.0),
             last_error: last_error.map(|e| e.1),
             last_success_ts: (success != 0).then_some(success),
@@ -349,69 +354,549 @@ async fn save_cursor(
     Ok(())
 }
 
-/// One row as ClickHouse receives it (JSONEachRow): the key, the time twice
-/// (DateTime seconds for partitions and humans, UInt64 nanoseconds exact),
-/// every event column, and `args` as a JSON string.
-#[derive(Serialize)]
-struct Row<'a> {
-    host: &'a str,
-    store_id: &'a str,
-    id: i64,
-    ts: u32,
-    ts_ns: u64,
-    kind: &'a str,
-    pid: Option<u32>,
-    tid: Option<u32>,
-    ppid: Option<u32>,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    comm: Option<&'a str>,
-    ns_pid: Option<u32>,
-    exe: Option<&'a str>,
-    cgroup_id: Option<u64>,
-    container_id: Option<&'a str>,
-    mnt_ns: Option<u32>,
-    pid_ns: Option<u32>,
-    retval: Option<i64>,
-    args: String,
-    fidelity: &'a str,
-}
+/// The rows of a batch, straight from SQLite, without joins: the interned
+/// columns (kind, comm, exe, container_id, fidelity, args_keys) are
+/// resolved through `Names`, a cache of the `strings` rows the sink has met
+/// (ids are never reused, so an entry never goes stale).
+const BATCH_SQL: &CStr = c"SELECT id, ts, kind, pid, tid, ppid, uid, gid, comm, ns_pid, exe, \
+    cgroup_id, container_id, mnt_ns, pid_ns, retval, args, fidelity, args_keys \
+    FROM events WHERE id > ?1 ORDER BY id LIMIT ?2";
+const STRING_SQL: &CStr = c"SELECT s FROM strings WHERE id = ?1";
+const C_ID: c_int = 0;
+const C_TS: c_int = 1;
+const C_KIND: c_int = 2;
+const C_PID: c_int = 3;
+const C_TID: c_int = 4;
+const C_PPID: c_int = 5;
+const C_UID: c_int = 6;
+const C_GID: c_int = 7;
+const C_COMM: c_int = 8;
+const C_NS_PID: c_int = 9;
+const C_EXE: c_int = 10;
+const C_CGROUP_ID: c_int = 11;
+const C_CONTAINER_ID: c_int = 12;
+const C_MNT_NS: c_int = 13;
+const C_PID_NS: c_int = 14;
+const C_RETVAL: c_int = 15;
+const C_ARGS: c_int = 16;
+const C_FIDELITY: c_int = 17;
+const C_ARGS_KEYS: c_int = 18;
+/// Namespace inodes are stored relative to this (migration 0002).
+const NS_BASE: i64 = 0xF000_0000;
+/// Past this many cached strings the cache starts over: a bound for a
+/// store with endless distinct names (the writer's own map holds them all
+/// anyway; this only caps the sink's copy).
+const NAMES_CAP: usize = 1 << 16;
+/// SQLite may map this much of the database instead of a pread per page:
+/// the sink reads every row once, in id order.
+const MMAP_BYTES: i64 = 256 << 20;
 
-/// The JSONEachRow body of a batch: one object per line.
-fn encode(host: &str, store_id: &str, events: &[Event]) -> String {
-    let mut out = String::with_capacity(events.len() * 400);
-    for e in events {
-        let ts_ns = u64::try_from(e.ts).unwrap_or(0);
-        let row = Row {
-            host,
-            store_id,
-            id: e.id,
-            ts: u32::try_from(ts_ns / 1_000_000_000).unwrap_or(u32::MAX),
-            ts_ns,
-            kind: &e.kind,
-            pid: e.pid,
-            tid: e.tid,
-            ppid: e.ppid,
-            uid: e.uid,
-            gid: e.gid,
-            comm: e.comm.as_deref(),
-            ns_pid: e.ns_pid,
-            exe: e.exe.as_deref(),
-            cgroup_id: e.cgroup_id,
-            container_id: e.container_id.as_deref(),
-            mnt_ns: e.mnt_ns,
-            pid_ns: e.pid_ns,
-            retval: e.retval,
-            args: e.args.to_string(),
-            fidelity: &e.fidelity,
+/// A prepared statement of the sink's connection, finalized on drop.
+struct Stmt(NonNull<ffi::sqlite3_stmt>);
+
+impl Stmt {
+    fn prepare(db: *mut ffi::sqlite3, sql: &CStr) -> Result<Self, String> {
+        let mut stmt = std::ptr::null_mut();
+        // SAFETY: db is a live connection used by one thread at a time;
+        // sql is NUL-terminated; stmt receives the new statement.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v3(
+                db,
+                sql.as_ptr(),
+                -1,
+                ffi::SQLITE_PREPARE_PERSISTENT,
+                &mut stmt,
+                std::ptr::null_mut(),
+            )
         };
-        // Serializing plain fields into a String cannot fail.
-        if let Ok(line) = serde_json::to_string(&row) {
-            out.push_str(&line);
-            out.push('\n');
+        match NonNull::new(stmt) {
+            Some(s) if rc == ffi::SQLITE_OK => Ok(Self(s)),
+            _ => Err(sqlite_error(db, rc)),
         }
     }
-    out
+
+    fn ptr(&self) -> *mut ffi::sqlite3_stmt {
+        self.0.as_ptr()
+    }
+
+    fn bind(&mut self, i: c_int, v: i64) -> c_int {
+        // SAFETY: live statement, i within its parameters.
+        unsafe { ffi::sqlite3_bind_int64(self.ptr(), i, v) }
+    }
+
+    /// SQLITE_ROW, SQLITE_DONE or an error code.
+    fn step(&mut self) -> c_int {
+        // SAFETY: live, fully bound statement.
+        unsafe { ffi::sqlite3_step(self.ptr()) }
+    }
+
+    /// Ends the statement's read transaction, so checkpoints are not held
+    /// back by a snapshot the sink no longer needs.
+    fn reset(&mut self) {
+        // SAFETY: live statement.
+        unsafe { ffi::sqlite3_reset(self.ptr()) };
+    }
+
+    fn int(&self, col: c_int) -> Option<i64> {
+        // One column lookup, not two (column_type + column_int64 each
+        // look the column up again).
+        // SAFETY: live statement positioned on a row; col in range; the
+        // value is read at once, before the statement moves.
+        unsafe {
+            let v = ffi::sqlite3_column_value(self.ptr(), col);
+            (ffi::sqlite3_value_type(v) != ffi::SQLITE_NULL).then(|| ffi::sqlite3_value_int64(v))
+        }
+    }
+
+    /// The text of `col`, valid until the next step or reset of this
+    /// statement (the borrow of self keeps both away).
+    fn text(&self, col: c_int) -> Option<&[u8]> {
+        // SAFETY: live statement positioned on a row; SQLite owns the
+        // returned bytes until this statement is stepped, reset or
+        // finalized, which all need &mut self.
+        unsafe {
+            let p = ffi::sqlite3_column_text(self.ptr(), col);
+            if p.is_null() {
+                return None;
+            }
+            let n = ffi::sqlite3_column_bytes(self.ptr(), col);
+            Some(std::slice::from_raw_parts(p, n.max(0) as usize))
+        }
+    }
+}
+
+impl Drop for Stmt {
+    fn drop(&mut self) {
+        // SAFETY: finalizing the statement we prepared, exactly once.
+        unsafe { ffi::sqlite3_finalize(self.ptr()) };
+    }
+}
+
+fn sqlite_error(db: *mut ffi::sqlite3, rc: c_int) -> String {
+    // SAFETY: db is a live connection; errmsg returns a NUL-terminated
+    // string owned by SQLite, copied at once.
+    let msg = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) }.to_string_lossy();
+    format!("{msg} (sqlite code {rc})")
+}
+
+/// Append `s` as a JSON string (serde_json's escaping, as `Row` had).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
+}
+
+/// Append `b` escaped as the inside of a JSON string, byte for byte as
+/// serde_json escapes a str: `"` and `\` get a backslash, the control
+/// characters with a short form (\b \t \n \f \r) use it, the others are
+/// \u00xx; everything else (UTF-8 included) is copied.
+fn push_escaped(out: &mut Vec<u8>, b: &[u8]) {
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c >= 0x20 && c != b'"' && c != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&b[run..i]);
+        run = i + 1;
+        let short = match c {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            b'\t' => b't',
+            b'\n' => b'n',
+            0x0c => b'f',
+            b'\r' => b'r',
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 0xf)]);
+                continue;
+            }
+        };
+        out.push(b'\\');
+        out.push(short);
+    }
+    out.extend_from_slice(&b[run..]);
+}
+
+/// Append `v` in decimal (what serde_json writes), with no call out: a
+/// constant-length extend is a few stores where a copy of the digits from
+/// a buffer (itoa's way) is a memcpy call, and there are a dozen per row.
+fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let len = v.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let start = out.len();
+    out.extend_from_slice(&[b'0'; 20]);
+    for d in out[start..start + len].iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.truncate(start + len);
+}
+
+/// `field` then the number, or null.
+fn push_u(out: &mut Vec<u8>, field: &[u8], v: Option<u64>) {
+    out.extend_from_slice(field);
+    match v {
+        Some(v) => push_decimal(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_i(out: &mut Vec<u8>, field: &[u8], v: Option<i64>) {
+    match v {
+        Some(v) if v < 0 => {
+            out.extend_from_slice(field);
+            out.push(b'-');
+            push_decimal(out, v.unsigned_abs());
+        }
+        v => push_u(out, field, v.map(|v| v as u64)),
+    }
+}
+
+/// An args key list's keys, each `\"key\":` (see `Names::keys`).
+type KeyList = Box<[Box<[u8]>]>;
+
+/// The interned strings the sink has met: as JSON string literals, and
+/// args key lists as their keys' literals.
+struct Names {
+    stmt: Stmt,
+    text: foldhash::HashMap<i64, Box<str>>,
+    /// Per key list: each key's literal followed by `:`, escaped for the
+    /// inside of the args string (`\"path\":`).
+    keys: foldhash::HashMap<i64, Option<KeyList>>,
+}
+
+impl Names {
+    fn fetch(&mut self, id: i64) -> Result<Option<String>, String> {
+        self.stmt.bind(1, id);
+        let rc = self.stmt.step();
+        let s = (rc == ffi::SQLITE_ROW)
+            .then(|| {
+                self.stmt
+                    .text(0)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .flatten();
+        self.stmt.reset();
+        if rc != ffi::SQLITE_ROW && rc != ffi::SQLITE_DONE {
+            return Err(format!("strings row {id}: sqlite code {rc}"));
+        }
+        Ok(s)
+    }
+
+    /// The JSON literal of string `id`; None when the row is missing (a
+    /// LEFT JOIN's NULL).
+    fn literal(&mut self, id: i64) -> Result<Option<&str>, String> {
+        if !self.text.contains_key(&id) {
+            let Some(s) = self.fetch(id)? else {
+                return Ok(None);
+            };
+            if self.text.len() >= NAMES_CAP {
+                self.text.clear();
+            }
+            // A string always serializes.
+            let lit = serde_json::to_string(&s).unwrap_or_default();
+            self.text.insert(id, lit.into());
+        }
+        Ok(self.text.get(&id).map(|s| &**s))
+    }
+
+    /// The keys of args key list `id`, as stored in `keys`; None when it is
+    /// missing or not a list of strings (args are then `null`, as a
+    /// decoded row had them).
+    fn keys(&mut self, id: i64) -> Result<Option<&[Box<[u8]>]>, String> {
+        if !self.keys.contains_key(&id) {
+            let parsed = self
+                .fetch(id)?
+                .and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok())
+                .map(|ks| {
+                    ks.iter()
+                        .map(|k| {
+                            let mut lit = Vec::new();
+                            push_json_str(&mut lit, k);
+                            let mut esc = Vec::new();
+                            push_escaped(&mut esc, &lit);
+                            esc.push(b':');
+                            esc.into_boxed_slice()
+                        })
+                        .collect()
+                });
+            if self.keys.len() >= NAMES_CAP {
+                self.keys.clear();
+            }
+            self.keys.insert(id, parsed);
+        }
+        Ok(self.keys.get(&id).and_then(|k| k.as_deref()))
+    }
+}
+
+/// The top-level elements of the JSON array `s`, as byte ranges into it
+/// (`out` is cleared first); false when `s` is not a well-formed array.
+/// Stored values arrays are serde_json's compact output, so an element's
+/// text is exactly what re-serializing its parsed value would give.
+fn split_array(s: &[u8], out: &mut Vec<(usize, usize)>) -> bool {
+    out.clear();
+    let n = s.len();
+    if n < 2 || s[0] != b'[' || s[n - 1] != b']' {
+        return false;
+    }
+    if n == 2 {
+        return true;
+    }
+    let (mut depth, mut start, mut i) = (0u32, 1, 1);
+    while i < n - 1 {
+        match s[i] {
+            b'"' => {
+                i += 1;
+                while i < n - 1 && s[i] != b'"' {
+                    // An escape: the next byte cannot end the string.
+                    i += if s[i] == b'\\' { 2 } else { 1 };
+                }
+                if i >= n - 1 {
+                    return false;
+                }
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            b',' if depth == 0 => {
+                if start == i {
+                    return false;
+                }
+                out.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 || start == n - 1 {
+        return false;
+    }
+    out.push((start, n - 1));
+    true
+}
+
+/// What `read` put in the body.
+struct Batch {
+    rows: usize,
+    /// The highest id read.
+    last: Option<i64>,
+}
+
+/// The sink's own connection (SQLite's C API, on a blocking thread) and
+/// the buffers it reuses from batch to batch: a batch becomes one
+/// JSONEachRow body in a single pass over the rows, with no allocation per
+/// row. Every byte is what `Row` (serde_json) made of the `Event` the store
+/// decoded before (the unit test below compares the two).
+struct Reader {
+    // Dropped in this order: the statements before their connection.
+    batch: Stmt,
+    names: Names,
+    db: Db,
+    /// `{"host":"…","store_id":"…","id":`, the same on every row.
+    prefix: Vec<u8>,
+    /// The elements of one row's values array.
+    spans: Vec<(usize, usize)>,
+    body: Vec<u8>,
+}
+
+// SAFETY: the connection and its statements are used by one thread at a
+// time (the Reader moves into a blocking task and back); SQLite is built
+// threadsafe, so a connection may change threads.
+unsafe impl Send for Reader {}
+
+impl Reader {
+    fn open(path: &Path, host: &str, store_id: &str) -> Result<Self, String> {
+        let cpath = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| format!("{}: path contains a NUL byte", path.display()))?;
+        let mut db = std::ptr::null_mut();
+        // SAFETY: NUL-terminated path; db receives the handle, closed below
+        // on failure.
+        let rc = unsafe {
+            ffi::sqlite3_open_v2(
+                cpath.as_ptr(),
+                &mut db,
+                ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX,
+                std::ptr::null(),
+            )
+        };
+        let Some(nn) = NonNull::new(db) else {
+            return Err("out of memory opening the database".into());
+        };
+        let ready = (|| {
+            if rc != ffi::SQLITE_OK {
+                return Err(sqlite_error(db, rc));
+            }
+            let pragmas = format!("PRAGMA busy_timeout = 5000; PRAGMA mmap_size = {MMAP_BYTES}");
+            let pragmas = CString::new(pragmas).map_err(|e| e.to_string())?;
+            // SAFETY: live connection, NUL-terminated SQL, no callback.
+            let rc = unsafe {
+                ffi::sqlite3_exec(
+                    db,
+                    pragmas.as_ptr(),
+                    None,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc != ffi::SQLITE_OK {
+                return Err(sqlite_error(db, rc));
+            }
+            Ok((
+                Stmt::prepare(db, BATCH_SQL)?,
+                Stmt::prepare(db, STRING_SQL)?,
+            ))
+        })();
+        let (batch, strings) = match ready {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: closing the handle opened above; no statement of
+                // it is left (a failed prepare finalized nothing).
+                unsafe { ffi::sqlite3_close(db) };
+                return Err(e);
+            }
+        };
+        let mut prefix = b"{\"host\":".to_vec();
+        push_json_str(&mut prefix, host);
+        prefix.extend_from_slice(b",\"store_id\":");
+        push_json_str(&mut prefix, store_id);
+        prefix.extend_from_slice(b",\"id\":");
+        Ok(Self {
+            batch,
+            names: Names {
+                stmt: strings,
+                text: Default::default(),
+                keys: Default::default(),
+            },
+            db: Db(nn),
+            prefix,
+            spans: Vec::new(),
+            body: Vec::new(),
+        })
+    }
+
+    /// Encode up to `limit` rows after id `after` into `self.body`.
+    fn read(&mut self, after: i64, limit: u32) -> Result<Batch, String> {
+        self.body.clear();
+        self.batch.bind(1, after);
+        self.batch.bind(2, i64::from(limit));
+        let mut b = Batch {
+            rows: 0,
+            last: None,
+        };
+        let res = loop {
+            match self.batch.step() {
+                ffi::SQLITE_ROW => {}
+                ffi::SQLITE_DONE => break Ok(()),
+                rc => break Err(sqlite_error(self.db.0.as_ptr(), rc)),
+            }
+            match self.row() {
+                Ok(id) => {
+                    b.rows += 1;
+                    b.last = Some(id);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.batch.reset();
+        res.map(|()| b)
+    }
+
+    /// The current row of `batch` as one JSONEachRow line; its id.
+    fn row(&mut self) -> Result<i64, String> {
+        let st = &self.batch;
+        let out = &mut self.body;
+        let names = &mut self.names;
+        let id = st.int(C_ID).unwrap_or(0);
+        out.extend_from_slice(&self.prefix);
+        push_i(out, b"", Some(id));
+        let ts_ns = st.int(C_TS).map_or(0, |t| u64::try_from(t).unwrap_or(0));
+        let secs = u32::try_from(ts_ns / 1_000_000_000).unwrap_or(u32::MAX);
+        push_u(out, b",\"ts\":", Some(u64::from(secs)));
+        push_u(out, b",\"ts_ns\":", Some(ts_ns));
+        let name = |out: &mut Vec<u8>, names: &mut Names, field: &[u8], col: c_int| {
+            out.extend_from_slice(field);
+            let lit = match st.int(col) {
+                Some(sid) => names.literal(sid)?,
+                None => None,
+            };
+            out.extend_from_slice(lit.unwrap_or("null").as_bytes());
+            // kind and fidelity are NOT NULL: a row without them cannot
+            // be shipped (the decoded Event could not be read either).
+            if lit.is_none() && (col == C_KIND || col == C_FIDELITY) {
+                return Err(format!("event {id}: no string for column {col}"));
+            }
+            Ok::<(), String>(())
+        };
+        name(out, names, b",\"kind\":", C_KIND)?;
+        let u32_col = |c| st.int(c).map(|v| u64::from(v as u32));
+        push_u(out, b",\"pid\":", u32_col(C_PID));
+        push_u(out, b",\"tid\":", u32_col(C_TID));
+        push_u(out, b",\"ppid\":", u32_col(C_PPID));
+        push_u(out, b",\"uid\":", u32_col(C_UID));
+        push_u(out, b",\"gid\":", u32_col(C_GID));
+        name(out, names, b",\"comm\":", C_COMM)?;
+        push_u(out, b",\"ns_pid\":", u32_col(C_NS_PID));
+        name(out, names, b",\"exe\":", C_EXE)?;
+        push_u(
+            out,
+            b",\"cgroup_id\":",
+            st.int(C_CGROUP_ID).map(|v| v as u64),
+        );
+        name(out, names, b",\"container_id\":", C_CONTAINER_ID)?;
+        let ns = |c| st.int(c).map(|v| u64::from((v + NS_BASE) as u32));
+        push_u(out, b",\"mnt_ns\":", ns(C_MNT_NS));
+        push_u(out, b",\"pid_ns\":", ns(C_PID_NS));
+        push_i(out, b",\"retval\":", st.int(C_RETVAL));
+        out.extend_from_slice(b",\"args\":\"");
+        // Stored text is the serde_json output of what was a str, so it is
+        // escaped as it stands (a byte that is not UTF-8 could only come
+        // from outside traceed; it is shipped as is rather than stall the
+        // sink, where the decoded Event failed the batch for good).
+        let text = st.text(C_ARGS).unwrap_or(b"");
+        match st.int(C_ARGS_KEYS) {
+            // Stored as is: its own JSON.
+            None => push_escaped(out, text),
+            Some(kid) => {
+                let spans = &mut self.spans;
+                match names.keys(kid)? {
+                    // `{"k1":v1,…}`: each value's text as stored, which is
+                    // what re-serializing its parsed value gives.
+                    Some(keys) if split_array(text, spans) && spans.len() == keys.len() => {
+                        out.push(b'{');
+                        for (i, (k, &(s, e))) in keys.iter().zip(spans.iter()).enumerate() {
+                            if i > 0 {
+                                out.push(b',');
+                            }
+                            out.extend_from_slice(k);
+                            push_escaped(out, &text[s..e]);
+                        }
+                        out.push(b'}');
+                    }
+                    // What a decoded row of an unreadable args held.
+                    _ => out.extend_from_slice(b"null"),
+                }
+            }
+        }
+        out.push(b'"');
+        name(out, names, b",\"fidelity\":", C_FIDELITY)?;
+        out.extend_from_slice(b"}\n");
+        Ok(id)
+    }
+}
+
+/// The sink's connection, closed on drop.
+struct Db(NonNull<ffi::sqlite3>);
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // SAFETY: closing the handle we opened, exactly once; Reader
+        // declares its statements before this, so they are finalized first.
+        unsafe { ffi::sqlite3_close(self.0.as_ptr()) };
+    }
 }
 
 /// A failed request: what status and the log say.
@@ -452,7 +937,7 @@ impl Http {
 
     /// POST `body` with the URL parameters `params`: the answer's body on
     /// 200, else the status and the first line of the answer.
-    async fn post(&self, params: &[(&str, &str)], body: String) -> Result<String, Failure> {
+    async fn post(&self, params: &[(&str, &str)], body: Bytes) -> Result<String, Failure> {
         let qs = serde_urlencoded::to_string(params).map_err(|e| Failure(e.to_string()))?;
         let uri = format!("{}/?{qs}", self.base);
         // ClickHouse refuses a POST without a length (411), even an empty one.
@@ -464,7 +949,7 @@ impl Http {
             req = req.header("X-ClickHouse-Key", p);
         }
         let req = req
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| Failure(format!("building the request: {e}")))?;
         let fut = async {
             let resp = self
@@ -630,6 +1115,7 @@ impl Sink {
         let mut backoff = BACKOFF_MIN;
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut version_known = false;
+        let mut reader: Option<Reader> = None;
         loop {
             self.refresh_lag(cursor).await;
             let now = tokio::time::Instant::now();
@@ -640,7 +1126,7 @@ impl Sink {
                         self.hello().await?;
                         version_known = true;
                     }
-                    self.ship(&store_id, cursor).await
+                    self.ship(&mut reader, &store_id, cursor).await
                 };
                 match attempt.await {
                     Ok((last, n)) => {
@@ -688,7 +1174,7 @@ impl Sink {
     async fn hello(&self) -> Result<(), Failure> {
         let v = self
             .http
-            .post(&[("query", "SELECT version()")], String::new())
+            .post(&[("query", "SELECT version()")], Bytes::new())
             .await?;
         let v = v.trim().to_string();
         tracing::info!(version = %v, "clickhouse export: {} runs ClickHouse {v}", self.http.base);
@@ -698,35 +1184,60 @@ impl Sink {
 
     /// Send the batch after `cursor`; on 200 record the new cursor.
     /// Returns the new cursor (None: nothing to send) and the batch size.
-    async fn ship(&self, store_id: &str, cursor: i64) -> Result<(Option<i64>, usize), Failure> {
-        let events = {
+    /// `reader` is opened on first use and dropped after a read error, so
+    /// the next attempt starts on a fresh connection.
+    async fn ship(
+        &self,
+        reader: &mut Option<Reader>,
+        store_id: &str,
+        cursor: i64,
+    ) -> Result<(Option<i64>, usize), Failure> {
+        let mut r = reader.take();
+        let (mut r, batch) = {
             let _reads = self.guard.lock_reads().await;
             // Past what retention deleted unshipped (it moved the cursor).
-            let q = Query {
-                after_id: Some(cursor.max(self.state.cursor())),
-                limit: self.batch_size,
-                ..Query::default()
+            let after = cursor.max(self.state.cursor());
+            let (limit, path) = (self.batch_size, self.store.path().to_path_buf());
+            let (host, store) = (self.state.host.clone(), store_id.to_string());
+            let (r, batch) = tokio::task::spawn_blocking(move || {
+                let mut r = match r.take() {
+                    Some(r) => r,
+                    None => match Reader::open(&path, &host, &store) {
+                        Ok(r) => r,
+                        Err(e) => return (None, Err(e)),
+                    },
+                };
+                let b = r.read(after, limit);
+                (b.is_ok().then_some(r), b)
+            })
+            .await
+            .map_err(|e| Failure(format!("reading the store: {e}")))?;
+            let batch = batch.map_err(|e| Failure(format!("reading the store: {e}")))?;
+            let Some(r) = r else {
+                return Err(Failure("reading the store: no connection".into()));
             };
-            let (events, _) = self
-                .store
-                .query(&q)
-                .await
-                .map_err(|e| Failure(format!("reading the store: {e}")))?;
-            if let Some(e) = events.last() {
-                self.guard.sending(e.id);
+            if let Some(hi) = batch.last {
+                self.guard.sending(hi);
             }
-            events
+            (r, batch)
         };
-        let Some(last) = events.last().map(|e| e.id) else {
+        let Some(last) = batch.last else {
+            *reader = Some(r);
             return Ok((None, 0));
         };
-        let bytes = match self.send(store_id, &events).await {
-            Ok(b) => b,
-            Err(f) => {
-                self.guard.answered(false);
-                return Err(f);
-            }
-        };
+        let body = Bytes::from(std::mem::take(&mut r.body));
+        let bytes = body.len() as u64;
+        let sent = self.send(body.clone()).await;
+        // The body's buffer back for the next batch, when the client let
+        // go of it (it has, once the answer is read).
+        if let Ok(m) = body.try_into_mut() {
+            r.body = Vec::from(m);
+        }
+        *reader = Some(r);
+        if let Err(f) = sent {
+            self.guard.answered(false);
+            return Err(f);
+        }
         // Acknowledged: only now does the cursor move. The batch stays in
         // flight until then, so a delete meanwhile does not count it lost.
         let saved = async {
@@ -738,22 +1249,20 @@ impl Sink {
         saved.map_err(|e| Failure(format!("recording the export cursor: {e}")))?;
         let st = &self.state;
         st.cursor.fetch_max(last, Relaxed);
-        st.events_shipped.fetch_add(events.len() as u64, Relaxed);
+        st.events_shipped.fetch_add(batch.rows as u64, Relaxed);
         st.bytes_shipped.fetch_add(bytes, Relaxed);
         st.last_success_ns.store(traceed_wire::now_ns(), Relaxed);
         tracing::debug!(
-            events = events.len(),
+            events = batch.rows,
             bytes,
             cursor = last,
             "clickhouse export: batch acknowledged"
         );
-        Ok((Some(st.cursor()), events.len()))
+        Ok((Some(st.cursor()), batch.rows))
     }
 
-    /// One INSERT of `events`; the bytes sent on 200.
-    async fn send(&self, store_id: &str, events: &[Event]) -> Result<u64, Failure> {
-        let body = encode(&self.state.host, store_id, events);
-        let bytes = body.len() as u64;
+    /// One INSERT of a JSONEachRow `body`.
+    async fn send(&self, body: Bytes) -> Result<(), Failure> {
         let insert = format!(
             "INSERT INTO {}.{} FORMAT JSONEachRow",
             self.database, self.table
@@ -771,7 +1280,7 @@ impl Sink {
                 body,
             )
             .await?;
-        Ok(bytes)
+        Ok(())
     }
 
     async fn load_identity(&self) -> Result<(String, i64), sqlx::Error> {
@@ -972,34 +1481,319 @@ pub fn schema(o: &SchemaOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
 
-    #[test]
-    fn rows_carry_key_times_and_args_as_a_string() {
+    /// How rows were made before `Reader` (kept as the reference the
+    /// bytes `Reader` makes are compared with): one row as ClickHouse receives it (JSONEachRow): the key, the time twice
+    /// (DateTime seconds for partitions and humans, UInt64 nanoseconds exact),
+    /// every event column, and `args` as a JSON string.
+    #[derive(Serialize)]
+    struct Row<'a> {
+        host: &'a str,
+        store_id: &'a str,
+        id: i64,
+        ts: u32,
+        ts_ns: u64,
+        kind: &'a str,
+        pid: Option<u32>,
+        tid: Option<u32>,
+        ppid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        comm: Option<&'a str>,
+        ns_pid: Option<u32>,
+        exe: Option<&'a str>,
+        cgroup_id: Option<u64>,
+        container_id: Option<&'a str>,
+        mnt_ns: Option<u32>,
+        pid_ns: Option<u32>,
+        retval: Option<i64>,
+        args: String,
+        fidelity: &'a str,
+    }
+
+    /// The JSONEachRow body of a batch: one object per line.
+    fn encode_as_before(host: &str, store_id: &str, events: &[Event]) -> String {
+        let mut out = String::with_capacity(events.len() * 400);
+        for e in events {
+            let ts_ns = u64::try_from(e.ts).unwrap_or(0);
+            let row = Row {
+                host,
+                store_id,
+                id: e.id,
+                ts: u32::try_from(ts_ns / 1_000_000_000).unwrap_or(u32::MAX),
+                ts_ns,
+                kind: &e.kind,
+                pid: e.pid,
+                tid: e.tid,
+                ppid: e.ppid,
+                uid: e.uid,
+                gid: e.gid,
+                comm: e.comm.as_deref(),
+                ns_pid: e.ns_pid,
+                exe: e.exe.as_deref(),
+                cgroup_id: e.cgroup_id,
+                container_id: e.container_id.as_deref(),
+                mnt_ns: e.mnt_ns,
+                pid_ns: e.pid_ns,
+                retval: e.retval,
+                args: e.args.to_string(),
+                fidelity: &e.fidelity,
+            };
+            // Serializing plain fields into a String cannot fail.
+            if let Ok(line) = serde_json::to_string(&row) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Events that stress every column: absent and extreme values, names
+    /// with quotes, newlines and non-UTF-8 bytes rendered `\xNN`, args that
+    /// hold the splitter's delimiters inside strings, nested values,
+    /// non-object args.
+    fn awkward_events() -> Vec<Event> {
+        let mut out = Vec::new();
         let mut e = Event::new("exec", 1_764_017_445_123_456_789, "core");
-        e.id = 42;
         e.pid = Some(7);
-        e.comm = Some("sh".into());
+        e.tid = Some(u32::MAX);
+        e.ppid = Some(1);
+        e.uid = Some(0);
+        e.gid = Some(65534);
+        e.comm = Some("c\\xff\\x1b[7m\n\\x".into());
+        e.ns_pid = Some(3);
+        e.exe = Some("/tmp/tru\\xffe\\x\nbin \"q\"".into());
         e.cgroup_id = Some(u64::MAX);
-        e.args = serde_json::json!({"argv": ["sh", "-c", "echo \"hi\"\n"]});
-        let body = encode("web-1", "abc", &[e.clone(), e]);
-        let lines: Vec<&str> = body.lines().collect();
-        assert_eq!(lines.len(), 2);
-        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-        assert_eq!(v["host"], "web-1");
+        e.container_id = Some("c0ffee".repeat(10) + "abcd");
+        e.mnt_ns = Some(4_026_531_841);
+        e.pid_ns = Some(u32::MAX);
+        e.retval = Some(i64::MIN);
+        e.proc = Some(traceed_wire::proc_key_hex(0x1234_5678_9abc));
+        e.args = serde_json::json!({
+            "argv": ["sh", "-c", "echo \"hi\"\n],[{}\\", "arg\\xfe\\x41\u{1b}", "\u{202e}é"],
+            "filename": "/tmp/tru\\xffe",
+            "nested": {"a": [1, -2, {"b": null}], "c": "}{"},
+            "big": u64::MAX,
+            "neg": -1,
+            "float": 0.5,
+            "t": true,
+            "escaped": true,
+        });
+        out.push(e);
+        let mut e = Event::new("open", 1, "core");
+        e.args = serde_json::json!({});
+        out.push(e);
+        let mut e = Event::new("open", 0, "degraded");
+        e.args = serde_json::Value::Null;
+        e.comm = Some("gone".into());
+        out.push(e);
+        let mut e = Event::new("weird", 2_000_000_000_000_000_000, "core");
+        e.args = serde_json::json!([1, "x", {"y": 2}]);
+        e.mnt_ns = Some(0);
+        e.retval = Some(0);
+        out.push(e);
+        let mut e = Event::new("connect", 5, "core");
+        e.args = serde_json::json!({"addr": "::1", "port": 22, "k,\"ey": "v"});
+        out.push(e);
+        out.push(Event::lost(Some(12), "export", 3, 4, "core"));
+        out
+    }
+
+    /// The body `Reader` makes from the store is byte for byte what the
+    /// events the store decodes made before (`encode_as_before`), for every
+    /// batch boundary, including a string row that is missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reader_rows_are_the_decoded_events_byte_for_byte() {
+        use crate::store::tests::{ev, temp_dir, write_all};
+        use crate::store::Query;
+        let dir = temp_dir("chread");
+        let store = Store::open(&dir).await.unwrap();
+        let mut events = awkward_events();
+        for i in 0..300u32 {
+            events.push(ev(10 + i64::from(i), "open", i, &format!("p{}", i % 7)));
+        }
+        events.extend(awkward_events());
+        write_all(&store, events).await;
+        // A LEFT JOIN's NULL: the string row of a comm is gone.
+        sqlx::query("DELETE FROM strings WHERE s = 'gone'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let (stored, more) = store
+            .query(&Query {
+                limit: 10_000,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        assert!(!more);
+        assert_eq!(stored.len(), 312);
+        assert!(stored.iter().any(|e| e.comm.is_none() && e.kind == "open"));
+        let path = store.path().to_path_buf();
+        let host = "web-1 \"x\"";
+        let store_id = "abc";
+        let expected = encode_as_before(host, store_id, &stored);
+        let expected_lines: Vec<&str> = expected.lines().collect();
+        let got = tokio::task::spawn_blocking(move || {
+            let mut r = Reader::open(&path, host, store_id).unwrap();
+            let mut batches = Vec::new();
+            for (after, limit) in [(0, 10_000), (0, 1), (5, 7), (300, 100), (400, 10)] {
+                let b = r.read(after, limit).unwrap();
+                batches.push((after, limit, b.rows, b.last, r.body.clone()));
+            }
+            batches
+        })
+        .await
+        .unwrap();
+        for (after, limit, rows, last, body) in got {
+            let body = String::from_utf8(body).unwrap();
+            let want: Vec<&str> = stored
+                .iter()
+                .zip(&expected_lines)
+                .filter(|(e, _)| e.id > after)
+                .take(limit as usize)
+                .map(|(_, l)| *l)
+                .collect();
+            assert_eq!(rows, want.len(), "after {after} limit {limit}");
+            assert_eq!(
+                last,
+                stored
+                    .iter()
+                    .filter(|e| e.id > after)
+                    .take(limit as usize)
+                    .last()
+                    .map(|e| e.id)
+            );
+            let lines: Vec<&str> = body.lines().collect();
+            for (g, w) in lines.iter().zip(&want) {
+                assert_eq!(g, w);
+            }
+            assert_eq!(lines.len(), want.len());
+        }
+        // The fields as ClickHouse reads them.
+        let v: serde_json::Value = serde_json::from_str(expected_lines[0]).unwrap();
+        assert_eq!(v["host"], host);
         assert_eq!(v["store_id"], "abc");
-        assert_eq!(v["id"], 42);
+        assert_eq!(v["id"], 1);
         assert_eq!(v["ts"], 1_764_017_445u64);
         assert_eq!(v["ts_ns"], 1_764_017_445_123_456_789u64);
         assert_eq!(v["cgroup_id"], u64::MAX);
-        assert!(v["ppid"].is_null());
+        assert_eq!(v["comm"], "c\\xff\\x1b[7m\n\\x");
         let args: serde_json::Value = serde_json::from_str(v["args"].as_str().unwrap()).unwrap();
-        assert_eq!(args["argv"][2], "echo \"hi\"\n");
+        assert_eq!(args, stored[0].args);
         // Every column of the DDL is in a row, and only those.
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         let mut cols: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
         keys.sort_unstable();
         cols.sort_unstable();
         assert_eq!(keys, cols);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The read-and-encode half of shipping alone, on an existing store:
+    /// `SHIP_STORE=<state dir> cargo test --release -p traceed --lib --
+    /// --ignored --nocapture reader_cost`. CPU per row of `Reader::read`,
+    /// batch 10,000, each of 3 passes over the whole store.
+    #[test]
+    #[ignore]
+    fn reader_cost() {
+        let dir = std::env::var("SHIP_STORE").expect("SHIP_STORE=<state dir>");
+        let path = Path::new(&dir).join("events.db");
+        let mut r = Reader::open(&path, "bench", "0123456789abcdef0123456789abcdef").unwrap();
+        for pass in 1..=3 {
+            // SAFETY: getrusage fills the struct it is given.
+            let cpu = || unsafe {
+                let mut u: libc::rusage = std::mem::zeroed();
+                libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+                let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+                t(u.ru_utime) + t(u.ru_stime)
+            };
+            let (c0, t0) = (cpu(), std::time::Instant::now());
+            let (mut after, mut rows, mut bytes) = (0, 0, 0);
+            loop {
+                let b = r.read(after, 10_000).unwrap();
+                let Some(last) = b.last else { break };
+                after = last;
+                rows += b.rows;
+                bytes += r.body.len();
+            }
+            let (cpu_s, wall) = (cpu() - c0, t0.elapsed().as_secs_f64());
+            eprintln!(
+                "pass {pass}: {rows} rows, {:.0} bytes/row, CPU {:.3} us/row, wall {:.3} us/row",
+                bytes as f64 / rows as f64,
+                cpu_s / rows as f64 * 1e6,
+                wall / rows as f64 * 1e6
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_serde_jsons() {
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            4_026_531_840,
+            i64::MAX,
+            -1,
+            -10,
+            i64::MIN,
+        ] {
+            let mut ours = Vec::new();
+            push_i(&mut ours, b"", Some(v));
+            assert_eq!(ours, serde_json::to_vec(&v).unwrap());
+        }
+        for v in [0, 7, 1_000_000_000_000_000_000, u64::MAX] {
+            let mut ours = b"x".to_vec();
+            push_u(&mut ours, b":", Some(v));
+            assert_eq!(ours[2..], serde_json::to_vec(&v).unwrap());
+        }
+        let mut n = Vec::new();
+        push_u(&mut n, b"a", None);
+        push_i(&mut n, b"b", None);
+        assert_eq!(n, b"anullbnull");
+    }
+
+    #[test]
+    fn escaping_is_serde_jsons() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é\u{202e}\u{1F600}\\xff\"");
+        for s in [all.as_str(), "", "plain", "\"", "\\"] {
+            let mut ours = b"\"".to_vec();
+            push_escaped(&mut ours, s.as_bytes());
+            ours.push(b'"');
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn split_array_finds_top_level_elements_only() {
+        let split = |s: &str| {
+            let mut v = Vec::new();
+            split_array(s.as_bytes(), &mut v).then(|| {
+                v.iter()
+                    .map(|&(a, b)| s[a..b].to_string())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(split("[]"), Some(vec![]));
+        assert_eq!(split("[1]"), Some(vec!["1".to_string()]));
+        assert_eq!(
+            split(r#"["a,]\"",[1,[2]],{"k":"}"},null,-0.5]"#).unwrap(),
+            [r#""a,]\"""#, "[1,[2]]", r#"{"k":"}"}"#, "null", "-0.5"]
+        );
+        for bad in [
+            "", "[", "{}", "[1,]", "[,1]", "[1", r#"["x]"#, "[[1]", "[1]]",
+        ] {
+            assert_eq!(split(bad), None, "{bad}");
+        }
     }
 
     /// Retention deletes ids 1..=500 of a store whose cursor is at 100 while
