@@ -1310,14 +1310,27 @@ impl Sink {
         Ok((store_id, cursor))
     }
 
-    /// Lag: events stored after the cursor (by id: the writer assigns ids
-    /// in order, gaps only where a batch failed) and the age of the first.
+    /// Lag: events stored after the cursor and the age of the first.
+    /// Counted up to LAG_COUNT_CAP rows; past it, by id (the writer assigns
+    /// ids in order, with gaps where a batch failed, which a count avoids).
     async fn refresh_lag(&self, cursor: i64) {
+        const LAG_COUNT_CAP: i64 = 100_000;
         let cursor = cursor.max(self.state.cursor());
         let pool = self.store.pool();
-        let max: Result<Option<i64>, _> = sqlx::query_scalar("SELECT max(id) FROM events")
-            .fetch_one(pool)
-            .await;
+        let counted: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM events WHERE id > ? LIMIT ?)")
+                .bind(cursor)
+                .bind(LAG_COUNT_CAP)
+                .fetch_one(pool)
+                .await;
+        let max: Result<Option<i64>, _> = match counted {
+            Ok(n) if n < LAG_COUNT_CAP => Ok(Some(cursor + n)),
+            _ => {
+                sqlx::query_scalar("SELECT max(id) FROM events")
+                    .fetch_one(pool)
+                    .await
+            }
+        };
         let first: Result<Option<i64>, _> =
             sqlx::query_scalar("SELECT ts FROM events WHERE id > ? ORDER BY id LIMIT 1")
                 .bind(cursor)
