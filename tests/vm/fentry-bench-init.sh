@@ -145,6 +145,10 @@ stop_tracer() {
 	tpid=
 }
 
+# Warm-up, not reported: the boot's first loop runs on cold caches (its
+# dentries, the binary's pages) and took twice as long as any later one.
+bw_open "$OPS" "$TARGET" >/dev/null
+
 set -- $CONFIGS
 NCFG=$#
 rep=1

@@ -50,6 +50,10 @@ KERNELS=${MATRIX_KERNELS:-$CI_KERNELS}
 RUNGS=${MATRIX_RUNGS:-core-kernel-btf,core-external-btf,kernel-object,fallback,fallback+perf,foreign-btf}
 JOBS=${MATRIX_JOBS:-2}
 TIMEOUT=${MATRIX_TIMEOUT:-420}
+# Seconds the guest waits for traceed to be ready: the verifier under TCG
+# on a loaded host can take minutes (6.1's verifier walks exit_execve's
+# argument loop to its 1M-instruction limit before refusing it).
+START_WAIT=${MATRIX_START_WAIT:-120}
 MIRROR=${MATRIX_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${MATRIX_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 UPDATE_README=0
@@ -326,7 +330,7 @@ boot_kernel() {
 		-display none -monitor none -no-reboot \
 		-serial "file:$run/console.log" -serial "file:$run/results.txt" \
 		-kernel "$kdir/vmlinuz" -initrd "$initrd" \
-		-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init matrix.rungs=$RUNGS" \
+		-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init matrix.rungs=$RUNGS matrix.start_wait=$START_WAIT" \
 		</dev/null >"$run/qemu.log" 2>&1 || rc=$?
 	t1=$(date +%s.%N)
 	printf 'qemu_rc=%s\nwall_s=%s\n' "$rc" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')" >"$run/host.txt"
