@@ -371,6 +371,19 @@ impl Attacher<'_> {
         Ok(())
     }
 
+    /// The probe's answer (the first refusal only: later ones say the same).
+    fn refuse_fentry(&mut self, func: &str, reason: String) {
+        if self.out.fentry_refused.is_some() {
+            return;
+        }
+        let reason = format!("fexit on {func}: {reason}");
+        tracing::warn!(
+            %reason,
+            "BPF trampolines (fentry/fexit) refused: syscall tracepoints instead"
+        );
+        self.out.fentry_refused = Some(reason);
+    }
+
     fn fexit(&mut self, ebpf: &mut Ebpf, hook: &Hook, func: &str) -> Result<(), HookError> {
         let tried = match self.btf {
             None => Some(Err(
@@ -393,16 +406,7 @@ impl Attacher<'_> {
                 self.out.programs.push(hook.prog.clone());
                 return Ok(());
             }
-            Some(Err(reason)) if self.fexit_attached == 0 => {
-                if self.out.fentry_refused.is_none() {
-                    let reason = format!("fexit on {func}: {reason}");
-                    tracing::warn!(
-                        %reason,
-                        "BPF trampolines (fentry/fexit) refused: syscall tracepoints instead"
-                    );
-                    self.out.fentry_refused = Some(reason);
-                }
-            }
+            Some(Err(reason)) if self.fexit_attached == 0 => self.refuse_fentry(func, reason),
             Some(Err(reason)) => self.skip(
                 hook,
                 format!("fexit on {func} refused (its tracepoints instead): {reason}"),

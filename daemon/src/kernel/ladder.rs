@@ -522,12 +522,18 @@ mod tests {
     #[test]
     fn attach_status_names_the_method_that_runs() {
         let progs = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let a = attach_status(&progs(&["fexit_open", "fexit_openat", "fexit_openat2"]), None);
+        let a = attach_status(
+            &progs(&["fexit_open", "fexit_openat", "fexit_openat2"]),
+            None,
+        );
         assert_eq!(method(&a, "open"), "fexit");
         assert_eq!(method(&a, "other syscalls"), "tracepoint");
         assert!(a.fentry_refused.is_none());
         // openat2 fell back to its tracepoints alone.
-        let a = attach_status(&progs(&["fexit_open", "fexit_openat", "exit_openat2"]), None);
+        let a = attach_status(
+            &progs(&["fexit_open", "fexit_openat", "exit_openat2"]),
+            None,
+        );
         assert_eq!(method(&a, "open"), "fexit+tracepoint");
         let a = attach_status(
             &progs(&["exit_open", "enter_open", "exit_openat", "enter_openat"]),
