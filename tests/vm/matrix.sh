@@ -351,7 +351,10 @@ cell() { # run rung -> "STATUS|reason"
 		return
 	fi
 	qrc=$(sed -n 's/^qemu_rc=//p' "$run/host.txt" 2>/dev/null)
-	if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+	if [ ! -e "$run/host.txt" ] && [ -n "$REPORT_STAMP" ]; then
+		# --report while the guest still runs.
+		echo "NOT RUN|not reached: the guest was still running when this table was made"
+	elif [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
 		echo "FAIL|no result: guest killed after ${TIMEOUT}s"
 	elif ! grep -qa '^MX BOOT' "$run/results.txt" 2>/dev/null; then
 		echo "FAIL|kernel never reached /init (qemu exit $qrc; see console.log)"
@@ -419,9 +422,9 @@ main() {
 			continue
 		fi
 		run=$CACHE/runs/$stamp/$(basename "$kdir")
-		boot=$(grep -a '^MX BOOT' "$run/results.txt" 2>/dev/null | awk '{print $4}' | tr -d '\r')
-		done_s=$(grep -a '^MX DONE' "$run/results.txt" 2>/dev/null | awk '{print $3}' | tr -d '\r')
-		wall=$(sed -n 's/^wall_s=//p' "$run/host.txt")
+		boot=$(grep -a '^MX BOOT' "$run/results.txt" 2>/dev/null | awk '{print $4}' | tr -d '\r' || true)
+		done_s=$(grep -a '^MX DONE' "$run/results.txt" 2>/dev/null | awk '{print $3}' | tr -d '\r' || true)
+		wall=$(sed -n 's/^wall_s=//p' "$run/host.txt" 2>/dev/null || true)
 		test_s=-
 		[ -n "$boot" ] && [ -n "$done_s" ] && test_s=$(awk -v a="$boot" -v b="$done_s" 'BEGIN { printf "%.1f", b - a }')
 		[ -n "$boot" ] && boot=$(printf '%.1f' "$boot")
@@ -451,7 +454,8 @@ main() {
 		details+=("$(grep -aE '^MX (BOOT|RUNG|DONE) |^MX CHECK [^ ]+ (FAIL|SKIP) |^MX CHECK [^ ]+ PASS ready |^MX INFO ' "$run/results.txt" 2>/dev/null | tr -d '\r' || true)" '```' "")
 	done
 	out+=("" "PASS: every check held. SKIP: does not apply: a CO-RE rung on a kernel without BTF (traceed must refuse it, and did), or a rung or event kind this build of traceed lacks (the reason quotes the daemon)." \
-		"FAIL: a stored field differed from the ground truth, the daemon refused the rung, or the guest timed out." "")
+		"FAIL: a stored field differed from the ground truth, the daemon refused the rung, or the guest timed out." \
+		"NOT RUN (--report only): the guest had not reached the rung when the table was made." "")
 	out+=("## Details (non-PASS checks, daemon start-up and hooks per rung)" "" "${details[@]}")
 	printf '%s\n' "${out[@]}" >"$RESULTS"
 	log "results: $RESULTS"
