@@ -341,6 +341,17 @@ pub fn status_text(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
     for h in &s.skipped_hooks {
         writeln!(out, "  skipped {}: {}", h.hook, h.reason)?;
     }
+    if let Some(a) = &s.attach {
+        let families: Vec<String> = a
+            .families
+            .iter()
+            .map(|f| format!("{} {}", f.family, f.method))
+            .collect();
+        writeln!(out, "attach:     {}", families.join(", "))?;
+        if let Some(why) = &a.fentry_refused {
+            writeln!(out, "  no fexit: {}", why)?;
+        }
+    }
     writeln!(
         out,
         "events:     {} stored since start ({:.1}/s), {} lost",

@@ -103,24 +103,33 @@ static __always_inline int take_args(struct inflight *out)
 	return 0;
 }
 
-/* Start an exit-side record: header, task enrichment, return value. */
-static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct inflight *in)
+/* Start a syscall's record, whichever hook saw the syscall: header, task
+ * enrichment, the credentials at entry, the return value. */
+static __always_inline struct event *sys_record_start(__u32 kind, __u64 uid_gid, long ret)
 {
-	struct event *e = event_start(in->kind);
+	struct event *e = event_start(kind);
 	if (!e)
 		return NULL;
 	fill_task(e, cur_task());
-	e->h.uid = (__u32)in->uid_gid;
-	e->h.gid = in->uid_gid >> 32;
-	e->h.retval = sys_ret(ctx);
+	e->h.uid = (__u32)uid_gid;
+	e->h.gid = uid_gid >> 32;
+	e->h.retval = ret;
 	e->h.flags |= EF_HAS_RETVAL;
 	return e;
+}
+
+/* Start an exit-side record from the arguments stashed at sys_enter. */
+static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct inflight *in)
+{
+	return sys_record_start(in->kind, in->uid_gid, sys_ret(ctx));
 }
 
 #define SYS_ENTER(sys, kind, variant, nargs)                           \
 	SEC("tracepoint/syscalls/sys_enter_" #sys)                     \
 	int enter_##sys(struct sys_enter_ctx *ctx)                     \
 	{                                                              \
+		if (bench_floor)                                       \
+			return 0;                                      \
 		return save_args(ctx, kind, variant, nargs);           \
 	}
 
@@ -129,6 +138,8 @@ static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct
 	int exit_##sys(struct sys_exit_ctx *ctx)                       \
 	{                                                              \
 		struct inflight in;                                    \
+		if (bench_floor)                                       \
+			return 0;                                      \
 		if (take_args(&in))                                    \
 			return 0;                                      \
 		return handler(ctx, &in);                              \
@@ -137,5 +148,56 @@ static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct
 #define SYSCALL_HOOKS(sys, nargs, kind, variant, handler) \
 	SYS_ENTER(sys, kind, variant, nargs)               \
 	SYS_EXIT(sys, handler)
+
+#ifdef CORE
+/*
+ * The same syscall seen by a BPF trampoline instead (CO-RE object only:
+ * it needs the kernel's BTF, and traceed attaches it only after the kernel
+ * accepted it, else the tracepoint pair above): fexit on the syscall's own
+ * function __x64_sys_<sys>, whose argument is the user's registers. One
+ * program sees the arguments and the return value, so there is no
+ * sys_enter half and no inflight round trip; and, unlike an enabled
+ * syscalls tracepoint, it does not put every task on the syscall slow
+ * path.
+ *
+ * The registers are read as the syscall used them: after ptrace and
+ * seccomp had their say, as the sys_enter tracepoint reads them. x86-64
+ * only, like the rest of the object (__TARGET_ARCH_x86); compat (ia32)
+ * syscalls go through __ia32_sys_* and are not seen, as syscalls
+ * tracepoints do not report them either.
+ *
+ * `fill(e, variant, args)` is the family's record builder, shared with the
+ * tracepoint path: the record is the same whichever hook built it.
+ */
+static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
+{
+	args[0] = regs->di;
+	args[1] = regs->si;
+	args[2] = regs->dx;
+	args[3] = regs->r10;
+	args[4] = regs->r8;
+	args[5] = regs->r9;
+}
+
+#define SYS_FEXIT(sys, kind, variant, fill)                                   \
+	SEC("fexit/__x64_sys_" #sys)                                          \
+	int BPF_PROG(fexit_##sys, const struct pt_regs *regs, long ret)       \
+	{                                                                     \
+		__u64 args[6];                                                \
+		struct event *e;                                              \
+		if (bench_floor)                                              \
+			return 0;                                             \
+		if (out_of_scope())                                           \
+			return 0;                                             \
+		regs_args(regs, args);                                        \
+		e = sys_record_start(kind, bpf_get_current_uid_gid(), ret);   \
+		if (!e)                                                       \
+			return 0;                                             \
+		fill(e, variant, args);                                       \
+		return event_emit(ctx, e);                                    \
+	}
+#else
+#define SYS_FEXIT(sys, kind, variant, fill)
+#endif
 
 #endif

@@ -196,6 +196,17 @@ struct fs_struct {
 	struct path pwd;
 };
 
+/* x86-64: a syscall's arguments are di, si, dx, r10, r8, r9 of the
+ * user's registers, which __x64_sys_* receive (fexit programs read them). */
+struct pt_regs {
+	unsigned long r10;
+	unsigned long r9;
+	unsigned long r8;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+};
+
 struct task_struct {
 	int exit_code;
 	pid_t pid;

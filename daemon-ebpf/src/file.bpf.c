@@ -8,37 +8,47 @@
 
 #define AT_FDCWD_U ((__u64)(__s64)-100)
 
+/* An open's record from its arguments: shared by the tracepoint pair and
+ * the fexit program, so both say the same. */
+static __always_inline void fill_open(struct event *e, __u32 variant, const __u64 *args)
+{
+	if (variant == V_PLAIN) { /* open(path, flags, mode) */
+		push_str(e, STR_OPEN_PATH, (void *)args[0], STR_USER);
+		e->h.args[SLOT_OPEN_FLAGS] = args[1];
+		e->h.args[SLOT_OPEN_MODE] = args[2];
+		e->h.args[SLOT_OPEN_DIRFD] = AT_FDCWD_U;
+	} else if (variant == V_OPENAT2) { /* openat2(dfd, path, how, size) */
+		struct open_how___min {
+			__u64 flags;
+			__u64 mode;
+		} how = {};
+		push_str(e, STR_OPEN_PATH, (void *)args[1], STR_USER);
+		bpf_probe_read_user(&how, sizeof(how), (void *)args[2]);
+		e->h.args[SLOT_OPEN_FLAGS] = how.flags;
+		e->h.args[SLOT_OPEN_MODE] = how.mode;
+		e->h.args[SLOT_OPEN_DIRFD] = args[0];
+	} else { /* openat(dfd, path, flags, mode) */
+		push_str(e, STR_OPEN_PATH, (void *)args[1], STR_USER);
+		e->h.args[SLOT_OPEN_FLAGS] = args[2];
+		e->h.args[SLOT_OPEN_MODE] = args[3];
+		e->h.args[SLOT_OPEN_DIRFD] = args[0];
+	}
+}
+
 static __always_inline int on_open(struct sys_exit_ctx *ctx, struct inflight *in)
 {
 	struct event *e = exit_start(ctx, in);
 	if (!e)
 		return 0;
-	if (in->variant == V_PLAIN) { /* open(path, flags, mode) */
-		push_str(e, STR_OPEN_PATH, (void *)in->args[0], STR_USER);
-		e->h.args[SLOT_OPEN_FLAGS] = in->args[1];
-		e->h.args[SLOT_OPEN_MODE] = in->args[2];
-		e->h.args[SLOT_OPEN_DIRFD] = AT_FDCWD_U;
-	} else if (in->variant == V_OPENAT2) { /* openat2(dfd, path, how, size) */
-		struct open_how___min {
-			__u64 flags;
-			__u64 mode;
-		} how = {};
-		push_str(e, STR_OPEN_PATH, (void *)in->args[1], STR_USER);
-		bpf_probe_read_user(&how, sizeof(how), (void *)in->args[2]);
-		e->h.args[SLOT_OPEN_FLAGS] = how.flags;
-		e->h.args[SLOT_OPEN_MODE] = how.mode;
-		e->h.args[SLOT_OPEN_DIRFD] = in->args[0];
-	} else { /* openat(dfd, path, flags, mode) */
-		push_str(e, STR_OPEN_PATH, (void *)in->args[1], STR_USER);
-		e->h.args[SLOT_OPEN_FLAGS] = in->args[2];
-		e->h.args[SLOT_OPEN_MODE] = in->args[3];
-		e->h.args[SLOT_OPEN_DIRFD] = in->args[0];
-	}
+	fill_open(e, in->variant, in->args);
 	return event_emit(ctx, e);
 }
 SYSCALL_HOOKS(open, 3, EK_OPEN, V_PLAIN, on_open)
 SYSCALL_HOOKS(openat, 4, EK_OPEN, V_AT, on_open)
 SYSCALL_HOOKS(openat2, 4, EK_OPEN, V_OPENAT2, on_open)
+SYS_FEXIT(open, EK_OPEN, V_PLAIN, fill_open)
+SYS_FEXIT(openat, EK_OPEN, V_AT, fill_open)
+SYS_FEXIT(openat2, EK_OPEN, V_OPENAT2, fill_open)
 
 static __always_inline int on_unlink(struct sys_exit_ctx *ctx, struct inflight *in)
 {

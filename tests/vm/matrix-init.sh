@@ -50,6 +50,17 @@ have() { [ -e "$1" ] && echo 1 || echo 0; }
 T=/sys/kernel/tracing
 say "MX INFO kernel btf=$(have /sys/kernel/btf/vmlinux) syscalls_tp=$(have $T/events/syscalls) raw_syscalls_tp=$(have $T/events/raw_syscalls) kprobes=$(have $T/kprobe_events) preempt_rt=$(uname -v | grep -q PREEMPT_RT && echo 1 || echo 0)"
 
+# Does the kernel attach BPF trampolines (fentry/fexit) to the open
+# family's syscall functions? tests/vm/fentry-probe.c asks it directly; the
+# CO-RE rung must then run the open family on fexit, every other rung on
+# tracepoints.
+FENTRY=0
+if [ -x /bin/fentry-probe ] && [ -e /sys/kernel/btf/vmlinux ]; then
+	fentry-probe __x64_sys_openat __x64_sys_open __x64_sys_openat2 >/tmp/fentry-probe.out 2>&1 && FENTRY=1
+	while read -r l; do say "MX INFO fentry-probe $l"; done </tmp/fentry-probe.out
+fi
+say "MX INFO kernel fentry=$FENTRY"
+
 # The external-BTF rung needs the kernel's own BTF as a file, taken before
 # sysfs BTF is hidden.
 BTF_COPY=/btf/vmlinux
@@ -229,6 +240,13 @@ run_rung() { # rung
 	nprog=$(echo $programs | wc -w)
 	skipped=$(grep -o '"hook": *"[^"]*"' "$dir/status" | sed 's/.*"\([^"]*\)"$/\1/' | tr '\n' ' ')
 	say "MX INFO $rung programs=$nprog skipped_hooks=${skipped:-none}"
+	# The open family's attach method (status.attach.families[open]).
+	open_attach=$(awk '/"family": "open"/ { f = 1 } f && /"method":/ {
+		sub(/.*"method": *"/, ""); sub(/".*/, ""); print; exit }' "$dir/status")
+	say "MX INFO $rung attach open=${open_attach:-none}"
+	want_attach=tracepoint
+	[ "$base" = core-kernel-btf ] && [ $FENTRY = 1 ] && want_attach=fexit
+	[ "$base" = foreign-btf ] || check "$rung" status.attach.open "${open_attach:-none}" "$want_attach"
 	[ -n "$transport" ] && check "$rung" status.transport "$(sget transport)" "$transport"
 	case $base in
 	core-external-btf) check "$rung" status.btf_source "$(sget btf_source)" "$BTF_COPY" ;;
@@ -359,6 +377,34 @@ run_rung() { # rung
 			check "$rung" connect.retval "$(jget "$ev" retval)" "$(truth connect_rc)"
 		fi
 	done
+
+	# The open and openat2 syscalls: their own programs (tracepoint pair
+	# or fexit), the same record.
+	if echo "$programs" | grep -q open; then
+		for v in open:open2_fd:64 openat2:openat2_fd:524353; do
+			sys=${v%%:*}
+			key=${v#*:}
+			key=${key%%:*}
+			if [ "$(truth "$key")" = -1 ]; then
+				skip "$rung" "$sys" "the probe's $sys failed in this kernel"
+				continue
+			fi
+			ev=$(EVENT_WAIT=10 wait_event "$sock" --kind open --pid "$pid" --path "$opath.$sys")
+			if [ -z "$ev" ]; then
+				check "$rung" "$sys.recorded" none "an open row for $opath.$sys"
+				continue
+			fi
+			check "$rung" "$sys.comm" "$(jget "$ev" comm)" "$name"
+			check "$rung" "$sys.fidelity" "$(jget "$ev" fidelity)" "$fid"
+			[ $fid != fallback ] && check "$rung" "$sys.ppid" "$(jget "$ev" ppid)" "$shpid"
+			check "$rung" "$sys.tid" "$(jget "$ev" tid)" "$pid"
+			check "$rung" "$sys.uid" "$(jget "$ev" uid)" 0
+			# open: O_RDONLY|O_CREAT, 0600; openat2: O_WRONLY|O_CREAT|O_CLOEXEC, 0600.
+			check "$rung" "$sys.flags" "$(jget "$ev" flags)" "${v##*:}"
+			check "$rung" "$sys.mode" "$(jget "$ev" mode)" 384
+			check "$rung" "$sys.retval" "$(jget "$ev" retval)" "$(truth "$key")"
+		done
+	fi
 
 	stop_daemon
 	if [ $FAILS -gt 0 ]; then

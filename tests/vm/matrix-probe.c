@@ -3,9 +3,12 @@
  * Guest-side workload of the kernel matrix (tests/vm/matrix.sh): one process
  * whose every action has a known answer. The init script copies it to a
  * unique name and runs it; it prints its own ground truth (pid, ppid,
- * namespaces, cgroup) as key=value lines, then opens one file, connects one
- * TCP socket over loopback and exits with a chosen status, so the checker
- * can compare the stored exec/open/connect/exit rows field by field.
+ * namespaces, cgroup) as key=value lines, then opens one file with each of
+ * openat (glibc's open), open and openat2 (OPEN_PATH, OPEN_PATH.open,
+ * OPEN_PATH.openat2: the three programs, tracepoint or fexit, of the open
+ * family), connects one TCP socket over loopback and exits with a chosen
+ * status, so the checker can compare the stored exec/open/connect/exit rows
+ * field by field.
  *
  * Static (gcc -static) so the initramfs needs no extra libraries for it.
  *
@@ -19,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* "mnt:[4026531841]" -> 4026531841 */
@@ -57,6 +61,26 @@ int main(int argc, char **argv)
 	printf("open_fd=%d\n", fd);
 	if (fd >= 0)
 		close(fd);
+
+	/* The plain open syscall (glibc never uses it): O_RDONLY|O_CREAT, 0600. */
+	{
+		char p2[4096];
+		struct {
+			unsigned long long flags, mode, resolve;
+		} how = { O_WRONLY | O_CREAT | O_CLOEXEC, 0600, 0 };
+
+		snprintf(p2, sizeof(p2), "%s.open", argv[1]);
+		fd = syscall(SYS_open, p2, O_RDONLY | O_CREAT, 0600);
+		printf("open2_fd=%d\n", fd);
+		if (fd >= 0)
+			close(fd);
+		/* openat2 (5.6+; -1 ENOSYS before): the flags come from a struct. */
+		snprintf(p2, sizeof(p2), "%s.openat2", argv[1]);
+		fd = syscall(437 /* SYS_openat2 */, AT_FDCWD, p2, &how, sizeof(how));
+		printf("openat2_fd=%d\n", fd);
+		if (fd >= 0)
+			close(fd);
+	}
 
 	/* A listener on an ephemeral port, then one connect to it: the
 	 * connect succeeds and its port is known. */

@@ -392,6 +392,25 @@ pub struct SkippedHook {
     pub reason: String,
 }
 
+/// How the syscall hooks are attached (issue 17): a BPF trampoline
+/// (`fexit` on the syscall's function) where the kernel allows it, else the
+/// syscall's tracepoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachStatus {
+    /// One entry per hook family, e.g. `{"family": "open", "method":
+    /// "fexit"}`; methods: `fexit`, `tracepoint`, `fexit+tracepoint`.
+    pub families: Vec<FamilyAttach>,
+    /// Why fexit is not used (the kernel's answer to the probe, the rung,
+    /// or the config); null when it is.
+    pub fentry_refused: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FamilyAttach {
+    pub family: String,
+    pub method: String,
+}
+
 /// The kernel-specific object a daemon on rung `kernel-object` runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KernelObject {
@@ -416,6 +435,9 @@ pub struct Status {
     pub refused: Vec<Refusal>,
     pub programs: Vec<String>,
     pub skipped_hooks: Vec<SkippedHook>,
+    /// How syscall hooks are attached; absent from an older daemon.
+    #[serde(default)]
+    pub attach: Option<AttachStatus>,
     pub transport: String,
     pub events_total: u64,
     pub lost_total: u64,

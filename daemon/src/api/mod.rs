@@ -48,6 +48,7 @@ pub struct LoadInfo {
     pub refused: Vec<Refusal>,
     pub programs: Vec<String>,
     pub skipped_hooks: Vec<SkippedHook>,
+    pub attach: Option<traceed_wire::AttachStatus>,
     pub transport: String,
     pub kernel_object: Option<traceed_wire::KernelObject>,
 }
@@ -290,6 +291,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Json<Status> {
         refused: st.load.refused.clone(),
         programs: st.load.programs.clone(),
         skipped_hooks: st.load.skipped_hooks.clone(),
+        attach: st.load.attach.clone(),
         kernel_object: st.load.kernel_object.clone(),
         transport: st.load.transport.clone(),
         events_total: total,

@@ -1,27 +1,32 @@
 //! The hook table: which program of each object attaches to which
-//! tracepoint, which hooks are optional (the kernel may lack their
-//! tracepoint), and attaching them.
+//! tracepoint or kernel function, which hooks are optional (the kernel may
+//! lack their tracepoint), and attaching them.
 
-use aya::programs::{Program, RawTracePoint, TracePoint};
-use aya::Ebpf;
+use aya::programs::{FExit, Program, RawTracePoint, TracePoint};
+use aya::{Btf, Ebpf};
 use traceed_wire::SkippedHook;
 
 use super::{error_chain, tracefs};
 
-/// Where a program attaches. Both name the tracepoint's tracefs directory
-/// (`events/<category>/<name>`), which says whether this kernel has it.
+/// Where a program attaches. The tracepoint kinds name the tracepoint's
+/// tracefs directory (`events/<category>/<name>`), which says whether this
+/// kernel has it.
 pub enum Attach {
     Tracepoint(&'static str, String),
     /// (category, name): the raw tracepoint `name`; the category is only
     /// used to look it up in tracefs.
     RawTracepoint(&'static str, &'static str),
+    /// A BPF trampoline on the exit of a kernel function, named in the
+    /// kernel's BTF.
+    FExit(String),
 }
 
 impl Attach {
-    pub fn tracefs_event(&self) -> (&str, &str) {
+    pub fn tracefs_event(&self) -> Option<(&str, &str)> {
         match self {
-            Attach::Tracepoint(cat, name) => (cat, name),
-            Attach::RawTracepoint(cat, name) => (cat, name),
+            Attach::Tracepoint(cat, name) => Some((cat, name)),
+            Attach::RawTracepoint(cat, name) => Some((cat, name)),
+            Attach::FExit(_) => None,
         }
     }
 
@@ -30,6 +35,7 @@ impl Attach {
         match self {
             Attach::Tracepoint(cat, name) => format!("tracepoint/{cat}/{name}"),
             Attach::RawTracepoint(_, name) => format!("raw_tracepoint/{name}"),
+            Attach::FExit(func) => format!("fexit/{func}"),
         }
     }
 }
@@ -43,6 +49,9 @@ pub struct Hook {
     /// Attach only when this hook was attached (a syscall's sys_enter half
     /// is useless, and fills the inflight map, without its sys_exit half).
     pub after: Option<String>,
+    /// Attached instead when this hook is refused: a syscall's tracepoint
+    /// pair behind its fexit program.
+    pub or_else: Vec<Hook>,
 }
 
 impl Hook {
@@ -52,7 +61,17 @@ impl Hook {
             attach: Attach::Tracepoint(cat, name.into()),
             optional,
             after: None,
+            or_else: Vec::new(),
         }
+    }
+
+    /// This hook and every hook it may fall back to.
+    pub fn with_alternatives(&self) -> Vec<&Hook> {
+        let mut all = vec![self];
+        for h in &self.or_else {
+            all.extend(h.with_alternatives());
+        }
+        all
     }
 }
 
@@ -67,6 +86,20 @@ pub enum HookError {
     MissingPrograms(Vec<String>),
     #[error("attaching required hook {prog}: {reason}")]
     Required { prog: String, reason: String },
+}
+
+/// The syscalls that have an fexit program (the CO-RE object's `fexit_*`),
+/// attached instead of their tracepoint pair where the kernel allows BPF
+/// trampolines: the open family first, the hottest (issue 17).
+pub const FEXIT_SYSCALLS: &[&str] = &["open", "openat", "openat2"];
+
+/// The hook families `tracectl status` reports an attach method for:
+/// (family, its syscalls).
+pub const FAMILIES: &[(&str, &[&str])] = &[("open", FEXIT_SYSCALLS)];
+
+/// The x86-64 function behind a syscall, which fexit attaches to.
+fn syscall_function(sys: &str) -> String {
+    format!("__x64_sys_{sys}")
 }
 
 /// Syscalls recorded at sys_exit (with arguments stashed at sys_enter).
@@ -103,7 +136,27 @@ const SYSCALLS: &[&str] = &[
     "bpf",
 ];
 
-fn common_hooks(hooks: &mut Vec<Hook>, generic: bool) {
+/// A syscall's tracepoint pair: exit first, as an enter whose exit is
+/// missing would only fill the inflight map.
+fn tracepoint_pair(sys: &str) -> [Hook; 2] {
+    let exit = format!("exit_{sys}");
+    [
+        Hook::tp(&exit, "syscalls", &format!("sys_exit_{sys}"), true),
+        Hook {
+            after: Some(exit),
+            ..Hook::tp(
+                &format!("enter_{sys}"),
+                "syscalls",
+                &format!("sys_enter_{sys}"),
+                true,
+            )
+        },
+    ]
+}
+
+/// `fentry`: the object has fexit programs and the kernel's own BTF names
+/// the functions; the syscalls of `FEXIT_SYSCALLS` then try fexit first.
+fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool) {
     if generic {
         for side in ["exit", "enter"] {
             hooks.push(Hook::tp(
@@ -115,39 +168,37 @@ fn common_hooks(hooks: &mut Vec<Hook>, generic: bool) {
         }
     }
     for sys in SYSCALLS {
-        // exit first: an enter whose exit is missing would only fill the map.
-        let exit = format!("exit_{sys}");
-        hooks.push(Hook::tp(
-            &exit,
-            "syscalls",
-            &format!("sys_exit_{sys}"),
-            true,
-        ));
-        hooks.push(Hook {
-            after: Some(exit),
-            ..Hook::tp(
-                &format!("enter_{sys}"),
-                "syscalls",
-                &format!("sys_enter_{sys}"),
-                true,
-            )
-        });
+        if fentry && FEXIT_SYSCALLS.contains(sys) {
+            hooks.push(Hook {
+                prog: format!("fexit_{sys}"),
+                attach: Attach::FExit(syscall_function(sys)),
+                optional: true,
+                after: None,
+                or_else: tracepoint_pair(sys).into(),
+            });
+        } else {
+            hooks.extend(tracepoint_pair(sys));
+        }
     }
 }
 
-pub fn core_hooks(generic: bool) -> Vec<Hook> {
+/// The CO-RE and kernel-object table; `fentry` only for the CO-RE object
+/// on a kernel whose BTF is visible (see `common_hooks`).
+pub fn core_hooks(generic: bool, fentry: bool) -> Vec<Hook> {
     let mut hooks = vec![
         Hook {
             prog: "raw_sched_process_exec".into(),
             attach: Attach::RawTracepoint("sched", "sched_process_exec"),
             optional: false,
             after: None,
+            or_else: Vec::new(),
         },
         Hook {
             prog: "raw_sched_process_fork".into(),
             attach: Attach::RawTracepoint("sched", "sched_process_fork"),
             optional: false,
             after: None,
+            or_else: Vec::new(),
         },
         Hook::tp(
             "tp_sched_process_exit",
@@ -157,7 +208,7 @@ pub fn core_hooks(generic: bool) -> Vec<Hook> {
         ),
         Hook::tp("tp_module_load", "module", "module_load", true),
     ];
-    common_hooks(&mut hooks, generic);
+    common_hooks(&mut hooks, generic, fentry);
     hooks
 }
 
@@ -192,8 +243,19 @@ pub fn fallback_hooks(generic: bool) -> Vec<Hook> {
         Hook::tp("fb_enter_clone", "syscalls", "sys_enter_clone", true),
         Hook::tp("fb_enter_clone3", "syscalls", "sys_enter_clone3", true),
     ];
-    common_hooks(&mut hooks, generic);
+    common_hooks(&mut hooks, generic, false);
     hooks
+}
+
+/// What `attach_all` attached, what it skipped, and whether the kernel took
+/// fexit programs.
+#[derive(Default)]
+pub struct Attached {
+    pub programs: Vec<String>,
+    pub skipped: Vec<SkippedHook>,
+    /// The kernel's answer when the first fexit program of the table was
+    /// refused (the probe: no fexit is then tried again).
+    pub fentry_refused: Option<String>,
 }
 
 /// Attach every hook of the table, in order.
@@ -214,51 +276,91 @@ pub fn fallback_hooks(generic: bool) -> Vec<Hook> {
 ///   because one syscall hook was refused on some kernel; a loud, listed
 ///   gap is better. (The kernel matrix, 5.10 / 6.1 / 6.12, skips none.)
 /// - A hook with `after` is skipped when that hook was not attached.
+/// - A hook with `or_else` (an fexit program) that fails is replaced by
+///   those hooks (its tracepoint pair). The first fexit program is the
+///   probe: when the kernel refuses it (no BPF trampolines, as on kernels
+///   without ftrace direct calls, or a policy that forbids them: EPERM),
+///   the refusal is reported once in status and every later fexit hook
+///   goes straight to its tracepoints. A later fexit refusal (the probe
+///   passed) is listed in `skipped` with the kernel's reason.
+/// - `btf` is the kernel's own BTF, which names the functions fexit
+///   attaches to; without it fexit hooks go to their tracepoints.
 pub fn attach_all(
     ebpf: &mut Ebpf,
     hooks: &[Hook],
-) -> Result<(Vec<String>, Vec<SkippedHook>), HookError> {
+    btf: Option<&Btf>,
+) -> Result<Attached, HookError> {
     let missing: Vec<String> = hooks
         .iter()
+        .flat_map(Hook::with_alternatives)
         .filter(|h| ebpf.program(&h.prog).is_none())
         .map(|h| h.prog.clone())
         .collect();
     if !missing.is_empty() {
         return Err(HookError::MissingPrograms(missing));
     }
-    let mut attached: Vec<String> = Vec::new();
-    let mut skipped = Vec::new();
-    let mut skip = |hook: &Hook, reason: String| {
+    let mut a = Attacher {
+        btf,
+        out: Attached::default(),
+        fexit_attached: 0,
+    };
+    for hook in hooks {
+        a.hook(ebpf, hook)?;
+    }
+    Ok(a.out)
+}
+
+struct Attacher<'b> {
+    btf: Option<&'b Btf>,
+    out: Attached,
+    fexit_attached: usize,
+}
+
+impl Attacher<'_> {
+    fn skip(&mut self, hook: &Hook, reason: String) {
         tracing::warn!(hook = %hook.prog, %reason, "optional hook skipped");
-        skipped.push(SkippedHook {
+        self.out.skipped.push(SkippedHook {
             hook: hook.prog.clone(),
             reason,
         });
-    };
-    for hook in hooks {
-        let (cat, name) = hook.attach.tracefs_event();
-        if hook.optional && tracefs::has_event(cat, name) == Some(false) {
-            skip(hook, format!("this kernel has no tracepoint {cat}/{name}"));
-            continue;
+    }
+
+    fn hook(&mut self, ebpf: &mut Ebpf, hook: &Hook) -> Result<(), HookError> {
+        if let Attach::FExit(func) = &hook.attach {
+            return self.fexit(ebpf, hook, func);
+        }
+        if let Some((cat, name)) = hook.attach.tracefs_event() {
+            if hook.optional && tracefs::has_event(cat, name) == Some(false) {
+                self.skip(hook, format!("this kernel has no tracepoint {cat}/{name}"));
+                return Ok(());
+            }
         }
         if let Some(dep) = &hook.after {
-            if !attached.contains(dep) {
-                skip(hook, format!("not attached because {dep} is not"));
-                continue;
+            if !self.out.programs.contains(dep) {
+                self.skip(hook, format!("not attached because {dep} is not"));
+                return Ok(());
             }
         }
         let Some(prog) = ebpf.program_mut(&hook.prog) else {
             return Err(HookError::MissingPrograms(vec![hook.prog.clone()]));
         };
         match attach_one(prog, &hook.attach) {
-            Ok(()) => attached.push(hook.prog.clone()),
-            Err(source) if hook.optional => skip(
-                hook,
-                format!(
-                    "tracepoint {cat}/{name} exists but the kernel refused the program: {}",
-                    error_chain(&source)
-                ),
-            ),
+            Ok(()) => self.out.programs.push(hook.prog.clone()),
+            Err(source) if hook.optional => {
+                let what = match hook.attach.tracefs_event() {
+                    Some((cat, name)) => format!("tracepoint {cat}/{name} exists but"),
+                    None => String::new(),
+                };
+                self.skip(
+                    hook,
+                    format!(
+                        "{what} the kernel refused the program: {}",
+                        error_chain(&source)
+                    )
+                    .trim_start()
+                    .to_string(),
+                )
+            }
             Err(source) => {
                 return Err(HookError::Required {
                     prog: hook.prog.clone(),
@@ -266,8 +368,56 @@ pub fn attach_all(
                 });
             }
         }
+        Ok(())
     }
-    Ok((attached, skipped))
+
+    /// The probe's answer (the first refusal only: later ones say the same).
+    fn refuse_fentry(&mut self, func: &str, reason: String) {
+        if self.out.fentry_refused.is_some() {
+            return;
+        }
+        let reason = format!("fexit on {func}: {reason}");
+        tracing::warn!(
+            %reason,
+            "BPF trampolines (fentry/fexit) refused: syscall tracepoints instead"
+        );
+        self.out.fentry_refused = Some(reason);
+    }
+
+    fn fexit(&mut self, ebpf: &mut Ebpf, hook: &Hook, func: &str) -> Result<(), HookError> {
+        let tried = match self.btf {
+            None => Some(Err(
+                "the kernel's own BTF is not visible (it names the functions fexit attaches to)"
+                    .to_string(),
+            )),
+            // The probe failed: the kernel answers the same for every
+            // fexit program, so none is tried again.
+            Some(_) if self.out.fentry_refused.is_some() && self.fexit_attached == 0 => None,
+            Some(btf) => {
+                let Some(prog) = ebpf.program_mut(&hook.prog) else {
+                    return Err(HookError::MissingPrograms(vec![hook.prog.clone()]));
+                };
+                Some(attach_fexit(prog, func, btf).map_err(|e| error_chain(&e)))
+            }
+        };
+        match tried {
+            Some(Ok(())) => {
+                self.fexit_attached += 1;
+                self.out.programs.push(hook.prog.clone());
+                return Ok(());
+            }
+            Some(Err(reason)) if self.fexit_attached == 0 => self.refuse_fentry(func, reason),
+            Some(Err(reason)) => self.skip(
+                hook,
+                format!("fexit on {func} refused (its tracepoints instead): {reason}"),
+            ),
+            None => {}
+        }
+        for alt in &hook.or_else {
+            self.hook(ebpf, alt)?;
+        }
+        Ok(())
+    }
 }
 
 fn attach_one(prog: &mut Program, attach: &Attach) -> Result<(), aya::programs::ProgramError> {
@@ -282,6 +432,22 @@ fn attach_one(prog: &mut Program, attach: &Attach) -> Result<(), aya::programs::
             p.load()?;
             p.attach(name)?;
         }
+        Attach::FExit(func) => unreachable!("fexit hook {func} goes through attach_fexit"),
+    }
+    Ok(())
+}
+
+fn attach_fexit(
+    prog: &mut Program,
+    func: &str,
+    btf: &Btf,
+) -> Result<(), aya::programs::ProgramError> {
+    let p: &mut FExit = prog.try_into()?;
+    p.load(func, btf)?;
+    if let Err(e) = p.attach() {
+        // Loaded but not attached: a refused program keeps no kernel memory.
+        let _ = p.unload();
+        return Err(e);
     }
     Ok(())
 }

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::{Btf, Ebpf, EbpfLoader};
-use traceed_wire::{KernelObject, Refusal, SkippedHook};
+use traceed_wire::{AttachStatus, FamilyAttach, KernelObject, Refusal, SkippedHook};
 
 use super::btf::{target_btf, BtfError};
-use super::hooks::{attach_all, core_hooks, fallback_hooks, Hook, HookError};
+use super::hooks::{attach_all, core_hooks, fallback_hooks, Hook, HookError, FAMILIES};
 use super::kobject::LocateError;
 use super::selfcheck::{self_check, SelfCheckError};
 use super::source::{EventSource, SourceError};
@@ -116,6 +116,9 @@ pub struct LoadOptions {
     pub max_argv_bytes: u32,
     /// Rung 3 may compile the kernel-specific object when none is found.
     pub build_objects: bool,
+    /// `[kernel] fentry`: attach fexit programs where the kernel allows
+    /// BPF trampolines (false: syscall tracepoints everywhere).
+    pub fentry: bool,
 }
 
 /// A loaded and attached object. Dropping `ebpf` detaches every program.
@@ -132,6 +135,7 @@ pub struct Loaded {
     pub refused: Vec<Refusal>,
     pub programs: Vec<String>,
     pub skipped_hooks: Vec<SkippedHook>,
+    pub attach: AttachStatus,
 }
 
 fn ring_buf_supported() -> bool {
@@ -178,7 +182,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             Rung::CoreKernelBtf | Rung::CoreExternalBtf => target_btf(rung, opts)
                 .map_err(RungError::from)
                 .and_then(|(btf, source)| {
-                    load_core(&btf, opts, transport).map(|l| (l, Some(source), None, transport))
+                    load_core(&btf, rung, opts, transport)
+                        .map(|l| (l, Some(source), None, transport))
                 }),
             Rung::KernelObject => load_kernel_object(opts).map(|(l, ko, t)| (l, None, Some(ko), t)),
             Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None, None, transport)),
@@ -199,6 +204,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                     btf_source,
                     kernel_object,
                     refused,
+                    attach: attach_status(&l.programs, l.fentry_refused),
                     programs: l.programs,
                     skipped_hooks: l.skipped,
                 });
@@ -222,6 +228,45 @@ pub struct Attempt {
     pub lost_map: Option<PerCpuArray<MapData, u64>>,
     pub programs: Vec<String>,
     pub skipped: Vec<SkippedHook>,
+    /// Why no fexit program runs (null: they do).
+    pub fentry_refused: Option<String>,
+}
+
+/// How each family ended up attached, from the programs that were: an
+/// fexit program is named `fexit_<syscall>`, a tracepoint pair's exit half
+/// `exit_<syscall>`.
+fn attach_status(programs: &[String], fentry_refused: Option<String>) -> AttachStatus {
+    let has = |p: String| programs.contains(&p);
+    let mut families = Vec::new();
+    for (family, syscalls) in FAMILIES {
+        let fexit = syscalls.iter().any(|s| has(format!("fexit_{s}")));
+        let tp = syscalls.iter().any(|s| has(format!("exit_{s}")));
+        let method = match (fexit, tp) {
+            (true, false) => "fexit",
+            (true, true) => "fexit+tracepoint",
+            (false, true) => "tracepoint",
+            (false, false) => "none",
+        };
+        families.push(FamilyAttach {
+            family: (*family).into(),
+            method: method.into(),
+        });
+    }
+    families.push(FamilyAttach {
+        family: "other syscalls".into(),
+        method: "tracepoint".into(),
+    });
+    AttachStatus {
+        families,
+        fentry_refused,
+    }
+}
+
+/// TRACEED_BENCH_FLOOR=1 (benchmarks only): syscall programs return at
+/// once, so a run measures the attach method's own cost. Not a config key:
+/// a daemon that records no syscall is no setting a user should find.
+fn bench_floor() -> u32 {
+    u32::from(std::env::var_os("TRACEED_BENCH_FLOOR").is_some_and(|v| v == "1"))
 }
 
 /// Wake the reader when 1/16 of the ring is pending (the reader also
@@ -269,9 +314,20 @@ fn scratch_slots() -> Result<u32, RungError> {
         .map_err(|(path, e)| RungError::Cpus(format!("{path}: {e}")))
 }
 
+static BENCH_FLOOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
 fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'a>, RungError> {
+    let floor = BENCH_FLOOR.get_or_init(|| {
+        let f = bench_floor();
+        if f == 1 {
+            tracing::warn!("TRACEED_BENCH_FLOOR=1: syscall programs return at once (benchmark floor), no syscall event is recorded");
+        }
+        f
+    });
     let mut l = EbpfLoader::new();
     l.btf(None)
+        // Not must_exist: a kernel object built by an older traceed lacks it.
+        .override_global("bench_floor", floor, false)
         .override_global("self_tgid", &opts.self_tgid, true)
         .override_global("scope_flags", &g[0], true)
         .override_global("scope_any", &g[1], true)
@@ -281,15 +337,23 @@ fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'
     Ok(l)
 }
 
+/// `fentry`: the kernel's own BTF when the table has fexit hooks, else
+/// why it has none.
 fn finish(
     mut ebpf: Ebpf,
     opts: &LoadOptions,
     hooks: &[Hook],
     transport: Transport,
+    fentry: Result<&Btf, String>,
 ) -> Result<Attempt, RungError> {
     opts.scope.push(&mut ebpf)?;
     push_syscall_filter(&mut ebpf, &opts.generic_syscalls)?;
-    let (programs, skipped) = attach_all(&mut ebpf, hooks)?;
+    let attached = attach_all(&mut ebpf, hooks, fentry.as_ref().ok().copied())?;
+    let fentry_refused = match fentry {
+        Ok(_) => attached.fentry_refused,
+        Err(why) => Some(why),
+    };
+    let (programs, skipped) = (attached.programs, attached.skipped);
     let source = EventSource::open(&mut ebpf, transport, opts.ring_buffer_bytes)?;
     let lost_map = ebpf
         .take_map("lost")
@@ -301,10 +365,16 @@ fn finish(
         lost_map,
         programs,
         skipped,
+        fentry_refused,
     })
 }
 
-fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Attempt, RungError> {
+fn load_core(
+    btf: &Btf,
+    rung: Rung,
+    opts: &LoadOptions,
+    transport: Transport,
+) -> Result<Attempt, RungError> {
     let g = globals(opts, transport);
     let obj = if transport == Transport::Perf {
         CORE_PERF
@@ -320,11 +390,26 @@ fn load_core(btf: &Btf, opts: &LoadOptions, transport: Transport) -> Result<Atte
         what: "CO-RE object".into(),
         chain: error_chain(&e),
     })?;
+    // fexit names its function by an id in the running kernel's BTF: only
+    // the kernel's own BTF may give it (an external file's ids could name
+    // another function).
+    let fentry = if !opts.fentry {
+        Err("off in the config ([kernel] fentry = false)".to_string())
+    } else if rung != Rung::CoreKernelBtf {
+        Err(format!(
+            "rung {}: the kernel's own BTF ({}) is not visible, and fexit names its function there",
+            rung.as_str(),
+            super::btf::SYS_BTF
+        ))
+    } else {
+        Ok(btf)
+    };
     finish(
         ebpf,
         opts,
-        &core_hooks(!opts.generic_syscalls.is_empty()),
+        &core_hooks(!opts.generic_syscalls.is_empty(), fentry.is_ok()),
         transport,
+        fentry,
     )
 }
 
@@ -371,6 +456,7 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, Ru
         opts,
         &fallback_hooks(!opts.generic_syscalls.is_empty()),
         transport,
+        Err("rung fallback: fexit programs are only in the CO-RE object".into()),
     )
 }
 
@@ -399,8 +485,9 @@ fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Tran
     let a = finish(
         ebpf,
         opts,
-        &core_hooks(!opts.generic_syscalls.is_empty()),
+        &core_hooks(!opts.generic_syscalls.is_empty(), false),
         transport,
+        Err("rung kernel-object: fexit programs are only in the CO-RE object".into()),
     )?;
     Ok((a, ko.info, transport))
 }
@@ -424,6 +511,73 @@ fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), RungError> {
 mod tests {
     use super::*;
 
+    fn method(a: &AttachStatus, family: &str) -> String {
+        a.families
+            .iter()
+            .find(|f| f.family == family)
+            .map(|f| f.method.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn attach_status_names_the_method_that_runs() {
+        let progs = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = attach_status(
+            &progs(&["fexit_open", "fexit_openat", "fexit_openat2"]),
+            None,
+        );
+        assert_eq!(method(&a, "open"), "fexit");
+        assert_eq!(method(&a, "other syscalls"), "tracepoint");
+        assert!(a.fentry_refused.is_none());
+        // openat2 fell back to its tracepoints alone.
+        let a = attach_status(
+            &progs(&["fexit_open", "fexit_openat", "exit_openat2"]),
+            None,
+        );
+        assert_eq!(method(&a, "open"), "fexit+tracepoint");
+        let a = attach_status(
+            &progs(&["exit_open", "enter_open", "exit_openat", "enter_openat"]),
+            Some("EPERM".into()),
+        );
+        assert_eq!(method(&a, "open"), "tracepoint");
+        assert_eq!(a.fentry_refused.as_deref(), Some("EPERM"));
+        assert_eq!(method(&attach_status(&[], None), "open"), "none");
+    }
+
+    /// With fentry, each open-family syscall is one fexit hook whose
+    /// fallback is exactly its tracepoint pair; without, the table is the
+    /// tracepoint one and names no fexit program (the kernel object has none).
+    #[test]
+    fn fexit_hooks_fall_back_to_their_tracepoint_pair() {
+        let with = core_hooks(false, true);
+        let without = core_hooks(false, false);
+        for sys in super::super::hooks::FEXIT_SYSCALLS {
+            let h = with
+                .iter()
+                .find(|h| h.prog == format!("fexit_{sys}"))
+                .unwrap_or_else(|| panic!("no fexit_{sys}"));
+            assert_eq!(h.attach.section(), format!("fexit/__x64_sys_{sys}"));
+            assert!(h.optional);
+            let alts: Vec<&str> = h.or_else.iter().map(|a| a.prog.as_str()).collect();
+            assert_eq!(alts, [format!("exit_{sys}"), format!("enter_{sys}")]);
+            assert!(!with.iter().any(|h| h.prog == format!("exit_{sys}")));
+            assert!(without.iter().any(|h| h.prog == format!("exit_{sys}")));
+        }
+        assert!(!without.iter().any(|h| h.prog.starts_with("fexit_")));
+        // Everything else is the same table.
+        let flat = |t: &[Hook]| {
+            let mut v: Vec<String> = t
+                .iter()
+                .flat_map(Hook::with_alternatives)
+                .filter(|h| !h.prog.starts_with("fexit_"))
+                .map(|h| h.prog.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(flat(&with), flat(&without));
+    }
+
     /// The hook tables and the embedded objects agree both ways, without
     /// loading anything: every program a table names is in its object, in
     /// the section its attach type needs, and every program of an object
@@ -431,14 +585,15 @@ mod tests {
     #[test]
     fn hook_tables_match_the_embedded_objects() {
         let objects: [(&str, &[u8], Vec<Hook>); 4] = [
-            ("traceed.bpf.o", CORE_RING, core_hooks(true)),
-            ("traceed-perf.bpf.o", CORE_PERF, core_hooks(true)),
+            ("traceed.bpf.o", CORE_RING, core_hooks(true, true)),
+            ("traceed-perf.bpf.o", CORE_PERF, core_hooks(true, true)),
             ("fallback.bpf.o", FALLBACK_RING, fallback_hooks(true)),
             ("fallback-perf.bpf.o", FALLBACK_PERF, fallback_hooks(true)),
         ];
         for (name, obj, table) in objects {
             let progs = kobject::programs(obj).unwrap_or_else(|| panic!("{name}: not ELF"));
             assert!(progs.len() > 20, "{name}: {progs:?}");
+            let table: Vec<&Hook> = table.iter().flat_map(Hook::with_alternatives).collect();
             for hook in &table {
                 let found = progs.iter().find(|(_, p)| *p == hook.prog);
                 let (section, _) =

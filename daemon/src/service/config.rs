@@ -426,6 +426,10 @@ pub struct KernelConfig {
     /// Rung 3: compile the kernel-specific object at start when none is
     /// installed and this kernel's headers, clang and llc are present.
     pub build_objects: bool,
+    /// CO-RE rungs: attach fexit programs (BPF trampolines) instead of
+    /// syscall tracepoints where the kernel allows them; false keeps
+    /// tracepoints everywhere.
+    pub fentry: bool,
 }
 
 impl Default for Config {
@@ -468,6 +472,7 @@ impl Default for KernelConfig {
             transport: Transport::Auto,
             ring_buffer_bytes: 8 << 20,
             build_objects: true,
+            fentry: true,
         }
     }
 }
@@ -998,6 +1003,7 @@ mod tests {
             "ring_buffer_bytes",
             "btf_dir",
             "transport",
+            "fentry",
             "syscalls",
             "uid",
             "comm",

@@ -108,6 +108,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         // Validated to at most 128 KiB.
         max_argv_bytes: cfg.events.max_argv_bytes as u32,
         build_objects: cfg.kernel.build_objects,
+        fentry: cfg.kernel.fentry,
     };
     let mut loaded = tokio::task::block_in_place(|| ladder::load(&opts))?;
     let fidelity = loaded.rung.fidelity();
@@ -135,6 +136,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
             })
             .unwrap_or_else(|| "-".into()),
         programs = loaded.programs.len(),
+        attach = %attach_summary(&loaded.attach),
         transport = loaded.transport.as_str(),
         refused = %refused.join("; "),
         "eBPF programs attached: rung {}, {} programs",
@@ -176,6 +178,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
             refused: loaded.refused.clone(),
             programs: loaded.programs.clone(),
             skipped_hooks: loaded.skipped_hooks.clone(),
+            attach: Some(loaded.attach.clone()),
             transport: loaded.transport.as_str().into(),
         },
         format!(
@@ -324,4 +327,18 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         }
     }
     Ok(listener)
+}
+
+/// "open: fexit, other syscalls: tracepoint", plus why fexit is not used.
+fn attach_summary(a: &traceed_wire::AttachStatus) -> String {
+    let mut s = a
+        .families
+        .iter()
+        .map(|f| format!("{}: {}", f.family, f.method))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(why) = &a.fentry_refused {
+        s.push_str(&format!(" (no fexit: {why})"));
+    }
+    s
 }
