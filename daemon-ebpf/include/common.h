@@ -322,8 +322,13 @@ static __always_inline void push_argv_block(struct event *e, const void *src, __
 }
 
 /* At most this many arguments are read one by one (failed execs, the
- * fallback); a bounded loop, so it needs kernel 5.3+ like every loop here. */
+ * fallback); a bounded loop, so it needs kernel 5.3+ like every loop here.
+ * argv_ptr_slots (set at load) lowers the bound where the verifier walks
+ * every iteration too slowly: 6.1's and 5.10's hit their 1M-instruction
+ * limit at 1024 (and took minutes trying). The verifier reads a frozen
+ * .rodata value as a constant, so iterations past it are never walked. */
 #define ARGV_PTR_SLOTS 1024
+const volatile __u32 argv_ptr_slots = ARGV_PTR_SLOTS;
 
 struct argv_read {
 	__u32 used;  /* bytes stored */
@@ -350,6 +355,9 @@ static __always_inline void read_argv_ptrs(char *buf, __u32 base, __u32 cap,
 		const char *arg = 0;
 		__u64 room, off;
 		long n;
+
+		if (i >= argv_ptr_slots)
+			break;
 
 		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]))
 			break;

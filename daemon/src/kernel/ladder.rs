@@ -314,6 +314,28 @@ fn scratch_slots() -> Result<u32, RungError> {
         .map_err(|(path, e)| RungError::Cpus(format!("{path}: {e}")))
 }
 
+/// Arguments read one by one (failed execs, the fallback rung's argv):
+/// 1024 from 6.12 on, ARGV_SLOTS_OLD before. The verifiers of 6.1 and 5.10
+/// hit their 1M-instruction limit on the 1024-iteration loop (found in the
+/// qemu matrix); an argv with more arguments is cut and flagged
+/// `truncated`, as a longer one always was.
+fn argv_ptr_slots() -> &'static u32 {
+    static SLOTS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| slots_for(&super::kernel_release()))
+}
+
+const ARGV_SLOTS_OLD: u32 = 32;
+
+fn slots_for(release: &str) -> u32 {
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    match (v.next(), v.next()) {
+        (Some(major), Some(minor)) if (major, minor) >= (6, 12) => 1024,
+        _ => ARGV_SLOTS_OLD,
+    }
+}
+
 static BENCH_FLOOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'a>, RungError> {
@@ -333,6 +355,8 @@ fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'
         .override_global("scope_any", &g[1], true)
         .override_global("wakeup_bytes", &g[2], true)
         .override_global("max_argv_bytes", &g[3], true)
+        // Not must_exist: a kernel object built by an older traceed lacks it.
+        .override_global("argv_ptr_slots", argv_ptr_slots(), false)
         .map_max_entries("scratch", scratch_slots()?);
     Ok(l)
 }
@@ -510,6 +534,16 @@ fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), RungError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argv_slots_by_release() {
+        assert_eq!(slots_for("6.18.44-fc-v1098"), 1024);
+        assert_eq!(slots_for("6.12.118+deb13-amd64"), 1024);
+        assert_eq!(slots_for("6.1.0-56-rt-amd64"), ARGV_SLOTS_OLD);
+        assert_eq!(slots_for("5.10.0-46-amd64"), ARGV_SLOTS_OLD);
+        assert_eq!(slots_for("7.0.1"), 1024);
+        assert_eq!(slots_for("garbage"), ARGV_SLOTS_OLD);
+    }
 
     fn method(a: &AttachStatus, family: &str) -> String {
         a.families
