@@ -23,9 +23,7 @@
 //! batch then fails; if ClickHouse acknowledges it, they arrived.
 
 use std::ffi::{c_int, CStr, CString};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 use traceed_wire::{Event, ExportStatus};
 
 use crate::service::config::ClickHouseConfig;
+use crate::store::sqlite::{Db, Stmt};
 use crate::store::Store;
 
 /// The `export_cursor.sink` of this sink.
@@ -391,94 +390,6 @@ const NAMES_CAP: usize = 1 << 16;
 /// the sink reads every row once, in id order.
 const MMAP_BYTES: i64 = 256 << 20;
 
-/// A prepared statement of the sink's connection, finalized on drop.
-struct Stmt(NonNull<ffi::sqlite3_stmt>);
-
-impl Stmt {
-    fn prepare(db: *mut ffi::sqlite3, sql: &CStr) -> Result<Self, String> {
-        let mut stmt = std::ptr::null_mut();
-        // SAFETY: db is a live connection used by one thread at a time;
-        // sql is NUL-terminated; stmt receives the new statement.
-        let rc = unsafe {
-            ffi::sqlite3_prepare_v3(
-                db,
-                sql.as_ptr(),
-                -1,
-                ffi::SQLITE_PREPARE_PERSISTENT,
-                &mut stmt,
-                std::ptr::null_mut(),
-            )
-        };
-        match NonNull::new(stmt) {
-            Some(s) if rc == ffi::SQLITE_OK => Ok(Self(s)),
-            _ => Err(sqlite_error(db, rc)),
-        }
-    }
-
-    fn ptr(&self) -> *mut ffi::sqlite3_stmt {
-        self.0.as_ptr()
-    }
-
-    fn bind(&mut self, i: c_int, v: i64) -> c_int {
-        // SAFETY: live statement, i within its parameters.
-        unsafe { ffi::sqlite3_bind_int64(self.ptr(), i, v) }
-    }
-
-    /// SQLITE_ROW, SQLITE_DONE or an error code.
-    fn step(&mut self) -> c_int {
-        // SAFETY: live, fully bound statement.
-        unsafe { ffi::sqlite3_step(self.ptr()) }
-    }
-
-    /// Ends the statement's read transaction, so checkpoints are not held
-    /// back by a snapshot the sink no longer needs.
-    fn reset(&mut self) {
-        // SAFETY: live statement.
-        unsafe { ffi::sqlite3_reset(self.ptr()) };
-    }
-
-    fn int(&self, col: c_int) -> Option<i64> {
-        // One column lookup, not two (column_type + column_int64 each
-        // look the column up again).
-        // SAFETY: live statement positioned on a row; col in range; the
-        // value is read at once, before the statement moves.
-        unsafe {
-            let v = ffi::sqlite3_column_value(self.ptr(), col);
-            (ffi::sqlite3_value_type(v) != ffi::SQLITE_NULL).then(|| ffi::sqlite3_value_int64(v))
-        }
-    }
-
-    /// The text of `col`, valid until the next step or reset of this
-    /// statement (the borrow of self keeps both away).
-    fn text(&self, col: c_int) -> Option<&[u8]> {
-        // SAFETY: live statement positioned on a row; SQLite owns the
-        // returned bytes until this statement is stepped, reset or
-        // finalized, which all need &mut self.
-        unsafe {
-            let p = ffi::sqlite3_column_text(self.ptr(), col);
-            if p.is_null() {
-                return None;
-            }
-            let n = ffi::sqlite3_column_bytes(self.ptr(), col);
-            Some(std::slice::from_raw_parts(p, n.max(0) as usize))
-        }
-    }
-}
-
-impl Drop for Stmt {
-    fn drop(&mut self) {
-        // SAFETY: finalizing the statement we prepared, exactly once.
-        unsafe { ffi::sqlite3_finalize(self.ptr()) };
-    }
-}
-
-fn sqlite_error(db: *mut ffi::sqlite3, rc: c_int) -> String {
-    // SAFETY: db is a live connection; errmsg returns a NUL-terminated
-    // string owned by SQLite, copied at once.
-    let msg = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) }.to_string_lossy();
-    format!("{msg} (sqlite code {rc})")
-}
-
 /// Append `s` as a JSON string (serde_json's escaping, as `Row` had).
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // Writing into a Vec cannot fail.
@@ -568,12 +479,12 @@ struct Names {
 
 impl Names {
     fn fetch(&mut self, id: i64) -> Result<Option<String>, String> {
-        self.stmt.bind(1, id);
+        self.stmt.bind_int(1, Some(id));
         let rc = self.stmt.step();
         let s = (rc == ffi::SQLITE_ROW)
             .then(|| {
                 self.stmt
-                    .text(0)
+                    .col_text(0)
                     .map(|b| String::from_utf8_lossy(b).into_owned())
             })
             .flatten();
@@ -692,10 +603,11 @@ struct Batch {
 /// row. Every byte is what `Row` (serde_json) made of the `Event` the store
 /// decoded before (the unit test below compares the two).
 struct Reader {
-    // Dropped in this order: the statements before their connection.
+    // Dropped in this order: the statements before their connection,
+    // which only they use.
     batch: Stmt,
     names: Names,
-    db: Db,
+    _db: Db,
     /// `{"host":"…","store_id":"…","id":`, the same on every row.
     prefix: Vec<u8>,
     /// The elements of one row's values array.
@@ -710,55 +622,13 @@ unsafe impl Send for Reader {}
 
 impl Reader {
     fn open(path: &Path, host: &str, store_id: &str) -> Result<Self, String> {
-        let cpath = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| format!("{}: path contains a NUL byte", path.display()))?;
-        let mut db = std::ptr::null_mut();
-        // SAFETY: NUL-terminated path; db receives the handle, closed below
-        // on failure.
-        let rc = unsafe {
-            ffi::sqlite3_open_v2(
-                cpath.as_ptr(),
-                &mut db,
-                ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX,
-                std::ptr::null(),
-            )
-        };
-        let Some(nn) = NonNull::new(db) else {
-            return Err("out of memory opening the database".into());
-        };
-        let ready = (|| {
-            if rc != ffi::SQLITE_OK {
-                return Err(sqlite_error(db, rc));
-            }
-            let pragmas = format!("PRAGMA busy_timeout = 5000; PRAGMA mmap_size = {MMAP_BYTES}");
-            let pragmas = CString::new(pragmas).map_err(|e| e.to_string())?;
-            // SAFETY: live connection, NUL-terminated SQL, no callback.
-            let rc = unsafe {
-                ffi::sqlite3_exec(
-                    db,
-                    pragmas.as_ptr(),
-                    None,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )
-            };
-            if rc != ffi::SQLITE_OK {
-                return Err(sqlite_error(db, rc));
-            }
-            Ok((
-                Stmt::prepare(db, BATCH_SQL)?,
-                Stmt::prepare(db, STRING_SQL)?,
-            ))
-        })();
-        let (batch, strings) = match ready {
-            Ok(s) => s,
-            Err(e) => {
-                // SAFETY: closing the handle opened above; no statement of
-                // it is left (a failed prepare finalized nothing).
-                unsafe { ffi::sqlite3_close(db) };
-                return Err(e);
-            }
-        };
+        let pragmas = CString::new(format!(
+            "PRAGMA busy_timeout = 5000; PRAGMA mmap_size = {MMAP_BYTES}"
+        ))
+        .map_err(|e| e.to_string())?;
+        let db = Db::open(path, &pragmas).map_err(|e| e.to_string())?;
+        let batch = Stmt::prepare(&db, BATCH_SQL, true).map_err(|e| e.to_string())?;
+        let strings = Stmt::prepare(&db, STRING_SQL, true).map_err(|e| e.to_string())?;
         let mut prefix = b"{\"host\":".to_vec();
         push_json_str(&mut prefix, host);
         prefix.extend_from_slice(b",\"store_id\":");
@@ -771,7 +641,7 @@ impl Reader {
                 text: Default::default(),
                 keys: Default::default(),
             },
-            db: Db(nn),
+            _db: db,
             prefix,
             spans: Vec::new(),
             body: Vec::new(),
@@ -781,8 +651,8 @@ impl Reader {
     /// Encode up to `limit` rows after id `after` into `self.body`.
     fn read(&mut self, after: i64, limit: u32) -> Result<Batch, String> {
         self.body.clear();
-        self.batch.bind(1, after);
-        self.batch.bind(2, i64::from(limit));
+        self.batch.bind_int(1, Some(after));
+        self.batch.bind_int(2, Some(i64::from(limit)));
         let mut b = Batch {
             rows: 0,
             last: None,
@@ -791,7 +661,7 @@ impl Reader {
             match self.batch.step() {
                 ffi::SQLITE_ROW => {}
                 ffi::SQLITE_DONE => break Ok(()),
-                rc => break Err(sqlite_error(self.db.0.as_ptr(), rc)),
+                rc => break Err(self.batch.error(rc).to_string()),
             }
             match self.row() {
                 Ok(id) => {
@@ -810,16 +680,18 @@ impl Reader {
         let st = &self.batch;
         let out = &mut self.body;
         let names = &mut self.names;
-        let id = st.int(C_ID).unwrap_or(0);
+        let id = st.col_int(C_ID).unwrap_or(0);
         out.extend_from_slice(&self.prefix);
         push_i(out, b"", Some(id));
-        let ts_ns = st.int(C_TS).map_or(0, |t| u64::try_from(t).unwrap_or(0));
+        let ts_ns = st
+            .col_int(C_TS)
+            .map_or(0, |t| u64::try_from(t).unwrap_or(0));
         let secs = u32::try_from(ts_ns / 1_000_000_000).unwrap_or(u32::MAX);
         push_u(out, b",\"ts\":", Some(u64::from(secs)));
         push_u(out, b",\"ts_ns\":", Some(ts_ns));
         let name = |out: &mut Vec<u8>, names: &mut Names, field: &[u8], col: c_int| {
             out.extend_from_slice(field);
-            let lit = match st.int(col) {
+            let lit = match st.col_int(col) {
                 Some(sid) => names.literal(sid)?,
                 None => None,
             };
@@ -832,7 +704,7 @@ impl Reader {
             Ok::<(), String>(())
         };
         name(out, names, b",\"kind\":", C_KIND)?;
-        let u32_col = |c| st.int(c).map(|v| u64::from(v as u32));
+        let u32_col = |c| st.col_int(c).map(|v| u64::from(v as u32));
         push_u(out, b",\"pid\":", u32_col(C_PID));
         push_u(out, b",\"tid\":", u32_col(C_TID));
         push_u(out, b",\"ppid\":", u32_col(C_PPID));
@@ -844,20 +716,20 @@ impl Reader {
         push_u(
             out,
             b",\"cgroup_id\":",
-            st.int(C_CGROUP_ID).map(|v| v as u64),
+            st.col_int(C_CGROUP_ID).map(|v| v as u64),
         );
         name(out, names, b",\"container_id\":", C_CONTAINER_ID)?;
-        let ns = |c| st.int(c).map(|v| u64::from((v + NS_BASE) as u32));
+        let ns = |c| st.col_int(c).map(|v| u64::from((v + NS_BASE) as u32));
         push_u(out, b",\"mnt_ns\":", ns(C_MNT_NS));
         push_u(out, b",\"pid_ns\":", ns(C_PID_NS));
-        push_i(out, b",\"retval\":", st.int(C_RETVAL));
+        push_i(out, b",\"retval\":", st.col_int(C_RETVAL));
         out.extend_from_slice(b",\"args\":\"");
         // Stored text is the serde_json output of what was a str, so it is
         // escaped as it stands (a byte that is not UTF-8 could only come
         // from outside traceed; it is shipped as is rather than stall the
         // sink, where the decoded Event failed the batch for good).
-        let text = st.text(C_ARGS).unwrap_or(b"");
-        match st.int(C_ARGS_KEYS) {
+        let text = st.col_text(C_ARGS).unwrap_or(b"");
+        match st.col_int(C_ARGS_KEYS) {
             // Stored as is: its own JSON.
             None => push_escaped(out, text),
             Some(kid) => {
@@ -885,17 +757,6 @@ impl Reader {
         name(out, names, b",\"fidelity\":", C_FIDELITY)?;
         out.extend_from_slice(b"}\n");
         Ok(id)
-    }
-}
-
-/// The sink's connection, closed on drop.
-struct Db(NonNull<ffi::sqlite3>);
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        // SAFETY: closing the handle we opened, exactly once; Reader
-        // declares its statements before this, so they are finalized first.
-        unsafe { ffi::sqlite3_close(self.0.as_ptr()) };
     }
 }
 

@@ -29,6 +29,7 @@ mod query;
 mod raw;
 pub mod retention;
 mod schema;
+mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
 mod writer;

@@ -5,31 +5,18 @@
 //!
 //! A batch arrives fully encoded (`Encoded`): this side only binds and
 //! steps, so encoding the next batch overlaps with SQLite writing this one.
+//! The handles themselves (connection, statement) are sqlite.rs's.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use libsqlite3_sys as ffi;
 
 use super::bloom;
-
-#[derive(Debug, thiserror::Error)]
-#[error("{msg} (sqlite code {code})")]
-pub(super) struct WriteError {
-    pub code: i32,
-    pub msg: String,
-}
-
-impl WriteError {
-    /// SQLITE_FULL (the primary code, whatever the extended one).
-    pub fn is_full(&self) -> bool {
-        self.code & 0xff == ffi::SQLITE_FULL
-    }
-}
+pub(super) use super::sqlite::SqliteError as WriteError;
+use super::sqlite::{Db, Stmt};
 
 /// Integer columns of one `events` row, in the order of EVENTS' parameters
 /// with `args` (parameter 17) left out.
@@ -147,124 +134,30 @@ fn blocks_sql() -> Sql {
     (BLOCKS, MANY.get_or_init(|| multi_row(BLOCKS, 4)), 4)
 }
 
-/// A prepared statement, finalized on drop.
-struct Stmt {
-    db: *mut ffi::sqlite3,
-    stmt: *mut ffi::sqlite3_stmt,
-}
-
-fn error(db: *mut ffi::sqlite3, code: c_int) -> WriteError {
-    // SAFETY: db is a live connection; errmsg returns a NUL-terminated
-    // string owned by SQLite, copied at once.
-    let msg = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) }
-        .to_string_lossy()
-        .into_owned();
-    WriteError { code, msg }
-}
-
-impl Stmt {
-    fn prepare(db: *mut ffi::sqlite3, sql: &CStr) -> Result<Self, WriteError> {
-        let mut stmt = std::ptr::null_mut();
-        // SAFETY: db is a live connection owned by this thread; sql is
-        // NUL-terminated; stmt receives the new statement.
-        let rc = unsafe {
-            ffi::sqlite3_prepare_v2(db, sql.as_ptr(), -1, &mut stmt, std::ptr::null_mut())
-        };
-        if rc != ffi::SQLITE_OK || stmt.is_null() {
-            return Err(error(db, rc));
-        }
-        Ok(Self { db, stmt })
-    }
-
-    fn int(&mut self, i: usize, v: Option<i64>) -> c_int {
-        // SAFETY: self.stmt is a live prepared statement; i is in range.
-        unsafe {
-            match v {
-                Some(v) => ffi::sqlite3_bind_int64(self.stmt, i as c_int, v),
-                None => ffi::sqlite3_bind_null(self.stmt, i as c_int),
-            }
-        }
-    }
-
-    /// Bind without a copy: the caller keeps `v` alive and unchanged until
-    /// this statement is finalized (every caller binds from the batch being
-    /// written, which outlives the statement).
-    fn text_static(&mut self, i: usize, v: &[u8]) -> c_int {
-        // SAFETY: pointer and length describe valid UTF-8 that outlives the
-        // statement (see above); SQLITE_STATIC tells SQLite not to copy.
-        unsafe {
-            ffi::sqlite3_bind_text(
-                self.stmt,
-                i as c_int,
-                v.as_ptr().cast::<c_char>(),
-                v.len() as c_int,
-                ffi::SQLITE_STATIC(),
-            )
-        }
-    }
-
-    /// As text_static, for a BLOB.
-    fn blob_static(&mut self, i: usize, v: &[u8]) -> c_int {
-        // SAFETY: as text_static: `v` outlives the statement.
-        unsafe {
-            ffi::sqlite3_bind_blob(
-                self.stmt,
-                i as c_int,
-                v.as_ptr().cast(),
-                v.len() as c_int,
-                ffi::SQLITE_STATIC(),
-            )
-        }
-    }
-
-    /// Run once with the bound values, then reset for the next rows.
-    /// `bind_rc` is the OR of the bind results: SQLITE_OK is 0.
-    fn step(&mut self, bind_rc: c_int) -> Result<(), WriteError> {
-        if bind_rc != ffi::SQLITE_OK {
-            return Err(error(self.db, bind_rc));
-        }
-        // SAFETY: live statement, fully bound.
-        let rc = unsafe { ffi::sqlite3_step(self.stmt) };
-        // SAFETY: live statement; reset also returns the step's error.
-        unsafe { ffi::sqlite3_reset(self.stmt) };
-        if rc != ffi::SQLITE_DONE {
-            return Err(error(self.db, rc));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Stmt {
-    fn drop(&mut self) {
-        // SAFETY: finalizing the statement we prepared, exactly once.
-        unsafe { ffi::sqlite3_finalize(self.stmt) };
-    }
-}
-
 /// Insert rows 0..n with `sql`; `bind(st, base, i)` binds row i's values
 /// at parameters base+1.. and returns the OR of the bind results.
 fn insert_rows(
-    db: *mut ffi::sqlite3,
+    db: &Db,
     (one, many, cols): Sql,
     n: usize,
     mut bind: impl FnMut(&mut Stmt, usize, usize) -> c_int,
 ) -> Result<(), WriteError> {
     let full = n - n % ROWS_PER_STMT;
     if full > 0 {
-        let mut st = Stmt::prepare(db, many)?;
+        let mut st = Stmt::prepare(db, many, false)?;
         for chunk in (0..full).step_by(ROWS_PER_STMT) {
             let mut rc = 0;
             for r in 0..ROWS_PER_STMT {
                 rc |= bind(&mut st, r * cols, chunk + r);
             }
-            st.step(rc)?;
+            st.run(rc)?;
         }
     }
     if full < n {
-        let mut st = Stmt::prepare(db, one)?;
+        let mut st = Stmt::prepare(db, one, false)?;
         for i in full..n {
             let rc = bind(&mut st, 0, i);
-            st.step(rc)?;
+            st.run(rc)?;
         }
     }
     Ok(())
@@ -288,14 +181,10 @@ unsafe extern "C" fn wal_hook(
 
 /// An open connection, closed on drop. Used from one thread at a time.
 pub(super) struct Conn {
-    db: NonNull<ffi::sqlite3>,
+    db: Db,
     /// Frames in the WAL after the last commit (writer connections).
     frames: Option<Frames>,
 }
-
-// SAFETY: SQLite connections may move between threads (the library is
-// built threadsafe); Conn is never shared, only moved.
-unsafe impl Send for Conn {}
 
 impl Conn {
     /// Open the (already created and migrated) database for writing.
@@ -303,47 +192,21 @@ impl Conn {
     /// each commit, which also turns SQLite's automatic checkpoint off on
     /// this connection (the writer schedules checkpoints itself).
     pub fn open(path: &Path, count_frames: bool) -> Result<Self, WriteError> {
-        let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| WriteError {
-            code: ffi::SQLITE_CANTOPEN,
-            msg: format!("{}: path contains a NUL byte", path.display()),
-        })?;
-        let mut db = std::ptr::null_mut();
-        // SAFETY: NUL-terminated path; db receives the handle, which must be
-        // closed even when opening fails.
-        let rc = unsafe {
-            ffi::sqlite3_open_v2(
-                cpath.as_ptr(),
-                &mut db,
-                ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX,
-                std::ptr::null(),
-            )
-        };
-        let Some(nn) = NonNull::new(db) else {
-            return Err(WriteError {
-                code: rc,
-                msg: "out of memory opening the database".into(),
-            });
-        };
-        let mut conn = Self {
-            db: nn,
-            frames: None,
-        };
-        if rc != ffi::SQLITE_OK {
-            return Err(error(db, rc));
-        }
         // Same settings as the pool (Store::connect_options); journal_mode
         // WAL is a property of the file, set when it was created.
-        conn.exec(
+        let db = Db::open(
+            path,
             c"PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; \
               PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 16777216",
         )?;
+        let mut conn = Self { db, frames: None };
         if count_frames {
             let frames = Frames::default();
             // SAFETY: live connection; the AtomicI64 lives in `frames`,
             // which the connection keeps until it is closed.
             unsafe {
                 ffi::sqlite3_wal_hook(
-                    db,
+                    conn.db.ptr(),
                     Some(wal_hook),
                     Arc::as_ptr(&frames).cast_mut().cast::<c_void>(),
                 )
@@ -358,34 +221,15 @@ impl Conn {
         self.frames.as_ref().map_or(0, |f| f.load(Relaxed))
     }
 
-    fn exec(&mut self, sql: &CStr) -> Result<(), WriteError> {
-        let db = self.db.as_ptr();
-        // SAFETY: live connection, NUL-terminated SQL, no callback.
-        let rc = unsafe {
-            ffi::sqlite3_exec(
-                db,
-                sql.as_ptr(),
-                None,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != ffi::SQLITE_OK {
-            return Err(error(db, rc));
-        }
-        Ok(())
-    }
-
     /// Copy what the WAL holds into the database file (PASSIVE: never waits
     /// for readers, never blocks the writer). Run by the writer itself
     /// between transactions it copies every frame no reader still needs, and
     /// the next commit starts the WAL over.
     pub fn checkpoint(&mut self) -> Result<(), WriteError> {
-        let db = self.db.as_ptr();
         // SAFETY: live connection; NULL database name = all attached.
         let rc = unsafe {
             ffi::sqlite3_wal_checkpoint_v2(
-                db,
+                self.db.ptr(),
                 std::ptr::null(),
                 ffi::SQLITE_CHECKPOINT_PASSIVE,
                 std::ptr::null_mut(),
@@ -393,7 +237,7 @@ impl Conn {
             )
         };
         if rc != ffi::SQLITE_OK {
-            return Err(error(db, rc));
+            return Err(self.db.error(rc));
         }
         Ok(())
     }
@@ -404,73 +248,65 @@ impl Conn {
     /// leave a failed COMMIT pending); the transaction is driven here rather
     /// than by sqlx so that state is always known.
     pub fn write(&mut self, b: &Encoded) -> Result<(), WriteError> {
-        self.exec(c"BEGIN IMMEDIATE")?;
-        let res = self.insert(b).and_then(|()| self.exec(c"COMMIT"));
+        self.db.exec(c"BEGIN IMMEDIATE")?;
+        let res = self.insert(b).and_then(|()| self.db.exec(c"COMMIT"));
         // SAFETY: live connection.
-        if res.is_err() && unsafe { ffi::sqlite3_get_autocommit(self.db.as_ptr()) } == 0 {
-            let _ = self.exec(c"ROLLBACK");
+        if res.is_err() && unsafe { ffi::sqlite3_get_autocommit(self.db.ptr()) } == 0 {
+            let _ = self.db.exec(c"ROLLBACK");
         }
         res
     }
 
     fn insert(&mut self, b: &Encoded) -> Result<(), WriteError> {
-        let db = self.db.as_ptr();
+        let db = &self.db;
         insert_rows(db, strings_sql(), b.fresh.len(), |st, base, i| {
             let (id, s) = &b.fresh[i];
-            st.int(base + 1, Some(*id)) | st.text_static(base + 2, s.as_bytes())
+            st.bind_int(base + 1, Some(*id)) | st.bind_text_static(base + 2, s.as_bytes())
         })?;
         insert_rows(db, events_sql(), b.ints.len(), |st, base, i| {
             let start = if i == 0 { 0 } else { b.arg_ends[i - 1] };
-            let mut rc = st.text_static(base + ARGS_PARAM, &b.args[start..b.arg_ends[i]]);
+            let mut rc = st.bind_text_static(base + ARGS_PARAM, &b.args[start..b.arg_ends[i]]);
             for (c, v) in b.ints[i].iter().enumerate() {
                 // Parameters 1..=16, then 18..=20 (17 is args).
                 let p = if c + 1 < ARGS_PARAM { c + 1 } else { c + 2 };
-                rc |= st.int(base + p, *v);
+                rc |= st.bind_int(base + p, *v);
             }
             rc
         })?;
         insert_rows(db, blocks_sql(), b.blocks.len(), |st, base, i| {
             let [col, value, block, n] = b.blocks[i];
-            st.int(base + 1, Some(col))
-                | st.int(base + 2, Some(value))
-                | st.int(base + 3, Some(block))
-                | st.int(base + 4, Some(n))
+            st.bind_int(base + 1, Some(col))
+                | st.bind_int(base + 2, Some(value))
+                | st.bind_int(base + 3, Some(block))
+                | st.bind_int(base + 4, Some(n))
         })?;
         if !b.bloom_blocks.is_empty() {
-            let mut st = Stmt::prepare(db, BLOOMS)?;
+            let mut st = Stmt::prepare(db, BLOOMS, false)?;
             for (block, filter) in b.bloom_blocks.iter().zip(b.bloom_bits.chunks(bloom::BYTES)) {
                 for (slice, bits) in bloom::slices(filter) {
-                    let rc = st.int(1, Some(slice as i64))
-                        | st.int(2, Some(*block))
-                        | st.blob_static(3, bits);
-                    st.step(rc)?;
+                    let rc = st.bind_int(1, Some(slice as i64))
+                        | st.bind_int(2, Some(*block))
+                        | st.bind_blob_static(3, bits);
+                    st.run(rc)?;
                 }
             }
         }
         if !b.procs.is_empty() {
             // One row per statement: an upsert cannot be batched by
             // multi_row, and these are a few per process, not per event.
-            let mut st = Stmt::prepare(db, PROCS)?;
+            let mut st = Stmt::prepare(db, PROCS, false)?;
             for p in &b.procs {
                 let mut rc = 0;
                 for (i, v) in p.ints.iter().enumerate() {
-                    rc |= st.int(i + 1, *v);
+                    rc |= st.bind_int(i + 1, *v);
                 }
                 rc |= match &p.cmdline {
-                    Some(c) => st.text_static(13, c.as_bytes()),
-                    None => st.int(13, None),
+                    Some(c) => st.bind_text_static(13, c.as_bytes()),
+                    None => st.bind_int(13, None),
                 };
-                st.step(rc)?;
+                st.run(rc)?;
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // SAFETY: closing the handle we opened, exactly once; every
-        // statement was finalized by Stmt's drop.
-        unsafe { ffi::sqlite3_close(self.db.as_ptr()) };
     }
 }
