@@ -233,22 +233,41 @@ impl Daemon {
             .expect("run tracectl")
     }
 
-    /// `tracectl events -o jsonl <args>`, parsed.
-    pub fn events(&self, args: &[&str]) -> Vec<Event> {
-        let mut a = vec!["events", "-o", "jsonl"];
-        a.extend_from_slice(args);
-        let out = self.ctl(&a);
+    /// `tracectl <args>`, which must succeed: its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.ctl(args);
         assert!(
             out.status.success(),
-            "tracectl {a:?} failed: {}",
+            "tracectl {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout)
+        out.stdout
+    }
+
+    /// `tracectl <args>` that must succeed and print one JSON document.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_slice(&self.ctl_ok(args))
+            .unwrap_or_else(|e| panic!("tracectl {args:?}: not JSON: {e}"))
+    }
+
+    /// `tracectl <args>` that must succeed and print JSON lines, parsed.
+    pub fn ctl_jsonl(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        String::from_utf8(self.ctl_ok(args))
             .unwrap()
             .lines()
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("bad jsonl line {l:?}: {e}"))
             })
+            .collect()
+    }
+
+    /// `tracectl events -o jsonl <args>`, parsed.
+    pub fn events(&self, args: &[&str]) -> Vec<Event> {
+        let mut a = vec!["events", "-o", "jsonl"];
+        a.extend_from_slice(args);
+        self.ctl_jsonl(&a)
+            .into_iter()
+            .map(|v| serde_json::from_value(v).expect("an event"))
             .collect()
     }
 
@@ -400,6 +419,23 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// Spawn `cmd` whose executable a test has just copied. The copy can still
+/// be open for writing in a child that another test thread forked
+/// meanwhile: ETXTBSY until that child execs. Wait for the spawn to succeed
+/// (at most 5 s) rather than fail on the race.
+pub fn spawn_fresh(cmd: &mut Command) -> std::process::Child {
+    let what = format!("{:?}", cmd.get_program());
+    poll(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+            r => Some(r.unwrap_or_else(|e| panic!("spawn {what}: {e}"))),
+        },
+        || format!("{what}: still ETXTBSY after 5 s"),
+    )
+}
+
 /// A copy of /bin/true under a unique name, so comm and filename identify
 /// exactly the process a test started.
 pub struct Program {
@@ -421,21 +457,9 @@ impl Program {
         Program { path, name }
     }
 
-    /// Start it with `args`. A copy made a moment ago can still be open for
-    /// writing in a child that another test thread forked meanwhile:
-    /// ETXTBSY until that child execs. Retry briefly rather than fail on
-    /// the race.
+    /// Start it with `args` (see `spawn_fresh`).
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        let mut tries = 0;
-        loop {
-            match Command::new(&self.path).args(args).spawn() {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                r => break r.expect("spawn test program"),
-            }
-        }
+        spawn_fresh(Command::new(&self.path).args(args))
     }
 
     /// Run it to completion with `args`; returns its pid.

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use traceed_tests::{
-    bin, http_get, poll, split_http_answer, traceed_command, unique, Daemon, DaemonOpts, Program,
+    bin, http_get, poll, spawn_fresh, split_http_answer, traceed_command, unique, Daemon,
+    DaemonOpts, Program,
 };
 use traceed_wire::{Event, EventsPage, ExportStatus, Status};
 
@@ -1224,18 +1225,8 @@ fn shipped_rows_are_the_local_events_field_by_field() {
     });
     let mut pids = Vec::new();
     for arg in [&b"arg\xfe\\x41\x1b\"q\"\n"[..], b"{\"k\":[1,2]}", b"plain"] {
-        let child = loop {
-            match Command::new(&exe).arg(OsStr::from_bytes(arg)).spawn() {
-                // Just copied: another test thread's fork may still hold it
-                // open for writing until that child execs.
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                r => break r.unwrap(),
-            }
-        };
+        let mut child = spawn_fresh(Command::new(&exe).arg(OsStr::from_bytes(arg)));
         pids.push(child.id());
-        let mut child = child;
         child.wait().unwrap();
     }
     poll(

@@ -25,15 +25,9 @@ fn start(extra_rules: &[&PathBuf]) -> Daemon {
 }
 
 fn alerts(d: &Daemon, rule: &str) -> Vec<Alert> {
-    let out = d.ctl(&["alerts", "-o", "jsonl", "--rule", rule]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+    d.ctl_jsonl(&["alerts", "-o", "jsonl", "--rule", rule])
+        .into_iter()
+        .map(|v| serde_json::from_value(v).expect("an alert"))
         .collect()
 }
 
@@ -130,11 +124,35 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
         Case {
             rule: "traceed-ptrace-attach",
             hit: Box::new(|| {
-                let mut target = Command::new("sleep").arg("0.3").spawn().unwrap();
+                // The target lives until its stdin closes, which happens
+                // once strace is attached (its TracerPid is set).
+                let mut target = Command::new("cat")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
                 let pid = target.id().to_string();
-                let me = run(Command::new("strace").args(["-o", "/dev/null", "-p", &pid]));
+                let mut tracer = Command::new("strace")
+                    .args(["-o", "/dev/null", "-p", &pid])
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let status = format!("/proc/{pid}/status");
+                poll(
+                    Duration::from_secs(10),
+                    Duration::from_millis(10),
+                    || {
+                        let s = std::fs::read_to_string(&status).ok()?;
+                        s.lines()
+                            .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+                            .then_some(())
+                    },
+                    || format!("strace never attached to {pid}"),
+                );
+                drop(target.stdin.take());
                 target.wait().unwrap();
-                me
+                tracer.wait().unwrap();
+                tracer.id()
             }),
             miss: Box::new(|| run(Command::new("strace").args(["-o", "/dev/null", "/bin/true"]))),
         },
@@ -379,16 +397,7 @@ fn hunt(d: &Daemon, rules: &[&std::path::Path], args: &[&str]) -> Vec<serde_json
     a.extend(rules.iter().map(|p| p.display().to_string()));
     a.extend(args.iter().map(|s| s.to_string()));
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let out = d.ctl(&a);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    d.ctl_jsonl(&a)
 }
 
 fn pid_of(m: &serde_json::Value) -> Option<u32> {
@@ -459,13 +468,8 @@ fn hunt_finds_stored_behaviours_with_their_event_and_near_misses_none() {
     );
 
     // The table: one match, its rule and ancestry.
-    let out = d.ctl(&["hunt", &shadow.display().to_string(), "--since", "10m"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = d.ctl_ok(&["hunt", &shadow.display().to_string(), "--since", "10m"]);
+    let text = String::from_utf8_lossy(&out);
     assert!(
         text.contains("traceed-shadow-read") && text.contains("ancestry:"),
         "{text}"

@@ -157,13 +157,7 @@ fn forensic_filters_and_coverage_on_a_scripted_incident() {
     let counts = |args: &[&str]| -> CountsPage {
         let mut a = vec!["events", "-o", "json", "--since", since.as_str()];
         a.extend_from_slice(args);
-        let out = d.ctl(&a);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_value(d.ctl_json(&a)).expect("a counts page")
     };
     let c = counts(&["--count-by", "path", "--path", &format!("{dir}/*")]);
     let want = [(secret.clone(), 2), (missing.clone(), 1)];

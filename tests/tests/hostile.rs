@@ -223,24 +223,11 @@ fn an_executable_argv_and_exe_that_are_not_utf8() {
     let exe = join(&dir, b"tru\xffe\\x\nbin");
     std::fs::copy("/bin/true", path(&exe)).unwrap();
     let arg: &[u8] = b"arg\xfe\\x41\x1b";
-    let pid = loop {
-        match std::process::Command::new(path(&exe))
-            .arg(OsStr::from_bytes(arg))
-            .spawn()
-        {
-            // A copy just made can still be open in a child another test
-            // thread forked: ETXTBSY until that child execs.
-            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            r => {
-                let mut c = r.unwrap();
-                let pid = c.id();
-                c.wait().unwrap();
-                break pid;
-            }
-        }
-    };
+    let mut c = traceed_tests::spawn_fresh(
+        std::process::Command::new(path(&exe)).arg(OsStr::from_bytes(arg)),
+    );
+    let pid = c.id();
+    c.wait().unwrap();
     let e = d.wait_for(&["--kind", "exec", "--pid", &pid.to_string()], |_| true);
     assert_eq!(e.args["escaped"], true, "{e:?}");
     assert_eq!(field_bytes(&e, "filename").as_deref(), Some(exe.as_slice()));

@@ -21,13 +21,7 @@ fn g_last_exit(t: &Tree) -> Option<i64> {
 fn tree(d: &Daemon, args: &[&str]) -> Tree {
     let mut a = vec!["tree", "-o", "json"];
     a.extend_from_slice(args);
-    let out = d.ctl(&a);
-    assert!(
-        out.status.success(),
-        "tracectl {a:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("tree JSON")
+    serde_json::from_value(d.ctl_json(&a)).expect("tree JSON")
 }
 
 /// Wait until `pid`'s exit is stored, then for everything before it.
