@@ -127,7 +127,10 @@ impl Store {
     /// 10M rows). None when every event is older.
     pub(crate) async fn first_id_at(&self, ts: i64) -> Result<Option<i64>, StoreError> {
         let mut c = self.pool.acquire().await?;
-        first_id_at(&mut c, ts).await
+        match id_bounds(&mut c).await? {
+            Some(ids) => first_id_at(&mut c, ts, ids).await,
+            None => Ok(None),
+        }
     }
 
     /// Run `q`, returning at most `q.limit` events and whether more follow.
@@ -457,6 +460,8 @@ struct Plan {
     /// Ids in [lo, hi).
     lo: i64,
     hi: i64,
+    /// The oldest and newest stored ids (the snapshot's).
+    ids: (i64, i64),
     filters: Vec<Filter>,
     fidelity: Option<i64>,
     /// Index into `filters` of the one whose blocks drive the scan.
@@ -598,22 +603,16 @@ async fn block_counts(
     counts: &mut foldhash::HashMap<i64, u64>,
 ) -> Result<Vec<(i64, i64)>, StoreError> {
     let whole = vec![(plan.lo, plan.hi)];
-    let (min, max): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)")
-            .fetch_one(&mut *c)
-            .await?;
-    let (Some(min), Some(max)) = (min, max) else {
-        return Ok(whole);
-    };
+    let (min, max) = plan.ids;
     let a = match q.since {
-        Some(s) => match first_id_at(c, s.saturating_add(TS_SLACK_NS)).await? {
+        Some(s) => match first_id_at(c, s.saturating_add(TS_SLACK_NS), plan.ids).await? {
             Some(id) => id.max(min),
             None => return Ok(whole),
         },
         None => min,
     };
     let b = match q.until {
-        Some(u) => first_id_at(c, u.saturating_sub(TS_SLACK_NS))
+        Some(u) => first_id_at(c, u.saturating_sub(TS_SLACK_NS), plan.ids)
             .await?
             .unwrap_or(max + 1),
         None => max + 1,
@@ -834,16 +833,22 @@ fn runs(blocks: &[i64]) -> Vec<(i64, i64)> {
     out
 }
 
-/// See Store::first_id_at.
-async fn first_id_at(c: &mut SqliteConnection, ts: i64) -> Result<Option<i64>, StoreError> {
+/// The oldest and newest stored ids; None when the store is empty.
+async fn id_bounds(c: &mut SqliteConnection) -> Result<Option<(i64, i64)>, StoreError> {
     let (lo, hi): (Option<i64>, Option<i64>) =
         // Two subqueries: min() and max() together in one SELECT scan.
         sqlx::query_as("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)")
             .fetch_one(&mut *c)
             .await?;
-    let (Some(mut lo), Some(mut hi)) = (lo, hi) else {
-        return Ok(None);
-    };
+    Ok(lo.zip(hi))
+}
+
+/// See Store::first_id_at; `ids` are the store's id_bounds.
+async fn first_id_at(
+    c: &mut SqliteConnection,
+    ts: i64,
+    (mut lo, mut hi): (i64, i64),
+) -> Result<Option<i64>, StoreError> {
     let at = |id: i64| {
         sqlx::query_as::<_, (i64, i64)>(
             "SELECT id, ts FROM events WHERE id >= ? ORDER BY id LIMIT 1",
@@ -888,15 +893,18 @@ async fn string_ids(c: &mut SqliteConnection, strings: &[String]) -> Result<Vec<
 /// interned ids, and the driving filter. None when the answer is provably
 /// empty (a bound past the data, a string never stored).
 async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, StoreError> {
-    let (mut lo, mut hi) = (0i64, i64::MAX);
+    let Some(ids) = id_bounds(c).await? else {
+        return Ok(None);
+    };
+    let (mut lo, mut hi) = (ids.0, ids.1 + 1);
     if let Some(since) = q.since {
-        match first_id_at(c, since.saturating_sub(TS_SLACK_NS)).await? {
+        match first_id_at(c, since.saturating_sub(TS_SLACK_NS), ids).await? {
             Some(id) => lo = id,
             None => return Ok(None),
         }
     }
     if let Some(until) = q.until {
-        if let Some(id) = first_id_at(c, until.saturating_add(TS_SLACK_NS)).await? {
+        if let Some(id) = first_id_at(c, until.saturating_add(TS_SLACK_NS), ids).await? {
             hi = id;
         }
     }
@@ -1071,10 +1079,7 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
             }
         }
         if let Some(i) = filters.iter().position(|f| bloom::holds(f.col)) {
-            let max: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events")
-                .fetch_one(&mut *c)
-                .await?;
-            let (blo, bhi) = blocks(lo, hi.min(max.unwrap_or(0) + 1));
+            let (blo, bhi) = blocks(lo, hi);
             if best.saturating_mul(BLOOM_TEST_COST) > bhi - blo {
                 driver = Some(i);
             }
@@ -1083,6 +1088,7 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
     Ok(Some(Plan {
         lo,
         hi,
+        ids,
         filters,
         fidelity,
         driver,
