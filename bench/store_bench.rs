@@ -64,18 +64,15 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
+/// Seeded, so every run generates the same store.
+struct Rng(fastrand::Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.u64(..)
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.u64(..n)
     }
     /// Skewed towards small indexes, like real popularity.
     fn skewed(&mut self, n: usize) -> usize {
@@ -146,7 +143,7 @@ const PROGRAMS: &[(&str, &str)] = &[
 
 impl Gen {
     fn new(run_mean: f64) -> Self {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng(fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15));
         let dirs = [
             "/usr/lib/x86_64-linux-gnu/",
             "/etc/",
