@@ -697,11 +697,23 @@ async fn a_slow_follower_gets_a_lost_line_and_does_not_block_ingest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_the_code() {
     let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+    // The documented parameters of an operation.
+    let params_of = |path: &str, method: &str| -> Vec<serde_json::Value> {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path}: no parameters"))
+            .clone()
+    };
+    let names_of = |path: &str, method: &str| -> Vec<String> {
+        params_of(path, method)
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let events = params_of("/v1/events", "get");
     // The parameters, their order, types and descriptions are the wire
     // crate's table (the one EventsQuery and tracectl use).
-    let params: Vec<(&str, &str, &str)> = doc["paths"]["/v1/events"]["get"]["parameters"]
-        .as_array()
-        .unwrap()
+    let params: Vec<(&str, &str, &str)> = events
         .iter()
         .map(|p| {
             assert_eq!(p["in"], "query", "{p}");
@@ -718,20 +730,10 @@ async fn openapi_document_matches_the_code() {
         .map(|p| (p.name, p.ty.as_str(), p.description))
         .collect();
     assert_eq!(params, table, "documented parameters");
-    let limit = &doc["paths"]["/v1/events"]["get"]["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "limit")
-        .unwrap()["schema"];
+    let limit = &events.iter().find(|p| p["name"] == "limit").unwrap()["schema"];
     assert_eq!(limit["maximum"], traceed_wire::query::MAX_LIMIT);
     assert_eq!(limit["default"], traceed_wire::query::DEFAULT_LIMIT);
-    let kind = doc["paths"]["/v1/events"]["get"]["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "kind")
-        .unwrap();
+    let kind = events.iter().find(|p| p["name"] == "kind").unwrap();
     let pattern = kind["schema"]["pattern"].as_str().unwrap();
     let documented: Vec<&str> = pattern
         .trim_start_matches("^(")
@@ -743,25 +745,13 @@ async fn openapi_document_matches_the_code() {
     assert_eq!(documented, traceed_wire::KINDS, "kind pattern is stale");
     let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
     // /v1/alerts: the parameters the parser accepts, in its order.
-    let alert_params: Vec<&str> = doc["paths"]["/v1/alerts"]["get"]["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        alert_params,
+        names_of("/v1/alerts", "get"),
         super::alerts::PARAMS,
         "documented /v1/alerts parameters"
     );
-    let hunt_params: Vec<&str> = doc["paths"]["/v1/hunt"]["post"]["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        hunt_params,
+        names_of("/v1/hunt", "post"),
         super::hunt::PARAMS,
         "documented /v1/hunt parameters"
     );
@@ -782,14 +772,8 @@ async fn openapi_document_matches_the_code() {
     ] {
         assert!(paths.iter().any(|x| *x == p), "{p} undocumented");
     }
-    let tree_params: Vec<&str> = doc["paths"]["/v1/tree"]["get"]["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        tree_params,
+        names_of("/v1/tree", "get"),
         super::tree::PARAMS,
         "documented tree parameters"
     );
