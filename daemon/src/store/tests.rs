@@ -73,6 +73,32 @@ async fn all(store: &Store) -> Vec<Event> {
     }
 }
 
+/// The ids `f` selects, read page by page (`limit` rows, in `desc` order),
+/// in ascending order. Each page keeps to its limit, and `more` never
+/// comes with an empty page.
+async fn paged_ids(store: &Store, f: &Query, desc: bool, limit: u32) -> Vec<i64> {
+    let mut q = Query {
+        desc,
+        limit,
+        ..f.clone()
+    };
+    let mut got = Vec::new();
+    loop {
+        let (page, more) = store.query(&q).await.unwrap();
+        assert!(page.len() <= limit as usize);
+        got.extend(page.iter().map(|e| e.id));
+        if !more {
+            break;
+        }
+        assert!(!page.is_empty(), "{f:?}: more with an empty page");
+        q.after_id = got.last().copied();
+    }
+    if desc {
+        got.reverse();
+    }
+    got
+}
+
 const MIN: i64 = 60_000_000_000;
 
 /// `n` open events one a minute apart, the newest a minute before `now`.
@@ -449,25 +475,7 @@ async fn block_index_agrees_with_a_scan() {
             // Limit 1 pages one event at a time: only where that is few.
             let small = if want.len() < 200 { 1 } else { 61 };
             for limit in [small, 7 * small, 1000] {
-                let mut q = Query {
-                    desc,
-                    limit,
-                    ..f.clone()
-                };
-                let mut got = Vec::new();
-                loop {
-                    let (page, more) = store.query(&q).await.unwrap();
-                    assert!(page.len() <= limit as usize);
-                    got.extend(page.iter().map(|e| e.id));
-                    if !more {
-                        break;
-                    }
-                    assert!(!page.is_empty(), "{f:?}: more with an empty page");
-                    q.after_id = got.last().copied();
-                }
-                if desc {
-                    got.reverse();
-                }
+                let got = paged_ids(&store, &f, desc, limit).await;
                 assert_eq!(got, want, "{f:?} desc={desc} limit={limit}");
             }
         }
@@ -1063,23 +1071,7 @@ async fn payload_filters_agree_with_a_scan() {
             nonempty += usize::from(!want.is_empty());
             for desc in [false, true] {
                 for limit in [7, 1000] {
-                    let mut q = Query {
-                        desc,
-                        limit,
-                        ..f.clone()
-                    };
-                    let mut got = Vec::new();
-                    loop {
-                        let (page, more) = store.query(&q).await.unwrap();
-                        got.extend(page.iter().map(|e| e.id));
-                        if !more {
-                            break;
-                        }
-                        q.after_id = got.last().copied();
-                    }
-                    if desc {
-                        got.reverse();
-                    }
+                    let got = paged_ids(&store, &f, desc, limit).await;
                     assert_eq!(got, want, "{f:?} desc={desc} limit={limit}");
                 }
             }
