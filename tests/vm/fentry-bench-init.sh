@@ -24,20 +24,8 @@
 #                 (fentry-probe --hold): the attach method alone
 #   iso-fexit     only empty fexit programs on the open family's functions
 
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-ip link set lo up
-export NO_COLOR=1
-exec 3>/dev/ttyS1
-say() { echo "$*" >&3; echo "$*"; }
-param() { tr ' ' '\n' </proc/cmdline | sed -n "s/^bench\.$1=//p"; }
+. /lib/guest.sh
+param() { kparam bench "$1"; }
 
 say "FB BOOT $(uname -r)"
 CONFIGS=$(param configs | tr ',' ' ')
@@ -198,7 +186,4 @@ while [ "$rep" -le "$REPS" ]; do
 	rep=$((rep + 1))
 done
 say "FB DONE"
-sync
-reboot -f
-echo b >/proc/sysrq-trigger
-sleep 10
+guest_end

@@ -31,6 +31,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# shellcheck source=initramfs-lib.sh
+. "$HERE/initramfs-lib.sh"
 CACHE=${MATRIX_CACHE:-$HERE/cache/matrix}
 BIN_DIR=${MATRIX_BIN_DIR:-$ROOT/target/release}
 KERNEL=trixie:6.12:amd64
@@ -110,21 +112,11 @@ BUSYBOX=$(command -v busybox)
 
 WORK=$CACHE/fentry-bench
 rm -rf "$WORK/root"
-mkdir -p "$WORK/root"/{bin,proc,sys,dev,tmp,run}
 R=$WORK/root
-cp "$BUSYBOX" "$R/bin/busybox"
-cp "$HERE/fentry-bench-init.sh" "$R/init"
-chmod 755 "$R/init"
+initramfs_base "$R" "$HERE/fentry-bench-init.sh" "$BUSYBOX" "$BIN_DIR"
 gcc -static -O2 -Wall -o "$R/bin/fentry-probe" "$HERE/fentry-probe.c"
 gcc -static -O2 -Wall -o "$R/bin/rusage" "$HERE/rusage.c"
 gcc -static -O2 -Wall -I "$ROOT/bench/workloads" -o "$R/bin/bw_open" "$ROOT/bench/workloads/open.c"
-for b in traceed tracectl; do
-	strip --strip-debug -o "$R/bin/$b" "$BIN_DIR/$b"
-	for lib in $(ldd "$BIN_DIR/$b" | grep -oE '/[^ ]+'); do
-		mkdir -p "$R$(dirname "$lib")"
-		cp -L "$lib" "$R$lib"
-	done
-done
 (cd "$R" && find . | cpio -o -H newc --quiet) >"$WORK/initrd.cpio"
 
 OUT=$WORK/results.txt

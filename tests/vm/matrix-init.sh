@@ -15,28 +15,15 @@
 #   MX RUNG <rung> PASS|FAIL|SKIP <reason>
 #   MX DONE <uptime s>
 #
-# The kernel console (ttyS0) only carries logs. Busybox has no jq: stored
+# Busybox has no jq: stored
 # events are `tracectl events -o jsonl` lines, and jget() extracts one
 # top-level scalar or array by key. That is sound here because traceed's
 # event keys (docs/ARCHITECTURE.md, wire shapes) are distinct names: no args key equals
 # a column name.
 
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-ip link set lo up
-
-export NO_COLOR=1
-exec 3>/dev/ttyS1
-say() { echo "$*" >&3; echo "$*"; }
+. /lib/guest.sh
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
-param() { tr ' ' '\n' </proc/cmdline | sed -n "s/^matrix\.$1=//p"; }
+param() { kparam matrix "$1"; }
 
 say "MX BOOT $(uname -r) $(uptime_s)"
 
@@ -438,9 +425,4 @@ for r in $RUNGS; do
 	run_rung "$r"
 done
 say "MX DONE $(uptime_s)"
-sync
-# qemu runs with -no-reboot: a reset ends it. (poweroff -f would only halt
-# a kernel built without ACPI, leaving qemu to the host's timeout.)
-reboot -f
-echo b >/proc/sysrq-trigger
-sleep 10
+guest_end

@@ -42,6 +42,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# shellcheck source=initramfs-lib.sh
+. "$HERE/initramfs-lib.sh"
 CACHE=${MATRIX_CACHE:-$HERE/cache/matrix}
 RESULTS=${MATRIX_RESULTS:-$HERE/matrix-results.md}
 BIN_DIR=${MATRIX_BIN_DIR:-$ROOT/target/release}
@@ -288,23 +290,12 @@ build_objects() {
 # --- initramfs --------------------------------------------------------------
 
 build_initramfs() {
-	local root=$CACHE/build/initramfs out=$CACHE/build/initramfs.cpio b lib
+	local root=$CACHE/build/initramfs out=$CACHE/build/initramfs.cpio
 	rm -rf "$root"
-	mkdir -p "$root"/{bin,proc,sys,dev,tmp,run,btf,etc}
-	cp "$BUSYBOX" "$root/bin/busybox"
-	cp "$HERE/matrix-init.sh" "$root/init"
-	chmod 755 "$root/init"
+	initramfs_base "$root" "$HERE/matrix-init.sh" "$BUSYBOX" "$BIN_DIR"
+	mkdir -p "$root"/{btf,etc}
 	gcc -static -O2 -Wall -o "$root/bin/matrix-probe" "$HERE/matrix-probe.c"
 	gcc -static -O2 -Wall -o "$root/bin/fentry-probe" "$HERE/fentry-probe.c"
-	for b in traceed tracectl; do
-		# Debug info is most of the binary and only slows the boot.
-		strip --strip-debug -o "$root/bin/$b" "$BIN_DIR/$b"
-		# Shared libraries and the dynamic loader, at their own paths.
-		for lib in $(ldd "$BIN_DIR/$b" | grep -oE '/[^ ]+'); do
-			mkdir -p "$root$(dirname "$lib")"
-			cp -L "$lib" "$root$lib"
-		done
-	done
 	if [[ ,$RUNGS, == *,foreign-btf,* ]]; then
 		# The negative control needs a BTF that is not the guest's own:
 		# the host's (MATRIX_FOREIGN_BTF overrides).
