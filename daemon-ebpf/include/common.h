@@ -424,6 +424,10 @@ static __always_inline int event_emit(void *ctx, struct event *e)
 	__u64 size = sizeof(e->h) + e->h.data_len;
 	long err;
 
+	/* Keep the clamps on size itself: clang otherwise tests data_len
+	 * and adds the header afterwards, and verifiers before 6.11 do not
+	 * carry a bound across that add ("R5 unbounded memory access"). */
+	asm volatile("" : "+r"(size));
 	if (size > sizeof(*e))
 		size = sizeof(*e);
 #ifdef TRACEED_PERF
