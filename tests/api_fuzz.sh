@@ -4,9 +4,10 @@
 # the release build (after `make test`), in a few minutes at most.
 #
 # schemathesis speaks HTTP over TCP, so socat bridges a loopback-only port
-# to the daemon's Unix socket. follow=true is removed from the fuzzed copy
-# of the document: a stream only ends when the client closes it, which a
-# fuzzer would report as a hang (tests/tests/api.rs covers it instead).
+# to the daemon's Unix socket. follow is removed from the fuzzed copy of
+# the document (events and alerts): a stream only ends when the client
+# closes it, which a fuzzer would report as a hang (tests/tests/api.rs
+# covers it instead).
 # Every check runs except positive_data_acceptance: since > until is a 400
 # that a per-parameter schema cannot express.
 #
@@ -71,6 +72,8 @@ doc = json.load(sys.stdin)
 op = doc["paths"]["/v1/events"]["get"]
 op["parameters"] = [p for p in op["parameters"] if p["name"] != "follow"]
 del op["responses"]["200"]["content"]["application/x-ndjson"]
+op = doc["paths"]["/v1/alerts"]["get"]
+op["parameters"] = [p for p in op["parameters"] if p["name"] != "follow"]
 json.dump(doc, sys.stdout)
 ' >"$work/openapi.json"
 

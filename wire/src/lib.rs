@@ -511,9 +511,16 @@ pub fn format_ts(ns: i64) -> String {
 #[error("'{0}' is neither a duration (e.g. 90s, 15m, 1h, 2d) nor an RFC 3339 time (e.g. 2026-11-24T20:50:45Z)")]
 pub struct TimeSpecError(pub String);
 
+/// Longest time spec accepted (the longest RFC 3339 time is 35 bytes).
+pub const MAX_TIME_SPEC: usize = 256;
+
 /// Parse a `--since`/`--until` value: a duration before `now_ns` ("1h",
 /// "15m", "2d 3h") or an absolute RFC 3339 time. Returns wall-clock ns.
 pub fn parse_time_spec(s: &str, now_ns: i64) -> Result<i64, TimeSpecError> {
+    if s.len() > MAX_TIME_SPEC {
+        let head: String = s.chars().take(32).collect();
+        return Err(TimeSpecError(format!("{head}... ({} bytes)", s.len())));
+    }
     let t = s.trim();
     if let Ok(ts) = t.parse::<Timestamp>() {
         return i64::try_from(ts.as_nanosecond()).map_err(|_| TimeSpecError(s.into()));
@@ -600,6 +607,11 @@ mod tests {
         for bad in ["", "yesterday", "1x", "-1h", "12"] {
             assert!(parse_time_spec(bad, now).is_err(), "{bad:?} accepted");
         }
+        // Padding is trimmed, but not without bound.
+        let padded = format!("1h{}", " ".repeat(MAX_TIME_SPEC - 2));
+        assert!(parse_time_spec(&padded, now).is_ok());
+        let e = parse_time_spec(&format!("{padded} "), now).unwrap_err();
+        assert!(e.to_string().contains("257 bytes"), "{e}");
     }
 
     #[test]

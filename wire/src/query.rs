@@ -284,6 +284,9 @@ impl EventsQuery {
             "since" => self.since = time(v)?,
             "until" => self.until = time(v)?,
             "kind" => {
+                if v.len() > MAX_TEXT {
+                    return Err(format!("parameter 'kind': longer than {MAX_TEXT} bytes"));
+                }
                 for kind in v.split(',') {
                     if !crate::is_kind(kind) {
                         return Err(format!(

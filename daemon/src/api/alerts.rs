@@ -52,8 +52,14 @@ fn parse(raw: Option<&str>) -> Result<(AlertQuery, bool), ApiError> {
                     ))
                 })?)
             }
-            "rule" if !v.is_empty() => q.rule = Some(v.clone()),
-            "rule" => return Err(ApiError::bad("parameter 'rule' is empty")),
+            "rule" if v.is_empty() => return Err(ApiError::bad("parameter 'rule' is empty")),
+            "rule" if v.len() > traceed_wire::query::MAX_TEXT => {
+                return Err(ApiError::bad(format!(
+                    "parameter 'rule': longer than {} bytes",
+                    traceed_wire::query::MAX_TEXT
+                )))
+            }
+            "rule" => q.rule = Some(v.clone()),
             "follow" => {
                 follow = match v.as_str() {
                     "true" => true,

@@ -249,11 +249,12 @@ fn precheck(caller: Option<&Caller>, req: &Request, uri_len: usize) -> Option<Re
             .is_some_and(|v| v.as_bytes() != b"0");
     // The hunt's rules travel in its body (its own handler bounds it).
     let hunt = req.method() == axum::http::Method::POST && req.uri().path() == "/v1/hunt";
-    // Other methods are answered by routing: 405, whatever they carry.
+    // Other methods (and GET on the POST-only hunt) are answered by
+    // routing: 405, whatever they carry.
     let get = matches!(
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
-    );
+    ) && req.uri().path() != "/v1/hunt";
     if has_body && !hunt && get {
         return Some(
             ApiError(

@@ -28,7 +28,10 @@ const OVERFLOW_CONNECTIONS: usize = 16;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's read buffer: heads larger than this are refused by hyper itself
 /// with a bare 431; the JSON-answered limits in `guard` are well below it.
-const MAX_BUF: usize = 64 * 1024;
+/// Large enough for any request whose parameters keep to the documented
+/// maxLengths (every string at its maximum, percent-encoded: ~215 KiB).
+/// The buffer only grows as a head needs it.
+const MAX_BUF: usize = 256 * 1024;
 const MAX_HEADERS: usize = 64;
 
 /// What the accept loop learned about a connection, for every request on it.

@@ -456,6 +456,18 @@ async fn oversized_requests_and_bodies_are_refused() {
             "bodies are not accepted",
         );
     }
+    // A method the path lacks is a 405 whatever it carries: GET on the
+    // POST-only hunt, or TRACE anywhere.
+    for (method, path) in [("GET", "/v1/hunt"), ("TRACE", "/v1/events")] {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-length", "5")
+            .body(Body::from("hello"))
+            .unwrap();
+        let (s, _, b) = f.request(req).await;
+        json_error(s, &b, StatusCode::METHOD_NOT_ALLOWED, method);
+    }
     // An explicit empty body is fine.
     let req = Request::get("/v1/status")
         .header("content-length", "0")
