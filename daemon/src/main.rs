@@ -155,6 +155,7 @@ fn load_config(cli: &cli::Cli) -> anyhow::Result<config::Config> {
         private::check_trusted("the config file", &cli.config)?;
     }
     let mut cfg = config::Config::load(&cli.config, explicit)?;
+    cfg.source = Some(cli.config.clone());
     if let Some(d) = &cli.state_dir {
         cfg.state_dir = d.clone();
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use traceed_tests::{bin, poll, unique, Daemon, DaemonOpts, Program};
+use traceed_tests::{bin, poll, spawn_fresh, unique, Daemon, DaemonOpts, Program, Scratch};
 use traceed_wire::Alert;
 
 fn rules_dir() -> PathBuf {
@@ -46,11 +46,15 @@ fn wait_alert(d: &Daemon, rule: &str, pid: u32) -> Alert {
 }
 
 fn run(cmd: &mut Command) -> u32 {
-    let mut c = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
+    wait_pid(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+fn wait_pid(mut c: std::process::Child) -> u32 {
     let pid = c.id();
     c.wait().unwrap();
     pid
@@ -161,11 +165,44 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
             hit: Box::new(|| {
                 let p = PathBuf::from("/dev/shm").join(unique("shm"));
                 std::fs::copy("/bin/true", &p).unwrap();
-                let pid = run(&mut Command::new(&p));
+                let pid = wait_pid(spawn_fresh(&mut Command::new(&p)));
                 let _ = std::fs::remove_file(&p);
                 pid
             }),
             miss: Box::new(|| Program::new("tmpt").run(&[])),
+        },
+        Case {
+            rule: "traceed-exec-memfd-shm",
+            // Fileless: sleep copied into a memfd and run through
+            // /proc/self/fd; traceed names the image from the kernel's
+            // /proc/PID/exe ("/memfd:NAME") while the process runs, as a
+            // resident implant does (see README: a descriptor exec that
+            // has already exited keeps the name as passed).
+            hit: Box::new(|| {
+                use std::io::Write;
+                use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+                let name = std::ffi::CString::new("traceed-test").unwrap();
+                // SAFETY: a valid C string; the fd is owned right away.
+                let w = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+                assert!(w >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+                let mut w = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(w) });
+                w.write_all(&std::fs::read("/bin/sleep").unwrap()).unwrap();
+                // Exec needs no writer left: a read-only fd the child
+                // inherits (no O_CLOEXEC), then the writer closed.
+                let path =
+                    std::ffi::CString::new(format!("/proc/self/fd/{}", w.as_raw_fd())).unwrap();
+                // SAFETY: a valid C string; the fd is owned right away.
+                let r = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+                assert!(r >= 0, "reopen memfd: {}", std::io::Error::last_os_error());
+                let r = unsafe { OwnedFd::from_raw_fd(r) };
+                drop(w);
+                let pid = wait_pid(spawn_fresh(
+                    Command::new(format!("/proc/self/fd/{}", r.as_raw_fd())).arg("3"),
+                ));
+                drop(r);
+                pid
+            }),
+            miss: Box::new(|| run(&mut Command::new("/bin/true"))),
         },
         Case {
             rule: "traceed-shell-parent-tmp",
@@ -389,6 +426,94 @@ fn untrusted_rules_dir_refuses_start_and_keeps_old_rules_on_reload() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&cfg_dir);
+}
+
+/// The last "detection rules loaded" line of the daemon's log.
+fn last_load_line(d: &Daemon) -> String {
+    d.log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains("detection rules loaded"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Send SIGHUP and wait until the daemon says it reloaded once more.
+fn reload(d: &Daemon) {
+    let before = d.log_text().matches("SIGHUP: reloading").count();
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let log = d.log_text();
+            let idx = log.match_indices("SIGHUP: reloading").nth(before)?.0;
+            log[idx..].contains("reloaded").then_some(())
+        },
+        || d.log_text(),
+    );
+}
+
+#[test]
+fn reload_applies_the_detect_section_and_keeps_it_when_the_config_breaks() {
+    // A marker rule that stays enabled: its alert on a later exec shows the
+    // detector got past the earlier events.
+    let extra = Scratch::new("marker");
+    let token = unique("mk");
+    std::fs::write(
+        extra.join("marker.yml"),
+        format!(
+            "title: marker\nid: test-marker\nlevel: low\n\
+             logsource: {{product: linux, category: process_creation}}\n\
+             detection:\n  sel:\n    CommandLine|contains: {token}\n  condition: sel\n"
+        ),
+    )
+    .unwrap();
+    let d = start(&[&extra.to_path_buf()]);
+    let cfg = d.dir.join("traceed.toml");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+
+    std::fs::write(
+        &cfg,
+        format!("{base}disabled = [\"traceed-shadow-read\"]\n"),
+    )
+    .unwrap();
+    reload(&d);
+    assert!(
+        last_load_line(&d).contains("1 disabled"),
+        "{}",
+        d.log_text()
+    );
+    let quiet = run(Command::new("cat").arg("/etc/shadow"));
+    let marker = run(Command::new("/bin/echo").arg(&token));
+    wait_alert(&d, "test-marker", marker);
+    assert!(
+        !alerts(&d, "traceed-shadow-read")
+            .iter()
+            .any(|a| concerns(a, quiet)),
+        "a disabled rule alerted"
+    );
+
+    // A config that no longer parses keeps [detect] as it was.
+    std::fs::write(&cfg, format!("{base}disabled = [\n")).unwrap();
+    reload(&d);
+    let log = d.log_text();
+    assert!(
+        log.contains("config not re-read, keeping [detect] as it was"),
+        "{log}"
+    );
+    assert!(last_load_line(&d).contains("1 disabled"), "{log}");
+
+    // Enabled again.
+    std::fs::write(&cfg, &base).unwrap();
+    reload(&d);
+    assert!(
+        last_load_line(&d).contains("0 disabled"),
+        "{}",
+        d.log_text()
+    );
+    let loud = run(Command::new("cat").arg("/etc/shadow"));
+    wait_alert(&d, "traceed-shadow-read", loud);
 }
 
 /// `tracectl hunt -o jsonl RULES... ARGS`: the match objects.

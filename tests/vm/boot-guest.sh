@@ -102,6 +102,18 @@ else
 	dump
 fi
 
+# 4b. A shipped rule's alert is a journal entry whose PRIORITY follows the
+#     rule's level (traceed-shadow-read is high: 3, err), with its fields.
+info "step 4b at $(uptime_s)s"
+cat /etc/shadow >/dev/null
+alert_at() { journalctl -b -u traceed.service --no-pager -o cat -p "$1" RULE_ID=traceed-shadow-read | grep -m1 '^alert: '; }
+if wait_until 30 alert_at 3..3 >/dev/null; then
+	pass journal-alert-priority "PRIORITY=3: $(alert_at 3..3)"
+else
+	fail journal-alert-priority "no RULE_ID=traceed-shadow-read entry at PRIORITY=3; at any: '$(alert_at 0..7)'"
+	dump
+fi
+
 # 5. systemctl reload: RELOADING=1/READY=1 around SIGHUP, same process, and
 #    the export (when enabled) is reopened: rotate it as logrotate does.
 info "step 5 at $(uptime_s)s"

@@ -346,6 +346,14 @@ impl ProcTable {
                     .find_map(|k| e.args.get(*k).and_then(|f| f.as_str()))
                     .map(|p| raw_bytes(e, p));
                 let exe = match loaded {
+                    // An exec through a descriptor (fexecve, execveat with
+                    // AT_EMPTY_PATH, /proc/self/fd/N: how memfd programs
+                    // run) names no file: the kernel's own link says which,
+                    // while the process lives. (Once it is gone, the name
+                    // as passed is all there is.)
+                    Some(p) if p.starts_with(b"/dev/fd/") || p.starts_with(b"/proc/") => {
+                        read_exe(pid).or_else(|| Some(Arc::from(p)))
+                    }
                     Some(p) if p.starts_with(b"/") => Some(Arc::from(p)),
                     Some(p) => std::fs::read_link(format!("/proc/{pid}/cwd"))
                         .ok()

@@ -47,6 +47,10 @@ pub struct Config {
     pub events: EventsConfig,
     pub api: ApiConfig,
     pub detect: DetectConfig,
+    /// The file this came from (set by the caller that loaded it): SIGHUP
+    /// re-reads its `[detect]` section.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[detect]`: Sigma rules matched live (README "Detection").
@@ -448,6 +452,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             api: ApiConfig::default(),
             detect: DetectConfig::default(),
+            source: None,
         }
     }
 }
@@ -494,6 +499,20 @@ impl Config {
             }
         };
         Self::parse(&text, path)
+    }
+
+    /// SIGHUP: the `[detect]` section of the file this config came from,
+    /// which must still pass the start's trust check and parse whole. The
+    /// other sections apply at start only.
+    pub fn reread_detect(&self) -> Result<DetectConfig, String> {
+        let Some(path) = &self.source else {
+            return Ok(self.detect.clone());
+        };
+        if path.exists() {
+            crate::service::private::check_trusted("the config file", path)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Self::load(path, false).map_err(|e| e.to_string())?.detect)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {

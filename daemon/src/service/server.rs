@@ -234,6 +234,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         std::time::Duration::from_secs(5),
     ));
 
+    let mut detect_cfg = cfg.detect.clone();
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
@@ -241,7 +242,11 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 notifier.reloading();
                 tracing::info!("SIGHUP: reloading");
-                crate::detect::reload(&cfg.detect, &detect_stats, &engine);
+                match cfg.reread_detect() {
+                    Ok(d) => detect_cfg = d,
+                    Err(e) => tracing::error!("config not re-read, keeping [detect] as it was: {e}"),
+                }
+                crate::detect::reload(&detect_cfg, &detect_stats, &engine);
                 match &export_reopen {
                     Some(r) => r.notify_one(),
                     None => tracing::info!("SIGHUP: no export file to reopen"),
