@@ -57,6 +57,47 @@ pub fn unique(prefix: &str) -> String {
     s
 }
 
+/// A fresh directory under the temp dir for one test, removed with its
+/// contents when dropped; kept when the test panics, for a look (as a
+/// Daemon's directory is).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("traceed-{}", unique(prefix)));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A command running the real `traceed`; with `hide_btf`, in a private
 /// mount namespace with a tmpfs over /sys/kernel/btf: the real kernel, but
 /// traceed cannot see its BTF.

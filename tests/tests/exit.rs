@@ -75,7 +75,8 @@ int main(int argc, char **argv)
 fn threads_binary() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(unique("exitc"));
+        // Under target/tmp: built once per test process, kept by cargo.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("exitc"));
         std::fs::create_dir_all(&dir).unwrap();
         let src = dir.join("threads.c");
         std::fs::write(&src, THREADS_C).unwrap();

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use traceed_tests::{
     bin, http_get, refusal, refused_start, traceed_hiding, traceed_in, unique, Daemon, DaemonOpts,
+    Scratch,
 };
 use traceed_wire::Status;
 
@@ -79,7 +80,8 @@ fn object_61() -> &'static (PathBuf, String, f64) {
     static O: OnceLock<(PathBuf, String, f64)> = OnceLock::new();
     O.get_or_init(|| {
         let (headers, release) = headers_61();
-        let out = std::env::temp_dir()
+        // Under target/tmp: built once per test process, kept by cargo.
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(unique("kobj"))
             .join(format!("{release}.bpf.o"));
         let t0 = std::time::Instant::now();
@@ -99,11 +101,12 @@ fn object_61() -> &'static (PathBuf, String, f64) {
 /// Section contents, through llvm-objcopy (independent of traceed's own
 /// ELF reader).
 fn dump_section(obj: &Path, name: &str) -> Option<Vec<u8>> {
-    let out = std::env::temp_dir().join(unique("sec"));
+    let dir = Scratch::new("sec");
+    let out = dir.join("section");
     let ok = Command::new("llvm-objcopy")
         .arg(format!("--dump-section={name}={}", out.display()))
         .arg(obj)
-        .arg(std::env::temp_dir().join(unique("objc")))
+        .arg(dir.join("copy"))
         .output()
         .unwrap()
         .status
@@ -177,9 +180,9 @@ fn running_release() -> String {
 
 /// The 6.1 object placed where traceed looks for this kernel's: the release
 /// it records decides, not its name.
-fn state_with_object() -> PathBuf {
+fn state_with_object() -> Scratch {
     let (obj, _, _) = object_61();
-    let dir = std::env::temp_dir().join(format!("traceed-test-{}", unique("k")));
+    let dir = Scratch::new("k");
     std::fs::create_dir_all(dir.join("objects")).unwrap();
     std::fs::copy(
         obj,
@@ -212,7 +215,7 @@ fn object_of_another_release_is_refused() {
     // Auto, BTF hidden: rung 3 refused with the reason, the fallback runs.
     let d = Daemon::start_with(DaemonOpts {
         hide_btf: true,
-        dir: Some(dir),
+        dir: Some(dir.to_path_buf()),
         ..Default::default()
     });
     let (code, body) = http_get(&d.socket, "/v1/status").unwrap();
@@ -254,8 +257,7 @@ fn no_headers_for_the_running_kernel_is_a_clear_refusal() {
     // the header trees (/lib/modules/R/build) and installed objects are
     // hidden, which is exactly a host without them.
     let running = running_release();
-    let dir = std::env::temp_dir().join(format!("traceed-test-{}", unique("n")));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("n");
     let mut cmd = traceed_hiding(&["/lib/modules", "/usr/lib/traceed/objects"]);
     cmd.args(["--config", "/dev/null", "--mode", "kernel"])
         .arg("--state-dir")

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
 use traceed_tests::{
-    http_get, refusal, refused_start, traceed_in, unique, Daemon, DaemonOpts, Program,
+    http_get, refusal, refused_start, traceed_in, unique, Daemon, DaemonOpts, Program, Scratch,
 };
 use traceed_wire::Status;
 
@@ -25,12 +25,13 @@ fn start(hide_btf: bool, args: &[&str]) -> Daemon {
     })
 }
 
-fn btf_copy(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("btf"));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A copy of the kernel's BTF named `name`, in a directory removed with
+/// the returned guard.
+fn btf_copy(name: &str) -> (Scratch, PathBuf) {
+    let dir = Scratch::new("btf");
     let p = dir.join(name);
     std::fs::copy("/sys/kernel/btf/vmlinux", &p).unwrap();
-    p
+    (dir, p)
 }
 
 fn mnt_ns_of_self() -> u32 {
@@ -110,7 +111,7 @@ fn rung1_kernel_btf_both_transports() {
 
 #[test]
 fn rung2_external_btf_when_sysfs_btf_is_hidden() {
-    let btf = btf_copy("vmlinux");
+    let (_dir, btf) = btf_copy("vmlinux");
     let d = start(true, &["--btf", btf.to_str().unwrap()]);
     let s = status(&d);
     assert_eq!(s.rung, "core-external-btf");
@@ -148,8 +149,7 @@ fn fallback_forced_on_a_btf_kernel() {
 
 #[test]
 fn corrupt_btf_is_refused() {
-    let dir = std::env::temp_dir().join(unique("bad"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("bad");
     let bad = dir.join("garbage.btf");
     std::fs::write(&bad, b"this is not BTF at all, just bytes").unwrap();
     let d = start(true, &["--btf", bad.to_str().unwrap()]);
@@ -173,7 +173,7 @@ fn corrupt_btf_is_refused() {
 
 #[test]
 fn btf_of_another_layout_is_refused_by_the_self_check() {
-    let p = btf_copy("vmlinux-shifted");
+    let (_dir, p) = btf_copy("vmlinux-shifted");
     let mut bytes = std::fs::read(&p).unwrap();
     // As if tgid sat 8 bytes further into task_struct (real_parent would
     // not do: the member after it, `parent`, usually holds the same pointer).
@@ -196,7 +196,7 @@ fn btf_of_another_layout_is_refused_by_the_self_check() {
 
 #[test]
 fn btf_named_for_another_kernel_is_refused() {
-    let p = btf_copy("5.10.0-99-amd64.btf");
+    let (_dir, p) = btf_copy("5.10.0-99-amd64.btf");
     let d = start(true, &["--btf", p.to_str().unwrap()]);
     let s = status(&d);
     assert_eq!(s.rung, "fallback");
@@ -219,7 +219,7 @@ fn rung2_from_a_btfhub_tree_with_an_archive() {
         .unwrap()
         .trim()
         .to_string();
-    let root = std::env::temp_dir().join(unique("hub"));
+    let root = Scratch::new("hub");
     let leaf = root
         .join(field("ID"))
         .join(field("VERSION_ID"))
