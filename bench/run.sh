@@ -11,7 +11,9 @@
 #
 # Options: --reps N, --configs a,b,..  (untraced,core,fallback,auditd,bpftrace),
 #          --query-events N, --out FILE (markdown table; default stdout only),
-#          --keep (leave the work dir for inspection).
+#          --keep (leave the work dir for inspection),
+#          --rules DIR (traceed's configs load the Sigma rules in DIR: the
+#          detection cost, e.g. the zero-loss rate with and without rules).
 # Must run as root. Every daemon, audit rule and sysctl it changes is undone
 # on exit (trap), also on failure.
 set -euo pipefail
@@ -19,7 +21,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib/common.sh"
 
-QUICK=0 REPS="" CONFIGS="" OUT="" KEEP=0 QEVENTS=""
+QUICK=0 REPS="" CONFIGS="" OUT="" KEEP=0 QEVENTS="" RULES=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1 ;;
@@ -28,7 +30,8 @@ while [ $# -gt 0 ]; do
     --query-events) QEVENTS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    --rules) RULES=$(cd "$2" && pwd); shift ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
     shift

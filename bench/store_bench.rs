@@ -21,6 +21,10 @@ use traceed_wire::Event;
 
 const HOUR: i64 = 3_600_000_000_000;
 const RARE_COMM: &str = "rare-comm-x";
+/// Pool slots holding long-lived processes (services, sessions).
+const ROOTS: usize = 40;
+/// Deepest fork chain below a root.
+const MAX_DEPTH: u8 = 6;
 /// Mean length of a run of consecutive events from one process. Measured
 /// with traceed during a cargo build on this machine (23,671 events, 184
 /// pids): 96.6 % of events have the pid of the event before them, a mean
@@ -86,6 +90,13 @@ impl Rng {
 
 #[derive(Clone)]
 struct Proc {
+    /// Instance key, parent's key and start: the procs table, trees and
+    /// descendants_of (as the pipeline's process table gives them).
+    key: u64,
+    parent: Option<u64>,
+    start: i64,
+    /// Generations below the pool's roots: kept shallow, as real trees are.
+    depth: u8,
     pid: u32,
     ppid: u32,
     uid: u32,
@@ -99,6 +110,7 @@ struct Gen {
     rng: Rng,
     procs: Vec<Proc>,
     next_pid: u32,
+    next_key: u64,
     paths: Vec<String>,
     containers: Vec<String>,
     programs: Vec<(&'static str, &'static str)>,
@@ -202,6 +214,7 @@ impl Gen {
             rng,
             procs: Vec::new(),
             next_pid: 1000,
+            next_key: 1 << 40,
             paths,
             containers,
             programs: PROGRAMS.to_vec(),
@@ -210,13 +223,14 @@ impl Gen {
             run_mean,
         };
         for _ in 0..400 {
-            let p = g.new_proc(1);
+            let p = g.new_proc(1, None, 0);
             g.procs.push(p);
         }
         g
     }
 
-    fn new_proc(&mut self, ppid: u32) -> Proc {
+    fn new_proc(&mut self, ppid: u32, parent: Option<u64>, start: i64) -> Proc {
+        self.next_key += 1;
         self.next_pid = if self.next_pid >= 4_194_000 {
             1000
         } else {
@@ -232,6 +246,10 @@ impl Gen {
             _ => 65534,
         };
         Proc {
+            key: self.next_key,
+            parent,
+            start,
+            depth: 0,
             pid: self.next_pid,
             ppid,
             uid,
@@ -271,6 +289,44 @@ impl Gen {
         self.run.0
     }
 
+    /// One event of a process outside the pool.
+    fn row_of(&mut self, p: &Proc, ts: i64, kind: &str, args: serde_json::Value) -> Event {
+        self.procs.push(p.clone());
+        let idx = self.procs.len() - 1;
+        let e = self.row(idx, ts, kind, args, Some(0));
+        self.procs.pop();
+        e
+    }
+
+    /// A parallel build started at `ts`: make, 10 sub-makes, 99 compilers
+    /// under each (1,000 descendants), each forked, exec'd, opening a file
+    /// and exiting. Returns its events and the root's pid and key.
+    fn build_tree(&mut self, ts: i64) -> (Vec<Event>, u32, u64) {
+        let mut out = Vec::new();
+        let (ppid, pkey) = (self.procs[0].pid, self.procs[0].key);
+        let mut root = self.new_proc(ppid, Some(pkey), ts);
+        (root.comm, root.exe) = ("make".into(), "/usr/bin/make".into());
+        out.push(self.row_of(&root, ts, "fork", json!({})));
+        let mut t = ts;
+        for _ in 0..10 {
+            let mut sub = self.new_proc(root.pid, Some(root.key), t);
+            (sub.comm, sub.exe) = ("make".into(), "/usr/bin/make".into());
+            out.push(self.row_of(&sub, t, "fork", json!({})));
+            for k in 0..99 {
+                t += 1_000;
+                let mut cc = self.new_proc(sub.pid, Some(sub.key), t);
+                out.push(self.row_of(&cc, t, "fork", json!({})));
+                (cc.comm, cc.exe) = ("cc1".into(), "/usr/lib/gcc/x86_64-linux-gnu/12/cc1".into());
+                let src = format!("/home/dev/project/src/unit{k}.c");
+                let argv = json!([cc.exe, "-O2", src]);
+                out.push(self.row_of(&cc, t, "exec", json!({"filename": cc.exe, "argv": argv})));
+                out.push(self.row_of(&cc, t, "open", json!({"path": src, "flags": 0, "mode": 0})));
+                out.push(self.row_of(&cc, t, "exit", json!({"exit_code": 0, "signal": null})));
+            }
+        }
+        (out, root.pid, root.key)
+    }
+
     fn event(&mut self, ts: i64) -> Event {
         let idx = self.next_proc();
         let roll = self.rng.below(100);
@@ -305,7 +361,10 @@ impl Gen {
                 )
             }
             60..=69 => {
-                let child = self.new_proc(self.procs[idx].pid);
+                // exec: the same process (pid, key, parent) with a new image.
+                let (comm, exe) = self.programs[self.rng.skewed(self.programs.len())];
+                let mut child = self.procs[idx].clone();
+                (child.comm, child.exe) = (comm.into(), exe.into());
                 let argv: Vec<String> = std::iter::once(child.exe.clone())
                     .chain((0..self.rng.below(4)).map(|k| match k {
                         0 => "-c".to_string(),
@@ -318,14 +377,24 @@ impl Gen {
                 ("exec", args, None)
             }
             70..=79 => {
-                let child = self.new_proc(self.procs[idx].pid);
-                let mut child = Proc {
-                    comm: self.procs[idx].comm.clone(),
-                    exe: self.procs[idx].exe.clone(),
+                // fork: a child of this process, or of one of the pool's
+                // long-lived roots (its first ROOTS slots, never replaced)
+                // once the tree is MAX_DEPTH deep.
+                let parent = if self.procs[idx].depth >= MAX_DEPTH {
+                    idx % ROOTS
+                } else {
+                    idx
+                };
+                let p = self.procs[parent].clone();
+                let child = self.new_proc(p.pid, Some(p.key), ts);
+                let child = Proc {
+                    comm: p.comm,
+                    exe: p.exe,
+                    container: p.container,
+                    depth: p.depth + 1,
                     ..child
                 };
-                child.container = self.procs[idx].container;
-                let slot = self.rng.below(self.procs.len() as u64) as usize;
+                let slot = ROOTS + self.rng.below((self.procs.len() - ROOTS) as u64) as usize;
                 self.procs[slot] = child;
                 let e = self.row(slot, ts, "fork", json!({}), None);
                 return e;
@@ -393,8 +462,12 @@ impl Gen {
             retval,
             args,
             fidelity: self.fidelity.clone(),
-            proc: None,
-            lineage: None,
+            proc: Some(traceed_wire::proc_key_hex(p.key)),
+            lineage: Some(traceed_wire::Lineage {
+                parent: p.parent,
+                start: Some(p.start),
+                announce: Vec::new(),
+            }),
         }
     }
 }
@@ -476,6 +549,8 @@ async fn main() -> anyhow::Result<()> {
     let mut insert_s = 0.0;
     let mut cpu_s: std::collections::BTreeMap<String, f64> = Default::default();
     let mut i = 0u64;
+    // The build tree's root: pid, key and start.
+    let mut build: Option<(u32, u64, i64)> = None;
     while i < n {
         let m = ROUND.min(n - i);
         let events: Vec<Event> = tokio::task::block_in_place(|| {
@@ -501,7 +576,14 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .collect()
         });
-        let target = counters.events_total.load(Relaxed) + m;
+        let mut events: Vec<Event> = events;
+        if (i..i + m).contains(&(n / 2)) {
+            let ts = start + span / 2;
+            let (tree, pid, key) = g.build_tree(ts);
+            events.extend(tree);
+            build = Some((pid, key, ts));
+        }
+        let target = counters.events_total.load(Relaxed) + events.len() as u64;
         let cpu0 = thread_cpu();
         let t0 = Instant::now();
         for e in events {
@@ -699,6 +781,55 @@ async fn main() -> anyhow::Result<()> {
         }
         results.push((name.into(), pct(&mut times, 0.5), pct(&mut times, 0.95), 20));
     }
+    // Trees and descendants_of, as the API runs them: the pid at a time to
+    // its instance, then the keys, then the rows.
+    let (build_pid, build_key, build_ts) = build.context("no build tree generated")?;
+    let leaf = g.procs[g.procs.len() / 2].key as i64;
+    for (name, key) in [
+        ("tree of a process (ancestry + descendants)", leaf),
+        (
+            "tree of the build root (1,000 descendants)",
+            build_key as i64,
+        ),
+    ] {
+        let mut times = Vec::new();
+        let mut got = 0;
+        for _ in 0..a.runs {
+            let t = Instant::now();
+            let tree = st.tree(key).await?.context("tree: no such process")?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            got = tree.ancestors.len() + tree.descendants.len();
+        }
+        results.push((
+            name.into(),
+            pct(&mut times, 0.5),
+            pct(&mut times, 0.95),
+            got,
+        ));
+    }
+    let mut times = Vec::new();
+    let mut got = 0;
+    for _ in 0..a.runs {
+        let t = Instant::now();
+        let key = st
+            .proc_at(build_pid, Some(build_ts + 1))
+            .await?
+            .context("descendants_of: no process at that time")?;
+        let (keys, _) = st.proc_and_descendants(key).await?;
+        let q = store::Query {
+            procs: Some(keys),
+            limit: 1000,
+            ..Default::default()
+        };
+        got = st.query(&q).await?.0.len();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    results.push((
+        "descendants_of the build root (1,001 processes) limit=1000".into(),
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.95),
+        got,
+    ));
     let mut times = Vec::new();
     for _ in 0..a.runs {
         let t = Instant::now();

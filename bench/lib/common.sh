@@ -114,7 +114,13 @@ tracer_start() { # cfg rep
 
 traceed_start() { # mode [dir]
     local mode=$1 t0
-    : >"$TD/traceed.toml"
+    # Without --rules, none: explicitly, or a host with the .deb installed
+    # would load the packaged ones.
+    if [ -n "${RULES:-}" ]; then
+        printf '[detect]\nrules = ["%s"]\n' "$RULES" >"$TD/traceed.toml"
+    else
+        printf '[detect]\nrules = []\n' >"$TD/traceed.toml"
+    fi
     t0=$(now_ms)
     $NICE "$TRACEED" --config "$TD/traceed.toml" --state-dir "$TD" --socket "$TD/api.sock" \
         --mode "$mode" >"$TD/daemon.log" 2>&1 &

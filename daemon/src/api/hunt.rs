@@ -4,11 +4,12 @@
 //! NDJSON line as soon as it is found, with progress lines every
 //! `PROGRESS` and a final summary carrying the window's coverage.
 //!
-//! The scan reads through `Store::query` in pages of `CHUNK` on the read
-//! pool (WAL readers never block the writer) and yields between pages.
-//! Lines go through a small bounded channel: a slow reader slows the scan,
-//! never memory; a reader that goes away closes the channel and the scan
-//! stops at the next page or line.
+//! The rows come from a `store::scan::Scanner` (its own connection, no
+//! sqlx: a hunt reads millions of rows) on a blocking thread, in pages of
+//! `CHUNK`, at most two pages ahead of the matching; WAL readers never
+//! block the writer. Lines go through a small bounded channel: a slow
+//! reader slows the scan, never memory; a reader that goes away closes the
+//! channel and the scan stops at the next page or line.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,7 +25,8 @@ use tokio::sync::mpsc;
 use traceed_detect::{Engine, ProcessMap, Rule, WireSubject};
 
 use super::{ApiError, AppState};
-use crate::store::Query;
+use crate::store::scan::{Scanner, Window};
+use crate::store::{Query, StoreError};
 
 /// Every parameter, in the order openapi.json documents them (drift test).
 pub const PARAMS: &[&str] = &["since", "until"];
@@ -35,6 +37,8 @@ const CHUNK: u32 = 2000;
 /// Lines buffered between the scan and the socket.
 const LINES: usize = 64;
 const PROGRESS: Duration = Duration::from_millis(500);
+/// Ancestries kept per hunt (then the cache starts over).
+const ANCESTRIES: usize = 4096;
 
 fn parse(raw: Option<&str>) -> Result<(Option<i64>, i64), ApiError> {
     let pairs: Vec<(String, String)> =
@@ -230,21 +234,55 @@ async fn scan(
     send(json!({ "progress": p.json() }), p).await?;
     let mut procs = ProcessMap::default();
     let mut users: HashMap<u32, Option<String>> = HashMap::new();
-    let mut q = Query {
-        since,
-        until: Some(until),
-        limit: CHUNK,
-        ..Query::default()
-    };
+    // A process that matches once tends to match again (a run of its
+    // events): its ancestry is looked up once.
+    let mut ancestries: HashMap<u64, Arc<Vec<traceed_wire::ProcEntry>>> = HashMap::new();
     let mut last_progress = Instant::now();
     let mut hits: Vec<&Rule> = Vec::new();
-    loop {
+    // The rows are read on a blocking thread, a page or two ahead of the
+    // matching here (the second core), by a reader of their own
+    // (store/scan.rs); a hunt that stops drops the channel and the reader
+    // ends at its next page.
+    let (ptx, mut prx) = mpsc::channel::<Result<Vec<traceed_wire::Event>, StoreError>>(2);
+    if let (Some(lo), Some(hi)) = (first, last) {
+        let window = Window {
+            since,
+            until,
+            last: hi,
+        };
+        let path = st.store.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut sc = match Scanner::open(&path) {
+                Ok(sc) => sc,
+                Err(e) => {
+                    let _ = ptx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            let mut after = lo - 1;
+            loop {
+                let mut page = Vec::with_capacity(CHUNK as usize);
+                match sc.read(after, window, CHUNK, &mut page) {
+                    Ok(Some(id)) => after = id,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = ptx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+                if ptx.blocking_send(Ok(page)).is_err() {
+                    return;
+                }
+            }
+        });
+    } else {
+        drop(ptx);
+    }
+    while let Some(page) = prx.recv().await {
         if tx.is_closed() {
             return Err(Stop::Gone(p));
         }
-        let (page, more) = st.store.query(&q).await?;
-        for ev in &page {
-            q.after_id = Some(ev.id);
+        for ev in &page? {
             p.scanned += 1;
             if let Some(uid) = ev.uid {
                 users
@@ -263,13 +301,23 @@ async fn scan(
             for rule in &hits {
                 p.matches += 1;
                 let ancestry = match ev.proc.as_deref().and_then(traceed_wire::parse_proc_key) {
-                    Some(k) => st.store.ancestors(k as i64).await?,
-                    None => Vec::new(),
+                    Some(k) => match ancestries.get(&k) {
+                        Some(a) => a.clone(),
+                        None => {
+                            let a = Arc::new(st.store.ancestors(k as i64).await?);
+                            if ancestries.len() >= ANCESTRIES {
+                                ancestries.clear();
+                            }
+                            ancestries.insert(k, a.clone());
+                            a
+                        }
+                    },
+                    None => Arc::default(),
                 };
                 let m = json!({ "match": {
                     "rule": { "id": rule.id, "title": rule.title, "level": rule.level.name() },
                     "event": ev,
-                    "ancestry": ancestry,
+                    "ancestry": *ancestry,
                 }});
                 send(m, p).await?;
             }
@@ -278,9 +326,6 @@ async fn scan(
                 last_progress = Instant::now();
                 send(json!({ "progress": p.json() }), p).await?;
             }
-        }
-        if !more {
-            break;
         }
         tokio::task::yield_now().await;
     }

@@ -28,6 +28,7 @@ pub mod procs;
 mod query;
 mod raw;
 pub mod retention;
+pub mod scan;
 mod schema;
 mod sqlite;
 #[cfg(test)]
@@ -59,6 +60,8 @@ pub enum StoreError {
     Writer { path: PathBuf, msg: String },
     #[error("{0}")]
     WriterThread(String),
+    #[error("database {path}: reading the history: {msg}")]
+    Scan { path: PathBuf, msg: String },
 }
 
 /// Whether the writer is storing; shared with the API's status.

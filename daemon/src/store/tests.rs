@@ -1326,3 +1326,59 @@ async fn count_by_agrees_with_the_rows() {
     check(all, store).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The hunt's reader (store/scan.rs) gives exactly the events
+/// `Store::query` gives, for the whole history and for a time window, page
+/// boundaries anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanner_reads_what_query_reads() {
+    use super::scan::{Scanner, Window};
+    let dir = temp_dir("scan");
+    let store = Store::open(&dir).await.unwrap();
+    let now = traceed_wire::now_ns();
+    let mut input = payload_events(now - 3000 * MIN, 3000);
+    for (i, e) in input.iter_mut().enumerate() {
+        // Every column set on some rows, absent on others.
+        if i % 3 == 0 {
+            e.container_id = Some(format!("{:064x}", i % 5));
+            e.exe = Some(format!("/usr/bin/x{}", i % 9));
+            e.proc = Some(traceed_wire::proc_key_hex(0x1000 + i as u64 % 50));
+            e.mnt_ns = Some(4_026_531_832 + i as u32 % 7);
+            e.pid_ns = Some(4_026_531_836);
+            e.cgroup_id = Some(9000 + i as u64);
+            e.ppid = Some(1);
+        }
+    }
+    write_all(&store, input).await;
+    let everything = all(&store).await;
+    assert_eq!(everything.len(), 3000);
+    let (lo, hi) = (everything[0].id, everything[2999].id);
+    for (since, until) in [
+        (None, i64::MAX),
+        (Some(everything[1000].ts), everything[2000].ts),
+    ] {
+        let want: Vec<Event> = everything
+            .iter()
+            .filter(|e| since.is_none_or(|s| e.ts >= s) && e.ts < until)
+            .cloned()
+            .collect();
+        let path = store.path().to_owned();
+        let got = tokio::task::spawn_blocking(move || {
+            let mut sc = Scanner::open(&path).unwrap();
+            let (mut out, mut after) = (Vec::new(), lo - 1);
+            let w = Window {
+                since,
+                until,
+                last: hi,
+            };
+            while let Some(id) = sc.read(after, w, 700, &mut out).unwrap() {
+                after = id;
+            }
+            out
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got, want);
+    }
+}
