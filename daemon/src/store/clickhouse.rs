@@ -479,20 +479,9 @@ struct Names {
 
 impl Names {
     fn fetch(&mut self, id: i64) -> Result<Option<String>, String> {
-        self.stmt.bind_int(1, Some(id));
-        let rc = self.stmt.step();
-        let s = (rc == ffi::SQLITE_ROW)
-            .then(|| {
-                self.stmt
-                    .col_text(0)
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            })
-            .flatten();
-        self.stmt.reset();
-        if rc != ffi::SQLITE_ROW && rc != ffi::SQLITE_DONE {
-            return Err(format!("strings row {id}: sqlite code {rc}"));
-        }
-        Ok(s)
+        self.stmt
+            .text_by_id(id)
+            .map_err(|e| format!("strings row {id}: {e}"))
     }
 
     /// The JSON literal of string `id`; None when the row is missing (a

@@ -67,19 +67,7 @@ impl Scanner {
         if let Some(s) = self.cache.get(&id) {
             return Ok(s.clone());
         }
-        self.strings.bind_int(1, Some(id));
-        let rc = self.strings.step();
-        let s = (rc == ffi::SQLITE_ROW)
-            .then(|| {
-                self.strings
-                    .col_text(0)
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            })
-            .flatten();
-        self.strings.reset();
-        if rc != ffi::SQLITE_ROW && rc != ffi::SQLITE_DONE {
-            return Err(self.strings.error(rc));
-        }
+        let s = self.strings.text_by_id(id)?;
         if self.cache.len() >= CACHE_CAP {
             self.cache.clear();
         }

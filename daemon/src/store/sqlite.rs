@@ -227,6 +227,24 @@ impl Stmt {
         unsafe { ffi::sqlite3_reset(self.ptr()) };
     }
 
+    /// Run this one-column query with `id` bound to ?1: the first row's
+    /// text (lossy UTF-8), None when there is no row or it is NULL.
+    pub fn text_by_id(&mut self, id: i64) -> Result<Option<String>, SqliteError> {
+        self.bind_int(1, Some(id));
+        let rc = self.step();
+        let s = (rc == ffi::SQLITE_ROW)
+            .then(|| {
+                self.col_text(0)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .flatten();
+        self.reset();
+        if rc != ffi::SQLITE_ROW && rc != ffi::SQLITE_DONE {
+            return Err(self.error(rc));
+        }
+        Ok(s)
+    }
+
     /// Column `col` of the current row as an integer; None for NULL.
     pub fn col_int(&self, col: c_int) -> Option<i64> {
         // One column lookup, not two (column_type + column_int64 each
