@@ -45,13 +45,13 @@ fn wait_alert(d: &Daemon, rule: &str, pid: u32) -> Alert {
     )
 }
 
+/// Run `cmd` to its end, quietly: its pid. Through spawn_fresh: several
+/// cases run a binary the test has just copied.
 fn run(cmd: &mut Command) -> u32 {
-    wait_pid(
+    wait_pid(spawn_fresh(
         cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    )
+            .stderr(std::process::Stdio::null()),
+    ))
 }
 
 fn wait_pid(mut c: std::process::Child) -> u32 {
