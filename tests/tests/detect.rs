@@ -428,8 +428,11 @@ fn untrusted_rules_dir_refuses_start_and_keeps_old_rules_on_reload() {
     let _ = std::fs::remove_dir_all(&cfg_dir);
 }
 
-/// The last "detection rules loaded" line of the daemon's log.
-fn last_load_line(d: &Daemon) -> String {
+/// Write the daemon's config, SIGHUP it, and return the last "detection
+/// rules loaded" line of its log once it reloaded.
+fn reload_with(d: &Daemon, config: &str) -> String {
+    std::fs::write(d.dir.join("traceed.toml"), config).unwrap();
+    reload(d);
     d.log_text()
         .lines()
         .rev()
@@ -470,20 +473,10 @@ fn reload_applies_the_detect_section_and_keeps_it_when_the_config_breaks() {
     )
     .unwrap();
     let d = start(&[&extra.to_path_buf()]);
-    let cfg = d.dir.join("traceed.toml");
-    let base = std::fs::read_to_string(&cfg).unwrap();
+    let base = std::fs::read_to_string(d.dir.join("traceed.toml")).unwrap();
 
-    std::fs::write(
-        &cfg,
-        format!("{base}disabled = [\"traceed-shadow-read\"]\n"),
-    )
-    .unwrap();
-    reload(&d);
-    assert!(
-        last_load_line(&d).contains("1 disabled"),
-        "{}",
-        d.log_text()
-    );
+    let loaded = reload_with(&d, &format!("{base}disabled = [\"traceed-shadow-read\"]\n"));
+    assert!(loaded.contains("1 disabled"), "{}", d.log_text());
     let quiet = run(Command::new("cat").arg("/etc/shadow"));
     let marker = run(Command::new("/bin/echo").arg(&token));
     wait_alert(&d, "test-marker", marker);
@@ -495,23 +488,17 @@ fn reload_applies_the_detect_section_and_keeps_it_when_the_config_breaks() {
     );
 
     // A config that no longer parses keeps [detect] as it was.
-    std::fs::write(&cfg, format!("{base}disabled = [\n")).unwrap();
-    reload(&d);
+    let loaded = reload_with(&d, &format!("{base}disabled = [\n"));
     let log = d.log_text();
     assert!(
         log.contains("config not re-read, keeping [detect] as it was"),
         "{log}"
     );
-    assert!(last_load_line(&d).contains("1 disabled"), "{log}");
+    assert!(loaded.contains("1 disabled"), "{log}");
 
     // Enabled again.
-    std::fs::write(&cfg, &base).unwrap();
-    reload(&d);
-    assert!(
-        last_load_line(&d).contains("0 disabled"),
-        "{}",
-        d.log_text()
-    );
+    let loaded = reload_with(&d, &base);
+    assert!(loaded.contains("0 disabled"), "{}", d.log_text());
     let loud = run(Command::new("cat").arg("/etc/shadow"));
     wait_alert(&d, "traceed-shadow-read", loud);
 }

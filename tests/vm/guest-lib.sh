@@ -24,10 +24,12 @@ kparam() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1\.$2=//p"; }
 
 # qemu runs with -no-reboot: a reset ends it. (poweroff -f would only halt
 # a kernel built without ACPI, leaving qemu to the host's timeout.) PID 1
-# must not exit while the reset happens, or the kernel panics first.
+# must not exit while the reset happens, or the kernel panics first: it
+# blocks until the reset takes the machine away (the host's timeout bounds
+# a reset that never comes).
 guest_end() {
 	sync
 	reboot -f
 	echo b >/proc/sysrq-trigger
-	sleep 10
+	exec tail -f /dev/null
 }

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{RawQuery, Request, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use tokio::sync::broadcast;
 use traceed_wire::{Count, CountsPage, ErrorBody, Event, EventsPage, Refusal, SkippedHook, Status};
@@ -93,19 +94,47 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .route("/v1/events", get(events))
-        .route("/v1/alerts", get(alerts::get))
-        .route("/v1/tree", get(tree::tree))
+        .route("/healthz", get_only(healthz))
+        .route("/metrics", get_only(metrics))
+        .route("/v1/status", get_only(status))
+        .route("/v1/events", get_only(events))
+        .route("/v1/alerts", get_only(alerts::get))
+        .route("/v1/tree", get_only(tree::tree))
+        // The hunt's rules travel in its body (its own handler bounds it).
         .route("/v1/hunt", axum::routing::post(hunt::post))
-        .route("/v1/events/counts", get(counts))
-        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/events/counts", get_only(counts))
+        .route("/v1/openapi.json", get_only(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// A GET (and HEAD) endpoint that refuses request bodies. As a route
+/// layer it runs only once path and method matched: any other method is
+/// routing's 405, whatever it carries.
+fn get_only<H, T>(handler: H) -> MethodRouter<Arc<AppState>>
+where
+    H: Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    get(handler).route_layer(middleware::from_fn(refuse_body))
+}
+
+async fn refuse_body(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request bodies are not accepted: every endpoint but POST /v1/hunt is a GET with query parameters"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 #[derive(Debug)]
@@ -160,7 +189,8 @@ async fn method_not_allowed(req: Request) -> Response {
 }
 
 /// Checks that apply to every request before it is routed, in order:
-/// connection limit, peer, request size, body. Then counts and logs.
+/// connection limit, peer, request size (bodies: `get_only`). Then counts
+/// and logs.
 async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let caller = req.extensions().get::<Caller>().copied();
     let method = req.method().clone();
@@ -239,28 +269,6 @@ fn precheck(caller: Option<&Caller>, req: &Request, uri_len: usize) -> Option<Re
                 format!(
                     "request headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
                 ),
-            )
-            .into_response(),
-        );
-    }
-    let h = req.headers();
-    let has_body = h.contains_key(header::TRANSFER_ENCODING)
-        || h.get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    // The hunt's rules travel in its body (its own handler bounds it).
-    let hunt = req.method() == axum::http::Method::POST && req.uri().path() == "/v1/hunt";
-    // Other methods (and GET on the POST-only hunt) are answered by
-    // routing: 405, whatever they carry.
-    let get = matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD
-    ) && req.uri().path() != "/v1/hunt";
-    if has_body && !hunt && get {
-        return Some(
-            ApiError(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request bodies are not accepted: every endpoint but POST /v1/hunt is a GET with query parameters"
-                    .into(),
             )
             .into_response(),
         );

@@ -39,7 +39,8 @@ use tokio::sync::{mpsc, watch};
 use traceed_wire::{Event, ExportStatus};
 
 use crate::service::config::ClickHouseConfig;
-use crate::store::sqlite::{Db, Stmt};
+use crate::store::schema::NS_BASE;
+use crate::store::sqlite::{Db, Stmt, STRING_BY_ID};
 use crate::store::Store;
 
 /// The `export_cursor.sink` of this sink.
@@ -360,7 +361,6 @@ async fn save_cursor(
 const BATCH_SQL: &CStr = c"SELECT id, ts, kind, pid, tid, ppid, uid, gid, comm, ns_pid, exe, \
     cgroup_id, container_id, mnt_ns, pid_ns, retval, args, fidelity, args_keys \
     FROM events WHERE id > ?1 ORDER BY id LIMIT ?2";
-const STRING_SQL: &CStr = c"SELECT s FROM strings WHERE id = ?1";
 const C_ID: c_int = 0;
 const C_TS: c_int = 1;
 const C_KIND: c_int = 2;
@@ -380,8 +380,6 @@ const C_RETVAL: c_int = 15;
 const C_ARGS: c_int = 16;
 const C_FIDELITY: c_int = 17;
 const C_ARGS_KEYS: c_int = 18;
-/// Namespace inodes are stored relative to this (migration 0002).
-const NS_BASE: i64 = 0xF000_0000;
 /// Past this many cached strings the cache starts over: a bound for a
 /// store with endless distinct names (the writer's own map holds them all
 /// anyway; this only caps the sink's copy).
@@ -617,7 +615,7 @@ impl Reader {
         .map_err(|e| e.to_string())?;
         let db = Db::open(path, &pragmas).map_err(|e| e.to_string())?;
         let batch = Stmt::prepare(&db, BATCH_SQL, true).map_err(|e| e.to_string())?;
-        let strings = Stmt::prepare(&db, STRING_SQL, true).map_err(|e| e.to_string())?;
+        let strings = Stmt::prepare(&db, STRING_BY_ID, true).map_err(|e| e.to_string())?;
         let mut prefix = b"{\"host\":".to_vec();
         push_json_str(&mut prefix, host);
         prefix.extend_from_slice(b",\"store_id\":");

@@ -12,15 +12,13 @@ use std::path::{Path, PathBuf};
 use libsqlite3_sys as ffi;
 use traceed_wire::Event;
 
-use super::sqlite::{Db, SqliteError, Stmt};
+use super::schema::NS_BASE;
+use super::sqlite::{Db, SqliteError, Stmt, STRING_BY_ID};
 use super::StoreError;
 
 const ROWS_SQL: &CStr = c"SELECT id, ts, kind, pid, tid, ppid, uid, gid, comm, ns_pid, exe, \
     cgroup_id, container_id, mnt_ns, pid_ns, retval, args, fidelity, args_keys, proc \
     FROM events WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3";
-const STRING_SQL: &CStr = c"SELECT s FROM strings WHERE id = ?1";
-/// Namespace inodes are stored relative to this (migration 0002).
-const NS_BASE: i64 = 0xF000_0000;
 /// Past this many cached strings the cache starts over (a bound for a
 /// store with endless distinct names).
 const CACHE_CAP: usize = 1 << 16;
@@ -55,7 +53,7 @@ impl Scanner {
         .map_err(err)?;
         Ok(Self {
             rows: Stmt::prepare(&db, ROWS_SQL, true).map_err(err)?,
-            strings: Stmt::prepare(&db, STRING_SQL, true).map_err(err)?,
+            strings: Stmt::prepare(&db, STRING_BY_ID, true).map_err(err)?,
             cache: Default::default(),
             path: path.into(),
             _db: db,

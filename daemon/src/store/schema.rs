@@ -18,6 +18,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Smaller blocks scan less per hit and index more rows per event.
 pub(crate) const BLOCK_SHIFT: u32 = 10;
 
+/// Namespace inode numbers are stored relative to this (migration 2): the
+/// writer subtracts it, every reader adds it back.
+pub(super) const NS_BASE: i64 = 0xF000_0000;
+
 /// The columns of the block index (migration 0004): `event_blocks.col`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum BlockCol {

@@ -14,6 +14,9 @@ use std::ptr::NonNull;
 
 use libsqlite3_sys as ffi;
 
+/// One interned string by id: the statement `Stmt::text_by_id` runs.
+pub(super) const STRING_BY_ID: &CStr = c"SELECT s FROM strings WHERE id = ?1";
+
 #[derive(Debug, thiserror::Error)]
 #[error("{msg} (sqlite code {code})")]
 pub(super) struct SqliteError {

@@ -25,8 +25,7 @@ use super::{bloom, BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
 use crate::service::metrics::Counters;
 use crate::store::export::Exporter;
 
-/// Namespace inode numbers are stored relative to this (see migration 2).
-const NS_BASE: i64 = 0xF000_0000;
+use super::schema::NS_BASE;
 
 /// While the store refuses writes (disk full), try again at most this often
 /// and count the batches in between as lost.
