@@ -422,6 +422,13 @@ fn export_text(x: &traceed_wire::ExportStatus, out: &mut impl Write) -> std::io:
             x.errors
         )?;
     }
+    if !x.missing_columns.is_empty() {
+        writeln!(
+            out,
+            "  warning: the table has no column {}: rows are shipped without it (the journal has the ALTER TABLE to run)",
+            x.missing_columns.join(", ")
+        )?;
+    }
     Ok(())
 }
 
@@ -461,6 +468,7 @@ mod tests {
             last_error: None,
             last_error_ts: None,
             last_success_ts: None,
+            missing_columns: Vec::new(),
         };
         let text = |x: &traceed_wire::ExportStatus| {
             let mut v = Vec::new();

@@ -741,6 +741,67 @@ fn unreachable_server_or_missing_table_is_a_warning_with_retries() {
     assert!(status(&down).events_total > 0);
 }
 
+/// A table made by an older `clickhouse-schema` (no `proc` column): rows
+/// are shipped without it instead of every batch being refused, status
+/// names the column, and the journal gives the ALTER TABLE that adds it.
+#[test]
+fn a_table_from_an_older_schema_ships_and_names_the_missing_column() {
+    let Some(chbin) =
+        require_clickhouse("a_table_from_an_older_schema_ships_and_names_the_missing_column")
+    else {
+        return;
+    };
+    let (h, t) = (free_port(), free_port());
+    let ch = ClickHouse::start(&chbin, "old", h, t, &[t]);
+    ch.apply_schema(&[]);
+    ch.query("ALTER TABLE traceed.events DROP COLUMN proc");
+    let prog = Program::new("cho");
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(daemon_config(
+            &format!("http://127.0.0.1:{h}"),
+            "old",
+            &prog.name,
+        )),
+        ..Default::default()
+    });
+    prog.run(&[]);
+    let upto = wait_caught_up(&d, "old", Duration::from_secs(60));
+    let x = export(&d);
+    assert_eq!(x.missing_columns, ["proc"], "{x:?}");
+    assert!(x.last_error.is_none(), "{x:?}");
+    let n: usize = ch
+        .query(&format!(
+            "SELECT count() FROM traceed.events FINAL WHERE host = 'old' AND id <= {upto}"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, all_events(&d).iter().filter(|e| e.id <= upto).count());
+    let text = String::from_utf8(d.ctl_ok(&["status"])).unwrap();
+    assert!(
+        text.contains("warning: the table has no column proc"),
+        "{text}"
+    );
+    // The advice in the journal works as written.
+    let log = d.log_text();
+    let alter = log
+        .split("restart traceed: ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("no ALTER TABLE in the log: {log}"));
+    assert_eq!(
+        alter,
+        "ALTER TABLE traceed.events ADD COLUMN proc Nullable(String) AFTER ppid"
+    );
+    ch.query(alter);
+    let cols = ch.query(
+        "SELECT name FROM system.columns WHERE database = 'traceed' AND table = 'events' \
+         FORMAT TabSeparated",
+    );
+    let cols: Vec<&str> = cols.lines().collect();
+    assert_eq!(cols.iter().position(|c| *c == "proc"), Some(9), "{cols:?}");
+}
+
 /// ClickHouse down and a short max_age: retention deletes what was never
 /// shipped (the store stays bounded), records exactly that many events in
 /// `lost` rows with source export (plus the metric and a warning), and the
@@ -1277,6 +1338,7 @@ fn shipped_rows_are_the_local_events_field_by_field() {
         "pid",
         "tid",
         "ppid",
+        "proc",
         "uid",
         "gid",
         "comm",
@@ -1325,6 +1387,7 @@ fn shipped_rows_are_the_local_events_field_by_field() {
         assert_eq!(int("retval"), e.retval.map(i128::from), "{ctx}");
         assert_eq!(s("comm"), e.comm.as_deref(), "{ctx}");
         assert_eq!(s("exe"), e.exe.as_deref(), "{ctx}");
+        assert_eq!(s("proc"), e.proc.as_deref(), "{ctx}");
         assert_eq!(s("container_id"), e.container_id.as_deref(), "{ctx}");
         assert_eq!(s("fidelity"), Some(e.fidelity.as_str()), "{ctx}");
         // args: the text itself, as serde_json writes the event's args.

@@ -497,6 +497,11 @@ pub struct ExportStatus {
     /// When ClickHouse last acknowledged a batch.
     #[serde(default, with = "opt_ts_rfc3339")]
     pub last_success_ts: Option<i64>,
+    /// Columns traceed ships that the table lacks (a table made by an
+    /// older `clickhouse-schema`): rows are shipped without them until the
+    /// table has them (`ALTER TABLE … ADD COLUMN`, then a restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_columns: Vec<String>,
 }
 
 /// Format wall-clock nanoseconds as RFC 3339 UTC with nanoseconds.

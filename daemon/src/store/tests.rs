@@ -118,12 +118,14 @@ async fn events_view_agrees_with_the_api() {
     let mut exec = ev(now, "exec", 42, "sh");
     exec.mnt_ns = Some(4026531841);
     exec.args = serde_json::json!({"filename": "/bin/sh", "argv": ["sh", "-c", "a \"b\""], "truncated": false});
+    // The top bit set: stored as a negative integer, shown as the API's hex.
+    exec.proc = Some(traceed_wire::proc_key_hex(0xfedc_ba98_7654_3210));
     let mut unkeyed = ev(now + 1, "open", 43, "cat");
     unkeyed.args = serde_json::json!([1, "x"]);
     let lost = Event::lost(Some(7), "kernel", now - 5, now, "core");
     write_all(&store, vec![exec, unkeyed, lost]).await;
     let api = all(&store).await;
-    // id, kind, comm, container_id, mnt_ns, args, fidelity
+    // id, kind, comm, container_id, mnt_ns, args, fidelity, proc
     type ViewRow = (
         i64,
         String,
@@ -132,24 +134,31 @@ async fn events_view_agrees_with_the_api() {
         Option<i64>,
         String,
         String,
+        Option<String>,
     );
     let view: Vec<ViewRow> = sqlx::query_as(
-        "SELECT id, kind, comm, container_id, mnt_ns, args, fidelity FROM events_view ORDER BY id",
+        "SELECT id, kind, comm, container_id, mnt_ns, args, fidelity, proc FROM events_view ORDER BY id",
     )
     .fetch_all(store.pool())
     .await
     .unwrap();
     assert_eq!(view.len(), api.len());
+    assert_eq!(
+        view[0].7.as_deref(),
+        Some("fedcba9876543210"),
+        "the exec's key"
+    );
     for (v, e) in view.iter().zip(&api) {
         assert_eq!(
-            (v.0, &v.1, &v.2, &v.3, v.4, &v.6),
+            (v.0, &v.1, &v.2, &v.3, v.4, &v.6, &v.7),
             (
                 e.id,
                 &e.kind,
                 &e.comm,
                 &e.container_id,
                 e.mnt_ns.map(i64::from),
-                &e.fidelity
+                &e.fidelity,
+                &e.proc
             )
         );
         let args: serde_json::Value = serde_json::from_str(&v.5).unwrap();
