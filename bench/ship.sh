@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=1000000
 REPS=3
-BATCH=10000
+BATCH=50000
 IDLE_S=5
 PERF_OUT=
 WORK=${TMPDIR:-/tmp}/traceed-ship-bench

@@ -387,10 +387,11 @@ fn export_text(x: &traceed_wire::ExportStatus, out: &mut impl Write) -> std::io:
         x.sink,
         x.target,
         x.host,
-        x.server_version
-            .as_ref()
-            .map(|v| format!(" (ClickHouse {v})"))
-            .unwrap_or_default()
+        match (&x.server_version, &x.format) {
+            (Some(v), Some(f)) => format!(" (ClickHouse {v}, {f})"),
+            (Some(v), None) => format!(" (ClickHouse {v})"),
+            _ => String::new(),
+        }
     )?;
     // Loss next to the cursor: a cursor that moved on does not say whether
     // everything before it arrived.
@@ -469,6 +470,7 @@ mod tests {
             last_error_ts: None,
             last_success_ts: None,
             missing_columns: Vec::new(),
+            format: Some("RowBinary".into()),
         };
         let text = |x: &traceed_wire::ExportStatus| {
             let mut v = Vec::new();

@@ -768,6 +768,7 @@ fn a_table_from_an_older_schema_ships_and_names_the_missing_column() {
     let upto = wait_caught_up(&d, "old", Duration::from_secs(60));
     let x = export(&d);
     assert_eq!(x.missing_columns, ["proc"], "{x:?}");
+    assert_eq!(x.format.as_deref(), Some("RowBinary"), "{x:?}");
     assert!(x.last_error.is_none(), "{x:?}");
     let n: usize = ch
         .query(&format!(
@@ -800,6 +801,43 @@ fn a_table_from_an_older_schema_ships_and_names_the_missing_column() {
     );
     let cols: Vec<&str> = cols.lines().collect();
     assert_eq!(cols.iter().position(|c| *c == "proc"), Some(9), "{cols:?}");
+
+    // A table with a type of the user's own (and no proc): RowBinary would
+    // misread it, so rows go as JSONEachRow, which ClickHouse converts.
+    ch.apply_schema(&["--table", "custom_events"]);
+    ch.query("ALTER TABLE traceed.custom_events DROP COLUMN proc");
+    ch.query("ALTER TABLE traceed.custom_events MODIFY COLUMN cgroup_id Nullable(Int64)");
+    let cfg = format!(
+        "{}table = \"custom_events\"\n",
+        daemon_config(&format!("http://127.0.0.1:{h}"), "custom", &prog.name)
+    );
+    let custom = Daemon::start_with(DaemonOpts {
+        config: Some(cfg),
+        ..Default::default()
+    });
+    prog.run(&[]);
+    let upto = wait_caught_up(&custom, "custom", Duration::from_secs(60));
+    let x = export(&custom);
+    assert_eq!(x.format.as_deref(), Some("JSONEachRow"), "{x:?}");
+    assert_eq!(x.missing_columns, ["proc"], "{x:?}");
+    let local: Vec<Event> = all_events(&custom)
+        .into_iter()
+        .filter(|e| e.id <= upto)
+        .collect();
+    let shipped = ch.ids(&format!(
+        "SELECT id FROM traceed.custom_events FINAL WHERE host = 'custom' AND id <= {upto} \
+         ORDER BY id FORMAT TabSeparated"
+    ));
+    assert_eq!(shipped, local.iter().map(|e| e.id).collect::<Vec<_>>());
+    let cgroups = ch
+        .query("SELECT count() FROM traceed.custom_events WHERE host = 'custom' AND cgroup_id > 0");
+    assert_eq!(
+        cgroups.trim().parse::<usize>().unwrap(),
+        local
+            .iter()
+            .filter(|e| e.cgroup_id.is_some_and(|c| c > 0))
+            .count()
+    );
 }
 
 /// ClickHouse down and a short max_age: retention deletes what was never
@@ -1290,6 +1328,28 @@ fn shipped_rows_are_the_local_events_field_by_field() {
         pids.push(child.id());
         child.wait().unwrap();
     }
+    // A run whose fork the scope does not see (its parent is not in scope)
+    // gets its key from /proc while it runs: one that waits to be seen.
+    let sleeper_dir = std::env::temp_dir().join(format!("traceed-ch-{name}-sleep"));
+    std::fs::create_dir_all(&sleeper_dir).unwrap();
+    let sleeper = sleeper_dir.join(&name);
+    std::fs::copy("/bin/sleep", &sleeper).unwrap();
+    let mut child = spawn_fresh(Command::new(&sleeper).arg("60"));
+    let sleeper_pid = child.id();
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            all_events(&d)
+                .iter()
+                .any(|e| e.kind == "exec" && e.pid == Some(sleeper_pid) && e.proc.is_some())
+                .then_some(())
+        },
+        || format!("no keyed exec of the sleeper: {}", d.log_text()),
+    );
+    let _ = child.kill();
+    child.wait().unwrap();
+    pids.push(sleeper_pid);
     poll(
         Duration::from_secs(20),
         Duration::from_millis(100),
@@ -1302,6 +1362,7 @@ fn shipped_rows_are_the_local_events_field_by_field() {
         || format!("the runs were not all stored: {}", d.log_text()),
     );
     let upto = wait_caught_up(&d, "rows", Duration::from_secs(60));
+    assert_eq!(export(&d).format.as_deref(), Some("RowBinary"));
     let store_id = export(&d).store_id.expect("store_id");
     let local: Vec<Event> = all_events(&d)
         .into_iter()
@@ -1309,7 +1370,11 @@ fn shipped_rows_are_the_local_events_field_by_field() {
         .collect();
     let execs: Vec<&Event> = local
         .iter()
-        .filter(|e| e.kind == "exec" && e.comm.as_deref() == Some(name.as_str()))
+        .filter(|e| {
+            e.kind == "exec"
+                && e.comm.as_deref() == Some(name.as_str())
+                && e.pid != Some(sleeper_pid)
+        })
         .collect();
     assert!(
         execs.len() >= 3
@@ -1403,5 +1468,23 @@ fn shipped_rows_are_the_local_events_field_by_field() {
         .filter_map(|e| e.args["argv"].get(1)?.as_str().map(String::from))
         .collect();
     assert!(argv.iter().any(|a| a.contains("\\xfe")), "{argv:?}");
+    // The README's query: one process's events by the key tracectl shows.
+    let key = local
+        .iter()
+        .find(|e| e.kind == "exec" && e.pid == Some(sleeper_pid))
+        .and_then(|e| e.proc.as_deref())
+        .expect("the sleeper's exec has a process key");
+    let by_key = ch.ids(&format!(
+        "SELECT id FROM traceed.events FINAL WHERE host = '{host}' AND proc = '{key}' \
+         AND id <= {upto} ORDER BY id FORMAT TabSeparated"
+    ));
+    let want: Vec<i64> = local
+        .iter()
+        .filter(|e| e.proc.as_deref() == Some(key))
+        .map(|e| e.id)
+        .collect();
+    assert!(want.len() >= 2, "exec and exit at least: {want:?}");
+    assert_eq!(by_key, want);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&sleeper_dir);
 }

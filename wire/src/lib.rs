@@ -502,6 +502,11 @@ pub struct ExportStatus {
     /// table has them (`ALTER TABLE … ADD COLUMN`, then a restart).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_columns: Vec<String>,
+    /// The insert format: `RowBinary` when the table's columns have the
+    /// types `clickhouse-schema` gives them, else `JSONEachRow`; null until
+    /// the table's columns were read.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// Format wall-clock nanoseconds as RFC 3339 UTC with nanoseconds.

@@ -1,10 +1,11 @@
 //! `[export.clickhouse]`: ship the history into ClickHouse over its HTTP
 //! interface, in id order and exactly once.
 //!
-//! The sink reads the local store after its cursor (`Store::query` with
-//! `after_id`, ascending), sends one `INSERT ... FORMAT JSONEachRow` per
-//! batch and records the new cursor in SQLite (`export_cursor`, migration
-//! 0005) only after ClickHouse answered 200. A crash between the answer and
+//! The sink reads the local store after its cursor (its own connection,
+//! `rows.rs`), sends one `INSERT` per batch (`RowBinary`, or `JSONEachRow`
+//! for a table whose column types are not the DDL's: `rows::Layout`) and
+//! records the new cursor in SQLite (`export_cursor`, migration 0005) only
+//! after ClickHouse answered 200. The DDL is `schema.rs`. A crash between the answer and
 //! the cursor write sends that batch again; every row carries the key
 //! (host, store_id, id) and the table is a `ReplacingMergeTree` ordered by
 //! it, so the repeat collapses (at once under `FINAL`, on disk at the next
@@ -22,7 +23,7 @@
 //! deleted while a batch holding them is in flight are lost only if that
 //! batch then fails; if ClickHouse acknowledges it, they arrived.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ use crate::store::Store;
 mod rows;
 mod schema;
 
-use rows::Reader;
+use rows::{Layout, Reader};
 pub use schema::{missing_columns_ddl, schema, SchemaOptions, COLUMNS};
 
 /// The `export_cursor.sink` of this sink.
@@ -70,8 +71,10 @@ pub struct ExportState {
     events_lost: AtomicU64,
     last_error: Mutex<Option<(i64, String)>>,
     last_success_ns: AtomicI64,
-    /// Shipped columns the table lacks, as found at start.
+    /// Shipped columns the table lacks, as last found.
     missing_columns: Mutex<Vec<String>>,
+    /// The insert format in use, once the table's columns were read.
+    format: Mutex<Option<&'static str>>,
 }
 
 impl ExportState {
@@ -91,6 +94,7 @@ impl ExportState {
             last_error: Mutex::new(None),
             last_success_ns: AtomicI64::new(0),
             missing_columns: Mutex::new(Vec::new()),
+            format: Mutex::new(None),
         }
     }
 
@@ -114,6 +118,7 @@ impl ExportState {
             last_error: last_error.map(|e| e.1),
             last_success_ts: (success != 0).then_some(success),
             missing_columns: lock(&self.missing_columns).clone(),
+            format: lock(&self.format).map(str::to_string),
         }
     }
 
@@ -502,9 +507,8 @@ pub struct Sink {
     state: Arc<ExportState>,
     guard: Arc<ExportGuard>,
     losses: Option<mpsc::UnboundedReceiver<Loss>>,
-    /// The table lacks some shipped columns: inserts ask ClickHouse to
-    /// drop the fields it has no column for instead of refusing the batch.
-    skip_unknown: AtomicBool,
+    /// How batches are encoded: what the table's columns allow.
+    layout: Mutex<Layout>,
 }
 
 impl Sink {
@@ -530,7 +534,9 @@ impl Sink {
             state,
             guard,
             losses: Some(losses),
-            skip_unknown: AtomicBool::new(false),
+            layout: Mutex::new(Layout::Binary {
+                columns: rows::ALL_COLUMNS,
+            }),
         })
     }
 
@@ -612,6 +618,9 @@ impl Sink {
                             backoff.as_secs()
                         );
                         st.fail(msg);
+                        // The table may be made or altered meanwhile:
+                        // look at its columns again before the retry.
+                        version_known = false;
                         retry_at = Some(now + backoff);
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
@@ -644,39 +653,52 @@ impl Sink {
         tracing::info!(version = %v, "clickhouse export: {} runs ClickHouse {v}", self.http.base);
         *lock(&self.state.server_version) = Some(v);
         // Not a reason to hold the history back: a user who may insert but
-        // not read system.columns ships as before.
+        // not read system.columns ships JSONEachRow, which names the fields.
         if let Err(Failure(e)) = self.check_columns().await {
             tracing::warn!(error = %e, "clickhouse export: cannot list the table's columns: {e}");
+            *lock(&self.layout) = Layout::Json {
+                skip_unknown: false,
+            };
+            *lock(&self.state.format) = Some(
+                Layout::Json {
+                    skip_unknown: false,
+                }
+                .format(),
+            );
         }
         Ok(())
     }
 
-    /// Compare the table's columns with what is shipped. A table made by
-    /// an older `clickhouse-schema` lacks newer columns; ClickHouse would
-    /// refuse every batch for an unknown field, so shipping would stop at
-    /// an upgrade. Instead rows go without those fields, and the journal
-    /// and status say which and how to add them. A table that does not
-    /// exist yet (no columns) is left to the insert, which names it.
+    /// Compare the table's columns with what is shipped, and choose the
+    /// layout (`Layout::for_table`). A table made by an older
+    /// `clickhouse-schema` lacks newer columns; inserting them would be
+    /// refused, so shipping would stop at an upgrade. Instead rows go
+    /// without those columns, and the journal and status say which and how
+    /// to add them. A table that does not exist yet (no columns) is left to
+    /// the insert, which names it.
     async fn check_columns(&self) -> Result<(), Failure> {
         let sql = format!(
-            "SELECT name FROM system.columns WHERE database = '{}' AND table = '{}' \
+            "SELECT name, type FROM system.columns WHERE database = '{}' AND table = '{}' \
              FORMAT TabSeparated",
             self.database, self.table
         );
-        let have = self
+        let text = self
             .http
             .post(&[("query", sql.as_str())], Bytes::new())
             .await?;
-        let have: Vec<&str> = have.lines().collect();
-        let missing: Vec<String> = if have.is_empty() {
-            Vec::new()
-        } else {
-            COLUMNS
-                .iter()
-                .filter(|(n, _)| !have.contains(n))
-                .map(|(n, _)| n.to_string())
-                .collect()
-        };
+        let have: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('\t')).collect();
+        let (layout, missing) = Layout::for_table(&have);
+        if layout != *lock(&self.layout) {
+            tracing::info!(
+                format = layout.format(),
+                "clickhouse export: batches go to {}.{} as {}",
+                self.database,
+                self.table,
+                layout.format()
+            );
+        }
+        *lock(&self.layout) = layout;
+        *lock(&self.state.format) = Some(layout.format());
         if !missing.is_empty() {
             let alter = missing_columns_ddl(&self.database, &self.table, &missing);
             tracing::warn!(
@@ -689,7 +711,6 @@ impl Sink {
                 missing.join(", ")
             );
         }
-        self.skip_unknown.store(!missing.is_empty(), Relaxed);
         *lock(&self.state.missing_columns) = missing;
         Ok(())
     }
@@ -705,6 +726,8 @@ impl Sink {
         cursor: i64,
     ) -> Result<(Option<i64>, usize), Failure> {
         let mut r = reader.take();
+        // The body and the INSERT that names its format agree.
+        let layout = *lock(&self.layout);
         let (mut r, batch) = {
             let _reads = self.guard.lock_reads().await;
             // Past what retention deleted unshipped (it moved the cursor).
@@ -719,7 +742,7 @@ impl Sink {
                         Err(e) => return (None, Err(e)),
                     },
                 };
-                let b = r.read(after, limit);
+                let b = r.read(after, limit, layout);
                 (b.is_ok().then_some(r), b)
             })
             .await
@@ -739,11 +762,16 @@ impl Sink {
         };
         let body = Bytes::from(std::mem::take(&mut r.body));
         let bytes = body.len() as u64;
-        let sent = self.send(body.clone()).await;
+        let sent = self.send(body.clone(), layout).await;
         // The body's buffer back for the next batch, when the client let
         // go of it (it has, once the answer is read).
         if let Ok(m) = body.try_into_mut() {
             r.body = Vec::from(m);
+            // A backlog grows the buffer to a full batch (~12 MB at
+            // 50,000 rows); once batches are small again it need not stay.
+            if r.body.capacity() > (1 << 20) && bytes < r.body.capacity() as u64 / 8 {
+                r.body = Vec::new();
+            }
         }
         *reader = Some(r);
         if let Err(f) = sent {
@@ -773,12 +801,9 @@ impl Sink {
         Ok((Some(st.cursor()), batch.rows))
     }
 
-    /// One INSERT of a JSONEachRow `body`.
-    async fn send(&self, body: Bytes) -> Result<(), Failure> {
-        let insert = format!(
-            "INSERT INTO {}.{} FORMAT JSONEachRow",
-            self.database, self.table
-        );
+    /// One INSERT of `body`, encoded as `layout`.
+    async fn send(&self, body: Bytes, layout: Layout) -> Result<(), Failure> {
+        let insert = layout.insert(&self.database, &self.table);
         // insert_distributed_sync: a Distributed table answers only once
         // every shard has the rows, so a 200 means stored, not queued.
         // wait_end_of_query: the status line is sent after the insert ended.
@@ -787,7 +812,7 @@ impl Sink {
             ("insert_distributed_sync", "1"),
             ("wait_end_of_query", "1"),
         ];
-        if self.skip_unknown.load(Relaxed) {
+        if let Layout::Json { skip_unknown: true } = layout {
             params.push(("input_format_skip_unknown_fields", "1"));
         }
         self.http.post(&params, body).await?;
@@ -824,8 +849,11 @@ impl Sink {
     /// Lag: events stored after the cursor and the age of the first.
     /// Counted up to LAG_COUNT_CAP rows; past it, by id (the writer assigns
     /// ids in order, with gaps where a batch failed, which a count avoids).
+    /// The cap is small: the count is a scan, and it runs on every turn of
+    /// the loop; at 100,000 it cost 8 % of a core in a daemon whose
+    /// ClickHouse was down, and a scan of the whole lag per batch shipped.
     async fn refresh_lag(&self, cursor: i64) {
-        const LAG_COUNT_CAP: i64 = 100_000;
+        const LAG_COUNT_CAP: i64 = 1_000;
         let cursor = cursor.max(self.state.cursor());
         let pool = self.store.pool();
         let counted: Result<i64, _> =
