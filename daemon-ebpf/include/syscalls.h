@@ -133,41 +133,52 @@ static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct
 		return save_args(ctx, kind, variant, nargs);           \
 	}
 
-#define SYS_EXIT(sys, handler)                                         \
+/*
+ * `fill(e, variant, args)` is a family's record builder, shared by every
+ * hook that sees the syscall: the record is the same whichever built it.
+ * It returns nonzero to drop the record (a failed-exec hook that saw a
+ * successful exec). The return value is in e->h.retval when it runs.
+ */
+#define SYS_EXIT(sys, fill)                                            \
 	SEC("tracepoint/syscalls/sys_exit_" #sys)                      \
 	int exit_##sys(struct sys_exit_ctx *ctx)                       \
 	{                                                              \
 		struct inflight in;                                    \
+		struct event *e;                                       \
 		if (bench_floor)                                       \
 			return 0;                                      \
 		if (take_args(&in))                                    \
 			return 0;                                      \
-		return handler(ctx, &in);                              \
+		e = exit_start(ctx, &in);                              \
+		if (!e || fill(e, in.variant, in.args))                \
+			return 0;                                      \
+		return event_emit(ctx, e);                             \
 	}
-
-#define SYSCALL_HOOKS(sys, nargs, kind, variant, handler) \
-	SYS_ENTER(sys, kind, variant, nargs)               \
-	SYS_EXIT(sys, handler)
 
 #ifdef CORE
 /*
- * The same syscall seen by a BPF trampoline instead (CO-RE object only:
- * it needs the kernel's BTF, and traceed attaches it only after the kernel
- * accepted it, else the tracepoint pair above): fexit on the syscall's own
- * function __x64_sys_<sys>, whose argument is the user's registers. One
- * program sees the arguments and the return value, so there is no
- * sys_enter half and no inflight round trip; and, unlike an enabled
- * syscalls tracepoint, it does not put every task on the syscall slow
- * path.
+ * The same syscall seen by BPF trampolines instead (CO-RE object only:
+ * they need the kernel's BTF, and traceed attaches them only after the
+ * kernel accepted them, else the tracepoint pair above), on the syscall's
+ * own function __x64_sys_<sys>, whose argument is the user's registers.
+ * Unlike an enabled syscalls tracepoint, a trampoline does not put every
+ * task on the syscall slow path: it costs only the functions it is on.
+ *
+ * SYS_FEXIT: one program sees the arguments and the return value at once,
+ * so there is no enter half and no inflight round trip. Its credentials
+ * are read at exit, which is what the entry saw for every syscall but the
+ * setuid family.
+ *
+ * SYS_FENTRY_FEXIT: for the setuid family, whose record carries the
+ * caller's credentials from before the change: an fentry program stashes
+ * them (with the arguments) as sys_enter does, and the fexit program
+ * takes them.
  *
  * The registers are read as the syscall used them: after ptrace and
  * seccomp had their say, as the sys_enter tracepoint reads them. x86-64
  * only, like the rest of the object (__TARGET_ARCH_x86); compat (ia32)
  * syscalls go through __ia32_sys_* and are not seen, as syscalls
  * tracepoints do not report them either.
- *
- * `fill(e, variant, args)` is the family's record builder, shared with the
- * tracepoint path: the record is the same whichever hook built it.
  */
 static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 {
@@ -191,13 +202,57 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 			return 0;                                             \
 		regs_args(regs, args);                                        \
 		e = sys_record_start(kind, bpf_get_current_uid_gid(), ret);   \
-		if (!e)                                                       \
+		if (!e || fill(e, variant, args))                             \
 			return 0;                                             \
-		fill(e, variant, args);                                       \
+		return event_emit(ctx, e);                                    \
+	}
+
+#define SYS_FENTRY_FEXIT(sys, ek, var, fill)                                 \
+	SEC("fentry/__x64_sys_" #sys)                                         \
+	int BPF_PROG(fentry_##sys, const struct pt_regs *regs)                \
+	{                                                                     \
+		struct inflight in = {};                                      \
+		__u64 id = bpf_get_current_pid_tgid();                        \
+		if (bench_floor)                                              \
+			return 0;                                             \
+		if (out_of_scope())                                           \
+			return 0;                                             \
+		regs_args(regs, in.args);                                     \
+		in.kind = ek;                                                 \
+		in.variant = var;                                             \
+		in.uid_gid = bpf_get_current_uid_gid();                       \
+		bpf_map_update_elem(&inflight, &id, &in, BPF_ANY);            \
+		return 0;                                                     \
+	}                                                                     \
+	SEC("fexit/__x64_sys_" #sys)                                          \
+	int BPF_PROG(fexit_##sys, const struct pt_regs *regs, long ret)       \
+	{                                                                     \
+		struct inflight in;                                           \
+		struct event *e;                                              \
+		if (bench_floor)                                              \
+			return 0;                                             \
+		if (take_args(&in))                                           \
+			return 0;                                             \
+		e = sys_record_start(in.kind, in.uid_gid, ret);               \
+		if (!e || fill(e, in.variant, in.args))                       \
+			return 0;                                             \
 		return event_emit(ctx, e);                                    \
 	}
 #else
 #define SYS_FEXIT(sys, kind, variant, fill)
+#define SYS_FENTRY_FEXIT(sys, kind, variant, fill)
 #endif
+
+/* Every hook of a syscall: its tracepoint pair, and its fexit program. */
+#define SYSCALL_HOOKS(sys, nargs, kind, variant, fill) \
+	SYS_ENTER(sys, kind, variant, nargs)            \
+	SYS_EXIT(sys, fill)                             \
+	SYS_FEXIT(sys, kind, variant, fill)
+
+/* The same, with the credentials of the entry (the setuid family). */
+#define SYSCALL_HOOKS_ENTRY_CREDS(sys, nargs, kind, variant, fill) \
+	SYS_ENTER(sys, kind, variant, nargs)                        \
+	SYS_EXIT(sys, fill)                                         \
+	SYS_FENTRY_FEXIT(sys, kind, variant, fill)
 
 #endif

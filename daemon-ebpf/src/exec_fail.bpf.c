@@ -12,29 +12,26 @@
  */
 #include "syscalls.h"
 
-static __always_inline int on_exec_exit(struct sys_exit_ctx *ctx, struct inflight *in)
+static __always_inline int fill_exec_fail(struct event *e, __u32 variant, const __u64 *args)
 {
 	const char *filename;
 	const char *const *argv;
-	struct event *e;
 
-	if (sys_ret(ctx) >= 0)
-		return 0;
+	/* A successful exec is sched_process_exec's record. */
+	if (e->h.retval >= 0)
+		return 1;
 #ifdef TRACEED_FALLBACK
 	{
 		__u32 tid = (__u32)bpf_get_current_pid_tgid();
 		bpf_map_delete_elem(&argv_stash, &tid);
 	}
 #endif
-	e = exit_start(ctx, in);
-	if (!e)
-		return 0;
-	if (in->variant == V_AT) { /* execveat(dfd, path, argv, envp, flags) */
-		filename = (const char *)in->args[1];
-		argv = (const char *const *)in->args[2];
+	if (variant == V_AT) { /* execveat(dfd, path, argv, envp, flags) */
+		filename = (const char *)args[1];
+		argv = (const char *const *)args[2];
 	} else { /* execve(path, argv, envp) */
-		filename = (const char *)in->args[0];
-		argv = (const char *const *)in->args[1];
+		filename = (const char *)args[0];
+		argv = (const char *const *)args[1];
 	}
 	/* String order is slot order: filename, (no interpreter), cwd, argv. */
 	push_str(e, STR_EXEC_FILENAME, filename, STR_USER);
@@ -42,7 +39,7 @@ static __always_inline int on_exec_exit(struct sys_exit_ctx *ctx, struct infligh
 	push_cwd(e, cur_task());
 #endif
 	push_argv_ptrs(e, argv);
-	return event_emit(ctx, e);
+	return 0;
 }
-SYSCALL_HOOKS(execve, 3, EK_EXEC, V_PLAIN, on_exec_exit)
-SYSCALL_HOOKS(execveat, 5, EK_EXEC, V_AT, on_exec_exit)
+SYSCALL_HOOKS(execve, 3, EK_EXEC, V_PLAIN, fill_exec_fail)
+SYSCALL_HOOKS(execveat, 5, EK_EXEC, V_AT, fill_exec_fail)

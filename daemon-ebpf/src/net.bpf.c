@@ -15,34 +15,27 @@ static __always_inline void push_sockaddr(struct event *e, const void *addr, __u
 }
 
 /* connect(fd, addr, len) and bind(fd, addr, len) */
-static __always_inline int on_addr_call(struct sys_exit_ctx *ctx, struct inflight *in)
+static __always_inline int fill_addr_call(struct event *e, __u32 variant, const __u64 *args)
 {
-	struct event *e = exit_start(ctx, in);
-	if (!e)
-		return 0;
-	e->h.args[SLOT_SOCK_FD] = in->args[0];
-	push_sockaddr(e, (void *)in->args[1], in->args[2]);
-	return event_emit(ctx, e);
+	e->h.args[SLOT_SOCK_FD] = args[0];
+	push_sockaddr(e, (void *)args[1], args[2]);
+	return 0;
 }
-SYSCALL_HOOKS(connect, 3, EK_CONNECT, V_PLAIN, on_addr_call)
-SYSCALL_HOOKS(bind, 3, EK_BIND, V_PLAIN, on_addr_call)
+SYSCALL_HOOKS(connect, 3, EK_CONNECT, V_PLAIN, fill_addr_call)
+SYSCALL_HOOKS(bind, 3, EK_BIND, V_PLAIN, fill_addr_call)
 
 /* accept{,4}(fd, addr, *len[, flags]): the kernel has filled addr/len. */
-static __always_inline int on_accept(struct sys_exit_ctx *ctx, struct inflight *in)
+static __always_inline int fill_accept(struct event *e, __u32 variant, const __u64 *args)
 {
-	struct event *e;
 	int len = 0;
 
-	e = exit_start(ctx, in);
-	if (!e)
-		return 0;
-	e->h.args[SLOT_SOCK_FD] = in->args[0];
-	if (sys_ret(ctx) >= 0 && in->args[1] && in->args[2]) {
-		bpf_probe_read_user(&len, sizeof(len), (void *)in->args[2]);
+	e->h.args[SLOT_SOCK_FD] = args[0];
+	if (e->h.retval >= 0 && args[1] && args[2]) {
+		bpf_probe_read_user(&len, sizeof(len), (void *)args[2]);
 		if (len > 0)
-			push_sockaddr(e, (void *)in->args[1], len);
+			push_sockaddr(e, (void *)args[1], len);
 	}
-	return event_emit(ctx, e);
+	return 0;
 }
-SYSCALL_HOOKS(accept, 3, EK_ACCEPT, V_PLAIN, on_accept)
-SYSCALL_HOOKS(accept4, 4, EK_ACCEPT, V_PLAIN, on_accept)
+SYSCALL_HOOKS(accept, 3, EK_ACCEPT, V_PLAIN, fill_accept)
+SYSCALL_HOOKS(accept4, 4, EK_ACCEPT, V_PLAIN, fill_accept)

@@ -8,7 +8,10 @@
  * OPEN_PATH.openat2: the three programs, tracepoint or fexit, of the open
  * family), connects one TCP socket over loopback and exits with a chosen
  * status, so the checker can compare the stored exec/open/connect/exit rows
- * field by field.
+ * field by field. Before it exits it also unlinks OPEN_PATH.open, signals
+ * itself with 0, fails an exec and, last, drops to uid 65534 with
+ * setresuid: one syscall of each other hook family, each of which has its
+ * own programs (tracepoint pair, or fexit; setresuid fentry and fexit).
  *
  * Static (gcc -static) so the initramfs needs no extra libraries for it.
  *
@@ -22,6 +25,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -99,5 +105,17 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	close(cfd);
 	close(lfd);
+	{
+		char p2[4096];
+		char *nargv[] = { "matrix-no-such-program", NULL };
+		snprintf(p2, sizeof(p2), "%s.open", argv[1]);
+		printf("unlink_rc=%d\n", unlink(p2));
+		printf("kill_rc=%d\n", kill(getpid(), 0));
+		execve("/nonexistent/matrix-no-such-program", nargv, NULL);
+		printf("execfail_errno=%d\n", errno);
+		/* Last: the record's uid must be the caller's (0), not 65534. */
+		printf("setuid_rc=%d\n", setresuid(65534, 65534, 65534));
+	}
+	fflush(stdout);
 	return atoi(argv[2]);
 }

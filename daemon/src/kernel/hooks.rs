@@ -2,7 +2,7 @@
 //! tracepoint or kernel function, which hooks are optional (the kernel may
 //! lack their tracepoint), and attaching them.
 
-use aya::programs::{FExit, Program, RawTracePoint, TracePoint};
+use aya::programs::{FEntry, FExit, Program, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf};
 use traceed_wire::SkippedHook;
 
@@ -19,6 +19,8 @@ pub enum Attach {
     /// A BPF trampoline on the exit of a kernel function, named in the
     /// kernel's BTF.
     FExit(String),
+    /// One on its entry (only as the `entry` of an fexit hook).
+    FEntry(String),
 }
 
 impl Attach {
@@ -26,7 +28,7 @@ impl Attach {
         match self {
             Attach::Tracepoint(cat, name) => Some((cat, name)),
             Attach::RawTracepoint(cat, name) => Some((cat, name)),
-            Attach::FExit(_) => None,
+            Attach::FExit(_) | Attach::FEntry(_) => None,
         }
     }
 
@@ -36,6 +38,7 @@ impl Attach {
             Attach::Tracepoint(cat, name) => format!("tracepoint/{cat}/{name}"),
             Attach::RawTracepoint(_, name) => format!("raw_tracepoint/{name}"),
             Attach::FExit(func) => format!("fexit/{func}"),
+            Attach::FEntry(func) => format!("fentry/{func}"),
         }
     }
 }
@@ -52,6 +55,9 @@ pub struct Hook {
     /// Attached instead when this hook is refused: a syscall's tracepoint
     /// pair behind its fexit program.
     pub or_else: Vec<Hook>,
+    /// An fexit hook's fentry half, attached first and only together with
+    /// it (the setuid family's record needs the credentials of the entry).
+    pub entry: Option<Box<Hook>>,
 }
 
 impl Hook {
@@ -62,12 +68,14 @@ impl Hook {
             optional,
             after: None,
             or_else: Vec::new(),
+            entry: None,
         }
     }
 
-    /// This hook and every hook it may fall back to.
+    /// This hook (with its entry half) and every hook it may fall back to.
     pub fn with_alternatives(&self) -> Vec<&Hook> {
         let mut all = vec![self];
+        all.extend(self.entry.as_deref());
         for h in &self.or_else {
             all.extend(h.with_alternatives());
         }
@@ -88,24 +96,56 @@ pub enum HookError {
     Required { prog: String, reason: String },
 }
 
-/// The syscalls that have an fexit program (the CO-RE object's `fexit_*`),
-/// attached instead of their tracepoint pair where the kernel allows BPF
-/// trampolines: the open family first, the hottest (issue 17).
-pub const FEXIT_SYSCALLS: &[&str] = &["open", "openat", "openat2"];
+/// The syscalls whose record carries the caller's credentials from before
+/// the syscall: an fentry program stashes them for the fexit one.
+const ENTRY_CREDS: &[&str] = &["setuid", "setreuid", "setresuid"];
 
 /// The hook families `tracectl status` reports an attach method for:
-/// (family, its syscalls).
-pub const FAMILIES: &[(&str, &[&str])] = &[("open", FEXIT_SYSCALLS)];
+/// (family, its syscalls). Every syscall of `SYSCALLS`, once.
+pub const FAMILIES: &[(&str, &[&str])] = &[
+    ("exec (failed)", &["execve", "execveat"]),
+    ("open", &["open", "openat", "openat2"]),
+    (
+        "file",
+        &[
+            "unlink",
+            "unlinkat",
+            "rename",
+            "renameat",
+            "renameat2",
+            "chmod",
+            "fchmodat",
+            "fchmod",
+            "mount",
+            "memfd_create",
+        ],
+    ),
+    ("net", &["connect", "bind", "accept", "accept4"]),
+    (
+        "privilege",
+        &[
+            "setuid",
+            "setreuid",
+            "setresuid",
+            "ptrace",
+            "kill",
+            "tkill",
+            "tgkill",
+            "bpf",
+        ],
+    ),
+];
 
 /// The x86-64 function behind a syscall, which fexit attaches to.
 fn syscall_function(sys: &str) -> String {
     format!("__x64_sys_{sys}")
 }
 
-/// Syscalls recorded at sys_exit (with arguments stashed at sys_enter).
+/// Syscalls recorded at sys_exit (with arguments stashed at sys_enter), or
+/// by fexit (CO-RE object: every one of them has `fexit_<sys>`).
 /// Optional: a kernel without the syscall (openat2 before 5.6) or without
 /// syscall tracepoints skips it and says so in status.
-const SYSCALLS: &[&str] = &[
+pub const SYSCALLS: &[&str] = &[
     // Failed execs only (a successful one is sched_process_exec's record).
     "execve",
     "execveat",
@@ -155,7 +195,9 @@ fn tracepoint_pair(sys: &str) -> [Hook; 2] {
 }
 
 /// `fentry`: the object has fexit programs and the kernel's own BTF names
-/// the functions; the syscalls of `FEXIT_SYSCALLS` then try fexit first.
+/// the functions; every syscall then tries fexit first. All of them must:
+/// one enabled syscalls tracepoint is enough to put every task on the
+/// syscall slow path (BENCHMARKS.md, "fentry vs tracepoints").
 fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool) {
     if generic {
         for side in ["exit", "enter"] {
@@ -168,13 +210,24 @@ fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool) {
         }
     }
     for sys in SYSCALLS {
-        if fentry && FEXIT_SYSCALLS.contains(sys) {
+        if fentry {
+            let entry = ENTRY_CREDS.contains(sys).then(|| {
+                Box::new(Hook {
+                    prog: format!("fentry_{sys}"),
+                    attach: Attach::FEntry(syscall_function(sys)),
+                    optional: true,
+                    after: None,
+                    or_else: Vec::new(),
+                    entry: None,
+                })
+            });
             hooks.push(Hook {
                 prog: format!("fexit_{sys}"),
                 attach: Attach::FExit(syscall_function(sys)),
                 optional: true,
                 after: None,
                 or_else: tracepoint_pair(sys).into(),
+                entry,
             });
         } else {
             hooks.extend(tracepoint_pair(sys));
@@ -192,6 +245,7 @@ pub fn core_hooks(generic: bool, fentry: bool) -> Vec<Hook> {
             optional: false,
             after: None,
             or_else: Vec::new(),
+            entry: None,
         },
         Hook {
             prog: "raw_sched_process_fork".into(),
@@ -199,6 +253,7 @@ pub fn core_hooks(generic: bool, fentry: bool) -> Vec<Hook> {
             optional: false,
             after: None,
             or_else: Vec::new(),
+            entry: None,
         },
         Hook::tp(
             "tp_sched_process_exit",
@@ -393,16 +448,14 @@ impl Attacher<'_> {
             // The probe failed: the kernel answers the same for every
             // fexit program, so none is tried again.
             Some(_) if self.out.fentry_refused.is_some() && self.fexit_attached == 0 => None,
-            Some(btf) => {
-                let Some(prog) = ebpf.program_mut(&hook.prog) else {
-                    return Err(HookError::MissingPrograms(vec![hook.prog.clone()]));
-                };
-                Some(attach_fexit(prog, func, btf).map_err(|e| error_chain(&e)))
-            }
+            Some(btf) => Some(attach_trampolines(ebpf, hook, func, btf)?),
         };
         match tried {
             Some(Ok(())) => {
                 self.fexit_attached += 1;
+                self.out
+                    .programs
+                    .extend(hook.entry.iter().map(|e| e.prog.clone()));
                 self.out.programs.push(hook.prog.clone());
                 return Ok(());
             }
@@ -432,22 +485,62 @@ fn attach_one(prog: &mut Program, attach: &Attach) -> Result<(), aya::programs::
             p.load()?;
             p.attach(name)?;
         }
-        Attach::FExit(func) => unreachable!("fexit hook {func} goes through attach_fexit"),
+        Attach::FExit(func) | Attach::FEntry(func) => {
+            unreachable!("trampoline hook on {func} goes through attach_trampolines")
+        }
     }
     Ok(())
 }
 
-fn attach_fexit(
-    prog: &mut Program,
+/// An fexit hook: its entry half first (when it has one), then the fexit
+/// program; both or neither (a refused one is unloaded, so it keeps no
+/// kernel memory and no half runs alone). The kernel's refusal as text.
+fn attach_trampolines(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
     func: &str,
     btf: &Btf,
-) -> Result<(), aya::programs::ProgramError> {
-    let p: &mut FExit = prog.try_into()?;
-    p.load(func, btf)?;
-    if let Err(e) = p.attach() {
-        // Loaded but not attached: a refused program keeps no kernel memory.
-        let _ = p.unload();
-        return Err(e);
+) -> Result<Result<(), String>, HookError> {
+    let missing = |p: &str| HookError::MissingPrograms(vec![p.to_string()]);
+    if let Some(entry) = &hook.entry {
+        let prog = ebpf
+            .program_mut(&entry.prog)
+            .ok_or_else(|| missing(&entry.prog))?;
+        let attached = (|| {
+            let p: &mut FEntry = prog.try_into()?;
+            p.load(func, btf)?;
+            if let Err(e) = p.attach() {
+                let _ = p.unload();
+                return Err(e);
+            }
+            Ok(())
+        })();
+        if let Err(e) = attached {
+            return Ok(Err(format!("fentry: {}", error_chain(&e))));
+        }
     }
-    Ok(())
+    let prog = ebpf
+        .program_mut(&hook.prog)
+        .ok_or_else(|| missing(&hook.prog))?;
+    let attached = (|| {
+        let p: &mut FExit = prog.try_into()?;
+        p.load(func, btf)?;
+        if let Err(e) = p.attach() {
+            let _ = p.unload();
+            return Err(e);
+        }
+        Ok(())
+    })();
+    if let Err(e) = attached {
+        if let Some(entry) = &hook.entry {
+            if let Some(p) = ebpf.program_mut(&entry.prog) {
+                let p: Result<&mut FEntry, _> = p.try_into();
+                if let Ok(p) = p {
+                    let _ = p.unload();
+                }
+            }
+        }
+        return Ok(Err(error_chain(&e)));
+    }
+    Ok(Ok(()))
 }

@@ -252,10 +252,14 @@ fn attach_status(programs: &[String], fentry_refused: Option<String>) -> AttachS
             method: method.into(),
         });
     }
-    families.push(FamilyAttach {
-        family: "other syscalls".into(),
-        method: "tracepoint".into(),
-    });
+    // `[events] syscalls`: every syscall through raw_syscalls, which puts
+    // every task on the slow path whatever the families use.
+    if has("raw_sys_exit".into()) {
+        families.push(FamilyAttach {
+            family: "generic syscalls".into(),
+            method: "raw tracepoint".into(),
+        });
+    }
     AttachStatus {
         families,
         fentry_refused,
@@ -561,8 +565,12 @@ mod tests {
             None,
         );
         assert_eq!(method(&a, "open"), "fexit");
-        assert_eq!(method(&a, "other syscalls"), "tracepoint");
+        assert_eq!(method(&a, "net"), "none");
+        assert_eq!(method(&a, "generic syscalls"), "");
         assert!(a.fentry_refused.is_none());
+        let a = attach_status(&progs(&["exit_connect", "raw_sys_exit"]), None);
+        assert_eq!(method(&a, "net"), "tracepoint");
+        assert_eq!(method(&a, "generic syscalls"), "raw tracepoint");
         // openat2 fell back to its tracepoints alone.
         let a = attach_status(
             &progs(&["fexit_open", "fexit_openat", "exit_openat2"]),
@@ -578,32 +586,53 @@ mod tests {
         assert_eq!(method(&attach_status(&[], None), "open"), "none");
     }
 
-    /// With fentry, each open-family syscall is one fexit hook whose
-    /// fallback is exactly its tracepoint pair; without, the table is the
-    /// tracepoint one and names no fexit program (the kernel object has none).
+    /// With fentry, every syscall is one fexit hook (the setuid family's
+    /// with an fentry half) whose fallback is exactly its tracepoint pair;
+    /// without, the table is the tracepoint one and names no trampoline
+    /// program (the kernel object has none). Every syscall is in one
+    /// family of status.
     #[test]
     fn fexit_hooks_fall_back_to_their_tracepoint_pair() {
+        use super::super::hooks::SYSCALLS;
         let with = core_hooks(false, true);
         let without = core_hooks(false, false);
-        for sys in super::super::hooks::FEXIT_SYSCALLS {
+        let mut in_families: Vec<&str> =
+            FAMILIES.iter().flat_map(|f| f.1.iter().copied()).collect();
+        in_families.sort_unstable();
+        let mut all = SYSCALLS.to_vec();
+        all.sort_unstable();
+        assert_eq!(in_families, all);
+        for sys in SYSCALLS {
             let h = with
                 .iter()
                 .find(|h| h.prog == format!("fexit_{sys}"))
                 .unwrap_or_else(|| panic!("no fexit_{sys}"));
             assert_eq!(h.attach.section(), format!("fexit/__x64_sys_{sys}"));
             assert!(h.optional);
+            let entry = h
+                .entry
+                .as_ref()
+                .map(|e| (e.prog.clone(), e.attach.section()));
+            let creds = ["setuid", "setreuid", "setresuid"].contains(sys);
+            assert_eq!(
+                entry,
+                creds.then(|| (format!("fentry_{sys}"), format!("fentry/__x64_sys_{sys}")))
+            );
             let alts: Vec<&str> = h.or_else.iter().map(|a| a.prog.as_str()).collect();
             assert_eq!(alts, [format!("exit_{sys}"), format!("enter_{sys}")]);
             assert!(!with.iter().any(|h| h.prog == format!("exit_{sys}")));
             assert!(without.iter().any(|h| h.prog == format!("exit_{sys}")));
         }
-        assert!(!without.iter().any(|h| h.prog.starts_with("fexit_")));
+        assert!(!without
+            .iter()
+            .flat_map(Hook::with_alternatives)
+            .any(|h| h.prog.starts_with("fexit_") || h.prog.starts_with("fentry_")));
         // Everything else is the same table.
         let flat = |t: &[Hook]| {
             let mut v: Vec<String> = t
                 .iter()
                 .flat_map(Hook::with_alternatives)
-                .filter(|h| !h.prog.starts_with("fexit_"))
+                .filter(|h| !h.prog.starts_with("fexit_") && !h.prog.starts_with("fentry_"))
                 .map(|h| h.prog.clone())
                 .collect();
             v.sort();

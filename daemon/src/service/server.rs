@@ -334,7 +334,7 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// "open: fexit, other syscalls: tracepoint", plus why fexit is not used.
+/// "open: fexit, file: fexit, ...", plus why fexit is not used.
 fn attach_summary(a: &traceed_wire::AttachStatus) -> String {
     let mut s = a
         .families
