@@ -112,6 +112,8 @@ enum variant {
 	X(SLOT_EXEC_ARGV_BYTES, 1)    /* whole argv length, NULs included */         \
 	X(SLOT_EXEC_ARGV_KNOWN, 2)    /* ARGV_SIZE_KNOWN: the two above are exact */ \
 	X(SLOT_EXEC_CTIME, 3)         /* loaded file's inode ctime, ns; 0 unknown */ \
+	X(SLOT_EXEC_START, 4)         /* the process's start, boot clock ns; 0 unknown */ \
+	X(SLOT_FORK_START, 0)         /* the child's start, boot clock ns; 0 unknown */ \
 	X(SLOT_EXIT_CODE, 0)          /* exit status, 0-255 */                       \
 	X(SLOT_EXIT_SIGNAL, 1)        /* terminating signal, 0 = none */             \
 	X(SLOT_EXIT_STATUS_KNOWN, 2)  /* EXIT_STATUS_KNOWN, else both unknown */     \

@@ -212,6 +212,8 @@ struct task_struct {
 	pid_t pid;
 	pid_t tgid;
 	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	u64 start_boottime;
 	struct pid *thread_pid;
 	struct mm_struct *mm;
 	struct fs_struct *fs;

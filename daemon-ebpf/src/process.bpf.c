@@ -5,6 +5,14 @@
  */
 #include "task.h"
 
+/* When a task's process began, boot clock ns (what /proc/<pid>/stat's
+ * starttime counts in ticks): `real_start_time` before 5.5, not read. */
+#if defined(TRACEED_KERNEL) && LINUX_VERSION_CODE < KERNEL_VERSION(5, 5, 0)
+#define TASK_START(t) 0
+#else
+#define TASK_START(t) READ_KERN(t, start_boottime)
+#endif
+
 #ifdef CORE
 /* The working directory is built backwards from the end of this buffer,
  * one path component at a time, then copied into the record. */
@@ -140,6 +148,12 @@ int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 	}
 	/* When the loaded file last changed: a binary replaced in place shows. */
 	e->h.args[SLOT_EXEC_CTIME] = inode_ctime_ns(READ_KERN(bprm, file, f_inode));
+	/* The process's start (de_thread gave a non-leader exec'ing thread the
+	 * leader's): its instance key, when its fork was not seen. */
+	{
+		struct task_struct *leader = READ_KERN(task, group_leader);
+		e->h.args[SLOT_EXEC_START] = TASK_START(leader);
+	}
 	return event_emit(ctx, e);
 }
 
@@ -166,6 +180,8 @@ int raw_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
 	e->h.pid = child_tgid;
 	e->h.tid = child_pid;
 	fill_task(e, child);
+	/* The instance key's time: what /proc/<pid>/stat starttime is made of. */
+	e->h.args[SLOT_FORK_START] = TASK_START(child);
 	return event_emit(ctx, e);
 }
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 
-use traceed_tests::{http_get, poll, unique, Daemon, Program};
+use traceed_tests::{http_get, poll, unique, Daemon, DaemonOpts, Program};
 use traceed_wire::{Event, Tree};
 
 /// The last exit of the process and its descendants (all have exited).
@@ -36,7 +36,7 @@ fn wait_exit(d: &Daemon, pid: u32) -> Event {
 #[test]
 fn tree_and_descendants_of_a_scripted_incident() {
     let d = Daemon::start();
-    let dir = d.dir.join(unique("incident"));
+    let dir = d.dir.join(unique("inc"));
     std::fs::create_dir_all(&dir).unwrap();
     let child = dir.join("child.sh");
     std::fs::write(
@@ -266,4 +266,57 @@ fn a_reused_pid_inside_a_pid_namespace_is_two_processes() {
             Some(Some("sh"))
         );
     }
+}
+
+/// A comm scope sees a program only from its exec (its fork is its
+/// parent's, out of scope), and a short one is gone before its exec is
+/// handled, so /proc cannot say when it started: the exec record carries
+/// the start (CO-RE rung), and every event of each run gets that run's key,
+/// with the parent's instance in its tree.
+#[test]
+fn a_process_seen_only_from_its_exec_is_keyed() {
+    let prog = Program::new("scoped");
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(format!("[scope.include]\ncomm = [\"{}\"]\n", prog.name)),
+        ..Default::default()
+    });
+    let pids: Vec<u32> = (0..5).map(|_| prog.run(&[])).collect();
+    // No barrier: its marker would be out of scope. A process's exit is
+    // stored after everything it did.
+    let exits: Vec<Event> = pids
+        .iter()
+        .map(|&p| {
+            d.wait_for(&["--pid", &p.to_string(), "--kind", "exit"], |e| {
+                e.pid == Some(p)
+            })
+        })
+        .collect();
+    let all = d.events(&["--comm", &prog.name]);
+    assert!(
+        !all.iter().any(|e| e.kind == "fork"),
+        "the forks are out of scope"
+    );
+    let mut keys = Vec::new();
+    for (pid, exit) in pids.iter().zip(&exits) {
+        let key = exit
+            .proc
+            .clone()
+            .unwrap_or_else(|| panic!("pid {pid}: no key: {all:#?}"));
+        let mine: Vec<&Event> = all.iter().filter(|e| e.pid == Some(*pid)).collect();
+        assert!(mine.iter().any(|e| e.kind == "exec"), "{mine:#?}");
+        assert!(
+            mine.iter().all(|e| e.proc.as_ref() == Some(&key)),
+            "{mine:#?}"
+        );
+        let t = tree(
+            &d,
+            &[&pid.to_string(), "--at", &traceed_wire::format_ts(exit.ts)],
+        );
+        assert_eq!(t.process.proc, key);
+        assert!(t.process.parent.is_some(), "{t:#?}");
+        keys.push(key);
+    }
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), pids.len(), "one key per run");
 }

@@ -235,6 +235,10 @@ pub struct PathAt {
 pub struct Decoded {
     pub event: Event,
     pub paths_at: Vec<PathAt>,
+    /// The process's start (boot clock ns) when the record carries it:
+    /// fork and exec on the CO-RE and kernel-object rungs. The process
+    /// table keys the instance by it (`proctable::derive_key`).
+    pub start_boot: Option<u64>,
 }
 
 /// One kind's payload, read from a record's slots.
@@ -541,9 +545,15 @@ pub fn to_event(
         proc: None,
         lineage: None,
     };
+    let start = match kind {
+        Kind::Exec => rec.arg(c::SLOT_EXEC_START),
+        Kind::Fork => rec.arg(c::SLOT_FORK_START),
+        _ => 0,
+    };
     Ok(Decoded {
         event,
         paths_at: at,
+        start_boot: (start != 0).then_some(start),
     })
 }
 

@@ -68,6 +68,7 @@ impl Pipeline {
         let decoder::Decoded {
             event: mut ev,
             paths_at,
+            start_boot,
         } = match decoded {
             Ok(d) => d,
             Err(e) => {
@@ -81,7 +82,7 @@ impl Pipeline {
                 return;
             }
         };
-        self.procs.enrich(&mut ev);
+        self.procs.enrich(&mut ev, start_boot);
         if !self.exe_scope.admits(&ev) {
             return;
         }

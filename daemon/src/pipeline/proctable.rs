@@ -6,15 +6,25 @@
 //! Process identity: a pid names a process only until it is reused, so every
 //! event also gets `proc`, a key for the process *instance*:
 //! `fnv1a64(boot_id, tgid, start)`, where `start` is the boot-clock time the
-//! instance began, in ns. For a process forked while traceed runs, `start`
-//! is the timestamp of its fork record (every rung fills `ts_ns` from
-//! CLOCK_BOOTTIME, so the derivation is the same on every rung); for one
-//! older than the daemon it is `/proc/<pid>/stat` starttime (clock ticks
-//! since boot) in ns. Two instances of one pid cannot share a start: the
-//! second is forked only after the first was reaped. The key is decided
-//! once per instance, when the instance is first seen, and every later event
-//! of that tgid takes it from here; records arrive in causal order (see
-//! `kernel::source`), so a new instance's events never precede its fork.
+//! instance began, in ns, first found in:
+//! - the record: the CO-RE and kernel-object rungs put the task's
+//!   `start_boottime` in fork and exec records, so a process whose fork was
+//!   out of scope (a comm scope sees it only from its exec) is keyed even
+//!   if it is gone before its exec is handled, and its fork and exec give
+//!   the same key;
+//! - the fork record's own timestamp (the fallback rung; every rung fills
+//!   `ts_ns` from CLOCK_BOOTTIME);
+//! - `/proc/<pid>/stat` starttime (clock ticks since boot) in ns, for a
+//!   process older than the daemon, or first met through another event
+//!   while it runs; its fork or exec record later keeps that key.
+//!
+//! Not ticks for all: a pid can be reused within one tick (`ns_last_pid`
+//! makes it so on purpose), and two instances must never share a key. Two
+//! instances of one pid cannot share a start in ns: the second is forked
+//! only after the first was reaped. The key is decided once per instance,
+//! when it is first seen, and every later event of that tgid takes it from
+//! here; records arrive in causal order (see `kernel::source`), so a new
+//! instance's events never precede its fork.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -176,10 +186,15 @@ impl ProcTable {
         t
     }
 
+    /// The key of `pid`'s instance that started at boot-clock `start` ns.
+    fn key_of(&self, pid: u32, start: u64) -> u64 {
+        derive_key(&self.boot_id, pid, start)
+    }
+
     fn instance_from_proc(&self, pid: u32, start_ticks: u64) -> Instance {
         let start = start_ticks * self.tick_ns;
         Instance {
-            key: derive_key(&self.boot_id, pid, start),
+            key: self.key_of(pid, start),
             start,
             parent: None,
             from_proc: true,
@@ -231,12 +246,40 @@ impl ProcTable {
                 }
             }
             _ => Instance {
-                key: derive_key(&self.boot_id, pid, t),
+                key: self.key_of(pid, t),
                 start: t,
                 parent,
                 from_proc: false,
                 announced: true,
             },
+        };
+        self.live.insert(pid, inst);
+        inst
+    }
+
+    /// An exec record that carries its process's start: the instance it
+    /// names, made now if its fork was not seen (out of scope, or lost) or
+    /// if the pid's live instance is an older one that was never reaped
+    /// here.
+    fn started(&mut self, pid: u32, ppid: Option<u32>, start: u64) -> Instance {
+        let key = self.key_of(pid, start);
+        let tick = self.tick_ns.max(1);
+        if let Some(i) = self.live.get(&pid) {
+            // This instance, or this one met through /proc first (whose
+            // start is `start` in whole ticks): its events have that key.
+            if i.key == key || (i.from_proc && i.start == start / tick * tick) {
+                return *i;
+            }
+        }
+        let parent = ppid
+            .and_then(|pp| self.instance_at(pp, start))
+            .map(|i| i.key);
+        let inst = Instance {
+            key,
+            start,
+            parent,
+            from_proc: false,
+            announced: true,
         };
         self.live.insert(pid, inst);
         inst
@@ -305,8 +348,9 @@ impl ProcTable {
     }
 
     /// Fill `e.exe`, `e.proc` (and `e.ppid` when the kernel could not) and
-    /// update the table from what the event says.
-    pub fn enrich(&mut self, e: &mut Event) {
+    /// update the table from what the event says; `start` is the process's
+    /// start when the record carried it (`decoder::Decoded::start_boot`).
+    pub fn enrich(&mut self, e: &mut Event, start: Option<u64>) {
         let Some(pid) = e.pid else { return };
         match e.ppid {
             Some(pp) => {
@@ -321,10 +365,10 @@ impl ProcTable {
             }
         }
         let t = (e.ts - self.boot_to_wall).max(0) as u64;
-        let inst = if e.kind == "fork" {
-            Some(self.forked(pid, e.ppid, t))
-        } else {
-            self.instance_at(pid, t)
+        let inst = match start {
+            _ if e.kind == "fork" => Some(self.forked(pid, e.ppid, start.unwrap_or(t))),
+            Some(start) => Some(self.started(pid, e.ppid, start)),
+            None => self.instance_at(pid, t),
         };
         if let Some(i) = inst {
             e.proc = Some(traceed_wire::proc_key_hex(i.key));
@@ -459,16 +503,16 @@ mod tests {
         let (mut t, parent) = table();
         let child = 4_200_000_002;
         let mut f1 = ev("fork", child, parent, 1_000_000_000);
-        t.enrich(&mut f1);
+        t.enrich(&mut f1, None);
         let mut o1 = ev("open", child, parent, 1_100_000_000);
-        t.enrich(&mut o1);
+        t.enrich(&mut o1, None);
         let mut x1 = ev("exit", child, parent, 1_200_000_000);
-        t.enrich(&mut x1);
+        t.enrich(&mut x1, None);
         // The same pid again, 1 µs later (ns_last_pid makes that possible).
         let mut f2 = ev("fork", child, parent, 1_200_001_000);
-        t.enrich(&mut f2);
+        t.enrich(&mut f2, None);
         let mut o2 = ev("open", child, parent, 1_300_000_000);
-        t.enrich(&mut o2);
+        t.enrich(&mut o2, None);
         assert!(f1.proc.is_some());
         assert_eq!(f1.proc, o1.proc);
         assert_eq!(o1.proc, x1.proc);
@@ -487,13 +531,13 @@ mod tests {
         t.live.insert(child, t.instance_from_proc(child, 100));
         let early = t.live[&child].key;
         let mut f = ev("fork", child, parent, 100 * TICK as i64 + 3_000);
-        t.enrich(&mut f);
+        t.enrich(&mut f, None);
         assert_eq!(f.proc, Some(traceed_wire::proc_key_hex(early)));
         // A fork much later is another instance.
         let mut x = ev("exit", child, parent, 200 * TICK as i64);
-        t.enrich(&mut x);
+        t.enrich(&mut x, None);
         let mut f2 = ev("fork", child, parent, 300 * TICK as i64);
-        t.enrich(&mut f2);
+        t.enrich(&mut f2, None);
         assert_ne!(f2.proc, f.proc);
     }
 
@@ -505,12 +549,56 @@ mod tests {
         t.ppid.insert(parent, grand);
         let child = 4_200_000_004;
         let mut f = ev("fork", child, parent, 1_000_000_000);
-        t.enrich(&mut f);
+        t.enrich(&mut f, None);
         let told: Vec<u32> = f.lineage.unwrap().announce.iter().map(|a| a.pid).collect();
         assert_eq!(told, [parent, grand]);
         let mut again = ev("fork", child + 1, parent, 1_100_000_000);
-        t.enrich(&mut again);
+        t.enrich(&mut again, None);
         assert!(again.lineage.unwrap().announce.is_empty());
+    }
+
+    /// The kernel's start for a process whose fork was not seen (exec is
+    /// its first record): the key its fork record would have given; later
+    /// events and execs keep it; a pid reused even within one tick is
+    /// another instance; one met through /proc first keeps that key.
+    #[test]
+    fn an_exec_with_its_start_is_keyed_like_proc_and_fork() {
+        let (mut t, parent) = table();
+        let child = 4_200_000_005;
+        let start = 250 * TICK + 1_234_567;
+        let mut x = ev("exec", child, parent, start as i64 + 5_000_000);
+        t.enrich(&mut x, Some(start));
+        assert_eq!(
+            x.proc,
+            Some(traceed_wire::proc_key_hex(derive_key(&BOOT, child, start)))
+        );
+        assert_eq!(
+            x.lineage.as_ref().unwrap().parent,
+            Some(t.live[&parent].key)
+        );
+        assert_eq!(x.lineage.unwrap().start, Some(start as i64));
+        let mut o = ev("open", child, parent, start as i64 + 6_000_000);
+        t.enrich(&mut o, None);
+        assert_eq!(o.proc, x.proc);
+        let mut again = ev("exec", child, parent, start as i64 + 7_000_000);
+        t.enrich(&mut again, Some(start));
+        assert_eq!(again.proc, x.proc);
+        // A fork record with the kernel's start, on a fresh table.
+        let (mut t2, _) = table();
+        let mut f = ev("fork", child, parent, start as i64 + 3_000);
+        t2.enrich(&mut f, Some(start));
+        assert_eq!(f.proc, x.proc);
+        // The pid reused in the same tick, its fork unseen: a new instance.
+        let mut x2 = ev("exec", child, parent, start as i64 + 8_000_000);
+        t.enrich(&mut x2, Some(start + 1_000));
+        assert_ne!(x2.proc, x.proc);
+        // Met through /proc first (tick 250): its exec keeps that key.
+        let (mut t3, _) = table();
+        t3.live.insert(child, t3.instance_from_proc(child, 250));
+        let early = t3.live[&child].key;
+        let mut x3 = ev("exec", child, parent, start as i64 + 5_000_000);
+        t3.enrich(&mut x3, Some(start));
+        assert_eq!(x3.proc, Some(traceed_wire::proc_key_hex(early)));
     }
 
     #[test]
@@ -524,7 +612,7 @@ mod tests {
         let mut t = ProcTable::seed_from_proc(0);
         let me = std::process::id();
         let mut e = ev("open", me, 1, i64::MAX / 2);
-        t.enrich(&mut e);
+        t.enrich(&mut e, None);
         let (_, ticks) = read_stat(me).unwrap();
         let want = derive_key(&read_boot_id(), me, ticks * clock_tick_ns());
         assert_eq!(e.proc, Some(traceed_wire::proc_key_hex(want)));
