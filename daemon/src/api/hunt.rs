@@ -34,8 +34,13 @@ pub const PARAMS: &[&str] = &["since", "until"];
 pub const MAX_BODY: usize = traceed_detect::MAX_RULE_BYTES;
 /// Events read per page.
 const CHUNK: u32 = 2000;
-/// Lines buffered between the scan and the socket.
-const LINES: usize = 64;
+/// Batches of lines buffered between the scan and the socket.
+const LINES: usize = 8;
+/// A batch goes out once it holds this much, at the end of each page, and
+/// with each progress line: matches are on the wire within a page's time
+/// (milliseconds), and a hunt with half a million matches sends a few
+/// thousand writes, not one per match.
+const BATCH_BYTES: usize = 64 * 1024;
 const PROGRESS: Duration = Duration::from_millis(500);
 /// Ancestries kept per hunt (then the cache starts over).
 const ANCESTRIES: usize = 4096;
@@ -231,12 +236,24 @@ async fn scan(
     let send = |v: serde_json::Value, p: Progress| async move {
         tx.send(Ok(line(&v))).await.map_err(|_| Stop::Gone(p))
     };
+    // Match lines, written straight from the event and a cached ancestry
+    // (no serde_json::Value per match), sent in batches.
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES * 2);
+    let flush = |batch: &mut Vec<u8>, p: Progress| {
+        let out = std::mem::replace(batch, Vec::with_capacity(BATCH_BYTES * 2));
+        async move {
+            if out.is_empty() {
+                return Ok(());
+            }
+            tx.send(Ok(out)).await.map_err(|_| Stop::Gone(p))
+        }
+    };
     send(json!({ "progress": p.json() }), p).await?;
     let mut procs = ProcessMap::default();
     let mut users: HashMap<u32, Option<String>> = HashMap::new();
     // A process that matches once tends to match again (a run of its
-    // events): its ancestry is looked up once.
-    let mut ancestries: HashMap<u64, Arc<Vec<traceed_wire::ProcEntry>>> = HashMap::new();
+    // events): its ancestry is looked up, and written as JSON, once.
+    let mut ancestries: HashMap<u64, Arc<[u8]>> = HashMap::new();
     let mut last_progress = Instant::now();
     let mut hits: Vec<&Rule> = Vec::new();
     // The rows are read on a blocking thread, a page or two ahead of the
@@ -298,13 +315,15 @@ async fn scan(
             if subject.is_candidate() {
                 engine.matches(&subject, &mut hits);
             }
-            for rule in &hits {
-                p.matches += 1;
+            if !hits.is_empty() {
                 let ancestry = match ev.proc.as_deref().and_then(traceed_wire::parse_proc_key) {
                     Some(k) => match ancestries.get(&k) {
                         Some(a) => a.clone(),
                         None => {
-                            let a = Arc::new(st.store.ancestors(k as i64).await?);
+                            let a: Arc<[u8]> =
+                                serde_json::to_vec(&st.store.ancestors(k as i64).await?)
+                                    .unwrap_or_else(|_| b"[]".to_vec())
+                                    .into();
                             if ancestries.len() >= ANCESTRIES {
                                 ancestries.clear();
                             }
@@ -312,21 +331,24 @@ async fn scan(
                             a
                         }
                     },
-                    None => Arc::default(),
+                    None => Arc::from(&b"[]"[..]),
                 };
-                let m = json!({ "match": {
-                    "rule": { "id": rule.id, "title": rule.title, "level": rule.level.name() },
-                    "event": ev,
-                    "ancestry": *ancestry,
-                }});
-                send(m, p).await?;
+                for rule in &hits {
+                    p.matches += 1;
+                    match_line(&mut batch, rule, ev, &ancestry);
+                }
+                if batch.len() >= BATCH_BYTES {
+                    flush(&mut batch, p).await?;
+                }
             }
             procs.observe(ev);
             if last_progress.elapsed() >= PROGRESS {
                 last_progress = Instant::now();
+                flush(&mut batch, p).await?;
                 send(json!({ "progress": p.json() }), p).await?;
             }
         }
+        flush(&mut batch, p).await?;
         tokio::task::yield_now().await;
     }
     p.total = p.total.max(p.scanned);
@@ -344,8 +366,88 @@ async fn scan(
     Ok(p)
 }
 
+/// Append one match line: `{"match":{"rule":{…},"event":{…},"ancestry":[…]}}`.
+fn match_line(out: &mut Vec<u8>, rule: &Rule, ev: &traceed_wire::Event, ancestry: &[u8]) {
+    #[derive(serde::Serialize)]
+    struct RuleRef<'a> {
+        id: &'a str,
+        title: &'a str,
+        level: &'a str,
+    }
+    let r = RuleRef {
+        id: &rule.id,
+        title: &rule.title,
+        level: rule.level.name(),
+    };
+    // Writing plain structs into a Vec cannot fail.
+    out.extend_from_slice(b"{\"match\":{\"rule\":");
+    let _ = serde_json::to_writer(&mut *out, &r);
+    out.extend_from_slice(b",\"event\":");
+    let _ = serde_json::to_writer(&mut *out, ev);
+    out.extend_from_slice(b",\"ancestry\":");
+    out.extend_from_slice(ancestry);
+    out.extend_from_slice(b"}}\n");
+}
+
 impl Progress {
     fn json(&self) -> serde_json::Value {
         json!({ "scanned": self.scanned, "total": self.total, "matches": self.matches })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A match line written by hand says what the `json!` of the same
+    /// parts says: the rule, the event (awkward strings too), the ancestry.
+    #[test]
+    fn a_match_line_is_the_json_of_its_parts() {
+        let yaml = "title: Shadow read\nid: 5b1f2b1e-0000-4000-8000-000000000001\nlevel: high\n\
+                    logsource:\n  product: linux\n  category: process_creation\n\
+                    detection:\n  sel:\n    Image|endswith: /cat\n  condition: sel\n";
+        let rule = load_rules(yaml).unwrap().remove(0);
+        let mut ev = traceed_wire::Event::new("exec", 1_764_017_445_123_456_789, "core");
+        ev.pid = Some(42);
+        ev.comm = Some("c\"a\\t\n\\xff".into());
+        ev.proc = Some(traceed_wire::proc_key_hex(7));
+        ev.args = json!({"argv": ["cat", "/etc/shadow"], "filename": "/bin/cat"});
+        let ancestry = vec![traceed_wire::ProcEntry {
+            proc: traceed_wire::proc_key_hex(1),
+            pid: 1,
+            ppid: None,
+            parent: None,
+            uid: Some(0),
+            comm: Some("init".into()),
+            exe: None,
+            cmdline: Some("/sbin/init splash".into()),
+            start: Some(5),
+            exit: None,
+            exit_code: None,
+            signal: None,
+            lifetime_s: None,
+        }];
+        let mut out = Vec::new();
+        match_line(
+            &mut out,
+            &rule,
+            &ev,
+            &serde_json::to_vec(&ancestry).unwrap(),
+        );
+        match_line(&mut out, &rule, &ev, b"[]");
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let want = |a: &[traceed_wire::ProcEntry]| {
+            json!({ "match": {
+                "rule": { "id": rule.id, "title": rule.title, "level": rule.level.name() },
+                "event": ev,
+                "ancestry": a,
+            }})
+        };
+        assert_eq!(lines, [want(&ancestry), want(&[])]);
+        assert!(text.ends_with('\n') && text.lines().count() == 2);
     }
 }
