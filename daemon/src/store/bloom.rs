@@ -26,7 +26,10 @@ const K: u64 = 4;
 
 /// The payload columns a block filter holds; the others (Port) keep rows.
 pub(crate) fn holds(col: BlockCol) -> bool {
-    matches!(col, BlockCol::Path | BlockCol::PathDir | BlockCol::Addr)
+    matches!(
+        col,
+        BlockCol::Path | BlockCol::PathDir | BlockCol::Addr | BlockCol::AddrNet
+    )
 }
 
 /// splitmix64's finaliser: the stored key is already a hash, but col must

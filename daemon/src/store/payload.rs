@@ -89,6 +89,35 @@ pub(crate) fn addr_key(ip: IpAddr) -> i64 {
     hash63(&traceed_wire::query::normalise(ip))
 }
 
+/// The prefix lengths an address's network is indexed at, in the bits of
+/// its normalised 16 bytes (an IPv4 /n is 96 + n): IPv4 /8, /16, /24 and
+/// IPv6 /32, /48, /64, the blocks people ask about. A CIDR query uses the
+/// longest of these within its own prefix; a shorter one scans.
+pub(crate) const NET_PREFIXES_V4: [u8; 3] = [104, 112, 120];
+pub(crate) const NET_PREFIXES_V6: [u8; 3] = [32, 48, 64];
+
+/// The key of the network of `addr` (normalised) at prefix length `bits`.
+pub(crate) fn net_key(addr: &[u8; 16], bits: u8) -> i64 {
+    let mut b = [0u8; 17];
+    for (i, (o, a)) in b.iter_mut().zip(addr).enumerate() {
+        let keep = (bits as usize).saturating_sub(i * 8).min(8);
+        *o = a & (0xffu16 << (8 - keep)) as u8;
+    }
+    b[16] = bits;
+    hash63(&b)
+}
+
+/// The indexed prefix lengths of an address (normalised): IPv4-mapped or
+/// IPv6.
+pub(crate) fn net_prefixes(addr: &[u8; 16]) -> &'static [u8; 3] {
+    let v4 = addr[..10].iter().all(|&b| b == 0) && addr[10] == 0xff && addr[11] == 0xff;
+    if v4 {
+        &NET_PREFIXES_V4
+    } else {
+        &NET_PREFIXES_V6
+    }
+}
+
 /// Every payload key of one event.
 pub(crate) fn keys(kind: &str, args: &Value, mut f: impl FnMut(BlockCol, i64)) {
     for p in paths(kind, args) {
@@ -99,6 +128,10 @@ pub(crate) fn keys(kind: &str, args: &Value, mut f: impl FnMut(BlockCol, i64)) {
     }
     if let Some(ip) = ip(kind, args) {
         f(BlockCol::Addr, addr_key(ip));
+        let a = traceed_wire::query::normalise(ip);
+        for &bits in net_prefixes(&a) {
+            f(BlockCol::AddrNet, net_key(&a, bits));
+        }
     }
     if let Some(p) = port(kind, args) {
         f(BlockCol::Port, i64::from(p));
@@ -116,16 +149,58 @@ const BACKFILL_SELECT: &str = "SELECT e.id, k.s AS kind, e.args, ak.s AS args_ke
      ('open', 'unlink', 'chmod', 'exec', 'mount', 'rename', 'connect', 'accept', 'bind')) \
      ORDER BY e.id LIMIT ?";
 
+/// The rows of NET_KINDS after an id.
+const BACKFILL_NET_SELECT: &str =
+    "SELECT e.id, k.s AS kind, e.args, ak.s AS args_keys FROM events e \
+     JOIN strings k ON k.id = e.kind LEFT JOIN strings ak ON ak.id = e.args_keys \
+     WHERE e.id > ? AND e.kind IN (SELECT id FROM strings WHERE s IN \
+     ('connect', 'accept', 'bind')) \
+     ORDER BY e.id LIMIT ?";
+
+/// One-time indexing passes over rows stored before their keys existed:
+/// (meta key, rows, which keys, what the journal says).
+type Pass = (
+    &'static str,
+    &'static str,
+    fn(BlockCol) -> bool,
+    &'static str,
+);
+const PASSES: [Pass; 2] = [
+    (
+        "payload_index",
+        BACKFILL_SELECT,
+        |_| true,
+        "indexing the paths and addresses of stored events (one-time)",
+    ),
+    // Networks came after addresses (CIDR queries): only their keys.
+    (
+        "net_index",
+        BACKFILL_NET_SELECT,
+        |c| c == BlockCol::AddrNet,
+        "indexing the networks of stored connections (one-time)",
+    ),
+];
+
 /// Index the payload keys of rows stored before they existed, once (the
 /// `payload_index` meta key records that it ran). Hashes are computed in
 /// Rust, so this cannot be a SQL migration. Runs at open, before the writer
 /// starts; each batch commits on its own, so an interrupted backfill
 /// resumes where it stopped (OR IGNORE).
 pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    let from: Option<i64> =
-        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'payload_index'")
-            .fetch_optional(pool)
-            .await?;
+    for pass in PASSES {
+        backfill_pass(pool, pass).await?;
+    }
+    Ok(())
+}
+
+async fn backfill_pass(
+    pool: &SqlitePool,
+    (meta, select, wanted, what): Pass,
+) -> Result<(), sqlx::Error> {
+    let from: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        .bind(meta)
+        .fetch_optional(pool)
+        .await?;
     let Some(mut after) = (match from {
         // Done.
         Some(v) if v < 0 => None,
@@ -136,7 +211,7 @@ pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     };
     let mut logged = false;
     loop {
-        let rows = sqlx::query(BACKFILL_SELECT)
+        let rows = sqlx::query(select)
             .bind(after)
             .bind(BACKFILL_BATCH)
             .fetch_all(pool)
@@ -153,7 +228,8 @@ pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             );
             let block = id >> BLOCK_SHIFT;
             keys(&kind, &args, |col, v| {
-                if bloom::holds(col) {
+                if !wanted(col) {
+                } else if bloom::holds(col) {
                     let bits = blooms.entry(block).or_insert_with(|| vec![0; bloom::BYTES]);
                     bloom::insert(bits, col, v);
                 } else {
@@ -163,7 +239,7 @@ pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             after = id;
         }
         if !rows.is_empty() && !logged {
-            tracing::info!("indexing the paths and addresses of stored events (one-time)");
+            tracing::info!("{what}");
             logged = true;
         }
         // A block split across two batches: OR into what the first wrote.
@@ -196,7 +272,8 @@ pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
                 .await?;
         }
         let done = (rows.len() as i64) < BACKFILL_BATCH;
-        sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES ('payload_index', ?)")
+        sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+            .bind(meta)
             .bind(if done { -1 } else { after })
             .execute(&mut *tx)
             .await?;

@@ -1009,11 +1009,26 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
         }
         None => {}
     }
-    if let Some(c) = q.addr.filter(Cidr::is_host) {
-        filters.push(Filter {
+    match q.addr {
+        Some(c) if c.is_host() => filters.push(Filter {
             col: BlockCol::Addr,
             values: vec![payload::hash63(&c.addr)],
-        });
+        }),
+        // A block: the longest indexed network within it (every address of
+        // the block is in that network); none for one wider than /8 or /32.
+        Some(c) => {
+            let within = payload::net_prefixes(&c.addr)
+                .iter()
+                .rev()
+                .find(|&&b| b <= c.bits);
+            if let Some(&bits) = within {
+                filters.push(Filter {
+                    col: BlockCol::AddrNet,
+                    values: vec![payload::net_key(&c.addr, bits)],
+                });
+            }
+        }
+        None => {}
     }
     if let Some(p) = q.port {
         filters.push(Filter {

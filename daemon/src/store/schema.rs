@@ -42,6 +42,9 @@ pub(crate) enum BlockCol {
     PathDir = 9,
     Addr = 10,
     Port = 11,
+    /// The address's network at the prefix lengths `payload::NET_PREFIXES`
+    /// (a CIDR query's key), hashed with the length.
+    AddrNet = 12,
 }
 
 impl BlockCol {
@@ -57,7 +60,7 @@ impl BlockCol {
             Self::Exe => "exe",
             Self::Container => "container_id",
             Self::Proc => "proc",
-            Self::Path | Self::PathDir | Self::Addr | Self::Port => return None,
+            Self::Path | Self::PathDir | Self::Addr | Self::Port | Self::AddrNet => return None,
         })
     }
 }

@@ -1060,6 +1060,16 @@ fn payload_queries() -> Vec<Query> {
         q(&|q| q.failed = true),
         q(&|q| (q.failed, q.path) = (true, path("/tmp/*"))),
         q(&|q| (q.pid, q.path) = (Some(3), path("/etc/*"))),
+        // 22..: networks (the indexed /24, /16, /8; /20 and /12 through
+        // the next shorter one; wider than /8: no index).
+        q(&|q| q.addr = addr("10.0.1.0/24")),
+        q(&|q| q.addr = addr("10.0.0.0/20")),
+        q(&|q| q.addr = addr("10.0.0.0/12")),
+        q(&|q| q.addr = addr("11.0.0.0/8")),
+        q(&|q| q.addr = addr("0.0.0.0/0")),
+        q(&|q| q.addr = addr("fd00::/48")),
+        q(&|q| q.addr = addr("fd00::/64")),
+        q(&|q| q.addr = addr("fd01::/32")),
     ]
 }
 
@@ -1104,8 +1114,10 @@ async fn payload_filters_agree_with_a_scan() {
         (&qs[8], "driver Addr"),
         (&qs[13], "driver Addr"),
         (&qs[14], "driver Port"),
-        (&qs[11], "driver Kind"),
+        (&qs[11], "driver AddrNet"),
         (&qs[16], "driver Kind"),
+        (&qs[22], "driver AddrNet"),
+        (&qs[27], "driver AddrNet"),
     ] {
         let plan = store
             .explain(&Query {
@@ -1142,7 +1154,7 @@ async fn payload_filters_agree_with_a_scan() {
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("DELETE FROM meta WHERE key = 'payload_index'")
+    sqlx::query("DELETE FROM meta WHERE key IN ('payload_index', 'net_index')")
         .execute(&pool)
         .await
         .unwrap();
@@ -1160,7 +1172,28 @@ async fn payload_filters_agree_with_a_scan() {
         rows > 0 && blooms == 5,
         "backfilled: {rows} port rows, {blooms} filters"
     );
-    check(all, store).await;
+    check(all.clone(), store.clone()).await;
+    // A store indexed before networks were: only their pass runs, and the
+    // CIDR queries answer as before.
+    drop(store);
+    let pool =
+        SqlitePool::connect_with(SqliteConnectOptions::new().filename(dir.join("events.db")))
+            .await
+            .unwrap();
+    sqlx::query("DELETE FROM block_blooms")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM meta WHERE key = 'net_index'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let store = Store::open(&dir).await.unwrap();
+    for f in &payload_queries()[22..] {
+        let want: Vec<i64> = all.iter().filter(|e| f.matches(e)).map(|e| e.id).collect();
+        assert_eq!(paged_ids(&store, f, false, 1000).await, want, "{f:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
