@@ -254,6 +254,8 @@ async fn scan(
     // A process that matches once tends to match again (a run of its
     // events): its ancestry is looked up, and written as JSON, once.
     let mut ancestries: HashMap<u64, Arc<[u8]>> = HashMap::new();
+    // Most matching processes are distinct, their ancestors are not.
+    let mut instances = crate::store::procs::ProcCache::default();
     let mut last_progress = Instant::now();
     let mut hits: Vec<&Rule> = Vec::new();
     // The rows are read on a blocking thread, a page or two ahead of the
@@ -320,10 +322,11 @@ async fn scan(
                     Some(k) => match ancestries.get(&k) {
                         Some(a) => a.clone(),
                         None => {
-                            let a: Arc<[u8]> =
-                                serde_json::to_vec(&st.store.ancestors(k as i64).await?)
-                                    .unwrap_or_else(|_| b"[]".to_vec())
-                                    .into();
+                            let a: Arc<[u8]> = serde_json::to_vec(
+                                &st.store.ancestors_with(k as i64, &mut instances).await?,
+                            )
+                            .unwrap_or_else(|_| b"[]".to_vec())
+                            .into();
                             if ancestries.len() >= ANCESTRIES {
                                 ancestries.clear();
                             }

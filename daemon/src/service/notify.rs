@@ -48,6 +48,17 @@ impl Notifier {
         }
     }
 
+    /// Still starting, with good reason: systemd's start timeout moves to
+    /// `more` from now, and STATUS= says why.
+    pub fn extend_start(&self, more: Duration, why: &str) {
+        let usec = u32::try_from(more.as_micros()).unwrap_or(u32::MAX);
+        self.send(&[
+            NotifyState::ExtendTimeoutUsec(usec),
+            NotifyState::Watchdog,
+            NotifyState::Status(why),
+        ]);
+    }
+
     pub fn stopping(&self) {
         self.send(&[NotifyState::Stopping]);
     }

@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -34,7 +34,12 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     notifier.status("opening the store");
-    let store = Store::open(&cfg.state_dir).await?;
+    // One batch of a one-time index backfill takes about a second; each
+    // buys a minute more of the unit's start timeout.
+    let store = Store::open_with_progress(&cfg.state_dir, &|what| {
+        notifier.extend_start(Duration::from_secs(60), what)
+    })
+    .await?;
     tracing::info!(db = %store.path().display(), "store open");
 
     let counters = Arc::new(Counters::default());

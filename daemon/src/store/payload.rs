@@ -186,9 +186,12 @@ const PASSES: [Pass; 2] = [
 /// Rust, so this cannot be a SQL migration. Runs at open, before the writer
 /// starts; each batch commits on its own, so an interrupted backfill
 /// resumes where it stopped (OR IGNORE).
-pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+pub(crate) async fn backfill(
+    pool: &SqlitePool,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), sqlx::Error> {
     for pass in PASSES {
-        backfill_pass(pool, pass).await?;
+        backfill_pass(pool, pass, progress).await?;
     }
     Ok(())
 }
@@ -196,6 +199,7 @@ pub(crate) async fn backfill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
 async fn backfill_pass(
     pool: &SqlitePool,
     (meta, select, wanted, what): Pass,
+    progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(), sqlx::Error> {
     let from: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
         .bind(meta)
@@ -241,6 +245,9 @@ async fn backfill_pass(
         if !rows.is_empty() && !logged {
             tracing::info!("{what}");
             logged = true;
+        }
+        if !rows.is_empty() {
+            progress(&format!("{what}: at event id {after}"));
         }
         // A block split across two batches: OR into what the first wrote.
         for (block, mut filter) in blooms {

@@ -94,10 +94,41 @@ async fn key_at(
 /// The ancestry of `process` (key `key`) up to pid 1, oldest first, as it
 /// was when it started: parent keys where recorded, else the parent pid's
 /// instance at the child's start.
+/// Instances read by key, kept from one `ancestors_with` to the next: a
+/// hunt asks for the ancestry of many processes that share ancestors (a
+/// build's children, a service's workers), so each ancestor is read once.
+/// Rows only change at exit (exit time, code), which an ancestry shown
+/// with a match may lag; the hunt's matches are history anyway.
+#[derive(Default)]
+pub struct ProcCache(std::collections::HashMap<i64, Option<ProcEntry>>);
+
+/// Entries a ProcCache holds before it starts over.
+const PROC_CACHE: usize = 1 << 16;
+
+async fn lookup(
+    c: &mut SqliteConnection,
+    cache: &mut Option<&mut ProcCache>,
+    key: i64,
+) -> Result<Option<ProcEntry>, StoreError> {
+    let Some(cache) = cache.as_deref_mut() else {
+        return by_key(c, key).await;
+    };
+    if let Some(e) = cache.0.get(&key) {
+        return Ok(e.clone());
+    }
+    let e = by_key(c, key).await?;
+    if cache.0.len() >= PROC_CACHE {
+        cache.0.clear();
+    }
+    cache.0.insert(key, e.clone());
+    Ok(e)
+}
+
 async fn ancestors_of(
     c: &mut SqliteConnection,
     process: &ProcEntry,
     key: i64,
+    mut cache: Option<&mut ProcCache>,
 ) -> Result<Vec<ProcEntry>, StoreError> {
     let mut ancestors = Vec::new();
     let mut cur = process.clone();
@@ -113,7 +144,7 @@ async fn ancestors_of(
         let Some(pk) = parent.filter(|k| !seen.contains(k)) else {
             break;
         };
-        let Some(p) = by_key(&mut *c, pk).await? else {
+        let Some(p) = lookup(&mut *c, &mut cache, pk).await? else {
             break;
         };
         seen.push(pk);
@@ -161,12 +192,26 @@ impl Store {
     /// The ancestry of instance `key` alone (oldest first, up to the
     /// parent), without the descendants `tree` also reads: what a hunt
     /// match carries. Empty when the key is not stored.
+    /// `ancestors`, reading instances through `cache`.
+    pub async fn ancestors_with(
+        &self,
+        key: i64,
+        cache: &mut ProcCache,
+    ) -> Result<Vec<ProcEntry>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let mut cache = Some(cache);
+        let Some(process) = lookup(&mut c, &mut cache, key).await? else {
+            return Ok(Vec::new());
+        };
+        ancestors_of(&mut c, &process, key, cache).await
+    }
+
     pub async fn ancestors(&self, key: i64) -> Result<Vec<ProcEntry>, StoreError> {
         let mut c = self.pool.acquire().await?;
         let Some(process) = by_key(&mut c, key).await? else {
             return Ok(Vec::new());
         };
-        ancestors_of(&mut c, &process, key).await
+        ancestors_of(&mut c, &process, key, None).await
     }
 
     /// The tree of instance `key`: ancestry by parent keys (where a parent
@@ -177,7 +222,7 @@ impl Store {
         let Some(process) = by_key(&mut tx, key).await? else {
             return Ok(None);
         };
-        let ancestors = ancestors_of(&mut tx, &process, key).await?;
+        let ancestors = ancestors_of(&mut tx, &process, key, None).await?;
         let (keys, mut truncated) = descendant_keys(&mut tx, key, TREE_DESCENDANTS).await?;
         let mut descendants = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {

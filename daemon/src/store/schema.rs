@@ -84,6 +84,16 @@ pub(crate) fn connect_options(path: &Path) -> SqliteConnectOptions {
 impl Store {
     /// Open (creating and migrating) `<state_dir>/events.db`.
     pub async fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_progress(state_dir, &|_| {}).await
+    }
+
+    /// `open`, telling `progress` what a long one-time step is doing (the
+    /// daemon extends systemd's start timeout with it: indexing a large
+    /// store written by an older version takes minutes).
+    pub async fn open_with_progress(
+        state_dir: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
             path: state_dir.into(),
             source,
@@ -121,7 +131,9 @@ impl Store {
                 .await
                 .map_err(open_err)?;
         }
-        super::payload::backfill(&pool).await.map_err(open_err)?;
+        super::payload::backfill(&pool, progress)
+            .await
+            .map_err(open_err)?;
         let marker: Option<i64> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'clean_stop'")
                 .fetch_optional(&pool)

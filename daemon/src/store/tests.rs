@@ -984,6 +984,18 @@ async fn procs_follow_keys_and_go_with_their_events() {
     };
     let (got, _) = store.query(&q).await.unwrap();
     assert_eq!(got.len(), 5, "{got:#?}");
+    // The hunt's cached ancestry is the plain one, asked twice.
+    let mut cache = super::procs::ProcCache::default();
+    let plain = store.ancestors(2).await.unwrap();
+    assert_eq!(plain.iter().map(|a| a.pid).collect::<Vec<_>>(), [100]);
+    for _ in 0..2 {
+        assert_eq!(store.ancestors_with(2, &mut cache).await.unwrap(), plain);
+    }
+    assert!(store
+        .ancestors_with(77, &mut cache)
+        .await
+        .unwrap()
+        .is_empty());
 
     let mut r = by_age(&store, Duration::from_secs(100 * 60)).await;
     r.pass().await.unwrap();
@@ -1189,7 +1201,16 @@ async fn payload_filters_agree_with_a_scan() {
         .await
         .unwrap();
     pool.close().await;
-    let store = Store::open(&dir).await.unwrap();
+    // The daemon extends systemd's start timeout with what open reports.
+    let said = std::sync::Mutex::new(Vec::<String>::new());
+    let store = Store::open_with_progress(&dir, &|m| said.lock().unwrap().push(m.into()))
+        .await
+        .unwrap();
+    let said = said.into_inner().unwrap();
+    assert!(
+        !said.is_empty() && said.iter().all(|m| m.starts_with("indexing the networks")),
+        "{said:?}"
+    );
     for f in &payload_queries()[22..] {
         let want: Vec<i64> = all.iter().filter(|e| f.matches(e)).map(|e| e.id).collect();
         assert_eq!(paged_ids(&store, f, false, 1000).await, want, "{f:?}");
