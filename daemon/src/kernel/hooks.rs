@@ -2,7 +2,7 @@
 //! tracepoint or kernel function, which hooks are optional (the kernel may
 //! lack their tracepoint), and attaching them.
 
-use aya::programs::{FEntry, FExit, Program, RawTracePoint, TracePoint};
+use aya::programs::{FEntry, FExit, Program, ProgramError, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf};
 use traceed_wire::SkippedHook;
 
@@ -492,52 +492,52 @@ fn attach_one(prog: &mut Program, attach: &Attach) -> Result<(), aya::programs::
     Ok(())
 }
 
+/// Load and attach one trampoline program (FEntry or FExit: the same
+/// calls on two types); a refused one is unloaded, so it keeps no kernel
+/// memory.
+macro_rules! load_attach {
+    ($prog:expr, $ty:ty, $func:expr, $btf:expr) => {{
+        let p: &mut $ty = $prog.try_into()?;
+        p.load($func, $btf)?;
+        if let Err(e) = p.attach() {
+            let _ = p.unload();
+            return Err(e);
+        }
+        Ok(())
+    }};
+}
+
+fn attach_fentry(prog: &mut Program, func: &str, btf: &Btf) -> Result<(), ProgramError> {
+    load_attach!(prog, FEntry, func, btf)
+}
+
+fn attach_fexit(prog: &mut Program, func: &str, btf: &Btf) -> Result<(), ProgramError> {
+    load_attach!(prog, FExit, func, btf)
+}
+
 /// An fexit hook: its entry half first (when it has one), then the fexit
-/// program; both or neither (a refused one is unloaded, so it keeps no
-/// kernel memory and no half runs alone). The kernel's refusal as text.
+/// program; both or neither (no half runs alone). The kernel's refusal as
+/// text.
 fn attach_trampolines(
     ebpf: &mut Ebpf,
     hook: &Hook,
     func: &str,
     btf: &Btf,
 ) -> Result<Result<(), String>, HookError> {
-    let missing = |p: &str| HookError::MissingPrograms(vec![p.to_string()]);
+    fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program, HookError> {
+        ebpf.program_mut(name)
+            .ok_or_else(|| HookError::MissingPrograms(vec![name.to_string()]))
+    }
     if let Some(entry) = &hook.entry {
-        let prog = ebpf
-            .program_mut(&entry.prog)
-            .ok_or_else(|| missing(&entry.prog))?;
-        let attached = (|| {
-            let p: &mut FEntry = prog.try_into()?;
-            p.load(func, btf)?;
-            if let Err(e) = p.attach() {
-                let _ = p.unload();
-                return Err(e);
-            }
-            Ok(())
-        })();
-        if let Err(e) = attached {
+        if let Err(e) = attach_fentry(prog(ebpf, &entry.prog)?, func, btf) {
             return Ok(Err(format!("fentry: {}", error_chain(&e))));
         }
     }
-    let prog = ebpf
-        .program_mut(&hook.prog)
-        .ok_or_else(|| missing(&hook.prog))?;
-    let attached = (|| {
-        let p: &mut FExit = prog.try_into()?;
-        p.load(func, btf)?;
-        if let Err(e) = p.attach() {
-            let _ = p.unload();
-            return Err(e);
-        }
-        Ok(())
-    })();
-    if let Err(e) = attached {
+    if let Err(e) = attach_fexit(prog(ebpf, &hook.prog)?, func, btf) {
         if let Some(entry) = &hook.entry {
-            if let Some(p) = ebpf.program_mut(&entry.prog) {
-                let p: Result<&mut FEntry, _> = p.try_into();
-                if let Ok(p) = p {
-                    let _ = p.unload();
-                }
+            let p: Result<&mut FEntry, _> = prog(ebpf, &entry.prog)?.try_into();
+            if let Ok(p) = p {
+                let _ = p.unload();
             }
         }
         return Ok(Err(error_chain(&e)));

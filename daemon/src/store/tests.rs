@@ -1005,6 +1005,18 @@ async fn procs_follow_keys_and_go_with_their_events() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Run `stmts` on the closed store in `dir` (to make it look older).
+async fn run_sql(dir: &std::path::Path, stmts: &[&'static str]) {
+    let pool =
+        SqlitePool::connect_with(SqliteConnectOptions::new().filename(dir.join("events.db")))
+            .await
+            .unwrap();
+    for q in stmts {
+        sqlx::query(*q).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+}
+
 /// Events of every payload shape, in runs like a real host's.
 fn payload_events(base: i64, n: i64) -> Vec<Event> {
     (0..n)
@@ -1154,23 +1166,15 @@ async fn payload_filters_agree_with_a_scan() {
     }
     // A store written before the payload keys existed is indexed at open.
     drop(store);
-    let pool =
-        SqlitePool::connect_with(SqliteConnectOptions::new().filename(dir.join("events.db")))
-            .await
-            .unwrap();
-    sqlx::query("DELETE FROM event_blocks WHERE col >= 8")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM block_blooms")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM meta WHERE key IN ('payload_index', 'net_index')")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    run_sql(
+        &dir,
+        &[
+            "DELETE FROM event_blocks WHERE col >= 8",
+            "DELETE FROM block_blooms",
+            "DELETE FROM meta WHERE key IN ('payload_index', 'net_index')",
+        ],
+    )
+    .await;
     let store = Store::open(&dir).await.unwrap();
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM event_blocks WHERE col >= 8")
         .fetch_one(store.pool())
@@ -1188,19 +1192,14 @@ async fn payload_filters_agree_with_a_scan() {
     // A store indexed before networks were: only their pass runs, and the
     // CIDR queries answer as before.
     drop(store);
-    let pool =
-        SqlitePool::connect_with(SqliteConnectOptions::new().filename(dir.join("events.db")))
-            .await
-            .unwrap();
-    sqlx::query("DELETE FROM block_blooms")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM meta WHERE key = 'net_index'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    run_sql(
+        &dir,
+        &[
+            "DELETE FROM block_blooms",
+            "DELETE FROM meta WHERE key = 'net_index'",
+        ],
+    )
+    .await;
     // The daemon extends systemd's start timeout with what open reports.
     let said = std::sync::Mutex::new(Vec::<String>::new());
     let store = Store::open_with_progress(&dir, &|m| said.lock().unwrap().push(m.into()))
