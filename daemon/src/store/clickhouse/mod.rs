@@ -73,8 +73,9 @@ pub struct ExportState {
     last_success_ns: AtomicI64,
     /// Shipped columns the table lacks, as last found.
     missing_columns: Mutex<Vec<String>>,
-    /// The insert format in use, once the table's columns were read.
-    format: Mutex<Option<&'static str>>,
+    /// How batches are encoded, once the table's columns were read (status
+    /// shows its format).
+    layout: Mutex<Option<Layout>>,
 }
 
 impl ExportState {
@@ -94,7 +95,7 @@ impl ExportState {
             last_error: Mutex::new(None),
             last_success_ns: AtomicI64::new(0),
             missing_columns: Mutex::new(Vec::new()),
-            format: Mutex::new(None),
+            layout: Mutex::new(None),
         }
     }
 
@@ -118,7 +119,7 @@ impl ExportState {
             last_error: last_error.map(|e| e.1),
             last_success_ts: (success != 0).then_some(success),
             missing_columns: lock(&self.missing_columns).clone(),
-            format: lock(&self.format).map(str::to_string),
+            format: lock(&self.layout).map(|l| l.format().to_string()),
         }
     }
 
@@ -507,8 +508,6 @@ pub struct Sink {
     state: Arc<ExportState>,
     guard: Arc<ExportGuard>,
     losses: Option<mpsc::UnboundedReceiver<Loss>>,
-    /// How batches are encoded: what the table's columns allow.
-    layout: Mutex<Layout>,
 }
 
 impl Sink {
@@ -534,9 +533,6 @@ impl Sink {
             state,
             guard,
             losses: Some(losses),
-            layout: Mutex::new(Layout::Binary {
-                columns: rows::ALL_COLUMNS,
-            }),
         })
     }
 
@@ -656,15 +652,9 @@ impl Sink {
         // not read system.columns ships JSONEachRow, which names the fields.
         if let Err(Failure(e)) = self.check_columns().await {
             tracing::warn!(error = %e, "clickhouse export: cannot list the table's columns: {e}");
-            *lock(&self.layout) = Layout::Json {
+            *lock(&self.state.layout) = Some(Layout::Json {
                 skip_unknown: false,
-            };
-            *lock(&self.state.format) = Some(
-                Layout::Json {
-                    skip_unknown: false,
-                }
-                .format(),
-            );
+            });
         }
         Ok(())
     }
@@ -688,7 +678,7 @@ impl Sink {
             .await?;
         let have: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('\t')).collect();
         let (layout, missing) = Layout::for_table(&have);
-        if layout != *lock(&self.layout) {
+        if Some(layout) != *lock(&self.state.layout) {
             tracing::info!(
                 format = layout.format(),
                 "clickhouse export: batches go to {}.{} as {}",
@@ -697,8 +687,7 @@ impl Sink {
                 layout.format()
             );
         }
-        *lock(&self.layout) = layout;
-        *lock(&self.state.format) = Some(layout.format());
+        *lock(&self.state.layout) = Some(layout);
         if !missing.is_empty() {
             let alter = missing_columns_ddl(&self.database, &self.table, &missing);
             tracing::warn!(
@@ -727,7 +716,10 @@ impl Sink {
     ) -> Result<(Option<i64>, usize), Failure> {
         let mut r = reader.take();
         // The body and the INSERT that names its format agree.
-        let layout = *lock(&self.layout);
+        // hello set it before the first batch.
+        let layout = lock(&self.state.layout).unwrap_or(Layout::Binary {
+            columns: rows::ALL_COLUMNS,
+        });
         let (mut r, batch) = {
             let _reads = self.guard.lock_reads().await;
             // Past what retention deleted unshipped (it moved the cursor).

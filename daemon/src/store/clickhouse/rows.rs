@@ -395,6 +395,45 @@ fn split_array(s: &[u8], out: &mut Vec<(usize, usize)>) -> bool {
     true
 }
 
+/// An event's args as a JSON object's text, from the stored `text` (its
+/// own JSON, or a values array whose keys are the key list `keys_id`):
+/// `{"k1":v1,…}`, each value's text as stored, which is what re-serializing
+/// its parsed value gives; `null` for unreadable args, as a decoded row
+/// held. `escaped`: as the inside of a JSON string (JSONEachRow's args
+/// column), else as is (RowBinary's).
+fn push_args(
+    out: &mut Vec<u8>,
+    text: &[u8],
+    keys_id: Option<i64>,
+    names: &mut Names,
+    spans: &mut Vec<(usize, usize)>,
+    escaped: bool,
+) -> Result<(), String> {
+    let piece = |out: &mut Vec<u8>, b: &[u8]| match escaped {
+        true => push_escaped(out, b),
+        false => out.extend_from_slice(b),
+    };
+    let Some(kid) = keys_id else {
+        piece(out, text);
+        return Ok(());
+    };
+    match names.keys(kid)? {
+        Some(keys) if split_array(text, spans) && spans.len() == keys.len() => {
+            out.push(b'{');
+            for (i, (k, &(s, e))) in keys.iter().zip(spans.iter()).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(if escaped { &k.escaped } else { &k.raw });
+                piece(out, &text[s..e]);
+            }
+            out.push(b'}');
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+    Ok(())
+}
+
 /// What `read` put in the body.
 pub(super) struct Batch {
     pub rows: usize,
@@ -558,30 +597,14 @@ impl Reader {
         // from outside traceed; it is shipped as is rather than stall the
         // sink, where the decoded Event failed the batch for good).
         let text = st.col_text(C_ARGS).unwrap_or(b"");
-        match st.col_int(C_ARGS_KEYS) {
-            // Stored as is: its own JSON.
-            None => push_escaped(out, text),
-            Some(kid) => {
-                let spans = &mut self.spans;
-                match names.keys(kid)? {
-                    // `{"k1":v1,…}`: each value's text as stored, which is
-                    // what re-serializing its parsed value gives.
-                    Some(keys) if split_array(text, spans) && spans.len() == keys.len() => {
-                        out.push(b'{');
-                        for (i, (k, &(s, e))) in keys.iter().zip(spans.iter()).enumerate() {
-                            if i > 0 {
-                                out.push(b',');
-                            }
-                            out.extend_from_slice(&k.escaped);
-                            push_escaped(out, &text[s..e]);
-                        }
-                        out.push(b'}');
-                    }
-                    // What a decoded row of an unreadable args held.
-                    _ => out.extend_from_slice(b"null"),
-                }
-            }
-        }
+        push_args(
+            out,
+            text,
+            st.col_int(C_ARGS_KEYS),
+            names,
+            &mut self.spans,
+            true,
+        )?;
         out.push(b'"');
         name(out, names, b",\"fidelity\":", C_FIDELITY)?;
         out.extend_from_slice(b"}\n");
@@ -699,26 +722,14 @@ impl Reader {
             let text = st.col_text(C_ARGS).unwrap_or(b"");
             let args = &mut self.args;
             args.clear();
-            match st.col_int(C_ARGS_KEYS) {
-                None => args.extend_from_slice(text),
-                Some(kid) => {
-                    let spans = &mut self.spans;
-                    match names.keys(kid)? {
-                        Some(keys) if split_array(text, spans) && spans.len() == keys.len() => {
-                            args.push(b'{');
-                            for (i, (k, &(s, e))) in keys.iter().zip(spans.iter()).enumerate() {
-                                if i > 0 {
-                                    args.push(b',');
-                                }
-                                args.extend_from_slice(&k.raw);
-                                args.extend_from_slice(&text[s..e]);
-                            }
-                            args.push(b'}');
-                        }
-                        _ => args.extend_from_slice(b"null"),
-                    }
-                }
-            }
+            push_args(
+                args,
+                text,
+                st.col_int(C_ARGS_KEYS),
+                names,
+                &mut self.spans,
+                false,
+            )?;
             put_str(out, args);
         }
         if on(k::FIDELITY) {
