@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
+use std::time::Duration;
 
 use traceed_tests::{http_get, poll, unique, Daemon, DaemonOpts, Program};
 use traceed_wire::{Event, Tree};
@@ -239,8 +240,8 @@ fn a_reused_pid_inside_a_pid_namespace_is_two_processes() {
         .collect();
     assert_eq!(ns[0], ns[1], "the namespace pid was not reused: {line}");
     let exits = poll(
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(100),
+        Duration::from_secs(10),
+        Duration::from_millis(100),
         || {
             let v: Vec<Event> = d
                 .events(&["--comm", &p.name, "--kind", "exit"])
@@ -272,41 +273,56 @@ fn a_reused_pid_inside_a_pid_namespace_is_two_processes() {
 /// parent's, out of scope), and a short one is gone before its exec is
 /// handled, so /proc cannot say when it started: the exec record carries
 /// the start (CO-RE rung), and every event of each run gets that run's key,
-/// with the parent's instance in its tree.
+/// with the parent's instance in its tree. Runs are told apart by their
+/// exec..exit span, not by pid: on a busy host two runs can get one pid.
 #[test]
 fn a_process_seen_only_from_its_exec_is_keyed() {
+    const RUNS: usize = 5;
     let prog = Program::new("scoped");
     let d = Daemon::start_with(DaemonOpts {
         config: Some(format!("[scope.include]\ncomm = [\"{}\"]\n", prog.name)),
         ..Default::default()
     });
-    let pids: Vec<u32> = (0..5).map(|_| prog.run(&[])).collect();
+    for _ in 0..RUNS {
+        prog.run(&[]);
+    }
     // No barrier: its marker would be out of scope. A process's exit is
-    // stored after everything it did.
-    let exits: Vec<Event> = pids
-        .iter()
-        .map(|&p| {
-            d.wait_for(&["--pid", &p.to_string(), "--kind", "exit"], |e| {
-                e.pid == Some(p)
-            })
-        })
-        .collect();
-    let all = d.events(&["--comm", &prog.name]);
+    // stored after everything it did, so once every exit is in, all is.
+    let mut all: Vec<Event> = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let all = d.events(&["--comm", &prog.name]);
+            (all.iter().filter(|e| e.kind == "exit").count() >= RUNS).then_some(all)
+        },
+        || format!("{RUNS} exits not stored:\n{}", d.log_text()),
+    );
+    all.sort_by_key(|e| e.id);
     assert!(
         !all.iter().any(|e| e.kind == "fork"),
         "the forks are out of scope"
     );
     let mut keys = Vec::new();
-    for (pid, exit) in pids.iter().zip(&exits) {
-        let key = exit
+    for (at, exec) in all.iter().enumerate().filter(|(_, e)| e.kind == "exec") {
+        let pid = exec.pid.unwrap();
+        let run: Vec<&Event> = all[at..]
+            .iter()
+            .filter(|e| e.pid == Some(pid))
+            .scan(false, |done, e| {
+                let out = (!*done).then_some(e);
+                *done |= e.kind == "exit";
+                out
+            })
+            .collect();
+        let exit = run.last().filter(|e| e.kind == "exit");
+        let exit = exit.unwrap_or_else(|| panic!("pid {pid}: no exit after its exec: {run:#?}"));
+        let key = exec
             .proc
             .clone()
-            .unwrap_or_else(|| panic!("pid {pid}: no key: {all:#?}"));
-        let mine: Vec<&Event> = all.iter().filter(|e| e.pid == Some(*pid)).collect();
-        assert!(mine.iter().any(|e| e.kind == "exec"), "{mine:#?}");
+            .unwrap_or_else(|| panic!("pid {pid}: no key: {run:#?}"));
         assert!(
-            mine.iter().all(|e| e.proc.as_ref() == Some(&key)),
-            "{mine:#?}"
+            run.iter().all(|e| e.proc.as_ref() == Some(&key)),
+            "{run:#?}"
         );
         let t = tree(
             &d,
@@ -316,7 +332,8 @@ fn a_process_seen_only_from_its_exec_is_keyed() {
         assert!(t.process.parent.is_some(), "{t:#?}");
         keys.push(key);
     }
+    assert_eq!(keys.len(), RUNS, "one exec per run: {all:#?}");
     keys.sort();
     keys.dedup();
-    assert_eq!(keys.len(), pids.len(), "one key per run");
+    assert_eq!(keys.len(), RUNS, "one key per run");
 }
