@@ -1,35 +1,83 @@
 //! Per-block Bloom filters of the payload keys that are nearly unique
-//! (paths, their directories, socket addresses): `block_blooms` (migration
-//! 10) instead of one `event_blocks` row per distinct key per block.
+//! (paths, their directories, socket addresses, and the trigrams of exec
+//! command lines): `block_blooms` (migration 10) instead of one
+//! `event_blocks` row per distinct key per block.
 //!
 //! Why: those keys were ~64 % of the block index's rows and ~28 B per event
 //! with the index's second B-tree (BENCHMARKS.md, "Forensic filters"); the
 //! filters cost ~2 B per event. A false positive only costs a block scan,
 //! as a hash collision already did, since every row is re-checked.
 //!
-//! Each block's filter is split into SLICES, and a key sets its K bits in
-//! one slice only (chosen by its hash), stored as row (slice, block): a
+//! Each block's filter is split into slices, in two groups (payload keys,
+//! command-line trigrams), and a key sets its K bits in one slice of its
+//! group only (chosen by its hash), stored as row (slice, block): a
 //! lookup reads one slice of every block in the window (10k blocks for 10M
 //! events: 2.5 MB) instead of whole filters. An all-zero slice has no row.
 
 use super::BlockCol;
 
-pub(crate) const SLICES: usize = 8;
-/// Bytes per slice; a block's whole filter is SLICES * SLICE_BYTES (2 kB).
+/// A run of slices of one size, holding some columns' keys.
+struct Group {
+    /// Global index of its first slice (block_blooms.slice).
+    first: usize,
+    /// Byte offset of its first slice in a whole filter.
+    offset: usize,
+    /// Bytes per slice.
+    bytes: usize,
+}
+
+const GROUP_SLICES: usize = 8;
+
+/// Paths, directories, addresses, networks: 8 slices of 250 B (2 kB).
 /// 1024 events name ~500-1,500 distinct keys on realistic hosts (a path,
 /// its directories, an address): 1-5 % false positives at K = 4; a block
 /// of deep unique paths degrades to a scan.
-pub(crate) const SLICE_BYTES: usize = 250;
-pub(crate) const BYTES: usize = SLICES * SLICE_BYTES;
-const SLICE_BITS: u64 = SLICE_BYTES as u64 * 8;
+const PAYLOAD: Group = Group {
+    first: 0,
+    offset: 0,
+    bytes: 250,
+};
+
+/// The trigrams of exec command lines (`--cmdline`): a filter of their
+/// own, so that long command lines cannot crowd out the paths. 8 slices
+/// of 256 B (2 kB): ~100 execs of a block name a few hundred to a few
+/// thousand distinct trigrams, and a lookup tests every trigram of the
+/// text that falls in one slice (see `cmdline_keys`).
+const CMDLINE: Group = Group {
+    first: GROUP_SLICES,
+    offset: GROUP_SLICES * 250,
+    bytes: 256,
+};
+
+const GROUPS: [Group; 2] = [PAYLOAD, CMDLINE];
+
+/// Slices of a whole filter (block_blooms.slice is below this).
+pub(crate) const SLICES: usize = 2 * GROUP_SLICES;
+/// Bytes of a block's whole filter.
+pub(crate) const BYTES: usize = CMDLINE.offset + GROUP_SLICES * CMDLINE.bytes;
 const K: u64 = 4;
 
 /// The payload columns a block filter holds; the others (Port) keep rows.
 pub(crate) fn holds(col: BlockCol) -> bool {
     matches!(
         col,
-        BlockCol::Path | BlockCol::PathDir | BlockCol::Addr | BlockCol::AddrNet
+        BlockCol::Path | BlockCol::PathDir | BlockCol::Addr | BlockCol::AddrNet | BlockCol::CmdGram
     )
+}
+
+fn group(col: BlockCol) -> &'static Group {
+    if col == BlockCol::CmdGram {
+        &CMDLINE
+    } else {
+        &PAYLOAD
+    }
+}
+
+/// A slice's group and its bytes in a whole filter; None past SLICES.
+fn bounds(slice: usize) -> Option<(&'static Group, std::ops::Range<usize>)> {
+    let g = GROUPS.iter().rev().find(|g| slice >= g.first)?;
+    let i = slice - g.first;
+    (i < GROUP_SLICES).then(|| (g, g.offset + i * g.bytes..g.offset + (i + 1) * g.bytes))
 }
 
 /// splitmix64's finaliser: the stored key is already a hash, but col must
@@ -40,14 +88,16 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The slice of a key, and its K bit positions within the slice (double
-/// hashing).
+/// The slice of a key (global), and its K bit positions within the slice
+/// (double hashing).
 fn place(col: BlockCol, value: i64) -> (usize, impl Iterator<Item = usize>) {
+    let g = group(col);
     let h1 = mix(value as u64 ^ (col as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let h2 = mix(h1) | 1;
-    let slice = (h1 >> 56) as usize % SLICES;
-    let bits = (0..K).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % SLICE_BITS) as usize);
-    (slice, bits)
+    let slice = g.first + (h1 >> 56) as usize % GROUP_SLICES;
+    let bits = g.bytes as u64 * 8;
+    let pos = (0..K).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % bits) as usize);
+    (slice, pos)
 }
 
 /// The slice a lookup of this key reads.
@@ -57,9 +107,10 @@ pub(crate) fn slice_of(col: BlockCol, value: i64) -> usize {
 
 /// Add a key to a whole filter (BYTES).
 pub(crate) fn insert(filter: &mut [u8], col: BlockCol, value: i64) {
-    let (s, bits) = place(col, value);
-    let slice = &mut filter[s * SLICE_BYTES..(s + 1) * SLICE_BYTES];
-    for p in bits {
+    let (s, pos) = place(col, value);
+    let Some((_, range)) = bounds(s) else { return };
+    let slice = &mut filter[range];
+    for p in pos {
         slice[p / 8] |= 1 << (p % 8);
     }
 }
@@ -68,26 +119,52 @@ pub(crate) fn insert(filter: &mut [u8], col: BlockCol, value: i64) {
 /// (false: it certainly does not). A slice of another size (a corrupt row)
 /// answers true: scanned, not lost.
 pub(crate) fn may_hold(slice: &[u8], col: BlockCol, value: i64) -> bool {
-    slice.len() != SLICE_BYTES
+    slice.len() != group(col).bytes
         || place(col, value)
             .1
             .all(|p| slice[p / 8] & (1 << (p % 8)) != 0)
 }
 
-/// The non-zero slices of a whole filter, as stored.
+/// The non-zero slices of a whole filter, as stored (global index).
 pub(crate) fn slices(filter: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    filter
-        .chunks(SLICE_BYTES)
-        .enumerate()
-        .filter(|(_, s)| s.iter().any(|&b| b != 0))
+    (0..SLICES)
+        .filter_map(|s| Some((s, filter.get(bounds(s)?.1)?)))
+        .filter(|(_, bits)| bits.iter().any(|&b| b != 0))
 }
 
 /// OR a stored slice into a whole filter.
 pub(crate) fn merge(filter: &mut [u8], slice: usize, bits: &[u8]) {
-    if slice < SLICES && bits.len() == SLICE_BYTES {
-        let dst = &mut filter[slice * SLICE_BYTES..(slice + 1) * SLICE_BYTES];
-        dst.iter_mut().zip(bits).for_each(|(a, b)| *a |= b);
+    if let Some((g, range)) = bounds(slice) {
+        if bits.len() == g.bytes {
+            let dst = &mut filter[range];
+            dst.iter_mut().zip(bits).for_each(|(a, b)| *a |= b);
+        }
     }
+}
+
+/// The keys of a command line: its trigrams, 3 bytes in one integer.
+pub(crate) fn trigrams(text: &str) -> impl Iterator<Item = i64> + '_ {
+    text.as_bytes()
+        .windows(3)
+        .map(|w| i64::from(w[0]) << 16 | i64::from(w[1]) << 8 | i64::from(w[2]))
+}
+
+/// What a `--cmdline` lookup tests: the text's trigrams in the slice that
+/// holds the most of them (a block that holds the text holds them all, so
+/// testing some is sound; one slice read per block). None for a text
+/// shorter than a trigram.
+pub(crate) fn cmdline_keys(text: &str) -> Option<Vec<i64>> {
+    let mut by_slice: [Vec<i64>; GROUP_SLICES] = Default::default();
+    for g in trigrams(text) {
+        let v = &mut by_slice[slice_of(BlockCol::CmdGram, g) - CMDLINE.first];
+        if !v.contains(&g) {
+            v.push(g);
+        }
+    }
+    by_slice
+        .into_iter()
+        .max_by_key(Vec::len)
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -102,7 +179,7 @@ mod tests {
         }
         let slice = |col, v| {
             let s = slice_of(col, v);
-            filter[s * SLICE_BYTES..(s + 1) * SLICE_BYTES].to_vec()
+            filter[bounds(s).unwrap().1].to_vec()
         };
         assert!((0..1000i64).all(|v| may_hold(
             &slice(BlockCol::Path, v * 7919),
@@ -126,8 +203,39 @@ mod tests {
         assert_eq!(back, filter);
         assert_eq!(
             slices(&filter).count(),
-            SLICES,
-            "1000 keys fill every slice"
+            GROUP_SLICES,
+            "1000 keys fill every payload slice, and only those"
         );
+    }
+
+    #[test]
+    fn a_command_line_lookup_tests_one_slice_of_its_trigrams() {
+        let mut filter = vec![0u8; BYTES];
+        let lines: Vec<String> = (0..100)
+            .map(|i| format!("/usr/bin/python3 -m job{i} --config=/etc/app/{i}.toml"))
+            .collect();
+        for l in &lines {
+            trigrams(l).for_each(|g| insert(&mut filter, BlockCol::CmdGram, g));
+        }
+        assert!(
+            slices(&filter).all(|(s, _)| s >= GROUP_SLICES),
+            "only the command-line group"
+        );
+        let holds = |text: &str| {
+            let keys = cmdline_keys(text).unwrap();
+            let s = slice_of(BlockCol::CmdGram, keys[0]);
+            assert!(keys.iter().all(|&k| slice_of(BlockCol::CmdGram, k) == s));
+            let bits = &filter[bounds(s).unwrap().1];
+            keys.iter().all(|&k| may_hold(bits, BlockCol::CmdGram, k))
+        };
+        // Any piece of a stored line, across argv boundaries.
+        assert!(holds("-m job42 --conf"));
+        assert!(holds("python3"));
+        assert!(lines.iter().all(|l| holds(l)));
+        assert!(!holds("base64 -d"));
+        assert!(!holds("curl http://x"));
+        assert_eq!(cmdline_keys("ab"), None, "shorter than a trigram");
+        // Each trigram once.
+        assert_eq!(cmdline_keys("aaaaaa").unwrap().len(), 1);
     }
 }

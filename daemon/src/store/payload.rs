@@ -1,6 +1,7 @@
-//! Payload keys of the block index (BlockCol 8..11; 8..10 live in per-block
-//! Bloom filters, bloom.rs): the paths, directories, socket addresses and
-//! ports an event's `args` name, derived the same way
+//! Payload keys of the block index (BlockCol 8..13; all but ports live in
+//! per-block Bloom filters, bloom.rs): the paths, directories, socket
+//! addresses and ports an event's `args` name and the trigrams of an
+//! exec's command line, derived the same way
 //! by the writer, by the one-time backfill of stores written before these
 //! keys existed, and by the planner; plus reading them back out of `args`
 //! for the re-check of each row a payload filter selects.
@@ -136,6 +137,11 @@ pub(crate) fn keys(kind: &str, args: &Value, mut f: impl FnMut(BlockCol, i64)) {
     if let Some(p) = port(kind, args) {
         f(BlockCol::Port, i64::from(p));
     }
+    if let Some(c) = cmdline(kind, args) {
+        for g in bloom::trigrams(&c) {
+            f(BlockCol::CmdGram, g);
+        }
+    }
 }
 
 /// Rows read per statement by the backfill.
@@ -157,6 +163,13 @@ const BACKFILL_NET_SELECT: &str =
      ('connect', 'accept', 'bind')) \
      ORDER BY e.id LIMIT ?";
 
+/// The exec rows after an id.
+const BACKFILL_EXEC_SELECT: &str =
+    "SELECT e.id, k.s AS kind, e.args, ak.s AS args_keys FROM events e \
+     JOIN strings k ON k.id = e.kind LEFT JOIN strings ak ON ak.id = e.args_keys \
+     WHERE e.id > ? AND e.kind IN (SELECT id FROM strings WHERE s = 'exec') \
+     ORDER BY e.id LIMIT ?";
+
 /// One-time indexing passes over rows stored before their keys existed:
 /// (meta key, rows, which keys, what the journal says).
 type Pass = (
@@ -165,7 +178,7 @@ type Pass = (
     fn(BlockCol) -> bool,
     &'static str,
 );
-const PASSES: [Pass; 2] = [
+const PASSES: [Pass; 3] = [
     (
         "payload_index",
         BACKFILL_SELECT,
@@ -178,6 +191,13 @@ const PASSES: [Pass; 2] = [
         BACKFILL_NET_SELECT,
         |c| c == BlockCol::AddrNet,
         "indexing the networks of stored connections (one-time)",
+    ),
+    // Command-line trigrams came last (`--cmdline` through the index).
+    (
+        "cmdline_index",
+        BACKFILL_EXEC_SELECT,
+        |c| c == BlockCol::CmdGram,
+        "indexing the command lines of stored execs (one-time)",
     ),
 ];
 

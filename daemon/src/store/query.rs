@@ -697,10 +697,11 @@ async fn blocks_page(
     (blo, bhi): (i64, i64),
     desc: bool,
 ) -> Result<(Vec<i64>, Option<(i64, i64)>), StoreError> {
-    // The planner gives a path or address filter one value (one slice).
-    let bloom_key = f.values.first().filter(|_| f.values.len() == 1);
-    let (page, scanned, last) = if let Some(&v) = bloom_key.filter(|_| bloom::holds(f.col)) {
-        let slice = bloom::slice_of(f.col, v);
+    // The planner gives a filtered column keys of one slice: one value (a
+    // path, an address), or the trigrams of a command line that share one.
+    let slice = f.values.first().map(|&v| bloom::slice_of(f.col, v));
+    let one_slice = slice.filter(|&s| f.values.iter().all(|&v| bloom::slice_of(f.col, v) == s));
+    let (page, scanned, last) = if let Some(slice) = one_slice.filter(|_| bloom::holds(f.col)) {
         let rows: Vec<(i64, Vec<u8>)> = blooms_sql("", slice, (blo, bhi), desc)
             .build_query_as()
             .fetch_all(&mut *c)
@@ -708,7 +709,7 @@ async fn blocks_page(
         let last = rows.last().map(|r| r.0);
         let hits = rows
             .iter()
-            .filter(|(_, bits)| bloom::may_hold(bits, f.col, v))
+            .filter(|(_, bits)| f.values.iter().all(|&v| bloom::may_hold(bits, f.col, v)))
             .map(|r| r.0)
             .collect();
         (hits, rows.len(), last)
@@ -1034,6 +1035,12 @@ async fn plan(c: &mut SqliteConnection, q: &Query) -> Result<Option<Plan>, Store
         filters.push(Filter {
             col: BlockCol::Port,
             values: vec![i64::from(p)],
+        });
+    }
+    if let Some(values) = q.cmdline.as_deref().and_then(bloom::cmdline_keys) {
+        filters.push(Filter {
+            col: BlockCol::CmdGram,
+            values,
         });
     }
     // Split on the spaces argv is joined with: each piece lies within one

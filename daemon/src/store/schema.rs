@@ -45,6 +45,9 @@ pub(crate) enum BlockCol {
     /// The address's network at the prefix lengths `payload::NET_PREFIXES`
     /// (a CIDR query's key), hashed with the length.
     AddrNet = 12,
+    /// A trigram of an exec's command line (argv joined by spaces), its 3
+    /// bytes in one integer (bloom::trigrams).
+    CmdGram = 13,
 }
 
 impl BlockCol {
@@ -60,7 +63,12 @@ impl BlockCol {
             Self::Exe => "exe",
             Self::Container => "container_id",
             Self::Proc => "proc",
-            Self::Path | Self::PathDir | Self::Addr | Self::Port | Self::AddrNet => return None,
+            Self::Path
+            | Self::PathDir
+            | Self::Addr
+            | Self::Port
+            | Self::AddrNet
+            | Self::CmdGram => return None,
         })
     }
 }

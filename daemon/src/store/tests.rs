@@ -1094,6 +1094,12 @@ fn payload_queries() -> Vec<Query> {
         q(&|q| q.addr = addr("fd00::/48")),
         q(&|q| q.addr = addr("fd00::/64")),
         q(&|q| q.addr = addr("fd01::/32")),
+        // 30..: command lines through their trigrams (in every block, in
+        // few, in none; shorter than a trigram: the kind's blocks).
+        q(&|q| q.cmdline = Some("sh -c echo".into())),
+        q(&|q| q.cmdline = Some("echo m16 \"q\"".into())),
+        q(&|q| q.cmdline = Some("base64 -d".into())),
+        q(&|q| q.cmdline = Some("m".into())),
     ]
 }
 
@@ -1139,7 +1145,9 @@ async fn payload_filters_agree_with_a_scan() {
         (&qs[13], "driver Addr"),
         (&qs[14], "driver Port"),
         (&qs[11], "driver AddrNet"),
-        (&qs[16], "driver Kind"),
+        (&qs[16], "driver CmdGram"),
+        (&qs[32], "driver CmdGram"),
+        (&qs[33], "driver Kind"),
         (&qs[22], "driver AddrNet"),
         (&qs[27], "driver AddrNet"),
     ] {
@@ -1171,7 +1179,7 @@ async fn payload_filters_agree_with_a_scan() {
         &[
             "DELETE FROM event_blocks WHERE col >= 8",
             "DELETE FROM block_blooms",
-            "DELETE FROM meta WHERE key IN ('payload_index', 'net_index')",
+            "DELETE FROM meta WHERE key IN ('payload_index', 'net_index', 'cmdline_index')",
         ],
     )
     .await;
@@ -1210,7 +1218,34 @@ async fn payload_filters_agree_with_a_scan() {
         !said.is_empty() && said.iter().all(|m| m.starts_with("indexing the networks")),
         "{said:?}"
     );
-    for f in &payload_queries()[22..] {
+    for f in &payload_queries()[22..30] {
+        let want: Vec<i64> = all.iter().filter(|e| f.matches(e)).map(|e| e.id).collect();
+        assert_eq!(paged_ids(&store, f, false, 1000).await, want, "{f:?}");
+    }
+    // One indexed before command lines were: only their pass runs, over
+    // the exec rows, and `--cmdline` answers as before.
+    drop(store);
+    run_sql(
+        &dir,
+        &[
+            "DELETE FROM block_blooms WHERE slice >= 8",
+            "DELETE FROM meta WHERE key = 'cmdline_index'",
+        ],
+    )
+    .await;
+    let said = std::sync::Mutex::new(Vec::<String>::new());
+    let store = Store::open_with_progress(&dir, &|m| said.lock().unwrap().push(m.into()))
+        .await
+        .unwrap();
+    let said = said.into_inner().unwrap();
+    assert!(
+        !said.is_empty()
+            && said
+                .iter()
+                .all(|m| m.starts_with("indexing the command lines")),
+        "{said:?}"
+    );
+    for f in payload_queries().iter().filter(|q| q.cmdline.is_some()) {
         let want: Vec<i64> = all.iter().filter(|e| f.matches(e)).map(|e| e.id).collect();
         assert_eq!(paged_ids(&store, f, false, 1000).await, want, "{f:?}");
     }
