@@ -729,9 +729,25 @@ async fn main() -> anyhow::Result<()> {
             },
         ),
         (
-            "cmdline=base64 -d (no match: every exec row) limit=100",
+            "cmdline=base64 -d (no match) limit=100",
             store::Query {
                 cmdline: Some("base64 -d".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "cmdline=job-4242.sh (a few rows) limit=100",
+            store::Query {
+                cmdline: Some("job-4242.sh".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "cmdline=-c /tmp/job-42 (thousands of rows) limit=100",
+            store::Query {
+                cmdline: Some("-c /tmp/job-42".into()),
                 limit: 100,
                 ..Default::default()
             },
