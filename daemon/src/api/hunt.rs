@@ -36,6 +36,8 @@ pub const MAX_BODY: usize = traceed_detect::MAX_RULE_BYTES;
 const CHUNK: u32 = 2000;
 /// Batches of lines buffered between the scan and the socket.
 const LINES: usize = 8;
+/// Pages of matches between the matcher and the emitter.
+const OUT_PAGES: usize = 4;
 /// A batch goes out once it holds this much, at the end of each page, and
 /// with each progress line: matches are on the wire within a page's time
 /// (milliseconds), and a hunt with half a million matches sends a few
@@ -140,7 +142,7 @@ pub async fn post(
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad("the body is not UTF-8 text (Sigma rule YAML)"))?;
     let rules = load_rules(text).map_err(ApiError::bad)?;
-    let engine = Engine::new(rules);
+    let engine = Arc::new(Engine::new(rules));
     let (tx, rx) = mpsc::channel::<Line>(LINES);
     st.counters.hunts_active.fetch_add(1, Relaxed);
     tokio::spawn(async move {
@@ -217,9 +219,23 @@ async fn edge(
     Ok(st.store.query(&q).await?.0.first().map(|e| e.id))
 }
 
+/// What the matcher hands the emitter, in scan order.
+enum Out {
+    /// Matches of one page: (indices into the engine's rules, the event).
+    Hits(Vec<(Vec<usize>, traceed_wire::Event)>),
+    Progress(Progress),
+}
+
+/// Three stages, so that no one waits on another's latency: the reader (a
+/// blocking thread, store/scan.rs) reads pages a page or two ahead; the
+/// matcher (this task) runs the rules and keeps the process map, in id
+/// order; the emitter (a task of its own) looks up each matching process's
+/// ancestry (store queries, whose round trips the matcher used to wait
+/// on: it ran at half a core) and writes the lines. A hunt that stops
+/// drops the channels, and each stage ends at its next send.
 async fn scan(
-    st: &AppState,
-    engine: &Engine,
+    st: &Arc<AppState>,
+    engine: &Arc<Engine>,
     since: Option<i64>,
     until: i64,
     tx: &mpsc::Sender<Line>,
@@ -233,35 +249,57 @@ async fn scan(
         (Some(a), Some(b)) => (b - a + 1).max(0) as u64,
         _ => 0,
     };
-    let send = |v: serde_json::Value, p: Progress| async move {
-        tx.send(Ok(line(&v))).await.map_err(|_| Stop::Gone(p))
+    let (otx, orx) = mpsc::channel::<Out>(OUT_PAGES);
+    let emitter = tokio::spawn(emit(st.clone(), engine.clone(), orx, tx.clone()));
+    let matched = match_pages(st, engine, since, until, (first, last), &otx, &mut p).await;
+    drop(otx);
+    // The emitter's own end explains a send that failed: the client went
+    // away, or a store query failed.
+    let emitted = match emitter.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Stop::Gone(p)),
     };
-    // Match lines, written straight from the event and a cached ancestry
-    // (no serde_json::Value per match), sent in batches.
-    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES * 2);
-    let flush = |batch: &mut Vec<u8>, p: Progress| {
-        let out = std::mem::replace(batch, Vec::with_capacity(BATCH_BYTES * 2));
-        async move {
-            if out.is_empty() {
-                return Ok(());
-            }
-            tx.send(Ok(out)).await.map_err(|_| Stop::Gone(p))
-        }
-    };
-    send(json!({ "progress": p.json() }), p).await?;
+    match (matched, emitted) {
+        (_, Err(Stop::Store(e))) => return Err(Stop::Store(e)),
+        (Err(Stop::Store(e)), _) => return Err(Stop::Store(e)),
+        (Err(Stop::Gone(_)), _) | (_, Err(Stop::Gone(_))) => return Err(Stop::Gone(p)),
+        (Ok(()), Ok(())) => {}
+    }
+    p.total = p.total.max(p.scanned);
+    let coverage = st.store.coverage(since, Some(until)).await?;
+    let summary = json!({ "summary": {
+        "scanned": p.scanned,
+        "matches": p.matches,
+        "rules": engine.rules().len(),
+        "coverage": coverage,
+    }});
+    tx.send(Ok(line(&summary)))
+        .await
+        .map_err(|_| Stop::Gone(p))?;
+    Ok(p)
+}
+
+/// The matcher: every event of the window through the rules, in id order.
+async fn match_pages(
+    st: &AppState,
+    engine: &Engine,
+    since: Option<i64>,
+    until: i64,
+    (first, last): (Option<i64>, Option<i64>),
+    out: &mpsc::Sender<Out>,
+    p: &mut Progress,
+) -> Result<(), Stop> {
+    let send = |o: Out, p: Progress| async move { out.send(o).await.map_err(|_| Stop::Gone(p)) };
+    send(Out::Progress(*p), *p).await?;
     let mut procs = ProcessMap::default();
     let mut users: HashMap<u32, Option<String>> = HashMap::new();
-    // A process that matches once tends to match again (a run of its
-    // events): its ancestry is looked up, and written as JSON, once.
-    let mut ancestries: HashMap<u64, Arc<[u8]>> = HashMap::new();
-    // Most matching processes are distinct, their ancestors are not.
-    let mut instances = crate::store::procs::ProcCache::default();
     let mut last_progress = Instant::now();
     let mut hits: Vec<&Rule> = Vec::new();
-    // The rows are read on a blocking thread, a page or two ahead of the
-    // matching here (the second core), by a reader of their own
-    // (store/scan.rs); a hunt that stops drops the channel and the reader
-    // ends at its next page.
+    let rules = engine.rules();
+    let index = |r: &Rule| {
+        (r as *const Rule as usize - rules.as_ptr() as usize) / std::mem::size_of::<Rule>()
+    };
     let (ptx, mut prx) = mpsc::channel::<Result<Vec<traceed_wire::Event>, StoreError>>(2);
     if let (Some(lo), Some(hi)) = (first, last) {
         let window = Window {
@@ -298,10 +336,11 @@ async fn scan(
         drop(ptx);
     }
     while let Some(page) = prx.recv().await {
-        if tx.is_closed() {
-            return Err(Stop::Gone(p));
+        if out.is_closed() {
+            return Err(Stop::Gone(*p));
         }
-        for ev in &page? {
+        let mut found = Vec::new();
+        for ev in page? {
             p.scanned += 1;
             if let Some(uid) = ev.uid {
                 users
@@ -313,60 +352,94 @@ async fn scan(
                 .and_then(|u| users.get(&u))
                 .and_then(|u| u.as_deref());
             hits.clear();
-            let subject = WireSubject::new(ev, &procs, user);
+            let subject = WireSubject::new(&ev, &procs, user);
             if subject.is_candidate() {
                 engine.matches(&subject, &mut hits);
             }
+            procs.observe(&ev);
             if !hits.is_empty() {
-                let ancestry = match ev.proc.as_deref().and_then(traceed_wire::parse_proc_key) {
-                    Some(k) => match ancestries.get(&k) {
-                        Some(a) => a.clone(),
-                        None => {
-                            let a: Arc<[u8]> = serde_json::to_vec(
-                                &st.store.ancestors_with(k as i64, &mut instances).await?,
-                            )
-                            .unwrap_or_else(|_| b"[]".to_vec())
-                            .into();
-                            if ancestries.len() >= ANCESTRIES {
-                                ancestries.clear();
-                            }
-                            ancestries.insert(k, a.clone());
-                            a
-                        }
-                    },
-                    None => Arc::from(&b"[]"[..]),
-                };
-                for rule in &hits {
-                    p.matches += 1;
-                    match_line(&mut batch, rule, ev, &ancestry);
-                }
-                if batch.len() >= BATCH_BYTES {
-                    flush(&mut batch, p).await?;
-                }
-            }
-            procs.observe(ev);
-            if last_progress.elapsed() >= PROGRESS {
-                last_progress = Instant::now();
-                flush(&mut batch, p).await?;
-                send(json!({ "progress": p.json() }), p).await?;
+                p.matches += hits.len() as u64;
+                found.push((hits.iter().map(|r| index(r)).collect(), ev));
             }
         }
-        flush(&mut batch, p).await?;
+        if !found.is_empty() {
+            send(Out::Hits(found), *p).await?;
+        }
+        if last_progress.elapsed() >= PROGRESS {
+            last_progress = Instant::now();
+            send(Out::Progress(*p), *p).await?;
+        }
         tokio::task::yield_now().await;
     }
-    p.total = p.total.max(p.scanned);
-    let coverage = st.store.coverage(since, Some(until)).await?;
-    send(
-        json!({ "summary": {
-            "scanned": p.scanned,
-            "matches": p.matches,
-            "rules": engine.rules().len(),
-            "coverage": coverage,
-        }}),
-        p,
-    )
-    .await?;
-    Ok(p)
+    Ok(())
+}
+
+/// The emitter: match lines (each with the process's ancestry, looked up
+/// and written as JSON once per process) and progress lines, in the
+/// matcher's order, in batches.
+async fn emit(
+    st: Arc<AppState>,
+    engine: Arc<Engine>,
+    mut rx: mpsc::Receiver<Out>,
+    tx: mpsc::Sender<Line>,
+) -> Result<(), Stop> {
+    let gone = || Stop::Gone(Progress::default());
+    let rules = engine.rules();
+    // Match lines, written straight from the event and a cached ancestry
+    // (no serde_json::Value per match), sent in batches.
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES * 2);
+    // A process that matches once tends to match again (a run of its
+    // events): its ancestry is looked up, and written as JSON, once.
+    let mut ancestries: HashMap<u64, Arc<[u8]>> = HashMap::new();
+    // Most matching processes are distinct, their ancestors are not.
+    let mut instances = crate::store::procs::ProcCache::default();
+    while let Some(o) = rx.recv().await {
+        match o {
+            Out::Progress(p) => {
+                if !batch.is_empty() {
+                    let b = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES * 2));
+                    tx.send(Ok(b)).await.map_err(|_| gone())?;
+                }
+                tx.send(Ok(line(&json!({ "progress": p.json() }))))
+                    .await
+                    .map_err(|_| gone())?;
+            }
+            Out::Hits(found) => {
+                for (idx, ev) in &found {
+                    let ancestry = match ev.proc.as_deref().and_then(traceed_wire::parse_proc_key) {
+                        Some(k) => match ancestries.get(&k) {
+                            Some(a) => a.clone(),
+                            None => {
+                                let a: Arc<[u8]> = serde_json::to_vec(
+                                    &st.store.ancestors_with(k as i64, &mut instances).await?,
+                                )
+                                .unwrap_or_else(|_| b"[]".to_vec())
+                                .into();
+                                if ancestries.len() >= ANCESTRIES {
+                                    ancestries.clear();
+                                }
+                                ancestries.insert(k, a.clone());
+                                a
+                            }
+                        },
+                        None => Arc::from(&b"[]"[..]),
+                    };
+                    for &i in idx {
+                        match_line(&mut batch, &rules[i], ev, &ancestry);
+                    }
+                    if batch.len() >= BATCH_BYTES {
+                        let b = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES * 2));
+                        tx.send(Ok(b)).await.map_err(|_| gone())?;
+                    }
+                }
+                if !batch.is_empty() {
+                    let b = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES * 2));
+                    tx.send(Ok(b)).await.map_err(|_| gone())?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Append one match line: `{"match":{"rule":{…},"event":{…},"ancestry":[…]}}`.
