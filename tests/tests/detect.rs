@@ -251,6 +251,22 @@ fn shipped_rules_alert_live_and_near_misses_do_not() {
             c.rule
         );
     }
+    // Every event it was handed was matched, none skipped.
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    let handled = value("traceed_detect_events_total ");
+    assert!(
+        handled.is_some_and(|n| n >= cases.len() as u64),
+        "{metrics}"
+    );
+    assert_eq!(
+        value("traceed_detect_dropped_events_total "),
+        Some(0),
+        "{metrics}"
+    );
     let st = d.ctl(&["status"]);
     let text = String::from_utf8_lossy(&st.stdout);
     assert!(

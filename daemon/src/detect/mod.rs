@@ -32,6 +32,9 @@ pub struct Stats {
     pub alerts_total: AtomicU64,
     /// Events the detector never saw because it fell behind the broadcast.
     pub dropped_events: AtomicU64,
+    /// Events it handled (matched against the rules when any are loaded):
+    /// with `dropped_events`, every stored event is one or the other.
+    pub events: AtomicU64,
     /// Alerts that could not be stored (the journal entry was still made).
     pub alert_store_errors: AtomicU64,
     per_rule: Mutex<BTreeMap<String, u64>>,
@@ -202,6 +205,7 @@ impl Detector {
     }
 
     async fn handle(&mut self, ev: &Event) {
+        self.stats.events.fetch_add(1, Relaxed);
         let engine = self.engine.borrow().clone();
         let mut hits: Vec<&Rule> = Vec::new();
         if !engine.rules().is_empty() {

@@ -225,6 +225,12 @@ impl Collector for PipelineCollector {
             }
             counter(
                 &mut enc,
+                "traceed_detect_events",
+                "Stored events the detector handled.",
+                d.events.load(Relaxed),
+            )?;
+            counter(
+                &mut enc,
                 "traceed_detect_dropped_events",
                 "Events the detector fell too far behind to match (they are in the store).",
                 d.dropped_events.load(Relaxed),
