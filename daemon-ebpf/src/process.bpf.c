@@ -114,6 +114,22 @@ static __always_inline void push_cwd(struct event *e, struct task_struct *task)
 }
 #endif
 
+/* The file loaded (bprm->interp: the interpreter of a script). A file with
+ * no directory, its dentry its own parent without being a mount's root (a
+ * memfd: how fileless programs run), has no path, and once its short-lived
+ * process is gone user space has no /proc/PID/exe to ask: its name as the
+ * kernel keeps it ("memfd:NAME") stands for it. */
+static __always_inline void push_exec_loaded(struct event *e, struct linux_binprm *bprm)
+{
+	struct dentry *d = READ_KERN(bprm, file, f_path.dentry);
+
+	if (d && READ_KERN(d, d_parent) == d && d != READ_KERN(bprm, file, f_path.mnt, mnt_root)) {
+		push_str(e, STR_EXEC_INTERP, READ_KERN(d, d_name.name), STR_KERNEL);
+		return;
+	}
+	push_str(e, STR_EXEC_INTERP, READ_KERN(bprm, interp), STR_KERNEL);
+}
+
 /* sched_process_exec fires after the new image is mapped, in the context of
  * the exec'd task: argv is already on its new stack (unlike at syscall
  * entry, where a fresh child's pages may not be faulted in yet), in one
@@ -138,7 +154,7 @@ int raw_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 
 	/* String order is slot order: argv, the long one, last. */
 	push_str(e, STR_EXEC_FILENAME, READ_KERN(bprm, filename), STR_KERNEL);
-	push_str(e, STR_EXEC_INTERP, READ_KERN(bprm, interp), STR_KERNEL);
+	push_exec_loaded(e, bprm);
 	push_cwd(e, task);
 	arg_start = READ_KERN(task, mm, arg_start);
 	arg_end = READ_KERN(task, mm, arg_end);

@@ -173,11 +173,11 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
         },
         Case {
             rule: "traceed-exec-memfd-shm",
-            // Fileless: sleep copied into a memfd and run through
-            // /proc/self/fd; traceed names the image from the kernel's
-            // /proc/PID/exe ("/memfd:NAME") while the process runs, as a
-            // resident implant does (see README: a descriptor exec that
-            // has already exited keeps the name as passed).
+            // Fileless: true copied into a memfd and run through
+            // /proc/self/fd, gone at once: the exec record names the file
+            // the kernel loaded ("memfd:NAME", process.bpf.c), and the
+            // image is "/memfd:NAME (deleted)" as /proc/PID/exe would have
+            // shown it.
             hit: Box::new(|| {
                 use std::io::Write;
                 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -186,7 +186,7 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
                 let w = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
                 assert!(w >= 0, "memfd_create: {}", std::io::Error::last_os_error());
                 let mut w = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(w) });
-                w.write_all(&std::fs::read("/bin/sleep").unwrap()).unwrap();
+                w.write_all(&std::fs::read("/bin/true").unwrap()).unwrap();
                 // Exec needs no writer left: a read-only fd the child
                 // inherits (no O_CLOEXEC), then the writer closed.
                 let path =
@@ -196,9 +196,10 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
                 assert!(r >= 0, "reopen memfd: {}", std::io::Error::last_os_error());
                 let r = unsafe { OwnedFd::from_raw_fd(r) };
                 drop(w);
-                let pid = wait_pid(spawn_fresh(
-                    Command::new(format!("/proc/self/fd/{}", r.as_raw_fd())).arg("3"),
-                ));
+                let pid = wait_pid(spawn_fresh(&mut Command::new(format!(
+                    "/proc/self/fd/{}",
+                    r.as_raw_fd()
+                ))));
                 drop(r);
                 pid
             }),

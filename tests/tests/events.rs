@@ -250,6 +250,44 @@ fn memfd_and_bpf() {
     assert_eq!(e.retval, Some(rc));
 }
 
+/// A program run from a memfd (fileless) that is gone at once: /proc has
+/// nothing left to say, so the exec record names the file the kernel
+/// loaded (CO-RE rungs), and the exe is what /proc/PID/exe would have
+/// shown.
+#[test]
+fn a_memfd_program_gone_at_once_is_named_by_the_kernel() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let d = Daemon::start();
+    let name = unique("mfdx");
+    let c = CString::new(name.clone()).unwrap();
+    // SAFETY: a valid C string; the fd is owned right away.
+    let w = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(w >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    let mut w = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(w) });
+    w.write_all(&std::fs::read("/bin/true").unwrap()).unwrap();
+    // Exec needs no writer left: a read-only fd the child inherits.
+    let path = CString::new(format!("/proc/self/fd/{}", w.as_raw_fd())).unwrap();
+    // SAFETY: a valid C string; the fd is owned right away.
+    let r = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    assert!(r >= 0, "reopen memfd: {}", std::io::Error::last_os_error());
+    let r = unsafe { OwnedFd::from_raw_fd(r) };
+    drop(w);
+    let mut child = traceed_tests::spawn_fresh(&mut Command::new(format!(
+        "/proc/self/fd/{}",
+        r.as_raw_fd()
+    )));
+    let pid = child.id();
+    child.wait().unwrap();
+    let e = d.wait_for(&["--kind", "exec", "--pid", &pid.to_string()], |e| {
+        e.pid == Some(pid)
+    });
+    assert_eq!(e.args["interpreter"], format!("memfd:{name}"), "{e:?}");
+    assert_eq!(
+        e.exe.as_deref(),
+        Some(format!("/memfd:{name} (deleted)").as_str())
+    );
+}
+
 #[test]
 fn mount_in_a_private_namespace() {
     let d = Daemon::start();

@@ -17,6 +17,7 @@
  *
  *   matrix-probe OPEN_PATH EXIT_CODE [ARGS...]
  */
+#define _GNU_SOURCE /* setresuid */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>

@@ -394,10 +394,15 @@ impl ProcTable {
                     // AT_EMPTY_PATH, /proc/self/fd/N: how memfd programs
                     // run) names no file: the kernel's own link says which,
                     // while the process lives. (Once it is gone, the name
-                    // as passed is all there is.)
+                    // as passed is all there is, but for a memfd: below.)
                     Some(p) if p.starts_with(b"/dev/fd/") || p.starts_with(b"/proc/") => {
                         read_exe(pid).or_else(|| Some(Arc::from(p)))
                     }
+                    // A memfd, named by the kernel (process.bpf.c): as
+                    // /proc/PID/exe shows it, even once the process is gone.
+                    Some(p) if p.starts_with(b"memfd:") => read_exe(pid).or_else(|| {
+                        Some(Arc::from([b"/", &p[..], b" (deleted)"].concat().as_slice()))
+                    }),
                     Some(p) if p.starts_with(b"/") => Some(Arc::from(p)),
                     Some(p) => std::fs::read_link(format!("/proc/{pid}/cwd"))
                         .ok()
