@@ -22,9 +22,14 @@ use crate::store::export::Exporter;
 use crate::store::retention::{self, Retention};
 use crate::store::{Store, Writer};
 
-/// Events kept for live followers; a follower further behind is skipped
-/// ahead with a `lost` line.
-const LIVE_CAPACITY: usize = 4096;
+/// Events kept for live followers and the detector; one further behind is
+/// skipped ahead (a `lost` line; the detector counts them). The writer
+/// publishes whole batches (`store.batch_size`, 4096), several back to
+/// back, so at 4096 the detector with 200 rules was skipped ahead from
+/// ~80k events/s while it had CPU to spare; 16384 let it keep up at 150k.
+/// A slot's event is freed once every receiver has it: memory follows the
+/// backlog, not the capacity.
+const LIVE_CAPACITY: usize = 16384;
 
 pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let started = Instant::now();
