@@ -120,6 +120,7 @@ enum variant {
 	X(SLOT_OPEN_FLAGS, 0)                                                      \
 	X(SLOT_OPEN_MODE, 1)                                                       \
 	X(SLOT_OPEN_DIRFD, 2)                                                      \
+	X(SLOT_CWD_ID, 5)             /* open, unlink, rename, chmod: cwd_id(), 0 unknown */ \
 	X(SLOT_UNLINK_FLAGS, 1)                                                    \
 	X(SLOT_UNLINK_DIRFD, 2)                                                    \
 	X(SLOT_RENAME_FLAGS, 1)                                                    \

@@ -23,6 +23,11 @@ static __always_inline void *cur_task(void)
 static __always_inline void fill_task(struct event *e, void *task)
 {
 }
+
+static __always_inline __u64 cwd_id(void)
+{
+	return 0;
+}
 #else
 
 #ifdef CORE
@@ -130,6 +135,27 @@ static __always_inline struct task_struct *cur_task(void)
 static __always_inline __u32 current_mnt_ns(void)
 {
 	return READ_KERN(cur_task(), nsproxy, mnt_ns, ns.inum);
+}
+
+/* Which directory the task's relative paths start from, as an opaque id:
+ * user space reads /proc/PID/cwd once per id instead of once per relative
+ * path (a readlink cost more than the rest of the event's user-space work).
+ * The pwd's dentry and mount, and the inode number so that a dentry freed
+ * and reused for another directory is another id. The kernel-specific
+ * object (no fs_struct in every header set) says 0: unknown. */
+static __always_inline __u64 cwd_id(void)
+{
+#ifdef CORE
+	struct fs_struct *fs = READ_KERN(cur_task(), fs);
+	__u64 d = (__u64)READ_KERN(fs, pwd.dentry);
+	__u64 m = (__u64)READ_KERN(fs, pwd.mnt);
+
+	if (!d)
+		return 0;
+	return d ^ (m << 17 | m >> 47) ^ ((__u64)READ_KERN((struct dentry *)d, d_inode, i_ino) << 32);
+#else
+	return 0;
+#endif
 }
 
 #endif /* TRACEED_FALLBACK */

@@ -33,6 +33,7 @@ static __always_inline int fill_open(struct event *e, __u32 variant, const __u64
 		e->h.args[SLOT_OPEN_MODE] = args[3];
 		e->h.args[SLOT_OPEN_DIRFD] = args[0];
 	}
+	e->h.args[SLOT_CWD_ID] = cwd_id();
 	return 0;
 }
 SYSCALL_HOOKS(open, 3, EK_OPEN, V_PLAIN, fill_open)
@@ -49,6 +50,7 @@ static __always_inline int fill_unlink(struct event *e, __u32 variant, const __u
 		push_str(e, STR_UNLINK_PATH, (void *)args[0], STR_USER);
 		e->h.args[SLOT_UNLINK_DIRFD] = AT_FDCWD_U;
 	}
+	e->h.args[SLOT_CWD_ID] = cwd_id();
 	return 0;
 }
 SYSCALL_HOOKS(unlink, 1, EK_UNLINK, V_PLAIN, fill_unlink)
@@ -68,6 +70,7 @@ static __always_inline int fill_rename(struct event *e, __u32 variant, const __u
 		e->h.args[SLOT_RENAME_OLD_DIRFD] = args[0];
 		e->h.args[SLOT_RENAME_NEW_DIRFD] = args[2];
 	}
+	e->h.args[SLOT_CWD_ID] = cwd_id();
 	return 0;
 }
 SYSCALL_HOOKS(rename, 2, EK_RENAME, V_PLAIN, fill_rename)
@@ -88,6 +91,7 @@ static __always_inline int fill_chmod(struct event *e, __u32 variant, const __u6
 		e->h.args[SLOT_CHMOD_MODE] = args[1];
 		e->h.args[SLOT_CHMOD_DIRFD] = AT_FDCWD_U;
 	}
+	e->h.args[SLOT_CWD_ID] = cwd_id();
 	return 0;
 }
 SYSCALL_HOOKS(chmod, 2, EK_CHMOD, V_PLAIN, fill_chmod)

@@ -117,6 +117,60 @@ fn relative_paths_are_made_absolute() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// One process's relative opens follow its chdirs: the cwd is read once
+/// per directory the kernel names (`cwd_id`), and never reused across a
+/// change, back and forth. The shell waits for a flag file after each
+/// open until that open is stored, so each is resolved while the shell is
+/// still in the directory it opened from (user space reads the cwd from
+/// /proc: a process that moved on or exited first is a race this test
+/// does not measure).
+#[test]
+fn relative_paths_follow_the_cwd() {
+    let d = Daemon::start();
+    let root = tmp_path("cwds");
+    let (a, b) = (format!("{root}/a"), format!("{root}/b"));
+    for dir in [&a, &b] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let f = unique("cwdf");
+    let steps = [(&a, 1), (&a, 2), (&b, 2), (&a, 3), (&b, 4)];
+    let mut script = format!("cd {a}");
+    for (i, (dir, n)) in steps.iter().enumerate() {
+        std::fs::write(format!("{dir}/{f}{n}"), "").unwrap();
+        // Relative to the cwd: ../a from b and back.
+        let rel = if *dir == &a { "../a" } else { "../b" };
+        script += &format!(
+            " && cd {rel} && : < {f}{n} && while [ ! -e {root}/go{i} ]; do sleep 0.02; done"
+        );
+    }
+    // Killed if the test fails first.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(
+        Command::new("/bin/dash")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id().to_string();
+    for (i, (dir, n)) in steps.iter().enumerate() {
+        let want = format!("{dir}/{f}{n}");
+        d.wait_for(&["--kind", "open", "--pid", &pid], |e| {
+            e.args["path"] == want.as_str()
+        });
+        std::fs::write(format!("{root}/go{i}"), "").unwrap();
+    }
+    assert!(child.0.wait().unwrap().success());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn network_events_ipv4_and_ipv6() {
     let d = Daemon::start();

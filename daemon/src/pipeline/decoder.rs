@@ -239,6 +239,10 @@ pub struct Decoded {
     /// fork and exec on the CO-RE and kernel-object rungs. The process
     /// table keys the instance by it (`proctable::derive_key`).
     pub start_boot: Option<u64>,
+    /// Which directory the task's relative paths started from when the
+    /// record was made (`cwd_id` in task.h; CO-RE rungs, path kinds): an
+    /// opaque id, so /proc/PID/cwd is read once per id.
+    pub cwd_id: Option<u64>,
 }
 
 /// One kind's payload, read from a record's slots.
@@ -550,10 +554,15 @@ pub fn to_event(
         Kind::Fork => rec.arg(c::SLOT_FORK_START),
         _ => 0,
     };
+    let cwd_id = match kind {
+        Kind::Open | Kind::Unlink | Kind::Rename | Kind::Chmod => rec.arg(c::SLOT_CWD_ID),
+        _ => 0,
+    };
     Ok(Decoded {
         event,
         paths_at: at,
         start_boot: (start != 0).then_some(start),
+        cwd_id: (cwd_id != 0).then_some(cwd_id),
     })
 }
 

@@ -69,6 +69,7 @@ impl Pipeline {
             event: mut ev,
             paths_at,
             start_boot,
+            cwd_id,
         } = match decoded {
             Ok(d) => d,
             Err(e) => {
@@ -86,7 +87,7 @@ impl Pipeline {
         if !self.exe_scope.admits(&ev) {
             return;
         }
-        crate::pipeline::proctable::absolutize(&mut ev, &paths_at);
+        self.procs.absolutize(&mut ev, &paths_at, cwd_id);
         if let Some(cg) = ev.cgroup_id {
             ev.container_id = self.containers.container_of(cg).map(|c| c.to_string());
         }

@@ -29,7 +29,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use traceed_wire::{Announced, Event, Lineage};
@@ -62,6 +62,9 @@ pub struct ProcTable {
     tick_ns: u64,
     /// Wall minus boot clock (the decoder's offset), to get back to ts_ns.
     boot_to_wall: i64,
+    /// Each process's cwd as last read from /proc, with the kernel's id
+    /// of it then (`decoder::Decoded::cwd_id`).
+    cwd: HashMap<u32, (u64, PathBuf)>,
 }
 
 /// FNV-1a over the boot id, the tgid and the start: stable across daemon
@@ -143,6 +146,7 @@ impl ProcTable {
             exe: HashMap::new(),
             ppid: HashMap::new(),
             live: HashMap::new(),
+            cwd: HashMap::new(),
             boot_id,
             tick_ns,
             boot_to_wall,
@@ -434,6 +438,7 @@ impl ProcTable {
             e.exe = Some(store_bytes(e, &exe));
         }
         if e.kind == "exit" {
+            self.cwd.remove(&pid);
             self.exe.remove(&pid);
             self.ppid.remove(&pid);
             self.live.remove(&pid);
@@ -443,30 +448,44 @@ impl ProcTable {
 
 const AT_FDCWD: i32 = -100;
 
-/// Make relative paths absolute against what they were relative to: the
-/// cwd (AT_FDCWD) or the directory fd, read from /proc while the process
-/// is still there. The decoder hands over each path with its dirfd;
-/// unresolvable paths stay as the process passed them.
-pub fn absolutize(e: &mut Event, paths: &[PathAt]) {
-    let Some(pid) = e.pid else { return };
-    for p in paths {
-        if p.path.starts_with('/') || p.path.is_empty() {
-            continue;
-        }
-        // Read back from the event: adding `exe` may have escaped it since.
-        let Some(cur) = e.args.get(p.field).and_then(|v| v.as_str()) else {
-            continue;
-        };
-        let rel = raw_bytes(e, cur);
-        let base = if p.dirfd == AT_FDCWD {
-            format!("/proc/{pid}/cwd")
-        } else {
-            format!("/proc/{pid}/fd/{}", p.dirfd)
-        };
-        if let Ok(dir) = std::fs::read_link(base) {
-            let abs = dir.join(Path::new(std::ffi::OsStr::from_bytes(&rel)));
-            let abs = store_bytes(e, abs.as_os_str().as_bytes());
-            e.args[p.field] = serde_json::Value::String(abs);
+impl ProcTable {
+    /// Make relative paths absolute against what they were relative to:
+    /// the cwd (AT_FDCWD) or the directory fd, read from /proc while the
+    /// process is still there; the cwd once per `cwd_id` when the record
+    /// carries one (a readlink per relative path was most of the
+    /// daemon's user-space work under a loop of relative opens). The
+    /// decoder hands over each path with its dirfd; unresolvable paths
+    /// stay as the process passed them.
+    pub fn absolutize(&mut self, e: &mut Event, paths: &[PathAt], cwd_id: Option<u64>) {
+        let Some(pid) = e.pid else { return };
+        for p in paths {
+            if p.path.starts_with('/') || p.path.is_empty() {
+                continue;
+            }
+            // Read back from the event: adding `exe` may have escaped it since.
+            let Some(cur) = e.args.get(p.field).and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let rel = raw_bytes(e, cur);
+            let dir = if p.dirfd != AT_FDCWD {
+                std::fs::read_link(format!("/proc/{pid}/fd/{}", p.dirfd)).ok()
+            } else {
+                match (cwd_id, self.cwd.get(&pid)) {
+                    (Some(id), Some((known, dir))) if *known == id => Some(dir.clone()),
+                    _ => {
+                        let dir = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+                        if let (Some(id), Some(d)) = (cwd_id, &dir) {
+                            self.cwd.insert(pid, (id, d.clone()));
+                        }
+                        dir
+                    }
+                }
+            };
+            if let Some(dir) = dir {
+                let abs = dir.join(Path::new(std::ffi::OsStr::from_bytes(&rel)));
+                let abs = store_bytes(e, abs.as_os_str().as_bytes());
+                e.args[p.field] = serde_json::Value::String(abs);
+            }
         }
     }
 }
