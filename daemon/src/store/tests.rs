@@ -1103,6 +1103,33 @@ fn payload_queries() -> Vec<Query> {
     ]
 }
 
+/// Run `delete` on the closed store at `dir` (an index pass undone), open
+/// it again: only that pass runs, saying `what` through the progress the
+/// daemon extends systemd's start timeout with, and `queries` answer
+/// exactly what `Query::matches` selects from `all`.
+async fn reindexed(
+    dir: &std::path::Path,
+    delete: &[&'static str],
+    what: &str,
+    all: &[Event],
+    queries: &[Query],
+) {
+    run_sql(dir, delete).await;
+    let said = std::sync::Mutex::new(Vec::<String>::new());
+    let store = Store::open_with_progress(dir, &|m| said.lock().unwrap().push(m.into()))
+        .await
+        .unwrap();
+    let said = said.into_inner().unwrap();
+    assert!(
+        !said.is_empty() && said.iter().all(|m| m.starts_with(what)),
+        "{said:?}"
+    );
+    for f in queries {
+        let want: Vec<i64> = all.iter().filter(|e| f.matches(e)).map(|e| e.id).collect();
+        assert_eq!(paged_ids(&store, f, false, 1000).await, want, "{f:?}");
+    }
+}
+
 /// Every payload filter, alone and combined, selects exactly what
 /// `Query::matches` (the follow path) selects, in both orders and page
 /// sizes; the ones the index serves are driven by their own blocks.
@@ -1197,58 +1224,26 @@ async fn payload_filters_agree_with_a_scan() {
         "backfilled: {rows} port rows, {blooms} filters"
     );
     check(all.clone(), store.clone()).await;
+    drop(store);
     // A store indexed before networks were: only their pass runs, and the
     // CIDR queries answer as before.
-    drop(store);
-    run_sql(
-        &dir,
-        &[
-            "DELETE FROM block_blooms",
-            "DELETE FROM meta WHERE key = 'net_index'",
-        ],
-    )
-    .await;
-    // The daemon extends systemd's start timeout with what open reports.
-    let said = std::sync::Mutex::new(Vec::<String>::new());
-    let store = Store::open_with_progress(&dir, &|m| said.lock().unwrap().push(m.into()))
-        .await
-        .unwrap();
-    let said = said.into_inner().unwrap();
-    assert!(
-        !said.is_empty() && said.iter().all(|m| m.starts_with("indexing the networks")),
-        "{said:?}"
-    );
-    for f in &payload_queries()[22..30] {
-        let want: Vec<i64> = all.iter().filter(|e| f.matches(e)).map(|e| e.id).collect();
-        assert_eq!(paged_ids(&store, f, false, 1000).await, want, "{f:?}");
-    }
+    let nets = &payload_queries()[22..30];
+    let delete = [
+        "DELETE FROM block_blooms",
+        "DELETE FROM meta WHERE key = 'net_index'",
+    ];
+    reindexed(&dir, &delete, "indexing the networks", &all, nets).await;
     // One indexed before command lines were: only their pass runs, over
     // the exec rows, and `--cmdline` answers as before.
-    drop(store);
-    run_sql(
-        &dir,
-        &[
-            "DELETE FROM block_blooms WHERE slice >= 8",
-            "DELETE FROM meta WHERE key = 'cmdline_index'",
-        ],
-    )
-    .await;
-    let said = std::sync::Mutex::new(Vec::<String>::new());
-    let store = Store::open_with_progress(&dir, &|m| said.lock().unwrap().push(m.into()))
-        .await
-        .unwrap();
-    let said = said.into_inner().unwrap();
-    assert!(
-        !said.is_empty()
-            && said
-                .iter()
-                .all(|m| m.starts_with("indexing the command lines")),
-        "{said:?}"
-    );
-    for f in payload_queries().iter().filter(|q| q.cmdline.is_some()) {
-        let want: Vec<i64> = all.iter().filter(|e| f.matches(e)).map(|e| e.id).collect();
-        assert_eq!(paged_ids(&store, f, false, 1000).await, want, "{f:?}");
-    }
+    let cmdlines: Vec<Query> = payload_queries()
+        .into_iter()
+        .filter(|q| q.cmdline.is_some())
+        .collect();
+    let delete = [
+        "DELETE FROM block_blooms WHERE slice >= 8",
+        "DELETE FROM meta WHERE key = 'cmdline_index'",
+    ];
+    reindexed(&dir, &delete, "indexing the command lines", &all, &cmdlines).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
