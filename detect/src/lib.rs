@@ -53,6 +53,15 @@ impl Engine {
         &self.rules
     }
 
+    /// The position in `rules()` of a rule `matches` returned, so that it
+    /// can cross a channel as a number while the engine is shared.
+    pub fn index_of(&self, rule: &Rule) -> usize {
+        let i = (rule as *const Rule as usize - self.rules.as_ptr() as usize)
+            / std::mem::size_of::<Rule>();
+        debug_assert!(std::ptr::eq(&self.rules[i], rule), "a rule of this engine");
+        i
+    }
+
     /// Appends to `out` every rule the subject matches (each at most once,
     /// even when the event is in several categories), in rule order per
     /// category.

@@ -477,6 +477,33 @@ pub fn spawn_fresh(cmd: &mut Command) -> std::process::Child {
     )
 }
 
+/// Run a copy of /bin/true from a memfd named `name` (a fileless program)
+/// through /proc/self/fd, and wait for it: its pid. Exec needs no writer
+/// left, so the child inherits a read-only reopen (no O_CLOEXEC) and the
+/// writer is closed first.
+pub fn run_from_memfd(name: &str) -> u32 {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a valid C string; the fd is owned right away.
+    let w = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(w >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    let mut w = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(w) });
+    w.write_all(&std::fs::read("/bin/true").unwrap()).unwrap();
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", w.as_raw_fd())).unwrap();
+    // SAFETY: a valid C string; the fd is owned right away.
+    let r = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    assert!(r >= 0, "reopen memfd: {}", std::io::Error::last_os_error());
+    let r = unsafe { OwnedFd::from_raw_fd(r) };
+    drop(w);
+    let mut child = spawn_fresh(&mut Command::new(format!(
+        "/proc/self/fd/{}",
+        r.as_raw_fd()
+    )));
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
 /// A copy of /bin/true under a unique name, so comm and filename identify
 /// exactly the process a test started.
 pub struct Program {

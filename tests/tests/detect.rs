@@ -178,31 +178,7 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
             // the kernel loaded ("memfd:NAME", process.bpf.c), and the
             // image is "/memfd:NAME (deleted)" as /proc/PID/exe would have
             // shown it.
-            hit: Box::new(|| {
-                use std::io::Write;
-                use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-                let name = std::ffi::CString::new("traceed-test").unwrap();
-                // SAFETY: a valid C string; the fd is owned right away.
-                let w = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-                assert!(w >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-                let mut w = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(w) });
-                w.write_all(&std::fs::read("/bin/true").unwrap()).unwrap();
-                // Exec needs no writer left: a read-only fd the child
-                // inherits (no O_CLOEXEC), then the writer closed.
-                let path =
-                    std::ffi::CString::new(format!("/proc/self/fd/{}", w.as_raw_fd())).unwrap();
-                // SAFETY: a valid C string; the fd is owned right away.
-                let r = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
-                assert!(r >= 0, "reopen memfd: {}", std::io::Error::last_os_error());
-                let r = unsafe { OwnedFd::from_raw_fd(r) };
-                drop(w);
-                let pid = wait_pid(spawn_fresh(&mut Command::new(format!(
-                    "/proc/self/fd/{}",
-                    r.as_raw_fd()
-                ))));
-                drop(r);
-                pid
-            }),
+            hit: Box::new(|| traceed_tests::run_from_memfd("traceed-test")),
             miss: Box::new(|| run(&mut Command::new("/bin/true"))),
         },
         Case {

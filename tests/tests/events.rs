@@ -119,9 +119,9 @@ fn relative_paths_are_made_absolute() {
 
 /// One process's relative opens follow its chdirs: the cwd is read once
 /// per directory the kernel names (`cwd_id`), and never reused across a
-/// change, back and forth. The shell waits for a flag file after each
-/// open until that open is stored, so each is resolved while the shell is
-/// still in the directory it opened from (user space reads the cwd from
+/// change, back and forth. The shell reads a line from the test after
+/// each open, sent once that open is stored, so each is resolved while
+/// the shell is still in the directory it opened from (user space reads the cwd from
 /// /proc: a process that moved on or exited first is a race this test
 /// does not measure).
 #[test]
@@ -135,13 +135,11 @@ fn relative_paths_follow_the_cwd() {
     let f = unique("cwdf");
     let steps = [(&a, 1), (&a, 2), (&b, 2), (&a, 3), (&b, 4)];
     let mut script = format!("cd {a}");
-    for (i, (dir, n)) in steps.iter().enumerate() {
+    for (dir, n) in steps {
         std::fs::write(format!("{dir}/{f}{n}"), "").unwrap();
         // Relative to the cwd: ../a from b and back.
-        let rel = if *dir == &a { "../a" } else { "../b" };
-        script += &format!(
-            " && cd {rel} && : < {f}{n} && while [ ! -e {root}/go{i} ]; do sleep 0.02; done"
-        );
+        let rel = if dir == &a { "../a" } else { "../b" };
+        script += &format!(" && cd {rel} && : < {f}{n} && read go");
     }
     // Killed if the test fails first.
     struct Reap(std::process::Child);
@@ -154,19 +152,21 @@ fn relative_paths_follow_the_cwd() {
     let mut child = Reap(
         Command::new("/bin/dash")
             .args(["-c", &script])
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
     let pid = child.0.id().to_string();
-    for (i, (dir, n)) in steps.iter().enumerate() {
+    let mut go = child.0.stdin.take().unwrap();
+    for (dir, n) in steps {
         let want = format!("{dir}/{f}{n}");
         d.wait_for(&["--kind", "open", "--pid", &pid], |e| {
             e.args["path"] == want.as_str()
         });
-        std::fs::write(format!("{root}/go{i}"), "").unwrap();
+        go.write_all(b"\n").unwrap();
     }
+    drop(go);
     assert!(child.0.wait().unwrap().success());
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -310,28 +310,9 @@ fn memfd_and_bpf() {
 /// shown.
 #[test]
 fn a_memfd_program_gone_at_once_is_named_by_the_kernel() {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let d = Daemon::start();
     let name = unique("mfdx");
-    let c = CString::new(name.clone()).unwrap();
-    // SAFETY: a valid C string; the fd is owned right away.
-    let w = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(w >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    let mut w = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(w) });
-    w.write_all(&std::fs::read("/bin/true").unwrap()).unwrap();
-    // Exec needs no writer left: a read-only fd the child inherits.
-    let path = CString::new(format!("/proc/self/fd/{}", w.as_raw_fd())).unwrap();
-    // SAFETY: a valid C string; the fd is owned right away.
-    let r = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
-    assert!(r >= 0, "reopen memfd: {}", std::io::Error::last_os_error());
-    let r = unsafe { OwnedFd::from_raw_fd(r) };
-    drop(w);
-    let mut child = traceed_tests::spawn_fresh(&mut Command::new(format!(
-        "/proc/self/fd/{}",
-        r.as_raw_fd()
-    )));
-    let pid = child.id();
-    child.wait().unwrap();
+    let pid = traceed_tests::run_from_memfd(&name);
     let e = d.wait_for(&["--kind", "exec", "--pid", &pid.to_string()], |e| {
         e.pid == Some(pid)
     });

@@ -296,10 +296,6 @@ async fn match_pages(
     let mut users: HashMap<u32, Option<String>> = HashMap::new();
     let mut last_progress = Instant::now();
     let mut hits: Vec<&Rule> = Vec::new();
-    let rules = engine.rules();
-    let index = |r: &Rule| {
-        (r as *const Rule as usize - rules.as_ptr() as usize) / std::mem::size_of::<Rule>()
-    };
     let (ptx, mut prx) = mpsc::channel::<Result<Vec<traceed_wire::Event>, StoreError>>(2);
     if let (Some(lo), Some(hi)) = (first, last) {
         let window = Window {
@@ -359,7 +355,7 @@ async fn match_pages(
             procs.observe(&ev);
             if !hits.is_empty() {
                 p.matches += hits.len() as u64;
-                found.push((hits.iter().map(|r| index(r)).collect(), ev));
+                found.push((hits.iter().map(|r| engine.index_of(r)).collect(), ev));
             }
         }
         if !found.is_empty() {
@@ -383,63 +379,77 @@ async fn emit(
     mut rx: mpsc::Receiver<Out>,
     tx: mpsc::Sender<Line>,
 ) -> Result<(), Stop> {
-    let gone = || Stop::Gone(Progress::default());
     let rules = engine.rules();
     // Match lines, written straight from the event and a cached ancestry
     // (no serde_json::Value per match), sent in batches.
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES * 2);
-    // A process that matches once tends to match again (a run of its
-    // events): its ancestry is looked up, and written as JSON, once.
-    let mut ancestries: HashMap<u64, Arc<[u8]>> = HashMap::new();
-    // Most matching processes are distinct, their ancestors are not.
-    let mut instances = crate::store::procs::ProcCache::default();
+    let flush = |batch: &mut Vec<u8>| {
+        let out = std::mem::replace(batch, Vec::with_capacity(BATCH_BYTES * 2));
+        let tx = &tx;
+        async move {
+            if out.is_empty() {
+                return Ok(());
+            }
+            // The matcher's own count goes in the summary: scan() maps this.
+            tx.send(Ok(out))
+                .await
+                .map_err(|_| Stop::Gone(Progress::default()))
+        }
+    };
+    let mut ancestries = Ancestries::default();
     while let Some(o) = rx.recv().await {
         match o {
             Out::Progress(p) => {
-                if !batch.is_empty() {
-                    let b = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES * 2));
-                    tx.send(Ok(b)).await.map_err(|_| gone())?;
-                }
-                tx.send(Ok(line(&json!({ "progress": p.json() }))))
-                    .await
-                    .map_err(|_| gone())?;
+                flush(&mut batch).await?;
+                flush(&mut line(&json!({ "progress": p.json() }))).await?;
             }
             Out::Hits(found) => {
                 for (idx, ev) in &found {
-                    let ancestry = match ev.proc.as_deref().and_then(traceed_wire::parse_proc_key) {
-                        Some(k) => match ancestries.get(&k) {
-                            Some(a) => a.clone(),
-                            None => {
-                                let a: Arc<[u8]> = serde_json::to_vec(
-                                    &st.store.ancestors_with(k as i64, &mut instances).await?,
-                                )
-                                .unwrap_or_else(|_| b"[]".to_vec())
-                                .into();
-                                if ancestries.len() >= ANCESTRIES {
-                                    ancestries.clear();
-                                }
-                                ancestries.insert(k, a.clone());
-                                a
-                            }
-                        },
-                        None => Arc::from(&b"[]"[..]),
-                    };
+                    let ancestry = ancestries.of(&st, ev).await?;
                     for &i in idx {
                         match_line(&mut batch, &rules[i], ev, &ancestry);
                     }
                     if batch.len() >= BATCH_BYTES {
-                        let b = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES * 2));
-                        tx.send(Ok(b)).await.map_err(|_| gone())?;
+                        flush(&mut batch).await?;
                     }
                 }
-                if !batch.is_empty() {
-                    let b = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES * 2));
-                    tx.send(Ok(b)).await.map_err(|_| gone())?;
-                }
+                flush(&mut batch).await?;
             }
         }
     }
     Ok(())
+}
+
+/// Each matching process's ancestry as JSON, looked up once: a process
+/// that matches once tends to match again (a run of its events).
+#[derive(Default)]
+struct Ancestries {
+    json: HashMap<u64, Arc<[u8]>>,
+    /// Most matching processes are distinct, their ancestors are not.
+    instances: crate::store::procs::ProcCache,
+}
+
+impl Ancestries {
+    async fn of(&mut self, st: &AppState, ev: &traceed_wire::Event) -> Result<Arc<[u8]>, Stop> {
+        let Some(k) = ev.proc.as_deref().and_then(traceed_wire::parse_proc_key) else {
+            return Ok(Arc::from(&b"[]"[..]));
+        };
+        if let Some(a) = self.json.get(&k) {
+            return Ok(a.clone());
+        }
+        let chain = st
+            .store
+            .ancestors_with(k as i64, &mut self.instances)
+            .await?;
+        let a: Arc<[u8]> = serde_json::to_vec(&chain)
+            .unwrap_or_else(|_| b"[]".to_vec())
+            .into();
+        if self.json.len() >= ANCESTRIES {
+            self.json.clear();
+        }
+        self.json.insert(k, a.clone());
+        Ok(a)
+    }
 }
 
 /// Append one match line: `{"match":{"rule":{…},"event":{…},"ancestry":[…]}}`.

@@ -470,16 +470,7 @@ impl ProcTable {
             let dir = if p.dirfd != AT_FDCWD {
                 std::fs::read_link(format!("/proc/{pid}/fd/{}", p.dirfd)).ok()
             } else {
-                match (cwd_id, self.cwd.get(&pid)) {
-                    (Some(id), Some((known, dir))) if *known == id => Some(dir.clone()),
-                    _ => {
-                        let dir = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
-                        if let (Some(id), Some(d)) = (cwd_id, &dir) {
-                            self.cwd.insert(pid, (id, d.clone()));
-                        }
-                        dir
-                    }
-                }
+                self.cwd_of(pid, cwd_id)
             };
             if let Some(dir) = dir {
                 let abs = dir.join(Path::new(std::ffi::OsStr::from_bytes(&rel)));
@@ -487,6 +478,21 @@ impl ProcTable {
                 e.args[p.field] = serde_json::Value::String(abs);
             }
         }
+    }
+
+    /// `pid`'s cwd: the one read for this `cwd_id` if there is one, else
+    /// read from /proc now (and kept under the id).
+    fn cwd_of(&mut self, pid: u32, cwd_id: Option<u64>) -> Option<PathBuf> {
+        if let (Some(id), Some((known, dir))) = (cwd_id, self.cwd.get(&pid)) {
+            if *known == id {
+                return Some(dir.clone());
+            }
+        }
+        let dir = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        if let Some(id) = cwd_id {
+            self.cwd.insert(pid, (id, dir.clone()));
+        }
+        Some(dir)
     }
 }
 
