@@ -342,7 +342,7 @@ impl ProcTable {
             ppid,
             parent: i.parent,
             uid,
-            start: i.start as i64 + self.boot_to_wall,
+            start: (i.start as i64).saturating_add(self.boot_to_wall),
             exe: self
                 .exe
                 .get(&pid)
@@ -368,7 +368,7 @@ impl ProcTable {
                 });
             }
         }
-        let t = (e.ts - self.boot_to_wall).max(0) as u64;
+        let t = e.ts.saturating_sub(self.boot_to_wall).max(0) as u64;
         let inst = match start {
             _ if e.kind == "fork" => Some(self.forked(pid, e.ppid, start.unwrap_or(t))),
             Some(start) => Some(self.started(pid, e.ppid, start)),
@@ -378,7 +378,7 @@ impl ProcTable {
             e.proc = Some(traceed_wire::proc_key_hex(i.key));
             e.lineage = Some(Lineage {
                 parent: i.parent,
-                start: Some(i.start as i64 + self.boot_to_wall),
+                start: Some((i.start as i64).saturating_add(self.boot_to_wall)),
                 announce: self.announce(pid, i),
             });
         }
