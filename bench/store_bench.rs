@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use traceed::service::metrics;
 use traceed::store::{self, retention};
 use traceed_wire::Event;
@@ -515,7 +515,7 @@ async fn main() -> anyhow::Result<()> {
     let st = store::Store::open(&a.dir).await?;
     let counters = Arc::new(metrics::Counters::default());
     let (tx, rx) = mpsc::channel(65536);
-    let (live, _) = broadcast::channel(4096);
+    let live = store::live::Live::new(8);
     let writer = store::Writer::new(&st, rx, live, counters.clone(), 4096).await?;
     let retention_stop = tokio::sync::watch::channel(false);
     let retention_task = if a.retention {

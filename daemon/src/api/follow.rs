@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use traceed_wire::{ErrorBody, Event};
 
 use super::AppState;
@@ -81,35 +81,32 @@ pub fn stream(st: Arc<AppState>, mut q: Query) -> Response {
             // Then start over from a fresh subscription and read the rest of
             // the history, so the seam stays exact no matter how much
             // history there was.
-            if live.len() < st.live_capacity {
+            if live.len() < st.live.capacity() {
                 break;
             }
-            live = live.resubscribe();
+            live = st.live.subscribe();
         }
-        loop {
-            match live.recv().await {
-                Ok(e) => {
-                    if e.id <= last_id || !q.matches(&e) {
-                        continue;
-                    }
-                    last_id = e.id;
-                    last_ts = e.ts;
-                    if tx.send(Ok(ndjson_line(&*e))).await.is_err() {
-                        return;
-                    }
+        while let Some(r) = live.recv().await {
+            if r.skipped > 0 {
+                st.counters.follow_dropped.fetch_add(r.skipped, Relaxed);
+                let now = traceed_wire::now_ns();
+                // `count` is what the ring skipped before filtering: an
+                // upper bound on the matching events missed.
+                let ev: Event =
+                    Event::lost(Some(r.skipped), "follower", last_ts, now, &st.load.fidelity);
+                if tx.send(Ok(ndjson_line(&ev))).await.is_err() {
+                    return;
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    st.counters.follow_dropped.fetch_add(n, Relaxed);
-                    let now = traceed_wire::now_ns();
-                    // `count` is what the ring skipped before filtering: an
-                    // upper bound on the matching events missed.
-                    let ev: Event =
-                        Event::lost(Some(n), "follower", last_ts, now, &st.load.fidelity);
-                    if tx.send(Ok(ndjson_line(&ev))).await.is_err() {
-                        return;
-                    }
+            }
+            for e in &r.batch.events {
+                if e.id <= last_id || !q.matches(e) {
+                    continue;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                last_id = e.id;
+                last_ts = e.ts;
+                if tx.send(Ok(ndjson_line(e))).await.is_err() {
+                    return;
+                }
             }
         }
     });

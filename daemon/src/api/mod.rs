@@ -24,10 +24,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
-use tokio::sync::broadcast;
-use traceed_wire::{Count, CountsPage, ErrorBody, Event, EventsPage, Refusal, SkippedHook, Status};
+
+use traceed_wire::{Count, CountsPage, ErrorBody, EventsPage, Refusal, SkippedHook, Status};
 
 use crate::service::metrics::{Counters, Metrics};
+use crate::store::live::Live;
 use crate::store::Store;
 pub use query::{encode_cursor, parse_counts, parse_query};
 use serve::Caller;
@@ -57,9 +58,7 @@ pub struct LoadInfo {
 pub struct AppState {
     pub store: Store,
     pub counters: Arc<Counters>,
-    pub live: broadcast::Sender<Arc<Event>>,
-    /// Capacity `live` was created with (follow uses it to detect lag).
-    pub live_capacity: usize,
+    pub live: Live,
     pub load: LoadInfo,
     pub ready: AtomicBool,
     pub started: Instant,
@@ -71,8 +70,7 @@ impl AppState {
     pub fn new(
         store: Store,
         counters: Arc<Counters>,
-        live: broadcast::Sender<Arc<Event>>,
-        live_capacity: usize,
+        live: Live,
         load: LoadInfo,
         retention: String,
         started: Instant,
@@ -83,7 +81,6 @@ impl AppState {
             store,
             counters,
             live,
-            live_capacity,
             load,
             ready: AtomicBool::new(false),
             started,

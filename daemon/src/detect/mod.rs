@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use traceed_detect::{Engine, Level, ProcessMap, Rule, WireSubject};
 use traceed_wire::Event;
 
 use crate::service::config::DetectConfig;
 use crate::service::private::{self, PrivacyError};
+use crate::store::live::Feed;
 use crate::store::Store;
 
 /// What `tracectl status` and `/metrics` report about detection.
@@ -192,14 +193,13 @@ impl Detector {
         }
     }
 
-    pub async fn run(mut self, mut live: broadcast::Receiver<Arc<Event>>) {
-        loop {
-            match live.recv().await {
-                Ok(ev) => self.handle(&ev).await,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    self.stats.dropped_events.fetch_add(n, Relaxed);
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+    pub async fn run(mut self, mut live: Feed) {
+        while let Some(r) = live.recv().await {
+            if r.skipped > 0 {
+                self.stats.dropped_events.fetch_add(r.skipped, Relaxed);
+            }
+            for ev in &r.batch.events {
+                self.handle(ev).await;
             }
         }
     }

@@ -6,14 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::store::live::Live;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::broadcast;
-use traceed_wire::Event;
 
 #[derive(Default)]
 pub struct Counters {
@@ -74,18 +73,14 @@ impl Counters {
 /// Measures ingest lag from the writer's live broadcast (which carries each
 /// event right after its commit), so the store needs no extra hook. A
 /// receiver that falls behind just skips ahead: it never slows the writer.
-pub fn spawn_lag_watch(live: &broadcast::Sender<Arc<Event>>, counters: Arc<Counters>) {
+pub fn spawn_lag_watch(live: &Live, counters: Arc<Counters>) {
     counters.ingest_lag_ns.store(-1, Relaxed);
-    let mut rx = live.subscribe();
+    let mut feed = live.subscribe();
     tokio::spawn(async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) => {
-                    let lag = traceed_wire::now_ns().saturating_sub(e.ts).max(0);
-                    counters.ingest_lag_ns.store(lag, Relaxed);
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
+        while let Some(r) = feed.recv().await {
+            if let Some(e) = r.batch.events.last() {
+                let lag = traceed_wire::now_ns().saturating_sub(e.ts).max(0);
+                counters.ingest_lag_ns.store(lag, Relaxed);
             }
         }
     });

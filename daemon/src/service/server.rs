@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, AppState, LoadInfo};
 use crate::kernel::ladder::{self, LoadOptions};
@@ -19,17 +19,19 @@ use crate::service::config::Config;
 use crate::service::metrics::Counters;
 use crate::service::notify::{self, Notifier, Watchdog};
 use crate::store::export::Exporter;
+use crate::store::live::Live;
 use crate::store::retention::{self, Retention};
 use crate::store::{Store, Writer};
 
-/// Events kept for live followers and the detector; one further behind is
-/// skipped ahead (a `lost` line; the detector counts them). The writer
-/// publishes whole batches (`store.batch_size`, 4096), several back to
-/// back, so at 4096 the detector with 200 rules was skipped ahead from
-/// ~80k events/s while it had CPU to spare; 16384 let it keep up at 150k.
-/// A slot's event is freed once every receiver has it: memory follows the
-/// backlog, not the capacity.
-const LIVE_CAPACITY: usize = 16384;
+/// Committed batches kept for live followers and the detector; one further
+/// behind is skipped ahead (a `lost` line; the detector counts them). The
+/// writer publishes whole batches (up to `store.batch_size`, 4096), several
+/// back to back. With one message per event, 4096 slots let the detector
+/// with 200 rules be skipped ahead from ~80k events/s with CPU to spare, and
+/// 16384 from ~184k; 8 batches hold up to 32768 events. A slot's batch is
+/// freed once every receiver has it: memory follows the backlog, not the
+/// capacity.
+const LIVE_CAPACITY: usize = 8;
 
 pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -49,7 +51,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
 
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(cfg.store.queue_capacity);
-    let (live, _) = broadcast::channel(LIVE_CAPACITY);
+    let live = Live::new(LIVE_CAPACITY);
     let writer = Writer::new(
         &store,
         rx,
@@ -179,7 +181,6 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         store.clone(),
         counters.clone(),
         live.clone(),
-        LIVE_CAPACITY,
         LoadInfo {
             rung: loaded.rung.as_str().into(),
             fidelity: fidelity.into(),

@@ -23,6 +23,7 @@ use traceed_wire::Event;
 pub(crate) mod bloom;
 pub mod clickhouse;
 pub mod export;
+pub mod live;
 mod payload;
 pub mod procs;
 mod query;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Row, SqlitePool};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
+
+use super::live::Live;
 use traceed_wire::Event;
 
 use super::writer::PAUSED_RETRY_FOR_TESTS;
@@ -42,7 +44,8 @@ pub fn ev(ts: i64, kind: &str, pid: u32, comm: &str) -> Event {
 pub async fn write_all(store: &Store, events: Vec<Event>) -> Vec<Event> {
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(events.len().max(1));
-    let (live, mut sub) = broadcast::channel(events.len().max(1) + 1);
+    let live = Live::new(events.len().max(1) + 1);
+    let mut sub = live.subscribe();
     let w = Writer::new(store, rx, live, counters, 512).await.unwrap();
     let task = tokio::spawn(w.run());
     for e in events {
@@ -51,8 +54,9 @@ pub async fn write_all(store: &Store, events: Vec<Event>) -> Vec<Event> {
     drop(tx);
     task.await.unwrap().unwrap();
     let mut out = Vec::new();
-    while let Ok(e) = sub.try_recv() {
-        out.push((*e).clone());
+    while let Some(r) = sub.try_recv() {
+        assert_eq!(r.skipped, 0);
+        out.extend(r.batch.events.iter().cloned());
     }
     out
 }
@@ -270,7 +274,7 @@ async fn after_a_failed_batch_filters_still_find_what_follows() {
     .unwrap();
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(64);
-    let (live, _) = broadcast::channel(64);
+    let live = Live::new(64);
     let w = Writer::new(&store, rx, live, counters.clone(), 64)
         .await
         .unwrap();

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sqlx::SqlitePool;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
+
+use super::live::Live;
 use traceed_wire::Event;
 
 use super::raw::{Conn, Encoded, ProcRow, WriteError};
@@ -182,7 +184,7 @@ fn sql_thread(
 
 pub struct Writer {
     rx: mpsc::Receiver<Event>,
-    live: broadcast::Sender<Arc<Event>>,
+    live: Live,
     counters: Arc<Counters>,
     batch_size: usize,
     health: Arc<StoreHealth>,
@@ -276,7 +278,7 @@ impl Writer {
     pub async fn new(
         store: &Store,
         rx: mpsc::Receiver<Event>,
-        live: broadcast::Sender<Arc<Event>>,
+        live: Live,
         counters: Arc<Counters>,
         batch_size: usize,
     ) -> Result<Self, StoreError> {
@@ -718,11 +720,6 @@ impl Writer {
         }
         self.counters
             .count_stored_all(events.iter().map(|e| e.kind.as_str()));
-        for e in events.drain(..) {
-            let _ = self.live.send(Arc::new(e));
-        }
-        if self.spare_events.len() < 2 {
-            self.spare_events.push(events);
-        }
+        self.live.publish(events);
     }
 }
