@@ -14,6 +14,9 @@
 #          --keep (leave the work dir for inspection),
 #          --rules DIR (traceed's configs load the Sigma rules in DIR: the
 #          detection cost, e.g. the zero-loss rate with and without rules).
+# Environment: EXTRA_WL="build tar" (the full run's default; "" in --quick)
+#          adds a `make -j2` of N_BUILD=100 C files and a tar copy of
+#          /usr/include to every session (timed only: no ground truth).
 # Must run as root. Every daemon, audit rule and sysctl it changes is undone
 # on exit (trap), also on failure.
 set -euo pipefail
@@ -31,7 +34,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --rules) RULES=$(cd "$2" && pwd); shift ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -41,13 +44,16 @@ done
 if [ $QUICK = 1 ]; then
     : "${REPS:=3}" "${CONFIGS:=untraced,core,fallback}" "${QEVENTS:=30000}"
     : "${N_EXEC:=150}" "${N_OPEN:=10000}" "${N_CONN:=1000}" "${N_MIXED:=30}" "${RATE_STEPS:=2}" "${RATE_SECS:=2}"
+    : "${EXTRA_WL=}"
 else
     : "${REPS:=5}" "${CONFIGS:=untraced,core,fallback,auditd,bpftrace}" "${QEVENTS:=1000000}"
     : "${N_EXEC:=600}" "${N_OPEN:=20000}" "${N_CONN:=3000}" "${N_MIXED:=100}" "${RATE_STEPS:=6}" "${RATE_SECS:=20}"
+    : "${EXTRA_WL=build tar}"
 fi
 
 WORK=$(mktemp -d /tmp/traceed-bench.XXXXXX)
 BIN=$WORK/bin
+N_BUILD=${N_BUILD:-100}
 RES=$WORK/runs.tsv       # config rep workload ns ops expected... recorded... lost
 TRC=$WORK/tracers.tsv    # config rep ready_ms rss_kb cpu_s stored_events disk_bytes
 BPF=$WORK/bpf.tsv        # config prog run_time_ns run_cnt
@@ -84,7 +90,7 @@ for rep in $(seq 1 "$REPS"); do
             skip "$cfg" "$(cat "$WORK/skipreason" 2>/dev/null || echo 'failed to start')"
             continue
         fi
-        for wl in exec open connect mixed; do
+        for wl in exec open connect mixed $EXTRA_WL; do
             run_workload "$cfg" "$rep" "$wl"
         done
         tracer_settle "$cfg" "$rep"
