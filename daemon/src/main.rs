@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use traceed::kernel::kobject;
-use traceed::service::{cli, config, logging, notify, private, server};
+use traceed::service::{cli, config, logging, memory, notify, private, server};
 
 /// sysexits.h EX_CONFIG: the unit sets RestartPreventExitStatus=78 so a
 /// broken config file is reported once instead of restarted in a loop.
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     // Before any file is created: the history stays private whatever
     // umask the daemon was started with.
     private::restrict_umask();
+    memory::limit_arenas();
     let cli = cli::Cli::parse();
     let notifier = notify::Notifier::from_env();
     let cfg = match load_config(&cli) {

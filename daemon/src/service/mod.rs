@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod peer;

@@ -123,6 +123,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         fentry: cfg.kernel.fentry,
     };
     let mut loaded = tokio::task::block_in_place(|| ladder::load(&opts))?;
+    crate::service::memory::release_free();
     let fidelity = loaded.rung.fidelity();
     if let Some(ev) = store.downtime_event(fidelity) {
         tracing::info!(from = %ev.args["from"], "recording the time traceed was not running as a lost row");

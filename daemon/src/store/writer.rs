@@ -437,7 +437,12 @@ impl Writer {
             } else {
                 None
             };
-            let next = self.spare_events.pop().unwrap_or_default();
+            // Published batches move to the live feed, so most batches need
+            // a new vector: sized once, not grown by doubling per batch.
+            let next = self
+                .spare_events
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.batch_size));
             self.submit(pipe, enc, std::mem::replace(&mut batch, next), first_id);
             if let Some(s) = prev {
                 self.settle(s);
