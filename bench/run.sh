@@ -16,7 +16,8 @@
 #          detection cost, e.g. the zero-loss rate with and without rules).
 # Environment: EXTRA_WL="build tar" (the full run's default; "" in --quick)
 #          adds a `make -j2` of N_BUILD=100 C files and a tar copy of
-#          /usr/include to every session (timed only: no ground truth).
+#          /usr/include (into /dev/shm) to every session (timed only: no
+#          ground truth).
 # Must run as root. Every daemon, audit rule and sysctl it changes is undone
 # on exit (trap), also on failure.
 set -euo pipefail
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --rules) RULES=$(cd "$2" && pwd); shift ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
     shift
