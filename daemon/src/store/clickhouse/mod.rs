@@ -290,6 +290,14 @@ impl ExportGuard {
     pub fn deleted(&self, unshipped: &[(i64, i64)], now_lost: Option<Loss>) {
         if let Some(&(top, _)) = unshipped.last() {
             self.state.cursor.fetch_max(top, Relaxed);
+            // Deleted events are no longer behind: the lag says so now, not
+            // at the sink's next turn (status would show them as both lost
+            // and waiting).
+            let n = unshipped.len() as u64;
+            let _ = self
+                .state
+                .lag_events
+                .fetch_update(Relaxed, Relaxed, |lag| Some(lag.saturating_sub(n)));
         }
         if let Some(l) = now_lost {
             self.report(l);
