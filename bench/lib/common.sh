@@ -546,6 +546,14 @@ stats() { # reads numbers on stdin; prints "median min max n"
     sort -g | awk '{a[NR]=$1} END { if (NR == 0) { print "- - - 0"; exit }
         m = NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; print m, a[1], a[NR], NR }'
 }
+# "median min max n" (from stats) as "median<unit> [min-max]".
+span() { awk -v u="${2:-}" '{printf "%s%s [%s-%s]", $1, u, $2, $3}' <<<"$1"; }
+# Per repetition, a configuration's run of a workload against the untraced
+# run of the same repetition: "ratio" (t/u) or "added_ms" ((t-u)/1e6).
+paired() { # file cfg wl ratio|added_ms
+    awk -v c="$2" -v w="$3" -v how="$4" '$3==w && $1=="untraced" {u[$2]=$4} $3==w && $1==c {t[$2]=$4}
+        END { for (r in t) if (r in u) { if (how == "ratio") printf "%.3f\n", t[r] / u[r]; else printf "%.0f\n", (t[r] - u[r]) / 1e6 } }' "$1"
+}
 
 label() {
     case $1 in
@@ -576,8 +584,7 @@ report() {
                 row="$row ${m}k ops/s [${lo}-${hi}] |"
                 comp="$comp - |"
             else
-                read -r m lo hi n < <(awk -v c="$cfg" -v w=$wl '$3==w && $1=="untraced" {u[$2]=$4} $3==w && $1==c {t[$2]=$4}
-                    END { for (r in t) if (r in u) printf "%.3f\n", t[r] / u[r] }' "$RES" "$RES" | stats)
+                read -r m lo hi n < <(paired "$RES" "$cfg" "$wl" ratio | stats)
                 row="$row ${m}x [${lo}-${hi}] |"
                 comp="$comp $(awk -v c="$cfg" -v w=$wl '$1==c && $3==w {o+=$5; r+=$6} END { if (o) printf "%.2f%%", 100 * r / o; else print "-" }' "$RES") |"
             fi
@@ -601,19 +608,12 @@ report() {
             skipped "$cfg" && continue
             local row="| $(label "$cfg") |"
             for wl in build tar; do
-                local t r a
-                t=$(awk -v c="$cfg" -v w=$wl '$1==c && $3==w {printf "%.2f\n", $4 / 1e9}' "$WORK/extra.tsv" | stats)
-                if [ "$cfg" = untraced ]; then
-                    r="-" a="-"
-                else
-                    r=$(awk -v c="$cfg" -v w=$wl '$3==w && $1=="untraced" {u[$2]=$4} $3==w && $1==c {t[$2]=$4}
-                        END { for (x in t) if (x in u) printf "%.3f\n", t[x] / u[x] }' "$WORK/extra.tsv" | stats)
-                    a=$(awk -v c="$cfg" -v w=$wl '$3==w && $1=="untraced" {u[$2]=$4} $3==w && $1==c {t[$2]=$4}
-                        END { for (x in t) if (x in u) printf "%.0f\n", (t[x] - u[x]) / 1e6 }' "$WORK/extra.tsv" | stats)
-                    r=$(awk '{printf "%sx [%s-%s]", $1, $2, $3}' <<<"$r")
-                    a=$(awk '{printf "%s [%s-%s]", $1, $2, $3}' <<<"$a")
+                local t r="-" a="-"
+                t=$(span "$(awk -v c="$cfg" -v w=$wl '$1==c && $3==w {printf "%.2f\n", $4 / 1e9}' "$WORK/extra.tsv" | stats)")
+                if [ "$cfg" != untraced ]; then
+                    r=$(span "$(paired "$WORK/extra.tsv" "$cfg" "$wl" ratio | stats)" x)
+                    a=$(span "$(paired "$WORK/extra.tsv" "$cfg" "$wl" added_ms | stats)")
                 fi
-                t=$(awk '{printf "%s [%s-%s]", $1, $2, $3}' <<<"$t")
                 row="$row $t | $r | $a |"
             done
             echo "$row"
@@ -636,8 +636,7 @@ report() {
         cpu=$(awk -v c="$cfg" '$1==c {print $5}' "$TRC" | stats)
         cpe=$(awk -v c="$cfg" '$1==c && $6>0 {printf "%.2f\n", $5 * 1e6 / $6}' "$TRC" | stats)
         bpe=$(awk -v c="$cfg" '$1==c && $6>0 {printf "%.0f\n", $7 / $6}' "$TRC" | stats)
-        fmt() { awk -v u="$2" '{printf "%s%s [%s-%s]", $1, u, $2, $3}' <<<"$1"; }
-        echo "| $(label "$cfg") | $(fmt "$r" " ms") | $(fmt "$rss" " MiB") | $(fmt "$cpu" " s") | $(fmt "$cpe" " µs") | $(fmt "$bpe" " B") |"
+        echo "| $(label "$cfg") | $(span "$r" " ms") | $(span "$rss" " MiB") | $(span "$cpu" " s") | $(span "$cpe" " µs") | $(span "$bpe" " B") |"
     done
     if grep -q '^bpftrace' "$TRC"; then
         echo

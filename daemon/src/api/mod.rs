@@ -24,7 +24,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
-
 use traceed_wire::{Count, CountsPage, ErrorBody, EventsPage, Refusal, SkippedHook, Status};
 
 use crate::service::metrics::{Counters, Metrics};

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::store::live::Live;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+
+use crate::store::live::Live;
 
 #[derive(Default)]
 pub struct Counters {
@@ -70,8 +71,9 @@ impl Counters {
     }
 }
 
-/// Measures ingest lag from the writer's live broadcast (which carries each
-/// event right after its commit), so the store needs no extra hook. A
+/// Measures ingest lag from the writer's live feed (each batch right after
+/// its commit; the lag of its newest event), so the store needs no extra
+/// hook. A
 /// receiver that falls behind just skips ahead: it never slows the writer.
 pub fn spawn_lag_watch(live: &Live, counters: Arc<Counters>) {
     counters.ingest_lag_ns.store(-1, Relaxed);

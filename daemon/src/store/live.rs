@@ -92,6 +92,8 @@ impl Feed {
     }
 
     /// Like `recv` without waiting: None when nothing is queued (or closed).
+    /// Tests read what a finished writer published with it.
+    #[cfg(test)]
     pub fn try_recv(&mut self) -> Option<Received> {
         loop {
             match self.rx.try_recv() {

@@ -9,10 +9,9 @@ use std::time::Duration;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
-
-use super::live::Live;
 use traceed_wire::Event;
 
+use super::live::Live;
 use super::writer::PAUSED_RETRY_FOR_TESTS;
 use super::{Query, Store, Writer, BLOCK_SHIFT, MIGRATOR};
 use crate::service::metrics::Counters;

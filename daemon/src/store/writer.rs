@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
-
-use super::live::Live;
 use traceed_wire::Event;
 
+use super::live::Live;
 use super::raw::{Conn, Encoded, ProcRow, WriteError};
 use super::{bloom, BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
 use crate::service::metrics::Counters;
@@ -201,7 +200,6 @@ pub struct Writer {
     bloom_block: i64,
     bloom_bits: Vec<u8>,
     spare: Vec<Encoded>,
-    spare_events: Vec<Vec<Event>>,
     keys: Vec<u8>,
     dropped: Option<Dropped>,
     last_attempt: Option<Instant>,
@@ -336,7 +334,6 @@ impl Writer {
             bloom_block,
             bloom_bits,
             spare: Vec::new(),
-            spare_events: Vec::new(),
             keys: Vec::new(),
             dropped: None,
             last_attempt: None,
@@ -437,12 +434,9 @@ impl Writer {
             } else {
                 None
             };
-            // Published batches move to the live feed, so most batches need
-            // a new vector: sized once, not grown by doubling per batch.
-            let next = self
-                .spare_events
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(self.batch_size));
+            // Published batches move to the live feed, so each batch needs
+            // a new vector: sized once, not grown by doubling.
+            let next = Vec::with_capacity(self.batch_size);
             self.submit(pipe, enc, std::mem::replace(&mut batch, next), first_id);
             if let Some(s) = prev {
                 self.settle(s);
@@ -670,7 +664,6 @@ impl Writer {
             Err(e) => {
                 self.pause(&e);
                 self.drop_batch(&mut events);
-                self.spare_events.push(events);
             }
         }
     }
