@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use traceed::service::metrics;
 use traceed::store::{self, retention};
-use traceed_wire::Event;
+use traceed_wire::LiveEvent;
 
 const HOUR: i64 = 3_600_000_000_000;
 const RARE_COMM: &str = "rare-comm-x";
@@ -290,7 +290,7 @@ impl Gen {
     }
 
     /// One event of a process outside the pool.
-    fn row_of(&mut self, p: &Proc, ts: i64, kind: &str, args: serde_json::Value) -> Event {
+    fn row_of(&mut self, p: &Proc, ts: i64, kind: &str, args: serde_json::Value) -> LiveEvent {
         self.procs.push(p.clone());
         let idx = self.procs.len() - 1;
         let e = self.row(idx, ts, kind, args, Some(0));
@@ -301,7 +301,7 @@ impl Gen {
     /// A parallel build started at `ts`: make, 10 sub-makes, 99 compilers
     /// under each (1,000 descendants), each forked, exec'd, opening a file
     /// and exiting. Returns its events and the root's pid and key.
-    fn build_tree(&mut self, ts: i64) -> (Vec<Event>, u32, u64) {
+    fn build_tree(&mut self, ts: i64) -> (Vec<LiveEvent>, u32, u64) {
         let mut out = Vec::new();
         let (ppid, pkey) = (self.procs[0].pid, self.procs[0].key);
         let mut root = self.new_proc(ppid, Some(pkey), ts);
@@ -327,7 +327,7 @@ impl Gen {
         (out, root.pid, root.key)
     }
 
-    fn event(&mut self, ts: i64) -> Event {
+    fn event(&mut self, ts: i64) -> LiveEvent {
         let idx = self.next_proc();
         let roll = self.rng.below(100);
         let (kind, args, retval): (&str, serde_json::Value, Option<i64>) = match roll {
@@ -428,7 +428,7 @@ impl Gen {
         kind: &str,
         args: serde_json::Value,
         retval: Option<i64>,
-    ) -> Event {
+    ) -> LiveEvent {
         let p = &self.procs[idx];
         let tid = if self.rng.below(5) == 0 {
             p.pid + 1 + self.rng.below(8) as u32
@@ -443,10 +443,10 @@ impl Gen {
             ),
             None => (4_026_531_841, 4_026_531_836, 1800 + (p.pid % 90) as u64),
         };
-        Event {
+        LiveEvent {
             id: 0,
             ts,
-            kind: kind.into(),
+            kind: traceed_wire::static_name(traceed_wire::KINDS, kind),
             pid: Some(p.pid),
             tid: Some(tid),
             ppid: Some(p.ppid),
@@ -460,8 +460,8 @@ impl Gen {
             mnt_ns: Some(mnt_ns),
             pid_ns: Some(pid_ns),
             retval,
-            args,
-            fidelity: self.fidelity.clone(),
+            args: args.into(),
+            fidelity: self.fidelity.clone().into(),
             proc: Some(traceed_wire::proc_key_hex(p.key)),
             lineage: Some(traceed_wire::Lineage {
                 parent: p.parent,
@@ -553,7 +553,7 @@ async fn main() -> anyhow::Result<()> {
     let mut build: Option<(u32, u64, i64)> = None;
     while i < n {
         let m = ROUND.min(n - i);
-        let events: Vec<Event> = tokio::task::block_in_place(|| {
+        let events: Vec<LiveEvent> = tokio::task::block_in_place(|| {
             (i..i + m)
                 .map(|i| {
                     let ts = start + ((i as i128 * span as i128) / n as i128) as i64;
@@ -565,18 +565,20 @@ async fn main() -> anyhow::Result<()> {
                     // connects to 10.9.9.9:4444 in the whole store.
                     if i % rare_every == rare_every / 3 {
                         e.kind = "open".into();
-                        e.args = serde_json::json!({"path": "/etc/shadow", "flags": 0, "mode": 0});
+                        e.args = serde_json::json!({"path": "/etc/shadow", "flags": 0, "mode": 0})
+                            .into();
                     }
                     if i % rare_every == rare_every / 4 {
                         e.kind = "connect".into();
                         e.args =
-                            serde_json::json!({"family": "inet", "addr": "10.9.9.9", "port": 4444});
+                            serde_json::json!({"family": "inet", "addr": "10.9.9.9", "port": 4444})
+                                .into();
                     }
                     e
                 })
                 .collect()
         });
-        let mut events: Vec<Event> = events;
+        let mut events: Vec<LiveEvent> = events;
         if (i..i + m).contains(&(n / 2)) {
             let ts = start + span / 2;
             let (tree, pid, key) = g.build_tree(ts);

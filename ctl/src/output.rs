@@ -17,7 +17,7 @@ pub enum Format {
 pub fn summary(e: &Event) -> String {
     let a = &e.args;
     let s = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-    match e.kind.as_str() {
+    match &*e.kind {
         "exec" => {
             let argv: Vec<&str> = a
                 .get("argv")

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
+use traceed_wire::payload::{Arg, ArgSource};
 use traceed_wire::Event;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -211,13 +212,13 @@ impl ProcessMap {
 
     /// Call after matching the event, so an exec's ParentImage is the
     /// parent's state before this event.
-    pub fn observe(&mut self, ev: &Event) {
+    pub fn observe<A: ArgSource>(&mut self, ev: &Event<A>) {
         let Some(pid) = ev.pid else { return };
         // Only the thread-group leader's events describe the process.
         if ev.tid.is_some_and(|t| t != pid) && ev.kind != "exec" {
             return;
         }
-        match ev.kind.as_str() {
+        match &*ev.kind {
             "exec" if exec_ok(ev) => {
                 let info = ProcInfo {
                     exe: exec_image(ev),
@@ -238,29 +239,24 @@ impl ProcessMap {
     }
 }
 
-fn exec_ok(ev: &Event) -> bool {
+fn exec_ok<A>(ev: &Event<A>) -> bool {
     ev.retval.is_none_or(|r| r == 0)
 }
 
-fn exec_image(ev: &Event) -> Option<String> {
-    ev.exe.clone().or_else(|| {
-        ev.args
-            .get("filename")
-            .and_then(|v| v.as_str())
-            .map(String::from)
-    })
+fn exec_image<A: ArgSource>(ev: &Event<A>) -> Option<String> {
+    ev.exe
+        .clone()
+        .or_else(|| ev.args.arg("filename")?.as_str().map(String::from))
 }
 
-fn exec_cmdline(ev: &Event) -> Option<String> {
-    let argv = ev.args.get("argv")?.as_array()?;
-    let parts: Vec<&str> = argv.iter().filter_map(|a| a.as_str()).collect();
-    Some(parts.join(" "))
+fn exec_cmdline<A: ArgSource>(ev: &Event<A>) -> Option<String> {
+    Some(ev.args.arg("argv")?.strs()?.join(" "))
 }
 
 /// One stored event seen through Sigma's field names. `user` is the name of
 /// the event's uid, resolved by the caller (the daemon caches it).
-pub struct WireSubject<'a> {
-    ev: &'a Event,
+pub struct WireSubject<'a, A = serde_json::Value> {
+    ev: &'a Event<A>,
     procs: &'a ProcessMap,
     user: Option<&'a str>,
     /// The exec's own argv joined, else borrowed from the process map.
@@ -272,13 +268,13 @@ fn bit(c: Category) -> u8 {
     1 << (c as u8)
 }
 
-impl<'a> WireSubject<'a> {
-    pub fn new(ev: &'a Event, procs: &'a ProcessMap, user: Option<&'a str>) -> Self {
+impl<'a, A: ArgSource> WireSubject<'a, A> {
+    pub fn new(ev: &'a Event<A>, procs: &'a ProcessMap, user: Option<&'a str>) -> Self {
         let args = &ev.args;
-        let categories = match ev.kind.as_str() {
+        let categories = match &*ev.kind {
             "exec" if exec_ok(ev) => bit(Category::ProcessCreation),
             "open" => {
-                let flags = args.get("flags").and_then(|f| f.as_i64()).unwrap_or(0);
+                let flags = args.arg("flags").and_then(|f| f.as_i64()).unwrap_or(0);
                 let writes = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0;
                 if writes && ev.retval.is_none_or(|r| r >= 0) {
                     bit(Category::FileEvent)
@@ -290,7 +286,7 @@ impl<'a> WireSubject<'a> {
             "unlink" => bit(Category::FileDelete),
             "chmod" => bit(Category::FileChange),
             "connect" | "accept" => {
-                let fam = args.get("family").and_then(|f| f.as_str());
+                let fam = args.arg("family").and_then(|f| f.as_str());
                 if matches!(fam, Some("inet" | "inet6")) {
                     bit(Category::NetworkConnection)
                 } else {
@@ -322,8 +318,8 @@ impl<'a> WireSubject<'a> {
         self.categories != 0
     }
 
-    fn arg(&self, key: &str) -> Option<&'a serde_json::Value> {
-        self.ev.args.get(key).filter(|v| !v.is_null())
+    fn arg(&self, key: &str) -> Option<Arg<'a>> {
+        self.ev.args.arg(key).filter(|v| !v.is_null())
     }
 
     fn arg_str(&self, key: &str) -> Option<Cow<'a, str>> {
@@ -335,7 +331,7 @@ impl<'a> WireSubject<'a> {
     }
 }
 
-impl Subject for WireSubject<'_> {
+impl<A: ArgSource> Subject for WireSubject<'_, A> {
     fn in_category(&self, c: Category) -> bool {
         self.categories & bit(c) != 0
     }
@@ -366,7 +362,7 @@ impl Subject for WireSubject<'_> {
             Field::CurrentDirectory => self.arg_str("cwd"),
             Field::ProcessId => num(ev.pid.map(u64::from)),
             Field::ParentProcessId => num(ev.ppid.map(u64::from)),
-            Field::TargetFilename => match ev.kind.as_str() {
+            Field::TargetFilename => match &*ev.kind {
                 "rename" => self.arg_str("new_path"),
                 _ => self.arg_str("path"),
             },
@@ -379,7 +375,7 @@ impl Subject for WireSubject<'_> {
             | Field::SourceIp
             | Field::SourcePort
             | Field::DestinationHostname => None,
-            Field::Initiated => match ev.kind.as_str() {
+            Field::Initiated => match &*ev.kind {
                 "connect" => Some(Cow::Borrowed("true")),
                 "accept" => Some(Cow::Borrowed("false")),
                 _ => None,

@@ -41,7 +41,7 @@ fn mine<'a>(events: &'a [Event], pids: &HashSet<u32>) -> Vec<&'a Event> {
 }
 
 fn kinds(events: &[&Event]) -> Vec<String> {
-    events.iter().map(|e| e.kind.clone()).collect()
+    events.iter().map(|e| e.kind.to_string()).collect()
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn forensic_filters_and_coverage_on_a_scripted_incident() {
         assert_eq!(m[0].comm.as_deref(), Some("bash"));
         assert!(got
             .iter()
-            .all(|e| ["connect", "accept", "bind"].contains(&e.kind.as_str())));
+            .all(|e| ["connect", "accept", "bind"].contains(&&*e.kind)));
     }
     let connector = mine(&q(&["--port", &port]), &pids)[0]
         .pid

@@ -7,6 +7,8 @@
 pub mod bytes;
 pub mod payload;
 
+use std::borrow::Cow;
+
 use jiff::{fmt::temporal::DateTimePrinter, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +40,15 @@ pub const KINDS: &[&str] = &[
 
 pub fn is_kind(s: &str) -> bool {
     KINDS.contains(&s)
+}
+
+/// `s` borrowed from `names` when it is one of them (no allocation), else
+/// owned.
+pub fn static_name(names: &'static [&'static str], s: &str) -> Cow<'static, str> {
+    match names.iter().find(|n| **n == s) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(s.to_string()),
+    }
 }
 
 /// Which rung of the portability ladder recorded an event.
@@ -84,13 +95,17 @@ pub struct DetectStatus {
 }
 
 /// One stored event. Unknown fields are `None` and serialize as `null`.
+/// `args` is JSON for clients; the daemon holds it typed
+/// ([`LiveEvent`]) from decoding until it is stored and served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
+pub struct Event<A = serde_json::Value> {
     pub id: i64,
     /// Wall-clock nanoseconds since the Unix epoch; RFC 3339 on the wire.
     #[serde(with = "ts_rfc3339")]
     pub ts: i64,
-    pub kind: String,
+    /// One of [`KINDS`]; static in the daemon, so building an event does
+    /// not allocate it.
+    pub kind: Cow<'static, str>,
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     pub ppid: Option<u32>,
@@ -104,8 +119,9 @@ pub struct Event {
     pub mnt_ns: Option<u32>,
     pub pid_ns: Option<u32>,
     pub retval: Option<i64>,
-    pub args: serde_json::Value,
-    pub fidelity: String,
+    pub args: A,
+    /// One of [`FIDELITIES`].
+    pub fidelity: Cow<'static, str>,
     /// The process instance: 16 hex digits, different for two processes
     /// that shared a pid (see [`proc_key_hex`]); null when unknown.
     #[serde(default)]
@@ -156,13 +172,44 @@ pub fn parse_proc_key(s: &str) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
 
-impl Event {
+/// An event as the daemon builds it, with typed args, before it is stored.
+pub type LiveEvent = Event<payload::Payload>;
+
+impl<A> Event<A> {
+    /// The same event with its args converted.
+    pub fn map_args<B>(self, f: impl FnOnce(A) -> B) -> Event<B> {
+        Event {
+            id: self.id,
+            ts: self.ts,
+            kind: self.kind,
+            pid: self.pid,
+            tid: self.tid,
+            ppid: self.ppid,
+            uid: self.uid,
+            gid: self.gid,
+            comm: self.comm,
+            ns_pid: self.ns_pid,
+            exe: self.exe,
+            cgroup_id: self.cgroup_id,
+            container_id: self.container_id,
+            mnt_ns: self.mnt_ns,
+            pid_ns: self.pid_ns,
+            retval: self.retval,
+            args: f(self.args),
+            fidelity: self.fidelity,
+            proc: self.proc,
+            lineage: self.lineage,
+        }
+    }
+}
+
+impl<A: From<serde_json::Value>> Event<A> {
     /// An event with only what every row has; every other field unknown.
     pub fn new(kind: &str, ts: i64, fidelity: &str) -> Self {
         Self {
             id: 0,
             ts,
-            kind: kind.into(),
+            kind: static_name(KINDS, kind),
             pid: None,
             tid: None,
             ppid: None,
@@ -176,8 +223,8 @@ impl Event {
             mnt_ns: None,
             pid_ns: None,
             retval: None,
-            args: serde_json::Value::Object(Default::default()),
-            fidelity: fidelity.into(),
+            args: serde_json::Value::Object(Default::default()).into(),
+            fidelity: static_name(FIDELITIES, fidelity),
             proc: None,
             lineage: None,
         }
@@ -194,7 +241,8 @@ impl Event {
                 "source": source,
                 "from": format_ts(from),
                 "to": format_ts(to),
-            }),
+            })
+            .into(),
             ..Self::new("lost", to, fidelity)
         }
     }
@@ -682,12 +730,12 @@ mod tests {
 
     #[test]
     fn lost_event_json() {
-        let e = Event::lost(Some(7), "kernel", 1_000_000_000, 2_000_000_001, "core");
+        let e: Event = Event::lost(Some(7), "kernel", 1_000_000_000, 2_000_000_001, "core");
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
             r#"{"id":0,"ts":"1970-01-01T00:00:02.000000001Z","kind":"lost","pid":null,"tid":null,"ppid":null,"uid":null,"gid":null,"comm":null,"ns_pid":null,"exe":null,"cgroup_id":null,"container_id":null,"mnt_ns":null,"pid_ns":null,"retval":null,"args":{"count":7,"from":"1970-01-01T00:00:01.000000000Z","source":"kernel","to":"1970-01-01T00:00:02.000000001Z"},"fidelity":"core","proc":null}"#
         );
-        let d = Event::lost(None, "downtime", 0, 5, "fallback");
+        let d: Event = Event::lost(None, "downtime", 0, 5, "fallback");
         assert_eq!(
             serde_json::to_string(&d.args).unwrap(),
             r#"{"count":null,"from":"1970-01-01T00:00:00.000000000Z","source":"downtime","to":"1970-01-01T00:00:00.000000005Z"}"#

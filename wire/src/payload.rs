@@ -3,8 +3,16 @@
 //! known; keys marked optional below are absent rather than null). The
 //! daemon builds these from kernel records; a client may parse an event's
 //! `args` into the type of its `kind`.
+//!
+//! [`Payload`] is the daemon's own `args`: one of these types as decoded,
+//! or JSON (lost rows, rows read back). It is read field by field through
+//! [`Arg`] without building a JSON tree, which the hot path cannot afford
+//! per event.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -175,6 +183,387 @@ pub struct Syscall {
     pub args: [u64; 6],
 }
 
+/// One field of an event's `args`, borrowed: what a filter, a rule or the
+/// store reads without a JSON tree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arg<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Str(&'a str),
+    Strs(&'a [String]),
+    Uints(&'a [u64]),
+    /// A field of JSON args.
+    Json(&'a Value),
+}
+
+impl<'a> Arg<'a> {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Arg::Null | Arg::Json(Value::Null))
+    }
+
+    pub fn as_str(&self) -> Option<&'a str> {
+        match *self {
+            Arg::Str(s) => Some(s),
+            Arg::Json(v) => v.as_str(),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Arg::Int(i) => Some(i),
+            Arg::Uint(u) => i64::try_from(u).ok(),
+            Arg::Json(v) => v.as_i64(),
+            _ => None,
+        }
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Arg::Int(i) => u64::try_from(i).ok(),
+            Arg::Uint(u) => Some(u),
+            Arg::Json(v) => v.as_u64(),
+            _ => None,
+        }
+    }
+
+    /// The strings of a list (argv); None when this is not a list. An
+    /// element that is not a string is left out.
+    pub fn strs(&self) -> Option<Vec<&'a str>> {
+        match *self {
+            Arg::Strs(l) => Some(l.iter().map(String::as_str).collect()),
+            Arg::Json(Value::Array(a)) => Some(a.iter().filter_map(Value::as_str).collect()),
+            _ => None,
+        }
+    }
+
+    /// Append the field as JSON.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing numbers, strings and JSON values into memory cannot fail.
+        let _ = match *self {
+            Arg::Null => {
+                out.extend_from_slice(b"null");
+                Ok(())
+            }
+            Arg::Bool(b) => serde_json::to_writer(&mut *out, &b),
+            Arg::Int(i) => serde_json::to_writer(&mut *out, &i),
+            Arg::Uint(u) => serde_json::to_writer(&mut *out, &u),
+            Arg::Str(s) => serde_json::to_writer(&mut *out, s),
+            Arg::Strs(l) => serde_json::to_writer(&mut *out, l),
+            Arg::Uints(l) => serde_json::to_writer(&mut *out, l),
+            Arg::Json(v) => serde_json::to_writer(&mut *out, v),
+        };
+    }
+}
+
+/// The field as JSON text.
+impl fmt::Display for Arg<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        f.write_str(&String::from_utf8_lossy(&out))
+    }
+}
+
+/// A field type of the payloads: how it reads as an [`Arg`], and its byte
+/// strings for the escaped form and path resolution.
+pub trait FieldValue {
+    fn arg(&self) -> Arg<'_>;
+    fn strings_mut(&mut self, _f: &mut dyn FnMut(&mut String)) {}
+}
+
+impl FieldValue for String {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Str(self)
+    }
+    fn strings_mut(&mut self, f: &mut dyn FnMut(&mut String)) {
+        f(self)
+    }
+}
+
+impl FieldValue for Vec<String> {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Strs(self)
+    }
+    fn strings_mut(&mut self, f: &mut dyn FnMut(&mut String)) {
+        self.iter_mut().for_each(f)
+    }
+}
+
+impl FieldValue for [u64; 6] {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Uints(self)
+    }
+}
+
+impl FieldValue for NameOrNumber {
+    fn arg(&self) -> Arg<'_> {
+        match self {
+            NameOrNumber::Name(s) => Arg::Str(s),
+            NameOrNumber::Number(n) => Arg::Int(*n),
+        }
+    }
+    fn strings_mut(&mut self, f: &mut dyn FnMut(&mut String)) {
+        if let NameOrNumber::Name(s) = self {
+            f(s)
+        }
+    }
+}
+
+impl<T: FieldValue> FieldValue for Option<T> {
+    fn arg(&self) -> Arg<'_> {
+        self.as_ref().map_or(Arg::Null, T::arg)
+    }
+    fn strings_mut(&mut self, f: &mut dyn FnMut(&mut String)) {
+        if let Some(v) = self {
+            v.strings_mut(f)
+        }
+    }
+}
+
+macro_rules! int_fields {
+    ($($t:ty => $v:ident),*) => {$(
+        impl FieldValue for $t {
+            fn arg(&self) -> Arg<'_> {
+                Arg::$v((*self).into())
+            }
+        }
+    )*};
+}
+int_fields!(i32 => Int, i64 => Int, u16 => Uint, u32 => Uint, u64 => Uint);
+
+/// A payload's fields in the order and presence serde gives them.
+pub trait Fields {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'static str, Arg<'a>));
+    fn strings_mut(&mut self, f: &mut dyn FnMut(&'static str, &mut String));
+}
+
+/// `Fields` for a payload struct: `req` fields are always present (null
+/// when None), `opt` ones are absent when None (as their
+/// `skip_serializing_if`). A unit test holds this to the serde derive.
+macro_rules! fields {
+    ($t:ty { $($how:ident $k:ident),* }) => {
+        impl Fields for $t {
+            #[allow(unused_variables)]
+            fn visit<'a>(&'a self, f: &mut dyn FnMut(&'static str, Arg<'a>)) {
+                $(fields!(@$how self, f, $k);)*
+            }
+            #[allow(unused_variables)]
+            fn strings_mut(&mut self, f: &mut dyn FnMut(&'static str, &mut String)) {
+                $(self.$k.strings_mut(&mut |s| f(stringify!($k), s));)*
+            }
+        }
+    };
+    (@req $s:ident, $f:ident, $k:ident) => {
+        $f(stringify!($k), $s.$k.arg())
+    };
+    (@opt $s:ident, $f:ident, $k:ident) => {
+        if let Some(v) = &$s.$k {
+            $f(stringify!($k), v.arg())
+        }
+    };
+}
+
+fields!(Exec { req filename, req argv, opt interpreter, opt exe_ctime, opt argc, opt argv_bytes, opt cwd });
+fields!(Fork {});
+fields!(Exit { req exit_code, req signal });
+fields!(Open { req path, req flags, req mode });
+fields!(Unlink { req path, req flags });
+fields!(Rename { req old_path, req new_path, req flags });
+fields!(Chmod { req path, req mode });
+fields!(Mount { req source, req target, req fstype, req flags });
+fields!(MemfdCreate { req name, req flags });
+fields!(ModuleLoad { req name });
+fields!(Sock { req fd, req family, req addr, req port });
+fields!(Setuid { req uid, req syscall });
+fields!(Ptrace { req request, req target_pid });
+fields!(Kill { req target_pid, req signal, opt target_tid });
+fields!(Bpf { req cmd });
+fields!(Syscall { req syscall, req nr, req args });
+
+impl<T: Fields> Fields for Args<T> {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'static str, Arg<'a>)) {
+        self.fields.visit(f);
+        if self.truncated {
+            f("truncated", Arg::Bool(true));
+        }
+        if self.escaped {
+            f("escaped", Arg::Bool(true));
+        }
+    }
+    fn strings_mut(&mut self, f: &mut dyn FnMut(&'static str, &mut String)) {
+        self.fields.strings_mut(f)
+    }
+}
+
+/// Read access to `args` by key, typed or JSON alike.
+pub trait ArgSource {
+    fn arg(&self, key: &str) -> Option<Arg<'_>>;
+}
+
+impl ArgSource for Value {
+    fn arg(&self, key: &str) -> Option<Arg<'_>> {
+        self.get(key).map(Arg::Json)
+    }
+}
+
+macro_rules! payload {
+    ($($v:ident($t:ty)),* $(,)?) => {
+        /// An event's `args` as the daemon holds it: typed as decoded from
+        /// a kernel record, or JSON (lost rows, events read back). It
+        /// serialises as the JSON object of its kind.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Payload {
+            $($v(Args<$t>),)*
+            Json(Value),
+        }
+
+        impl Payload {
+            /// Each field in serialised order (a JSON object's in its
+            /// order; nothing for JSON that is not an object).
+            pub fn each<'a>(&'a self, f: &mut dyn FnMut(&'a str, Arg<'a>)) {
+                match self {
+                    $(Payload::$v(a) => a.visit(&mut |k, v| f(k, v)),)*
+                    Payload::Json(Value::Object(m)) => {
+                        m.iter().for_each(|(k, v)| f(k, Arg::Json(v)))
+                    }
+                    Payload::Json(_) => {}
+                }
+            }
+
+            /// Every byte string with its key, to rewrite in place. JSON
+            /// args give their top-level strings and string lists.
+            pub fn strings_mut(&mut self, f: &mut dyn FnMut(&str, &mut String)) {
+                match self {
+                    $(Payload::$v(a) => a.strings_mut(&mut |k, s| f(k, s)),)*
+                    Payload::Json(v) => json_strings_mut(v, f),
+                }
+            }
+
+            /// Whether the byte strings are in the escaped form.
+            pub fn escaped(&self) -> bool {
+                match self {
+                    $(Payload::$v(a) => a.escaped,)*
+                    Payload::Json(v) => v.get("escaped") == Some(&Value::Bool(true)),
+                }
+            }
+
+            /// Mark the byte strings escaped (the caller escapes them).
+            pub fn set_escaped(&mut self) {
+                match self {
+                    $(Payload::$v(a) => a.escaped = true,)*
+                    Payload::Json(Value::Object(m)) => {
+                        m.insert("escaped".into(), Value::Bool(true));
+                    }
+                    Payload::Json(_) => {}
+                }
+            }
+        }
+
+        impl Serialize for Payload {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $(Payload::$v(a) => a.serialize(s),)*
+                    Payload::Json(v) => v.serialize(s),
+                }
+            }
+        }
+
+        $(impl From<Args<$t>> for Payload {
+            fn from(a: Args<$t>) -> Self {
+                Payload::$v(a)
+            }
+        })*
+    };
+}
+
+payload!(
+    Exec(Exec),
+    Fork(Fork),
+    Exit(Exit),
+    Open(Open),
+    Sock(Sock),
+    Unlink(Unlink),
+    Rename(Rename),
+    Chmod(Chmod),
+    Mount(Mount),
+    MemfdCreate(MemfdCreate),
+    ModuleLoad(ModuleLoad),
+    Setuid(Setuid),
+    Ptrace(Ptrace),
+    Kill(Kill),
+    Bpf(Bpf),
+    Syscall(Syscall),
+);
+
+fn json_strings_mut(v: &mut Value, f: &mut dyn FnMut(&str, &mut String)) {
+    let Value::Object(m) = v else { return };
+    for (k, v) in m.iter_mut() {
+        match v {
+            Value::String(s) => f(k, s),
+            Value::Array(a) => a.iter_mut().for_each(|v| {
+                if let Value::String(s) = v {
+                    f(k, s)
+                }
+            }),
+            _ => {}
+        }
+    }
+}
+
+impl Payload {
+    /// The field `key`, if present.
+    pub fn get(&self, key: &str) -> Option<Arg<'_>> {
+        if let Payload::Json(v) = self {
+            return v.get(key).map(Arg::Json);
+        }
+        let mut found = None;
+        self.each(&mut |k, v| {
+            if found.is_none() && k == key {
+                found = Some(v);
+            }
+        });
+        found
+    }
+
+    /// The args as a JSON tree (tests, rare paths).
+    pub fn to_value(&self) -> Value {
+        match self {
+            Payload::Json(v) => v.clone(),
+            // Plain structs of numbers and strings: cannot fail.
+            p => serde_json::to_value(p).unwrap_or_default(),
+        }
+    }
+}
+
+impl ArgSource for Payload {
+    fn arg(&self, key: &str) -> Option<Arg<'_>> {
+        self.get(key)
+    }
+}
+
+impl Default for Payload {
+    /// Empty args: `{}`.
+    fn default() -> Self {
+        Payload::Json(Value::Object(Default::default()))
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Self {
+        Payload::Json(v)
+    }
+}
+
+/// A client cannot know the type without the kind: args read back are JSON.
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(Payload::Json)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +613,294 @@ mod tests {
             cmd: NameOrNumber::Number(99),
         };
         assert_eq!(serde_json::to_value(&b).unwrap(), json!({"cmd": 99}));
+    }
+
+    /// `each` as a JSON object, to compare with serde's own output.
+    fn via_each(p: &Payload) -> (Value, Vec<String>) {
+        let mut m = serde_json::Map::new();
+        let mut keys = Vec::new();
+        p.each(&mut |k, v| {
+            keys.push(k.to_string());
+            let mut out = Vec::new();
+            v.write_json(&mut out);
+            m.insert(k.into(), serde_json::from_slice(&out).unwrap());
+        });
+        (Value::Object(m), keys)
+    }
+
+    fn args<T>(fields: T, truncated: bool, escaped: bool) -> Args<T> {
+        Args {
+            fields,
+            truncated,
+            escaped,
+        }
+    }
+
+    fn samples() -> Vec<Payload> {
+        let s = |x: &str| Some(x.to_string());
+        let full = Exec {
+            filename: s("/bin/sh"),
+            argv: vec!["sh".into(), "-c".into(), "a\\b \"q\"".into()],
+            interpreter: s("/usr/bin/dash"),
+            exe_ctime: s("2026-01-01T00:00:00Z"),
+            argc: Some(3),
+            argv_bytes: Some(14),
+            cwd: s("/root"),
+        };
+        let bare = Exec {
+            filename: None,
+            argv: vec![],
+            interpreter: None,
+            exe_ctime: None,
+            argc: None,
+            argv_bytes: None,
+            cwd: None,
+        };
+        vec![
+            args(full, true, true).into(),
+            args(bare, false, false).into(),
+            args(Fork {}, false, false).into(),
+            args(
+                Exit {
+                    exit_code: Some(1),
+                    signal: None,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Open {
+                    path: s("/etc/ü"),
+                    flags: -1,
+                    mode: 0o644,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Open {
+                    path: None,
+                    flags: 0,
+                    mode: 0,
+                },
+                true,
+                false,
+            )
+            .into(),
+            args(
+                Unlink {
+                    path: s("x"),
+                    flags: 512,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Rename {
+                    old_path: s("a"),
+                    new_path: None,
+                    flags: 1,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Chmod {
+                    path: None,
+                    mode: 0o755,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Mount {
+                    source: s("tmpfs"),
+                    target: s("/mnt"),
+                    fstype: None,
+                    flags: u64::MAX,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                MemfdCreate {
+                    name: s("m"),
+                    flags: 1,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(ModuleLoad { name: None }, false, false).into(),
+            args(
+                Sock {
+                    fd: 3,
+                    family: s("inet"),
+                    addr: s("10.0.0.1"),
+                    port: Some(443),
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Sock {
+                    fd: -1,
+                    family: s("unix"),
+                    addr: s("/run/x"),
+                    port: None,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Setuid {
+                    uid: None,
+                    syscall: "setresuid".into(),
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Ptrace {
+                    request: -5,
+                    target_pid: 7,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Kill {
+                    target_pid: 1,
+                    signal: 9,
+                    target_tid: Some(2),
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Kill {
+                    target_pid: 1,
+                    signal: 9,
+                    target_tid: None,
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Bpf {
+                    cmd: NameOrNumber::Name("BPF_PROG_LOAD".into()),
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Bpf {
+                    cmd: NameOrNumber::Number(99),
+                },
+                false,
+                false,
+            )
+            .into(),
+            args(
+                Syscall {
+                    syscall: NameOrNumber::Number(451),
+                    nr: 451,
+                    args: [0, 1, u64::MAX, 3, 4, 5],
+                },
+                false,
+                false,
+            )
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn fields_are_what_serde_serialises() {
+        for p in samples() {
+            let serde = serde_json::to_value(&p).unwrap();
+            let (each, keys) = via_each(&p);
+            assert_eq!(each, serde, "{p:?}");
+            assert_eq!(keys.len(), serde.as_object().unwrap().len(), "{p:?}");
+            for k in keys {
+                assert_eq!(
+                    p.get(&k).map(|a| a.to_string()),
+                    Some(serde[&k].to_string())
+                );
+            }
+            assert_eq!(p.get("nonesuch"), None);
+            assert_eq!(
+                p.escaped(),
+                serde.get("escaped") == Some(&Value::Bool(true))
+            );
+            // JSON args read the same through the same accessors.
+            let back: Payload = serde_json::from_value(serde.clone()).unwrap();
+            assert_eq!(via_each(&back).0, serde);
+            assert_eq!(back.to_value(), p.to_value());
+        }
+    }
+
+    #[test]
+    fn strings_mut_reaches_every_string_with_its_key() {
+        for mut p in samples() {
+            let mut want = p.to_value();
+            p.strings_mut(&mut |_, s| s.push('!'));
+            fn bang(v: &mut Value) {
+                match v {
+                    Value::String(s) => s.push('!'),
+                    Value::Array(a) => a.iter_mut().for_each(bang),
+                    Value::Object(m) => m.values_mut().for_each(bang),
+                    _ => {}
+                }
+            }
+            bang(&mut want);
+            assert_eq!(p.to_value(), want);
+        }
+        let mut p: Payload = args(
+            Rename {
+                old_path: Some("a".into()),
+                new_path: Some("b".into()),
+                flags: 0,
+            },
+            false,
+            false,
+        )
+        .into();
+        p.strings_mut(&mut |k, s| {
+            if k == "new_path" {
+                *s = "/abs/b".into()
+            }
+        });
+        assert_eq!(p.get("new_path").and_then(|a| a.as_str()), Some("/abs/b"));
+        assert_eq!(p.get("old_path").and_then(|a| a.as_str()), Some("a"));
+        p.set_escaped();
+        assert!(p.escaped());
+        assert_eq!(p.to_value()["escaped"], true);
+    }
+
+    #[test]
+    fn arg_conversions() {
+        assert_eq!(Arg::Uint(u64::MAX).as_i64(), None);
+        assert_eq!(Arg::Int(-1).as_u64(), None);
+        assert_eq!(Arg::Int(5).as_u64(), Some(5));
+        assert!(Arg::Json(&Value::Null).is_null());
+        assert_eq!(
+            Arg::Json(&json!(["a", 1, "b"])).strs(),
+            Some(vec!["a", "b"])
+        );
+        assert_eq!(Arg::Str("x").strs(), None);
+        assert_eq!(Arg::Str("a\"b").to_string(), r#""a\"b""#);
     }
 }

@@ -27,7 +27,7 @@ const CONTAINER: &str = "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0
 struct Fixture {
     st: Arc<AppState>,
     app: Router,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<traceed_wire::LiveEvent>,
     _dir: tempfile::TempDir,
 }
 
@@ -35,7 +35,7 @@ fn event(kind: &str, ts: i64, pid: u32) -> Event {
     Event {
         id: 0,
         ts,
-        kind: kind.into(),
+        kind: kind.to_string().into(),
         pid: Some(pid),
         tid: Some(pid),
         ppid: Some(1),
@@ -92,7 +92,7 @@ impl Fixture {
     async fn insert(&self, events: Vec<Event>) {
         let want = self.st.counters.events_total.load(Relaxed) + events.len() as u64;
         for e in events {
-            self.tx.send(e).await.unwrap();
+            self.tx.send(e.map_args(Into::into)).await.unwrap();
         }
         let t0 = std::time::Instant::now();
         while self.st.counters.events_total.load(Relaxed) < want {
@@ -181,7 +181,7 @@ impl Fixture {
             .await
             .events
             .into_iter()
-            .map(|e| (e.kind, e.pid.unwrap()))
+            .map(|e| (e.kind.into_owned(), e.pid.unwrap()))
             .collect()
     }
 

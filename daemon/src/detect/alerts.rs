@@ -24,7 +24,7 @@ const LEVELS: [Level; 5] = [
     Level::Critical,
 ];
 
-pub async fn insert(store: &Store, rule: &Rule, ev: &Event) -> Result<i64, StoreError> {
+pub async fn insert<A: Sync>(store: &Store, rule: &Rule, ev: &Event<A>) -> Result<i64, StoreError> {
     let tags = serde_json::to_string(&rule.tags).unwrap_or_else(|_| "[]".into());
     let r = sqlx::query(
         "INSERT INTO alerts (rule_id, title, level, tags, event_id, ts, pid) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use traceed_detect::{Engine, Level, ProcessMap, Rule, WireSubject};
-use traceed_wire::Event;
+use traceed_wire::LiveEvent;
 
 use crate::service::config::DetectConfig;
 use crate::service::private::{self, PrivacyError};
@@ -204,7 +204,7 @@ impl Detector {
         }
     }
 
-    async fn handle(&mut self, ev: &Event) {
+    async fn handle(&mut self, ev: &LiveEvent) {
         self.stats.events.fetch_add(1, Relaxed);
         let engine = self.engine.borrow().clone();
         let mut hits: Vec<&Rule> = Vec::new();

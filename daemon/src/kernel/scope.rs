@@ -11,7 +11,7 @@ use aya::Ebpf;
 
 use crate::pipeline::cgroup;
 use crate::service::config::{ScopeConfig, ScopeLists};
-use traceed_wire::Event;
+use traceed_wire::LiveEvent;
 
 const SCOPE_UID_INCLUDE: u32 = 1 << 0;
 const SCOPE_COMM_INCLUDE: u32 = 1 << 1;
@@ -199,7 +199,7 @@ impl ExeScope {
 
     /// Whether `e` is in scope: with an include list only a known, listed
     /// exe is; a listed exe is never (excludes win).
-    pub fn admits(&self, e: &Event) -> bool {
+    pub fn admits(&self, e: &LiveEvent) -> bool {
         if self.is_empty() {
             return true;
         }
@@ -228,11 +228,11 @@ impl Resolved {
 mod tests {
     use super::*;
 
-    fn ev(exe: Option<&str>, escaped: bool) -> Event {
-        let mut e = Event::new("open", 0, "core");
+    fn ev(exe: Option<&str>, escaped: bool) -> LiveEvent {
+        let mut e = LiveEvent::new("open", 0, "core");
         e.exe = exe.map(String::from);
         if escaped {
-            e.args = serde_json::json!({"escaped": true});
+            e.args = serde_json::json!({"escaped": true}).into();
         }
         e
     }

@@ -10,11 +10,9 @@
 
 use std::cell::Cell;
 
-use serde::Serialize;
-use serde_json::Value;
 use traceed_wire::bytes;
-use traceed_wire::payload::{self, Args, NameOrNumber};
-use traceed_wire::Event;
+use traceed_wire::payload::{self, Args, NameOrNumber, Payload};
+use traceed_wire::{Event, LiveEvent};
 
 pub use super::contract::RawHeader;
 use super::contract::{self as c, Kind};
@@ -227,13 +225,12 @@ fn split_argv(b: &[u8], text: &dyn Fn(&[u8]) -> String) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PathAt {
     pub field: &'static str,
-    pub path: String,
     pub dirfd: i32,
 }
 
 /// An event and what the decoder knows about it that is not stored.
 pub struct Decoded {
-    pub event: Event,
+    pub event: LiveEvent,
     pub paths_at: Vec<PathAt>,
     /// The process's start (boot clock ns) when the record carries it:
     /// fork and exec on the CO-RE and kernel-object rungs. The process
@@ -246,11 +243,12 @@ pub struct Decoded {
 }
 
 /// One kind's payload, read from a record's slots.
-trait FromRecord: Serialize + Sized {
+trait FromRecord: Sized {
     fn from_record(r: &Record<'_>, at: &mut Vec<PathAt>) -> Self;
 }
 
-/// Note `path` (string `str_slot`) as relative to the dirfd in `dirfd_slot`.
+/// Note `path` (string `str_slot`) as relative to the dirfd in `dirfd_slot`,
+/// when it is relative (absolute and empty paths need nothing).
 fn path_at(
     r: &Record<'_>,
     at: &mut Vec<PathAt>,
@@ -259,10 +257,12 @@ fn path_at(
     dirfd_slot: usize,
 ) -> Option<String> {
     let path = r.str(str_slot);
-    if let Some(p) = &path {
+    if path
+        .as_ref()
+        .is_some_and(|p| !p.is_empty() && !p.starts_with('/'))
+    {
         at.push(PathAt {
             field,
-            path: p.clone(),
             dirfd: r.int(dirfd_slot),
         });
     }
@@ -496,21 +496,19 @@ impl FromRecord for payload::Syscall {
 }
 
 /// `args` of an event: the kind's payload plus `truncated` and `escaped`.
-fn args_of<T: FromRecord>(r: &Record<'_>, at: &mut Vec<PathAt>) -> Value {
-    let a = Args {
+fn args_of<T: FromRecord>(r: &Record<'_>, at: &mut Vec<PathAt>) -> Args<T> {
+    Args {
         fields: T::from_record(r, at),
         truncated: r.has(c::EF_TRUNCATED),
         escaped: r.escape.get(),
-    };
-    // Plain structs of numbers and strings: serialising cannot fail.
-    serde_json::to_value(a).unwrap_or_default()
+    }
 }
 
 /// Build the event (without id, exe, container: enrichment fills those).
 pub fn to_event(
     rec: &Record<'_>,
     boot_to_wall_ns: i64,
-    fidelity: &str,
+    fidelity: &'static str,
 ) -> Result<Decoded, DecodeError> {
     let h = &rec.h;
     let kind = Kind::from_raw(h.kind).ok_or(DecodeError::Kind(h.kind))?;
@@ -530,7 +528,7 @@ pub fn to_event(
     let event = Event {
         id: 0,
         ts: (h.ts_ns as i64).saturating_add(boot_to_wall_ns),
-        kind: kind.name().to_string(),
+        kind: kind.name().into(),
         pid: Some(h.pid),
         tid: Some(h.tid),
         ppid: rec.has(c::EF_HAS_PPID).then_some(h.ppid),
@@ -545,7 +543,7 @@ pub fn to_event(
         pid_ns: ns(h.pid_ns),
         retval: rec.has(c::EF_HAS_RETVAL).then_some(h.retval),
         args,
-        fidelity: fidelity.to_string(),
+        fidelity: fidelity.into(),
         proc: None,
         lineage: None,
     };
@@ -567,38 +565,38 @@ pub fn to_event(
 }
 
 /// One rendering pass over a record's strings: (args, comm, paths).
-fn render(rec: &Record<'_>, kind: Kind) -> (Value, String, Vec<PathAt>) {
+fn render(rec: &Record<'_>, kind: Kind) -> (Payload, String, Vec<PathAt>) {
     let mut at = Vec::new();
     let at_ = &mut at;
     let args = match kind {
-        Kind::Exec => args_of::<payload::Exec>(rec, at_),
-        Kind::Fork => args_of::<payload::Fork>(rec, at_),
-        Kind::Exit => args_of::<payload::Exit>(rec, at_),
-        Kind::Open => args_of::<payload::Open>(rec, at_),
-        Kind::Connect | Kind::Accept | Kind::Bind => args_of::<payload::Sock>(rec, at_),
-        Kind::Unlink => args_of::<payload::Unlink>(rec, at_),
-        Kind::Rename => args_of::<payload::Rename>(rec, at_),
-        Kind::Chmod => args_of::<payload::Chmod>(rec, at_),
-        Kind::Setuid => args_of::<payload::Setuid>(rec, at_),
-        Kind::Ptrace => args_of::<payload::Ptrace>(rec, at_),
-        Kind::Kill => args_of::<payload::Kill>(rec, at_),
-        Kind::Mount => args_of::<payload::Mount>(rec, at_),
-        Kind::ModuleLoad => args_of::<payload::ModuleLoad>(rec, at_),
-        Kind::Bpf => args_of::<payload::Bpf>(rec, at_),
-        Kind::MemfdCreate => args_of::<payload::MemfdCreate>(rec, at_),
-        Kind::Syscall => args_of::<payload::Syscall>(rec, at_),
+        Kind::Exec => Payload::Exec(args_of(rec, at_)),
+        Kind::Fork => Payload::Fork(args_of(rec, at_)),
+        Kind::Exit => Payload::Exit(args_of(rec, at_)),
+        Kind::Open => Payload::Open(args_of(rec, at_)),
+        Kind::Connect | Kind::Accept | Kind::Bind => Payload::Sock(args_of(rec, at_)),
+        Kind::Unlink => Payload::Unlink(args_of(rec, at_)),
+        Kind::Rename => Payload::Rename(args_of(rec, at_)),
+        Kind::Chmod => Payload::Chmod(args_of(rec, at_)),
+        Kind::Setuid => Payload::Setuid(args_of(rec, at_)),
+        Kind::Ptrace => Payload::Ptrace(args_of(rec, at_)),
+        Kind::Kill => Payload::Kill(args_of(rec, at_)),
+        Kind::Mount => Payload::Mount(args_of(rec, at_)),
+        Kind::ModuleLoad => Payload::ModuleLoad(args_of(rec, at_)),
+        Kind::Bpf => Payload::Bpf(args_of(rec, at_)),
+        Kind::MemfdCreate => Payload::MemfdCreate(args_of(rec, at_)),
+        Kind::Syscall => Payload::Syscall(args_of(rec, at_)),
     };
     let comm = rec.text(until_nul(&rec.h.comm));
     (args, comm, at)
 }
 
 /// Whether `e`'s byte strings are in the escaped form (`args.escaped`).
-pub fn is_escaped(e: &Event) -> bool {
-    e.args.get("escaped") == Some(&Value::Bool(true))
+pub fn is_escaped(e: &LiveEvent) -> bool {
+    e.args.escaped()
 }
 
 /// The bytes a string of `e` stands for (as passed to `store_bytes`).
-pub fn raw_bytes(e: &Event, s: &str) -> Vec<u8> {
+pub fn raw_bytes(e: &LiveEvent, s: &str) -> Vec<u8> {
     let escaped = is_escaped(e);
     // A string of this event was rendered by `bytes::render` with this
     // flag, so it always parses; the fallback keeps a bug from panicking.
@@ -608,7 +606,7 @@ pub fn raw_bytes(e: &Event, s: &str) -> Vec<u8> {
 /// `b` rendered as a string of `e`, escaping the event first when `b` is
 /// not UTF-8 and the event is not escaped yet (enrichment adds `exe` and
 /// resolved paths after decoding).
-pub fn store_bytes(e: &mut Event, b: &[u8]) -> String {
+pub fn store_bytes(e: &mut LiveEvent, b: &[u8]) -> String {
     if !is_escaped(e) && bytes::needs_escape(b) {
         escape_event(e);
     }
@@ -619,29 +617,24 @@ pub fn store_bytes(e: &mut Event, b: &[u8]) -> String {
 /// UTF-8, so escaping them only doubles backslashes. The strings in args
 /// that are not byte strings (family, syscall and bpf command names,
 /// times, IP addresses) never hold a backslash.
-fn escape_event(e: &mut Event) {
-    fn walk(v: &mut Value) {
-        match v {
-            Value::String(s) if s.contains('\\') => *s = s.replace('\\', "\\\\"),
-            Value::Array(a) => a.iter_mut().for_each(walk),
-            Value::Object(m) => m.values_mut().for_each(walk),
-            _ => {}
+fn escape_event(e: &mut LiveEvent) {
+    let double = |s: &mut String| {
+        if s.contains('\\') {
+            *s = s.replace('\\', "\\\\");
         }
-    }
-    walk(&mut e.args);
+    };
+    e.args.strings_mut(&mut |_, s| double(s));
     for s in [&mut e.comm, &mut e.exe].into_iter().flatten() {
-        *s = s.replace('\\', "\\\\");
+        double(s);
     }
-    if let Value::Object(m) = &mut e.args {
-        m.insert("escaped".into(), Value::Bool(true));
-    }
+    e.args.set_escaped();
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use std::mem::{offset_of, size_of};
 
-    use serde_json::{json, Map};
+    use serde_json::{json, Map, Value};
 
     use super::*;
 
@@ -737,7 +730,7 @@ pub(crate) mod tests {
 
     /// Every string of a decoded event gives back bytes (the escaped
     /// form parses).
-    fn strings_unrender(e: &Event) {
+    fn strings_unrender(e: &LiveEvent) {
         fn walk(v: &Value, esc: bool) {
             match v {
                 Value::String(s) => {
@@ -749,7 +742,7 @@ pub(crate) mod tests {
             }
         }
         let esc = is_escaped(e);
-        walk(&e.args, esc);
+        walk(&e.args.to_value(), esc);
         walk(&json!(e.comm), esc);
     }
 
@@ -795,7 +788,7 @@ pub(crate) mod tests {
             let e = decode(&buf).event;
             let want_escape = [&old, &new, &comm].iter().any(|b| bytes::needs_escape(b));
             assert_eq!(is_escaped(&e), want_escape);
-            let back = |k: &str| raw_bytes(&e, e.args[k].as_str().unwrap());
+            let back = |k: &str| raw_bytes(&e, e.args.to_value()[k].as_str().unwrap());
             let or_null = |b: &Vec<u8>| (!b.is_empty()).then(|| b.clone());
             assert_eq!(or_null(&back("old_path")), or_null(&old));
             assert_eq!(or_null(&back("new_path")), or_null(&new));
@@ -807,17 +800,20 @@ pub(crate) mod tests {
     fn enrichment_escapes_an_event_that_was_plain() {
         let mut e = decode(&record(c::EK_OPEN, &[b"C:\\dir\0"])).event;
         assert!(!is_escaped(&e));
-        assert_eq!(e.args["path"], "C:\\dir");
+        assert_eq!(e.args.to_value()["path"], "C:\\dir");
         let exe = store_bytes(&mut e, b"/opt/\xff\\x");
         e.exe = Some(exe);
         assert!(is_escaped(&e));
-        assert_eq!(e.args["path"], "C:\\\\dir");
+        assert_eq!(e.args.to_value()["path"], "C:\\\\dir");
         assert_eq!(e.exe.as_deref(), Some("/opt/\\xff\\\\x"));
-        assert_eq!(raw_bytes(&e, e.args["path"].as_str().unwrap()), b"C:\\dir");
+        assert_eq!(
+            raw_bytes(&e, e.args.to_value()["path"].as_str().unwrap()),
+            b"C:\\dir"
+        );
         assert_eq!(raw_bytes(&e, e.exe.as_deref().unwrap()), b"/opt/\xff\\x");
         // Already escaped: nothing doubles twice.
         assert_eq!(store_bytes(&mut e, b"a\\b"), "a\\\\b");
-        assert_eq!(e.args["path"], "C:\\\\dir");
+        assert_eq!(e.args.to_value()["path"], "C:\\\\dir");
     }
 
     fn record(kind: u32, strs: &[&[u8]]) -> Vec<u8> {
@@ -850,10 +846,13 @@ pub(crate) mod tests {
         assert_eq!(e.ppid, Some(1));
         assert_eq!(e.comm.as_deref(), Some("true"));
         assert_eq!(e.mnt_ns, None, "namespaces unknown without EF_HAS_NS");
-        assert_eq!(e.args["filename"], "/bin/true");
-        assert_eq!(e.args["argv"], json!(["true", "--marker", "x y"]));
+        assert_eq!(e.args.to_value()["filename"], "/bin/true");
         assert_eq!(
-            e.args,
+            e.args.to_value()["argv"],
+            json!(["true", "--marker", "x y"])
+        );
+        assert_eq!(
+            e.args.to_value(),
             json!({"filename": "/bin/true", "argv": ["true", "--marker", "x y"]}),
             "no interpreter, exe_ctime or truncated key when there is none"
         );
@@ -877,7 +876,7 @@ pub(crate) mod tests {
         let e = decode(&buf).event;
         assert_eq!(e.retval, Some(-2));
         assert_eq!(
-            e.args,
+            e.args.to_value(),
             json!({"filename": "/nope", "argv": ["nope", "a"], "argc": 3, "argv_bytes": 9000,
                    "cwd": "/tmp/w d", "truncated": true})
         );
@@ -887,7 +886,7 @@ pub(crate) mod tests {
         });
         let e = decode(&buf).event;
         assert_eq!(
-            e.args,
+            e.args.to_value(),
             json!({"filename": "/x", "argv": []}),
             "sizes unknown"
         );
@@ -911,7 +910,10 @@ pub(crate) mod tests {
     fn exit_status_unknown_is_null_never_zero() {
         // The fallback without an exit_group: nothing known.
         let e = decode(&record(c::EK_EXIT, &[])).event;
-        assert_eq!(e.args, json!({"exit_code": null, "signal": null}));
+        assert_eq!(
+            e.args.to_value(),
+            json!({"exit_code": null, "signal": null})
+        );
         let known = |code: u64, sig: u64| {
             decode(&record_with(c::EK_EXIT, &[], |h| {
                 h.args[c::SLOT_EXIT_CODE] = code;
@@ -920,6 +922,7 @@ pub(crate) mod tests {
             }))
             .event
             .args
+            .to_value()
         };
         assert_eq!(known(0, 0), json!({"exit_code": 0, "signal": null}));
         assert_eq!(known(3, 0), json!({"exit_code": 3, "signal": null}));
@@ -928,7 +931,7 @@ pub(crate) mod tests {
 
     #[test]
     fn relative_paths_come_with_their_dirfd() {
-        let d = decode(&record_with(c::EK_RENAME, &[b"a\0", b"/b\0"], |h| {
+        let d = decode(&record_with(c::EK_RENAME, &[b"a\0", b"b/c\0"], |h| {
             h.args[c::SLOT_RENAME_OLD_DIRFD] = -100i64 as u64;
             h.args[c::SLOT_RENAME_NEW_DIRFD] = 7;
         }));
@@ -937,23 +940,30 @@ pub(crate) mod tests {
             vec![
                 PathAt {
                     field: "old_path",
-                    path: "a".into(),
                     dirfd: -100
                 },
                 PathAt {
                     field: "new_path",
-                    path: "/b".into(),
                     dirfd: 7
                 },
             ]
         );
-        for p in &d.paths_at {
-            assert_eq!(d.event.args[p.field], p.path.as_str());
-        }
+        // Absolute paths need no resolving.
+        let d = decode(&record_with(c::EK_RENAME, &[b"a\0", b"/b\0"], |h| {
+            h.args[c::SLOT_RENAME_OLD_DIRFD] = -100i64 as u64;
+            h.args[c::SLOT_RENAME_NEW_DIRFD] = 7;
+        }));
+        assert_eq!(
+            d.paths_at,
+            vec![PathAt {
+                field: "old_path",
+                dirfd: -100
+            }]
+        );
         // fchmod: no path, nothing to resolve.
         let d = decode(&record_with(c::EK_CHMOD, &[], |h| h.aux = c::V_FD));
         assert!(d.paths_at.is_empty());
-        assert!(d.event.args["path"].is_null());
+        assert!(d.event.args.get("path").is_some_and(|p| p.is_null()));
     }
 
     /// The decoder before payload types (one match building JSON by hand),
@@ -1151,7 +1161,7 @@ pub(crate) mod tests {
                                 }
                             });
                             let rec = parse(&buf).unwrap();
-                            let new = to_event(&rec, 0, "core").unwrap().event.args;
+                            let new = to_event(&rec, 0, "core").unwrap().event.args.to_value();
                             assert_eq!(
                                 new,
                                 legacy_args(&rec.h, &rec.strs),

@@ -13,7 +13,7 @@ use aya::maps::{MapData, PerCpuArray};
 use crate::kernel::source::EventSource;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
-use traceed_wire::Event;
+use traceed_wire::LiveEvent;
 
 use crate::pipeline::clock;
 use crate::pipeline::decoder;
@@ -22,7 +22,7 @@ use crate::service::metrics::Counters;
 
 pub struct Pipeline {
     pub fidelity: &'static str,
-    pub tx: mpsc::Sender<Event>,
+    pub tx: mpsc::Sender<LiveEvent>,
     pub counters: Arc<Counters>,
     pub procs: ProcTable,
     containers: crate::pipeline::cgroup::Containers,
@@ -42,7 +42,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(fidelity: &'static str, tx: mpsc::Sender<Event>, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        fidelity: &'static str,
+        tx: mpsc::Sender<LiveEvent>,
+        counters: Arc<Counters>,
+    ) -> Self {
         // One offset for the decoder and the process table: the table turns
         // wall times back into the boot clock its keys are derived from.
         let boot_to_wall = clock::boot_to_wall_offset();
@@ -95,7 +99,7 @@ impl Pipeline {
     }
 
     /// Queue an event for the writer; never waits.
-    fn offer(&mut self, ev: Event) {
+    fn offer(&mut self, ev: LiveEvent) {
         let ts = ev.ts;
         if let Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) =
             self.tx.try_send(ev)
@@ -114,7 +118,7 @@ impl Pipeline {
         if let Some((n, from, to)) = self.pending_decode {
             if self
                 .tx
-                .try_send(Event::lost(Some(n), "decode", from, to, self.fidelity))
+                .try_send(LiveEvent::lost(Some(n), "decode", from, to, self.fidelity))
                 .is_ok()
             {
                 self.pending_decode = None;
@@ -123,7 +127,13 @@ impl Pipeline {
         if let Some((n, from, to)) = self.pending_drops {
             if self
                 .tx
-                .try_send(Event::lost(Some(n), "userspace", from, to, self.fidelity))
+                .try_send(LiveEvent::lost(
+                    Some(n),
+                    "userspace",
+                    from,
+                    to,
+                    self.fidelity,
+                ))
                 .is_ok()
             {
                 self.pending_drops = None;
@@ -136,7 +146,7 @@ impl Pipeline {
                 // Only advance once the row is queued: if the queue is full,
                 // the next tick carries the larger delta over a wider range.
                 if delta > 0 {
-                    let ev = Event::lost(
+                    let ev = LiveEvent::lost(
                         Some(delta),
                         "kernel",
                         self.last_lost_check,
@@ -329,10 +339,10 @@ mod tests {
         }
         assert!(failures > 1000, "generator too tame: {failures}");
         assert_eq!(counters.decode_errors.load(Relaxed), failures);
-        let lost: Vec<&Event> = events.iter().filter(|e| e.kind == "lost").collect();
+        let lost: Vec<&LiveEvent> = events.iter().filter(|e| e.kind == "lost").collect();
         assert_eq!(lost.len(), 1, "one row for the burst: {lost:?}");
-        assert_eq!(lost[0].args["source"], "decode");
-        assert_eq!(lost[0].args["count"], failures);
+        assert_eq!(lost[0].args.to_value()["source"], "decode");
+        assert_eq!(lost[0].args.to_value()["count"], failures);
         assert_eq!(events.len() as u64, decoded + 1);
     }
 }

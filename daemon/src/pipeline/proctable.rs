@@ -32,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use traceed_wire::{Announced, Event, Lineage};
+use traceed_wire::{Announced, Lineage, LiveEvent};
 
 use super::decoder::{raw_bytes, store_bytes, PathAt};
 
@@ -354,7 +354,7 @@ impl ProcTable {
     /// Fill `e.exe`, `e.proc` (and `e.ppid` when the kernel could not) and
     /// update the table from what the event says; `start` is the process's
     /// start when the record carried it (`decoder::Decoded::start_boot`).
-    pub fn enrich(&mut self, e: &mut Event, start: Option<u64>) {
+    pub fn enrich(&mut self, e: &mut LiveEvent, start: Option<u64>) {
         let Some(pid) = e.pid else { return };
         match e.ppid {
             Some(pp) => {
@@ -384,14 +384,14 @@ impl ProcTable {
         }
         // A failed exec (retval -errno) left the process as it was.
         let failed = e.retval.is_some_and(|r| r < 0);
-        match e.kind.as_str() {
+        match &*e.kind {
             "exec" if !failed => {
                 // The file the kernel loaded (the interpreter for a script),
                 // as the caller named it; relative names are resolved against
                 // the process's cwd while it is still there to ask.
                 let loaded = ["interpreter", "filename"]
                     .iter()
-                    .find_map(|k| e.args.get(*k).and_then(|f| f.as_str()))
+                    .find_map(|k| e.args.get(k).and_then(|f| f.as_str()))
                     .map(|p| raw_bytes(e, p));
                 let exe = match loaded {
                     // An exec through a descriptor (fexecve, execveat with
@@ -434,8 +434,8 @@ impl ProcTable {
                 slot.insert(exe);
             }
         }
-        if let Some(exe) = self.exe.get(&pid).cloned() {
-            e.exe = Some(store_bytes(e, &exe));
+        if let Some(exe) = self.exe.get(&pid) {
+            e.exe = Some(store_bytes(e, exe));
         }
         if e.kind == "exit" {
             self.cwd.remove(&pid);
@@ -456,12 +456,9 @@ impl ProcTable {
     /// daemon's user-space work under a loop of relative opens). The
     /// decoder hands over each path with its dirfd; unresolvable paths
     /// stay as the process passed them.
-    pub fn absolutize(&mut self, e: &mut Event, paths: &[PathAt], cwd_id: Option<u64>) {
+    pub fn absolutize(&mut self, e: &mut LiveEvent, paths: &[PathAt], cwd_id: Option<u64>) {
         let Some(pid) = e.pid else { return };
         for p in paths {
-            if p.path.starts_with('/') || p.path.is_empty() {
-                continue;
-            }
             // Read back from the event: adding `exe` may have escaped it since.
             let Some(cur) = e.args.get(p.field).and_then(|v| v.as_str()) else {
                 continue;
@@ -474,8 +471,14 @@ impl ProcTable {
             };
             if let Some(dir) = dir {
                 let abs = dir.join(Path::new(std::ffi::OsStr::from_bytes(&rel)));
-                let abs = store_bytes(e, abs.as_os_str().as_bytes());
-                e.args[p.field] = serde_json::Value::String(abs);
+                let mut abs = Some(store_bytes(e, abs.as_os_str().as_bytes()));
+                e.args.strings_mut(&mut |k, s| {
+                    if k == p.field {
+                        if let Some(a) = abs.take() {
+                            *s = a;
+                        }
+                    }
+                });
             }
         }
     }
@@ -503,8 +506,8 @@ mod tests {
     const BOOT: [u8; 16] = [7; 16];
     const TICK: u64 = 10_000_000;
 
-    fn ev(kind: &str, pid: u32, ppid: u32, t: i64) -> Event {
-        let mut e = Event::new(kind, t, "core");
+    fn ev(kind: &str, pid: u32, ppid: u32, t: i64) -> LiveEvent {
+        let mut e = LiveEvent::new(kind, t, "core");
         e.pid = Some(pid);
         e.ppid = Some(ppid);
         e

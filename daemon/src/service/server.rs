@@ -126,7 +126,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     crate::service::memory::release_free();
     let fidelity = loaded.rung.fidelity();
     if let Some(ev) = store.downtime_event(fidelity) {
-        tracing::info!(from = %ev.args["from"], "recording the time traceed was not running as a lost row");
+        tracing::info!(from = %ev.args.get("from").unwrap_or(traceed_wire::payload::Arg::Null), "recording the time traceed was not running as a lost row");
         let _ = tx.send(ev).await;
     }
     if let Some(losses) = export_losses {

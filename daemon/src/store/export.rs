@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
-use traceed_wire::Event;
+use traceed_wire::LiveEvent;
 
 #[derive(Debug, thiserror::Error)]
 #[error("export file {path}: {source}")]
@@ -80,7 +80,7 @@ impl Exporter {
     }
 
     /// Append committed events and flush, so a reader sees whole lines.
-    pub fn write(&mut self, events: &[Event]) {
+    pub fn write(&mut self, events: &[LiveEvent]) {
         let Some(out) = self.out.as_mut() else {
             return;
         };

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
-use traceed_wire::Event;
+use traceed_wire::LiveEvent;
 
 /// One committed batch, in id order.
 #[derive(Debug)]
 pub struct Batch {
     /// Events published before this batch since the feed was made.
     pub seq: u64,
-    pub events: Vec<Event>,
+    pub events: Vec<LiveEvent>,
 }
 
 /// The sending side (the writer publishes; everyone else subscribes).
@@ -40,7 +40,7 @@ impl Live {
         }
     }
 
-    pub fn publish(&self, events: Vec<Event>) {
+    pub fn publish(&self, events: Vec<LiveEvent>) {
         if events.is_empty() {
             return;
         }
@@ -124,8 +124,8 @@ impl Feed {
 mod tests {
     use super::*;
 
-    fn events(n: usize) -> Vec<Event> {
-        (0..n).map(|_| Event::new("exec", 1, "core")).collect()
+    fn events(n: usize) -> Vec<LiveEvent> {
+        (0..n).map(|_| LiveEvent::new("exec", 1, "core")).collect()
     }
 
     #[tokio::test]

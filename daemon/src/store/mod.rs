@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use sqlx::SqlitePool;
-use traceed_wire::Event;
+use traceed_wire::LiveEvent;
 
 pub(crate) mod bloom;
 pub mod clickhouse;
@@ -127,11 +127,17 @@ impl Store {
 
     /// The `lost` row (source `downtime`) that covers the time traceed was
     /// not recording, from the end of the stored history to now.
-    pub fn downtime_event(&self, fidelity: &str) -> Option<Event> {
+    pub fn downtime_event(&self, fidelity: &str) -> Option<LiveEvent> {
         let from = self.resume_from?;
         let now = traceed_wire::now_ns();
         // How many events were missed is unknowable.
-        Some(Event::lost(None, "downtime", from, now.max(from), fidelity))
+        Some(LiveEvent::lost(
+            None,
+            "downtime",
+            from,
+            now.max(from),
+            fidelity,
+        ))
     }
 
     pub fn db_bytes(&self) -> u64 {

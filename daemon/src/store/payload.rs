@@ -13,8 +13,8 @@
 
 use std::net::IpAddr;
 
-use serde_json::Value;
 use sqlx::{Row, SqlitePool};
+use traceed_wire::payload::ArgSource;
 
 use super::{bloom, BlockCol, BLOCK_SHIFT};
 
@@ -41,7 +41,7 @@ pub(crate) fn hash63(b: &[u8]) -> i64 {
 }
 
 /// The paths an event of `kind` names.
-pub(crate) fn paths<'a>(kind: &str, args: &'a Value) -> impl Iterator<Item = &'a str> {
+pub(crate) fn paths<'a, A: ArgSource>(kind: &str, args: &'a A) -> impl Iterator<Item = &'a str> {
     let keys: &[&str] = match kind {
         "open" | "unlink" | "chmod" => &["path"],
         "exec" => &["filename"],
@@ -49,7 +49,7 @@ pub(crate) fn paths<'a>(kind: &str, args: &'a Value) -> impl Iterator<Item = &'a
         "rename" => &["old_path", "new_path"],
         _ => &[],
     };
-    keys.iter().filter_map(move |k| args.get(k)?.as_str())
+    keys.iter().filter_map(move |k| args.arg(k)?.as_str())
 }
 
 /// Each prefix of `path` that ends in '/', from the root, at most
@@ -61,28 +61,26 @@ pub(crate) fn dirs(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The socket address of a connect/accept/bind (None for unix sockets).
-pub(crate) fn ip(kind: &str, args: &Value) -> Option<IpAddr> {
+pub(crate) fn ip(kind: &str, args: &impl ArgSource) -> Option<IpAddr> {
     if !NET_KINDS.contains(&kind) {
         return None;
     }
-    args.get("addr")?.as_str()?.parse().ok()
+    args.arg("addr")?.as_str()?.parse().ok()
 }
 
-pub(crate) fn port(kind: &str, args: &Value) -> Option<u16> {
+pub(crate) fn port(kind: &str, args: &impl ArgSource) -> Option<u16> {
     if !NET_KINDS.contains(&kind) {
         return None;
     }
-    u16::try_from(args.get("port")?.as_u64()?).ok()
+    u16::try_from(args.arg("port")?.as_u64()?).ok()
 }
 
 /// An exec's argv joined by single spaces.
-pub(crate) fn cmdline(kind: &str, args: &Value) -> Option<String> {
+pub(crate) fn cmdline(kind: &str, args: &impl ArgSource) -> Option<String> {
     if kind != "exec" {
         return None;
     }
-    let argv = args.get("argv")?.as_array()?;
-    let parts: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
-    Some(parts.join(" "))
+    Some(args.arg("argv")?.strs()?.join(" "))
 }
 
 /// The hash an address is indexed by.
@@ -120,7 +118,7 @@ pub(crate) fn net_prefixes(addr: &[u8; 16]) -> &'static [u8; 3] {
 }
 
 /// Every payload key of one event.
-pub(crate) fn keys(kind: &str, args: &Value, mut f: impl FnMut(BlockCol, i64)) {
+pub(crate) fn keys(kind: &str, args: &impl ArgSource, mut f: impl FnMut(BlockCol, i64)) {
     for p in paths(kind, args) {
         f(BlockCol::Path, hash63(p.as_bytes()));
         for d in dirs(p) {

@@ -4,8 +4,9 @@
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use traceed_wire::payload::ArgSource;
 use traceed_wire::query::{Cidr, PathMatch};
-use traceed_wire::{Coverage, Event, Gap};
+use traceed_wire::{static_name, Coverage, Event, Gap, FIDELITIES, KINDS};
 
 use super::payload::{self, NET_KINDS, PATH_KINDS};
 use super::{bloom, BlockCol, Store, StoreError, BLOCK_SHIFT};
@@ -49,10 +50,10 @@ impl Query {
     /// Does a live event pass the filters (the SQL WHERE, in Rust)? It must
     /// select exactly what `Store::query` selects, or `follow` would differ
     /// from a plain query.
-    pub fn matches(&self, e: &Event) -> bool {
+    pub fn matches<A: ArgSource>(&self, e: &Event<A>) -> bool {
         self.since.is_none_or(|s| e.ts >= s)
             && self.until.is_none_or(|u| e.ts < u)
-            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && (self.kinds.is_empty() || self.kinds.iter().any(|k| *k == *e.kind))
             && self.pid.is_none_or(|v| e.pid == Some(v))
             && self.ppid.is_none_or(|v| e.ppid == Some(v))
             && self.uid.is_none_or(|v| e.uid == Some(v))
@@ -66,7 +67,10 @@ impl Query {
                     .as_ref()
                     .is_some_and(|c| c.starts_with(v.as_str()))
             })
-            && self.fidelity.as_ref().is_none_or(|v| &e.fidelity == v)
+            && self
+                .fidelity
+                .as_ref()
+                .is_none_or(|v| e.fidelity == v.as_str())
             && self.procs.as_ref().is_none_or(|set| {
                 e.proc
                     .as_deref()
@@ -78,8 +82,8 @@ impl Query {
     }
 
     /// The payload filters alone: what the SQL of a scan cannot check.
-    fn matches_payload(&self, e: &Event) -> bool {
-        let (k, a) = (e.kind.as_str(), &e.args);
+    fn matches_payload<A: ArgSource>(&self, e: &Event<A>) -> bool {
+        let (k, a) = (&*e.kind, &e.args);
         self.path
             .as_ref()
             .is_none_or(|m| payload::paths(k, a).any(|p| m.matches(p)))
@@ -291,11 +295,11 @@ impl Store {
         loop {
             let (rows, more) = self.query(&q).await?;
             for e in &rows {
-                let (k, a) = (e.kind.as_str(), &e.args);
+                let (k, a) = (&*e.kind, &e.args);
                 match by {
                     "exe" => e.exe.clone().into_iter().for_each(&mut add),
                     "comm" => e.comm.clone().into_iter().for_each(&mut add),
-                    "kind" => add(e.kind.clone()),
+                    "kind" => add(e.kind.to_string()),
                     "uid" => e.uid.into_iter().for_each(|u| add(u.to_string())),
                     "path" => payload::paths(k, a).for_each(|p| add(p.to_string())),
                     "addr" => payload::ip(k, a)
@@ -1127,7 +1131,7 @@ fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
     Ok(Event {
         id: r.try_get("id")?,
         ts: r.try_get("ts")?,
-        kind: r.try_get("kind")?,
+        kind: static_name(KINDS, r.try_get("kind")?),
         pid: u32_col("pid")?,
         tid: u32_col("tid")?,
         ppid: u32_col("ppid")?,
@@ -1142,7 +1146,7 @@ fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
         pid_ns: u32_col("pid_ns")?,
         retval: r.try_get("retval")?,
         args: decode_args(&args, r.try_get("args_keys")?),
-        fidelity: r.try_get("fidelity")?,
+        fidelity: static_name(FIDELITIES, r.try_get("fidelity")?),
         proc: r
             .try_get::<Option<i64>, _>("proc")?
             .map(|k| traceed_wire::proc_key_hex(k as u64)),

@@ -10,7 +10,7 @@ use std::ffi::{c_int, CStr};
 use std::path::{Path, PathBuf};
 
 use libsqlite3_sys as ffi;
-use traceed_wire::Event;
+use traceed_wire::{static_name, Event, FIDELITIES, KINDS};
 
 use super::schema::NS_BASE;
 use super::sqlite::{Db, SqliteError, Stmt, STRING_BY_ID};
@@ -127,7 +127,7 @@ impl Scanner {
             out.push(Event {
                 id,
                 ts,
-                kind: kind.unwrap_or_default(),
+                kind: static_name(KINDS, &kind.unwrap_or_default()),
                 pid,
                 tid,
                 ppid,
@@ -142,7 +142,7 @@ impl Scanner {
                 pid_ns,
                 retval,
                 args: super::query::decode_args(&args_text, keys),
-                fidelity: fidelity.unwrap_or_default(),
+                fidelity: static_name(FIDELITIES, &fidelity.unwrap_or_default()),
                 proc: proc.map(|k| traceed_wire::proc_key_hex(k as u64)),
                 lineage: None,
             });

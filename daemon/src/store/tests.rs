@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
+use traceed_wire::payload::Payload;
 use traceed_wire::Event;
 
 use super::live::Live;
@@ -26,7 +27,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 pub fn ev(ts: i64, kind: &str, pid: u32, comm: &str) -> Event {
     let mut e = Event::lost(Some(0), "kernel", ts, ts, "core");
-    e.kind = kind.into();
+    e.kind = kind.to_string().into();
     e.pid = Some(pid);
     e.tid = Some(pid);
     e.uid = Some(pid % 3);
@@ -40,7 +41,7 @@ pub fn ev(ts: i64, kind: &str, pid: u32, comm: &str) -> Event {
 }
 
 /// Write `events` through a real Writer and wait until it stopped.
-pub async fn write_all(store: &Store, events: Vec<Event>) -> Vec<Event> {
+pub async fn write_all<A: Into<Payload>>(store: &Store, events: Vec<Event<A>>) -> Vec<Event> {
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(events.len().max(1));
     let live = Live::new(events.len().max(1) + 1);
@@ -48,16 +49,132 @@ pub async fn write_all(store: &Store, events: Vec<Event>) -> Vec<Event> {
     let w = Writer::new(store, rx, live, counters, 512).await.unwrap();
     let task = tokio::spawn(w.run());
     for e in events {
-        tx.send(e).await.unwrap();
+        tx.send(e.map_args(Into::into)).await.unwrap();
     }
     drop(tx);
     task.await.unwrap().unwrap();
     let mut out = Vec::new();
     while let Some(r) = sub.try_recv() {
         assert_eq!(r.skipped, 0);
-        out.extend(r.batch.events.iter().cloned());
+        out.extend(
+            r.batch
+                .events
+                .iter()
+                .map(|e| e.clone().map_args(|a| a.to_value())),
+        );
     }
     out
+}
+
+/// The decoder's typed args are stored as the same JSON they serialise to,
+/// and their paths and addresses are indexed like JSON args.
+#[tokio::test]
+async fn typed_args_read_back_as_their_json() {
+    use traceed_wire::payload::{self as p, Args, NameOrNumber};
+    fn a<T>(fields: T, truncated: bool) -> Args<T> {
+        Args {
+            fields,
+            truncated,
+            escaped: false,
+        }
+    }
+    let s = |x: &str| Some(x.to_string());
+    let payloads: Vec<(&'static str, Payload)> = vec![
+        (
+            "exec",
+            a(
+                p::Exec {
+                    filename: s("/bin/sh"),
+                    argv: vec!["sh".into(), "-c".into(), "echo \"hi\\\"".into()],
+                    interpreter: None,
+                    exe_ctime: s("2026-01-01T00:00:00Z"),
+                    argc: Some(3),
+                    argv_bytes: None,
+                    cwd: s("/root"),
+                },
+                true,
+            )
+            .into(),
+        ),
+        ("fork", a(p::Fork {}, false).into()),
+        (
+            "open",
+            a(
+                p::Open {
+                    path: s("/etc/typed"),
+                    flags: 0o101,
+                    mode: 0o644,
+                },
+                false,
+            )
+            .into(),
+        ),
+        (
+            "connect",
+            a(
+                p::Sock {
+                    fd: 3,
+                    family: s("inet6"),
+                    addr: s("2001:db8::1"),
+                    port: Some(443),
+                },
+                false,
+            )
+            .into(),
+        ),
+        (
+            "kill",
+            a(
+                p::Kill {
+                    target_pid: 4,
+                    signal: 9,
+                    target_tid: None,
+                },
+                false,
+            )
+            .into(),
+        ),
+        (
+            "syscall",
+            a(
+                p::Syscall {
+                    syscall: NameOrNumber::Number(451),
+                    nr: 451,
+                    args: [1, 2, 3, 4, 5, u64::MAX],
+                },
+                false,
+            )
+            .into(),
+        ),
+    ];
+    let dir = temp_dir("typed");
+    let store = Store::open(&dir).await.unwrap();
+    let events: Vec<traceed_wire::LiveEvent> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, args))| {
+            let mut e = ev(1_000 + i as i64, kind, 7, "t").map_args(Payload::Json);
+            e.args = args.clone();
+            e
+        })
+        .collect();
+    write_all(&store, events).await;
+    let back = all(&store).await;
+    assert_eq!(back.len(), payloads.len());
+    for (e, (kind, args)) in back.iter().zip(&payloads) {
+        assert_eq!(&*e.kind, *kind);
+        assert_eq!(e.args, args.to_value(), "{kind}");
+    }
+    let found = |q: Query| async move { store.query(&q).await.unwrap().0 };
+    let by_path = found(Query {
+        path: Some(traceed_wire::query::PathMatch::parse("/etc/*").unwrap()),
+        limit: 10,
+        ..Query::default()
+    })
+    .await;
+    assert_eq!(by_path.len(), 1);
+    assert_eq!(by_path[0].kind, "open");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn all(store: &Store) -> Vec<Event> {
@@ -156,11 +273,11 @@ async fn events_view_agrees_with_the_api() {
             (v.0, &v.1, &v.2, &v.3, v.4, &v.6, &v.7),
             (
                 e.id,
-                &e.kind,
+                &e.kind.to_string(),
                 &e.comm,
                 &e.container_id,
                 e.mnt_ns.map(i64::from),
-                &e.fidelity,
+                &e.fidelity.to_string(),
                 &e.proc
             )
         );
@@ -290,7 +407,9 @@ async fn after_a_failed_batch_filters_still_find_what_follows() {
     // The failing batch introduces comm "fresh" and its block rows
     // (queued before the writer runs, so they are one batch).
     for pid in [5, 666, 5] {
-        tx.send(ev(now, "exec", pid, "fresh")).await.unwrap();
+        tx.send(ev(now, "exec", pid, "fresh").map_args(Payload::Json))
+            .await
+            .unwrap();
     }
     let task = tokio::spawn(w.run());
     let c = counters.clone();
@@ -307,7 +426,9 @@ async fn after_a_failed_batch_filters_still_find_what_follows() {
     // Past the retry pause, the same values again, in the same block.
     tokio::time::sleep(PAUSED_RETRY_FOR_TESTS + Duration::from_millis(100)).await;
     for i in 0..3 {
-        tx.send(ev(now + 1 + i, "exec", 5, "fresh")).await.unwrap();
+        tx.send(ev(now + 1 + i, "exec", 5, "fresh").map_args(Payload::Json))
+            .await
+            .unwrap();
     }
     let c = counters.clone();
     wait(
@@ -664,7 +785,10 @@ async fn downtime_spans_from_clean_stop_or_last_event() {
     drop(store);
     // The writer stopped cleanly: the marker (now) bounds the downtime.
     let store = Store::open(&dir).await.unwrap();
-    let d = store.downtime_event("core").unwrap();
+    let d = store
+        .downtime_event("core")
+        .unwrap()
+        .map_args(|a| a.to_value());
     let from =
         |d: &Event| traceed_wire::parse_time_spec(d.args["from"].as_str().unwrap(), 0).unwrap();
     assert!(
@@ -678,7 +802,10 @@ async fn downtime_spans_from_clean_stop_or_last_event() {
     // No writer ran since (a crash): the marker was consumed, so the last
     // stored event bounds it.
     let store = Store::open(&dir).await.unwrap();
-    let d = store.downtime_event("core").unwrap();
+    let d = store
+        .downtime_event("core")
+        .unwrap()
+        .map_args(|a| a.to_value());
     assert_eq!(from(&d), t_event);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1374,11 +1501,11 @@ async fn count_by_agrees_with_the_rows() {
                 for by in ["exe", "comm", "kind", "uid", "path", "port"] {
                     let mut want: std::collections::HashMap<String, u64> = Default::default();
                     for e in all.iter().filter(|e| q.matches(e)) {
-                        let (k, a) = (e.kind.as_str(), &e.args);
+                        let (k, a) = (&*e.kind, &e.args);
                         let values: Vec<String> = match by {
                             "exe" => e.exe.iter().cloned().collect(),
                             "comm" => e.comm.iter().cloned().collect(),
-                            "kind" => vec![e.kind.clone()],
+                            "kind" => vec![e.kind.to_string()],
                             "uid" => e.uid.iter().map(|u| u.to_string()).collect(),
                             "path" => super::payload::paths(k, a).map(str::to_owned).collect(),
                             _ => super::payload::port(k, a)

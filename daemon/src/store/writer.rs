@@ -15,10 +15,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
-use traceed_wire::Event;
+use traceed_wire::payload::Payload;
+use traceed_wire::LiveEvent;
 
 use super::live::Live;
 use super::raw::{Conn, Encoded, ProcRow, WriteError};
@@ -78,36 +78,39 @@ impl Interner {
     }
 }
 
-/// The key list of a non-empty object `args` as a JSON array, into `out`
-/// (stored interned); false when `args` is stored verbatim.
-fn args_keys(args: &serde_json::Value, out: &mut Vec<u8>) -> bool {
-    match args {
-        serde_json::Value::Object(m) if !m.is_empty() => {
-            out.clear();
-            // Serializing strings into memory cannot fail.
-            let _ = serde::Serializer::collect_seq(&mut serde_json::Serializer::new(out), m.keys());
-            true
-        }
-        _ => false,
+/// Append `args` as stored: with `keys` (cleared first) the list of its
+/// keys as a JSON array (stored interned) and the array of its values
+/// into `out`; false, and the JSON itself into `out`, when `args` has no
+/// keys (`{}`, or JSON that is not an object).
+fn encode_args(args: &Payload, keys: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+    keys.clear();
+    let start = out.len();
+    args.each(&mut |k, v| {
+        let (kc, vc) = if keys.is_empty() {
+            (b'[', b'[')
+        } else {
+            (b',', b',')
+        };
+        keys.push(kc);
+        // Writing a string into memory cannot fail.
+        let _ = serde_json::to_writer(&mut *keys, k);
+        out.push(vc);
+        v.write_json(out);
+    });
+    if keys.is_empty() {
+        out.truncate(start);
+        // Serializing JSON into memory cannot fail; the output is UTF-8.
+        let _ = serde_json::to_writer(&mut *out, args);
+        return false;
     }
-}
-
-/// Append `args` as stored: the values array when its keys are interned
-/// (same order as `args_keys`), else the JSON itself.
-fn encode_args(args: &serde_json::Value, keyed: bool, out: &mut Vec<u8>) {
-    let mut ser = serde_json::Serializer::new(out);
-    // Serializing a Value into memory cannot fail; the output is UTF-8.
-    let _ = match args {
-        serde_json::Value::Object(m) if keyed => {
-            serde::Serializer::collect_seq(&mut ser, m.values())
-        }
-        v => v.serialize(&mut ser),
-    };
+    keys.push(b']');
+    out.push(b']');
+    true
 }
 
 /// A batch the SQLite thread is writing.
 struct InFlight {
-    events: Vec<Event>,
+    events: Vec<LiveEvent>,
     first_id: i64,
 }
 
@@ -182,7 +185,7 @@ fn sql_thread(
 }
 
 pub struct Writer {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<LiveEvent>,
     live: Live,
     counters: Arc<Counters>,
     batch_size: usize,
@@ -215,14 +218,14 @@ const PROCS_SEEN_MAX: usize = 1 << 20;
 /// The `procs` upsert an event calls for, if any: the first event of an
 /// instance, and every fork, exec and exit.
 fn proc_row(
-    e: &Event,
+    e: &LiveEvent,
     key: i64,
     id: i64,
     exe: Option<i64>,
     comm: Option<i64>,
     seen: &mut foldhash::HashSet<i64>,
 ) -> Option<ProcRow> {
-    let lifecycle = matches!(e.kind.as_str(), "fork" | "exec" | "exit");
+    let lifecycle = matches!(&*e.kind, "fork" | "exec" | "exit");
     if !seen.insert(key) && !lifecycle {
         return None;
     }
@@ -231,9 +234,9 @@ fn proc_row(
     }
     let u = |v: Option<u32>| v.map(i64::from);
     let lineage = e.lineage.clone().unwrap_or_default();
-    let arg = |k: &str| e.args.get(k).and_then(serde_json::Value::as_i64);
+    let arg = |k: &str| e.args.get(k).and_then(|a| a.as_i64());
     let (mut exit_ts, mut exit_code, mut signal, mut cmdline) = (None, None, None, None);
-    match e.kind.as_str() {
+    match &*e.kind {
         "exit" => {
             exit_ts = Some(e.ts);
             exit_code = arg("exit_code");
@@ -242,12 +245,7 @@ fn proc_row(
         }
         // A failed exec changed nothing.
         "exec" if e.retval.is_none_or(|r| r >= 0) => {
-            cmdline = e.args.get("argv").and_then(|a| a.as_array()).map(|a| {
-                a.iter()
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            });
+            cmdline = super::payload::cmdline(&e.kind, &e.args);
         }
         _ => {}
     }
@@ -275,7 +273,7 @@ fn proc_row(
 impl Writer {
     pub async fn new(
         store: &Store,
-        rx: mpsc::Receiver<Event>,
+        rx: mpsc::Receiver<LiveEvent>,
         live: Live,
         counters: Arc<Counters>,
         batch_size: usize,
@@ -462,7 +460,7 @@ impl Writer {
             return Ok(true);
         };
         let count = d.count;
-        let row = Event::lost(Some(count), "userspace", d.from, d.to, &d.fidelity);
+        let row = LiveEvent::lost(Some(count), "userspace", d.from, d.to, &d.fidelity);
         let (enc, first_id) = self.encode(std::slice::from_ref(&row));
         self.submit(pipe, enc, vec![row], first_id);
         let Some((row, res)) = self.take_done(pipe).await? else {
@@ -488,7 +486,7 @@ impl Writer {
     }
 
     /// Ids, interned strings, block rows and args text of `batch`.
-    fn encode(&mut self, batch: &[Event]) -> (Encoded, i64) {
+    fn encode(&mut self, batch: &[LiveEvent]) -> (Encoded, i64) {
         let mut enc = self.spare.pop().unwrap_or_default();
         enc.clear();
         let first_id = self.next_id;
@@ -501,7 +499,7 @@ impl Writer {
             let exe = e.exe.as_deref().map(|s| self.strings.id(s, fresh));
             let container = e.container_id.as_deref().map(|s| self.strings.id(s, fresh));
             let fidelity = self.strings.id(&e.fidelity, fresh);
-            let keys = args_keys(&e.args, &mut self.keys)
+            let keys = encode_args(&e.args, &mut self.keys, &mut enc.args)
                 .then(|| std::str::from_utf8(&self.keys).ok())
                 .flatten()
                 .map(|k| self.strings.id(k, fresh));
@@ -510,7 +508,6 @@ impl Writer {
                 .as_deref()
                 .and_then(traceed_wire::parse_proc_key)
                 .map(|k| k as i64);
-            encode_args(&e.args, keys.is_some(), &mut enc.args);
             enc.arg_ends.push(enc.args.len());
             enc.ints.push([
                 Some(id),
@@ -611,7 +608,7 @@ impl Writer {
 
     /// Hand an encoded batch to the SQLite thread (fewer than DEPTH are in
     /// flight).
-    fn submit(&mut self, pipe: &mut Pipe, enc: Encoded, events: Vec<Event>, first_id: i64) {
+    fn submit(&mut self, pipe: &mut Pipe, enc: Encoded, events: Vec<LiveEvent>, first_id: i64) {
         // Never blocks: the channel holds DEPTH batches and fewer than
         // DEPTH are unanswered.
         if let Err(e) = pipe.jobs.send(enc) {
@@ -688,7 +685,7 @@ impl Writer {
         }
     }
 
-    fn drop_batch(&mut self, batch: &mut Vec<Event>) {
+    fn drop_batch(&mut self, batch: &mut Vec<LiveEvent>) {
         let Some(first) = batch.first() else {
             return;
         };
@@ -701,7 +698,7 @@ impl Writer {
             count: 0,
             from: lo,
             to: hi,
-            fidelity: first.fidelity.clone(),
+            fidelity: first.fidelity.to_string(),
         });
         d.count += n;
         d.from = d.from.min(lo);
@@ -709,7 +706,7 @@ impl Writer {
         batch.clear();
     }
 
-    fn publish(&mut self, mut events: Vec<Event>, first_id: i64) {
+    fn publish(&mut self, mut events: Vec<LiveEvent>, first_id: i64) {
         for (i, e) in events.iter_mut().enumerate() {
             e.id = first_id + i as i64;
         }
@@ -717,7 +714,7 @@ impl Writer {
             x.write(&events);
         }
         self.counters
-            .count_stored_all(events.iter().map(|e| e.kind.as_str()));
+            .count_stored_all(events.iter().map(|e| &*e.kind));
         self.live.publish(events);
     }
 }

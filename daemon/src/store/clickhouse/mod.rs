@@ -34,7 +34,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch};
-use traceed_wire::{Event, ExportStatus};
+use traceed_wire::{ExportStatus, LiveEvent};
 
 use crate::service::config::ClickHouseConfig;
 use crate::store::Store;
@@ -198,8 +198,8 @@ impl Loss {
     /// The `lost` row: stamped now (when the loss happened, so it outlives
     /// the events it counts under the same max_age), `from`/`to` the
     /// times of the deleted events.
-    pub fn event(&self, fidelity: &str) -> Event {
-        let mut e = Event::lost(Some(self.count), "export", self.from, self.to, fidelity);
+    pub fn event(&self, fidelity: &str) -> LiveEvent {
+        let mut e = LiveEvent::lost(Some(self.count), "export", self.from, self.to, fidelity);
         e.ts = traceed_wire::now_ns().max(self.to);
         e
     }
@@ -339,7 +339,7 @@ impl ExportGuard {
 /// (weakly held: the queue closing at shutdown must not wait for this).
 pub fn spawn_lost_rows(
     mut losses: mpsc::UnboundedReceiver<Loss>,
-    queue: mpsc::WeakSender<Event>,
+    queue: mpsc::WeakSender<LiveEvent>,
     fidelity: &'static str,
 ) {
     tokio::spawn(async move {
@@ -914,7 +914,7 @@ mod tests {
         let store = Store::open(&dir).await.unwrap();
         let now = traceed_wire::now_ns();
         // ids 1..=1000, one a minute; 500 of them older than 500.5 minutes.
-        let events: Vec<Event> = (0..1000i64)
+        let events: Vec<traceed_wire::Event> = (0..1000i64)
             .map(|i| ev(now - (1000 - i) * MIN, "open", i as u32, "x"))
             .collect();
         write_all(&store, events).await;
@@ -960,7 +960,8 @@ mod tests {
         assert_eq!(state.events_lost(), 400);
         // A lost row is stamped now, so it outlives the rows it counts.
         let row = l.event("core");
-        assert!(row.ts >= now && row.args["source"] == "export" && row.args["count"] == 200);
+        let args = row.args.to_value();
+        assert!(row.ts >= now && args["source"] == "export" && args["count"] == 200);
 
         // A batch that ClickHouse acknowledges after its rows were deleted
         // shipped them: nothing lost; and shipped rows are never counted.
