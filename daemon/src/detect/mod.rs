@@ -10,7 +10,9 @@
 
 pub mod alerts;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -187,7 +189,7 @@ impl Detector {
         Detector {
             engine,
             procs: ProcessMap::default(),
-            users: HashMap::new(),
+            users: HashMap::default(),
             store,
             stats,
         }

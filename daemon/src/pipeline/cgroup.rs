@@ -5,7 +5,7 @@
 //! (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
 //! `libpod-<id>.scope`, `/docker/<id>`, `/kubepods/.../<id>`).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,7 +78,7 @@ impl Default for Containers {
 impl Containers {
     pub fn new() -> Self {
         let mut c = Self {
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
             last_walk: None,
         };
         c.rewalk();

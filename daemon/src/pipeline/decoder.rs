@@ -569,7 +569,7 @@ fn render(rec: &Record<'_>, kind: Kind) -> (Payload, String, Vec<PathAt>) {
     let mut at = Vec::new();
     let at_ = &mut at;
     let args = match kind {
-        Kind::Exec => Payload::Exec(args_of(rec, at_)),
+        Kind::Exec => Payload::Exec(Box::new(args_of(rec, at_))),
         Kind::Fork => Payload::Fork(args_of(rec, at_)),
         Kind::Exit => Payload::Exit(args_of(rec, at_)),
         Kind::Open => Payload::Open(args_of(rec, at_)),

@@ -26,8 +26,8 @@
 //! here; records arrive in causal order (see `kernel::source`), so a new
 //! instance's events never precede its fork.
 
+use foldhash::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,10 +143,10 @@ impl Default for ProcTable {
 impl ProcTable {
     fn new(boot_id: [u8; 16], tick_ns: u64, boot_to_wall: i64) -> Self {
         Self {
-            exe: HashMap::new(),
-            ppid: HashMap::new(),
-            live: HashMap::new(),
-            cwd: HashMap::new(),
+            exe: HashMap::default(),
+            ppid: HashMap::default(),
+            live: HashMap::default(),
+            cwd: HashMap::default(),
             boot_id,
             tick_ns,
             boot_to_wall,

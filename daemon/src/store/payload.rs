@@ -60,6 +60,22 @@ pub(crate) fn dirs(path: &str) -> impl Iterator<Item = &str> {
         .take(MAX_DIR_DEPTH)
 }
 
+/// The keys of one path: its hash and the hash of each of its `dirs`, in
+/// one pass (FNV is a running hash: a prefix's hash is the state after it).
+fn path_keys(path: &str, f: &mut impl FnMut(BlockCol, i64)) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut depth = 0;
+    for &x in path.as_bytes() {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        if x == b'/' && depth < MAX_DIR_DEPTH {
+            depth += 1;
+            f(BlockCol::PathDir, (h >> 1) as i64);
+        }
+    }
+    f(BlockCol::Path, (h >> 1) as i64);
+}
+
 /// The socket address of a connect/accept/bind (None for unix sockets).
 pub(crate) fn ip(kind: &str, args: &impl ArgSource) -> Option<IpAddr> {
     if !NET_KINDS.contains(&kind) {
@@ -120,10 +136,7 @@ pub(crate) fn net_prefixes(addr: &[u8; 16]) -> &'static [u8; 3] {
 /// Every payload key of one event.
 pub(crate) fn keys(kind: &str, args: &impl ArgSource, mut f: impl FnMut(BlockCol, i64)) {
     for p in paths(kind, args) {
-        f(BlockCol::Path, hash63(p.as_bytes()));
-        for d in dirs(p) {
-            f(BlockCol::PathDir, hash63(d.as_bytes()));
-        }
+        path_keys(p, &mut f);
     }
     if let Some(ip) = ip(kind, args) {
         f(BlockCol::Addr, addr_key(ip));
@@ -312,6 +325,27 @@ async fn backfill_pass(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_keys_in_one_pass_are_the_hashes_of_path_and_dirs() {
+        for p in [
+            "/etc/ssh/sshd_config",
+            "/",
+            "",
+            "rel/x",
+            "/a/b/c/d/e/f/g/h/i/j/k",
+            "/ü/é/",
+        ] {
+            let mut want = vec![];
+            for d in dirs(p) {
+                want.push((BlockCol::PathDir, hash63(d.as_bytes())));
+            }
+            want.push((BlockCol::Path, hash63(p.as_bytes())));
+            let mut got = vec![];
+            path_keys(p, &mut |c, v| got.push((c, v)));
+            assert_eq!(got, want, "{p}");
+        }
+    }
 
     #[test]
     fn dirs_of_a_path() {

@@ -60,6 +60,25 @@ struct Dropped {
 struct Interner {
     ids: foldhash::HashMap<String, i64>,
     next: i64,
+    /// The last string of each interned column and its id: consecutive
+    /// events mostly repeat their kind, comm, exe and args keys, and
+    /// comparing is cheaper than hashing.
+    last: [(String, Option<i64>); Col::COUNT],
+}
+
+/// The interned columns of an event (`Interner::last`).
+#[derive(Clone, Copy)]
+enum Col {
+    Kind,
+    Comm,
+    Exe,
+    Container,
+    Fidelity,
+    Keys,
+}
+
+impl Col {
+    const COUNT: usize = 6;
 }
 
 impl Interner {
@@ -74,6 +93,20 @@ impl Interner {
         self.next += 1;
         self.ids.insert(s.to_string(), id);
         fresh.push((id, s.to_string()));
+        id
+    }
+
+    /// `id` for a string of column `col`.
+    fn col(&mut self, col: Col, s: &str, fresh: &mut Vec<(i64, String)>) -> i64 {
+        match &self.last[col as usize] {
+            (last, Some(id)) if last == s => return *id,
+            _ => {}
+        }
+        let id = self.id(s, fresh);
+        let (last, last_id) = &mut self.last[col as usize];
+        last.clear();
+        last.push_str(s);
+        *last_id = Some(id);
         id
     }
 }
@@ -327,6 +360,7 @@ impl Writer {
             strings: Interner {
                 ids,
                 next: next_string,
+                last: Default::default(),
             },
             block_counts: Default::default(),
             bloom_block,
@@ -494,15 +528,17 @@ impl Writer {
         for (i, e) in batch.iter().enumerate() {
             let id = first_id + i as i64;
             let fresh = &mut enc.fresh;
-            let kind = self.strings.id(&e.kind, fresh);
-            let comm = e.comm.as_deref().map(|s| self.strings.id(s, fresh));
-            let exe = e.exe.as_deref().map(|s| self.strings.id(s, fresh));
-            let container = e.container_id.as_deref().map(|s| self.strings.id(s, fresh));
-            let fidelity = self.strings.id(&e.fidelity, fresh);
+            let strings = &mut self.strings;
+            let kind = strings.col(Col::Kind, &e.kind, fresh);
+            let comm = e.comm.as_deref().map(|s| strings.col(Col::Comm, s, fresh));
+            let exe = e.exe.as_deref().map(|s| strings.col(Col::Exe, s, fresh));
+            let container =
+                (e.container_id.as_deref()).map(|s| strings.col(Col::Container, s, fresh));
+            let fidelity = strings.col(Col::Fidelity, &e.fidelity, fresh);
             let keys = encode_args(&e.args, &mut self.keys, &mut enc.args)
                 .then(|| std::str::from_utf8(&self.keys).ok())
                 .flatten()
-                .map(|k| self.strings.id(k, fresh));
+                .map(|k| self.strings.col(Col::Keys, k, fresh));
             let proc = e
                 .proc
                 .as_deref()
