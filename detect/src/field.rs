@@ -245,8 +245,9 @@ fn exec_ok<A>(ev: &Event<A>) -> bool {
 
 fn exec_image<A: ArgSource>(ev: &Event<A>) -> Option<String> {
     ev.exe
-        .clone()
-        .or_else(|| ev.args.arg("filename")?.as_str().map(String::from))
+        .as_deref()
+        .or_else(|| ev.args.arg("filename")?.as_str())
+        .map(String::from)
 }
 
 fn exec_cmdline<A: ArgSource>(ev: &Event<A>) -> Option<String> {

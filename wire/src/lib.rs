@@ -8,6 +8,7 @@ pub mod bytes;
 pub mod payload;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use jiff::{fmt::temporal::DateTimePrinter, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -111,9 +112,11 @@ pub struct Event<A = serde_json::Value> {
     pub ppid: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-    pub comm: Option<String>,
+    /// Shared: the daemon hands one process's comm and exe to each of its
+    /// events without copying them.
+    pub comm: Option<Arc<str>>,
     pub ns_pid: Option<u32>,
-    pub exe: Option<String>,
+    pub exe: Option<Arc<str>>,
     pub cgroup_id: Option<u64>,
     pub container_id: Option<String>,
     pub mnt_ns: Option<u32>,

@@ -230,7 +230,7 @@ mod tests {
 
     fn ev(exe: Option<&str>, escaped: bool) -> LiveEvent {
         let mut e = LiveEvent::new("open", 0, "core");
-        e.exe = exe.map(String::from);
+        e.exe = exe.map(Into::into);
         if escaped {
             e.args = serde_json::json!({"escaped": true}).into();
         }

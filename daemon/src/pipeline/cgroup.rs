@@ -5,11 +5,12 @@
 //! (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
 //! `libpod-<id>.scope`, `/docker/<id>`, `/kubepods/.../<id>`).
 
-use foldhash::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use foldhash::HashMap;
 
 /// Where the cgroup v2 hierarchy (the one bpf_get_current_cgroup_id
 /// reports) is mounted: /sys/fs/cgroup on unified systems, its `unified`

@@ -9,6 +9,7 @@
 //! keep an event's strings in one form when enrichment adds more).
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use traceed_wire::bytes;
 use traceed_wire::payload::{self, Args, NameOrNumber, Payload};
@@ -504,22 +505,52 @@ fn args_of<T: FromRecord>(r: &Record<'_>, at: &mut Vec<PathAt>) -> Args<T> {
     }
 }
 
+/// The comm strings of recent records, shared: a process's events repeat
+/// its comm, and one string per (comm, form) saves one per event.
+#[derive(Default)]
+pub struct Comms(foldhash::HashMap<([u8; 16], bool), Arc<str>>);
+
+impl Comms {
+    /// Distinct comms kept; past it the cache starts over.
+    const MAX: usize = 4096;
+
+    fn get(&mut self, rec: &Record<'_>) -> Arc<str> {
+        let key = (rec.h.comm, rec.escape.get());
+        if let Some(s) = self.0.get(&key) {
+            return s.clone();
+        }
+        let b = until_nul(&rec.h.comm);
+        let s: Arc<str> = rec.text(b).into();
+        // Not UTF-8 and not escaped: this pass is thrown away
+        // (`Record::text`), and so is its placeholder.
+        if !rec.escape.get() && std::str::from_utf8(b).is_err() {
+            return s;
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(key, s.clone());
+        s
+    }
+}
+
 /// Build the event (without id, exe, container: enrichment fills those).
 pub fn to_event(
     rec: &Record<'_>,
     boot_to_wall_ns: i64,
     fidelity: &'static str,
+    comms: &mut Comms,
 ) -> Result<Decoded, DecodeError> {
     let h = &rec.h;
     let kind = Kind::from_raw(h.kind).ok_or(DecodeError::Kind(h.kind))?;
     rec.escape.set(false);
     rec.saw_invalid.set(false);
-    let (args, comm, at) = match render(rec, kind) {
+    let (args, comm, at) = match render(rec, kind, comms) {
         // Rare (a name that is not UTF-8): render every string again,
         // escaped, so the event's strings are all in one form.
         _ if rec.saw_invalid.get() => {
             rec.escape.set(true);
-            render(rec, kind)
+            render(rec, kind, comms)
         }
         first => first,
     };
@@ -565,7 +596,7 @@ pub fn to_event(
 }
 
 /// One rendering pass over a record's strings: (args, comm, paths).
-fn render(rec: &Record<'_>, kind: Kind) -> (Payload, String, Vec<PathAt>) {
+fn render(rec: &Record<'_>, kind: Kind, comms: &mut Comms) -> (Payload, Arc<str>, Vec<PathAt>) {
     let mut at = Vec::new();
     let at_ = &mut at;
     let args = match kind {
@@ -586,8 +617,7 @@ fn render(rec: &Record<'_>, kind: Kind) -> (Payload, String, Vec<PathAt>) {
         Kind::MemfdCreate => Payload::MemfdCreate(args_of(rec, at_)),
         Kind::Syscall => Payload::Syscall(args_of(rec, at_)),
     };
-    let comm = rec.text(until_nul(&rec.h.comm));
-    (args, comm, at)
+    (args, comms.get(rec), at)
 }
 
 /// Whether `e`'s byte strings are in the escaped form (`args.escaped`).
@@ -625,7 +655,9 @@ fn escape_event(e: &mut LiveEvent) {
     };
     e.args.strings_mut(&mut |_, s| double(s));
     for s in [&mut e.comm, &mut e.exe].into_iter().flatten() {
-        double(s);
+        if s.contains('\\') {
+            *s = s.replace('\\', "\\\\").into();
+        }
     }
     e.args.set_escaped();
 }
@@ -752,7 +784,7 @@ pub(crate) mod tests {
         let (mut ok, mut err) = (0, 0);
         for _ in 0..100_000 {
             let buf = rng.malformed_record();
-            match parse(&buf).and_then(|r| to_event(&r, i64::MAX, "core")) {
+            match parse(&buf).and_then(|r| to_event(&r, i64::MAX, "core", &mut Comms::default())) {
                 Ok(d) => {
                     ok += 1;
                     strings_unrender(&d.event);
@@ -797,12 +829,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn shared_comms_decode_as_fresh_ones() {
+        let mut rng = Rng(0x00c0_3305);
+        let mut shared = Comms::default();
+        let comms: [&[u8]; 4] = [b"sh", b"a\\b", b"\xff\xfe", b"make"];
+        let paths: [&[u8]; 3] = [b"/ok\0", b"/\xff\0", b"/a\\b\0"];
+        for _ in 0..5000 {
+            let comm = comms[rng.below(4) as usize];
+            let path = paths[rng.below(3) as usize];
+            let buf = record_with(c::EK_OPEN, &[path], |h| {
+                h.comm = [0; 16];
+                h.comm[..comm.len()].copy_from_slice(comm);
+            });
+            let rec = parse(&buf).unwrap();
+            let a = to_event(&rec, 0, "core", &mut shared).unwrap().event;
+            let b = to_event(&rec, 0, "core", &mut Comms::default())
+                .unwrap()
+                .event;
+            assert_eq!(a, b);
+        }
+        assert!(shared.0.len() <= 8, "{}", shared.0.len());
+    }
+
+    #[test]
     fn enrichment_escapes_an_event_that_was_plain() {
         let mut e = decode(&record(c::EK_OPEN, &[b"C:\\dir\0"])).event;
         assert!(!is_escaped(&e));
         assert_eq!(e.args.to_value()["path"], "C:\\dir");
         let exe = store_bytes(&mut e, b"/opt/\xff\\x");
-        e.exe = Some(exe);
+        e.exe = Some(exe.into());
         assert!(is_escaped(&e));
         assert_eq!(e.args.to_value()["path"], "C:\\\\dir");
         assert_eq!(e.exe.as_deref(), Some("/opt/\\xff\\\\x"));
@@ -821,7 +876,7 @@ pub(crate) mod tests {
     }
 
     fn decode(buf: &[u8]) -> Decoded {
-        to_event(&parse(buf).unwrap(), 1000, "core").unwrap()
+        to_event(&parse(buf).unwrap(), 1000, "core", &mut Comms::default()).unwrap()
     }
 
     #[test]
@@ -901,7 +956,7 @@ pub(crate) mod tests {
         assert!(matches!(parse(&buf), Err(DecodeError::DataLen { .. })));
         let buf = record(999, &[]);
         assert_eq!(
-            to_event(&parse(&buf).unwrap(), 0, "core").err(),
+            to_event(&parse(&buf).unwrap(), 0, "core", &mut Comms::default()).err(),
             Some(DecodeError::Kind(999))
         );
     }
@@ -1161,7 +1216,11 @@ pub(crate) mod tests {
                                 }
                             });
                             let rec = parse(&buf).unwrap();
-                            let new = to_event(&rec, 0, "core").unwrap().event.args.to_value();
+                            let new = to_event(&rec, 0, "core", &mut Comms::default())
+                                .unwrap()
+                                .event
+                                .args
+                                .to_value();
                             assert_eq!(
                                 new,
                                 legacy_args(&rec.h, &rec.strs),

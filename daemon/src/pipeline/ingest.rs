@@ -26,6 +26,7 @@ pub struct Pipeline {
     pub counters: Arc<Counters>,
     pub procs: ProcTable,
     containers: crate::pipeline::cgroup::Containers,
+    comms: decoder::Comms,
     pub boot_to_wall: i64,
     /// Userspace drops not yet written as a `lost` row: (count, first, last).
     pending_drops: Option<(u64, i64, i64)>,
@@ -56,6 +57,7 @@ impl Pipeline {
             counters,
             procs: ProcTable::seed_from_proc(boot_to_wall),
             containers: crate::pipeline::cgroup::Containers::new(),
+            comms: decoder::Comms::default(),
             boot_to_wall,
             pending_drops: None,
             pending_decode: None,
@@ -67,8 +69,9 @@ impl Pipeline {
     }
 
     fn handle_record(&mut self, buf: &[u8]) {
-        let decoded = decoder::parse(buf)
-            .and_then(|rec| decoder::to_event(&rec, self.boot_to_wall, self.fidelity));
+        let decoded = decoder::parse(buf).and_then(|rec| {
+            decoder::to_event(&rec, self.boot_to_wall, self.fidelity, &mut self.comms)
+        });
         let decoder::Decoded {
             event: mut ev,
             paths_at,
@@ -326,7 +329,7 @@ mod tests {
         for _ in 0..20_000 {
             let rec = rng.malformed_record();
             let fails = decoder::parse(&rec)
-                .and_then(|r| decoder::to_event(&r, 0, "core"))
+                .and_then(|r| decoder::to_event(&r, 0, "core", &mut decoder::Comms::default()))
                 .is_err();
             failures += u64::from(fails);
             decoded += u64::from(!fails);

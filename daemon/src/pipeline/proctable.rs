@@ -26,15 +26,16 @@
 //! here; records arrive in causal order (see `kernel::source`), so a new
 //! instance's events never precede its fork.
 
-use foldhash::HashMap;
 use std::collections::hash_map::Entry;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use traceed_wire::{Announced, Lineage, LiveEvent};
+use foldhash::HashMap;
 
-use super::decoder::{raw_bytes, store_bytes, PathAt};
+use traceed_wire::{bytes, Announced, Lineage, LiveEvent};
+
+use super::decoder::{is_escaped, raw_bytes, store_bytes, PathAt};
 
 /// One process instance as the table knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +50,25 @@ struct Instance {
     announced: bool,
 }
 
+/// A process's executable: its bytes, and the string its events carry
+/// when the bytes need no escaping (one string shared by all of them).
+#[derive(Debug, Clone)]
+struct Exe {
+    raw: Arc<[u8]>,
+    plain: Option<Arc<str>>,
+}
+
+impl From<Arc<[u8]>> for Exe {
+    fn from(raw: Arc<[u8]>) -> Self {
+        let plain = (!bytes::needs_escape(&raw))
+            .then(|| std::str::from_utf8(&raw).ok().map(Arc::from))
+            .flatten();
+        Exe { raw, plain }
+    }
+}
+
 pub struct ProcTable {
-    /// The path's bytes: it is rendered per event (`decoder::store_bytes`).
-    exe: HashMap<u32, Arc<[u8]>>,
+    exe: HashMap<u32, Exe>,
     /// Parent of each known process: what the fallback object cannot read
     /// from the kernel comes from fork events and /proc.
     ppid: HashMap<u32, u32>,
@@ -161,7 +178,7 @@ impl ProcTable {
                     continue;
                 };
                 if let Some(exe) = read_exe(pid) {
-                    t.exe.insert(pid, exe);
+                    t.exe.insert(pid, exe.into());
                 }
                 if let Some((pp, start)) = read_stat(pid) {
                     t.ppid.insert(pid, pp);
@@ -346,7 +363,7 @@ impl ProcTable {
             exe: self
                 .exe
                 .get(&pid)
-                .map(|s| String::from_utf8_lossy(s).into_owned()),
+                .map(|s| String::from_utf8_lossy(&s.raw).into_owned()),
             cmdline,
         }
     }
@@ -418,7 +435,7 @@ impl ProcTable {
                     None => read_exe(pid),
                 };
                 if let Some(exe) = exe {
-                    self.exe.insert(pid, exe);
+                    self.exe.insert(pid, exe.into());
                 }
             }
             "fork" => {
@@ -431,11 +448,14 @@ impl ProcTable {
         }
         if let Entry::Vacant(slot) = self.exe.entry(pid) {
             if let Some(exe) = read_exe(pid) {
-                slot.insert(exe);
+                slot.insert(exe.into());
             }
         }
         if let Some(exe) = self.exe.get(&pid) {
-            e.exe = Some(store_bytes(e, exe));
+            e.exe = Some(match &exe.plain {
+                Some(s) if !is_escaped(e) => s.clone(),
+                _ => store_bytes(e, &exe.raw).into(),
+            });
         }
         if e.kind == "exit" {
             self.cwd.remove(&pid);

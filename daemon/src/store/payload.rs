@@ -259,7 +259,7 @@ async fn backfill_pass(
             let kind: String = r.try_get("kind")?;
             let args = super::query::decode_args(
                 &r.try_get::<String, _>("args")?,
-                r.try_get("args_keys")?,
+                r.try_get::<Option<String>, _>("args_keys")?.as_deref(),
             );
             let block = id >> BLOCK_SHIFT;
             keys(&kind, &args, |col, v| {

@@ -60,8 +60,11 @@ impl Query {
             && self
                 .comm
                 .as_ref()
-                .is_none_or(|v| e.comm.as_ref() == Some(v))
-            && self.exe.as_ref().is_none_or(|v| e.exe.as_ref() == Some(v))
+                .is_none_or(|v| e.comm.as_deref() == Some(v.as_str()))
+            && self
+                .exe
+                .as_ref()
+                .is_none_or(|v| e.exe.as_deref() == Some(v.as_str()))
             && self.container.as_ref().is_none_or(|v| {
                 e.container_id
                     .as_ref()
@@ -297,8 +300,8 @@ impl Store {
             for e in &rows {
                 let (k, a) = (&*e.kind, &e.args);
                 match by {
-                    "exe" => e.exe.clone().into_iter().for_each(&mut add),
-                    "comm" => e.comm.clone().into_iter().for_each(&mut add),
+                    "exe" => e.exe.iter().for_each(|s| add(s.to_string())),
+                    "comm" => e.comm.iter().for_each(|s| add(s.to_string())),
                     "kind" => add(e.kind.to_string()),
                     "uid" => e.uid.into_iter().for_each(|u| add(u.to_string())),
                     "path" => payload::paths(k, a).for_each(|p| add(p.to_string())),
@@ -1145,7 +1148,10 @@ fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
         mnt_ns: u32_col("mnt_ns")?,
         pid_ns: u32_col("pid_ns")?,
         retval: r.try_get("retval")?,
-        args: decode_args(&args, r.try_get("args_keys")?),
+        args: decode_args(
+            &args,
+            r.try_get::<Option<String>, _>("args_keys")?.as_deref(),
+        ),
         fidelity: static_name(FIDELITIES, r.try_get("fidelity")?),
         proc: r
             .try_get::<Option<i64>, _>("proc")?
@@ -1154,13 +1160,13 @@ fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
     })
 }
 
-pub(super) fn decode_args(text: &str, keys: Option<String>) -> serde_json::Value {
+pub(super) fn decode_args(text: &str, keys: Option<&str>) -> serde_json::Value {
     use serde_json::Value;
     let Some(keys) = keys else {
         return serde_json::from_str(text).unwrap_or(Value::Null);
     };
     match (
-        serde_json::from_str::<Vec<String>>(&keys),
+        serde_json::from_str::<Vec<String>>(keys),
         serde_json::from_str::<Vec<Value>>(text),
     ) {
         (Ok(k), Ok(v)) if k.len() == v.len() => Value::Object(k.into_iter().zip(v).collect()),

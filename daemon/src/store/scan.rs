@@ -8,6 +8,7 @@
 
 use std::ffi::{c_int, CStr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use libsqlite3_sys as ffi;
 use traceed_wire::{static_name, Event, FIDELITIES, KINDS};
@@ -27,7 +28,7 @@ const CACHE_CAP: usize = 1 << 16;
 pub struct Scanner {
     rows: Stmt,
     strings: Stmt,
-    cache: foldhash::HashMap<i64, Option<String>>,
+    cache: foldhash::HashMap<i64, Option<Arc<str>>>,
     path: PathBuf,
     _db: Db,
 }
@@ -60,12 +61,12 @@ impl Scanner {
         })
     }
 
-    fn string(&mut self, id: Option<i64>) -> Result<Option<String>, SqliteError> {
+    fn string(&mut self, id: Option<i64>) -> Result<Option<Arc<str>>, SqliteError> {
         let Some(id) = id else { return Ok(None) };
         if let Some(s) = self.cache.get(&id) {
             return Ok(s.clone());
         }
-        let s = self.strings.text_by_id(id)?;
+        let s = self.strings.text_by_id(id)?.map(Arc::from);
         if self.cache.len() >= CACHE_CAP {
             self.cache.clear();
         }
@@ -116,7 +117,7 @@ impl Scanner {
                 .col_text(16)
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default();
-            let mut names: [Option<String>; 6] = Default::default();
+            let mut names: [Option<Arc<str>>; 6] = Default::default();
             for (slot, sid) in names.iter_mut().zip(ids) {
                 match self.string(sid) {
                     Ok(s) => *slot = s,
@@ -127,7 +128,7 @@ impl Scanner {
             out.push(Event {
                 id,
                 ts,
-                kind: static_name(KINDS, &kind.unwrap_or_default()),
+                kind: static_name(KINDS, kind.as_deref().unwrap_or_default()),
                 pid,
                 tid,
                 ppid,
@@ -137,12 +138,12 @@ impl Scanner {
                 ns_pid,
                 exe,
                 cgroup_id,
-                container_id,
+                container_id: container_id.as_deref().map(String::from),
                 mnt_ns,
                 pid_ns,
                 retval,
-                args: super::query::decode_args(&args_text, keys),
-                fidelity: static_name(FIDELITIES, &fidelity.unwrap_or_default()),
+                args: super::query::decode_args(&args_text, keys.as_deref()),
+                fidelity: static_name(FIDELITIES, fidelity.as_deref().unwrap_or_default()),
                 proc: proc.map(|k| traceed_wire::proc_key_hex(k as u64)),
                 lineage: None,
             });

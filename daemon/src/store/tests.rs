@@ -32,7 +32,7 @@ pub fn ev(ts: i64, kind: &str, pid: u32, comm: &str) -> Event {
     e.tid = Some(pid);
     e.uid = Some(pid % 3);
     e.comm = Some(comm.into());
-    e.exe = Some(format!("/usr/bin/{comm}"));
+    e.exe = Some(format!("/usr/bin/{comm}").into());
     e.container_id = pid
         .is_multiple_of(5)
         .then(|| format!("c0ffee{:x}{:057x}", pid % 2, pid % 2));
@@ -274,7 +274,7 @@ async fn events_view_agrees_with_the_api() {
             (
                 e.id,
                 &e.kind.to_string(),
-                &e.comm,
+                &e.comm.as_deref().map(String::from),
                 &e.container_id,
                 e.mnt_ns.map(i64::from),
                 &e.fidelity.to_string(),
@@ -1503,8 +1503,8 @@ async fn count_by_agrees_with_the_rows() {
                     for e in all.iter().filter(|e| q.matches(e)) {
                         let (k, a) = (&*e.kind, &e.args);
                         let values: Vec<String> = match by {
-                            "exe" => e.exe.iter().cloned().collect(),
-                            "comm" => e.comm.iter().cloned().collect(),
+                            "exe" => e.exe.iter().map(|s| s.to_string()).collect(),
+                            "comm" => e.comm.iter().map(|s| s.to_string()).collect(),
                             "kind" => vec![e.kind.to_string()],
                             "uid" => e.uid.iter().map(|u| u.to_string()).collect(),
                             "path" => super::payload::paths(k, a).map(str::to_owned).collect(),
@@ -1563,7 +1563,7 @@ async fn scanner_reads_what_query_reads() {
         // Every column set on some rows, absent on others.
         if i % 3 == 0 {
             e.container_id = Some(format!("{:064x}", i % 5));
-            e.exe = Some(format!("/usr/bin/x{}", i % 9));
+            e.exe = Some(format!("/usr/bin/x{}", i % 9).into());
             e.proc = Some(traceed_wire::proc_key_hex(0x1000 + i as u64 % 50));
             e.mnt_ns = Some(4_026_531_832 + i as u32 % 7);
             e.pid_ns = Some(4_026_531_836);
