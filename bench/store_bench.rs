@@ -456,7 +456,7 @@ impl Gen {
             ns_pid: Some(p.ns_pid),
             exe: Some(p.exe.as_str().into()),
             cgroup_id: Some(cgroup),
-            container_id: p.container.map(|c| self.containers[c].clone()),
+            container_id: p.container.map(|c| self.containers[c].as_str().into()),
             mnt_ns: Some(mnt_ns),
             pid_ns: Some(pid_ns),
             retval,

@@ -112,13 +112,13 @@ pub struct Event<A = serde_json::Value> {
     pub ppid: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-    /// Shared: the daemon hands one process's comm and exe to each of its
-    /// events without copying them.
+    /// Shared: the daemon hands one process's comm, exe and container to
+    /// each of its events without copying them.
     pub comm: Option<Arc<str>>,
     pub ns_pid: Option<u32>,
     pub exe: Option<Arc<str>>,
     pub cgroup_id: Option<u64>,
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
     pub mnt_ns: Option<u32>,
     pub pid_ns: Option<u32>,
     pub retval: Option<i64>,

@@ -120,7 +120,7 @@ impl Fixture {
         e.uid = Some(1000);
         e.comm = Some("curl".into());
         e.exe = Some("/usr/bin/curl".into());
-        e.container_id = Some(format!("ffff{}", &CONTAINER[4..]));
+        e.container_id = Some(format!("ffff{}", &CONTAINER[4..]).into());
         e.fidelity = "fallback".into();
         rows.push(e);
         let mut e = event("exit", old + 3 * SEC, 100);

@@ -96,7 +96,7 @@ impl Pipeline {
         }
         self.procs.absolutize(&mut ev, &paths_at, cwd_id);
         if let Some(cg) = ev.cgroup_id {
-            ev.container_id = self.containers.container_of(cg).map(|c| c.to_string());
+            ev.container_id = self.containers.container_of(cg);
         }
         self.offer(ev);
     }

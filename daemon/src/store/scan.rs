@@ -138,7 +138,7 @@ impl Scanner {
                 ns_pid,
                 exe,
                 cgroup_id,
-                container_id: container_id.as_deref().map(String::from),
+                container_id,
                 mnt_ns,
                 pid_ns,
                 retval,

@@ -35,7 +35,7 @@ pub fn ev(ts: i64, kind: &str, pid: u32, comm: &str) -> Event {
     e.exe = Some(format!("/usr/bin/{comm}").into());
     e.container_id = pid
         .is_multiple_of(5)
-        .then(|| format!("c0ffee{:x}{:057x}", pid % 2, pid % 2));
+        .then(|| format!("c0ffee{:x}{:057x}", pid % 2, pid % 2).into());
     e.args = serde_json::json!({"path": format!("/tmp/f{}", pid % 100), "flags": 0});
     e
 }
@@ -275,7 +275,7 @@ async fn events_view_agrees_with_the_api() {
                 e.id,
                 &e.kind.to_string(),
                 &e.comm.as_deref().map(String::from),
-                &e.container_id,
+                &e.container_id.as_deref().map(String::from),
                 e.mnt_ns.map(i64::from),
                 &e.fidelity.to_string(),
                 &e.proc
@@ -1562,7 +1562,7 @@ async fn scanner_reads_what_query_reads() {
     for (i, e) in input.iter_mut().enumerate() {
         // Every column set on some rows, absent on others.
         if i % 3 == 0 {
-            e.container_id = Some(format!("{:064x}", i % 5));
+            e.container_id = Some(format!("{:064x}", i % 5).into());
             e.exe = Some(format!("/usr/bin/x{}", i % 9).into());
             e.proc = Some(traceed_wire::proc_key_hex(0x1000 + i as u64 % 50));
             e.mnt_ns = Some(4_026_531_832 + i as u32 % 7);

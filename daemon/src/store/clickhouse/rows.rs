@@ -831,7 +831,7 @@ mod tests {
         e.ns_pid = Some(3);
         e.exe = Some("/tmp/tru\\xffe\\x\nbin \"q\"".into());
         e.cgroup_id = Some(u64::MAX);
-        e.container_id = Some("c0ffee".repeat(10) + "abcd");
+        e.container_id = Some(("c0ffee".repeat(10) + "abcd").into());
         e.mnt_ns = Some(4_026_531_841);
         e.pid_ns = Some(u32::MAX);
         e.retval = Some(i64::MIN);
