@@ -96,6 +96,15 @@ impl Interner {
         id
     }
 
+    /// `col` for bytes that should be UTF-8 (None when they are not),
+    /// compared with the column's last string before they are checked.
+    fn col_utf8(&mut self, col: Col, b: &[u8], fresh: &mut Vec<(i64, String)>) -> Option<i64> {
+        match &self.last[col as usize] {
+            (last, Some(id)) if last.as_bytes() == b => Some(*id),
+            _ => Some(self.col(col, std::str::from_utf8(b).ok()?, fresh)),
+        }
+    }
+
     /// `id` for a string of column `col`.
     fn col(&mut self, col: Col, s: &str, fresh: &mut Vec<(i64, String)>) -> i64 {
         match &self.last[col as usize] {
@@ -125,8 +134,15 @@ fn encode_args(args: &Payload, keys: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
             (b',', b',')
         };
         keys.push(kc);
-        // Writing a string into memory cannot fail.
-        let _ = serde_json::to_writer(&mut *keys, k);
+        if k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            // A payload's own keys: nothing to escape.
+            keys.push(b'"');
+            keys.extend_from_slice(k.as_bytes());
+            keys.push(b'"');
+        } else {
+            // Writing a string into memory cannot fail.
+            let _ = serde_json::to_writer(&mut *keys, k);
+        }
         out.push(vc);
         v.write_json(out);
     });
@@ -230,6 +246,9 @@ pub struct Writer {
     conns: Option<(Conn, Conn)>,
     next_id: i64,
     strings: Interner,
+    /// The last event's process key, as text and parsed: a loop's events
+    /// are one process's.
+    last_proc: (String, Option<i64>),
     /// The batch being encoded: occurrences per (col, value, block).
     block_counts: foldhash::HashMap<(BlockCol, i64, i64), i64>,
     /// The payload filter (bloom.rs) of the block being filled.
@@ -357,6 +376,7 @@ impl Writer {
             pool,
             conns: Some(conns),
             next_id,
+            last_proc: Default::default(),
             strings: Interner {
                 ids,
                 next: next_string,
@@ -536,14 +556,16 @@ impl Writer {
                 (e.container_id.as_deref()).map(|s| strings.col(Col::Container, s, fresh));
             let fidelity = strings.col(Col::Fidelity, &e.fidelity, fresh);
             let keys = encode_args(&e.args, &mut self.keys, &mut enc.args)
-                .then(|| std::str::from_utf8(&self.keys).ok())
-                .flatten()
-                .map(|k| self.strings.col(Col::Keys, k, fresh));
-            let proc = e
-                .proc
-                .as_deref()
-                .and_then(traceed_wire::parse_proc_key)
-                .map(|k| k as i64);
+                .then(|| self.strings.col_utf8(Col::Keys, &self.keys, fresh))
+                .flatten();
+            let proc = e.proc.as_deref().and_then(|p| match &self.last_proc {
+                (last, k) if last == p => *k,
+                _ => {
+                    let k = traceed_wire::parse_proc_key(p).map(|k| k as i64);
+                    self.last_proc = (p.to_string(), k);
+                    k
+                }
+            });
             enc.arg_ends.push(enc.args.len());
             enc.ints.push([
                 Some(id),
