@@ -577,18 +577,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// An exec with nothing known.
+    fn bare_exec() -> Exec {
+        Exec {
+            filename: None,
+            argv: vec![],
+            interpreter: None,
+            exe_ctime: None,
+            argc: None,
+            argv_bytes: None,
+            cwd: None,
+        }
+    }
+
     #[test]
     fn optional_keys_are_absent_not_null() {
         let e = Args {
-            fields: Exec {
-                filename: None,
-                argv: vec![],
-                interpreter: None,
-                exe_ctime: None,
-                argc: None,
-                argv_bytes: None,
-                cwd: None,
-            },
+            fields: bare_exec(),
             truncated: false,
             escaped: false,
         };
@@ -644,6 +649,14 @@ mod tests {
         }
     }
 
+    /// Args with neither `truncated` nor `escaped`.
+    fn plain<T>(fields: T) -> Payload
+    where
+        Args<T>: Into<Payload>,
+    {
+        args(fields, false, false).into()
+    }
+
     fn samples() -> Vec<Payload> {
         let s = |x: &str| Some(x.to_string());
         let full = Exec {
@@ -655,38 +668,19 @@ mod tests {
             argv_bytes: Some(14),
             cwd: s("/root"),
         };
-        let bare = Exec {
-            filename: None,
-            argv: vec![],
-            interpreter: None,
-            exe_ctime: None,
-            argc: None,
-            argv_bytes: None,
-            cwd: None,
-        };
         vec![
             args(full, true, true).into(),
-            args(bare, false, false).into(),
-            args(Fork {}, false, false).into(),
-            args(
-                Exit {
-                    exit_code: Some(1),
-                    signal: None,
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Open {
-                    path: s("/etc/ü"),
-                    flags: -1,
-                    mode: 0o644,
-                },
-                false,
-                false,
-            )
-            .into(),
+            plain(bare_exec()),
+            plain(Fork {}),
+            plain(Exit {
+                exit_code: Some(1),
+                signal: None,
+            }),
+            plain(Open {
+                path: s("/etc/ü"),
+                flags: -1,
+                mode: 0o644,
+            }),
             args(
                 Open {
                     path: None,
@@ -697,141 +691,71 @@ mod tests {
                 false,
             )
             .into(),
-            args(
-                Unlink {
-                    path: s("x"),
-                    flags: 512,
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Rename {
-                    old_path: s("a"),
-                    new_path: None,
-                    flags: 1,
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Chmod {
-                    path: None,
-                    mode: 0o755,
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Mount {
-                    source: s("tmpfs"),
-                    target: s("/mnt"),
-                    fstype: None,
-                    flags: u64::MAX,
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                MemfdCreate {
-                    name: s("m"),
-                    flags: 1,
-                },
-                false,
-                false,
-            )
-            .into(),
+            plain(Unlink {
+                path: s("x"),
+                flags: 512,
+            }),
+            plain(Rename {
+                old_path: s("a"),
+                new_path: None,
+                flags: 1,
+            }),
+            plain(Chmod {
+                path: None,
+                mode: 0o755,
+            }),
+            plain(Mount {
+                source: s("tmpfs"),
+                target: s("/mnt"),
+                fstype: None,
+                flags: u64::MAX,
+            }),
+            plain(MemfdCreate {
+                name: s("m"),
+                flags: 1,
+            }),
             args(ModuleLoad { name: None }, false, false).into(),
-            args(
-                Sock {
-                    fd: 3,
-                    family: s("inet"),
-                    addr: s("10.0.0.1"),
-                    port: Some(443),
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Sock {
-                    fd: -1,
-                    family: s("unix"),
-                    addr: s("/run/x"),
-                    port: None,
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Setuid {
-                    uid: None,
-                    syscall: "setresuid".into(),
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Ptrace {
-                    request: -5,
-                    target_pid: 7,
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Kill {
-                    target_pid: 1,
-                    signal: 9,
-                    target_tid: Some(2),
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Kill {
-                    target_pid: 1,
-                    signal: 9,
-                    target_tid: None,
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Bpf {
-                    cmd: NameOrNumber::Name("BPF_PROG_LOAD".into()),
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Bpf {
-                    cmd: NameOrNumber::Number(99),
-                },
-                false,
-                false,
-            )
-            .into(),
-            args(
-                Syscall {
-                    syscall: NameOrNumber::Number(451),
-                    nr: 451,
-                    args: [0, 1, u64::MAX, 3, 4, 5],
-                },
-                false,
-                false,
-            )
-            .into(),
+            plain(Sock {
+                fd: 3,
+                family: s("inet"),
+                addr: s("10.0.0.1"),
+                port: Some(443),
+            }),
+            plain(Sock {
+                fd: -1,
+                family: s("unix"),
+                addr: s("/run/x"),
+                port: None,
+            }),
+            plain(Setuid {
+                uid: None,
+                syscall: "setresuid".into(),
+            }),
+            plain(Ptrace {
+                request: -5,
+                target_pid: 7,
+            }),
+            plain(Kill {
+                target_pid: 1,
+                signal: 9,
+                target_tid: Some(2),
+            }),
+            plain(Kill {
+                target_pid: 1,
+                signal: 9,
+                target_tid: None,
+            }),
+            plain(Bpf {
+                cmd: NameOrNumber::Name("BPF_PROG_LOAD".into()),
+            }),
+            plain(Bpf {
+                cmd: NameOrNumber::Number(99),
+            }),
+            plain(Syscall {
+                syscall: NameOrNumber::Number(451),
+                nr: 451,
+                args: [0, 1, u64::MAX, 3, 4, 5],
+            }),
         ]
     }
 

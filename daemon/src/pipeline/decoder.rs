@@ -600,7 +600,7 @@ fn render(rec: &Record<'_>, kind: Kind, comms: &mut Comms) -> (Payload, Arc<str>
     let mut at = Vec::new();
     let at_ = &mut at;
     let args = match kind {
-        Kind::Exec => Payload::Exec(Box::new(args_of(rec, at_))),
+        Kind::Exec => args_of::<payload::Exec>(rec, at_).into(),
         Kind::Fork => Payload::Fork(args_of(rec, at_)),
         Kind::Exit => Payload::Exit(args_of(rec, at_)),
         Kind::Open => Payload::Open(args_of(rec, at_)),
@@ -648,15 +648,15 @@ pub fn store_bytes(e: &mut LiveEvent, b: &[u8]) -> String {
 /// that are not byte strings (family, syscall and bpf command names,
 /// times, IP addresses) never hold a backslash.
 fn escape_event(e: &mut LiveEvent) {
-    let double = |s: &mut String| {
-        if s.contains('\\') {
-            *s = s.replace('\\', "\\\\");
+    let doubled = |s: &str| s.contains('\\').then(|| s.replace('\\', "\\\\"));
+    e.args.strings_mut(&mut |_, s| {
+        if let Some(d) = doubled(s) {
+            *s = d;
         }
-    };
-    e.args.strings_mut(&mut |_, s| double(s));
+    });
     for s in [&mut e.comm, &mut e.exe].into_iter().flatten() {
-        if s.contains('\\') {
-            *s = s.replace('\\', "\\\\").into();
+        if let Some(d) = doubled(s) {
+            *s = d.into();
         }
     }
     e.args.set_escaped();
