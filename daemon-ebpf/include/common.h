@@ -419,7 +419,8 @@ static __always_inline void count_lost(void)
 		*n += 1;
 }
 
-static __always_inline int event_emit(void *ctx, struct event *e)
+/* Hand the record to user space; nonzero when it was lost (and counted). */
+static __always_inline long event_send(void *ctx, struct event *e)
 {
 	__u64 size = sizeof(e->h) + e->h.data_len;
 	long err;
@@ -447,6 +448,13 @@ static __always_inline int event_emit(void *ctx, struct event *e)
 #endif
 	if (err)
 		count_lost();
+	return err;
+}
+
+/* event_send for a program's last word: tracing programs must return 0. */
+static __always_inline int event_emit(void *ctx, struct event *e)
+{
+	event_send(ctx, e);
 	return 0;
 }
 

@@ -104,13 +104,15 @@ static __always_inline int take_args(struct inflight *out)
 }
 
 /* Start a syscall's record, whichever hook saw the syscall: header, task
- * enrichment, the credentials at entry, the return value. */
-static __always_inline struct event *sys_record_start(__u32 kind, __u64 uid_gid, long ret)
+ * enrichment (when the daemon lacks it: task.h), the credentials at entry,
+ * the return value. sys_emit sends it. */
+static __always_inline struct event *sys_record_start(__u32 kind, __u64 uid_gid, long ret,
+						      struct known_task *sent)
 {
 	struct event *e = event_start(kind);
 	if (!e)
 		return NULL;
-	fill_task(e, cur_task());
+	fill_task_once(e, cur_task(), sent);
 	e->h.uid = (__u32)uid_gid;
 	e->h.gid = uid_gid >> 32;
 	e->h.retval = ret;
@@ -119,9 +121,17 @@ static __always_inline struct event *sys_record_start(__u32 kind, __u64 uid_gid,
 }
 
 /* Start an exit-side record from the arguments stashed at sys_enter. */
-static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct inflight *in)
+static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct inflight *in,
+						struct known_task *sent)
 {
-	return sys_record_start(in->kind, in->uid_gid, sys_ret(ctx));
+	return sys_record_start(in->kind, in->uid_gid, sys_ret(ctx), sent);
+}
+
+static __always_inline int sys_emit(void *ctx, struct event *e, const struct known_task *sent)
+{
+	if (event_send(ctx, e) == 0)
+		remember_sent(e->h.pid, sent);
+	return 0;
 }
 
 #define SYS_ENTER(sys, kind, variant, nargs)                           \
@@ -144,15 +154,16 @@ static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct
 	int exit_##sys(struct sys_exit_ctx *ctx)                       \
 	{                                                              \
 		struct inflight in;                                    \
+		struct known_task sent;                                \
 		struct event *e;                                       \
 		if (bench_floor)                                       \
 			return 0;                                      \
 		if (take_args(&in))                                    \
 			return 0;                                      \
-		e = exit_start(ctx, &in);                              \
+		e = exit_start(ctx, &in, &sent);                       \
 		if (!e || fill(e, in.variant, in.args))                \
 			return 0;                                      \
-		return event_emit(ctx, e);                             \
+		return sys_emit(ctx, e, &sent);                        \
 	}
 
 #ifdef CORE
@@ -195,16 +206,18 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 	int BPF_PROG(fexit_##sys, const struct pt_regs *regs, long ret)       \
 	{                                                                     \
 		__u64 args[6];                                                \
+		struct known_task sent;                                       \
 		struct event *e;                                              \
 		if (bench_floor)                                              \
 			return 0;                                             \
 		if (out_of_scope())                                           \
 			return 0;                                             \
 		regs_args(regs, args);                                        \
-		e = sys_record_start(kind, bpf_get_current_uid_gid(), ret);   \
+		e = sys_record_start(kind, bpf_get_current_uid_gid(), ret,    \
+				     &sent);                                  \
 		if (!e || fill(e, variant, args))                             \
 			return 0;                                             \
-		return event_emit(ctx, e);                                    \
+		return sys_emit(ctx, e, &sent);                               \
 	}
 
 #define SYS_FENTRY_FEXIT(sys, ek, var, fill)                                 \
@@ -228,15 +241,16 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 	int BPF_PROG(fexit_##sys, const struct pt_regs *regs, long ret)       \
 	{                                                                     \
 		struct inflight in;                                           \
+		struct known_task sent;                                       \
 		struct event *e;                                              \
 		if (bench_floor)                                              \
 			return 0;                                             \
 		if (take_args(&in))                                           \
 			return 0;                                             \
-		e = sys_record_start(in.kind, in.uid_gid, ret);               \
+		e = sys_record_start(in.kind, in.uid_gid, ret, &sent);        \
 		if (!e || fill(e, in.variant, in.args))                       \
 			return 0;                                             \
-		return event_emit(ctx, e);                                    \
+		return sys_emit(ctx, e, &sent);                               \
 	}
 #else
 #define SYS_FEXIT(sys, kind, variant, fill)

@@ -28,6 +28,23 @@ static __always_inline __u64 cwd_id(void)
 {
 	return 0;
 }
+
+struct known_task {
+	__u64 parent;
+};
+
+static __always_inline void fill_task_once(struct event *e, void *task, struct known_task *sent)
+{
+	sent->parent = 0;
+}
+
+static __always_inline void remember_sent(__u32 tgid, const struct known_task *sent)
+{
+}
+
+static __always_inline void forget_task(__u32 tgid)
+{
+}
 #else
 
 #ifdef CORE
@@ -108,7 +125,8 @@ static __always_inline struct pid *task_pid_ptr(struct task_struct *task)
 }
 #endif /* CORE */
 
-/* ppid, pid inside its namespace, and the namespace inode numbers. */
+/* ppid, the process's pid inside its namespace (its leader's, as `pid` is
+ * the tgid), and the namespace inode numbers. */
 static __always_inline void fill_task(struct event *e, struct task_struct *task)
 {
 	struct pid *pid;
@@ -117,7 +135,7 @@ static __always_inline void fill_task(struct event *e, struct task_struct *task)
 	e->h.ppid = READ_KERN(task, real_parent, tgid);
 	e->h.flags |= EF_HAS_PPID;
 
-	pid = task_pid_ptr(task);
+	pid = task_pid_ptr(READ_KERN(task, group_leader));
 	if (!pid)
 		return;
 	level = READ_KERN(pid, level);
@@ -130,6 +148,79 @@ static __always_inline void fill_task(struct event *e, struct task_struct *task)
 static __always_inline struct task_struct *cur_task(void)
 {
 	return (struct task_struct *)bpf_get_current_task();
+}
+
+/*
+ * Syscall records carry ppid and namespaces only when the daemon does not
+ * have them yet: a process's first record, and any record after its parent
+ * or its namespaces changed (reparented, setns, unshare). Otherwise the
+ * daemon's process table fills them in, from the last record that carried
+ * them: ten pointer reads per event were a third of an open's BPF time.
+ *
+ * `known` holds, per tgid, the task's real_parent and nsproxy when that
+ * record was sent. Both pointers change exactly when the values can: a
+ * task's pid and pid namespace never change, and the namespaces are read
+ * through nsproxy, which setns and unshare replace. It is written only once
+ * the record is in the ring buffer, so a record that was lost is never
+ * counted as sent; the exit program forgets the tgid. When the map is full,
+ * records simply carry the values.
+ *
+ * Not with perf buffers: per-CPU buffers are merged by time in user space,
+ * and a thread's record could then be handled before the record of
+ * another thread of its process that carried the new values.
+ */
+struct known_task {
+	__u64 parent;
+	__u64 nsproxy;
+};
+
+#ifndef TRACEED_PERF
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct known_task);
+} known SEC(".maps");
+#endif
+
+/* Fill the task's values into `e` unless the daemon has them; `sent` is
+ * what to remember once the record is out (parent 0: nothing). */
+static __always_inline void fill_task_once(struct event *e, struct task_struct *task,
+					   struct known_task *sent)
+{
+	sent->parent = 0;
+	sent->nsproxy = 0;
+#ifndef TRACEED_PERF
+	__u32 tgid = e->h.pid;
+	struct known_task now = {
+		.parent = (__u64)READ_KERN(task, real_parent),
+		.nsproxy = (__u64)READ_KERN(task, nsproxy),
+	};
+	struct known_task *k = bpf_map_lookup_elem(&known, &tgid);
+
+	if (k && k->parent == now.parent && k->nsproxy == now.nsproxy)
+		return;
+	*sent = now;
+#endif
+	fill_task(e, task);
+}
+
+/* The record went out: its values are the daemon's now. */
+static __always_inline void remember_sent(__u32 tgid, const struct known_task *sent)
+{
+#ifndef TRACEED_PERF
+	if (sent->parent)
+		bpf_map_update_elem(&known, &tgid, sent, BPF_ANY);
+#endif
+}
+
+/* The process is gone: its tgid may name another one next. */
+static __always_inline void forget_task(__u32 tgid)
+{
+#ifndef TRACEED_PERF
+	bpf_map_delete_elem(&known, &tgid);
+#endif
 }
 
 static __always_inline __u32 current_mnt_ns(void)

@@ -51,6 +51,7 @@ int raw_sys_exit(struct sys_exit_ctx *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct inflight in, *p;
+	struct known_task sent;
 	struct event *e;
 
 	p = bpf_map_lookup_elem(&inflight_raw, &id);
@@ -58,12 +59,12 @@ int raw_sys_exit(struct sys_exit_ctx *ctx)
 		return 0;
 	__builtin_memcpy(&in, p, sizeof(in));
 	bpf_map_delete_elem(&inflight_raw, &id);
-	e = exit_start(ctx, &in);
+	e = exit_start(ctx, &in, &sent);
 	if (!e)
 		return 0;
 #pragma unroll
 	for (int i = 0; i < EV_NUM_ARGS; i++)
 		e->h.args[SLOT_SYSCALL_ARGS + i] = in.args[i];
 	e->h.aux = in.variant;
-	return event_emit(ctx, e);
+	return sys_emit(ctx, e, &sent);
 }

@@ -209,9 +209,11 @@ int tp_sched_process_exit(void *ctx)
 	struct event *e;
 	int code;
 
-	if (out_of_scope())
-		return 0;
 	if (READ_KERN(task, signal, live.counter) != 0)
+		return 0;
+	/* Whatever the scope says: a thread of it may have been in scope. */
+	forget_task(bpf_get_current_pid_tgid() >> 32);
+	if (out_of_scope())
 		return 0;
 	e = event_start(EK_EXIT);
 	if (!e)

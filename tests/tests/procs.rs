@@ -343,3 +343,127 @@ fn a_process_seen_only_from_its_exec_is_keyed() {
     keys.dedup();
     assert_eq!(keys.len(), RUNS, "one key per run");
 }
+
+/// An open event carries its process's ppid and namespaces as the kernel
+/// saw them at the open, also where the kernel sent them only once
+/// (task.h: they are sent again when the parent or the namespaces
+/// change). A grandchild opens a file, is orphaned (its parent exits),
+/// opens another, unshares its mount namespace without an exec and opens
+/// two more. Ground truth: the pids from fork, the new parent from
+/// /proc, the new mount namespace from the grandchild's stat of
+/// /proc/self/ns/mnt.
+#[test]
+fn ppid_and_namespaces_follow_a_reparent_and_an_unshare() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let d = Daemon::start();
+    let dir = d.dir.join(unique("kin"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = ["first", "orphaned", "unshared", "after"];
+    let paths: Vec<std::path::PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    for p in &paths {
+        std::fs::write(p, "x").unwrap();
+    }
+    // Everything the forked processes use is made before the fork: they
+    // make only system calls (the test process has other threads).
+    let c: Vec<CString> = paths
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()).unwrap())
+        .collect();
+    let ns_link = CString::new("/proc/self/ns/mnt").unwrap();
+    let (mut go, mut info, mut ready) = ([0i32; 2], [0i32; 2], [0i32; 2]);
+    // SAFETY: pipe, fork, open, close, read, write, unshare, stat and
+    // _exit on memory allocated before the fork.
+    let child = unsafe {
+        assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(info.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        let child = libc::fork();
+        assert!(child >= 0);
+        if child == 0 {
+            if libc::fork() == 0 {
+                let open = |i: usize| libc::close(libc::open(c[i].as_ptr(), libc::O_RDONLY));
+                open(0);
+                // The parent exits only after this first open.
+                libc::write(ready[1], [1u8].as_ptr().cast(), 1);
+                let me = libc::getpid();
+                libc::write(info[1], (&me as *const i32).cast(), 4);
+                let mut b = 0u8;
+                libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                open(1);
+                open(2);
+                libc::unshare(libc::CLONE_NEWNS);
+                open(3);
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::stat(ns_link.as_ptr(), &mut st);
+                libc::write(info[1], (&st.st_ino as *const u64).cast(), 8);
+                libc::_exit(0);
+            }
+            let mut b = 0u8;
+            libc::read(ready[0], (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+        child
+    };
+    let read_exact = |buf: &mut [u8]| {
+        // SAFETY: reads into a buffer of its length.
+        let n = unsafe { libc::read(info[0], buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(n, buf.len() as isize);
+    };
+    let mut b4 = [0u8; 4];
+    read_exact(&mut b4);
+    let gc = i32::from_ne_bytes(b4) as u32;
+    // SAFETY: waits for the child this test forked.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    // Orphaned now (the grandchild waits on the pipe): its new parent.
+    let stat = std::fs::read_to_string(format!("/proc/{gc}/stat")).unwrap();
+    let new_ppid: u32 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(new_ppid, child as u32);
+    // SAFETY: writes one byte from a local.
+    unsafe { libc::write(go[1], [1u8].as_ptr().cast(), 1) };
+    let mut b8 = [0u8; 8];
+    read_exact(&mut b8);
+    let new_mnt = u64::from_ne_bytes(b8) as u32;
+    wait_exit(&d, gc);
+
+    let opens = d.events(&["--pid", &gc.to_string(), "--kind", "open"]);
+    let open_of = |i: usize| -> &Event {
+        let want = paths[i].to_str().unwrap();
+        opens
+            .iter()
+            .find(|e| e.args["path"] == want)
+            .unwrap_or_else(|| panic!("no open of {want} in {opens:#?}"))
+    };
+    let ns_of = |link: &str| -> u32 {
+        let l = std::fs::read_link(link).unwrap();
+        let l = l.to_str().unwrap();
+        l[l.find('[').unwrap() + 1..l.len() - 1].parse().unwrap()
+    };
+    let (host_mnt, host_pid_ns) = (ns_of("/proc/self/ns/mnt"), ns_of("/proc/self/ns/pid"));
+    assert_ne!(new_mnt, host_mnt);
+    let want = [
+        (child as u32, host_mnt),
+        (new_ppid, host_mnt),
+        (new_ppid, host_mnt),
+        (new_ppid, new_mnt),
+    ];
+    for (i, (ppid, mnt)) in want.into_iter().enumerate() {
+        let e = open_of(i);
+        assert_eq!(e.ppid, Some(ppid), "{}: {e:#?}", names[i]);
+        assert_eq!(e.mnt_ns, Some(mnt), "{}: {e:#?}", names[i]);
+        assert_eq!(e.pid_ns, Some(host_pid_ns), "{}", names[i]);
+        assert_eq!(e.ns_pid, Some(gc), "{}", names[i]);
+    }
+    // SAFETY: closes the pipe ends this test opened.
+    unsafe {
+        for fd in go.into_iter().chain(info).chain(ready) {
+            libc::close(fd);
+        }
+    }
+}

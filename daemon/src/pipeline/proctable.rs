@@ -69,9 +69,13 @@ impl From<Arc<[u8]>> for Exe {
 
 pub struct ProcTable {
     exe: HashMap<u32, Exe>,
-    /// Parent of each known process: what the fallback object cannot read
-    /// from the kernel comes from fork events and /proc.
+    /// Parent of each known process, from the last record that carried
+    /// it (the kernel sends it only when it changed: task.h), else fork
+    /// events and /proc (the fallback object cannot read it).
     ppid: HashMap<u32, u32>,
+    /// ns_pid, mnt_ns, pid_ns of each process, from the last record that
+    /// carried them (never on the fallback rung).
+    ns: HashMap<u32, [u32; 3]>,
     /// The live instance of each tgid.
     live: HashMap<u32, Instance>,
     boot_id: [u8; 16],
@@ -162,6 +166,7 @@ impl ProcTable {
         Self {
             exe: HashMap::default(),
             ppid: HashMap::default(),
+            ns: HashMap::default(),
             live: HashMap::default(),
             cwd: HashMap::default(),
             boot_id,
@@ -368,11 +373,23 @@ impl ProcTable {
         }
     }
 
-    /// Fill `e.exe`, `e.proc` (and `e.ppid` when the kernel could not) and
-    /// update the table from what the event says; `start` is the process's
-    /// start when the record carried it (`decoder::Decoded::start_boot`).
+    /// Fill `e.exe`, `e.proc` (and `e.ppid` and the namespaces when the
+    /// record did not carry them) and update the table from what the event
+    /// says; `start` is the process's start when the record carried it
+    /// (`decoder::Decoded::start_boot`).
     pub fn enrich(&mut self, e: &mut LiveEvent, start: Option<u64>) {
         let Some(pid) = e.pid else { return };
+        match (e.ns_pid, e.mnt_ns, e.pid_ns) {
+            (Some(n), Some(m), Some(p)) => {
+                self.ns.insert(pid, [n, m, p]);
+            }
+            (None, None, None) => {
+                if let Some(&[n, m, p]) = self.ns.get(&pid) {
+                    (e.ns_pid, e.mnt_ns, e.pid_ns) = (Some(n), Some(m), Some(p));
+                }
+            }
+            _ => {}
+        }
         match e.ppid {
             Some(pp) => {
                 self.ppid.insert(pid, pp);
@@ -461,6 +478,7 @@ impl ProcTable {
             self.cwd.remove(&pid);
             self.exe.remove(&pid);
             self.ppid.remove(&pid);
+            self.ns.remove(&pid);
             self.live.remove(&pid);
         }
     }

@@ -427,8 +427,10 @@ impl Transport {
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
     pub transport: Transport,
-    /// Size of the BPF ring buffer, bytes (a power of two, multiple of the page size).
-    pub ring_buffer_bytes: u32,
+    /// Size of the BPF ring buffer, bytes (a power of two, multiple of the
+    /// page size; with perf buffers, the total over the CPUs). 64 bits so
+    /// that a size past what the kernel takes gets its own message.
+    pub ring_buffer_bytes: u64,
     /// Rung 3: compile the kernel-specific object at start when none is
     /// installed and this kernel's headers, clang and llc are present.
     pub build_objects: bool,
@@ -540,6 +542,18 @@ impl Config {
             return Err((
                 "kernel.ring_buffer_bytes",
                 format!("kernel.ring_buffer_bytes = {rb}: must be a power of two of at least 4096"),
+            ));
+        }
+        if let Some(why) = ring_buffer_too_large(rb, host_memory_bytes()) {
+            return Err((
+                "kernel.ring_buffer_bytes",
+                format!("kernel.ring_buffer_bytes = {rb}: {why}"),
+            ));
+        }
+        if self.store.queue_capacity == 0 {
+            return Err((
+                "store.queue_capacity",
+                "store.queue_capacity = 0: the queue between the ring buffer and the writer must hold at least one batch (default 65536)".into(),
             ));
         }
         if self.store.batch_size == 0 || self.store.queue_capacity < self.store.batch_size {
@@ -662,6 +676,36 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The largest ring buffer the kernel sizes: a map's size is a 32-bit
+/// count, so the largest power of two is 2 GiB.
+pub const RING_BUFFER_MAX: u64 = 1 << 31;
+
+/// Why a ring buffer of `bytes` cannot be had, if it cannot: past what the
+/// kernel sizes, or more than half the host's memory (the buffer is
+/// locked kernel memory, taken at start whether or not it is ever used).
+fn ring_buffer_too_large(bytes: u64, memory: Option<u64>) -> Option<String> {
+    if bytes > RING_BUFFER_MAX {
+        return Some(format!(
+            "more than the kernel allows for one BPF ring buffer ({RING_BUFFER_MAX} bytes, 2 GiB)"
+        ));
+    }
+    let memory = memory?;
+    (bytes > memory / 2).then(|| {
+        format!(
+            "more than half of this host's memory ({} MiB); the ring buffer is locked kernel memory (default 8 MiB)",
+            memory >> 20
+        )
+    })
+}
+
+/// Physical memory, from sysinfo(2).
+fn host_memory_bytes() -> Option<u64> {
+    // SAFETY: sysinfo fills the struct it is given.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    (unsafe { libc::sysinfo(&mut si) } == 0)
+        .then(|| (si.totalram as u64).saturating_mul(u64::from(si.mem_unit.max(1))))
 }
 
 /// The line where a dotted key (`kernel.ring_buffer_bytes`) is set, found
@@ -826,6 +870,21 @@ mod tests {
         assert!(Config::parse("mode = \"sideways\"\n", Path::new("t")).is_err());
     }
 
+    #[test]
+    fn a_ring_buffer_past_the_kernel_or_half_the_memory_is_refused() {
+        let gib = 1u64 << 30;
+        assert_eq!(ring_buffer_too_large(8 << 20, Some(gib)), None);
+        assert_eq!(ring_buffer_too_large(2 * gib, None), None);
+        let big = ring_buffer_too_large(4 * gib, Some(64 * gib)).unwrap();
+        assert!(big.contains("kernel allows"), "{big}");
+        let mem = ring_buffer_too_large(gib, Some(gib)).unwrap();
+        assert!(
+            mem.contains("half of this host's memory (1024 MiB)"),
+            "{mem}"
+        );
+        assert_eq!(ring_buffer_too_large(gib / 2, Some(gib)), None);
+    }
+
     fn err(text: &str) -> String {
         Config::parse(text, Path::new("/etc/traceed/traceed.toml"))
             .unwrap_err()
@@ -841,6 +900,16 @@ mod tests {
         let e = err("[store]\nbatch_size = 10\nqueue_capacity = 5\n");
         assert!(
             e.contains("line 2") && e.contains("store.batch_size"),
+            "{e}"
+        );
+        let e = err("[store]\nqueue_capacity = 0\n");
+        assert!(
+            e.contains("line 2") && e.contains("store.queue_capacity = 0"),
+            "{e}"
+        );
+        let e = err("[kernel]\nring_buffer_bytes = 4294967296\n");
+        assert!(
+            e.contains("line 2") && e.contains("more than the kernel allows"),
             "{e}"
         );
         let e = err("store.max_age = \"0s\"\n");
