@@ -9,7 +9,8 @@
 #                           (daemon not ready, or events missing that no
 #                           `lost` row accounts for), never on noisy ratios.
 #
-# Options: --reps N, --configs a,b,..  (untraced,core,fallback,auditd,bpftrace),
+# Options: --reps N, --configs a,b,..  (untraced,floor,core,fallback,auditd,bpftrace;
+#          floor: core's hooks with programs that return at once),
 #          --query-events N, --out FILE (markdown table; default stdout only),
 #          --keep (leave the work dir for inspection),
 #          --rules DIR (traceed's configs load the Sigma rules in DIR: the
@@ -47,7 +48,7 @@ if [ $QUICK = 1 ]; then
     : "${N_EXEC:=150}" "${N_OPEN:=10000}" "${N_CONN:=1000}" "${N_MIXED:=30}" "${RATE_STEPS:=2}" "${RATE_SECS:=2}"
     : "${EXTRA_WL=}"
 else
-    : "${REPS:=5}" "${CONFIGS:=untraced,core,fallback,auditd,bpftrace}" "${QEVENTS:=1000000}"
+    : "${REPS:=5}" "${CONFIGS:=untraced,floor,core,fallback,auditd,bpftrace}" "${QEVENTS:=1000000}"
     : "${N_EXEC:=600}" "${N_OPEN:=20000}" "${N_CONN:=3000}" "${N_MIXED:=100}" "${RATE_STEPS:=6}" "${RATE_SECS:=20}"
     : "${EXTRA_WL=build tar}"
 fi
@@ -72,7 +73,7 @@ if enabled bpftrace; then need_pkgs bpftrace; fi
 need_pkgs gcc libc6-dev sqlite3 curl bpftool
 TRACEED=${TRACEED:-$ROOT/target/release/traceed}
 TRACECTL=${TRACECTL:-$ROOT/target/release/tracectl}
-if { enabled core || enabled fallback; } && { [ ! -x "$TRACEED" ] || [ ! -x "$TRACECTL" ]; }; then
+if { enabled core || enabled fallback || enabled floor; } && { [ ! -x "$TRACEED" ] || [ ! -x "$TRACECTL" ]; }; then
     log "building traceed (make build)"
     make -C "$ROOT" build >&2
 fi

@@ -111,6 +111,9 @@ tracer_start() { # cfg rep
     case $cfg in
     untraced) return 0 ;;
     core | fallback) traceed_start "$cfg" ;;
+    # The same object, hooks and attach method as core, with every syscall
+    # program returning at once: what the attach method itself costs.
+    floor) FLOOR=1 traceed_start core ;;
     auditd) auditd_start ;;
     bpftrace) bpftrace_start ;;
     *) echo "unknown configuration" >"$WORK/skipreason"; return 1 ;;
@@ -127,8 +130,8 @@ traceed_start() { # mode [dir]
         printf '[detect]\nrules = []\n' >"$TD/traceed.toml"
     fi
     t0=$(now_ms)
-    $NICE "$TRACEED" --config "$TD/traceed.toml" --state-dir "$TD" --socket "$TD/api.sock" \
-        --mode "$mode" >"$TD/daemon.log" 2>&1 &
+    env ${FLOOR:+TRACEED_BENCH_FLOOR=1} $NICE "$TRACEED" --config "$TD/traceed.toml" \
+        --state-dir "$TD" --socket "$TD/api.sock" --mode "$mode" >"$TD/daemon.log" 2>&1 &
     TPID=$!
     PIDS+=("$TPID")
     until [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$TD/api.sock" http://l/healthz 2>/dev/null)" = 200 ]; do
@@ -273,6 +276,7 @@ file_size() { stat -c %s "$1"; }
 tracer_settle() { # cfg rep
     case $1 in
     core | fallback) td_wait "$(session_ops "$1" "$2")" 60 ;;
+    floor) td_drain 60 ;;
     auditd) settle_on 60 audit_backlog_and_ours ;;
     bpftrace) settle_on 30 file_size "$TD/out.txt" ;;
     esac
@@ -320,7 +324,7 @@ tracer_stop() { # cfg
 # prints "lost stored_events disk_bytes".
 tracer_count() { # cfg
     case $1 in
-    core | fallback)
+    core | fallback | floor)
         sqlite3 -cmd '.timeout 5000' -separator ' ' "$TD/events.db" \
             "SELECT comm, kind, count(*) FROM events_view WHERE comm IN ($OUR_COMMS) GROUP BY comm, kind" >"$TD/counts"
         echo "$(sqlite3 "$TD/events.db" "SELECT coalesce(sum(json_extract(args,'\$.count')),0) FROM events_view WHERE kind='lost'")" \
@@ -398,7 +402,7 @@ run_workload() { # cfg rep wl
         # next timed run.
         echo "$1 $2 $3 $ns $ops" >>"$WORK/extra.tsv"
         case $1 in
-        core | fallback) td_drain 60 ;;
+        core | fallback | floor) td_drain 60 ;;
         *) tracer_settle "$1" "$2" ;;
         esac
         ;;
@@ -555,11 +559,18 @@ paired() { # file cfg wl ratio|added_ms
         END { for (r in t) if (r in u) { if (how == "ratio") printf "%.3f\n", t[r] / u[r]; else printf "%.0f\n", (t[r] - u[r]) / 1e6 } }' "$1"
 }
 
+# Per repetition, ns a configuration adds to one operation of a workload.
+added_ns() { # file cfg wl
+    awk -v c="$2" -v w="$3" '$3==w && $1=="untraced" {u[$2]=$4} $3==w && $1==c {t[$2]=$4; o[$2]=$5}
+        END { for (r in t) if ((r in u) && o[r] > 0) printf "%.0f\n", (t[r] - u[r]) / o[r] }' "$1"
+}
+
 label() {
     case $1 in
     untraced) echo "untraced" ;;
     core) echo "traceed core" ;;
     fallback) echo "traceed fallback" ;;
+    floor) echo "floor (core's hooks, programs return at once)" ;;
     auditd) echo "auditd $(auditctl -v 2>/dev/null | awk '{print $3}')" ;;
     bpftrace) echo "bpftrace $(bpftrace --version 2>/dev/null | awk '{print $2}')" ;;
     esac
@@ -586,6 +597,7 @@ report() {
             else
                 read -r m lo hi n < <(paired "$RES" "$cfg" "$wl" ratio | stats)
                 row="$row ${m}x [${lo}-${hi}] |"
+                if [ "$cfg" = floor ]; then comp="$comp - |"; continue; fi
                 comp="$comp $(awk -v c="$cfg" -v w=$wl '$1==c && $3==w {o+=$5; r+=$6} END { if (o) printf "%.2f%%", 100 * r / o; else print "-" }' "$RES") |"
             fi
         done
@@ -593,6 +605,27 @@ report() {
         lost=$(awk -v c="$cfg" '$1==c {s+=$8} END{print s+0}' "$TRC")
         [ "$cfg" = untraced ] && lost="-"
         echo "$row$comp $lost |"
+    done
+    echo
+    echo "### Added time per operation"
+    echo
+    echo "Per repetition, (configuration's wall time - untraced wall time of the same repetition) / operations;"
+    echo "median [min-max] ns per operation. The untraced row is the operation's own time. \"floor\" is"
+    echo "traceed core's hooks with programs that return at once: what the attach method alone costs."
+    echo
+    echo "| configuration | exec loop | open loop | connect loop | mixed |"
+    echo "|---|---|---|---|---|"
+    for cfg in "${CFGS[@]}"; do
+        skipped "$cfg" && continue
+        local row="| $(label "$cfg") |"
+        for wl in exec open connect mixed; do
+            if [ "$cfg" = untraced ]; then
+                row="$row $(span "$(awk -v w=$wl '$1=="untraced" && $3==w && $5>0 {printf "%.0f\n", $4 / $5}' "$RES" | stats)" " ns") |"
+            else
+                row="$row $(span "$(added_ns "$RES" "$cfg" "$wl" | stats)") |"
+            fi
+        done
+        echo "$row"
     done
     if [ -s "$WORK/extra.tsv" ]; then
         echo

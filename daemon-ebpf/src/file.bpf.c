@@ -8,10 +8,28 @@
 
 #define AT_FDCWD_U ((__u64)(__s64)-100)
 
+/* 1 when string `idx`, stored at `off`, is a path the daemon resolves
+ * against the cwd: relative, and with AT_FDCWD (one relative to a dirfd is
+ * resolved through the fd). Only then does the record need the cwd's id,
+ * whose five pointer reads an absolute path need not pay. */
+static __always_inline int cwd_relative(struct event *e, int idx, __u32 off, __u64 dirfd)
+{
+	return dirfd == AT_FDCWD_U && e->h.str_len[idx & (EV_NUM_STRS - 1)] &&
+	       e->data[off & (EV_DATA_MAX * 2 - 1)] != '/';
+}
+
+static __always_inline void note_cwd(struct event *e, int relative)
+{
+	if (relative)
+		e->h.args[SLOT_CWD_ID] = cwd_id();
+}
+
 /* Each family's record from its arguments (`fill` in syscalls.h): shared
  * by the tracepoint pair and the fexit program, so both say the same. */
 static __always_inline int fill_open(struct event *e, __u32 variant, const __u64 *args)
 {
+	__u32 off = e->h.data_len;
+
 	if (variant == V_PLAIN) { /* open(path, flags, mode) */
 		push_str(e, STR_OPEN_PATH, (void *)args[0], STR_USER);
 		e->h.args[SLOT_OPEN_FLAGS] = args[1];
@@ -33,7 +51,7 @@ static __always_inline int fill_open(struct event *e, __u32 variant, const __u64
 		e->h.args[SLOT_OPEN_MODE] = args[3];
 		e->h.args[SLOT_OPEN_DIRFD] = args[0];
 	}
-	e->h.args[SLOT_CWD_ID] = cwd_id();
+	note_cwd(e, cwd_relative(e, STR_OPEN_PATH, off, e->h.args[SLOT_OPEN_DIRFD]));
 	return 0;
 }
 SYSCALL_HOOKS(open, 3, EK_OPEN, V_PLAIN, fill_open)
@@ -42,6 +60,8 @@ SYSCALL_HOOKS(openat2, 4, EK_OPEN, V_OPENAT2, fill_open)
 
 static __always_inline int fill_unlink(struct event *e, __u32 variant, const __u64 *args)
 {
+	__u32 off = e->h.data_len;
+
 	if (variant == V_AT) { /* unlinkat(dfd, path, flags) */
 		push_str(e, STR_UNLINK_PATH, (void *)args[1], STR_USER);
 		e->h.args[SLOT_UNLINK_FLAGS] = args[2];
@@ -50,7 +70,7 @@ static __always_inline int fill_unlink(struct event *e, __u32 variant, const __u
 		push_str(e, STR_UNLINK_PATH, (void *)args[0], STR_USER);
 		e->h.args[SLOT_UNLINK_DIRFD] = AT_FDCWD_U;
 	}
-	e->h.args[SLOT_CWD_ID] = cwd_id();
+	note_cwd(e, cwd_relative(e, STR_UNLINK_PATH, off, e->h.args[SLOT_UNLINK_DIRFD]));
 	return 0;
 }
 SYSCALL_HOOKS(unlink, 1, EK_UNLINK, V_PLAIN, fill_unlink)
@@ -58,6 +78,8 @@ SYSCALL_HOOKS(unlinkat, 3, EK_UNLINK, V_AT, fill_unlink)
 
 static __always_inline int fill_rename(struct event *e, __u32 variant, const __u64 *args)
 {
+	__u32 off = e->h.data_len;
+
 	if (variant == V_PLAIN) { /* rename(old, new) */
 		push_str(e, STR_RENAME_OLD, (void *)args[0], STR_USER);
 		push_str(e, STR_RENAME_NEW, (void *)args[1], STR_USER);
@@ -70,7 +92,9 @@ static __always_inline int fill_rename(struct event *e, __u32 variant, const __u
 		e->h.args[SLOT_RENAME_OLD_DIRFD] = args[0];
 		e->h.args[SLOT_RENAME_NEW_DIRFD] = args[2];
 	}
-	e->h.args[SLOT_CWD_ID] = cwd_id();
+	note_cwd(e, cwd_relative(e, STR_RENAME_OLD, off, e->h.args[SLOT_RENAME_OLD_DIRFD]) ||
+			    cwd_relative(e, STR_RENAME_NEW, off + e->h.str_len[STR_RENAME_OLD],
+					 e->h.args[SLOT_RENAME_NEW_DIRFD]));
 	return 0;
 }
 SYSCALL_HOOKS(rename, 2, EK_RENAME, V_PLAIN, fill_rename)
@@ -79,6 +103,8 @@ SYSCALL_HOOKS(renameat2, 5, EK_RENAME, V_AT2, fill_rename)
 
 static __always_inline int fill_chmod(struct event *e, __u32 variant, const __u64 *args)
 {
+	__u32 off = e->h.data_len;
+
 	if (variant == V_AT) { /* fchmodat(dfd, path, mode) */
 		push_str(e, STR_CHMOD_PATH, (void *)args[1], STR_USER);
 		e->h.args[SLOT_CHMOD_MODE] = args[2];
@@ -91,7 +117,8 @@ static __always_inline int fill_chmod(struct event *e, __u32 variant, const __u6
 		e->h.args[SLOT_CHMOD_MODE] = args[1];
 		e->h.args[SLOT_CHMOD_DIRFD] = AT_FDCWD_U;
 	}
-	e->h.args[SLOT_CWD_ID] = cwd_id();
+	/* fchmod has no path, and its dirfd slot stays 0: never relative. */
+	note_cwd(e, cwd_relative(e, STR_CHMOD_PATH, off, e->h.args[SLOT_CHMOD_DIRFD]));
 	return 0;
 }
 SYSCALL_HOOKS(chmod, 2, EK_CHMOD, V_PLAIN, fill_chmod)
