@@ -182,8 +182,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             Rung::CoreKernelBtf | Rung::CoreExternalBtf => target_btf(rung, opts)
                 .map_err(RungError::from)
                 .and_then(|(btf, source)| {
-                    load_core(&btf, rung, opts, transport)
-                        .map(|l| (l, Some(source), None, transport))
+                    let a = load_core(&btf, rung, opts, transport)?;
+                    drop(btf);
+                    crate::service::memory::release_free();
+                    Ok((
+                        with_source(a, opts, transport)?,
+                        Some(source),
+                        None,
+                        transport,
+                    ))
                 }),
             Rung::KernelObject => load_kernel_object(opts).map(|(l, ko, t)| (l, None, Some(ko), t)),
             Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None, None, transport)),
@@ -367,13 +374,20 @@ fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'
 
 /// `fentry`: the kernel's own BTF when the table has fexit hooks, else
 /// why it has none.
+/// A rung's object, loaded and attached, its records not yet read.
+struct Attached {
+    ebpf: Ebpf,
+    programs: Vec<String>,
+    skipped: Vec<SkippedHook>,
+    fentry_refused: Option<String>,
+}
+
 fn finish(
     mut ebpf: Ebpf,
     opts: &LoadOptions,
     hooks: &[Hook],
-    transport: Transport,
     fentry: Result<&Btf, String>,
-) -> Result<Attempt, RungError> {
+) -> Result<Attached, RungError> {
     opts.scope.push(&mut ebpf)?;
     push_syscall_filter(&mut ebpf, &opts.generic_syscalls)?;
     let attached = attach_all(&mut ebpf, hooks, fentry.as_ref().ok().copied())?;
@@ -381,7 +395,24 @@ fn finish(
         Ok(_) => attached.fentry_refused,
         Err(why) => Some(why),
     };
-    let (programs, skipped) = (attached.programs, attached.skipped);
+    Ok(Attached {
+        ebpf,
+        programs: attached.programs,
+        skipped: attached.skipped,
+        fentry_refused,
+    })
+}
+
+/// Map the ring buffer (or the perf buffers) of an attached object. Its
+/// pages count in RSS from the mmap on, so the CO-RE rungs map it only
+/// once the kernel's BTF (~25 MiB parsed) is freed: together they made
+/// the daemon's peak RSS (57 MiB).
+fn with_source(
+    a: Attached,
+    opts: &LoadOptions,
+    transport: Transport,
+) -> Result<Attempt, RungError> {
+    let mut ebpf = a.ebpf;
     let source = EventSource::open(&mut ebpf, transport, opts.ring_buffer_bytes)?;
     let lost_map = ebpf
         .take_map("lost")
@@ -391,9 +422,9 @@ fn finish(
         source,
         pending: Vec::new(),
         lost_map,
-        programs,
-        skipped,
-        fentry_refused,
+        programs: a.programs,
+        skipped: a.skipped,
+        fentry_refused: a.fentry_refused,
     })
 }
 
@@ -402,7 +433,7 @@ fn load_core(
     rung: Rung,
     opts: &LoadOptions,
     transport: Transport,
-) -> Result<Attempt, RungError> {
+) -> Result<Attached, RungError> {
     let g = globals(opts, transport);
     let obj = if transport == Transport::Perf {
         CORE_PERF
@@ -436,7 +467,6 @@ fn load_core(
         ebpf,
         opts,
         &core_hooks(!opts.generic_syscalls.is_empty(), fentry.is_ok()),
-        transport,
         fentry,
     )
 }
@@ -479,13 +509,13 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, Ru
         what: "fallback object".into(),
         chain: error_chain(&e),
     })?;
-    finish(
+    let a = finish(
         ebpf,
         opts,
         &fallback_hooks(!opts.generic_syscalls.is_empty()),
-        transport,
         Err("rung fallback: fexit programs are only in the CO-RE object".into()),
-    )
+    )?;
+    with_source(a, opts, transport)
 }
 
 fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Transport), RungError> {
@@ -514,10 +544,9 @@ fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Tran
         ebpf,
         opts,
         &core_hooks(!opts.generic_syscalls.is_empty(), false),
-        transport,
         Err("rung kernel-object: fexit programs are only in the CO-RE object".into()),
     )?;
-    Ok((a, ko.info, transport))
+    Ok((with_source(a, opts, transport)?, ko.info, transport))
 }
 
 fn push_syscall_filter(ebpf: &mut Ebpf, nrs: &[u32]) -> Result<(), RungError> {
