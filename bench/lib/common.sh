@@ -553,16 +553,14 @@ stats() { # reads numbers on stdin; prints "median min max n"
 # "median min max n" (from stats) as "median<unit> [min-max]".
 span() { awk -v u="${2:-}" '{printf "%s%s [%s-%s]", $1, u, $2, $3}' <<<"$1"; }
 # Per repetition, a configuration's run of a workload against the untraced
-# run of the same repetition: "ratio" (t/u) or "added_ms" ((t-u)/1e6).
-paired() { # file cfg wl ratio|added_ms
-    awk -v c="$2" -v w="$3" -v how="$4" '$3==w && $1=="untraced" {u[$2]=$4} $3==w && $1==c {t[$2]=$4}
-        END { for (r in t) if (r in u) { if (how == "ratio") printf "%.3f\n", t[r] / u[r]; else printf "%.0f\n", (t[r] - u[r]) / 1e6 } }' "$1"
-}
-
-# Per repetition, ns a configuration adds to one operation of a workload.
-added_ns() { # file cfg wl
-    awk -v c="$2" -v w="$3" '$3==w && $1=="untraced" {u[$2]=$4} $3==w && $1==c {t[$2]=$4; o[$2]=$5}
-        END { for (r in t) if ((r in u) && o[r] > 0) printf "%.0f\n", (t[r] - u[r]) / o[r] }' "$1"
+# run of the same repetition: "ratio" (t/u), "added_ms" ((t-u)/1e6) or
+# "added_ns" per operation ((t-u)/ops).
+paired() { # file cfg wl ratio|added_ms|added_ns
+    awk -v c="$2" -v w="$3" -v how="$4" '$3==w && $1=="untraced" {u[$2]=$4} $3==w && $1==c {t[$2]=$4; o[$2]=$5}
+        END { for (r in t) if (r in u) {
+            if (how == "ratio") printf "%.3f\n", t[r] / u[r]
+            else if (how == "added_ms") printf "%.0f\n", (t[r] - u[r]) / 1e6
+            else if (o[r] > 0) printf "%.0f\n", (t[r] - u[r]) / o[r] } }' "$1"
 }
 
 label() {
@@ -622,7 +620,7 @@ report() {
             if [ "$cfg" = untraced ]; then
                 row="$row $(span "$(awk -v w=$wl '$1=="untraced" && $3==w && $5>0 {printf "%.0f\n", $4 / $5}' "$RES" | stats)" " ns") |"
             else
-                row="$row $(span "$(added_ns "$RES" "$cfg" "$wl" | stats)") |"
+                row="$row $(span "$(paired "$RES" "$cfg" "$wl" added_ns | stats)") |"
             fi
         done
         echo "$row"

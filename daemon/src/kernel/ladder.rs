@@ -182,11 +182,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             Rung::CoreKernelBtf | Rung::CoreExternalBtf => target_btf(rung, opts)
                 .map_err(RungError::from)
                 .and_then(|(btf, source)| {
-                    let a = load_core(&btf, rung, opts, transport)?;
+                    // Freed and trimmed whether or not the object loaded:
+                    // the parsed BTF is the daemon's one-off memory peak.
+                    let a = load_core(&btf, rung, opts, transport);
                     drop(btf);
                     crate::service::memory::release_free();
                     Ok((
-                        with_source(a, opts, transport)?,
+                        with_source(a?, opts, transport)?,
                         Some(source),
                         None,
                         transport,
@@ -372,8 +374,6 @@ fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'
     Ok(l)
 }
 
-/// `fentry`: the kernel's own BTF when the table has fexit hooks, else
-/// why it has none.
 /// A rung's object, loaded and attached, its records not yet read.
 struct Attached {
     ebpf: Ebpf,
@@ -382,6 +382,8 @@ struct Attached {
     fentry_refused: Option<String>,
 }
 
+/// `fentry`: the kernel's own BTF when the table has fexit hooks, else
+/// why it has none.
 fn finish(
     mut ebpf: Ebpf,
     opts: &LoadOptions,

@@ -680,7 +680,7 @@ impl Config {
 
 /// The largest ring buffer the kernel sizes: a map's size is a 32-bit
 /// count, so the largest power of two is 2 GiB.
-pub const RING_BUFFER_MAX: u64 = 1 << 31;
+const RING_BUFFER_MAX: u64 = 1 << 31;
 
 /// Why a ring buffer of `bytes` cannot be had, if it cannot: past what the
 /// kernel sizes, or more than half the host's memory (the buffer is

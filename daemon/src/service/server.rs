@@ -123,8 +123,8 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         build_objects: cfg.kernel.build_objects,
         fentry: cfg.kernel.fentry,
     };
+    // The ladder trims the heap itself, once the BTF is freed (its peak).
     let mut loaded = tokio::task::block_in_place(|| ladder::load(&opts))?;
-    crate::service::memory::release_free();
     let fidelity = loaded.rung.fidelity();
     if let Some(ev) = store.downtime_event(fidelity) {
         tracing::info!(from = %ev.args.get("from").unwrap_or(traceed_wire::payload::Arg::Null), "recording the time traceed was not running as a lost row");
