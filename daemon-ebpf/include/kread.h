@@ -44,6 +44,7 @@
 #include <linux/pid_namespace.h>
 #include <linux/mm_types.h>
 #include <linux/fs.h>
+#include <linux/mount.h> /* struct vfsmount: not pulled in by fs.h on 5.10 */
 #include <linux/binfmts.h>
 #include <uapi/linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -2,7 +2,12 @@
 /*
  * Syscall events are recorded at sys_exit, when the return value is known
  * and the kernel has already touched (faulted in) the user memory the
- * arguments point to. sys_enter only stashes the raw arguments per thread.
+ * arguments point to. The arguments come from the user's registers, which
+ * the kernel saved at entry and leaves in place until the return to user
+ * space (SYS_EXIT_REGS). Only where that frame cannot be read (the
+ * fallback object) or where the record needs the state before the
+ * syscall (the setuid family's credentials) does a sys_enter program
+ * stash them per thread.
  *
  * The syscalls:* tracepoint records have a fixed ABI (nr at 8, arguments
  * as 8-byte slots from 16, ret at 16 on exit), so plain structs are used
@@ -257,11 +262,109 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 #define SYS_FENTRY_FEXIT(sys, kind, variant, fill)
 #endif
 
-/* Every hook of a syscall: its tracepoint pair, and its fexit program. */
+#ifndef TRACEED_FALLBACK
+/*
+ * The tracepoint path of the CO-RE and kernel-specific objects: one
+ * program, at sys_exit, reads the arguments from the user's registers at
+ * the top of the task's kernel stack, as sys_enter would have read them
+ * (after ptrace and seccomp; the exit tracepoint runs before signal
+ * delivery or a tracer's exit stop could touch them). No enter program,
+ * no inflight update, lookup and delete: on a host whose kernel refuses
+ * trampolines that was a third of an open's BPF time.
+ *
+ * The frame is checked before it is trusted: its orig_ax must be the
+ * number of the syscall that is returning. A frame that fails the check
+ * (a stack layout this code does not know) makes the record a counted
+ * loss, never one built from the wrong memory.
+ */
+
+/* pt_regs from r10 to orig_ax: the six argument registers and the
+ * syscall's number in one read. The x86-64 frame's layout is the ptrace
+ * ABI's (user_regs_struct), the same on every kernel. */
+struct user_frame {
+	__u64 r10, r9, r8, ax, cx, dx, si, di, orig_ax;
+};
+#define FRAME_R10_OFF 56
+#define PT_REGS_X86_64_SIZE 168
+
+static __always_inline int read_frame(const void *regs, int nr, __u64 *args)
+{
+	struct user_frame f;
+
+	if (!regs || bpf_probe_read_kernel(&f, sizeof(f), regs + FRAME_R10_OFF) ||
+	    (int)f.orig_ax != nr)
+		return -1;
+	args[0] = f.di;
+	args[1] = f.si;
+	args[2] = f.dx;
+	args[3] = f.r10;
+	args[4] = f.r8;
+	args[5] = f.r9;
+	return 0;
+}
+
+#ifdef CORE
+static __always_inline int user_args(int nr, __u64 *args)
+{
+	void *stack;
+
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+		return read_frame((void *)bpf_task_pt_regs(bpf_get_current_task_btf()), nr, args);
+	/* Before 5.15 there is no helper, and no FRED padding either (6.9):
+	 * the frame ends the stack, which is 16 KiB, or 32 KiB with KASAN. */
+	stack = BPF_CORE_READ(cur_task(), stack);
+	if (!stack)
+		return -1;
+	if (read_frame(stack + (16 << 10) - PT_REGS_X86_64_SIZE, nr, args) == 0)
+		return 0;
+	return read_frame(stack + (32 << 10) - PT_REGS_X86_64_SIZE, nr, args);
+}
+#else
+/* The kernel-specific object knows this kernel's stack size and padding. */
+static __always_inline int user_args(int nr, __u64 *args)
+{
+	void *stack = READ_KERN(cur_task(), stack);
+
+	_Static_assert(sizeof(struct pt_regs) == PT_REGS_X86_64_SIZE, "x86-64 pt_regs");
+	if (!stack)
+		return -1;
+	return read_frame(stack + THREAD_SIZE - TOP_OF_KERNEL_STACK_PADDING - sizeof(struct pt_regs),
+			  nr, args);
+}
+#endif
+
+#define SYS_EXIT_REGS(sys, kind, variant, fill)                                \
+	SEC("tracepoint/syscalls/sys_exit_" #sys)                              \
+	int exit_##sys(struct sys_exit_ctx *ctx)                               \
+	{                                                                      \
+		__u64 args[6];                                                 \
+		struct known_task sent;                                        \
+		struct event *e;                                               \
+		if (bench_floor)                                               \
+			return 0;                                              \
+		if (out_of_scope())                                            \
+			return 0;                                              \
+		if (user_args((int)ctx->nr, args)) {                           \
+			count_lost();                                          \
+			return 0;                                              \
+		}                                                              \
+		e = sys_record_start(kind, bpf_get_current_uid_gid(), ctx->ret, \
+				     &sent);                                   \
+		if (!e || fill(e, variant, args))                              \
+			return 0;                                              \
+		return sys_emit(ctx, e, &sent);                                \
+	}
+
+/* Every hook of a syscall: its sys_exit program, and its fexit program. */
+#define SYSCALL_HOOKS(sys, nargs, kind, variant, fill) \
+	SYS_EXIT_REGS(sys, kind, variant, fill)         \
+	SYS_FEXIT(sys, kind, variant, fill)
+#else
+/* The fallback reads no kernel memory, so it stashes at sys_enter. */
 #define SYSCALL_HOOKS(sys, nargs, kind, variant, fill) \
 	SYS_ENTER(sys, kind, variant, nargs)            \
-	SYS_EXIT(sys, fill)                             \
-	SYS_FEXIT(sys, kind, variant, fill)
+	SYS_EXIT(sys, fill)
+#endif
 
 /* The same, with the credentials of the entry (the setuid family). */
 #define SYSCALL_HOOKS_ENTRY_CREDS(sys, nargs, kind, variant, fill) \

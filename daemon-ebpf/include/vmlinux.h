@@ -67,6 +67,12 @@ enum {
 	BPF_F_NO_PREALLOC = 1,
 };
 
+/* Only to ask the running kernel (CO-RE enum relocation) whether it has
+ * the helper: bpf_task_pt_regs, 5.15. */
+enum bpf_func_id {
+	BPF_FUNC_task_pt_regs = 175,
+};
+
 enum {
 	BPF_RB_NO_WAKEUP = 1,
 	BPF_RB_FORCE_WAKEUP = 2,
@@ -203,7 +209,8 @@ struct fs_struct {
 };
 
 /* x86-64: a syscall's arguments are di, si, dx, r10, r8, r9 of the
- * user's registers, which __x64_sys_* receive (fexit programs read them). */
+ * user's registers, which __x64_sys_* receive (fexit programs read them).
+ * orig_ax is the syscall's number. */
 struct pt_regs {
 	unsigned long r10;
 	unsigned long r9;
@@ -211,9 +218,11 @@ struct pt_regs {
 	unsigned long dx;
 	unsigned long si;
 	unsigned long di;
+	unsigned long orig_ax;
 };
 
 struct task_struct {
+	void *stack;
 	int exit_code;
 	pid_t pid;
 	pid_t tgid;

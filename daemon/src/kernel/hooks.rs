@@ -141,8 +141,8 @@ fn syscall_function(sys: &str) -> String {
     format!("__x64_sys_{sys}")
 }
 
-/// Syscalls recorded at sys_exit (with arguments stashed at sys_enter), or
-/// by fexit (CO-RE object: every one of them has `fexit_<sys>`).
+/// Syscalls recorded at sys_exit (`tracepoint_hooks`), or by fexit (CO-RE
+/// object: every one of them has `fexit_<sys>`).
 /// Optional: a kernel without the syscall (openat2 before 5.6) or without
 /// syscall tracepoints skips it and says so in status.
 pub const SYSCALLS: &[&str] = &[
@@ -176,13 +176,22 @@ pub const SYSCALLS: &[&str] = &[
     "bpf",
 ];
 
-/// A syscall's tracepoint pair: exit first, as an enter whose exit is
-/// missing would only fill the inflight map.
-fn tracepoint_pair(sys: &str) -> [Hook; 2] {
+/// A syscall's tracepoints. The CO-RE and kernel-specific objects read
+/// the arguments at sys_exit from the user's registers, so one program
+/// does (`exit_only`), except for the setuid family, whose record needs the
+/// credentials of the entry. The fallback reads no kernel memory and
+/// stashes them at sys_enter: a pair, exit first, as an enter whose exit
+/// is missing would only fill the inflight map.
+fn tracepoint_hooks(sys: &str, exit_only: bool) -> Vec<Hook> {
     let exit = format!("exit_{sys}");
-    [
-        Hook::tp(&exit, "syscalls", &format!("sys_exit_{sys}"), true),
-        Hook {
+    let mut hooks = vec![Hook::tp(
+        &exit,
+        "syscalls",
+        &format!("sys_exit_{sys}"),
+        true,
+    )];
+    if !exit_only || ENTRY_CREDS.contains(&sys) {
+        hooks.push(Hook {
             after: Some(exit),
             ..Hook::tp(
                 &format!("enter_{sys}"),
@@ -190,15 +199,16 @@ fn tracepoint_pair(sys: &str) -> [Hook; 2] {
                 &format!("sys_enter_{sys}"),
                 true,
             )
-        },
-    ]
+        });
+    }
+    hooks
 }
 
 /// `fentry`: the object has fexit programs and the kernel's own BTF names
 /// the functions; every syscall then tries fexit first. All of them must:
 /// one enabled syscalls tracepoint is enough to put every task on the
 /// syscall slow path (BENCHMARKS.md, "fentry vs tracepoints").
-fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool) {
+fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool, exit_only: bool) {
     if generic {
         for side in ["exit", "enter"] {
             hooks.push(Hook::tp(
@@ -226,11 +236,11 @@ fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool) {
                 attach: Attach::FExit(syscall_function(sys)),
                 optional: true,
                 after: None,
-                or_else: tracepoint_pair(sys).into(),
+                or_else: tracepoint_hooks(sys, exit_only),
                 entry,
             });
         } else {
-            hooks.extend(tracepoint_pair(sys));
+            hooks.extend(tracepoint_hooks(sys, exit_only));
         }
     }
 }
@@ -263,7 +273,7 @@ pub fn core_hooks(generic: bool, fentry: bool) -> Vec<Hook> {
         ),
         Hook::tp("tp_module_load", "module", "module_load", true),
     ];
-    common_hooks(&mut hooks, generic, fentry);
+    common_hooks(&mut hooks, generic, fentry, true);
     hooks
 }
 
@@ -298,7 +308,7 @@ pub fn fallback_hooks(generic: bool) -> Vec<Hook> {
         Hook::tp("fb_enter_clone", "syscalls", "sys_enter_clone", true),
         Hook::tp("fb_enter_clone3", "syscalls", "sys_enter_clone3", true),
     ];
-    common_hooks(&mut hooks, generic, false);
+    common_hooks(&mut hooks, generic, false, false);
     hooks
 }
 
