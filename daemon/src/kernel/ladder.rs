@@ -179,21 +179,29 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         let attempt = match rung {
             // Rungs 1 and 2: the CO-RE object needs a target BTF. Never load
             // it without one: aya would keep vmlinux.h's offsets.
-            Rung::CoreKernelBtf | Rung::CoreExternalBtf => target_btf(rung, opts)
-                .map_err(RungError::from)
-                .and_then(|(btf, source)| {
-                    // Freed and trimmed whether or not the object loaded:
-                    // the parsed BTF is the daemon's one-off memory peak.
-                    let a = load_core(&btf, rung, opts, transport);
-                    drop(btf);
-                    crate::service::memory::release_free();
-                    Ok((
-                        with_source(a?, opts, transport)?,
-                        Some(source),
-                        None,
-                        transport,
-                    ))
-                }),
+            Rung::CoreKernelBtf | Rung::CoreExternalBtf => {
+                // aya's EbpfLoader::new parses the kernel's BTF itself
+                // (loader_for drops that copy at once): made before ours, so
+                // the two parsed copies never coexist (the start-up peak
+                // was both, 50 MiB).
+                let g = globals(opts, transport);
+                let loader = loader_for(opts, &g);
+                target_btf(rung, opts)
+                    .map_err(RungError::from)
+                    .and_then(|(btf, source)| {
+                        // Freed and trimmed whether or not the object loaded:
+                        // the parsed BTF is the daemon's one-off memory peak.
+                        let a = load_core(loader?, &btf, rung, opts, transport);
+                        drop(btf);
+                        crate::service::memory::release_free();
+                        Ok((
+                            with_source(a?, opts, transport)?,
+                            Some(source),
+                            None,
+                            transport,
+                        ))
+                    })
+            }
             Rung::KernelObject => load_kernel_object(opts).map(|(l, ko, t)| (l, None, Some(ko), t)),
             Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None, None, transport)),
         };
@@ -430,19 +438,18 @@ fn with_source(
     })
 }
 
-fn load_core(
-    btf: &Btf,
+fn load_core<'a>(
+    mut l: EbpfLoader<'a>,
+    btf: &'a Btf,
     rung: Rung,
     opts: &LoadOptions,
     transport: Transport,
 ) -> Result<Attached, RungError> {
-    let g = globals(opts, transport);
     let obj = if transport == Transport::Perf {
         CORE_PERF
     } else {
         CORE_RING
     };
-    let mut l = loader_for(opts, &g)?;
     l.btf(Some(btf));
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
