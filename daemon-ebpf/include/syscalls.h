@@ -132,6 +132,14 @@ static __always_inline struct event *exit_start(struct sys_exit_ctx *ctx, struct
 	return sys_record_start(in->kind, in->uid_gid, sys_ret(ctx), sent);
 }
 
+/* A successful exec is sched_process_exec's record (exec_fail.bpf.c only
+ * records failed ones): known from the return value alone, before any
+ * read. `kind` is a constant, so other syscalls' programs lose the test. */
+static __always_inline int skip_success(__u32 kind, long ret)
+{
+	return kind == EK_EXEC && ret >= 0;
+}
+
 static __always_inline int sys_emit(void *ctx, struct event *e, const struct known_task *sent)
 {
 	if (event_send(ctx, e) == 0)
@@ -215,7 +223,7 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 		struct event *e;                                              \
 		if (bench_floor)                                              \
 			return 0;                                             \
-		if (out_of_scope())                                           \
+		if (skip_success(kind, ret) || out_of_scope())                \
 			return 0;                                             \
 		regs_args(regs, args);                                        \
 		e = sys_record_start(kind, bpf_get_current_uid_gid(), ret,    \
@@ -342,7 +350,7 @@ static __always_inline int user_args(int nr, __u64 *args)
 		struct event *e;                                               \
 		if (bench_floor)                                               \
 			return 0;                                              \
-		if (out_of_scope())                                            \
+		if (skip_success(kind, ctx->ret) || out_of_scope())            \
 			return 0;                                              \
 		if (user_args((int)ctx->nr, args)) {                           \
 			count_lost();                                          \
