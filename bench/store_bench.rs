@@ -39,6 +39,8 @@ struct Args {
     runs: usize,
     retention: bool,
     run_mean: f64,
+    /// The writer's largest transaction (`[store] batch_size`).
+    batch: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +51,7 @@ fn parse_args() -> anyhow::Result<Args> {
         runs: 51,
         retention: false,
         run_mean: RUN_MEAN,
+        batch: traceed::service::config::StoreConfig::default().batch_size,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -60,8 +63,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--runs" => a.runs = v()?.parse()?,
             "--with-retention" => a.retention = true,
             "--run-mean" => a.run_mean = v()?.parse()?,
+            "--batch" => a.batch = v()?.parse()?,
             _ => anyhow::bail!(
-                "usage: traceed-store-bench [--dir DIR] [--events N] [--span-hours H] [--runs N] [--with-retention] [--run-mean N]"
+                "usage: traceed-store-bench [--dir DIR] [--events N] [--span-hours H] [--runs N] [--with-retention] [--run-mean N] [--batch N]"
             ),
         }
     }
@@ -516,7 +520,7 @@ async fn main() -> anyhow::Result<()> {
     let counters = Arc::new(metrics::Counters::default());
     let (tx, rx) = mpsc::channel(65536);
     let live = store::live::Live::new(8);
-    let writer = store::Writer::new(&st, rx, live, counters.clone(), 4096).await?;
+    let writer = store::Writer::new(&st, rx, live, counters.clone(), a.batch).await?;
     let retention_stop = tokio::sync::watch::channel(false);
     let retention_task = if a.retention {
         // Age retention at half the span deletes continuously while writing.
