@@ -101,7 +101,8 @@ pub enum HookError {
 const ENTRY_CREDS: &[&str] = &["setuid", "setreuid", "setresuid"];
 
 /// The hook families `tracectl status` reports an attach method for:
-/// (family, its syscalls). Every syscall of `SYSCALLS`, once.
+/// (family, its syscalls): every syscall traceed records, once. A failed
+/// exec only: a successful one is sched_process_exec's record.
 pub const FAMILIES: &[(&str, &[&str])] = &[
     ("exec (failed)", &["execve", "execveat"]),
     ("open", &["open", "openat", "openat2"]),
@@ -141,40 +142,13 @@ fn syscall_function(sys: &str) -> String {
     format!("__x64_sys_{sys}")
 }
 
-/// Syscalls recorded at sys_exit (`tracepoint_hooks`), or by fexit (CO-RE
-/// object: every one of them has `fexit_<sys>`).
-/// Optional: a kernel without the syscall (openat2 before 5.6) or without
-/// syscall tracepoints skips it and says so in status.
-pub const SYSCALLS: &[&str] = &[
-    // Failed execs only (a successful one is sched_process_exec's record).
-    "execve",
-    "execveat",
-    "open",
-    "openat",
-    "openat2",
-    "unlink",
-    "unlinkat",
-    "rename",
-    "renameat",
-    "renameat2",
-    "chmod",
-    "fchmodat",
-    "fchmod",
-    "mount",
-    "memfd_create",
-    "connect",
-    "bind",
-    "accept",
-    "accept4",
-    "setuid",
-    "setreuid",
-    "setresuid",
-    "ptrace",
-    "kill",
-    "tkill",
-    "tgkill",
-    "bpf",
-];
+/// Every syscall recorded at sys_exit (`tracepoint_hooks`), or by fexit
+/// (CO-RE object: every one of them has `fexit_<sys>`), in `FAMILIES`
+/// order. Optional: a kernel without the syscall (openat2 before 5.6) or
+/// without syscall tracepoints skips it and says so in status.
+pub fn syscalls() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().flat_map(|(_, sys)| sys.iter().copied())
+}
 
 /// A syscall's tracepoints. The CO-RE and kernel-specific objects read
 /// the arguments at sys_exit from the user's registers, so one program
@@ -219,9 +193,9 @@ fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool, exit_only: b
             ));
         }
     }
-    for sys in SYSCALLS {
+    for sys in syscalls() {
         if fentry {
-            let entry = ENTRY_CREDS.contains(sys).then(|| {
+            let entry = ENTRY_CREDS.contains(&sys).then(|| {
                 Box::new(Hook {
                     prog: format!("fentry_{sys}"),
                     attach: Attach::FEntry(syscall_function(sys)),
