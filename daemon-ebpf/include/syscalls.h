@@ -147,6 +147,22 @@ static __always_inline int sys_emit(void *ctx, struct event *e, const struct kno
 	return 0;
 }
 
+/* What a one-program hook (SYS_EXIT_REGS, SYS_FEXIT) skips before it reads
+ * anything: the benchmark floor, a successful exec, an out-of-scope task. */
+static __always_inline int sys_skip(__u32 kind, long ret)
+{
+	return bench_floor || skip_success(kind, ret) || out_of_scope();
+}
+
+/* The rest of a one-program hook, once the arguments are in hand: the
+ * record from this task's credentials now and the family's fill. */
+#define SYS_RECORD(ctx, kind, variant, fill, args, ret)                                        \
+	({                                                                                     \
+		struct known_task sent;                                                        \
+		struct event *e = sys_record_start(kind, bpf_get_current_uid_gid(), ret, &sent); \
+		(!e || fill(e, variant, args)) ? 0 : sys_emit(ctx, e, &sent);                  \
+	})
+
 #define SYS_ENTER(sys, kind, variant, nargs)                           \
 	SEC("tracepoint/syscalls/sys_enter_" #sys)                     \
 	int enter_##sys(struct sys_enter_ctx *ctx)                     \
@@ -219,18 +235,10 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 	int BPF_PROG(fexit_##sys, const struct pt_regs *regs, long ret)       \
 	{                                                                     \
 		__u64 args[6];                                                \
-		struct known_task sent;                                       \
-		struct event *e;                                              \
-		if (bench_floor)                                              \
-			return 0;                                             \
-		if (skip_success(kind, ret) || out_of_scope())                \
+		if (sys_skip(kind, ret))                                      \
 			return 0;                                             \
 		regs_args(regs, args);                                        \
-		e = sys_record_start(kind, bpf_get_current_uid_gid(), ret,    \
-				     &sent);                                  \
-		if (!e || fill(e, variant, args))                             \
-			return 0;                                             \
-		return sys_emit(ctx, e, &sent);                               \
+		return SYS_RECORD(ctx, kind, variant, fill, args, ret);       \
 	}
 
 #define SYS_FENTRY_FEXIT(sys, ek, var, fill)                                 \
@@ -341,26 +349,18 @@ static __always_inline int user_args(int nr, __u64 *args)
 }
 #endif
 
-#define SYS_EXIT_REGS(sys, kind, variant, fill)                                \
-	SEC("tracepoint/syscalls/sys_exit_" #sys)                              \
-	int exit_##sys(struct sys_exit_ctx *ctx)                               \
-	{                                                                      \
-		__u64 args[6];                                                 \
-		struct known_task sent;                                        \
-		struct event *e;                                               \
-		if (bench_floor)                                               \
-			return 0;                                              \
-		if (skip_success(kind, ctx->ret) || out_of_scope())            \
-			return 0;                                              \
-		if (user_args((int)ctx->nr, args)) {                           \
-			count_lost();                                          \
-			return 0;                                              \
-		}                                                              \
-		e = sys_record_start(kind, bpf_get_current_uid_gid(), ctx->ret, \
-				     &sent);                                   \
-		if (!e || fill(e, variant, args))                              \
-			return 0;                                              \
-		return sys_emit(ctx, e, &sent);                                \
+#define SYS_EXIT_REGS(sys, kind, variant, fill)                              \
+	SEC("tracepoint/syscalls/sys_exit_" #sys)                            \
+	int exit_##sys(struct sys_exit_ctx *ctx)                             \
+	{                                                                    \
+		__u64 args[6];                                               \
+		if (sys_skip(kind, ctx->ret))                                \
+			return 0;                                            \
+		if (user_args((int)ctx->nr, args)) {                         \
+			count_lost();                                        \
+			return 0;                                            \
+		}                                                            \
+		return SYS_RECORD(ctx, kind, variant, fill, args, ctx->ret); \
 	}
 
 /* Every hook of a syscall: its sys_exit program, and its fexit program. */
