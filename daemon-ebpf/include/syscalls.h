@@ -163,6 +163,18 @@ static __always_inline int sys_skip(__u32 kind, long ret)
 		(!e || fill(e, variant, args)) ? 0 : sys_emit(ctx, e, &sent);                  \
 	})
 
+/* The x86-64 syscall ABI: arguments in di, si, dx, r10, r8, r9 of the
+ * user's registers, whichever struct holds them (pt_regs, user_frame). */
+#define REGS_ARGS(r, args)              \
+	do {                            \
+		(args)[0] = (r)->di;    \
+		(args)[1] = (r)->si;    \
+		(args)[2] = (r)->dx;    \
+		(args)[3] = (r)->r10;   \
+		(args)[4] = (r)->r8;    \
+		(args)[5] = (r)->r9;    \
+	} while (0)
+
 #define SYS_ENTER(sys, kind, variant, nargs)                           \
 	SEC("tracepoint/syscalls/sys_enter_" #sys)                     \
 	int enter_##sys(struct sys_enter_ctx *ctx)                     \
@@ -222,12 +234,7 @@ static __always_inline int sys_skip(__u32 kind, long ret)
  */
 static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 {
-	args[0] = regs->di;
-	args[1] = regs->si;
-	args[2] = regs->dx;
-	args[3] = regs->r10;
-	args[4] = regs->r8;
-	args[5] = regs->r9;
+	REGS_ARGS(regs, args);
 }
 
 #define SYS_FEXIT(sys, kind, variant, fill)                                   \
@@ -310,12 +317,7 @@ static __always_inline int read_frame(const void *regs, int nr, __u64 *args)
 	if (!regs || bpf_probe_read_kernel(&f, sizeof(f), regs + FRAME_R10_OFF) ||
 	    (int)f.orig_ax != nr)
 		return -1;
-	args[0] = f.di;
-	args[1] = f.si;
-	args[2] = f.dx;
-	args[3] = f.r10;
-	args[4] = f.r8;
-	args[5] = f.r9;
+	REGS_ARGS(&f, args);
 	return 0;
 }
 

@@ -143,6 +143,10 @@ run_rung() { # rung
 	kernel-object)
 		# The object matrix.sh built on the host from this kernel's own
 		# linux-headers package; traceed finds it by release, BTF hidden.
+		if [ -s "/usr/lib/traceed/objects/$(uname -r).failed" ]; then
+			say "MX RUNG $rung FAIL traceed build-object failed on the host for these headers: $(tr -d '|' <"/usr/lib/traceed/objects/$(uname -r).failed")"
+			return
+		fi
 		if [ ! -s "/usr/lib/traceed/objects/$(uname -r).bpf.o" ]; then
 			say "MX RUNG $rung SKIP no object for $(uname -r) in the initramfs (no linux-headers package for this kernel)"
 			return
