@@ -652,3 +652,107 @@ fn container_id_from_a_real_cgroup_and_scope_by_container() {
     let _ = std::fs::remove_dir(&scope);
     let _ = std::fs::remove_dir(&parent);
 }
+
+/// `open(path, flags)` `n` times, closing each fd, in a forked child that
+/// then exits; returns its pid. The child only calls async-signal-safe
+/// functions on memory prepared before the fork.
+fn opens_in_child(runs: &[(&CString, i32, usize)]) -> u32 {
+    // SAFETY: see above; the parent waits for its own child.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            for &(path, flags, n) in runs {
+                for _ in 0..n {
+                    let fd = libc::open(path.as_ptr(), flags);
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
+                }
+            }
+            libc::_exit(0);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        pid as u32
+    }
+}
+
+#[test]
+fn coalesce_folds_identical_opens_and_keeps_the_rest_apart() {
+    // A window far longer than the test: what shows up was released by the
+    // child's exit or the daemon's stop, not by the clock.
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some("[events]\ncoalesce = \"60s\"\n".into()),
+        ..Default::default()
+    });
+    let file = tmp_path("coalesce");
+    std::fs::write(&file, b"x").unwrap();
+    let missing = tmp_path("coalesce-missing");
+    let (f, m) = (
+        CString::new(file.clone()).unwrap(),
+        CString::new(missing.clone()).unwrap(),
+    );
+    let cloexec = libc::O_RDONLY | libc::O_CLOEXEC;
+    let pid = opens_in_child(&[
+        (&f, libc::O_RDONLY, 50),
+        (&m, libc::O_RDONLY, 5),
+        (&f, cloexec, 1),
+    ]);
+    let pid_s = pid.to_string();
+    // The exit comes after the opens it released.
+    d.wait_for(&["--kind", "exit", "--pid", &pid_s], |_| true);
+    let opens: Vec<Event> = d
+        .events(&["--kind", "open", "--pid", &pid_s])
+        .into_iter()
+        .filter(|e| e.args["path"] == file.as_str() || e.args["path"] == missing.as_str())
+        .collect();
+    let row = |path: &str, flags: i32| {
+        let rows: Vec<&Event> = opens
+            .iter()
+            .filter(|e| e.args["path"] == path && e.args["flags"].as_i64() == Some(flags.into()))
+            .collect();
+        assert_eq!(rows.len(), 1, "one row for {path} {flags:#o}: {opens:#?}");
+        rows[0].clone()
+    };
+    let many = row(&file, libc::O_RDONLY);
+    assert_eq!(many.args["count"], 50, "{many:?}");
+    assert!(many.retval.unwrap() >= 0, "the first open's fd: {many:?}");
+    let last = traceed_wire::parse_time_spec(many.args["last"].as_str().unwrap(), 0).unwrap();
+    assert!(last > many.ts, "last {last} after the first {}", many.ts);
+    let failed = row(&missing, libc::O_RDONLY);
+    assert_eq!(failed.args["count"], 5);
+    assert_eq!(failed.retval, Some(-(libc::ENOENT as i64)));
+    let once = row(&file, cloexec);
+    assert!(once.args.get("count").is_none(), "a lone open: {once:?}");
+    assert!(once.args.get("last").is_none());
+
+    // Held when the daemon stops: stored, not lost.
+    let held = tmp_path("coalesce-held");
+    std::fs::write(&held, b"x").unwrap();
+    let h = CString::new(held.clone()).unwrap();
+    let pid = in_thread("coalesce-held", move || {
+        for _ in 0..10 {
+            // SAFETY: valid C string; the fd is closed at once.
+            unsafe { libc::close(libc::open(h.as_ptr(), libc::O_RDONLY)) };
+        }
+        std::process::id()
+    });
+    let state = d.dir.clone();
+    let mut d = d;
+    // The kernel has the opens once the ring is drained: wait for the
+    // daemon to have read past them (a later, uncoalesced event) first.
+    d.barrier();
+    assert_eq!(d.stop(), Some(0));
+    let d2 = Daemon::start_with(DaemonOpts {
+        dir: Some(state),
+        ..Default::default()
+    });
+    let rows: Vec<Event> = d2
+        .events(&["--kind", "open", "--pid", &pid.to_string()])
+        .into_iter()
+        .filter(|e| e.args["path"] == held.as_str() && e.args["flags"] == libc::O_RDONLY)
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].args["count"], 10);
+}

@@ -88,6 +88,15 @@ pub struct Open {
     pub path: Option<String>,
     pub flags: i32,
     pub mode: u32,
+    /// How many identical opens this row stands for, when more than one
+    /// (`[events] coalesce`): the event's `ts` and `retval` are the first
+    /// one's. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// When the last of the `count` opens happened (RFC 3339); present
+    /// with `count` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
 }
 
 /// `unlink`
@@ -369,7 +378,7 @@ macro_rules! fields {
 fields!(Exec { req filename, req argv, opt interpreter, opt exe_ctime, opt argc, opt argv_bytes, opt cwd });
 fields!(Fork {});
 fields!(Exit { req exit_code, req signal });
-fields!(Open { req path, req flags, req mode });
+fields!(Open { req path, req flags, req mode, opt count, opt last });
 fields!(Unlink { req path, req flags });
 fields!(Rename { req old_path, req new_path, req flags });
 fields!(Chmod { req path, req mode });
@@ -680,12 +689,23 @@ mod tests {
                 path: s("/etc/ü"),
                 flags: -1,
                 mode: 0o644,
+                count: None,
+                last: None,
+            }),
+            plain(Open {
+                path: s("/etc/hosts"),
+                flags: 0,
+                mode: 0,
+                count: Some(3),
+                last: s("2026-12-04T16:00:00.000000001Z"),
             }),
             args(
                 Open {
                     path: None,
                     flags: 0,
                     mode: 0,
+                    count: None,
+                    last: None,
                 },
                 true,
                 false,

@@ -326,6 +326,8 @@ impl FromRecord for payload::Open {
             path: path_at(r, at, "path", c::STR_OPEN_PATH, c::SLOT_OPEN_DIRFD),
             flags: r.int(c::SLOT_OPEN_FLAGS),
             mode: r.arg(c::SLOT_OPEN_MODE) as u32,
+            count: None,
+            last: None,
         }
     }
 }

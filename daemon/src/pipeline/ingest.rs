@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use traceed_wire::LiveEvent;
 
 use crate::pipeline::clock;
+use crate::pipeline::coalesce::Coalescer;
 use crate::pipeline::decoder;
 use crate::pipeline::proctable::ProcTable;
 use crate::service::metrics::Counters;
@@ -40,6 +41,11 @@ pub struct Pipeline {
     last_lost_check: i64,
     /// systemd's watchdog, fed from this loop's tick (see notify.rs).
     pub watchdog: Option<crate::service::notify::Watchdog>,
+    /// `[events] coalesce`, when on.
+    pub coalesce: Option<Coalescer>,
+    /// What the coalescer released, on its way to the queue (kept to
+    /// reuse its allocation).
+    released: Vec<LiveEvent>,
 }
 
 impl Pipeline {
@@ -65,6 +71,8 @@ impl Pipeline {
             kernel_lost_seen: 0,
             last_lost_check: now(),
             watchdog: None,
+            coalesce: None,
+            released: Vec::new(),
         }
     }
 
@@ -101,16 +109,58 @@ impl Pipeline {
         self.offer(ev);
     }
 
-    /// Queue an event for the writer; never waits.
+    /// Pass an event on, through the coalescer when there is one.
     fn offer(&mut self, ev: LiveEvent) {
+        match self.coalesce.as_mut() {
+            None => self.send(ev),
+            Some(c) => {
+                let mut out = std::mem::take(&mut self.released);
+                c.push(ev, &mut out);
+                self.send_all(out);
+            }
+        }
+    }
+
+    /// Pass on the held opens whose window has ended; all of them when
+    /// `all` (the daemon stops).
+    fn release_held(&mut self, all: bool) {
+        let Some(c) = self.coalesce.as_mut() else {
+            return;
+        };
+        if c.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.released);
+        if all {
+            c.flush(&mut out);
+        } else {
+            c.expire(now(), &mut out);
+        }
+        self.send_all(out);
+    }
+
+    fn send_all(&mut self, mut out: Vec<LiveEvent>) {
+        for ev in out.drain(..) {
+            self.send(ev);
+        }
+        self.released = out;
+    }
+
+    /// Queue an event for the writer; never waits.
+    fn send(&mut self, ev: LiveEvent) {
         let ts = ev.ts;
+        // A coalesced row dropped is every open it stood for.
+        let n = match &ev.args {
+            traceed_wire::payload::Payload::Open(a) => a.fields.count.map_or(1, u64::from),
+            _ => 1,
+        };
         if let Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) =
             self.tx.try_send(ev)
         {
-            self.counters.lost_userspace.fetch_add(1, Relaxed);
+            self.counters.lost_userspace.fetch_add(n, Relaxed);
             self.pending_drops = Some(match self.pending_drops {
-                Some((n, from, _)) => (n + 1, from, ts),
-                None => (1, ts, ts),
+                Some((k, from, _)) => (k + n, from, ts),
+                None => (n, ts, ts),
             });
         }
     }
@@ -274,9 +324,11 @@ pub async fn run(
         tokio::select! {
             _ = any_readable(&fds) => {
                 drain(&mut source, &mut reorder, &mut p, false);
+                p.release_held(false);
             }
             _ = drain_tick.tick() => {
                 drain(&mut source, &mut reorder, &mut p, false);
+                p.release_held(false);
             }
             _ = tick.tick() => {
                 p.account_loss(lost_map.as_ref());
@@ -286,6 +338,7 @@ pub async fn run(
             }
             _ = stop.changed() => {
                 drain(&mut source, &mut reorder, &mut p, true);
+                p.release_held(true);
                 p.account_loss(lost_map.as_ref());
                 return Ok(());
             }

@@ -116,6 +116,11 @@ pub struct EventsConfig {
     /// beyond, it is cut and the event says `truncated`.
     #[serde(with = "humanized_bytes")]
     pub max_argv_bytes: u64,
+    /// Identical opens by one thread within this window become one row
+    /// with a `count` (pipeline/coalesce.rs says what that loses); zero,
+    /// the default, stores every open.
+    #[serde(with = "humanized_duration")]
+    pub coalesce: Duration,
 }
 
 impl Default for EventsConfig {
@@ -123,9 +128,16 @@ impl Default for EventsConfig {
         Self {
             syscalls: Vec::new(),
             max_argv_bytes: 32 << 10,
+            coalesce: Duration::ZERO,
         }
     }
 }
+
+/// Bounds of `[events] coalesce` when on: below the low one little is
+/// folded; the high one bounds how late a held open reaches the rules and
+/// how much a killed daemon can lose.
+const COALESCE_MIN: Duration = Duration::from_millis(10);
+const COALESCE_MAX: Duration = Duration::from_secs(60);
 
 /// `[scope.include]` / `[scope.exclude]`: applied in the kernel, before a
 /// record is built (`exe`: in user space, right after decoding). An include list for a key means only matching tasks
@@ -617,6 +629,16 @@ impl Config {
                 ),
             ));
         }
+        let w = self.events.coalesce;
+        if !w.is_zero() && !(COALESCE_MIN..=COALESCE_MAX).contains(&w) {
+            return Err((
+                "events.coalesce",
+                format!(
+                    "events.coalesce = {w:?}: must be \"0s\" (off) or between {COALESCE_MIN:?} \
+                     and {COALESCE_MAX:?} (how long an open waits for identical ones)"
+                ),
+            ));
+        }
         if self.store.max_age.is_zero() {
             return Err((
                 "store.max_age",
@@ -941,6 +963,24 @@ mod tests {
                 "{v}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn events_coalesce_default_off_override_and_bounds() {
+        assert!(Config::default().events.coalesce.is_zero());
+        let c = Config::parse("[events]\ncoalesce = \"1s\"\n", Path::new("t")).unwrap();
+        assert_eq!(c.events.coalesce, Duration::from_secs(1));
+        let c = Config::parse("[events]\ncoalesce = \"0s\"\n", Path::new("t")).unwrap();
+        assert!(c.events.coalesce.is_zero());
+        for v in ["5ms", "2m"] {
+            let e = err(&format!("[events]\ncoalesce = \"{v}\"\n"));
+            assert!(
+                e.contains("line 2") && e.contains("events.coalesce") && e.contains("(off)"),
+                "{e}"
+            );
+        }
+        let e = err("[events]\ncoalesce = \"often\"\n");
+        assert!(e.contains("not a duration"), "{e}");
     }
 
     #[test]

@@ -162,6 +162,15 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(fidelity, tx, counters.clone());
     pipeline.exe_scope = exe_scope;
     pipeline.watchdog = Watchdog::from_env(notifier, counters.clone());
+    if !cfg.events.coalesce.is_zero() {
+        tracing::info!(
+            window = ?cfg.events.coalesce,
+            "identical opens by one thread within the window are stored as one row with a count ([events] coalesce)"
+        );
+        pipeline.coalesce = Some(crate::pipeline::coalesce::Coalescer::new(
+            cfg.events.coalesce,
+        ));
+    }
     tracing::info!(
         processes = pipeline.procs.len(),
         "process table seeded from /proc"

@@ -104,6 +104,8 @@ async fn typed_args_read_back_as_their_json() {
                     path: s("/etc/typed"),
                     flags: 0o101,
                     mode: 0o644,
+                    count: None,
+                    last: None,
                 },
                 false,
             )
