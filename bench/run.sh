@@ -9,8 +9,9 @@
 #                           (daemon not ready, or events missing that no
 #                           `lost` row accounts for), never on noisy ratios.
 #
-# Options: --reps N, --configs a,b,..  (untraced,floor,core,fallback,auditd,bpftrace;
-#          floor: core's hooks with programs that return at once),
+# Options: --reps N, --configs a,b,..  (untraced,floor,core,coalesce,fallback,auditd,bpftrace;
+#          floor: core's hooks with programs that return at once;
+#          coalesce: core with [events] coalesce = "1s"),
 #          --query-events N, --out FILE (markdown table; default stdout only),
 #          --keep (leave the work dir for inspection),
 #          --rules DIR (traceed's configs load the Sigma rules in DIR: the
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --rules) RULES=$(cd "$2" && pwd); shift ;;
-    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -73,7 +74,7 @@ if enabled bpftrace; then need_pkgs bpftrace; fi
 need_pkgs gcc libc6-dev sqlite3 curl bpftool
 TRACEED=${TRACEED:-$ROOT/target/release/traceed}
 TRACECTL=${TRACECTL:-$ROOT/target/release/tracectl}
-if { enabled core || enabled fallback || enabled floor; } && { [ ! -x "$TRACEED" ] || [ ! -x "$TRACECTL" ]; }; then
+if { enabled core || enabled fallback || enabled floor || enabled coalesce; } && { [ ! -x "$TRACEED" ] || [ ! -x "$TRACECTL" ]; }; then
     log "building traceed (make build)"
     make -C "$ROOT" build >&2
 fi

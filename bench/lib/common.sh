@@ -114,6 +114,9 @@ tracer_start() { # cfg rep
     # The same object, hooks and attach method as core, with every syscall
     # program returning at once: what the attach method itself costs.
     floor) FLOOR=1 traceed_start core ;;
+    # core with the optional [events] coalesce: the open loop's repeated
+    # opens of one file become a row per second with a count.
+    coalesce) COALESCE=1s traceed_start core ;;
     auditd) auditd_start ;;
     bpftrace) bpftrace_start ;;
     *) echo "unknown configuration" >"$WORK/skipreason"; return 1 ;;
@@ -128,6 +131,9 @@ traceed_start() { # mode [dir]
         printf '[detect]\nrules = ["%s"]\n' "$RULES" >"$TD/traceed.toml"
     else
         printf '[detect]\nrules = []\n' >"$TD/traceed.toml"
+    fi
+    if [ -n "${COALESCE:-}" ]; then
+        printf '[events]\ncoalesce = "%s"\n' "$COALESCE" >>"$TD/traceed.toml"
     fi
     t0=$(now_ms)
     env ${FLOOR:+TRACEED_BENCH_FLOOR=1} $NICE "$TRACEED" --config "$TD/traceed.toml" \
@@ -250,7 +256,9 @@ td_drain() { # max_s
     done
     log "settle: traceed queue not empty after ${1}s"
 }
-td_our_rows() { sqlite3 -cmd '.timeout 5000' "$TD/events.db" "SELECT count(*) FROM events_view WHERE $OUR_ROWS"; }
+# The events a row stands for: a coalesced open's args.count, else one.
+N_EVENTS="sum(CASE WHEN kind='open' THEN coalesce(json_extract(args,'\$.count'),1) ELSE 1 END)"
+td_our_rows() { sqlite3 -cmd '.timeout 5000' "$TD/events.db" "SELECT $N_EVENTS FROM events_view WHERE $OUR_ROWS"; }
 
 # traceed: wait until every operation done so far in this store is there
 # (fast path), else until the count stops moving for 1.5 s (loss).
@@ -275,7 +283,7 @@ file_size() { stat -c %s "$1"; }
 
 tracer_settle() { # cfg rep
     case $1 in
-    core | fallback) td_wait "$(session_ops "$1" "$2")" 60 ;;
+    core | fallback | coalesce) td_wait "$(session_ops "$1" "$2")" 60 ;;
     floor) td_drain 60 ;;
     auditd) settle_on 60 audit_backlog_and_ours ;;
     bpftrace) settle_on 30 file_size "$TD/out.txt" ;;
@@ -324,9 +332,9 @@ tracer_stop() { # cfg
 # prints "lost stored_events disk_bytes".
 tracer_count() { # cfg
     case $1 in
-    core | fallback | floor)
+    core | fallback | floor | coalesce)
         sqlite3 -cmd '.timeout 5000' -separator ' ' "$TD/events.db" \
-            "SELECT comm, kind, count(*) FROM events_view WHERE comm IN ($OUR_COMMS) GROUP BY comm, kind" >"$TD/counts"
+            "SELECT comm, kind, $N_EVENTS FROM events_view WHERE comm IN ($OUR_COMMS) GROUP BY comm, kind" >"$TD/counts"
         echo "$(sqlite3 "$TD/events.db" "SELECT coalesce(sum(json_extract(args,'\$.count')),0) FROM events_view WHERE kind='lost'")" \
             "$(sqlite3 "$TD/events.db" "SELECT count(*) FROM events_view WHERE kind<>'lost'")" \
             "$(cat "$TD"/events.db* | wc -c)"
@@ -402,7 +410,7 @@ run_workload() { # cfg rep wl
         # next timed run.
         echo "$1 $2 $3 $ns $ops" >>"$WORK/extra.tsv"
         case $1 in
-        core | fallback | floor) td_drain 60 ;;
+        core | fallback | floor | coalesce) td_drain 60 ;;
         *) tracer_settle "$1" "$2" ;;
         esac
         ;;
@@ -569,6 +577,7 @@ label() {
     core) echo "traceed core" ;;
     fallback) echo "traceed fallback" ;;
     floor) echo "floor (core's hooks, programs return at once)" ;;
+    coalesce) echo "traceed core, coalesce = 1s" ;;
     auditd) echo "auditd $(auditctl -v 2>/dev/null | awk '{print $3}')" ;;
     bpftrace) echo "bpftrace $(bpftrace --version 2>/dev/null | awk '{print $2}')" ;;
     esac
@@ -723,7 +732,7 @@ report() {
 # row accounts for (more than 1 %), or a traceed rung that failed to start.
 gate() {
     local bad=0 cfg
-    for cfg in core fallback; do
+    for cfg in core fallback coalesce; do
         [[ ",$CONFIGS," == *,$cfg,* ]] || continue
         if skipped "$cfg"; then
             log "FAIL: traceed $cfg did not run"

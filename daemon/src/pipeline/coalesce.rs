@@ -37,7 +37,8 @@ struct Held {
 
 pub struct Coalescer {
     window_ns: i64,
-    held: HashMap<u64, Held>,
+    /// Boxed: the table's slots stay 16 bytes, and it never shrinks.
+    held: HashMap<u64, Box<Held>>,
     /// (first ts, key) in arrival order: windows end in this order.
     order: VecDeque<(i64, u64)>,
     hasher: RandomState,
@@ -132,22 +133,22 @@ impl Coalescer {
                 // window ended before this one came (and before the clock
                 // released it): the held one goes now, the new one is held
                 // in its place.
-                let old = e.insert(Held {
+                let old = e.insert(Box::new(Held {
                     last: ev.ts,
                     ev,
                     count: 1,
-                });
-                out.push(finish(old));
+                }));
+                out.push(finish(*old));
                 let ts = e.get().ev.ts;
                 self.order.push_back((ts, key));
             }
             Entry::Vacant(e) if room => {
                 self.order.push_back((ev.ts, key));
-                e.insert(Held {
+                e.insert(Box::new(Held {
                     last: ev.ts,
                     ev,
                     count: 1,
-                });
+                }));
             }
             Entry::Vacant(_) => out.push(ev),
         }
@@ -163,7 +164,7 @@ impl Coalescer {
             // The key may have been released early and held again since:
             // then this entry is stale and the newer one has its own.
             if self.held.get(&key).is_some_and(|h| h.ev.ts == ts) {
-                out.push(finish(self.held.remove(&key).expect("present")));
+                out.push(finish(*self.held.remove(&key).expect("present")));
             }
         }
     }
@@ -185,7 +186,7 @@ impl Coalescer {
             .map(|(&k, _)| k)
             .collect();
         for k in mine {
-            out.extend(self.held.remove(&k).map(finish));
+            out.extend(self.held.remove(&k).map(|h| finish(*h)));
         }
         out[start..].sort_by_key(|e| e.ts);
     }
