@@ -726,6 +726,13 @@ fn coalesce_folds_identical_opens_and_keeps_the_rest_apart() {
     let once = row(&file, cloexec);
     assert!(once.args.get("count").is_none(), "a lone open: {once:?}");
     assert!(once.args.get("last").is_none());
+    let (_, metrics) = traceed_tests::http_get(&d.socket, "/metrics").unwrap();
+    let folded: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("traceed_coalesced_opens_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no traceed_coalesced_opens_total in {metrics}"));
+    assert!(folded >= 49 + 4, "folded {folded}");
 
     // Held when the daemon stops: stored, not lost.
     let held = tmp_path("coalesce-held");

@@ -42,6 +42,8 @@ pub struct Coalescer {
     /// (first ts, key) in arrival order: windows end in this order.
     order: VecDeque<(i64, u64)>,
     hasher: RandomState,
+    /// Opens folded into a held one so far.
+    pub folded: u64,
 }
 
 /// The open's fields, when `ev` is an open.
@@ -91,6 +93,7 @@ impl Coalescer {
             held: HashMap::new(),
             order: VecDeque::new(),
             hasher: RandomState::new(),
+            folded: 0,
         }
     }
 
@@ -127,6 +130,7 @@ impl Coalescer {
                 let h = e.get_mut();
                 h.count = h.count.saturating_add(1);
                 h.last = h.last.max(ev.ts);
+                self.folded += 1;
             }
             Entry::Occupied(mut e) => {
                 // Another open under the same hash, or the held one's
@@ -262,6 +266,7 @@ mod tests {
             c.push(open(7, "/etc/hosts", 10 * SEC + i, 3 + i % 2), &mut out);
         }
         assert!(out.is_empty(), "held until the window ends");
+        assert_eq!(c.folded, 49);
         c.expire(11 * SEC - 1, &mut out);
         assert!(out.is_empty(), "the window is counted from the first open");
         c.expire(11 * SEC, &mut out);

@@ -116,6 +116,7 @@ impl Pipeline {
             Some(c) => {
                 let mut out = std::mem::take(&mut self.released);
                 c.push(ev, &mut out);
+                self.counters.coalesced.store(c.folded, Relaxed);
                 self.send_all(out);
             }
         }

@@ -22,6 +22,8 @@ pub struct Counters {
     pub lost_userspace: AtomicU64,
     pub lost_store: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// Opens folded into another open's row (`[events] coalesce`).
+    pub coalesced: AtomicU64,
     pub queue_depth: AtomicU64,
     /// Events a `follow` reader was too slow to receive (still in the store).
     pub follow_dropped: AtomicU64,
@@ -188,6 +190,12 @@ impl Collector for PipelineCollector {
             "traceed_hunts_abandoned",
             "Retro-hunts stopped because their client went away.",
             c.hunts_abandoned.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "traceed_coalesced_opens",
+            "Opens stored as part of another open's row ([events] coalesce): its args.count.",
+            c.coalesced.load(Relaxed),
         )?;
         counter(
             &mut enc,
