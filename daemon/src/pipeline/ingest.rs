@@ -150,18 +150,26 @@ impl Pipeline {
     /// Queue an event for the writer; never waits.
     fn send(&mut self, ev: LiveEvent) {
         let ts = ev.ts;
-        // A coalesced row dropped is every open it stood for.
-        let n = match &ev.args {
-            traceed_wire::payload::Payload::Open(a) => a.fields.count.map_or(1, u64::from),
-            _ => 1,
-        };
-        if let Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) =
+        if let Err(mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev)) =
             self.tx.try_send(ev)
         {
+            // A coalesced row dropped is every open it stood for, from its
+            // first to its last (released late: maybe before earlier drops).
+            let (n, last) = match &ev.args {
+                traceed_wire::payload::Payload::Open(a) => (
+                    a.fields.count.map_or(1, u64::from),
+                    a.fields
+                        .last
+                        .as_deref()
+                        .and_then(|t| traceed_wire::parse_time_spec(t, 0).ok())
+                        .unwrap_or(ts),
+                ),
+                _ => (1, ts),
+            };
             self.counters.lost_userspace.fetch_add(n, Relaxed);
             self.pending_drops = Some(match self.pending_drops {
-                Some((k, from, _)) => (k + n, from, ts),
-                None => (n, ts, ts),
+                Some((k, from, to)) => (k + n, from.min(ts), to.max(last)),
+                None => (n, ts, last),
             });
         }
     }
@@ -401,5 +409,40 @@ mod tests {
         assert_eq!(lost[0].args.to_value()["source"], "decode");
         assert_eq!(lost[0].args.to_value()["count"], failures);
         assert_eq!(events.len() as u64, decoded + 1);
+    }
+
+    #[test]
+    fn a_dropped_coalesced_row_is_lost_as_every_open_it_stood_for() {
+        use traceed_wire::payload::{Args, Open, Payload};
+        let (tx, mut rx) = mpsc::channel(1);
+        let counters = Arc::new(Counters::default());
+        let mut p = Pipeline::new("core", tx, counters.clone());
+        p.coalesce = Some(Coalescer::new(Duration::from_secs(1)));
+        let open = |ts: i64| {
+            let mut ev = LiveEvent::new("open", ts, "core");
+            ev.pid = Some(7);
+            ev.args = Payload::Open(Args {
+                fields: Open {
+                    path: Some("/etc/hosts".into()),
+                    flags: 0,
+                    mode: 0,
+                    count: None,
+                    last: None,
+                },
+                truncated: false,
+                escaped: false,
+            });
+            ev
+        };
+        let t0 = 1_000_000_000_000;
+        for i in 0..3 {
+            p.offer(open(t0 + i));
+        }
+        // The queue's one slot taken: the row is dropped on release.
+        p.send(LiveEvent::new("fork", t0 + 5, "core"));
+        p.release_held(true);
+        assert_eq!(counters.lost_userspace.load(Relaxed), 3);
+        assert_eq!(p.pending_drops, Some((3, t0, t0 + 2)));
+        assert_eq!(rx.try_recv().unwrap().kind, "fork");
     }
 }
