@@ -217,14 +217,15 @@ fn finish(h: Held) -> LiveEvent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
 
     const SEC: i64 = 1_000_000_000;
 
-    fn open(pid: u32, path: &str, ts: i64, retval: i64) -> LiveEvent {
+    /// An open by `pid` (its only thread) as the pipeline hands it over.
+    pub(crate) fn open(pid: u32, path: &str, ts: i64, retval: i64) -> LiveEvent {
         let mut ev = LiveEvent::new("open", ts, "core");
         ev.pid = Some(pid);
         ev.tid = Some(pid);

@@ -413,27 +413,11 @@ mod tests {
 
     #[test]
     fn a_dropped_coalesced_row_is_lost_as_every_open_it_stood_for() {
-        use traceed_wire::payload::{Args, Open, Payload};
         let (tx, mut rx) = mpsc::channel(1);
         let counters = Arc::new(Counters::default());
         let mut p = Pipeline::new("core", tx, counters.clone());
         p.coalesce = Some(Coalescer::new(Duration::from_secs(1)));
-        let open = |ts: i64| {
-            let mut ev = LiveEvent::new("open", ts, "core");
-            ev.pid = Some(7);
-            ev.args = Payload::Open(Args {
-                fields: Open {
-                    path: Some("/etc/hosts".into()),
-                    flags: 0,
-                    mode: 0,
-                    count: None,
-                    last: None,
-                },
-                truncated: false,
-                escaped: false,
-            });
-            ev
-        };
+        let open = |ts| crate::pipeline::coalesce::tests::open(7, "/etc/hosts", ts, 3);
         let t0 = 1_000_000_000_000;
         for i in 0..3 {
             p.offer(open(t0 + i));
