@@ -35,6 +35,17 @@ struct Held {
     last: i64,
 }
 
+impl Held {
+    /// A first open, held from now on (boxed: see `Coalescer::held`).
+    fn first(ev: LiveEvent) -> Box<Self> {
+        Box::new(Self {
+            last: ev.ts,
+            ev,
+            count: 1,
+        })
+    }
+}
+
 pub struct Coalescer {
     window_ns: i64,
     /// Boxed: the table's slots stay 16 bytes, and it never shrinks.
@@ -97,10 +108,6 @@ impl Coalescer {
         }
     }
 
-    pub fn window(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.window_ns as u64)
-    }
-
     fn key(&self, ev: &LiveEvent, a: &Args<Open>) -> u64 {
         let mut h = self.hasher.build_hasher();
         (&ev.proc, ev.pid, ev.tid, &a.fields.path, a.fields.flags).hash(&mut h);
@@ -137,22 +144,14 @@ impl Coalescer {
                 // window ended before this one came (and before the clock
                 // released it): the held one goes now, the new one is held
                 // in its place.
-                let old = e.insert(Box::new(Held {
-                    last: ev.ts,
-                    ev,
-                    count: 1,
-                }));
+                let old = e.insert(Held::first(ev));
                 out.push(finish(*old));
                 let ts = e.get().ev.ts;
                 self.order.push_back((ts, key));
             }
             Entry::Vacant(e) if room => {
                 self.order.push_back((ev.ts, key));
-                e.insert(Box::new(Held {
-                    last: ev.ts,
-                    ev,
-                    count: 1,
-                }));
+                e.insert(Held::first(ev));
             }
             Entry::Vacant(_) => out.push(ev),
         }

@@ -116,7 +116,6 @@ impl Pipeline {
             Some(c) => {
                 let mut out = std::mem::take(&mut self.released);
                 c.push(ev, &mut out);
-                self.counters.coalesced.store(c.folded, Relaxed);
                 self.send_all(out);
             }
         }
@@ -128,6 +127,9 @@ impl Pipeline {
         let Some(c) = self.coalesce.as_mut() else {
             return;
         };
+        // Per drain, not per event: folding happens only while opens are
+        // held, and every drain with opens held comes through here.
+        self.counters.coalesced.store(c.folded, Relaxed);
         if c.is_empty() {
             return;
         }
