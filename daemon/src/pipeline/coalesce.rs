@@ -29,6 +29,9 @@ use traceed_wire::LiveEvent;
 /// dropped): the cost is bounded (~400 bytes each), whatever the workload.
 pub const MAX_HELD: usize = 4096;
 
+/// Deadlines queued at most before the stale ones are dropped.
+const ORDER_MAX: usize = 4 * MAX_HELD;
+
 struct Held {
     ev: LiveEvent,
     count: u32,
@@ -144,16 +147,31 @@ impl Coalescer {
                 // window ended before this one came (and before the clock
                 // released it): the held one goes now, the new one is held
                 // in its place.
+                let ts = ev.ts;
                 let old = e.insert(Held::first(ev));
                 out.push(finish(*old));
-                let ts = e.get().ev.ts;
-                self.order.push_back((ts, key));
+                self.remember(ts, key);
             }
             Entry::Vacant(e) if room => {
-                self.order.push_back((ev.ts, key));
+                let ts = ev.ts;
                 e.insert(Held::first(ev));
+                self.remember(ts, key);
             }
             Entry::Vacant(_) => out.push(ev),
+        }
+    }
+
+    /// Queue a held open's deadline. Opens released early (their process's
+    /// exit, a window ended on arrival) leave stale entries behind until
+    /// their own deadline; with short-lived processes and a long window
+    /// those would pile up, so past a bound the queue keeps only the live
+    /// ones (at most MAX_HELD): amortised O(1), at most ~256 KiB.
+    fn remember(&mut self, ts: i64, key: u64) {
+        self.order.push_back((ts, key));
+        if self.order.len() > ORDER_MAX {
+            let held = &self.held;
+            self.order
+                .retain(|(ts, k)| held.get(k).is_some_and(|h| h.ev.ts == *ts));
         }
     }
 
@@ -380,6 +398,23 @@ pub(crate) mod tests {
         );
         c.expire(2 * SEC + 2, &mut out);
         assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn opens_released_early_leave_a_bounded_deadline_queue() {
+        // Short-lived processes under a long window: each one's open is
+        // held, then released by its exit long before its deadline.
+        let mut c = Coalescer::new(Duration::from_secs(60));
+        let mut out = Vec::new();
+        let n = 10 * ORDER_MAX as u32;
+        for pid in 0..n {
+            let ts = SEC + i64::from(pid);
+            c.push(open(pid, "/etc/ld.so.cache", ts, 3), &mut out);
+            c.push(other("exit", pid, ts), &mut out);
+        }
+        assert!(c.is_empty());
+        assert!(c.order.len() <= ORDER_MAX, "{}", c.order.len());
+        assert_eq!(out.len(), 2 * n as usize, "every open and exit passed on");
     }
 
     #[test]
