@@ -101,6 +101,11 @@ impl Default for ApiConfig {
 const HEADER_TIMEOUT_MIN: Duration = Duration::from_millis(100);
 const HEADER_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
+/// The ring buffer's default size holds at least this many records of
+/// `max_argv_bytes`, and is at least RING_DEFAULT_MIN.
+const RING_RECORDS_MIN: u64 = 128;
+const RING_DEFAULT_MIN: u64 = 4 << 20;
+
 /// Bounds of `[events] max_argv_bytes`: below the low one common command
 /// lines are already cut; the high one is the kernel's own limit for one
 /// string (MAX_ARG_STRLEN) and what a record can hold (`EV_ARGV_CAP`).
@@ -441,8 +446,9 @@ pub struct KernelConfig {
     pub transport: Transport,
     /// Size of the BPF ring buffer, bytes (a power of two, multiple of the
     /// page size; with perf buffers, the total over the CPUs). 64 bits so
-    /// that a size past what the kernel takes gets its own message.
-    pub ring_buffer_bytes: u64,
+    /// that a size past what the kernel takes gets its own message. Unset:
+    /// `Config::ring_buffer_bytes` sizes it from `max_argv_bytes`.
+    pub ring_buffer_bytes: Option<u64>,
     /// Rung 3: compile the kernel-specific object at start when none is
     /// installed and this kernel's headers, clang and llc are present.
     pub build_objects: bool,
@@ -491,7 +497,7 @@ impl Default for KernelConfig {
     fn default() -> Self {
         Self {
             transport: Transport::Auto,
-            ring_buffer_bytes: 8 << 20,
+            ring_buffer_bytes: None,
             build_objects: true,
             fentry: true,
         }
@@ -547,9 +553,24 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The ring buffer's size: as configured, else room for
+    /// RING_RECORDS_MIN execs with a whole command line (4 MiB with the
+    /// default 32 KiB argv; 16 MiB at the 128 KiB maximum). Measured in
+    /// BENCHMARKS.md: 4 MiB loses nothing at any rate this host's open or
+    /// exec loops reach with 32 KiB argv, and takes 8 MiB less RSS than
+    /// 8 MiB (the kernel maps the data twice); at 128 KiB argv it lost
+    /// execs in a burst that 8 MiB took.
+    pub fn ring_buffer_bytes(&self) -> u64 {
+        self.kernel.ring_buffer_bytes.unwrap_or_else(|| {
+            (RING_RECORDS_MIN * self.events.max_argv_bytes)
+                .next_power_of_two()
+                .max(RING_DEFAULT_MIN)
+        })
+    }
+
     /// Values that parse but cannot work: Err((dotted key, message)).
     fn validate(&self) -> Result<(), (&'static str, String)> {
-        let rb = self.kernel.ring_buffer_bytes;
+        let rb = self.ring_buffer_bytes();
         if !rb.is_power_of_two() || rb < 4096 {
             return Err((
                 "kernel.ring_buffer_bytes",
@@ -716,7 +737,7 @@ fn ring_buffer_too_large(bytes: u64, memory: Option<u64>) -> Option<String> {
     let memory = memory?;
     (bytes > memory / 2).then(|| {
         format!(
-            "more than half of this host's memory ({} MiB); the ring buffer is locked kernel memory (default 8 MiB)",
+            "more than half of this host's memory ({} MiB); the ring buffer is locked kernel memory (default 4 MiB)",
             memory >> 20
         )
     })
@@ -849,7 +870,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.mode, Mode::Core);
         assert_eq!(c.store.max_age, Duration::from_secs(2 * 86400));
-        assert_eq!(c.kernel.ring_buffer_bytes, 8 << 20);
+        assert_eq!(c.ring_buffer_bytes(), 4 << 20);
         assert_eq!(c.store.max_bytes, 2 << 30);
         assert!(c.export.jsonl.is_none());
     }
@@ -954,6 +975,17 @@ mod tests {
         assert_eq!(d.events.max_argv_bytes, 32 << 10);
         let c = Config::parse("[events]\nmax_argv_bytes = \"128KiB\"\n", Path::new("t")).unwrap();
         assert_eq!(c.events.max_argv_bytes, 128 << 10);
+        // The ring follows the argv cap unless it is set.
+        assert_eq!(d.ring_buffer_bytes(), 4 << 20);
+        assert_eq!(c.ring_buffer_bytes(), 16 << 20);
+        let c = Config::parse(
+            "[events]\nmax_argv_bytes = \"40KiB\"\n[kernel]\nring_buffer_bytes = 65536\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(c.ring_buffer_bytes(), 65536);
+        let c = Config::parse("[events]\nmax_argv_bytes = \"40KiB\"\n", Path::new("t")).unwrap();
+        assert_eq!(c.ring_buffer_bytes(), 8 << 20);
         let c = Config::parse("[events]\nmax_argv_bytes = 256\n", Path::new("t")).unwrap();
         assert_eq!(c.events.max_argv_bytes, 256);
         for v in ["255", "\"129KiB\"", "0"] {

@@ -117,7 +117,7 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         transport: cfg.kernel.transport,
         self_tgid: std::process::id(),
         // Validated: at most config::RING_BUFFER_MAX.
-        ring_buffer_bytes: u32::try_from(cfg.kernel.ring_buffer_bytes).unwrap_or(u32::MAX),
+        ring_buffer_bytes: u32::try_from(cfg.ring_buffer_bytes()).unwrap_or(u32::MAX),
         // Validated to at most 128 KiB.
         max_argv_bytes: cfg.events.max_argv_bytes as u32,
         build_objects: cfg.kernel.build_objects,
