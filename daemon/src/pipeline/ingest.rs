@@ -152,9 +152,23 @@ impl Pipeline {
     /// Queue an event for the writer; never waits.
     fn send(&mut self, ev: LiveEvent) {
         let ts = ev.ts;
-        if let Err(mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev)) =
-            self.tx.try_send(ev)
+        // Counted before the send, so the writer never subtracts first.
+        let heavy = crate::store::heavy_bytes(&ev) as u64;
+        let refused = if heavy == 0 {
+            self.tx.try_send(ev).err().map(|e| e.into_inner())
+        } else if self.counters.queue_bytes.fetch_add(heavy, Relaxed) + heavy
+            > crate::store::QUEUE_HEAVY_BYTES as u64
         {
+            self.counters.queue_bytes.fetch_sub(heavy, Relaxed);
+            Some(ev)
+        } else {
+            let e = self.tx.try_send(ev).err().map(|e| e.into_inner());
+            if e.is_some() {
+                self.counters.queue_bytes.fetch_sub(heavy, Relaxed);
+            }
+            e
+        };
+        if let Some(ev) = refused {
             // A coalesced row dropped is every open it stood for, from its
             // first to its last (released late: maybe before earlier drops).
             let (n, last) = match &ev.args {
@@ -430,5 +444,49 @@ mod tests {
         assert_eq!(counters.lost_userspace.load(Relaxed), 3);
         assert_eq!(p.pending_drops, Some((3, t0, t0 + 2)));
         assert_eq!(rx.try_recv().unwrap().kind, "fork");
+    }
+
+    /// Execs past QUEUE_HEAVY_BYTES of command lines are dropped and
+    /// counted even though the queue has slots; other events still pass,
+    /// and what the writer takes makes room again.
+    #[test]
+    fn long_command_lines_are_bounded_in_the_queue_by_bytes() {
+        use traceed_wire::payload::{Args, Exec};
+        let (tx, mut rx) = mpsc::channel(100_000);
+        let counters = Arc::new(Counters::default());
+        let mut p = Pipeline::new("core", tx, counters.clone());
+        let exec = |ts| {
+            let mut e = LiveEvent::new("exec", ts, "core");
+            e.args = Args {
+                fields: Exec {
+                    filename: None,
+                    argv: vec!["y".repeat(128 << 10)],
+                    interpreter: None,
+                    exe_ctime: None,
+                    argc: Some(1),
+                    argv_bytes: None,
+                    cwd: None,
+                },
+                truncated: false,
+                escaped: false,
+            }
+            .into();
+            e
+        };
+        let each = crate::store::heavy_bytes(&exec(0));
+        let fits = crate::store::QUEUE_HEAVY_BYTES / each;
+        for i in 0..fits + 10 {
+            p.send(exec(1_000 + i as i64));
+        }
+        p.send(LiveEvent::new("fork", 5_000, "core"));
+        assert_eq!(rx.len(), fits + 1);
+        assert_eq!(counters.lost_userspace.load(Relaxed), 10);
+        assert_eq!(counters.queue_bytes.load(Relaxed), (fits * each) as u64);
+        let first = rx.try_recv().unwrap();
+        let w = crate::store::heavy_bytes(&first) as u64;
+        counters.queue_bytes.fetch_sub(w, Relaxed);
+        p.send(exec(6_000));
+        assert_eq!(rx.len(), fits + 1);
+        assert_eq!(counters.lost_userspace.load(Relaxed), 10);
     }
 }

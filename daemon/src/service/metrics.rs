@@ -25,6 +25,9 @@ pub struct Counters {
     /// Opens folded into another open's row (`[events] coalesce`).
     pub coalesced: AtomicU64,
     pub queue_depth: AtomicU64,
+    /// `store::heavy_bytes` of the events in that queue (exec command
+    /// lines), bounded by `store::QUEUE_HEAVY_BYTES`.
+    pub queue_bytes: AtomicU64,
     /// Events a `follow` reader was too slow to receive (still in the store).
     pub follow_dropped: AtomicU64,
     /// Retro-hunts running now (`POST /v1/hunt`).
@@ -211,6 +214,12 @@ impl Collector for PipelineCollector {
         )?;
         gauge(
             &mut enc,
+            "traceed_queue_heavy_bytes",
+            "Bytes of exec command lines (and their other strings) in that queue; past 32 MiB further execs are dropped and counted as lost.",
+            c.queue_bytes.load(Relaxed) as i64,
+        )?;
+        gauge(
+            &mut enc,
             "traceed_db_bytes",
             "Size of the SQLite database including its WAL, bytes.",
             (self.db_bytes)() as i64,
@@ -378,6 +387,7 @@ mod tests {
         c.count_stored_all(["exec", "exec", "exit", "exec"].into_iter());
         c.lost_kernel.store(3, Relaxed);
         c.queue_depth.store(7, Relaxed);
+        c.queue_bytes.store(65536, Relaxed);
         c.ingest_lag_ns.store(1_500_000_000, Relaxed);
         let m = Metrics::new(c, || 4096);
         m.count_request(200);
@@ -390,6 +400,7 @@ mod tests {
             "traceed_lost_events_total{source=\"kernel\"} 3",
             "traceed_lost_events_total{source=\"userspace\"} 0",
             "traceed_queue_depth 7",
+            "traceed_queue_heavy_bytes 65536",
             "traceed_db_bytes 4096",
             "traceed_ingest_lag_seconds 1.5",
             "traceed_api_requests_total{status=\"200\"} 2",

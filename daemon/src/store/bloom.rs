@@ -96,7 +96,15 @@ fn place(col: BlockCol, value: i64) -> (usize, impl Iterator<Item = usize>) {
     let h2 = mix(h1) | 1;
     let slice = g.first + (h1 >> 56) as usize % GROUP_SLICES;
     let bits = g.bytes as u64 * 8;
-    let pos = (0..K).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % bits) as usize);
+    // The same positions as `% bits`, without the division where the
+    // slice is a power of two (the command-line group: a 32 KiB command
+    // line is 32k trigrams, and the divisions were most of the writer's
+    // time under a burst of such execs).
+    let mask = bits.is_power_of_two().then(|| bits - 1);
+    let pos = (0..K).map(move |i| {
+        let h = h1.wrapping_add(i.wrapping_mul(h2));
+        mask.map_or(h % bits, |m| h & m) as usize
+    });
     (slice, pos)
 }
 
@@ -112,6 +120,60 @@ pub(crate) fn insert(filter: &mut [u8], col: BlockCol, value: i64) {
     let slice = &mut filter[range];
     for p in pos {
         slice[p / 8] |= 1 << (p % 8);
+    }
+}
+
+/// Distinct command-line trigrams past which a block's command-line
+/// filter is filled instead: 4 bits each into 16,384 leave 99.75 % of
+/// them set by then, so every lookup would scan the block anyway.
+const GRAMS_SATURATED: usize = 24_576;
+
+/// The command-line trigrams already in the current block's filter, so
+/// that each goes in once per block. A 32 KiB command line is 32k
+/// trigrams, mostly repeats (the same flags, the same directories): set
+/// one by one they were most of the writer's time under a burst of such
+/// execs. A bitmap of every possible trigram (2 MiB of address space,
+/// allocated at the first command line; only the pages its trigrams land
+/// on are touched), cleared word by word for the next block.
+#[derive(Default)]
+pub(crate) struct Grams {
+    seen: Vec<u64>,
+    touched: Vec<u32>,
+    distinct: usize,
+}
+
+impl Grams {
+    /// Add trigram `g` to the block's `filter` (BYTES), once.
+    pub(crate) fn insert(&mut self, filter: &mut [u8], g: i64) {
+        if self.distinct > GRAMS_SATURATED {
+            return;
+        }
+        if self.seen.is_empty() {
+            self.seen = vec![0; 1 << 18];
+        }
+        let (w, bit) = ((g as usize >> 6) & ((1 << 18) - 1), 1u64 << (g & 63));
+        let word = &mut self.seen[w];
+        if *word & bit != 0 {
+            return;
+        }
+        if *word == 0 {
+            self.touched.push(w as u32);
+        }
+        *word |= bit;
+        self.distinct += 1;
+        if self.distinct > GRAMS_SATURATED {
+            filter[CMDLINE.offset..BYTES].fill(0xff);
+        } else {
+            insert(filter, BlockCol::CmdGram, g);
+        }
+    }
+
+    /// A new block: nothing seen.
+    pub(crate) fn clear(&mut self) {
+        for w in self.touched.drain(..) {
+            self.seen[w as usize] = 0;
+        }
+        self.distinct = 0;
     }
 }
 
@@ -237,5 +299,60 @@ mod tests {
         assert_eq!(cmdline_keys("ab"), None, "shorter than a trigram");
         // Each trigram once.
         assert_eq!(cmdline_keys("aaaaaa").unwrap().len(), 1);
+    }
+
+    /// Through Grams a block's filter is the one every trigram would have
+    /// made, until it would be all but full: then it is full.
+    #[test]
+    fn grams_insert_each_trigram_once_and_saturate() {
+        let lines: Vec<String> = (0..300)
+            .map(|i| format!("cc -I/usr/include/lib{} -O2 -c f{i}.c -o f{i}.o", i % 7))
+            .collect();
+        let (mut direct, mut once) = (vec![0u8; BYTES], vec![0u8; BYTES]);
+        let mut grams = Grams::default();
+        for l in &lines {
+            trigrams(l).for_each(|g| insert(&mut direct, BlockCol::CmdGram, g));
+            trigrams(l).for_each(|g| grams.insert(&mut once, g));
+        }
+        assert_eq!(once, direct);
+        assert!(grams.distinct < 1000, "{} distinct", grams.distinct);
+        // A new block starts empty.
+        grams.clear();
+        assert!(grams.seen.iter().all(|&w| w == 0));
+        let mut next = vec![0u8; BYTES];
+        grams.insert(&mut next, 0x61_6263);
+        assert_eq!(grams.distinct, 1);
+        // Hostile: every trigram distinct. Past the limit the group is
+        // full and the payload group untouched.
+        let mut full = vec![0u8; BYTES];
+        grams.clear();
+        for g in 0..(GRAMS_SATURATED as i64 + 100) {
+            grams.insert(&mut full, g * 641);
+        }
+        assert!(full[CMDLINE.offset..].iter().all(|&b| b == 0xff));
+        assert!(full[..CMDLINE.offset].iter().all(|&b| b == 0));
+        let keys = cmdline_keys("any text at all").unwrap();
+        let s = slice_of(BlockCol::CmdGram, keys[0]);
+        assert!(keys
+            .iter()
+            .all(|&k| may_hold(&full[bounds(s).unwrap().1], BlockCol::CmdGram, k)));
+    }
+
+    /// Filters already stored keep their meaning: the positions are the
+    /// ones `% bits` gave for both groups.
+    #[test]
+    fn bit_positions_are_the_stored_ones() {
+        for col in [BlockCol::Path, BlockCol::CmdGram] {
+            let g = group(col);
+            let bits = g.bytes as u64 * 8;
+            for v in (0..20_000i64).map(|v| v * 104_729 - 7) {
+                let h1 = mix(v as u64 ^ (col as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let h2 = mix(h1) | 1;
+                let old: Vec<usize> = (0..K)
+                    .map(|i| (h1.wrapping_add(i.wrapping_mul(h2)) % bits) as usize)
+                    .collect();
+                assert_eq!(place(col, v).1.collect::<Vec<_>>(), old);
+            }
+        }
     }
 }

@@ -65,6 +65,39 @@ pub enum StoreError {
     Scan { path: PathBuf, msg: String },
 }
 
+/// The queue between the pipeline and the writer holds at most this many
+/// bytes of `heavy_bytes` (besides `[store] queue_capacity` events): 1,024
+/// execs with a whole 32 KiB command line.
+pub const QUEUE_HEAVY_BYTES: usize = 32 << 20;
+
+/// The writer cuts a batch once its events hold this many bytes of
+/// `heavy_bytes` (besides `[store] batch_size` events): a batch is in
+/// memory three times over while it is encoded and written (the events,
+/// their args text and command lines, SQLite's statement), and up to
+/// three batches are on their way at once.
+pub const BATCH_HEAVY_BYTES: usize = 2 << 20;
+
+/// What an event holds that may be large: an exec's strings (argv up to
+/// `[events] max_argv_bytes`, up to four times that once hostile bytes are
+/// escaped). Every other kind's strings are bounded by the kernel's
+/// per-string cut and weigh nothing here, so the open path does not pay
+/// for the count. The queue and the writer's batches are bounded by this as
+/// well as by count: without it, a burst of execs with long command lines
+/// held a batch of 4,096 of them, over 800 MiB at 128 KiB each.
+pub fn heavy_bytes(ev: &LiveEvent) -> usize {
+    let traceed_wire::payload::Payload::Exec(a) = &ev.args else {
+        return 0;
+    };
+    let e = &a.fields;
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    // Each argument is its own allocation: its bytes, the String in the
+    // vector (24) and the allocator's header (~16).
+    e.argv.iter().map(|a| a.len() + 40).sum::<usize>()
+        + opt(&e.filename)
+        + opt(&e.interpreter)
+        + opt(&e.cwd)
+}
+
 /// Whether the writer is storing; shared with the API's status.
 #[derive(Default)]
 pub struct StoreHealth {

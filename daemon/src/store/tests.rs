@@ -179,6 +179,82 @@ async fn typed_args_read_back_as_their_json() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A queue full of execs with long command lines is written in batches of
+/// at most BATCH_HEAVY_BYTES of them (or one exec), in order, each command
+/// line whole; without the cut the writer took all 4,096 at once.
+#[tokio::test]
+async fn long_command_lines_cut_the_batch() {
+    use traceed_wire::payload::{Args, Exec};
+    let dir = temp_dir("heavy");
+    let store = Store::open(&dir).await.unwrap();
+    let arg = "x".repeat(100 << 10);
+    let events: Vec<traceed_wire::LiveEvent> = (0..200)
+        .map(|i| {
+            let mut e = ev(1_000 + i, "open", 9, "t").map_args(Payload::Json);
+            if i % 2 == 0 {
+                e.kind = "exec".into();
+                e.args = Args {
+                    fields: Exec {
+                        filename: Some("/bin/t".into()),
+                        argv: vec!["t".into(), format!("{i}{arg}")],
+                        interpreter: None,
+                        exe_ctime: None,
+                        argc: Some(2),
+                        argv_bytes: None,
+                        cwd: None,
+                    },
+                    truncated: false,
+                    escaped: false,
+                }
+                .into();
+            }
+            e
+        })
+        .collect();
+    let heavy: usize = events.iter().map(super::heavy_bytes).sum();
+    assert!(heavy > 3 * super::BATCH_HEAVY_BYTES);
+    let counters = Arc::new(Counters::default());
+    counters.queue_bytes.store(heavy as u64, Relaxed);
+    let (tx, rx) = mpsc::channel(events.len());
+    for e in events {
+        tx.try_send(e).unwrap();
+    }
+    drop(tx);
+    let live = Live::new(1024);
+    let mut sub = live.subscribe();
+    let w = Writer::new(&store, rx, live, counters.clone(), 4096)
+        .await
+        .unwrap();
+    w.run().await.unwrap();
+    let mut batches = Vec::new();
+    while let Some(r) = sub.try_recv() {
+        batches.push(r.batch);
+    }
+    assert!(batches.len() > 3, "{} batches", batches.len());
+    for b in &batches {
+        let h: usize = b.events.iter().map(super::heavy_bytes).sum();
+        assert!(
+            b.events.len() == 1 || h <= super::BATCH_HEAVY_BYTES,
+            "{h} bytes in a batch of {}",
+            b.events.len()
+        );
+    }
+    assert_eq!(counters.queue_bytes.load(Relaxed), 0);
+    let back = all(&store).await;
+    assert_eq!(back.len(), 200);
+    for (i, e) in back.iter().enumerate() {
+        assert_eq!(e.ts, 1_000 + i as i64);
+        if i % 2 == 0 {
+            assert_eq!(e.kind, "exec");
+            let argv = e.args["argv"].as_array().unwrap();
+            assert_eq!(argv[1].as_str().unwrap(), format!("{i}{arg}"));
+        } else {
+            assert_eq!(e.kind, "open");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn all(store: &Store) -> Vec<Event> {
     let mut out = Vec::new();
     let mut q = Query {

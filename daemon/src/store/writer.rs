@@ -254,6 +254,8 @@ pub struct Writer {
     /// The payload filter (bloom.rs) of the block being filled.
     bloom_block: i64,
     bloom_bits: Vec<u8>,
+    /// The command-line trigrams already in `bloom_bits`.
+    grams: bloom::Grams,
     spare: Vec<Encoded>,
     keys: Vec<u8>,
     dropped: Option<Dropped>,
@@ -261,6 +263,9 @@ pub struct Writer {
     /// Process keys with a `procs` row written since start and no exit yet:
     /// their other events need no upsert.
     procs_seen: foldhash::HashSet<i64>,
+    /// The part of the last batch received past BATCH_HEAVY_BYTES: the
+    /// next batch, before anything more is taken from the queue.
+    carry: Vec<LiveEvent>,
 }
 
 /// procs_seen is cleared past this (processes whose exit was lost would
@@ -385,11 +390,13 @@ impl Writer {
             block_counts: Default::default(),
             bloom_block,
             bloom_bits,
+            grams: Default::default(),
             spare: Vec::new(),
             keys: Vec::new(),
             dropped: None,
             last_attempt: None,
             procs_seen: Default::default(),
+            carry: Vec::new(),
         })
     }
 
@@ -431,29 +438,35 @@ impl Writer {
         let reopen = self.export.as_ref().map(Exporter::reopen_handle);
         loop {
             batch.clear();
-            let n = tokio::select! {
-                biased;
-                _ = async {
-                    match &reopen {
-                        Some(r) => r.notified().await,
-                        None => std::future::pending().await,
+            if self.carry.is_empty() {
+                let n = tokio::select! {
+                    biased;
+                    _ = async {
+                        match &reopen {
+                            Some(r) => r.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if let Some(x) = self.export.as_mut() {
+                            x.reopen();
+                        }
+                        continue;
                     }
-                } => {
-                    if let Some(x) = self.export.as_mut() {
-                        x.reopen();
+                    done = pipe.done.recv(), if !pipe.inflight.is_empty() => {
+                        if let Some(s) = self.take(pipe, done)? {
+                            self.settle(s);
+                        }
+                        continue;
                     }
-                    continue;
+                    n = self.rx.recv_many(&mut batch, self.batch_size) => n,
+                };
+                if n == 0 {
+                    break;
                 }
-                done = pipe.done.recv(), if !pipe.inflight.is_empty() => {
-                    if let Some(s) = self.take(pipe, done)? {
-                        self.settle(s);
-                    }
-                    continue;
-                }
-                n = self.rx.recv_many(&mut batch, self.batch_size) => n,
-            };
-            if n == 0 {
-                break;
+                self.cut(&mut batch, true);
+            } else {
+                std::mem::swap(&mut batch, &mut self.carry);
+                self.cut(&mut batch, false);
             }
             self.counters
                 .queue_depth
@@ -500,6 +513,29 @@ impl Writer {
             tracing::error!(lost, "stopping with a loss that could not be recorded");
         }
         Ok(())
+    }
+
+    /// Keep `batch` within BATCH_HEAVY_BYTES (at least one event): the rest
+    /// is carried to the next batch. Events `from_queue` leave its heavy
+    /// bytes count.
+    fn cut(&mut self, batch: &mut Vec<LiveEvent>, from_queue: bool) {
+        let (mut total, mut at) = (0, None);
+        for (i, e) in batch.iter().enumerate() {
+            total += super::heavy_bytes(e);
+            if at.is_none() && i > 0 && total > super::BATCH_HEAVY_BYTES {
+                at = Some(i);
+            }
+        }
+        if from_queue && total > 0 {
+            // Saturating: a sender that did not count (tests) cannot wrap it.
+            let _ = self
+                .counters
+                .queue_bytes
+                .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(total as u64)));
+        }
+        if let Some(i) = at {
+            self.carry = batch.split_off(i);
+        }
     }
 
     /// Write the pending `lost` row, if any, on its own; false when the
@@ -616,6 +652,7 @@ impl Writer {
             if block != self.bloom_block {
                 self.push_bloom(&mut enc);
                 self.bloom_bits.fill(0);
+                self.grams.clear();
                 self.bloom_block = block;
             }
             let counts = &mut self.block_counts;
@@ -633,9 +670,11 @@ impl Writer {
                     *counts.entry((col, v, block)).or_default() += 1;
                 }
             }
-            let bits = &mut self.bloom_bits;
+            let (bits, grams) = (&mut self.bloom_bits, &mut self.grams);
             super::payload::keys(&e.kind, &e.args, |col, v| {
-                if bloom::holds(col) {
+                if col == BlockCol::CmdGram {
+                    grams.insert(bits, v);
+                } else if bloom::holds(col) {
                     bloom::insert(bits, col, v);
                 } else {
                     *counts.entry((col, v, block)).or_default() += 1;
