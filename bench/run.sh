@@ -20,6 +20,8 @@
 #          adds a `make -j2` of N_BUILD=100 C files and a tar copy of
 #          /usr/include (into /dev/shm) to every session (timed only: no
 #          ground truth).
+#          TRACEED_TOML='[kernel]\nring_buffer_bytes = 8388608' appends
+#          those lines (printf %b) to every traceed configuration's file.
 # Must run as root. Every daemon, audit rule and sysctl it changes is undone
 # on exit (trap), also on failure.
 set -euo pipefail
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --rules) RULES=$(cd "$2" && pwd); shift ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
     shift

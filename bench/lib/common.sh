@@ -135,6 +135,9 @@ traceed_start() { # mode [dir]
     if [ -n "${COALESCE:-}" ]; then
         printf '[events]\ncoalesce = "%s"\n' "$COALESCE" >>"$TD/traceed.toml"
     fi
+    if [ -n "${TRACEED_TOML:-}" ]; then
+        printf '%b\n' "$TRACEED_TOML" >>"$TD/traceed.toml"
+    fi
     t0=$(now_ms)
     env ${FLOOR:+TRACEED_BENCH_FLOOR=1} $NICE "$TRACEED" --config "$TD/traceed.toml" \
         --state-dir "$TD" --socket "$TD/api.sock" --mode "$mode" >"$TD/daemon.log" 2>&1 &
