@@ -10,6 +10,19 @@ use aya::Ebpf;
 
 use crate::service::config::Transport;
 
+/// Pages per CPU of a perf buffer, at least: four 64 KiB samples.
+const PERF_PAGES_MIN: usize = 4 * (64 << 10) / 4096;
+
+/// Pages of each CPU's perf buffer: the ring buffer's memory split over
+/// the CPUs (a power of two of pages), but never less than four of the
+/// largest sample (64 KiB: an exec with argv cut at PERF_ARGV_MAX), or a
+/// host with many CPUs would drop every long command line.
+fn perf_pages(ring_bytes: u32, cpus: usize) -> usize {
+    ((ring_bytes as usize / 4096) / cpus.max(1))
+        .next_power_of_two()
+        .max(PERF_PAGES_MIN)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("the object has no `events` map")]
@@ -42,11 +55,7 @@ impl EventSource {
                 let mut arr = PerfEventArray::try_from(map).map_err(SourceError::Map)?;
                 let cpus =
                     aya::util::online_cpus().map_err(|(m, e)| SourceError::OnlineCpus(m, e))?;
-                // The same total memory as the ring buffer, split per CPU
-                // (a power of two of pages, at least two).
-                let pages = ((ring_bytes as usize / 4096) / cpus.len().max(1))
-                    .next_power_of_two()
-                    .max(2);
+                let pages = perf_pages(ring_bytes, cpus.len());
                 let mut bufs = Vec::new();
                 for cpu in cpus {
                     bufs.push(
@@ -98,5 +107,18 @@ impl EventSource {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn perf_buffers_hold_four_long_execs_on_any_host() {
+        assert_eq!(super::perf_pages(4 << 20, 2), 512);
+        // 64 CPUs: 16 pages each would hold one 64 KiB sample.
+        assert_eq!(super::perf_pages(4 << 20, 64), 64);
+        assert_eq!(super::perf_pages(4 << 20, 1024), 64);
+        assert_eq!(super::perf_pages(16 << 20, 64), 64);
+        assert_eq!(super::perf_pages(16 << 20, 8), 512);
     }
 }
