@@ -465,7 +465,8 @@ impl Writer {
                 }
                 self.cut(&mut batch, true);
             } else {
-                std::mem::swap(&mut batch, &mut self.carry);
+                // Taken, not swapped: the carry keeps no empty vector.
+                batch = std::mem::take(&mut self.carry);
                 self.cut(&mut batch, false);
             }
             self.counters
