@@ -152,23 +152,21 @@ impl Pipeline {
     /// Queue an event for the writer; never waits.
     fn send(&mut self, ev: LiveEvent) {
         let ts = ev.ts;
-        // Counted before the send, so the writer never subtracts first.
+        // Counted before the send, so the writer never subtracts first;
+        // given back when the event does not go in.
         let heavy = crate::store::heavy_bytes(&ev) as u64;
-        let refused = if heavy == 0 {
-            self.tx.try_send(ev).err().map(|e| e.into_inner())
-        } else if self.counters.queue_bytes.fetch_add(heavy, Relaxed) + heavy
-            > crate::store::QUEUE_HEAVY_BYTES as u64
+        let queued = &self.counters.queue_heavy_bytes;
+        let refused = if heavy > 0
+            && queued.fetch_add(heavy, Relaxed) + heavy > crate::store::QUEUE_HEAVY_BYTES as u64
         {
-            self.counters.queue_bytes.fetch_sub(heavy, Relaxed);
             Some(ev)
         } else {
-            let e = self.tx.try_send(ev).err().map(|e| e.into_inner());
-            if e.is_some() {
-                self.counters.queue_bytes.fetch_sub(heavy, Relaxed);
-            }
-            e
+            self.tx.try_send(ev).err().map(|e| e.into_inner())
         };
         if let Some(ev) = refused {
+            if heavy > 0 {
+                queued.fetch_sub(heavy, Relaxed);
+            }
             // A coalesced row dropped is every open it stood for, from its
             // first to its last (released late: maybe before earlier drops).
             let (n, last) = match &ev.args {
@@ -481,10 +479,13 @@ mod tests {
         p.send(LiveEvent::new("fork", 5_000, "core"));
         assert_eq!(rx.len(), fits + 1);
         assert_eq!(counters.lost_userspace.load(Relaxed), 10);
-        assert_eq!(counters.queue_bytes.load(Relaxed), (fits * each) as u64);
+        assert_eq!(
+            counters.queue_heavy_bytes.load(Relaxed),
+            (fits * each) as u64
+        );
         let first = rx.try_recv().unwrap();
         let w = crate::store::heavy_bytes(&first) as u64;
-        counters.queue_bytes.fetch_sub(w, Relaxed);
+        counters.queue_heavy_bytes.fetch_sub(w, Relaxed);
         p.send(exec(6_000));
         assert_eq!(rx.len(), fits + 1);
         assert_eq!(counters.lost_userspace.load(Relaxed), 10);

@@ -27,7 +27,7 @@ pub struct Counters {
     pub queue_depth: AtomicU64,
     /// `store::heavy_bytes` of the events in that queue (exec command
     /// lines), bounded by `store::QUEUE_HEAVY_BYTES`.
-    pub queue_bytes: AtomicU64,
+    pub queue_heavy_bytes: AtomicU64,
     /// Events a `follow` reader was too slow to receive (still in the store).
     pub follow_dropped: AtomicU64,
     /// Retro-hunts running now (`POST /v1/hunt`).
@@ -216,7 +216,7 @@ impl Collector for PipelineCollector {
             &mut enc,
             "traceed_queue_heavy_bytes",
             "Bytes of exec command lines (and their other strings) in that queue; past 32 MiB further execs are dropped and counted as lost.",
-            c.queue_bytes.load(Relaxed) as i64,
+            c.queue_heavy_bytes.load(Relaxed) as i64,
         )?;
         gauge(
             &mut enc,
@@ -387,7 +387,7 @@ mod tests {
         c.count_stored_all(["exec", "exec", "exit", "exec"].into_iter());
         c.lost_kernel.store(3, Relaxed);
         c.queue_depth.store(7, Relaxed);
-        c.queue_bytes.store(65536, Relaxed);
+        c.queue_heavy_bytes.store(65536, Relaxed);
         c.ingest_lag_ns.store(1_500_000_000, Relaxed);
         let m = Metrics::new(c, || 4096);
         m.count_request(200);

@@ -96,15 +96,7 @@ fn place(col: BlockCol, value: i64) -> (usize, impl Iterator<Item = usize>) {
     let h2 = mix(h1) | 1;
     let slice = g.first + (h1 >> 56) as usize % GROUP_SLICES;
     let bits = g.bytes as u64 * 8;
-    // The same positions as `% bits`, without the division where the
-    // slice is a power of two (the command-line group: a 32 KiB command
-    // line is 32k trigrams, and the divisions were most of the writer's
-    // time under a burst of such execs).
-    let mask = bits.is_power_of_two().then(|| bits - 1);
-    let pos = (0..K).map(move |i| {
-        let h = h1.wrapping_add(i.wrapping_mul(h2));
-        mask.map_or(h % bits, |m| h & m) as usize
-    });
+    let pos = (0..K).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % bits) as usize);
     (slice, pos)
 }
 
@@ -339,7 +331,7 @@ mod tests {
     }
 
     /// Filters already stored keep their meaning: the positions are the
-    /// ones `% bits` gave for both groups.
+    /// ones they were written with, for both groups.
     #[test]
     fn bit_positions_are_the_stored_ones() {
         for col in [BlockCol::Path, BlockCol::CmdGram] {

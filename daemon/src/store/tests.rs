@@ -214,7 +214,7 @@ async fn long_command_lines_cut_the_batch() {
     let heavy: usize = events.iter().map(super::heavy_bytes).sum();
     assert!(heavy > 3 * super::BATCH_HEAVY_BYTES);
     let counters = Arc::new(Counters::default());
-    counters.queue_bytes.store(heavy as u64, Relaxed);
+    counters.queue_heavy_bytes.store(heavy as u64, Relaxed);
     let (tx, rx) = mpsc::channel(events.len());
     for e in events {
         tx.try_send(e).unwrap();
@@ -239,7 +239,7 @@ async fn long_command_lines_cut_the_batch() {
             b.events.len()
         );
     }
-    assert_eq!(counters.queue_bytes.load(Relaxed), 0);
+    assert_eq!(counters.queue_heavy_bytes.load(Relaxed), 0);
     let back = all(&store).await;
     assert_eq!(back.len(), 200);
     for (i, e) in back.iter().enumerate() {

@@ -531,7 +531,7 @@ impl Writer {
             // Saturating: a sender that did not count (tests) cannot wrap it.
             let _ = self
                 .counters
-                .queue_bytes
+                .queue_heavy_bytes
                 .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(total as u64)));
         }
         if let Some(i) = at {
