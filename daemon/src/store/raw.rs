@@ -134,29 +134,57 @@ fn blocks_sql() -> Sql {
     (BLOCKS, MANY.get_or_init(|| multi_row(BLOCKS, 4)), 4)
 }
 
+/// The writer's statements, each prepared at its first use and kept for
+/// the connection's life: a batch of a paced loop is a few dozen events,
+/// and parsing the 640-parameter INSERT again for each batch cost as much
+/// as binding its rows. Every run binds every parameter of its statement,
+/// so no binding of an earlier batch (pointing into its freed buffers) is
+/// ever stepped.
+#[derive(Default)]
+struct Stmts(Vec<(*const c_char, Stmt)>);
+
+// SAFETY: the pointers are only compared, never read (they name 'static
+// SQL); the statements move with their connection, used by one thread at a
+// time.
+unsafe impl Send for Stmts {}
+
+impl Stmts {
+    fn get(&mut self, db: &Db, sql: &'static CStr) -> Result<&mut Stmt, WriteError> {
+        let at = match self.0.iter().position(|(p, _)| *p == sql.as_ptr()) {
+            Some(i) => i,
+            None => {
+                self.0.push((sql.as_ptr(), Stmt::prepare(db, sql, true)?));
+                self.0.len() - 1
+            }
+        };
+        Ok(&mut self.0[at].1)
+    }
+}
+
 /// Insert rows 0..n with `sql`; `bind(st, base, i)` binds row i's values
 /// at parameters base+1.. and returns the OR of the bind results.
 fn insert_rows(
     db: &Db,
+    stmts: &mut Stmts,
     (one, many, cols): Sql,
     n: usize,
     mut bind: impl FnMut(&mut Stmt, usize, usize) -> c_int,
 ) -> Result<(), WriteError> {
     let full = n - n % ROWS_PER_STMT;
     if full > 0 {
-        let mut st = Stmt::prepare(db, many, false)?;
+        let st = stmts.get(db, many)?;
         for chunk in (0..full).step_by(ROWS_PER_STMT) {
             let mut rc = 0;
             for r in 0..ROWS_PER_STMT {
-                rc |= bind(&mut st, r * cols, chunk + r);
+                rc |= bind(st, r * cols, chunk + r);
             }
             st.run(rc)?;
         }
     }
     if full < n {
-        let mut st = Stmt::prepare(db, one, false)?;
+        let st = stmts.get(db, one)?;
         for i in full..n {
-            let rc = bind(&mut st, 0, i);
+            let rc = bind(st, 0, i);
             st.run(rc)?;
         }
     }
@@ -181,6 +209,8 @@ unsafe extern "C" fn wal_hook(
 
 /// An open connection, closed on drop. Used from one thread at a time.
 pub(super) struct Conn {
+    /// Declared before `db`: finalized before it is closed.
+    stmts: Stmts,
     db: Db,
     /// Frames in the WAL after the last commit (writer connections).
     frames: Option<Frames>,
@@ -199,7 +229,11 @@ impl Conn {
             c"PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; \
               PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 16777216",
         )?;
-        let mut conn = Self { db, frames: None };
+        let mut conn = Self {
+            stmts: Stmts::default(),
+            db,
+            frames: None,
+        };
         if count_frames {
             let frames = Frames::default();
             // SAFETY: live connection; the AtomicI64 lives in `frames`,
@@ -248,8 +282,10 @@ impl Conn {
     /// leave a failed COMMIT pending); the transaction is driven here rather
     /// than by sqlx so that state is always known.
     pub fn write(&mut self, b: &Encoded) -> Result<(), WriteError> {
-        self.db.exec(c"BEGIN IMMEDIATE")?;
-        let res = self.insert(b).and_then(|()| self.db.exec(c"COMMIT"));
+        self.stmts.get(&self.db, c"BEGIN IMMEDIATE")?.run(0)?;
+        let res = self
+            .insert(b)
+            .and_then(|()| self.stmts.get(&self.db, c"COMMIT")?.run(0));
         // SAFETY: live connection.
         if res.is_err() && unsafe { ffi::sqlite3_get_autocommit(self.db.ptr()) } == 0 {
             let _ = self.db.exec(c"ROLLBACK");
@@ -258,12 +294,12 @@ impl Conn {
     }
 
     fn insert(&mut self, b: &Encoded) -> Result<(), WriteError> {
-        let db = &self.db;
-        insert_rows(db, strings_sql(), b.fresh.len(), |st, base, i| {
+        let Self { db, stmts, .. } = self;
+        insert_rows(db, stmts, strings_sql(), b.fresh.len(), |st, base, i| {
             let (id, s) = &b.fresh[i];
             st.bind_int(base + 1, Some(*id)) | st.bind_text_static(base + 2, s.as_bytes())
         })?;
-        insert_rows(db, events_sql(), b.ints.len(), |st, base, i| {
+        insert_rows(db, stmts, events_sql(), b.ints.len(), |st, base, i| {
             let start = if i == 0 { 0 } else { b.arg_ends[i - 1] };
             let mut rc = st.bind_text_static(base + ARGS_PARAM, &b.args[start..b.arg_ends[i]]);
             for (c, v) in b.ints[i].iter().enumerate() {
@@ -273,7 +309,7 @@ impl Conn {
             }
             rc
         })?;
-        insert_rows(db, blocks_sql(), b.blocks.len(), |st, base, i| {
+        insert_rows(db, stmts, blocks_sql(), b.blocks.len(), |st, base, i| {
             let [col, value, block, n] = b.blocks[i];
             st.bind_int(base + 1, Some(col))
                 | st.bind_int(base + 2, Some(value))
@@ -281,7 +317,7 @@ impl Conn {
                 | st.bind_int(base + 4, Some(n))
         })?;
         if !b.bloom_blocks.is_empty() {
-            let mut st = Stmt::prepare(db, BLOOMS, false)?;
+            let st = stmts.get(db, BLOOMS)?;
             for (block, filter) in b.bloom_blocks.iter().zip(b.bloom_bits.chunks(bloom::BYTES)) {
                 for (slice, bits) in bloom::slices(filter) {
                     let rc = st.bind_int(1, Some(slice as i64))
@@ -294,7 +330,7 @@ impl Conn {
         if !b.procs.is_empty() {
             // One row per statement: an upsert cannot be batched by
             // multi_row, and these are a few per process, not per event.
-            let mut st = Stmt::prepare(db, PROCS, false)?;
+            let st = stmts.get(db, PROCS)?;
             for p in &b.procs {
                 let mut rc = 0;
                 for (i, v) in p.ints.iter().enumerate() {
