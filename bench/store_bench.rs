@@ -466,7 +466,7 @@ impl Gen {
             retval,
             args: args.into(),
             fidelity: self.fidelity.clone().into(),
-            proc: Some(traceed_wire::proc_key_hex(p.key)),
+            proc: Some(traceed_wire::ProcKey(p.key)),
             lineage: Some(traceed_wire::Lineage {
                 parent: p.parent,
                 start: Some(p.start),

@@ -1461,7 +1461,11 @@ fn shipped_rows_are_the_local_events_field_by_field() {
         assert_eq!(int("retval"), e.retval.map(i128::from), "{ctx}");
         assert_eq!(s("comm"), e.comm.as_deref(), "{ctx}");
         assert_eq!(s("exe"), e.exe.as_deref(), "{ctx}");
-        assert_eq!(s("proc"), e.proc.as_deref(), "{ctx}");
+        assert_eq!(
+            s("proc").map(String::from),
+            e.proc.map(|k| k.to_string()),
+            "{ctx}"
+        );
         assert_eq!(s("container_id"), e.container_id.as_deref(), "{ctx}");
         assert_eq!(s("fidelity"), Some(&*e.fidelity), "{ctx}");
         // args: a JSON object text with the event's members (in the order
@@ -1481,7 +1485,7 @@ fn shipped_rows_are_the_local_events_field_by_field() {
     let key = local
         .iter()
         .find(|e| e.kind == "exec" && e.pid == Some(sleeper_pid))
-        .and_then(|e| e.proc.as_deref())
+        .and_then(|e| e.proc)
         .expect("the sleeper's exec has a process key");
     let by_key = ch.ids(&format!(
         "SELECT id FROM traceed.events FINAL WHERE host = '{host}' AND proc = '{key}' \
@@ -1489,7 +1493,7 @@ fn shipped_rows_are_the_local_events_field_by_field() {
     ));
     let want: Vec<i64> = local
         .iter()
-        .filter(|e| e.proc.as_deref() == Some(key))
+        .filter(|e| e.proc == Some(key))
         .map(|e| e.id)
         .collect();
     assert!(want.len() >= 2, "exec and exit at least: {want:?}");

@@ -129,7 +129,7 @@ fn tree_and_descendants_of_a_scripted_incident() {
     assert_eq!(got_ids, expected);
     assert!(got
         .iter()
-        .all(|e| e.proc.as_ref().is_some_and(|p| keys.contains(p))));
+        .all(|e| e.proc.is_some_and(|p| keys.contains(&p.to_string()))));
     // Every kind of the incident is there: forks, execs, exits.
     for kind in ["fork", "exec", "exit", "open"] {
         assert!(got.iter().any(|e| e.kind == kind), "no {kind} in {got:#?}");
@@ -190,22 +190,22 @@ fn a_reused_host_pid_is_two_processes() {
     let exit_b = eb.iter().find(|e| e.kind == "exit").unwrap().clone();
     assert_eq!(exit_a.pid, exit_b.pid);
     assert_eq!(exit_b.pid, Some(reused));
-    let (ka, kb) = (exit_a.proc.clone().unwrap(), exit_b.proc.clone().unwrap());
+    let (ka, kb) = (exit_a.proc.unwrap(), exit_b.proc.unwrap());
     assert_ne!(ka, kb, "two processes that shared pid {pid} have one key");
     assert!(ea
         .iter()
         .filter(|e| e.pid == Some(pid))
-        .all(|e| e.proc.as_ref() == Some(&ka)));
-    assert!(eb.iter().all(|e| e.proc.as_ref() == Some(&kb)));
+        .all(|e| e.proc == Some(ka)));
+    assert!(eb.iter().all(|e| e.proc == Some(kb)));
 
     // The tree at each one's time is that one's, and --at now is the latest.
     let at_a = traceed_wire::format_ts(exit_a.ts);
     let ta = tree(&d, &[&pid.to_string(), "--at", &at_a]);
-    assert_eq!(ta.process.proc, ka);
+    assert_eq!(ta.process.proc, ka.to_string());
     let at_b = traceed_wire::format_ts(exit_b.ts);
     let tb = tree(&d, &[&pid.to_string(), "--at", &at_b]);
-    assert_eq!(tb.process.proc, kb);
-    assert_eq!(tree(&d, &[&pid.to_string()]).process.proc, kb);
+    assert_eq!(tb.process.proc, kb.to_string());
+    assert_eq!(tree(&d, &[&pid.to_string()]).process.proc, kb.to_string());
     // Both are children of this test process: siblings, not parent and child.
     assert_eq!(ta.process.parent, tb.process.parent);
     assert!(ta.descendants.is_empty() && tb.descendants.is_empty());
@@ -266,7 +266,7 @@ fn a_reused_pid_inside_a_pid_namespace_is_two_processes() {
             &d,
             &[&host.to_string(), "--at", &traceed_wire::format_ts(e.ts)],
         );
-        assert_eq!(Some(&t.process.proc), e.proc.as_ref());
+        assert_eq!(Some(t.process.proc.clone()), e.proc.map(|k| k.to_string()));
         // The namespace's init (the shell) is the parent of both.
         assert_eq!(
             t.ancestors.last().map(|a| a.comm.as_deref()),
@@ -324,17 +324,13 @@ fn a_process_seen_only_from_its_exec_is_keyed() {
         let exit = exit.unwrap_or_else(|| panic!("pid {pid}: no exit after its exec: {run:#?}"));
         let key = exec
             .proc
-            .clone()
             .unwrap_or_else(|| panic!("pid {pid}: no key: {run:#?}"));
-        assert!(
-            run.iter().all(|e| e.proc.as_ref() == Some(&key)),
-            "{run:#?}"
-        );
+        assert!(run.iter().all(|e| e.proc == Some(key)), "{run:#?}");
         let t = tree(
             &d,
             &[&pid.to_string(), "--at", &traceed_wire::format_ts(exit.ts)],
         );
-        assert_eq!(t.process.proc, key);
+        assert_eq!(t.process.proc, key.to_string());
         assert!(t.process.parent.is_some(), "{t:#?}");
         keys.push(key);
     }

@@ -125,10 +125,10 @@ pub struct Event<A = serde_json::Value> {
     pub args: A,
     /// One of [`FIDELITIES`].
     pub fidelity: Cow<'static, str>,
-    /// The process instance: 16 hex digits, different for two processes
-    /// that shared a pid (see [`proc_key_hex`]); null when unknown.
+    /// The process instance, different for two processes that shared a
+    /// pid; 16 hex digits on the wire, null when unknown.
     #[serde(default)]
-    pub proc: Option<String>,
+    pub proc: Option<ProcKey>,
     /// What the daemon's process table knew when it saw the event, for the
     /// store's `procs` table; never on the wire, never stored per event.
     #[serde(skip)]
@@ -160,6 +160,41 @@ pub struct Announced {
     pub start: i64,
     pub exe: Option<String>,
     pub cmdline: Option<String>,
+}
+
+/// A process instance's key ([`Event::proc`]). A number in the daemon, so
+/// an event does not carry a string of it; 16 lower-case hex digits in JSON
+/// and wherever it is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcKey(pub u64);
+
+impl std::fmt::Display for ProcKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for ProcKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_proc_key(s)
+            .map(ProcKey)
+            .ok_or_else(|| format!("process key {s:?}: expected 16 hex digits"))
+    }
+}
+
+impl Serialize for ProcKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProcKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A process key as the API shows it: 16 lower-case hex digits.
@@ -638,6 +673,25 @@ mod opt_ts_rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_keys_are_16_hex_digits_on_the_wire() {
+        let mut e: Event = Event::new("exit", 1, "core");
+        e.proc = Some(ProcKey(0x00ab_cdef_0123_4567));
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["proc"], "00abcdef01234567");
+        let back: Event = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.proc, e.proc);
+        let mut none = json.clone();
+        none["proc"] = serde_json::Value::Null;
+        assert_eq!(serde_json::from_value::<Event>(none).unwrap().proc, None);
+        for bad in ["abc", "00abcdef0123456g", "00abcdef012345678"] {
+            let mut j = json.clone();
+            j["proc"] = bad.into();
+            let err = serde_json::from_value::<Event>(j).unwrap_err().to_string();
+            assert!(err.contains("16 hex digits"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn ts_has_nanoseconds() {

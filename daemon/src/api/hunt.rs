@@ -431,7 +431,7 @@ struct Ancestries {
 
 impl Ancestries {
     async fn of(&mut self, st: &AppState, ev: &traceed_wire::Event) -> Result<Arc<[u8]>, Stop> {
-        let Some(k) = ev.proc.as_deref().and_then(traceed_wire::parse_proc_key) else {
+        let Some(traceed_wire::ProcKey(k)) = ev.proc else {
             return Ok(Arc::from(&b"[]"[..]));
         };
         if let Some(a) = self.json.get(&k) {
@@ -496,7 +496,7 @@ mod tests {
         let mut ev = traceed_wire::Event::new("exec", 1_764_017_445_123_456_789, "core");
         ev.pid = Some(42);
         ev.comm = Some("c\"a\\t\n\\xff".into());
-        ev.proc = Some(traceed_wire::proc_key_hex(7));
+        ev.proc = Some(traceed_wire::ProcKey(7));
         ev.args = json!({"argv": ["cat", "/etc/shadow"], "filename": "/bin/cat"});
         let ancestry = vec![traceed_wire::ProcEntry {
             proc: traceed_wire::proc_key_hex(1),

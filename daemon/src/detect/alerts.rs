@@ -122,16 +122,10 @@ async fn with_context(store: &Store, a: &mut Alert) -> Result<(), StoreError> {
         a.event = Some(events.remove(i));
         events.retain(|e| e.id < a.event_id);
     }
-    let key = a
-        .event
-        .as_ref()
-        .and_then(|e| e.proc.as_deref())
-        .and_then(traceed_wire::parse_proc_key);
+    let key = a.event.as_ref().and_then(|e| e.proc);
     if let Some(key) = key {
-        let mine =
-            |e: &Event| e.proc.as_deref().and_then(traceed_wire::parse_proc_key) == Some(key);
-        events.retain(mine);
-        a.ancestry = store.ancestors(key as i64).await?;
+        events.retain(|e: &Event| e.proc == Some(key));
+        a.ancestry = store.ancestors(key.0 as i64).await?;
     }
     if events.len() > CONTEXT_MAX as usize {
         events.drain(..events.len() - CONTEXT_MAX as usize);

@@ -248,7 +248,7 @@ pub(crate) mod tests {
         ev.tid = Some(pid);
         ev.uid = Some(1000);
         ev.comm = Some(Arc::from("cat"));
-        ev.proc = Some(format!("{pid:016x}"));
+        ev.proc = Some(traceed_wire::ProcKey(pid.into()));
         ev.retval = Some(retval);
         ev.args = Payload::Open(Args {
             fields: Open {

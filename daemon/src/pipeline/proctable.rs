@@ -409,7 +409,7 @@ impl ProcTable {
             None => self.instance_at(pid, t),
         };
         if let Some(i) = inst {
-            e.proc = Some(traceed_wire::proc_key_hex(i.key));
+            e.proc = Some(traceed_wire::ProcKey(i.key));
             e.lineage = Some(Lineage {
                 parent: i.parent,
                 start: Some((i.start as i64).saturating_add(self.boot_to_wall)),
@@ -603,7 +603,7 @@ mod tests {
         let early = t.live[&child].key;
         let mut f = ev("fork", child, parent, 100 * TICK as i64 + 3_000);
         t.enrich(&mut f, None);
-        assert_eq!(f.proc, Some(traceed_wire::proc_key_hex(early)));
+        assert_eq!(f.proc, Some(traceed_wire::ProcKey(early)));
         // A fork much later is another instance.
         let mut x = ev("exit", child, parent, 200 * TICK as i64);
         t.enrich(&mut x, None);
@@ -641,7 +641,7 @@ mod tests {
         t.enrich(&mut x, Some(start));
         assert_eq!(
             x.proc,
-            Some(traceed_wire::proc_key_hex(derive_key(&BOOT, child, start)))
+            Some(traceed_wire::ProcKey(derive_key(&BOOT, child, start)))
         );
         assert_eq!(
             x.lineage.as_ref().unwrap().parent,
@@ -669,7 +669,7 @@ mod tests {
         let early = t3.live[&child].key;
         let mut x3 = ev("exec", child, parent, start as i64 + 5_000_000);
         t3.enrich(&mut x3, Some(start));
-        assert_eq!(x3.proc, Some(traceed_wire::proc_key_hex(early)));
+        assert_eq!(x3.proc, Some(traceed_wire::ProcKey(early)));
     }
 
     #[test]
@@ -686,6 +686,6 @@ mod tests {
         t.enrich(&mut e, None);
         let (_, ticks) = read_stat(me).unwrap();
         let want = derive_key(&read_boot_id(), me, ticks * clock_tick_ns());
-        assert_eq!(e.proc, Some(traceed_wire::proc_key_hex(want)));
+        assert_eq!(e.proc, Some(traceed_wire::ProcKey(want)));
     }
 }

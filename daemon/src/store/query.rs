@@ -74,12 +74,10 @@ impl Query {
                 .fidelity
                 .as_ref()
                 .is_none_or(|v| e.fidelity == v.as_str())
-            && self.procs.as_ref().is_none_or(|set| {
-                e.proc
-                    .as_deref()
-                    .and_then(traceed_wire::parse_proc_key)
-                    .is_some_and(|k| set.contains(&(k as i64)))
-            })
+            && self
+                .procs
+                .as_ref()
+                .is_none_or(|set| e.proc.is_some_and(|k| set.contains(&(k.0 as i64))))
             && (!self.failed || e.retval.is_some_and(|r| r < 0))
             && self.matches_payload(e)
     }
@@ -1155,7 +1153,7 @@ fn row_to_event(r: &SqliteRow) -> Result<Event, sqlx::Error> {
         fidelity: static_name(FIDELITIES, r.try_get("fidelity")?),
         proc: r
             .try_get::<Option<i64>, _>("proc")?
-            .map(|k| traceed_wire::proc_key_hex(k as u64)),
+            .map(|k| traceed_wire::ProcKey(k as u64)),
         lineage: None,
     })
 }

@@ -144,7 +144,7 @@ impl Scanner {
                 retval,
                 args: super::query::decode_args(&args_text, keys.as_deref()),
                 fidelity: static_name(FIDELITIES, fidelity.as_deref().unwrap_or_default()),
-                proc: proc.map(|k| traceed_wire::proc_key_hex(k as u64)),
+                proc: proc.map(|k| traceed_wire::ProcKey(k as u64)),
                 lineage: None,
             });
         };

@@ -317,7 +317,7 @@ async fn events_view_agrees_with_the_api() {
     exec.mnt_ns = Some(4026531841);
     exec.args = serde_json::json!({"filename": "/bin/sh", "argv": ["sh", "-c", "a \"b\""], "truncated": false});
     // The top bit set: stored as a negative integer, shown as the API's hex.
-    exec.proc = Some(traceed_wire::proc_key_hex(0xfedc_ba98_7654_3210));
+    exec.proc = Some(traceed_wire::ProcKey(0xfedc_ba98_7654_3210));
     let mut unkeyed = ev(now + 1, "open", 43, "cat");
     unkeyed.args = serde_json::json!([1, "x"]);
     let lost = Event::lost(Some(7), "kernel", now - 5, now, "core");
@@ -356,7 +356,7 @@ async fn events_view_agrees_with_the_api() {
                 &e.container_id.as_deref().map(String::from),
                 e.mnt_ns.map(i64::from),
                 &e.fidelity.to_string(),
-                &e.proc
+                &e.proc.map(|k| k.to_string())
             )
         );
         let args: serde_json::Value = serde_json::from_str(&v.5).unwrap();
@@ -1148,7 +1148,7 @@ async fn procs_follow_keys_and_go_with_their_events() {
     let proc_ev = |ts: i64, kind: &str, pid: u32, ppid: u32, key: u64, parent: Option<u64>| {
         let mut e = ev(ts, kind, pid, "sh");
         e.ppid = Some(ppid);
-        e.proc = Some(traceed_wire::proc_key_hex(key));
+        e.proc = Some(traceed_wire::ProcKey(key));
         e.lineage = Some(traceed_wire::Lineage {
             parent,
             start: Some(if key == 3 { now - MIN / 2 } else { t0 }),
@@ -1642,7 +1642,7 @@ async fn scanner_reads_what_query_reads() {
         if i % 3 == 0 {
             e.container_id = Some(format!("{:064x}", i % 5).into());
             e.exe = Some(format!("/usr/bin/x{}", i % 9).into());
-            e.proc = Some(traceed_wire::proc_key_hex(0x1000 + i as u64 % 50));
+            e.proc = Some(traceed_wire::ProcKey(0x1000 + i as u64 % 50));
             e.mnt_ns = Some(4_026_531_832 + i as u32 % 7);
             e.pid_ns = Some(4_026_531_836);
             e.cgroup_id = Some(9000 + i as u64);

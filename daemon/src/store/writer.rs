@@ -246,9 +246,6 @@ pub struct Writer {
     conns: Option<(Conn, Conn)>,
     next_id: i64,
     strings: Interner,
-    /// The last event's process key, as text and parsed: a loop's events
-    /// are one process's.
-    last_proc: (String, Option<i64>),
     /// The batch being encoded: occurrences per (col, value, block).
     block_counts: foldhash::HashMap<(BlockCol, i64, i64), i64>,
     /// The payload filter (bloom.rs) of the block being filled.
@@ -381,7 +378,6 @@ impl Writer {
             pool,
             conns: Some(conns),
             next_id,
-            last_proc: Default::default(),
             strings: Interner {
                 ids,
                 next: next_string,
@@ -601,14 +597,7 @@ impl Writer {
             let keys = encode_args(&e.args, &mut self.keys, &mut enc.args)
                 .then(|| self.strings.col_utf8(Col::Keys, &self.keys, fresh))
                 .flatten();
-            let proc = e.proc.as_deref().and_then(|p| match &self.last_proc {
-                (last, k) if last == p => *k,
-                _ => {
-                    let k = traceed_wire::parse_proc_key(p).map(|k| k as i64);
-                    self.last_proc = (p.to_string(), k);
-                    k
-                }
-            });
+            let proc = e.proc.map(|k| k.0 as i64);
             enc.arg_ends.push(enc.args.len());
             enc.ints.push([
                 Some(id),

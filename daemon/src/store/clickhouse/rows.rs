@@ -762,7 +762,7 @@ mod tests {
         pid: Option<u32>,
         tid: Option<u32>,
         ppid: Option<u32>,
-        proc: Option<&'a str>,
+        proc: Option<String>,
         uid: Option<u32>,
         gid: Option<u32>,
         comm: Option<&'a str>,
@@ -792,7 +792,7 @@ mod tests {
                 pid: e.pid,
                 tid: e.tid,
                 ppid: e.ppid,
-                proc: e.proc.as_deref(),
+                proc: e.proc.map(|k| k.to_string()),
                 uid: e.uid,
                 gid: e.gid,
                 comm: e.comm.as_deref(),
@@ -835,7 +835,7 @@ mod tests {
         e.mnt_ns = Some(4_026_531_841);
         e.pid_ns = Some(u32::MAX);
         e.retval = Some(i64::MIN);
-        e.proc = Some(traceed_wire::proc_key_hex(0x1234_5678_9abc));
+        e.proc = Some(traceed_wire::ProcKey(0x1234_5678_9abc));
         e.args = serde_json::json!({
             "argv": ["sh", "-c", "echo \"hi\"\n],[{}\\", "arg\\xfe\\x41\u{1b}", "\u{202e}é"],
             "filename": "/tmp/tru\\xffe",
