@@ -137,9 +137,10 @@ fn blocks_sql() -> Sql {
 /// The writer's statements, each prepared at its first use and kept for
 /// the connection's life: a batch of a paced loop is a few dozen events,
 /// and parsing the 640-parameter INSERT again for each batch cost as much
-/// as binding its rows. Every run binds every parameter of its statement,
-/// so no binding of an earlier batch (pointing into its freed buffers) is
-/// ever stepped.
+/// as binding its rows. Every run binds every text and blob parameter of
+/// its statement again, so no binding of an earlier batch (pointing into
+/// its freed buffers) is ever stepped; integers equal to the ones already
+/// bound are kept (`Stmt::bind_int`).
 #[derive(Default)]
 struct Stmts(Vec<(*const c_char, Stmt)>);
 

@@ -120,6 +120,11 @@ impl Drop for Db {
 pub(super) struct Stmt {
     db: *mut ffi::sqlite3,
     stmt: NonNull<ffi::sqlite3_stmt>,
+    /// The integer (or NULL) each parameter holds, by index; None where it
+    /// holds text or is not known. SQLite keeps bindings across runs, so
+    /// `bind_int` skips a value already bound: a loop's rows repeat most
+    /// columns, and a bind cost as much as the rest of the row's insert.
+    ints: Vec<Option<Option<i64>>>,
 }
 
 impl Stmt {
@@ -145,7 +150,11 @@ impl Stmt {
             )
         };
         match NonNull::new(stmt) {
-            Some(stmt) if rc == ffi::SQLITE_OK => Ok(Self { db: db.ptr(), stmt }),
+            Some(stmt) if rc == ffi::SQLITE_OK => Ok(Self {
+                db: db.ptr(),
+                stmt,
+                ints: Vec::new(),
+            }),
             _ => Err(db.error(rc)),
         }
     }
@@ -162,19 +171,37 @@ impl Stmt {
     /// Bind parameter `i` (1-based); the result code (SQLITE_OK is 0, so
     /// callers OR several and check once).
     pub fn bind_int(&mut self, i: usize, v: Option<i64>) -> c_int {
+        if self.ints.get(i) == Some(&Some(v)) {
+            return ffi::SQLITE_OK;
+        }
         // SAFETY: live statement; i is in range.
-        unsafe {
+        let rc = unsafe {
             match v {
                 Some(v) => ffi::sqlite3_bind_int64(self.ptr(), i as c_int, v),
                 None => ffi::sqlite3_bind_null(self.ptr(), i as c_int),
             }
+        };
+        self.note(i, (rc == ffi::SQLITE_OK).then_some(v));
+        rc
+    }
+
+    /// What parameter `i` now holds (None: not an integer or NULL bound
+    /// by `bind_int`).
+    fn note(&mut self, i: usize, v: Option<Option<i64>>) {
+        if self.ints.len() <= i {
+            if v.is_none() {
+                return;
+            }
+            self.ints.resize(i + 1, None);
         }
+        self.ints[i] = v;
     }
 
     /// Bind without a copy: the caller keeps `v` alive and unchanged until
     /// the statement is stepped for the last time with it (every caller
     /// binds from the batch being written, which outlives the statement).
     pub fn bind_text_static(&mut self, i: usize, v: &[u8]) -> c_int {
+        self.note(i, None);
         // SAFETY: pointer and length describe valid UTF-8 that outlives its
         // use (see above); SQLITE_STATIC tells SQLite not to copy.
         unsafe {
@@ -190,6 +217,7 @@ impl Stmt {
 
     /// As bind_text_static, for a BLOB.
     pub fn bind_blob_static(&mut self, i: usize, v: &[u8]) -> c_int {
+        self.note(i, None);
         // SAFETY: as bind_text_static: `v` outlives its use.
         unsafe {
             ffi::sqlite3_bind_blob(
@@ -281,5 +309,63 @@ impl Drop for Stmt {
     fn drop(&mut self) {
         // SAFETY: finalizing the statement we prepared, exactly once.
         unsafe { ffi::sqlite3_finalize(self.ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Integers already bound are kept, not bound again: what each row
+    /// stores must still be what was bound for it, through NULLs, repeats
+    /// and a text in between.
+    #[test]
+    fn kept_bindings_store_what_was_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        // Db opens an existing database only; an empty file is one.
+        std::fs::File::create(&path).unwrap();
+        let db = Db::open(&path, c"CREATE TABLE t (i INTEGER, v)").unwrap();
+        let mut st = Stmt::prepare(&db, c"INSERT INTO t VALUES (?1, ?2)", true).unwrap();
+        let rows: [(i64, Option<i64>); 7] = [
+            (1, Some(5)),
+            (2, Some(5)),
+            (3, None),
+            (4, None),
+            (5, Some(5)),
+            (6, Some(0)),
+            (8, Some(0)),
+        ];
+        for (i, v) in &rows[..6] {
+            let rc = st.bind_int(1, Some(*i)) | st.bind_int(2, *v);
+            st.run(rc).unwrap();
+        }
+        let text = b"five";
+        let rc = st.bind_int(1, Some(7)) | st.bind_text_static(2, text);
+        st.run(rc).unwrap();
+        let (i, v) = rows[6];
+        let rc = st.bind_int(1, Some(i)) | st.bind_int(2, v);
+        st.run(rc).unwrap();
+        drop(st);
+        let mut q = Stmt::prepare(&db, c"SELECT i, v, typeof(v) FROM t ORDER BY i", false).unwrap();
+        let mut got = Vec::new();
+        while q.step() == ffi::SQLITE_ROW {
+            let ty = String::from_utf8(q.col_text(2).unwrap().to_vec()).unwrap();
+            got.push((q.col_int(0).unwrap(), q.col_int(1), ty));
+        }
+        let want: Vec<(i64, Option<i64>, String)> = [
+            (1, Some(5), "integer"),
+            (2, Some(5), "integer"),
+            (3, None, "null"),
+            (4, None, "null"),
+            (5, Some(5), "integer"),
+            (6, Some(0), "integer"),
+            (7, Some(0), "text"),
+            (8, Some(0), "integer"),
+        ]
+        .into_iter()
+        .map(|(i, v, t)| (i, v, t.to_string()))
+        .collect();
+        assert_eq!(got, want);
     }
 }
