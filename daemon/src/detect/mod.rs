@@ -200,15 +200,18 @@ impl Detector {
             if r.skipped > 0 {
                 self.stats.dropped_events.fetch_add(r.skipped, Relaxed);
             }
-            for ev in &r.batch.events {
-                self.handle(ev).await;
+            let events = &r.batch.events;
+            self.stats.events.fetch_add(events.len() as u64, Relaxed);
+            // The rules in force, once per batch: a reload applies from the
+            // next batch, milliseconds later.
+            let engine = self.engine.borrow().clone();
+            for ev in events {
+                self.handle(&engine, ev).await;
             }
         }
     }
 
-    async fn handle(&mut self, ev: &LiveEvent) {
-        self.stats.events.fetch_add(1, Relaxed);
-        let engine = self.engine.borrow().clone();
+    async fn handle(&mut self, engine: &Engine, ev: &LiveEvent) {
         let mut hits: Vec<&Rule> = Vec::new();
         if !engine.rules().is_empty() {
             if let Some(uid) = ev.uid {
