@@ -247,7 +247,7 @@ pub struct Writer {
     next_id: i64,
     strings: Interner,
     /// The batch being encoded: occurrences per (col, value, block).
-    block_counts: foldhash::HashMap<(BlockCol, i64, i64), i64>,
+    block_counts: BlockCounts,
     /// The payload filter (bloom.rs) of the block being filled.
     bloom_block: i64,
     bloom_bits: Vec<u8>,
@@ -263,6 +263,67 @@ pub struct Writer {
     /// The part of the last batch received past BATCH_HEAVY_BYTES: the
     /// next batch, before anything more is taken from the queue.
     carry: Vec<LiveEvent>,
+}
+
+/// The columns every event has a block-index count for, in the order
+/// `BlockCounts::add_run` is given them.
+const RUN_COLS: [BlockCol; 8] = [
+    BlockCol::Kind,
+    BlockCol::Pid,
+    BlockCol::Ppid,
+    BlockCol::Uid,
+    BlockCol::Comm,
+    BlockCol::Exe,
+    BlockCol::Container,
+    BlockCol::Proc,
+];
+
+/// The block-index counts of the batch being encoded: occurrences per
+/// (col, value, block). The columns every event has are counted in runs
+/// first: a process's events come in runs that repeat its kind, pid, uid,
+/// comm and the rest, and bumping a run is cheaper than a hash-map update
+/// per column per event.
+#[derive(Default)]
+struct BlockCounts {
+    map: foldhash::HashMap<(BlockCol, i64, i64), i64>,
+    /// Per RUN_COLS entry: the current run's value, block and length.
+    runs: [Option<(i64, i64, i64)>; RUN_COLS.len()],
+}
+
+impl BlockCounts {
+    fn add(&mut self, col: BlockCol, v: i64, block: i64) {
+        *self.map.entry((col, v, block)).or_default() += 1;
+    }
+
+    /// One occurrence of `v` (if any) in column RUN_COLS[i].
+    fn add_run(&mut self, i: usize, v: Option<i64>, block: i64) {
+        let run = &mut self.runs[i];
+        match (run.as_mut(), v) {
+            (Some((rv, rb, n)), Some(v)) if *rv == v && *rb == block => *n += 1,
+            _ => {
+                if let Some((rv, rb, n)) = run.take() {
+                    *self.map.entry((RUN_COLS[i], rv, rb)).or_default() += n;
+                }
+                *run = v.map(|v| (v, block, 1));
+            }
+        }
+    }
+
+    /// Every count, as event_blocks rows in key order (the upserts then
+    /// walk the primary key's B-tree forward); empty afterwards.
+    fn drain_into(&mut self, rows: &mut Vec<[i64; 4]>) {
+        for (i, run) in self.runs.iter_mut().enumerate() {
+            if let Some((v, block, n)) = run.take() {
+                *self.map.entry((RUN_COLS[i], v, block)).or_default() += n;
+            }
+        }
+        rows.extend(
+            self.map
+                .drain()
+                .map(|((col, v, block), n)| [col as i64, v, block, n]),
+        );
+        rows.sort_unstable();
+    }
 }
 
 /// procs_seen is cleared past this (processes whose exit was lost would
@@ -652,19 +713,18 @@ impl Writer {
                 self.bloom_block = block;
             }
             let counts = &mut self.block_counts;
-            for (col, v) in [
-                (BlockCol::Kind, Some(kind)),
-                (BlockCol::Pid, u(e.pid)),
-                (BlockCol::Ppid, u(e.ppid)),
-                (BlockCol::Uid, u(e.uid)),
-                (BlockCol::Comm, comm),
-                (BlockCol::Exe, exe),
-                (BlockCol::Container, container),
-                (BlockCol::Proc, proc),
-            ] {
-                if let Some(v) = v {
-                    *counts.entry((col, v, block)).or_default() += 1;
-                }
+            let cols = [
+                Some(kind),
+                u(e.pid),
+                u(e.ppid),
+                u(e.uid),
+                comm,
+                exe,
+                container,
+                proc,
+            ];
+            for (i, v) in cols.into_iter().enumerate() {
+                counts.add_run(i, v, block);
             }
             let (bits, grams) = (&mut self.bloom_bits, &mut self.grams);
             super::payload::keys(&e.kind, &e.args, |col, v| {
@@ -673,18 +733,12 @@ impl Writer {
                 } else if bloom::holds(col) {
                     bloom::insert(bits, col, v);
                 } else {
-                    *counts.entry((col, v, block)).or_default() += 1;
+                    counts.add(col, v, block);
                 }
             });
         }
         self.push_bloom(&mut enc);
-        enc.blocks.extend(
-            self.block_counts
-                .drain()
-                .map(|((col, v, block), n)| [col as i64, v, block, n]),
-        );
-        // Key order: the upserts walk the primary key's B-tree forward.
-        enc.blocks.sort_unstable();
+        self.block_counts.drain_into(&mut enc.blocks);
         // Ids of a batch that fails are not reused: a gap, never a clash.
         self.next_id += batch.len() as i64;
         (enc, first_id)
@@ -809,5 +863,58 @@ impl Writer {
         self.counters
             .count_stored_all(events.iter().map(|e| &*e.kind));
         self.live.publish(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counting in runs gives the counts a hash-map update per occurrence
+    /// gives, through runs, interleaved values, block changes and absent
+    /// values.
+    #[test]
+    fn block_counts_in_runs_are_the_plain_counts() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        let mut counts = BlockCounts::default();
+        let mut plain: foldhash::HashMap<(BlockCol, i64, i64), i64> = Default::default();
+        let mut block = 0;
+        for _ in 0..20_000 {
+            if next(500) == 0 {
+                block += 1;
+            }
+            let i = next(RUN_COLS.len() as u64) as usize;
+            // Mostly repeats of a few values, sometimes absent.
+            let v = match next(10) {
+                0 => None,
+                1..=7 => Some(7),
+                r => Some(r as i64),
+            };
+            counts.add_run(i, v, block);
+            if let Some(v) = v {
+                *plain.entry((RUN_COLS[i], v, block)).or_default() += 1;
+            }
+            if next(50) == 0 {
+                counts.add(BlockCol::Port, 443, block);
+                *plain.entry((BlockCol::Port, 443, block)).or_default() += 1;
+            }
+        }
+        let mut rows = Vec::new();
+        counts.drain_into(&mut rows);
+        let mut want: Vec<[i64; 4]> = plain
+            .into_iter()
+            .map(|((c, v, b), n)| [c as i64, v, b, n])
+            .collect();
+        want.sort_unstable();
+        assert_eq!(rows, want);
+        // Empty afterwards: the next batch starts from nothing.
+        counts.drain_into(&mut rows);
+        assert_eq!(rows.len(), want.len());
     }
 }
