@@ -199,7 +199,9 @@ impl Stmt {
 
     /// Bind without a copy: the caller keeps `v` alive and unchanged until
     /// the statement is stepped for the last time with it (every caller
-    /// binds from the batch being written, which outlives the statement).
+    /// binds from the batch being written, and binds again before the
+    /// next batch's steps: a kept statement holds the stale pointer
+    /// meanwhile, and SQLite reads a binding only when stepped).
     pub fn bind_text_static(&mut self, i: usize, v: &[u8]) -> c_int {
         self.note(i, None);
         // SAFETY: pointer and length describe valid UTF-8 that outlives its
