@@ -151,8 +151,19 @@ fn read_ppid(pid: u32) -> Option<u32> {
 
 fn read_exe(pid: u32) -> Option<Arc<[u8]>> {
     let p = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let b = p.as_os_str().as_bytes();
-    Some(Arc::from(b.strip_suffix(b" (deleted)").unwrap_or(b)))
+    Some(Arc::from(exe_name(p.as_os_str().as_bytes())))
+}
+
+/// The exe of a `/proc/PID/exe` link: a binary deleted (or replaced by an
+/// upgrade) since it started is named by the path it ran from. A memfd
+/// never had a path: it keeps the link's whole text, `/memfd:NAME
+/// (deleted)`, which is also the name an exited memfd program gets from
+/// its exec record, so the exe does not depend on which was read.
+fn exe_name(link: &[u8]) -> &[u8] {
+    if link.starts_with(b"/memfd:") {
+        return link;
+    }
+    link.strip_suffix(b" (deleted)").unwrap_or(link)
 }
 
 impl Default for ProcTable {
@@ -558,6 +569,15 @@ mod tests {
         let parent = 4_200_000_001;
         t.live.insert(parent, t.instance_from_proc(parent, 5));
         (t, parent)
+    }
+
+    /// A memfd program's exe is the same whether /proc was read while it
+    /// ran or the exec record named it after it was gone.
+    #[test]
+    fn a_memfd_exe_keeps_its_deleted_mark_and_a_deleted_binary_its_path() {
+        assert_eq!(exe_name(b"/memfd:x (deleted)"), b"/memfd:x (deleted)");
+        assert_eq!(exe_name(b"/usr/bin/old (deleted)"), b"/usr/bin/old");
+        assert_eq!(exe_name(b"/usr/bin/cat"), b"/usr/bin/cat");
     }
 
     #[test]
