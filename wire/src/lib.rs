@@ -199,7 +199,7 @@ impl<'de> Deserialize<'de> for ProcKey {
 
 /// A process key as the API shows it: 16 lower-case hex digits.
 pub fn proc_key_hex(key: u64) -> String {
-    format!("{key:016x}")
+    ProcKey(key).to_string()
 }
 
 /// The inverse of [`proc_key_hex`]; None unless exactly 16 hex digits.

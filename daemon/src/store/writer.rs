@@ -297,25 +297,27 @@ impl BlockCounts {
 
     /// One occurrence of `v` (if any) in column RUN_COLS[i].
     fn add_run(&mut self, i: usize, v: Option<i64>, block: i64) {
-        let run = &mut self.runs[i];
-        match (run.as_mut(), v) {
+        match (&mut self.runs[i], v) {
             (Some((rv, rb, n)), Some(v)) if *rv == v && *rb == block => *n += 1,
             _ => {
-                if let Some((rv, rb, n)) = run.take() {
-                    *self.map.entry((RUN_COLS[i], rv, rb)).or_default() += n;
-                }
-                *run = v.map(|v| (v, block, 1));
+                self.end_run(i);
+                self.runs[i] = v.map(|v| (v, block, 1));
             }
+        }
+    }
+
+    /// Move column RUN_COLS[i]'s current run, if any, into the map.
+    fn end_run(&mut self, i: usize) {
+        if let Some((v, block, n)) = self.runs[i].take() {
+            *self.map.entry((RUN_COLS[i], v, block)).or_default() += n;
         }
     }
 
     /// Every count, as event_blocks rows in key order (the upserts then
     /// walk the primary key's B-tree forward); empty afterwards.
     fn drain_into(&mut self, rows: &mut Vec<[i64; 4]>) {
-        for (i, run) in self.runs.iter_mut().enumerate() {
-            if let Some((v, block, n)) = run.take() {
-                *self.map.entry((RUN_COLS[i], v, block)).or_default() += n;
-            }
+        for i in 0..RUN_COLS.len() {
+            self.end_run(i);
         }
         rows.extend(
             self.map
