@@ -145,6 +145,20 @@ static __always_inline __u32 current_mnt_ns(void)
 static __always_inline __u32 current_mnt_ns(void);
 #endif
 
+/* What bpf_get_current_uid_gid() says (gid << 32 | uid, the task's
+ * subjective credentials), by loads where the task is typed (TASK_BTF). */
+static __always_inline __u64 cur_uid_gid(void)
+{
+#ifdef CORE /* the other objects lack (or do not include) these types */
+	if (TASK_BTF) {
+		const struct cred *c = bpf_get_current_task_btf()->cred;
+
+		return (__u64)c->gid.val << 32 | c->uid.val;
+	}
+#endif
+	return bpf_get_current_uid_gid();
+}
+
 /* Decided before anything is built or reserved, so out-of-scope activity
  * costs a few map lookups and nothing else. The daemon itself is always
  * out of scope. */
@@ -157,7 +171,7 @@ static __always_inline int out_of_scope(void)
 		return 1;
 	if (!scope_flags && !scope_any)
 		return 0;
-	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	__u32 uid = (__u32)cur_uid_gid();
 	if (scope_drops(&scope_uid, &uid, SCOPE_UID_INCLUDE))
 		return 1;
 	if (scope_drops(&scope_pid, &tgid, SCOPE_PID_INCLUDE))
@@ -175,9 +189,32 @@ static __always_inline int out_of_scope(void)
 	return 0;
 }
 
-/* Start a record for the current task. Returns NULL when the scratch map is
- * unavailable (never expected) so callers just bail. */
-static __always_inline struct event *event_start(__u32 kind)
+/* bpf_get_current_comm and bpf_get_current_cgroup_id (the cgroup v2
+ * id), the same way. The kernel keeps comm NUL-terminated; bytes after
+ * the NUL are not read by traceed. */
+static __always_inline void current_comm_cgroup(struct event *e)
+{
+#ifdef CORE
+	if (TASK_BTF) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		const __u64 *comm = (const __u64 *)t->comm;
+		__u64 *dst = (__u64 *)e->h.comm;
+
+		dst[0] = comm[0];
+		dst[1] = comm[1];
+		e->h.cgroup_id = t->cgroups->dfl_cgrp->kn->id;
+		return;
+	}
+#endif
+	bpf_get_current_comm(&e->h.comm, sizeof(e->h.comm));
+	e->h.cgroup_id = bpf_get_current_cgroup_id();
+}
+
+/* Start a record for the current task, with the credentials `uid_gid`
+ * (as bpf_get_current_uid_gid() packs them; a syscall record may carry
+ * the entry's). Returns NULL when the scratch map is unavailable (never
+ * expected) so callers just bail. */
+static __always_inline struct event *event_start_creds(__u32 kind, __u64 uid_gid)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct event *e = bpf_map_lookup_elem(&scratch, &cpu);
@@ -185,10 +222,9 @@ static __always_inline struct event *event_start(__u32 kind)
 		return NULL;
 
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
 
 	e->h.ts_ns = bpf_ktime_get_boot_ns();
-	e->h.cgroup_id = bpf_get_current_cgroup_id();
+	current_comm_cgroup(e);
 	e->h.retval = 0;
 	e->h.kind = kind;
 	e->h.flags = 0;
@@ -200,7 +236,6 @@ static __always_inline struct event *event_start(__u32 kind)
 	e->h.ns_pid = 0;
 	e->h.mnt_ns = 0;
 	e->h.pid_ns = 0;
-	bpf_get_current_comm(&e->h.comm, sizeof(e->h.comm));
 #pragma unroll
 	for (int i = 0; i < EV_NUM_ARGS; i++)
 		e->h.args[i] = 0;
@@ -210,6 +245,12 @@ static __always_inline struct event *event_start(__u32 kind)
 	e->h.data_len = 0;
 	e->h.aux = 0;
 	return e;
+}
+
+/* The same with the task's credentials now. */
+static __always_inline struct event *event_start(__u32 kind)
+{
+	return event_start_creds(kind, cur_uid_gid());
 }
 
 /* Record that string `idx` was cut or could not be stored at all. */

@@ -30,6 +30,28 @@
 
 #define READ_KERN(src, a, ...) BPF_CORE_READ(src, a, ##__VA_ARGS__)
 
+/*
+ * From 5.11 the current task is also a typed (BTF) pointer: its members,
+ * and the members of what they point to, are plain loads that the JIT
+ * guards against faults, where READ_KERN is one bpf_probe_read_kernel call
+ * per step, and bpf_get_current_{uid_gid,comm,cgroup_id} a call each for
+ * what are loads too (~25-40 ns per call on the development VM). The
+ * verifier lets such a pointer be compared and stored (traceed loads as
+ * root), not hashed: what must be mixed is still probe-read.
+ *
+ * Only with the kernel's own BTF (kernel_btf, set by the loader on the
+ * core-kernel-btf rung): an external BTF file relocates the reads, but the
+ * verifier has nothing to type the pointers with. 5.10, the other rungs
+ * and the fallback keep the helpers and READ_KERN.
+ */
+#ifdef CORE
+const volatile __u32 kernel_btf = 0;
+#define TASK_BTF \
+	(kernel_btf && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+#else
+#define TASK_BTF 0
+#endif
+
 #else /* kernel-specific object */
 
 #define TRACEED_KERNEL 1
@@ -65,6 +87,9 @@
 #if LINUX_VERSION_CODE < KERNEL_VERSION(5, 8, 0) && !defined(TRACEED_PERF)
 #define TRACEED_PERF 1
 #endif
+
+/* Typed pointers need BTF, which this object does without (TASK_BTF above). */
+#define TASK_BTF 0
 
 #define READ_KERN(src, a, ...)                                                   \
 	({                                                                       \

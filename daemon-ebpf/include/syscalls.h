@@ -90,7 +90,7 @@ static __always_inline int save_args(struct sys_enter_ctx *ctx, __u32 kind, __u3
 			in.args[i] = sys_arg(ctx, i);
 	in.kind = kind;
 	in.variant = variant;
-	in.uid_gid = bpf_get_current_uid_gid();
+	in.uid_gid = cur_uid_gid();
 	bpf_map_update_elem(&inflight, &id, &in, BPF_ANY);
 	return 0;
 }
@@ -114,12 +114,10 @@ static __always_inline int take_args(struct inflight *out)
 static __always_inline struct event *sys_record_start(__u32 kind, __u64 uid_gid, long ret,
 						      struct known_task *sent)
 {
-	struct event *e = event_start(kind);
+	struct event *e = event_start_creds(kind, uid_gid);
 	if (!e)
 		return NULL;
-	fill_task_once(e, cur_task(), sent);
-	e->h.uid = (__u32)uid_gid;
-	e->h.gid = uid_gid >> 32;
+	fill_task_once(e, sent);
 	e->h.retval = ret;
 	e->h.flags |= EF_HAS_RETVAL;
 	return e;
@@ -159,7 +157,7 @@ static __always_inline int sys_skip(__u32 kind, long ret)
 #define SYS_RECORD(ctx, kind, variant, fill, args, ret)                                        \
 	({                                                                                     \
 		struct known_task sent;                                                        \
-		struct event *e = sys_record_start(kind, bpf_get_current_uid_gid(), ret, &sent); \
+		struct event *e = sys_record_start(kind, cur_uid_gid(), ret, &sent);           \
 		(!e || fill(e, variant, args)) ? 0 : sys_emit(ctx, e, &sent);                  \
 	})
 
@@ -261,7 +259,7 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 		regs_args(regs, in.args);                                     \
 		in.kind = ek;                                                 \
 		in.variant = var;                                             \
-		in.uid_gid = bpf_get_current_uid_gid();                       \
+		in.uid_gid = cur_uid_gid();                                   \
 		bpf_map_update_elem(&inflight, &id, &in, BPF_ANY);            \
 		return 0;                                                     \
 	}                                                                     \
@@ -326,8 +324,15 @@ static __always_inline int user_args(int nr, __u64 *args)
 {
 	void *stack;
 
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
-		return read_frame((void *)bpf_task_pt_regs(bpf_get_current_task_btf()), nr, args);
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs)) {
+		/* A typed pointer: the registers are plain loads (kread.h). */
+		struct pt_regs *r = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+		if (!r || (int)r->orig_ax != nr)
+			return -1;
+		REGS_ARGS(r, args);
+		return 0;
+	}
 	/* Before 5.15 there is no helper, and no FRED padding either (6.9):
 	 * the frame ends the stack, which is 16 KiB, or 32 KiB with KASAN. */
 	stack = BPF_CORE_READ(cur_task(), stack);

@@ -33,7 +33,7 @@ struct known_task {
 	__u64 parent;
 };
 
-static __always_inline void fill_task_once(struct event *e, void *task, struct known_task *sent)
+static __always_inline void fill_task_once(struct event *e, struct known_task *sent)
 {
 	sent->parent = 0;
 }
@@ -186,24 +186,33 @@ struct {
 
 /* Fill the task's values into `e` unless the daemon has them; `sent` is
  * what to remember once the record is out (parent 0: nothing). */
-static __always_inline void fill_task_once(struct event *e, struct task_struct *task,
-					   struct known_task *sent)
+static __always_inline void fill_task_once(struct event *e, struct known_task *sent)
 {
 	sent->parent = 0;
 	sent->nsproxy = 0;
 #ifndef TRACEED_PERF
 	__u32 tgid = e->h.pid;
-	struct known_task now = {
-		.parent = (__u64)READ_KERN(task, real_parent),
-		.nsproxy = (__u64)READ_KERN(task, nsproxy),
-	};
-	struct known_task *k = bpf_map_lookup_elem(&known, &tgid);
+	struct known_task now;
+	struct known_task *k;
+
+	if (TASK_BTF) {
+		struct task_struct *t = bpf_get_current_task_btf();
+
+		now.parent = (__u64)t->real_parent;
+		now.nsproxy = (__u64)t->nsproxy;
+	} else {
+		struct task_struct *task = cur_task();
+
+		now.parent = (__u64)READ_KERN(task, real_parent);
+		now.nsproxy = (__u64)READ_KERN(task, nsproxy);
+	}
+	k = bpf_map_lookup_elem(&known, &tgid);
 
 	if (k && k->parent == now.parent && k->nsproxy == now.nsproxy)
 		return;
 	*sent = now;
 #endif
-	fill_task(e, task);
+	fill_task(e, cur_task());
 }
 
 /* The record went out: its values are the daemon's now. */
@@ -225,6 +234,8 @@ static __always_inline void forget_task(__u32 tgid)
 
 static __always_inline __u32 current_mnt_ns(void)
 {
+	if (TASK_BTF)
+		return bpf_get_current_task_btf()->nsproxy->mnt_ns->ns.inum;
 	return READ_KERN(cur_task(), nsproxy, mnt_ns, ns.inum);
 }
 
@@ -237,13 +248,28 @@ static __always_inline __u32 current_mnt_ns(void)
 static __always_inline __u64 cwd_id(void)
 {
 #ifdef CORE
-	struct fs_struct *fs = READ_KERN(cur_task(), fs);
-	__u64 d = (__u64)READ_KERN(fs, pwd.dentry);
-	__u64 m = (__u64)READ_KERN(fs, pwd.mnt);
+	struct path pwd;
+	__u64 d, m, ino;
 
+	if (TASK_BTF) {
+		struct fs_struct *fs = bpf_get_current_task_btf()->fs;
+
+		/* The two pointers mixed below are read as numbers. */
+		pwd.dentry = BPF_CORE_READ(fs, pwd.dentry);
+		pwd.mnt = BPF_CORE_READ(fs, pwd.mnt);
+		ino = fs->pwd.dentry->d_inode->i_ino;
+	} else {
+		struct fs_struct *fs = READ_KERN(cur_task(), fs);
+
+		pwd.dentry = READ_KERN(fs, pwd.dentry);
+		pwd.mnt = READ_KERN(fs, pwd.mnt);
+		ino = READ_KERN(pwd.dentry, d_inode, i_ino);
+	}
+	d = (__u64)pwd.dentry;
+	m = (__u64)pwd.mnt;
 	if (!d)
 		return 0;
-	return d ^ (m << 17 | m >> 47) ^ ((__u64)READ_KERN((struct dentry *)d, d_inode, i_ino) << 32);
+	return d ^ (m << 17 | m >> 47) ^ (ino << 32);
 #else
 	return 0;
 #endif

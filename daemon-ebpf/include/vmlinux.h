@@ -68,8 +68,9 @@ enum {
 };
 
 /* Only to ask the running kernel (CO-RE enum relocation) whether it has
- * the helper: bpf_task_pt_regs, 5.15. */
+ * the helpers: bpf_get_current_task_btf 5.11, bpf_task_pt_regs 5.15. */
 enum bpf_func_id {
+	BPF_FUNC_get_current_task_btf = 158,
 	BPF_FUNC_task_pt_regs = 175,
 };
 
@@ -221,8 +222,37 @@ struct pt_regs {
 	unsigned long orig_ax;
 };
 
+/* What bpf_get_current_uid_gid, _comm and _cgroup_id read, read directly
+ * where the task is a typed pointer (kread.h, TASK_BTF). */
+typedef struct {
+	unsigned int val;
+} kuid_t;
+typedef struct {
+	unsigned int val;
+} kgid_t;
+
+struct cred {
+	kuid_t uid;
+	kgid_t gid;
+};
+
+struct kernfs_node {
+	u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
 struct task_struct {
 	void *stack;
+	const struct cred *cred;
+	char comm[16];
+	struct css_set *cgroups;
 	int exit_code;
 	pid_t pid;
 	pid_t tgid;

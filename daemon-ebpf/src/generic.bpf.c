@@ -41,7 +41,7 @@ int raw_sys_enter(struct sys_enter_ctx *ctx)
 		in.args[i] = sys_arg(ctx, i);
 	in.kind = EK_SYSCALL;
 	in.variant = nr;
-	in.uid_gid = bpf_get_current_uid_gid();
+	in.uid_gid = cur_uid_gid();
 	bpf_map_update_elem(&inflight_raw, &id, &in, BPF_ANY);
 	return 0;
 }

@@ -615,6 +615,9 @@ fn container_id_from_a_real_cgroup_and_scope_by_container() {
         e.args["argv"][1] == tag.as_str()
     });
     assert_eq!(e.container_id.as_deref(), Some(id.as_str()));
+    // The kernel's cgroup v2 id is the cgroup directory's inode number.
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&scope).unwrap());
+    assert_eq!(e.cgroup_id, Some(ino), "cgroup_id of {e:?}");
     drop(d);
 
     // Scope: only this container's processes.

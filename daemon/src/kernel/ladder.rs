@@ -451,6 +451,11 @@ fn load_core<'a>(
         CORE_RING
     };
     l.btf(Some(btf));
+    // Typed kernel pointers (kread.h, TASK_BTF) need the verifier to know
+    // the kernel's types: only its own BTF gives them, an external file
+    // only relocates.
+    let kernel_btf: &'static u32 = if rung == Rung::CoreKernelBtf { &1 } else { &0 };
+    l.override_global("kernel_btf", kernel_btf, true);
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
     }
