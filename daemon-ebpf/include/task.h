@@ -30,12 +30,12 @@ static __always_inline __u64 cwd_id(void)
 }
 
 struct known_task {
-	__u64 parent;
+	__u64 fp;
 };
 
 static __always_inline void fill_task_once(struct event *e, struct known_task *sent)
 {
-	sent->parent = 0;
+	sent->fp = 0;
 }
 
 static __always_inline void remember_sent(__u32 tgid, const struct known_task *sent)
@@ -157,60 +157,84 @@ static __always_inline struct task_struct *cur_task(void)
  * daemon's process table fills them in, from the last record that carried
  * them: ten pointer reads per event were a third of an open's BPF time.
  *
- * `known` holds, per tgid, the task's real_parent and nsproxy when that
- * record was sent. Both pointers change exactly when the values can: a
- * task's pid and pid namespace never change, and the namespaces are read
- * through nsproxy, which setns and unshare replace. It is written only once
- * the record is in the ring buffer, so a record that was lost is never
- * counted as sent; the exit program forgets the tgid. When the map is full,
- * records simply carry the values.
+ * `known` holds, per tgid, a fingerprint of the task's real_parent and
+ * nsproxy pointers when that record was sent. Both change exactly when the
+ * values can: a task's pid and pid namespace never change, and the
+ * namespaces are read through nsproxy, which setns and unshare replace. A
+ * slot is written only once the record is in the ring buffer, so a record
+ * that was lost is never counted as sent; the exit program clears it.
+ *
+ * One 64-bit word per slot, in a plain array indexed by the tgid's low
+ * bits: a lookup is a load (a hash map lookup was ~60 ns, a tenth of an
+ * open's BPF time), and a word is written and read whole, so two CPUs
+ * writing one slot at once leave one writer's word, never a mix. Two live
+ * processes whose tgids share a slot take it from each other: their
+ * records carry the values more often, and say nothing wrong. The word
+ * mixes the tgid in, so a slot never vouches for another process.
  *
  * Not with perf buffers: per-CPU buffers are merged by time in user space,
  * and a thread's record could then be handled before the record of
  * another thread of its process that carried the new values.
  */
+#define KNOWN_SLOTS 32768
+
 struct known_task {
-	__u64 parent;
-	__u64 nsproxy;
+	__u64 fp; /* 0: nothing to remember */
 };
 
 #ifndef TRACEED_PERF
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KNOWN_SLOTS);
 	__type(key, __u32);
-	__type(value, struct known_task);
+	__type(value, __u64);
 } known SEC(".maps");
 #endif
 
-/* Fill the task's values into `e` unless the daemon has them; `sent` is
- * what to remember once the record is out (parent 0: nothing). */
-static __always_inline void fill_task_once(struct event *e, struct known_task *sent)
+/* The fingerprint of (tgid, real_parent, nsproxy) for `known`. With
+ * TASK_BTF the two are typed pointers, which the verifier lets be
+ * subtracted but not otherwise mixed: they are taken as offsets from the
+ * thread group's leader, which is fixed for the process (an exec by
+ * another thread changes it, and the next record carries the values
+ * once more). Multiplying by odd constants keeps each part one-to-one;
+ * two different pairs of one process meet in a word by chance only. */
+static __always_inline __u64 task_fingerprint(__u32 tgid)
 {
-	sent->parent = 0;
-	sent->nsproxy = 0;
-#ifndef TRACEED_PERF
-	__u32 tgid = e->h.pid;
-	struct known_task now;
-	struct known_task *k;
+	__u64 parent, ns, fp;
 
 	if (TASK_BTF) {
 		struct task_struct *t = bpf_get_current_task_btf();
+		struct task_struct *leader = t->group_leader;
 
-		now.parent = (__u64)t->real_parent;
-		now.nsproxy = (__u64)t->nsproxy;
+		parent = (__u64)t->real_parent - (__u64)leader;
+		ns = (__u64)t->nsproxy - (__u64)leader;
+		/* Numbers from here on: keep clang from distributing the
+		 * multiplications below over the pointers. */
+		asm volatile("" : "+r"(parent), "+r"(ns));
 	} else {
 		struct task_struct *task = cur_task();
 
-		now.parent = (__u64)READ_KERN(task, real_parent);
-		now.nsproxy = (__u64)READ_KERN(task, nsproxy);
+		parent = (__u64)READ_KERN(task, real_parent);
+		ns = (__u64)READ_KERN(task, nsproxy);
 	}
-	k = bpf_map_lookup_elem(&known, &tgid);
+	fp = (__u64)tgid ^ parent * 0x9e3779b97f4a7c15ULL;
+	fp ^= (ns * 0xc2b2ae3d27d4eb4fULL) >> 29 | (ns * 0xc2b2ae3d27d4eb4fULL) << 35;
+	return fp | 1; /* never the empty slot's 0 */
+}
 
-	if (k && k->parent == now.parent && k->nsproxy == now.nsproxy)
+/* Fill the task's values into `e` unless the daemon has them; `sent` is
+ * what to remember once the record is out. */
+static __always_inline void fill_task_once(struct event *e, struct known_task *sent)
+{
+	sent->fp = 0;
+#ifndef TRACEED_PERF
+	__u32 slot = e->h.pid & (KNOWN_SLOTS - 1);
+	__u64 fp = task_fingerprint(e->h.pid);
+	__u64 *k = bpf_map_lookup_elem(&known, &slot);
+
+	if (k && *k == fp)
 		return;
-	*sent = now;
+	sent->fp = fp;
 #endif
 	fill_task(e, cur_task());
 }
@@ -219,16 +243,24 @@ static __always_inline void fill_task_once(struct event *e, struct known_task *s
 static __always_inline void remember_sent(__u32 tgid, const struct known_task *sent)
 {
 #ifndef TRACEED_PERF
-	if (sent->parent)
-		bpf_map_update_elem(&known, &tgid, sent, BPF_ANY);
+	__u32 slot = tgid & (KNOWN_SLOTS - 1);
+	__u64 *k;
+
+	if (sent->fp && (k = bpf_map_lookup_elem(&known, &slot)))
+		*(volatile __u64 *)k = sent->fp;
 #endif
 }
 
-/* The process is gone: its tgid may name another one next. */
+/* The process is gone: its tgid may name another one next. (A process
+ * sharing the slot loses it too, which costs it one record's reads.) */
 static __always_inline void forget_task(__u32 tgid)
 {
 #ifndef TRACEED_PERF
-	bpf_map_delete_elem(&known, &tgid);
+	__u32 slot = tgid & (KNOWN_SLOTS - 1);
+	__u64 *k = bpf_map_lookup_elem(&known, &slot);
+
+	if (k)
+		*(volatile __u64 *)k = 0;
 #endif
 }
 
