@@ -271,36 +271,40 @@ static __always_inline __u32 current_mnt_ns(void)
 	return READ_KERN(cur_task(), nsproxy, mnt_ns, ns.inum);
 }
 
-/* Which directory the task's relative paths start from, as an opaque id:
- * user space reads /proc/PID/cwd once per id instead of once per relative
- * path (a readlink cost more than the rest of the event's user-space work).
- * The pwd's dentry and mount, and the inode number so that a dentry freed
- * and reused for another directory is another id. The kernel-specific
- * object (no fs_struct in every header set) says 0: unknown. */
+/* Which directory the task's relative paths start from, as an opaque id
+ * of the process's own (user space keeps one directory per pid): it reads
+ * /proc/PID/cwd once per id instead of once per relative path (a readlink
+ * cost more than the rest of the event's user-space work). The pwd's
+ * dentry and mount, and the inode number so that a dentry freed and
+ * reused for another directory is another id. The kernel-specific object
+ * (no fs_struct in every header set) says 0: unknown. */
 static __always_inline __u64 cwd_id(void)
 {
 #ifdef CORE
-	struct path pwd;
 	__u64 d, m, ino;
 
 	if (TASK_BTF) {
-		struct fs_struct *fs = bpf_get_current_task_btf()->fs;
+		struct task_struct *t = bpf_get_current_task_btf();
+		struct task_struct *leader = t->group_leader;
+		struct fs_struct *fs = t->fs;
+		struct dentry *dentry = fs->pwd.dentry;
 
-		/* The two pointers mixed below are read as numbers. */
-		pwd.dentry = BPF_CORE_READ(fs, pwd.dentry);
-		pwd.mnt = BPF_CORE_READ(fs, pwd.mnt);
-		ino = fs->pwd.dentry->d_inode->i_ino;
+		if (!dentry)
+			return 0;
+		/* Offsets from the leader, as in task_fingerprint: numbers. */
+		d = (__u64)dentry - (__u64)leader;
+		m = (__u64)fs->pwd.mnt - (__u64)leader;
+		asm volatile("" : "+r"(d), "+r"(m));
+		ino = dentry->d_inode->i_ino;
 	} else {
 		struct fs_struct *fs = READ_KERN(cur_task(), fs);
 
-		pwd.dentry = READ_KERN(fs, pwd.dentry);
-		pwd.mnt = READ_KERN(fs, pwd.mnt);
-		ino = READ_KERN(pwd.dentry, d_inode, i_ino);
+		d = (__u64)READ_KERN(fs, pwd.dentry);
+		m = (__u64)READ_KERN(fs, pwd.mnt);
+		if (!d)
+			return 0;
+		ino = READ_KERN((struct dentry *)d, d_inode, i_ino);
 	}
-	d = (__u64)pwd.dentry;
-	m = (__u64)pwd.mnt;
-	if (!d)
-		return 0;
 	return d ^ (m << 17 | m >> 47) ^ (ino << 32);
 #else
 	return 0;
