@@ -27,17 +27,13 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ "$(id -u)" = 0 ] || die "run as root: traceed loads eBPF programs"
-[ ${#BINS[@]} -gt 0 ] || BINS=("$ROOT/target/release/traceed")
-for b in "${BINS[@]}"; do [ -x "$b" ] || die "$b: not an executable (build with make build)"; done
+check_ab_bins
 need_pkgs linux-perf bpftool curl gcc libc6-dev
 
 WORK=$(mktemp -d /tmp/traceed-bpfprof.XXXX)
 stats_before=$(sysctl -n kernel.bpf_stats_enabled)
 trap 'pkill -INT -f "traceed.*--state-dir $WORK" 2>/dev/null || true; sysctl -qw kernel.bpf_stats_enabled=$stats_before; rm -rf "$WORK"' EXIT
-gcc -O2 -static -o "$WORK/bw_open" "$ROOT/bench/workloads/open.c"
-echo x > "$WORK/file"
-printf '[detect]\nrules = []\n' > "$WORK/traceed.toml"
+open_loop_files "$WORK"
 sysctl -qw kernel.bpf_stats_enabled=1
 
 # "id run_time_ns run_cnt name" for each of the daemon's programs.

@@ -29,16 +29,12 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ "$(id -u)" = 0 ] || die "run as root: traceed loads eBPF programs"
-[ ${#BINS[@]} -gt 0 ] || BINS=("$ROOT/target/release/traceed")
-for b in "${BINS[@]}"; do [ -x "$b" ] || die "$b: not an executable (build with make build)"; done
+check_ab_bins
 need_pkgs valgrind sqlite3 curl gcc libc6-dev
 
 WORK=$(mktemp -d /tmp/traceed-instr.XXXX)
 trap 'pkill -INT -f "callgrind.*--state-dir $WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-gcc -O2 -static -o "$WORK/bw_open" "$ROOT/bench/workloads/open.c"
-echo x > "$WORK/file"
-printf '[detect]\nrules = []\n' > "$WORK/traceed.toml"
+open_loop_files "$WORK"
 
 for bin in "${BINS[@]}"; do
     d="$WORK/state"

@@ -43,6 +43,23 @@ need_pkgs() {
     fi
 }
 
+# The A/B scripts (instructions.sh, bpf_profile.sh): root, and BINS (the
+# binaries to compare) defaulting to the tree's daemon, each executable.
+check_ab_bins() {
+    [ "$(id -u)" = 0 ] || die "run as root: traceed loads eBPF programs"
+    [ ${#BINS[@]} -gt 0 ] || BINS=("$ROOT/target/release/traceed")
+    local b
+    for b in "${BINS[@]}"; do [ -x "$b" ] || die "$b: not an executable (build with make build)"; done
+}
+
+# What their open loop needs, in $1: bw_open, the file it opens, and a
+# configuration without rules.
+open_loop_files() {
+    gcc -O2 -static -o "$1/bw_open" "$ROOT/bench/workloads/open.c"
+    echo x > "$1/file"
+    printf '[detect]\nrules = []\n' > "$1/traceed.toml"
+}
+
 # Undo everything this run changed, whatever state it died in.
 cleanup() {
     local rc=$?

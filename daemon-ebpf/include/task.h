@@ -170,7 +170,8 @@ static __always_inline struct task_struct *cur_task(void)
  * writing one slot at once leave one writer's word, never a mix. Two live
  * processes whose tgids share a slot take it from each other: their
  * records carry the values more often, and say nothing wrong. The word
- * mixes the tgid in, so a slot never vouches for another process.
+ * mixes the tgid in: a slot vouches for another process, or for other
+ * pointers, only by a 64-bit coincidence.
  *
  * Not with perf buffers: per-CPU buffers are merged by time in user space,
  * and a thread's record could then be handled before the record of
