@@ -192,13 +192,26 @@ struct {
 } known SEC(".maps");
 #endif
 
-/* The fingerprint of (tgid, real_parent, nsproxy) for `known`. With
- * TASK_BTF the two are typed pointers, which the verifier lets be
- * subtracted but not otherwise mixed: they are taken as offsets from the
- * thread group's leader, which is fixed for the process (an exec by
- * another thread changes it, and the next record carries the values
- * once more). Multiplying by odd constants keeps each part one-to-one;
- * two different pairs of one process meet in a word by chance only. */
+/* A typed pointer as a number the program may mix (hash, shift): the
+ * verifier lets typed pointers be compared and subtracted, nothing else.
+ * Taken as an offset from the task's thread group leader, which is fixed
+ * for the process (an exec by another thread changes it: the numbers of
+ * one process change once then), so the number identifies the pointer
+ * within the process. The barrier keeps clang from distributing later
+ * arithmetic over the pointers. */
+static __always_inline __u64 leader_offset(const void *p, const struct task_struct *leader)
+{
+	__u64 v = (__u64)p - (__u64)leader;
+
+	asm volatile("" : "+r"(v));
+	return v;
+}
+
+/* The fingerprint of (tgid, real_parent, nsproxy) for `known`, the two
+ * pointers as leader_offset numbers with TASK_BTF (an exec by another
+ * thread then makes the next record carry the values once more).
+ * Multiplying by odd constants keeps each part one-to-one; two different
+ * pairs of one process meet in a word by chance only. */
 static __always_inline __u64 task_fingerprint(__u32 tgid)
 {
 	__u64 parent, ns, fp;
@@ -207,11 +220,8 @@ static __always_inline __u64 task_fingerprint(__u32 tgid)
 		struct task_struct *t = bpf_get_current_task_btf();
 		struct task_struct *leader = t->group_leader;
 
-		parent = (__u64)t->real_parent - (__u64)leader;
-		ns = (__u64)t->nsproxy - (__u64)leader;
-		/* Numbers from here on: keep clang from distributing the
-		 * multiplications below over the pointers. */
-		asm volatile("" : "+r"(parent), "+r"(ns));
+		parent = leader_offset(t->real_parent, leader);
+		ns = leader_offset(t->nsproxy, leader);
 	} else {
 		struct task_struct *task = cur_task();
 
@@ -292,10 +302,8 @@ static __always_inline __u64 cwd_id(void)
 
 		if (!dentry)
 			return 0;
-		/* Offsets from the leader, as in task_fingerprint: numbers. */
-		d = (__u64)dentry - (__u64)leader;
-		m = (__u64)fs->pwd.mnt - (__u64)leader;
-		asm volatile("" : "+r"(d), "+r"(m));
+		d = leader_offset(dentry, leader);
+		m = leader_offset(fs->pwd.mnt, leader);
 		ino = dentry->d_inode->i_ino;
 	} else {
 		struct fs_struct *fs = READ_KERN(cur_task(), fs);

@@ -292,7 +292,11 @@ struct BlockCounts {
 
 impl BlockCounts {
     fn add(&mut self, col: BlockCol, v: i64, block: i64) {
-        *self.map.entry((col, v, block)).or_default() += 1;
+        self.bump(col, v, block, 1);
+    }
+
+    fn bump(&mut self, col: BlockCol, v: i64, block: i64, n: i64) {
+        *self.map.entry((col, v, block)).or_default() += n;
     }
 
     /// One occurrence of `v` (if any) in column RUN_COLS[i].
@@ -309,7 +313,7 @@ impl BlockCounts {
     /// Move column RUN_COLS[i]'s current run, if any, into the map.
     fn end_run(&mut self, i: usize) {
         if let Some((v, block, n)) = self.runs[i].take() {
-            *self.map.entry((RUN_COLS[i], v, block)).or_default() += n;
+            self.bump(RUN_COLS[i], v, block, n);
         }
     }
 
