@@ -368,7 +368,8 @@ static __always_inline void push_argv_block(struct event *e, const void *src, __
  * argv_ptr_slots (set at load) lowers the bound where the verifier walks
  * every iteration too slowly: 6.1's and 5.10's hit their 1M-instruction
  * limit at 1024 (and took minutes trying). The verifier reads a frozen
- * .rodata value as a constant, so iterations past it are never walked. */
+ * .rodata value as a constant, so iterations past it are never walked.
+ * Under bpf_loop (read_argv_ptrs_loop) it is the loop's count. */
 #define ARGV_PTR_SLOTS 1024
 const volatile __u32 argv_ptr_slots = ARGV_PTR_SLOTS;
 
@@ -431,9 +432,113 @@ static __always_inline void read_argv_ptrs(char *buf, __u32 base, __u32 cap,
 	r->used = used;
 }
 
+#ifndef TRACEED_FALLBACK
+/*
+ * The same reads under bpf_loop (5.17+), for the programs built with
+ * ARGV_LOOP (exec_fail.bpf.c; the loader takes them where the kernel has
+ * the helper). A bounded loop is verified once per iteration, and the
+ * verifier's precise bounds on `used` keep every iteration's state apart:
+ * 1,024 iterations cost exit_execve ~0.25 s of start-up on 6.18, and
+ * 6.1's and 5.10's verifiers hit their 1M-instruction limit (hence the
+ * 32 slots there). The callback is verified as one body.
+ *
+ * What changes from one argument to the next lives in map memory
+ * (argv_state), not in the callback's context on the stack: the verifier
+ * knows nothing of a map's contents, so every bound the callback needs is
+ * checked at run time, whatever the verifier makes of the loop. (6.1's,
+ * before "verify callbacks as if they are called unknown number of
+ * times", checks the body once from the context's values at the call;
+ * bounds proven from those alone would not hold for later iterations.)
+ */
+struct argv_state {
+	__u32 used;  /* bytes stored */
+	__u32 argc;  /* arguments stored whole */
+	__u32 whole; /* the array's NULL was reached */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct argv_state);
+} argv_state SEC(".maps");
+
+/* Unchanged across iterations: may live on the caller's stack. */
+struct argv_loop_ctx {
+	char *buf;
+	struct argv_state *st;
+	const char *const *argv;
+	__u64 base; /* at most EV_DATA_MAX */
+	__u64 cap;  /* at most EV_ARGV_CAP */
+};
+
+static long argv_step(__u32 i, void *data)
+{
+	struct argv_loop_ctx *c = data;
+	struct argv_state *st = c->st;
+	const char *arg = 0;
+	__u64 used = st->used, room, off;
+	long n;
+
+	if (bpf_probe_read_user(&arg, sizeof(arg), &c->argv[i]))
+		return 1;
+	if (!arg) {
+		st->whole = 1;
+		return 1;
+	}
+	/* The last iteration only looks for the NULL after argv_ptr_slots
+	 * arguments. */
+	if (i >= argv_ptr_slots || used >= c->cap)
+		return 1;
+	room = c->cap - used;
+	if (room > EV_ARG_MAX)
+		room = EV_ARG_MAX;
+	off = c->base + used;
+	if (off > EV_DATA_MAX + EV_ARGV_CAP)
+		return 1;
+	n = bpf_probe_read_user_str(&c->buf[off], room, arg);
+	if (n <= 0)
+		return 1;
+	st->used = used + n;
+	st->argc = i + 1;
+	/* Cut inside this argument (n == room): the rest is unknown. */
+	return n == room;
+}
+
+static __always_inline void read_argv_ptrs_loop(char *buf, __u32 base, __u32 cap,
+						const char *const *argv, struct argv_read *r)
+{
+	__u32 zero = 0;
+	struct argv_state *st = bpf_map_lookup_elem(&argv_state, &zero);
+	struct argv_loop_ctx c;
+
+	r->used = 0;
+	r->argc = 0;
+	r->whole = 0;
+	if (!st || base > EV_DATA_MAX || !argv)
+		return;
+	if (cap > EV_ARGV_CAP)
+		cap = EV_ARGV_CAP;
+	st->used = 0;
+	st->argc = 0;
+	st->whole = 0;
+	c.buf = buf;
+	c.st = st;
+	c.argv = argv;
+	c.base = base;
+	c.cap = cap;
+	bpf_loop(argv_ptr_slots + 1, argv_step, &c, 0);
+	r->used = st->used;
+	r->argc = st->argc;
+	r->whole = st->whole;
+}
+#endif
+
 /* Append a user argv read argument by argument as string STR_EXEC_ARGV;
- * argc and argv_bytes are set only when the whole array was read. */
-static __always_inline void push_argv_ptrs(struct event *e, const char *const *argv)
+ * argc and argv_bytes are set only when the whole array was read. `loop`
+ * (a constant): under bpf_loop, read_argv_ptrs_loop. */
+static __always_inline void push_argv_ptrs(struct event *e, const char *const *argv,
+					   const int loop)
 {
 	struct argv_read r;
 	__u32 off = e->h.data_len;
@@ -442,7 +547,12 @@ static __always_inline void push_argv_ptrs(struct event *e, const char *const *a
 		mark_truncated(e);
 		return;
 	}
-	read_argv_ptrs(e->data, off, argv_cap(), argv, &r);
+#ifndef TRACEED_FALLBACK
+	if (loop)
+		read_argv_ptrs_loop(e->data, off, argv_cap(), argv, &r);
+	else
+#endif
+		read_argv_ptrs(e->data, off, argv_cap(), argv, &r);
 	if (r.whole)
 		set_argv_size(e, r.argc, r.used);
 	else

@@ -235,9 +235,9 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 	REGS_ARGS(regs, args);
 }
 
-#define SYS_FEXIT(sys, kind, variant, fill)                                   \
+#define SYS_FEXIT(name, sys, kind, variant, fill)                             \
 	SEC("fexit/__x64_sys_" #sys)                                          \
-	int BPF_PROG(fexit_##sys, const struct pt_regs *regs, long ret)       \
+	int BPF_PROG(fexit_##name, const struct pt_regs *regs, long ret)      \
 	{                                                                     \
 		__u64 args[6];                                                \
 		if (sys_skip(kind, ret))                                      \
@@ -279,7 +279,7 @@ static __always_inline void regs_args(const struct pt_regs *regs, __u64 *args)
 		return sys_emit(ctx, e, &sent);                               \
 	}
 #else
-#define SYS_FEXIT(sys, kind, variant, fill)
+#define SYS_FEXIT(name, sys, kind, variant, fill)
 #define SYS_FENTRY_FEXIT(sys, kind, variant, fill)
 #endif
 
@@ -356,9 +356,9 @@ static __always_inline int user_args(int nr, __u64 *args)
 }
 #endif
 
-#define SYS_EXIT_REGS(sys, kind, variant, fill)                              \
+#define SYS_EXIT_REGS(name, sys, kind, variant, fill)                        \
 	SEC("tracepoint/syscalls/sys_exit_" #sys)                            \
-	int exit_##sys(struct sys_exit_ctx *ctx)                             \
+	int exit_##name(struct sys_exit_ctx *ctx)                            \
 	{                                                                    \
 		__u64 args[6];                                               \
 		if (sys_skip(kind, ctx->ret))                                \
@@ -370,10 +370,14 @@ static __always_inline int user_args(int nr, __u64 *args)
 		return SYS_RECORD(ctx, kind, variant, fill, args, ctx->ret); \
 	}
 
-/* Every hook of a syscall: its sys_exit program, and its fexit program. */
+/* Every hook of a syscall: its sys_exit program, and its fexit program,
+ * named exit_<name> and fexit_<name> (<name> is the syscall's, or another
+ * build of the same hooks: exec_fail.bpf.c). */
+#define SYSCALL_HOOKS_AS(name, sys, nargs, kind, variant, fill) \
+	SYS_EXIT_REGS(name, sys, kind, variant, fill)            \
+	SYS_FEXIT(name, sys, kind, variant, fill)
 #define SYSCALL_HOOKS(sys, nargs, kind, variant, fill) \
-	SYS_EXIT_REGS(sys, kind, variant, fill)         \
-	SYS_FEXIT(sys, kind, variant, fill)
+	SYSCALL_HOOKS_AS(sys, sys, nargs, kind, variant, fill)
 #else
 /* The fallback reads no kernel memory, so it stashes at sys_enter. */
 #define SYSCALL_HOOKS(sys, nargs, kind, variant, fill) \

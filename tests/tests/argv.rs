@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use traceed_tests::{unique, Daemon, DaemonOpts, Program};
+use traceed_tests::{spawn_fresh, unique, Daemon, DaemonOpts, Program};
 use traceed_wire::Event;
 
 const ENOENT: i64 = 2;
@@ -46,11 +46,7 @@ fn argv_len(argv: &[String]) -> u64 {
 
 /// Run `prog` with `args` (argv[0] is the path) in `cwd`; returns the pid.
 fn run_in(cwd: &Path, prog: &Path, args: &[String]) -> u32 {
-    let mut c = Command::new(prog)
-        .args(args)
-        .current_dir(cwd)
-        .spawn()
-        .expect("spawn");
+    let mut c = spawn_fresh(Command::new(prog).args(args).current_dir(cwd));
     let pid = c.id();
     c.wait().unwrap();
     pid
@@ -205,10 +201,58 @@ fn check(mode: &str) {
         };
         assert!(text.contains(name), "{text}");
     }
+    if core {
+        failed_exec_argv_limits(&d, &cwd, &missing);
+    }
     // A successful exec has no retval, as before.
     let pid = run_in(&cwd, &prog.path, &[]);
     assert_eq!(exec_of(&d, pid).retval, None);
     let _ = std::fs::remove_dir_all(&cwd);
+}
+
+/// A failed exec's argv, read pointer by pointer: 1024 arguments whole
+/// (every kernel with bpf_loop, and 6.12+: this host), one more cut; an
+/// argument cut at `max_argv_bytes`. On this kernel the daemon runs the
+/// bpf_loop build (status names `exit_execve_loop` or its fexit twin).
+fn failed_exec_argv_limits(d: &Daemon, cwd: &Path, missing: &Path) {
+    let status: traceed_wire::Status =
+        serde_json::from_value(d.ctl_json(&["status", "-o", "json"])).unwrap();
+    assert!(
+        status.programs.iter().any(|p| p.ends_with("_execve_loop")),
+        "{:?}",
+        status.programs
+    );
+    let args: Vec<String> = (0..1024).map(|i| format!("a{i}")).collect();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (pid, errno) = failed_exec(cwd, missing, &refs);
+    assert_eq!(errno, ENOENT);
+    let e = exec_of(d, pid);
+    assert!(!truncated(&e), "{}", e.args);
+    assert_eq!(argv_of(&e), args);
+    assert_eq!(e.args["argc"], 1024);
+    assert_eq!(e.args["argv_bytes"], argv_len(&args));
+
+    let (pid, _) = failed_exec(cwd, missing, &[&refs[..], &["one-more"]].concat());
+    let e = exec_of(d, pid);
+    assert!(truncated(&e));
+    assert_eq!(argv_of(&e), args, "the first 1024, whole");
+    assert!(e.args.get("argc").is_none(), "unknown, not guessed");
+
+    // 40 arguments of 1000 bytes: cut inside the 33rd, at 32 KiB.
+    let big: Vec<String> = (0..40)
+        .map(|i| format!("{i:04}{}", "z".repeat(996)))
+        .collect();
+    let refs: Vec<&str> = big.iter().map(String::as_str).collect();
+    let (pid, _) = failed_exec(cwd, missing, &refs);
+    let e = exec_of(d, pid);
+    assert!(truncated(&e));
+    let got = argv_of(&e);
+    assert_eq!(got.len(), 33, "32 whole and the cut one");
+    assert_eq!(got[..32], big[..32]);
+    assert!(big[32].starts_with(&got[32]) && got[32].len() < 1000);
+    // The cut argument is NUL-terminated by the string read.
+    assert_eq!(argv_len(&got), 32 << 10, "cut at max_argv_bytes");
+    assert!(e.args.get("argc").is_none());
 }
 
 #[test]

@@ -391,6 +391,14 @@ run_rung() { # rung
 	ev=$(EVENT_WAIT=10 wait_event "$sock" --kind exec --pid "$pid" --failed)
 	check "$rung" execfail.filename "$(jget "$ev" filename)" /nonexistent/matrix-no-such-program
 	check "$rung" execfail.retval "$(jget "$ev" retval)" "-$(truth execfail_errno)"
+	# Its 100 arguments, read pointer by pointer: whole under bpf_loop
+	# (5.17+: the CO-RE and kernel objects) and with the fallback's bounded
+	# loop from 6.12 on; cut at 32 otherwise, argc then unknown.
+	want_argc=100
+	case $fid,$(uname -r) in
+	*,5.10.* | fallback,6.[0-9].* | fallback,6.1[01].*) want_argc= ;;
+	esac
+	check "$rung" execfail.argc "$(jget "$ev" argc)" "$want_argc"
 	ev=$(EVENT_WAIT=10 wait_event "$sock" --kind setuid --pid "$pid")
 	# The first "uid" is the column: the caller's before the change.
 	check "$rung" setuid.uid "$(jget "$ev" uid)" 0

@@ -108,7 +108,15 @@ int main(int argc, char **argv)
 	close(lfd);
 	{
 		char p2[4096];
-		char *nargv[] = { "matrix-no-such-program", NULL };
+		/* 100 arguments: more than a bounded loop's 32 slots (5.10),
+		 * within bpf_loop's 1024 (execfail.argc in matrix-init.sh). */
+		static char num[99][8];
+		char *nargv[101] = { "matrix-no-such-program" };
+		for (int i = 1; i < 100; i++) {
+			snprintf(num[i - 1], sizeof(num[0]), "a%d", i);
+			nargv[i] = num[i - 1];
+		}
+		nargv[100] = NULL;
 		snprintf(p2, sizeof(p2), "%s.open", argv[1]);
 		printf("unlink_rc=%d\n", unlink(p2));
 		printf("kill_rc=%d\n", kill(getpid(), 0));

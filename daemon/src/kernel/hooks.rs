@@ -137,6 +137,27 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The syscalls whose record reads a user argv pointer by pointer (failed
+/// execs). Their programs come in two builds: `<prog>` with a bounded loop
+/// and `<prog>_loop` under bpf_loop (5.17+), which the verifier checks as
+/// one body (start-up: ~0.25 s less each on 6.18; and 1024 arguments
+/// where the bounded loop is held to 32).
+const ARGV_READERS: &[&str] = &["execve", "execveat"];
+
+/// The suffix of the bpf_loop build of an argv reader's programs.
+pub const LOOP_SUFFIX: &str = "_loop";
+
+/// The program `<side>_<sys>`, the bpf_loop build where `argv_loop` says
+/// the kernel and the object have it.
+fn prog_name(side: &str, sys: &str, argv_loop: bool) -> String {
+    let suffix = if argv_loop && ARGV_READERS.contains(&sys) {
+        LOOP_SUFFIX
+    } else {
+        ""
+    };
+    format!("{side}_{sys}{suffix}")
+}
+
 /// The x86-64 function behind a syscall, which fexit attaches to.
 fn syscall_function(sys: &str) -> String {
     format!("__x64_sys_{sys}")
@@ -156,8 +177,8 @@ pub fn syscalls() -> impl Iterator<Item = &'static str> {
 /// credentials of the entry. The fallback reads no kernel memory and
 /// stashes them at sys_enter: a pair, exit first, as an enter whose exit
 /// is missing would only fill the inflight map.
-fn tracepoint_hooks(sys: &str, exit_only: bool) -> Vec<Hook> {
-    let exit = format!("exit_{sys}");
+fn tracepoint_hooks(sys: &str, exit_only: bool, argv_loop: bool) -> Vec<Hook> {
+    let exit = prog_name("exit", sys, argv_loop);
     let mut hooks = vec![Hook::tp(
         &exit,
         "syscalls",
@@ -182,7 +203,14 @@ fn tracepoint_hooks(sys: &str, exit_only: bool) -> Vec<Hook> {
 /// the functions; every syscall then tries fexit first. All of them must:
 /// one enabled syscalls tracepoint is enough to put every task on the
 /// syscall slow path (BENCHMARKS.md, "fentry vs tracepoints").
-fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool, exit_only: bool) {
+/// `argv_loop`: the argv readers' bpf_loop build (`prog_name`).
+fn common_hooks(
+    hooks: &mut Vec<Hook>,
+    generic: bool,
+    fentry: bool,
+    exit_only: bool,
+    argv_loop: bool,
+) {
     if generic {
         for side in ["exit", "enter"] {
             hooks.push(Hook::tp(
@@ -206,22 +234,23 @@ fn common_hooks(hooks: &mut Vec<Hook>, generic: bool, fentry: bool, exit_only: b
                 })
             });
             hooks.push(Hook {
-                prog: format!("fexit_{sys}"),
+                prog: prog_name("fexit", sys, argv_loop),
                 attach: Attach::FExit(syscall_function(sys)),
                 optional: true,
                 after: None,
-                or_else: tracepoint_hooks(sys, exit_only),
+                or_else: tracepoint_hooks(sys, exit_only, argv_loop),
                 entry,
             });
         } else {
-            hooks.extend(tracepoint_hooks(sys, exit_only));
+            hooks.extend(tracepoint_hooks(sys, exit_only, argv_loop));
         }
     }
 }
 
 /// The CO-RE and kernel-object table; `fentry` only for the CO-RE object
-/// on a kernel whose BTF is visible (see `common_hooks`).
-pub fn core_hooks(generic: bool, fentry: bool) -> Vec<Hook> {
+/// on a kernel whose BTF is visible (see `common_hooks`), `argv_loop`
+/// where the kernel has bpf_loop (and the object its build).
+pub fn core_hooks(generic: bool, fentry: bool, argv_loop: bool) -> Vec<Hook> {
     let mut hooks = vec![
         Hook {
             prog: "raw_sched_process_exec".into(),
@@ -247,7 +276,7 @@ pub fn core_hooks(generic: bool, fentry: bool) -> Vec<Hook> {
         ),
         Hook::tp("tp_module_load", "module", "module_load", true),
     ];
-    common_hooks(&mut hooks, generic, fentry, true);
+    common_hooks(&mut hooks, generic, fentry, true, argv_loop);
     hooks
 }
 
@@ -282,7 +311,7 @@ pub fn fallback_hooks(generic: bool) -> Vec<Hook> {
         Hook::tp("fb_enter_clone", "syscalls", "sys_enter_clone", true),
         Hook::tp("fb_enter_clone3", "syscalls", "sys_enter_clone3", true),
     ];
-    common_hooks(&mut hooks, generic, false, false);
+    common_hooks(&mut hooks, generic, false, false, false);
     hooks
 }
 

@@ -13,7 +13,9 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use traceed_wire::{AttachStatus, FamilyAttach, KernelObject, Refusal, SkippedHook};
 
 use super::btf::{target_btf, BtfError};
-use super::hooks::{attach_all, core_hooks, fallback_hooks, Hook, HookError, FAMILIES};
+use super::hooks::{
+    attach_all, core_hooks, fallback_hooks, Hook, HookError, FAMILIES, LOOP_SUFFIX,
+};
 use super::kobject::LocateError;
 use super::selfcheck::{self_check, SelfCheckError};
 use super::source::{EventSource, SourceError};
@@ -185,7 +187,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 // the two parsed copies never coexist (the start-up peak
                 // was both, 50 MiB).
                 let g = globals(opts, transport);
-                let loader = loader_for(opts, &g);
+                let loader = loader_for(opts, &g, bpf_loop_supported());
                 target_btf(rung, opts)
                     .map_err(RungError::from)
                     .and_then(|(btf, source)| {
@@ -253,7 +255,12 @@ pub struct Attempt {
 /// fexit program is named `fexit_<syscall>`, a tracepoint pair's exit half
 /// `exit_<syscall>`.
 fn attach_status(programs: &[String], fentry_refused: Option<String>) -> AttachStatus {
-    let has = |p: String| programs.contains(&p);
+    // Either build of a program (hooks::prog_name) attaches the same way.
+    let has = |p: String| {
+        programs
+            .iter()
+            .any(|q| q.strip_suffix(LOOP_SUFFIX).unwrap_or(q) == p)
+    };
     let mut families = Vec::new();
     for (family, syscalls) in FAMILIES {
         let fexit = syscalls.iter().any(|s| has(format!("fexit_{s}")));
@@ -336,30 +343,53 @@ fn scratch_slots() -> Result<u32, RungError> {
 }
 
 /// Arguments read one by one (failed execs, the fallback rung's argv):
-/// 1024 from 6.12 on, ARGV_SLOTS_OLD before. The verifiers of 6.1 and 5.10
-/// hit their 1M-instruction limit on the 1024-iteration loop (found in the
-/// qemu matrix); an argv with more arguments is cut and flagged
-/// `truncated`, as a longer one always was.
-fn argv_ptr_slots() -> &'static u32 {
+/// ARGV_SLOTS under bpf_loop (`argv_loop`, the programs' bpf_loop build)
+/// and with a bounded loop from 6.12 on, ARGV_SLOTS_OLD for a bounded loop
+/// before. The verifiers of 6.1 and 5.10 hit their 1M-instruction limit on
+/// the 1024-iteration loop (found in the qemu matrix); an argv with more
+/// arguments is cut and flagged `truncated`, as a longer one always was.
+fn argv_ptr_slots(argv_loop: bool) -> &'static u32 {
     static SLOTS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if argv_loop {
+        return &ARGV_SLOTS;
+    }
     SLOTS.get_or_init(|| slots_for(&super::kernel_release()))
 }
 
+const ARGV_SLOTS: u32 = 1024;
 const ARGV_SLOTS_OLD: u32 = 32;
+
+/// Whether the kernel has bpf_loop (5.17+), for the argv readers' build
+/// (`argv_ptr_slots`, hooks::prog_name). Asked once.
+fn bpf_loop_supported() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        aya::sys::is_helper_supported(
+            aya::programs::ProgramType::TracePoint,
+            aya::sys::BpfHelper::BPF_FUNC_loop,
+        )
+        .unwrap_or(false)
+    })
+}
 
 fn slots_for(release: &str) -> u32 {
     let mut v = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().unwrap_or(0));
     match (v.next(), v.next()) {
-        (Some(major), Some(minor)) if (major, minor) >= (6, 12) => 1024,
+        (Some(major), Some(minor)) if (major, minor) >= (6, 12) => ARGV_SLOTS,
         _ => ARGV_SLOTS_OLD,
     }
 }
 
 static BENCH_FLOOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'a>, RungError> {
+/// `argv_loop`: the argv readers' bpf_loop build will be attached.
+fn loader_for<'a>(
+    opts: &'a LoadOptions,
+    g: &'a [u32; 4],
+    argv_loop: bool,
+) -> Result<EbpfLoader<'a>, RungError> {
     let floor = BENCH_FLOOR.get_or_init(|| {
         let f = bench_floor();
         if f == 1 {
@@ -377,7 +407,7 @@ fn loader_for<'a>(opts: &'a LoadOptions, g: &'a [u32; 4]) -> Result<EbpfLoader<'
         .override_global("wakeup_bytes", &g[2], true)
         .override_global("max_argv_bytes", &g[3], true)
         // Not must_exist: a kernel object built by an older traceed lacks it.
-        .override_global("argv_ptr_slots", argv_ptr_slots(), false)
+        .override_global("argv_ptr_slots", argv_ptr_slots(argv_loop), false)
         .map_max_entries("scratch", scratch_slots()?);
     Ok(l)
 }
@@ -480,7 +510,11 @@ fn load_core<'a>(
     finish(
         ebpf,
         opts,
-        &core_hooks(!opts.generic_syscalls.is_empty(), fentry.is_ok()),
+        &core_hooks(
+            !opts.generic_syscalls.is_empty(),
+            fentry.is_ok(),
+            bpf_loop_supported(),
+        ),
         fentry,
     )
 }
@@ -510,7 +544,7 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, Ru
     } else {
         FALLBACK_RING
     };
-    let mut l = loader_for(opts, &g)?;
+    let mut l = loader_for(opts, &g, false)?;
     l.override_global("fb_sys_args_off", &args_off, true)
         .override_global("fb_sys_ret_off", &ret_off, true)
         .override_global("fb_exec_filename_off", &filename_off, true)
@@ -545,8 +579,12 @@ fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Tran
     if transport == Transport::Ringbuf && !ring_buf_supported() {
         return Err(RungError::NoRingBuf { path: ko.path });
     }
+    // An object built by an older traceed may lack the bpf_loop build.
+    let argv_loop = bpf_loop_supported()
+        && kobject::programs(&ko.bytes)
+            .is_some_and(|p| p.iter().any(|(_, name)| name == "exit_execve_loop"));
     let g = globals(opts, transport);
-    let mut l = loader_for(opts, &g)?;
+    let mut l = loader_for(opts, &g, argv_loop)?;
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
     }
@@ -557,7 +595,7 @@ fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Tran
     let a = finish(
         ebpf,
         opts,
-        &core_hooks(!opts.generic_syscalls.is_empty(), false),
+        &core_hooks(!opts.generic_syscalls.is_empty(), false, argv_loop),
         Err("rung kernel-object: fexit programs are only in the CO-RE object".into()),
     )?;
     Ok((with_source(a, opts, transport)?, ko.info, transport))
@@ -637,8 +675,8 @@ mod tests {
     #[test]
     fn fexit_hooks_fall_back_to_their_tracepoints() {
         use super::super::hooks::syscalls;
-        let with = core_hooks(false, true);
-        let without = core_hooks(false, false);
+        let with = core_hooks(false, true, false);
+        let without = core_hooks(false, false, false);
         let mut all: Vec<&str> = syscalls().collect();
         all.sort_unstable();
         all.dedup();
@@ -688,15 +726,62 @@ mod tests {
         assert_eq!(flat(&with), flat(&without));
     }
 
+    /// With bpf_loop, the failed-exec syscalls (and only they) name their
+    /// bpf_loop build, fexit and tracepoint alike, and status reports them
+    /// as their syscalls.
+    #[test]
+    fn argv_readers_take_their_bpf_loop_build() {
+        for fentry in [true, false] {
+            let plain = core_hooks(false, fentry, false);
+            let looped = core_hooks(false, fentry, true);
+            let names = |t: &[Hook]| {
+                t.iter()
+                    .flat_map(Hook::with_alternatives)
+                    .map(|h| h.prog.clone())
+                    .collect::<Vec<_>>()
+            };
+            let (plain, looped) = (names(&plain), names(&looped));
+            assert_eq!(plain.len(), looped.len());
+            for (p, l) in plain.iter().zip(&looped) {
+                let reader = [
+                    "exit_execve",
+                    "exit_execveat",
+                    "fexit_execve",
+                    "fexit_execveat",
+                ]
+                .contains(&p.as_str());
+                let want = if reader {
+                    format!("{p}_loop")
+                } else {
+                    p.clone()
+                };
+                assert_eq!(*l, want);
+            }
+        }
+        let a = attach_status(
+            &["exit_execve_loop".into(), "exit_execveat_loop".into()],
+            None,
+        );
+        assert_eq!(method(&a, "exec (failed)"), "tracepoint");
+        let a = attach_status(&["fexit_execve_loop".into()], None);
+        assert_eq!(method(&a, "exec (failed)"), "fexit");
+    }
+
     /// The hook tables and the embedded objects agree both ways, without
     /// loading anything: every program a table names is in its object, in
     /// the section its attach type needs, and every program of an object
     /// is in its table (the generic path's included).
     #[test]
     fn hook_tables_match_the_embedded_objects() {
+        // The CO-RE objects have both builds of the argv readers.
+        let core = || {
+            let mut t = core_hooks(true, true, false);
+            t.extend(core_hooks(true, true, true));
+            t
+        };
         let objects: [(&str, &[u8], Vec<Hook>); 4] = [
-            ("traceed.bpf.o", CORE_RING, core_hooks(true, true)),
-            ("traceed-perf.bpf.o", CORE_PERF, core_hooks(true, true)),
+            ("traceed.bpf.o", CORE_RING, core()),
+            ("traceed-perf.bpf.o", CORE_PERF, core()),
             ("fallback.bpf.o", FALLBACK_RING, fallback_hooks(true)),
             ("fallback-perf.bpf.o", FALLBACK_PERF, fallback_hooks(true)),
         ];
