@@ -434,8 +434,8 @@ static __always_inline void read_argv_ptrs(char *buf, __u32 base, __u32 cap,
 
 #ifndef TRACEED_FALLBACK
 /*
- * The same reads under bpf_loop (5.17+), for the programs built with
- * ARGV_LOOP (exec_fail.bpf.c; the loader takes them where the kernel has
+ * The same reads under bpf_loop (5.17+), for the programs' bpf_loop build
+ * (exec_fail.bpf.c, `*_loop`; the loader takes it where the kernel has
  * the helper). A bounded loop is verified once per iteration, and the
  * verifier's precise bounds on `used` keep every iteration's state apart:
  * 1,024 iterations cost exit_execve ~0.25 s of start-up on 6.18, and

@@ -140,12 +140,19 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
 /// The syscalls whose record reads a user argv pointer by pointer (failed
 /// execs). Their programs come in two builds: `<prog>` with a bounded loop
 /// and `<prog>_loop` under bpf_loop (5.17+), which the verifier checks as
-/// one body (start-up: ~0.25 s less each on 6.18; and 1024 arguments
+/// one body (start-up: ~0.2 s less each on 6.18; and 1024 arguments
 /// where the bounded loop is held to 32).
 const ARGV_READERS: &[&str] = &["execve", "execveat"];
 
 /// The suffix of the bpf_loop build of an argv reader's programs.
 pub const LOOP_SUFFIX: &str = "_loop";
+
+/// Whether an object's programs (`kobject::programs`) include the bpf_loop
+/// build: a kernel object built by an older traceed does not.
+pub fn has_loop_build(programs: &[(String, String)]) -> bool {
+    let want = prog_name("exit", ARGV_READERS[0], true);
+    programs.iter().any(|(_, name)| *name == want)
+}
 
 /// The program `<side>_<sys>`, the bpf_loop build where `argv_loop` says
 /// the kernel and the object have it.

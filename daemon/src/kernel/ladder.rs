@@ -14,7 +14,7 @@ use traceed_wire::{AttachStatus, FamilyAttach, KernelObject, Refusal, SkippedHoo
 
 use super::btf::{target_btf, BtfError};
 use super::hooks::{
-    attach_all, core_hooks, fallback_hooks, Hook, HookError, FAMILIES, LOOP_SUFFIX,
+    attach_all, core_hooks, fallback_hooks, has_loop_build, Hook, HookError, FAMILIES, LOOP_SUFFIX,
 };
 use super::kobject::LocateError;
 use super::selfcheck::{self_check, SelfCheckError};
@@ -579,10 +579,8 @@ fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Tran
     if transport == Transport::Ringbuf && !ring_buf_supported() {
         return Err(RungError::NoRingBuf { path: ko.path });
     }
-    // An object built by an older traceed may lack the bpf_loop build.
-    let argv_loop = bpf_loop_supported()
-        && kobject::programs(&ko.bytes)
-            .is_some_and(|p| p.iter().any(|(_, name)| name == "exit_execve_loop"));
+    let argv_loop =
+        bpf_loop_supported() && kobject::programs(&ko.bytes).is_some_and(|p| has_loop_build(&p));
     let g = globals(opts, transport);
     let mut l = loader_for(opts, &g, argv_loop)?;
     if transport == Transport::Ringbuf {
@@ -765,6 +763,9 @@ mod tests {
         assert_eq!(method(&a, "exec (failed)"), "tracepoint");
         let a = attach_status(&["fexit_execve_loop".into()], None);
         assert_eq!(method(&a, "exec (failed)"), "fexit");
+        // How a kernel object is told apart from one built before it.
+        assert!(has_loop_build(&kobject::programs(CORE_RING).unwrap()));
+        assert!(!has_loop_build(&kobject::programs(FALLBACK_RING).unwrap()));
     }
 
     /// The hook tables and the embedded objects agree both ways, without

@@ -305,14 +305,12 @@ fn drain(source: &mut EventSource, reorder: &mut Option<Reorder>, p: &mut Pipeli
 
 /// Longest a record waits in the ring when the ring is nearly empty. Below
 /// the rate at which the programs' wake-ups take over (1/16 of the ring
-/// pending), each drain is one batch and one SQLite commit, whose cost
-/// (the WAL frames of every page the batch touched, then their checkpoint)
-/// is shared by the batch: at 10k opens/s, 100 ms instead of 50 took the
-/// daemon's CPU per event from 2.4-2.5 to 1.9-2.1 µs, and an exec loop's
-/// from 32-34 to 26 µs per exec (BENCHMARKS.md, "Fewer commits at low
-/// rates"). Live followers and detections see an event up to this much
-/// later.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// pending), each drain is one batch and one SQLite commit, whose cost is
+/// shared by the batch: 100 ms took the daemon's CPU per event at 10k
+/// opens/s from 2.2-2.7 to 1.8-1.9 µs, but the bench's peak RSS from 39-42
+/// to 44-52 MiB (BENCHMARKS.md, "Fewer commits at low rates: measured, not
+/// adopted").
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A registration-only wrapper: the fd is owned by the `EventSource`,
 /// which outlives every `AsyncFd` made from it (both live in `run`).
