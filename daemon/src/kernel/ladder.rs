@@ -444,9 +444,8 @@ fn finish(
 }
 
 /// Map the ring buffer (or the perf buffers) of an attached object. Its
-/// pages count in RSS from the mmap on (the data twice: the kernel maps it
-/// twice), so the CO-RE rungs map it only once the parsed kernel BTF, the
-/// start-up peak, is freed.
+/// pages count in RSS from the mmap on (kernel::ring), so the CO-RE rungs
+/// map it only once the parsed kernel BTF, the start-up peak, is freed.
 fn with_source(
     a: Attached,
     opts: &LoadOptions,

@@ -10,6 +10,7 @@ pub mod btf;
 pub mod hooks;
 pub mod kobject;
 pub mod ladder;
+pub mod ring;
 pub mod scope;
 pub mod selfcheck;
 pub mod source;

@@ -5,8 +5,10 @@
 use std::os::fd::{AsRawFd, RawFd};
 
 use aya::maps::perf::{PerfEvent, PerfEventArrayBuffer};
-use aya::maps::{MapData, PerfEventArray, RingBuf};
+use aya::maps::{Map, MapData, PerfEventArray};
 use aya::Ebpf;
+
+use super::ring::{Ring, RingError};
 
 use crate::service::config::Transport;
 
@@ -29,6 +31,10 @@ pub enum SourceError {
     NoEventsMap,
     #[error("events map: {0}")]
     Map(aya::maps::MapError),
+    #[error("events map: not a ring buffer")]
+    NotRing,
+    #[error(transparent)]
+    Ring(#[from] RingError),
     #[error("{0}: {1}")]
     OnlineCpus(&'static str, std::io::Error),
     #[error("perf buffer of cpu {cpu}: {err}")]
@@ -39,7 +45,7 @@ pub enum SourceError {
 }
 
 pub enum EventSource {
-    Ring(RingBuf<MapData>),
+    Ring(Ring),
     Perf(Vec<PerfEventArrayBuffer<MapData>>),
 }
 
@@ -65,9 +71,10 @@ impl EventSource {
                 }
                 Ok(Self::Perf(bufs))
             }
-            _ => RingBuf::try_from(map)
-                .map(Self::Ring)
-                .map_err(SourceError::Map),
+            _ => match map {
+                Map::RingBuf(data) => Ok(Self::Ring(Ring::new(data)?)),
+                _ => Err(SourceError::NotRing),
+            },
         }
     }
 
@@ -81,11 +88,7 @@ impl EventSource {
     /// Hand every available record to `f`.
     pub fn drain(&mut self, f: &mut dyn FnMut(&[u8])) {
         match self {
-            Self::Ring(r) => {
-                while let Some(item) = r.next() {
-                    f(&item);
-                }
-            }
+            Self::Ring(r) => r.drain(f),
             Self::Perf(bufs) => {
                 let mut joined = Vec::new();
                 for b in bufs.iter_mut() {
