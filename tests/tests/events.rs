@@ -473,16 +473,29 @@ fn scope_excludes_comm_and_uid_in_the_kernel() {
         .any(|e| e.kind != "lost"));
 }
 
+/// A daemon with a ring of `bytes` that records only the thread named
+/// `comm`: everything generated is known.
+fn tiny_ring(bytes: u32, comm: &str) -> Daemon {
+    Daemon::start_with(DaemonOpts {
+        config: Some(format!(
+            "[kernel]\nring_buffer_bytes = {bytes}\n[scope.include]\ncomm = [\"{comm}\"]\n"
+        )),
+        ..Default::default()
+    })
+}
+
+/// What the `lost` rows among `evs` count.
+fn lost_in(evs: &[Event]) -> u64 {
+    evs.iter()
+        .filter(|e| e.kind == "lost")
+        .map(|e| e.args["count"].as_u64().unwrap())
+        .sum()
+}
+
 #[test]
 fn a_flood_larger_than_the_ring_is_accounted_as_lost() {
     let flooder = unique("fld");
-    // A tiny ring and a scope of one thread: everything generated is known.
-    let cfg =
-        format!("[kernel]\nring_buffer_bytes = 8192\n[scope.include]\ncomm = [\"{flooder}\"]\n");
-    let d = Daemon::start_with(DaemonOpts {
-        config: Some(cfg),
-        ..Default::default()
-    });
+    let d = tiny_ring(8192, &flooder);
     const N: u64 = 20_000;
     let path = tmp_path("flood");
     {
@@ -500,11 +513,7 @@ fn a_flood_larger_than_the_ring_is_accounted_as_lost() {
             .iter()
             .filter(|e| e.kind == "open" && e.args["path"] == path.as_str())
             .count() as u64;
-        let lost: u64 = evs
-            .iter()
-            .filter(|e| e.kind == "lost")
-            .map(|e| e.args["count"].as_u64().unwrap())
-            .sum();
+        let lost = lost_in(&evs);
         if stored + lost >= N || t0.elapsed() > Duration::from_secs(20) {
             break (stored, lost);
         }
@@ -533,12 +542,7 @@ fn a_flood_larger_than_the_ring_is_accounted_as_lost() {
 #[test]
 fn records_across_the_end_of_the_ring_arrive_whole() {
     let opener = unique("wrp");
-    let cfg =
-        format!("[kernel]\nring_buffer_bytes = 65536\n[scope.include]\ncomm = [\"{opener}\"]\n");
-    let d = Daemon::start_with(DaemonOpts {
-        config: Some(cfg),
-        ..Default::default()
-    });
+    let d = tiny_ring(65536, &opener);
     const N: usize = 5_000;
     let base = tmp_path("wrap");
     let paths: Vec<String> = (0..N)
@@ -569,11 +573,7 @@ fn records_across_the_end_of_the_ring_arrive_whole() {
         for p in &opens {
             assert!(want.contains(p), "a path that was never opened: {p:?}");
         }
-        let lost: u64 = evs
-            .iter()
-            .filter(|e| e.kind == "lost")
-            .map(|e| e.args["count"].as_u64().unwrap())
-            .sum();
+        let lost = lost_in(&evs);
         let stored = opens.len() as u64;
         if stored + lost >= N as u64 || t0.elapsed() > Duration::from_secs(20) {
             break (stored, lost);
