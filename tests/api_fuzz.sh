@@ -95,6 +95,7 @@ timeout 170 "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run
     --max-examples "$examples" \
     --request-timeout 10 \
     --suppress-health-check all \
+    ${FUZZ_SEED:+--seed "$FUZZ_SEED"} \
     --no-color 2>&1 | cut -c1-400
 status=${PIPESTATUS[0]}
 set -e
