@@ -379,6 +379,26 @@ struct argv_read {
 	__u32 whole; /* the array's NULL was reached and nothing was cut */
 };
 
+/* Store argument `arg` at buf + base + used, where `used` < `cap` bytes
+ * are stored already: its length with the NUL, <= 0 when it could not be
+ * read. *cut: it was cut at the cap (or EV_ARG_MAX), so the rest of argv
+ * is unknown. One step of both loops below. */
+static __always_inline long argv_put(char *buf, __u64 base, __u64 cap, __u64 used,
+				     const char *arg, int *cut)
+{
+	/* 64-bit and unsigned, so the verifier sees 0..EV_ARG_MAX */
+	__u64 room = cap - used, off = base + used;
+	long n;
+
+	if (room > EV_ARG_MAX)
+		room = EV_ARG_MAX;
+	if (off > EV_DATA_MAX + EV_ARGV_CAP)
+		return 0;
+	n = bpf_probe_read_user_str(&buf[off], room, arg);
+	*cut = n == room;
+	return n;
+}
+
 /* Read a user argv (array of string pointers, NULL-terminated) argument by
  * argument into buf + base, at most `cap` bytes. */
 static __always_inline void read_argv_ptrs(char *buf, __u32 base, __u32 cap,
@@ -396,7 +416,7 @@ static __always_inline void read_argv_ptrs(char *buf, __u32 base, __u32 cap,
 		cap = EV_ARGV_CAP;
 	for (i = 0; i < ARGV_PTR_SLOTS; i++) {
 		const char *arg = 0;
-		__u64 room, off;
+		int cut;
 		long n;
 
 		if (i >= argv_ptr_slots)
@@ -410,19 +430,11 @@ static __always_inline void read_argv_ptrs(char *buf, __u32 base, __u32 cap,
 		}
 		if (used >= cap)
 			break;
-		/* 64-bit and unsigned, so the verifier sees 0..EV_ARG_MAX */
-		room = (__u64)cap - used;
-		if (room > EV_ARG_MAX)
-			room = EV_ARG_MAX;
-		off = (__u64)base + used;
-		if (off > EV_DATA_MAX + EV_ARGV_CAP)
-			break;
-		n = bpf_probe_read_user_str(&buf[off], room, arg);
+		n = argv_put(buf, base, cap, used, arg, &cut);
 		if (n <= 0)
 			break;
 		used += n;
-		if (n == room) {
-			/* cut inside this argument: the rest is unknown */
+		if (cut) {
 			r->argc = i + 1;
 			r->used = used;
 			return;
@@ -477,7 +489,8 @@ static long argv_step(__u32 i, void *data)
 	struct argv_loop_ctx *c = data;
 	struct argv_state *st = c->st;
 	const char *arg = 0;
-	__u64 used = st->used, room, off;
+	__u64 used = st->used;
+	int cut;
 	long n;
 
 	if (bpf_probe_read_user(&arg, sizeof(arg), &c->argv[i]))
@@ -490,19 +503,12 @@ static long argv_step(__u32 i, void *data)
 	 * arguments. */
 	if (i >= argv_ptr_slots || used >= c->cap)
 		return 1;
-	room = c->cap - used;
-	if (room > EV_ARG_MAX)
-		room = EV_ARG_MAX;
-	off = c->base + used;
-	if (off > EV_DATA_MAX + EV_ARGV_CAP)
-		return 1;
-	n = bpf_probe_read_user_str(&c->buf[off], room, arg);
+	n = argv_put(c->buf, c->base, c->cap, used, arg, &cut);
 	if (n <= 0)
 		return 1;
 	st->used = used + n;
 	st->argc = i + 1;
-	/* Cut inside this argument (n == room): the rest is unknown. */
-	return n == room;
+	return cut;
 }
 
 static __always_inline void read_argv_ptrs_loop(char *buf, __u32 base, __u32 cap,

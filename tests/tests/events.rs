@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use traceed_tests::{poll, unique, Daemon, DaemonOpts, Program};
 use traceed_wire::Event;
@@ -484,12 +484,34 @@ fn tiny_ring(bytes: u32, comm: &str) -> Daemon {
     })
 }
 
-/// What the `lost` rows among `evs` count.
-fn lost_in(evs: &[Event]) -> u64 {
-    evs.iter()
-        .filter(|e| e.kind == "lost")
-        .map(|e| e.args["count"].as_u64().unwrap())
-        .sum()
+/// Wait until the opens whose path is `mine`, stored, and the events the
+/// `lost` rows count add up to `n` (at most 20 s): (stored, lost).
+fn opens_and_lost(d: &Daemon, n: u64, every: Duration, mine: impl Fn(&str) -> bool) -> (u64, u64) {
+    let last = std::cell::Cell::new((0, 0));
+    poll(
+        Duration::from_secs(20),
+        every,
+        || {
+            let evs: Vec<Event> = d.events(&["--since", "5m", "--limit", "100000"]);
+            let stored = evs
+                .iter()
+                .filter(|e| e.kind == "open")
+                .filter_map(|e| e.args["path"].as_str())
+                .filter(|p| mine(p))
+                .count() as u64;
+            let lost: u64 = evs
+                .iter()
+                .filter(|e| e.kind == "lost")
+                .map(|e| e.args["count"].as_u64().unwrap())
+                .sum();
+            last.set((stored, lost));
+            (stored + lost >= n).then_some((stored, lost))
+        },
+        || {
+            let (stored, lost) = last.get();
+            format!("stored {stored} + lost {lost} of {n} generated, after 20 s")
+        },
+    )
 }
 
 #[test]
@@ -506,19 +528,7 @@ fn a_flood_larger_than_the_ring_is_accounted_as_lost() {
             }
         });
     }
-    let t0 = Instant::now();
-    let (stored, lost) = loop {
-        let evs: Vec<Event> = d.events(&["--since", "5m"]);
-        let stored = evs
-            .iter()
-            .filter(|e| e.kind == "open" && e.args["path"] == path.as_str())
-            .count() as u64;
-        let lost = lost_in(&evs);
-        if stored + lost >= N || t0.elapsed() > Duration::from_secs(20) {
-            break (stored, lost);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let (stored, lost) = opens_and_lost(&d, N, Duration::from_millis(300), |p| p == path.as_str());
     assert!(
         lost > 0,
         "a {N}-event burst into an 8 KiB ring lost nothing? stored {stored}"
@@ -548,38 +558,30 @@ fn records_across_the_end_of_the_ring_arrive_whole() {
     let paths: Vec<String> = (0..N)
         .map(|i| format!("{base}-{i:05}-{}", "x".repeat(i % 97)))
         .collect();
-    {
-        let paths = paths.clone();
+    // In chunks of ~50 KiB of records, each accounted for (stored or lost)
+    // before the next, so that most get through the tiny ring.
+    let mine = |p: &str| p.starts_with(&base);
+    let mut accounted = (0, 0);
+    for (k, chunk) in paths.chunks(200).enumerate() {
+        let chunk = chunk.to_vec();
         in_thread(&opener, move || {
-            for (i, p) in paths.iter().enumerate() {
+            for p in &chunk {
                 let _ = std::fs::File::open(p);
-                // Paced, so that most records get through the tiny ring.
-                if i % 16 == 15 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
             }
         });
+        let done = ((k + 1) * 200).min(N) as u64;
+        accounted = opens_and_lost(&d, done, Duration::from_millis(50), mine);
     }
+    let (stored, lost) = accounted;
     let want: std::collections::HashSet<&str> = paths.iter().map(String::as_str).collect();
-    let t0 = Instant::now();
-    let (stored, lost) = loop {
-        let evs: Vec<Event> = d.events(&["--since", "5m", "--limit", "100000"]);
-        let opens: Vec<&str> = evs
-            .iter()
-            .filter(|e| e.kind == "open")
-            .filter_map(|e| e.args["path"].as_str())
-            .filter(|p| p.starts_with(&base))
-            .collect();
-        for p in &opens {
-            assert!(want.contains(p), "a path that was never opened: {p:?}");
-        }
-        let lost = lost_in(&evs);
-        let stored = opens.len() as u64;
-        if stored + lost >= N as u64 || t0.elapsed() > Duration::from_secs(20) {
-            break (stored, lost);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let evs: Vec<Event> = d.events(&["--kind", "open", "--since", "5m", "--limit", "100000"]);
+    for p in evs
+        .iter()
+        .filter_map(|e| e.args["path"].as_str())
+        .filter(|p| mine(p))
+    {
+        assert!(want.contains(p), "a path that was never opened: {p:?}");
+    }
     assert_eq!(stored + lost, N as u64, "stored {stored} + lost {lost}");
     assert!(stored > N as u64 / 2, "stored {stored} of {N}");
     // Lost only because the ring was full, never a record read wrong.
