@@ -144,6 +144,10 @@ impl Default for EventsConfig {
 const COALESCE_MIN: Duration = Duration::from_millis(10);
 const COALESCE_MAX: Duration = Duration::from_secs(60);
 
+/// `[store] commit_interval` at most: events wait that long for live
+/// followers and alerts.
+const COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(5);
+
 /// `[scope.include]` / `[scope.exclude]`: applied in the kernel, before a
 /// record is built (`exe`: in user space, right after decoding). An include list for a key means only matching tasks
 /// are recorded; excludes always win.
@@ -418,6 +422,12 @@ pub struct StoreConfig {
     /// space than this (0 disables). Default 64 MiB.
     #[serde(with = "humanized_bytes")]
     pub min_free_bytes: u64,
+    /// Least time between two commits while the writer's queue holds less
+    /// than a batch: fewer, larger transactions at low rates, at the cost
+    /// of that much more latency for live followers and alerts. Zero:
+    /// commit as soon as the previous batch is written.
+    #[serde(with = "humanized_duration")]
+    pub commit_interval: Duration,
 }
 
 /// How records reach user space.
@@ -489,6 +499,7 @@ impl Default for StoreConfig {
             // A floor that keeps the host writable, not a share of the disk:
             // on a small filesystem a 1 GiB floor would delete all history.
             min_free_bytes: 64 << 20,
+            commit_interval: Duration::from_millis(200),
         }
     }
 }
@@ -657,6 +668,16 @@ impl Config {
                 format!(
                     "events.coalesce = {w:?}: must be \"0s\" (off) or between {COALESCE_MIN:?} \
                      and {COALESCE_MAX:?} (how long an open waits for identical ones)"
+                ),
+            ));
+        }
+        if self.store.commit_interval > COMMIT_INTERVAL_MAX {
+            return Err((
+                "store.commit_interval",
+                format!(
+                    "store.commit_interval = {:?}: must be at most {COMMIT_INTERVAL_MAX:?} (\"0s\" \
+                     commits as soon as the previous batch is written)",
+                    self.store.commit_interval
                 ),
             ));
         }
@@ -995,6 +1016,23 @@ mod tests {
                 "{v}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn store_commit_interval_default_override_and_bound() {
+        let d = Config::default().store.commit_interval;
+        assert_eq!(d, Duration::from_millis(200));
+        let c = Config::parse("[store]\ncommit_interval = \"0s\"\n", Path::new("t")).unwrap();
+        assert!(c.store.commit_interval.is_zero());
+        let c = Config::parse("[store]\ncommit_interval = \"1s\"\n", Path::new("t")).unwrap();
+        assert_eq!(c.store.commit_interval, Duration::from_secs(1));
+        let e = err("[store]\ncommit_interval = \"6s\"\n");
+        assert!(
+            e.contains("line 2") && e.contains("store.commit_interval") && e.contains("5s"),
+            "{e}"
+        );
+        let e = err("[store]\ncommit_interval = \"soon\"\n");
+        assert!(e.contains("line 2") && e.contains("not a duration"), "{e}");
     }
 
     #[test]

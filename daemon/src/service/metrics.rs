@@ -25,6 +25,8 @@ pub struct Counters {
     /// Opens folded into another open's row (`[events] coalesce`).
     pub coalesced: AtomicU64,
     pub queue_depth: AtomicU64,
+    /// Transactions the store writer committed (one per batch).
+    pub commits: AtomicU64,
     /// `store::heavy_bytes` of the events in that queue (exec command
     /// lines), bounded by `store::QUEUE_HEAVY_BYTES`.
     pub queue_heavy_bytes: AtomicU64,
@@ -205,6 +207,12 @@ impl Collector for PipelineCollector {
             "traceed_decode_errors",
             "Kernel records that could not be decoded.",
             c.decode_errors.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "traceed_store_commits",
+            "Transactions the store writer committed, one per batch of events ([store] commit_interval).",
+            c.commits.load(Relaxed),
         )?;
         gauge(
             &mut enc,
@@ -387,6 +395,7 @@ mod tests {
         c.count_stored_all(["exec", "exec", "exit", "exec"].into_iter());
         c.lost_kernel.store(3, Relaxed);
         c.queue_depth.store(7, Relaxed);
+        c.commits.store(5, Relaxed);
         c.queue_heavy_bytes.store(65536, Relaxed);
         c.ingest_lag_ns.store(1_500_000_000, Relaxed);
         let m = Metrics::new(c, || 4096);
@@ -400,6 +409,7 @@ mod tests {
             "traceed_lost_events_total{source=\"kernel\"} 3",
             "traceed_lost_events_total{source=\"userspace\"} 0",
             "traceed_queue_depth 7",
+            "traceed_store_commits_total 5",
             "traceed_queue_heavy_bytes 65536",
             "traceed_db_bytes 4096",
             "traceed_ingest_lag_seconds 1.5",

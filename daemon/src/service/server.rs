@@ -59,7 +59,8 @@ pub async fn run(cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
         counters.clone(),
         cfg.store.batch_size,
     )
-    .await?;
+    .await?
+    .with_commit_interval(cfg.store.commit_interval);
     let (writer, export_reopen) = match &cfg.export.jsonl {
         Some(path) => {
             let x = Exporter::open(path)?;

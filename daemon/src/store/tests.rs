@@ -182,6 +182,87 @@ async fn typed_args_read_back_as_their_json() {
 /// A queue full of execs with long command lines is written in batches of
 /// at most BATCH_HEAVY_BYTES of them (or one exec), in order, each command
 /// line whole; without the cut the writer took all 4,096 at once.
+/// `[store] commit_interval`: a trickle is committed at most once per
+/// interval, a whole batch waiting is committed at once, and a closed
+/// queue does not wait out the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_wait_for_the_interval_unless_a_batch_is_waiting() {
+    let dir = temp_dir("linger");
+    let store = Store::open(&dir).await.unwrap();
+    let writer = |counters: Arc<Counters>, live: Live, rx, gap| {
+        let store = &store;
+        async move {
+            Writer::new(store, rx, live, counters, 64)
+                .await
+                .unwrap()
+                .with_commit_interval(gap)
+        }
+    };
+
+    // A trickle: one event every 2 ms for about half a second.
+    let counters = Arc::new(Counters::default());
+    let live = Live::new(1024);
+    let mut sub = live.subscribe();
+    let (tx, rx) = mpsc::channel(1024);
+    let gap = Duration::from_millis(100);
+    let task = tokio::spawn(writer(counters.clone(), live, rx, gap).await.run());
+    let t0 = std::time::Instant::now();
+    for i in 0..250 {
+        tx.send(ev(1_000 + i, "open", 7, "t").map_args(Payload::Json))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = t0.elapsed();
+    drop(tx);
+    task.await.unwrap().unwrap();
+    let mut stored = 0;
+    while let Some(r) = sub.try_recv() {
+        stored += r.batch.events.len();
+    }
+    assert_eq!(stored, 250);
+    let commits = counters.commits.load(Relaxed);
+    let most = (elapsed.as_millis() / gap.as_millis()) as u64 + 2;
+    assert!(
+        (2..=most).contains(&commits),
+        "{commits} commits in {elapsed:?}, with one allowed per {gap:?}"
+    );
+
+    // Three whole batches at once, with an interval longer than the wait.
+    let counters = Arc::new(Counters::default());
+    let live = Live::new(1024);
+    let mut sub = live.subscribe();
+    let (tx, rx) = mpsc::channel(1024);
+    for i in 0..3 * 64 {
+        tx.try_send(ev(5_000 + i, "open", 7, "t").map_args(Payload::Json))
+            .unwrap();
+    }
+    let gap = Duration::from_secs(5);
+    let task = tokio::spawn(writer(counters.clone(), live, rx, gap).await.run());
+    let t0 = std::time::Instant::now();
+    let mut stored = 0;
+    while stored < 3 * 64 {
+        let r = tokio::time::timeout(Duration::from_secs(4), sub.recv())
+            .await
+            .expect("whole batches are committed without waiting for the interval")
+            .unwrap();
+        stored += r.batch.events.len();
+    }
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert_eq!(counters.commits.load(Relaxed), 3);
+    // Closing the queue ends the wait too.
+    tx.try_send(ev(9_000, "open", 7, "t").map_args(Payload::Json))
+        .unwrap();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(4), task)
+        .await
+        .expect("a closed queue does not wait out the interval")
+        .unwrap()
+        .unwrap();
+    assert_eq!(all(&store).await.len(), 250 + 3 * 64 + 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn long_command_lines_cut_the_batch() {
     use traceed_wire::payload::{Args, Exec};

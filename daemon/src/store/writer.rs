@@ -263,6 +263,10 @@ pub struct Writer {
     /// The part of the last batch received past BATCH_HEAVY_BYTES: the
     /// next batch, before anything more is taken from the queue.
     carry: Vec<LiveEvent>,
+    /// Least time between two batches' submits unless the queue holds a
+    /// whole batch (`linger`).
+    commit_gap: Duration,
+    last_submit: Option<Instant>,
 }
 
 /// The columns every event has a block-index count for, in the order
@@ -460,7 +464,15 @@ impl Writer {
             last_attempt: None,
             procs_seen: Default::default(),
             carry: Vec::new(),
+            commit_gap: Duration::ZERO,
+            last_submit: None,
         })
+    }
+
+    /// `[store] commit_interval`: see `linger`.
+    pub fn with_commit_interval(mut self, gap: Duration) -> Self {
+        self.commit_gap = gap;
+        self
     }
 
     /// Also append every committed event to this JSON-lines file.
@@ -533,6 +545,7 @@ impl Writer {
                 if n == 0 {
                     break;
                 }
+                self.linger(pipe, &mut inbox).await?;
                 self.cut(&mut inbox, true);
                 inbox.drain(..).collect()
             } else {
@@ -583,6 +596,48 @@ impl Writer {
             tracing::error!(lost, "stopping with a loss that could not be recorded");
         }
         Ok(())
+    }
+
+    /// Keep receiving into `inbox`, settling the batches in flight, until
+    /// `commit_gap` has passed since the last submit, `inbox` holds a whole
+    /// batch (by count, or by BATCH_HEAVY_BYTES of command lines), or the
+    /// queue's senders are gone. Each commit writes every page its batch
+    /// touched and the checkpoint copies them again, so at low rates a
+    /// batch per drain of the ring made the commits most of the daemon's
+    /// CPU; the events wait here instead, at most a batch of them.
+    async fn linger(
+        &mut self,
+        pipe: &mut Pipe,
+        inbox: &mut Vec<LiveEvent>,
+    ) -> Result<(), StoreError> {
+        let Some(due) = self.last_submit.map(|t| t + self.commit_gap) else {
+            return Ok(());
+        };
+        if self.commit_gap.is_zero() {
+            return Ok(());
+        }
+        let due = tokio::time::Instant::from_std(due);
+        loop {
+            let room = self.batch_size.saturating_sub(inbox.len());
+            let heavy = self.counters.queue_heavy_bytes.load(Relaxed);
+            if room == 0 || heavy >= super::BATCH_HEAVY_BYTES as u64 {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                done = pipe.done.recv(), if !pipe.inflight.is_empty() => {
+                    if let Some(s) = self.take(pipe, done)? {
+                        self.settle(s);
+                    }
+                }
+                n = self.rx.recv_many(inbox, room) => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep_until(due) => return Ok(()),
+            }
+        }
     }
 
     /// Keep `batch` within BATCH_HEAVY_BYTES (at least one event): the rest
@@ -769,6 +824,7 @@ impl Writer {
             self.spare.push(e.0);
         }
         pipe.inflight.push_back(InFlight { events, first_id });
+        self.last_submit = Some(Instant::now());
     }
 
     /// Wait for every batch in flight and settle it.
@@ -866,6 +922,7 @@ impl Writer {
         if let Some(x) = self.export.as_mut() {
             x.write(&events);
         }
+        self.counters.commits.fetch_add(1, Relaxed);
         self.counters
             .count_stored_all(events.iter().map(|e| &*e.kind));
         self.live.publish(events);
