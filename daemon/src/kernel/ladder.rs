@@ -12,9 +12,10 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::{Btf, Ebpf, EbpfLoader};
 use traceed_wire::{AttachStatus, FamilyAttach, KernelObject, Refusal, SkippedHook};
 
-use super::btf::{target_btf, BtfError};
+use super::btf::{target_btf, BtfError, SYS_BTF};
 use super::hooks::{
-    attach_all, core_hooks, fallback_hooks, has_loop_build, Hook, HookError, FAMILIES, LOOP_SUFFIX,
+    attach_all, core_hooks, fallback_hooks, has_loop_build, trampoline_functions, Hook, HookError,
+    FAMILIES, LOOP_SUFFIX,
 };
 use super::kobject::LocateError;
 use super::selfcheck::{self_check, SelfCheckError};
@@ -182,27 +183,37 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             // Rungs 1 and 2: the CO-RE object needs a target BTF. Never load
             // it without one: aya would keep vmlinux.h's offsets.
             Rung::CoreKernelBtf | Rung::CoreExternalBtf => {
-                // aya's EbpfLoader::new parses the kernel's BTF itself
-                // (loader_for drops that copy at once): made before ours, so
-                // the two parsed copies never coexist (the start-up peak
-                // was both, 50 MiB).
                 let g = globals(opts, transport);
-                let loader = loader_for(opts, &g, bpf_loop_supported());
-                target_btf(rung, opts)
-                    .map_err(RungError::from)
-                    .and_then(|(btf, source)| {
-                        // Freed and trimmed whether or not the object loaded:
-                        // the parsed BTF is the daemon's one-off memory peak.
-                        let a = load_core(loader?, &btf, rung, opts, transport);
-                        drop(btf);
-                        crate::service::memory::release_free();
-                        Ok((
-                            with_source(a?, opts, transport)?,
-                            Some(source),
-                            None,
-                            transport,
-                        ))
-                    })
+                if let Some(funcs) = kernel_funcs(rung, opts) {
+                    loader_for(opts, &g, bpf_loop_supported(), true)
+                        .and_then(|l| load_core(l, Target::Kernel(funcs), rung, opts, transport))
+                        .and_then(|a| {
+                            crate::service::memory::release_free();
+                            with_source(a, opts, transport)
+                        })
+                        .map(|a| (a, Some(SYS_BTF.to_string()), None, transport))
+                } else {
+                    // aya's EbpfLoader::new parses the kernel's BTF itself
+                    // (loader_for drops that copy at once): made before ours, so
+                    // the two parsed copies never coexist (the start-up peak
+                    // was both, 50 MiB).
+                    let loader = loader_for(opts, &g, bpf_loop_supported(), false);
+                    target_btf(rung, opts)
+                        .map_err(RungError::from)
+                        .and_then(|(btf, source)| {
+                            // Freed and trimmed whether or not the object loaded:
+                            // the parsed BTF is the daemon's one-off memory peak.
+                            let a = load_core(loader?, Target::Parsed(&btf), rung, opts, transport);
+                            drop(btf);
+                            crate::service::memory::release_free();
+                            Ok((
+                                with_source(a?, opts, transport)?,
+                                Some(source),
+                                None,
+                                transport,
+                            ))
+                        })
+                }
             }
             Rung::KernelObject => load_kernel_object(opts).map(|(l, ko, t)| (l, None, Some(ko), t)),
             Rung::Fallback => load_fallback(opts, transport).map(|l| (l, None, None, transport)),
@@ -385,10 +396,13 @@ fn slots_for(release: &str) -> u32 {
 static BENCH_FLOOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// `argv_loop`: the argv readers' bpf_loop build will be attached.
+/// `keep_btf`: relocate against the kernel's BTF as aya's EbpfLoader::new
+/// parsed it, instead of the one given later (or none).
 fn loader_for<'a>(
     opts: &'a LoadOptions,
     g: &'a [u32; 4],
     argv_loop: bool,
+    keep_btf: bool,
 ) -> Result<EbpfLoader<'a>, RungError> {
     let floor = BENCH_FLOOR.get_or_init(|| {
         let f = bench_floor();
@@ -398,7 +412,10 @@ fn loader_for<'a>(
         f
     });
     let mut l = EbpfLoader::new();
-    l.btf(None)
+    if !keep_btf {
+        l.btf(None);
+    }
+    l
         // Not must_exist: a kernel object built by an older traceed lacks it.
         .override_global("bench_floor", floor, false)
         .override_global("self_tgid", &opts.self_tgid, true)
@@ -467,9 +484,41 @@ fn with_source(
     })
 }
 
+/// The kernel's own BTF walked for the trampoline hooks' function ids, on
+/// the rung that relocates against it: aya's EbpfLoader::new parses that
+/// BTF anyway, so its copy relocates and no second one is parsed (it was
+/// the start-up's memory peak: BENCHMARKS.md, "One parse of the kernel's
+/// BTF"). None elsewhere, or when the walk refuses the file: the full
+/// parse then reports aya's own error, if any. The walk accepts only the
+/// kinds aya parses, so where it passes aya's parse did not fail silently
+/// (which would leave vmlinux.h's offsets; the self-check's ppid and
+/// mount namespace would refuse that rung anyway).
+fn kernel_funcs(rung: Rung, opts: &LoadOptions) -> Option<Vec<(String, u32)>> {
+    if rung != Rung::CoreKernelBtf || !std::path::Path::new(SYS_BTF).exists() {
+        return None;
+    }
+    let hooks = core_hooks(
+        !opts.generic_syscalls.is_empty(),
+        true,
+        bpf_loop_supported(),
+    );
+    super::btf::kernel_funcs(&trampoline_functions(&hooks))
+        .inspect_err(|e| tracing::warn!(error = %e, "parsing the kernel's BTF in full instead"))
+        .ok()
+}
+
+/// What relocates the CO-RE object and names the fexit functions.
+enum Target<'a> {
+    /// A parsed BTF: both.
+    Parsed(&'a Btf),
+    /// The loader's own parse of the kernel's BTF relocates; the functions'
+    /// ids were found in the raw file (`kernel_funcs`).
+    Kernel(Vec<(String, u32)>),
+}
+
 fn load_core<'a>(
     mut l: EbpfLoader<'a>,
-    btf: &'a Btf,
+    target: Target<'a>,
     rung: Rung,
     opts: &LoadOptions,
     transport: Transport,
@@ -479,7 +528,9 @@ fn load_core<'a>(
     } else {
         CORE_RING
     };
-    l.btf(Some(btf));
+    if let Target::Parsed(btf) = &target {
+        l.btf(Some(*btf));
+    }
     // Typed kernel pointers (kread.h, TASK_BTF) need the verifier to know
     // the kernel's types: only its own BTF gives them, an external file
     // only relocates.
@@ -492,6 +543,9 @@ fn load_core<'a>(
         what: "CO-RE object".into(),
         chain: error_chain(&e),
     })?;
+    // With Target::Kernel, the loader holds the parsed kernel BTF.
+    drop(l);
+    let index;
     // fexit names its function by an id in the running kernel's BTF: only
     // the kernel's own BTF may give it (an external file's ids could name
     // another function).
@@ -504,7 +558,14 @@ fn load_core<'a>(
             super::btf::SYS_BTF
         ))
     } else {
-        Ok(btf)
+        Ok(match &target {
+            Target::Parsed(btf) => *btf,
+            Target::Kernel(funcs) => {
+                crate::service::memory::release_free();
+                index = super::btf::func_index(funcs);
+                &index
+            }
+        })
     };
     finish(
         ebpf,
@@ -543,7 +604,7 @@ fn load_fallback(opts: &LoadOptions, transport: Transport) -> Result<Attempt, Ru
     } else {
         FALLBACK_RING
     };
-    let mut l = loader_for(opts, &g, false)?;
+    let mut l = loader_for(opts, &g, false, false)?;
     l.override_global("fb_sys_args_off", &args_off, true)
         .override_global("fb_sys_ret_off", &ret_off, true)
         .override_global("fb_exec_filename_off", &filename_off, true)
@@ -581,7 +642,7 @@ fn load_kernel_object(opts: &LoadOptions) -> Result<(Attempt, KernelObject, Tran
     let argv_loop =
         bpf_loop_supported() && kobject::programs(&ko.bytes).is_some_and(|p| has_loop_build(&p));
     let g = globals(opts, transport);
-    let mut l = loader_for(opts, &g, argv_loop)?;
+    let mut l = loader_for(opts, &g, argv_loop, false)?;
     if transport == Transport::Ringbuf {
         l.map_max_entries("events", opts.ring_buffer_bytes);
     }
