@@ -121,13 +121,13 @@ impl Pipeline {
         }
     }
 
-    /// Pass on the held opens whose window has ended; all of them when
-    /// `all` (the daemon stops).
     /// Opens held by `[events] coalesce`, to be released on a later drain.
     fn holding(&self) -> bool {
         self.coalesce.as_ref().is_some_and(|c| !c.is_empty())
     }
 
+    /// Pass on the held opens whose window has ended; all of them when
+    /// `all` (the daemon stops).
     fn release_held(&mut self, all: bool) {
         let Some(c) = self.coalesce.as_mut() else {
             return;
