@@ -418,15 +418,21 @@ fn full_disk_pauses_ingest_and_records_the_loss() {
     let t0 = Instant::now();
     let resumed = loop {
         let pid = prog.run(&[]);
-        let got = d.events(&[
-            "--comm",
-            &prog.name,
-            "--kind",
-            "exec",
-            "--pid",
-            &pid.to_string(),
-        ]);
-        if let Some(e) = got.into_iter().find(|e| e.pid == Some(pid)) {
+        let pid_s = pid.to_string();
+        let args = ["--comm", &prog.name, "--kind", "exec", "--pid", &pid_s];
+        // Each run is looked for until its events have surely been drained
+        // and committed (up to 400 ms of drain backoff after a quiet spell,
+        // then the commit interval), then another runs: a run's events
+        // while the disk is still full are dropped for good.
+        let seen = Instant::now();
+        let found = loop {
+            let got = d.events(&args).into_iter().find(|e| e.pid == Some(pid));
+            if got.is_some() || seen.elapsed() > Duration::from_millis(1500) {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if let Some(e) = found {
             break e;
         }
         assert!(

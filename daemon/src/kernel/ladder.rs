@@ -309,7 +309,7 @@ fn bench_floor() -> u32 {
 }
 
 /// Wake the reader when 1/16 of the ring is pending (the reader also
-/// drains every `ingest::DRAIN_INTERVAL`).
+/// drains on a timer, `ingest::DRAIN_INTERVAL`).
 fn wakeup_bytes(ring_bytes: u32, transport: Transport) -> u32 {
     if transport == Transport::Ringbuf {
         (ring_bytes / 16).max(4096)

@@ -121,6 +121,11 @@ impl Pipeline {
         }
     }
 
+    /// Opens held by `[events] coalesce`, to be released on a later drain.
+    fn holding(&self) -> bool {
+        self.coalesce.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
     /// Pass on the held opens whose window has ended; all of them when
     /// `all` (the daemon stops).
     fn release_held(&mut self, all: bool) {
@@ -292,18 +297,39 @@ fn boot_now_ns() -> u64 {
 }
 
 /// Drain `source` into the pipeline, through `reorder` for perf buffers.
-fn drain(source: &mut EventSource, reorder: &mut Option<Reorder>, p: &mut Pipeline, last: bool) {
-    match reorder {
-        None => source.drain(&mut |rec| p.handle_record(rec)),
+/// True when nothing came and nothing is held back for later (by the
+/// reordering or `[events] coalesce`): the drain timer may then slow down.
+fn drain(
+    source: &mut EventSource,
+    reorder: &mut Option<Reorder>,
+    p: &mut Pipeline,
+    last: bool,
+) -> bool {
+    let mut n = 0usize;
+    let held = match reorder {
+        None => {
+            source.drain(&mut |rec| {
+                n += 1;
+                p.handle_record(rec)
+            });
+            false
+        }
         Some(r) => {
             let horizon = (!last).then(|| boot_now_ns().saturating_sub(REORDER_NS));
-            source.drain(&mut |rec| r.held.push(rec.to_vec()));
+            source.drain(&mut |rec| {
+                n += 1;
+                r.held.push(rec.to_vec())
+            });
             r.release(horizon, &mut |rec| p.handle_record(rec));
+            !r.held.is_empty()
         }
-    }
+    };
+    p.release_held(last);
+    n == 0 && !held && !p.holding()
 }
 
-/// Longest a record waits in the ring when the ring is nearly empty. Below
+/// Longest a record waits in the ring while records keep coming (after a
+/// quiet spell, up to DRAIN_INTERVAL_IDLE). Below
 /// the rate at which the programs' wake-ups take over (1/16 of the ring
 /// pending), each drain is one batch and one SQLite commit, whose cost is
 /// shared by the batch: 100 ms took the daemon's CPU per event at 10k
@@ -311,6 +337,19 @@ fn drain(source: &mut EventSource, reorder: &mut Option<Reorder>, p: &mut Pipeli
 /// to 44-52 MiB (BENCHMARKS.md, "Fewer commits at low rates: measured, not
 /// adopted").
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The drain timer doubles after each drain that found nothing, up to
+/// this: an idle daemon woke 20 times a second (3.1 ms of CPU a second,
+/// ~100 context switches) to find an empty ring. The first record after a
+/// quiet spell waits up to this long; a burst still wakes the reader
+/// through the programs' wake-ups, and any record brings DRAIN_INTERVAL
+/// back.
+pub const DRAIN_INTERVAL_IDLE: Duration = Duration::from_millis(400);
+
+/// The next drain interval after one that found nothing.
+fn slower(d: Duration) -> Duration {
+    (d * 2).min(DRAIN_INTERVAL_IDLE)
+}
 
 /// A registration-only wrapper: the fd is owned by the `EventSource`,
 /// which outlives every `AsyncFd` made from it (both live in `run`).
@@ -347,17 +386,20 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The programs wake us only when the ring is filling up; a trickle of
     // events is collected by this timer instead (bounded latency).
-    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = DRAIN_INTERVAL;
+    let drain_timer = tokio::time::sleep(every);
+    tokio::pin!(drain_timer);
     loop {
         tokio::select! {
             _ = any_readable(&fds) => {
                 drain(&mut source, &mut reorder, &mut p, false);
-                p.release_held(false);
+                every = DRAIN_INTERVAL;
+                drain_timer.as_mut().reset(tokio::time::Instant::now() + every);
             }
-            _ = drain_tick.tick() => {
-                drain(&mut source, &mut reorder, &mut p, false);
-                p.release_held(false);
+            _ = &mut drain_timer => {
+                let idle = drain(&mut source, &mut reorder, &mut p, false);
+                every = if idle { slower(every) } else { DRAIN_INTERVAL };
+                drain_timer.as_mut().reset(tokio::time::Instant::now() + every);
             }
             _ = tick.tick() => {
                 p.account_loss(lost_map.as_ref());
@@ -367,7 +409,6 @@ pub async fn run(
             }
             _ = stop.changed() => {
                 drain(&mut source, &mut reorder, &mut p, true);
-                p.release_held(true);
                 p.account_loss(lost_map.as_ref());
                 return Ok(());
             }
@@ -399,6 +440,19 @@ async fn any_readable(fds: &[AsyncFd<Fd>]) {
 mod tests {
     use super::*;
     use crate::pipeline::decoder::tests::Rng;
+
+    #[test]
+    fn the_drain_timer_slows_down_to_the_idle_bound() {
+        let mut d = DRAIN_INTERVAL;
+        let mut seen = vec![d];
+        while d < DRAIN_INTERVAL_IDLE {
+            d = slower(d);
+            seen.push(d);
+        }
+        assert_eq!(slower(d), DRAIN_INTERVAL_IDLE);
+        let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [50, 100, 200, 400]);
+    }
 
     #[test]
     fn every_undecodable_record_is_a_counted_lost_row() {
