@@ -254,9 +254,6 @@ fn common_hooks(
     }
 }
 
-/// The CO-RE and kernel-object table; `fentry` only for the CO-RE object
-/// on a kernel whose BTF is visible (see `common_hooks`), `argv_loop`
-/// where the kernel has bpf_loop (and the object its build).
 /// The kernel functions the trampoline hooks of `hooks` attach to (an
 /// fentry half names the same function as its fexit hook).
 pub fn trampoline_functions(hooks: &[Hook]) -> Vec<&str> {
@@ -272,6 +269,9 @@ pub fn trampoline_functions(hooks: &[Hook]) -> Vec<&str> {
     funcs
 }
 
+/// The CO-RE and kernel-object table; `fentry` only for the CO-RE object
+/// on a kernel whose BTF is visible (see `common_hooks`), `argv_loop`
+/// where the kernel has bpf_loop (and the object its build).
 pub fn core_hooks(generic: bool, fentry: bool, argv_loop: bool) -> Vec<Hook> {
     let mut hooks = vec![
         Hook {
