@@ -415,33 +415,31 @@ fn full_disk_pauses_ingest_and_records_the_loss() {
     flood.stop();
 
     std::fs::remove_file(&filler).unwrap();
-    let t0 = Instant::now();
-    let resumed = loop {
-        let pid = prog.run(&[]);
-        let pid_s = pid.to_string();
-        let args = ["--comm", &prog.name, "--kind", "exec", "--pid", &pid_s];
-        // Each run is looked for until its events have surely been drained
-        // and committed (up to 400 ms of drain backoff after a quiet spell,
-        // then the commit interval), then another runs: a run's events
-        // while the disk is still full are dropped for good.
-        let seen = Instant::now();
-        let found = loop {
-            let got = d.events(&args).into_iter().find(|e| e.pid == Some(pid));
-            if got.is_some() || seen.elapsed() > Duration::from_millis(1500) {
-                break got;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        if let Some(e) = found {
-            break e;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "ingest did not resume:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    // The writer retries a refused write only when events arrive: runs
+    // keep coming until the store says it writes again (a run's events
+    // while it still refuses are dropped for good); the next run's exec
+    // must then be stored.
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+        || {
+            prog.run(&[]);
+            (status(&d).store_state == "ok").then_some(())
+        },
+        || format!("ingest did not resume:\n{}", d.log_text()),
+    );
+    let pid = prog.run(&[]);
+    let resumed = d.wait_for(
+        &[
+            "--comm",
+            &prog.name,
+            "--kind",
+            "exec",
+            "--pid",
+            &pid.to_string(),
+        ],
+        |e| e.pid == Some(pid),
+    );
     assert_eq!(status(&d).store_state, "ok");
     // The ids of the batches that failed are a gap; a time-bounded query
     // crosses it (its search once looped forever there, and so did

@@ -117,9 +117,9 @@ pub fn func_ids(raw: &[u8], names: &[&str]) -> Result<Vec<(String, u32)>, ScanEr
             extra_bytes(kind, (info & 0xffff) as usize).ok_or(ScanError::Kind { id, kind })?;
         if kind == 12 {
             if let Some(name) =
-                name_at(name_off).filter(|n| names.iter().any(|w| w.as_bytes() == *n))
+                name_at(name_off).and_then(|n| names.iter().find(|w| w.as_bytes() == n))
             {
-                found.push((String::from_utf8_lossy(name).into_owned(), id));
+                found.push((name.to_string(), id));
             }
         }
         at += 12 + extra;

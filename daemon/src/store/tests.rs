@@ -189,29 +189,37 @@ async fn typed_args_read_back_as_their_json() {
 async fn commits_wait_for_the_interval_unless_a_batch_is_waiting() {
     let dir = temp_dir("linger");
     let store = Store::open(&dir).await.unwrap();
-    let writer = |counters: Arc<Counters>, live: Live, rx, gap| {
+    let writer = |counters: Arc<Counters>, live: Live, rx, gap, batch| {
         let store = &store;
         async move {
-            Writer::new(store, rx, live, counters, 64)
+            Writer::new(store, rx, live, counters, batch)
                 .await
                 .unwrap()
                 .with_commit_interval(gap)
         }
     };
 
-    // A trickle: one event every 2 ms for about half a second.
+    // A trickle: each event sent once the writer has taken the one
+    // before, so without the interval every event would be its own commit.
     let counters = Arc::new(Counters::default());
     let live = Live::new(1024);
     let mut sub = live.subscribe();
     let (tx, rx) = mpsc::channel(1024);
     let gap = Duration::from_millis(100);
-    let task = tokio::spawn(writer(counters.clone(), live, rx, gap).await.run());
+    let task = tokio::spawn(writer(counters.clone(), live, rx, gap, 1024).await.run());
     let t0 = std::time::Instant::now();
     for i in 0..250 {
         tx.send(ev(1_000 + i, "open", 7, "t").map_args(Payload::Json))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let taken = std::time::Instant::now();
+        while tx.capacity() < tx.max_capacity() {
+            assert!(
+                taken.elapsed() < Duration::from_secs(10),
+                "the writer did not take event {i}"
+            );
+            tokio::task::yield_now().await;
+        }
     }
     let elapsed = t0.elapsed();
     drop(tx);
@@ -238,7 +246,7 @@ async fn commits_wait_for_the_interval_unless_a_batch_is_waiting() {
             .unwrap();
     }
     let gap = Duration::from_secs(5);
-    let task = tokio::spawn(writer(counters.clone(), live, rx, gap).await.run());
+    let task = tokio::spawn(writer(counters.clone(), live, rx, gap, 64).await.run());
     let t0 = std::time::Instant::now();
     let mut stored = 0;
     while stored < 3 * 64 {

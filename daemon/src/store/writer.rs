@@ -610,12 +610,13 @@ impl Writer {
         pipe: &mut Pipe,
         inbox: &mut Vec<LiveEvent>,
     ) -> Result<(), StoreError> {
-        let Some(due) = self.last_submit.map(|t| t + self.commit_gap) else {
+        let Some(due) = self
+            .last_submit
+            .filter(|_| !self.commit_gap.is_zero())
+            .map(|t| t + self.commit_gap)
+        else {
             return Ok(());
         };
-        if self.commit_gap.is_zero() {
-            return Ok(());
-        }
         let due = tokio::time::Instant::from_std(due);
         loop {
             let room = self.batch_size.saturating_sub(inbox.len());
