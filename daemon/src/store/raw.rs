@@ -19,8 +19,38 @@ pub(super) use super::sqlite::SqliteError as WriteError;
 use super::sqlite::{Db, Stmt};
 
 /// Integer columns of one `events` row, in the order of EVENTS' parameters
-/// with `args` (parameter 17) left out.
-pub(super) type IntCols = [Option<i64>; 19];
+/// with `args` (parameter 17) left out: the values, and a bit per column
+/// that is NULL. Half the size of `[Option<i64>; 19]` (160 bytes, not
+/// 304): the writer keeps three batches of them encoded, 4,096 rows each,
+/// and writes every one once per event.
+#[derive(Clone, Copy)]
+pub(super) struct IntCols {
+    vals: [i64; INT_COLS],
+    nulls: u32,
+}
+
+const INT_COLS: usize = 19;
+
+impl IntCols {
+    pub fn new(cols: [Option<i64>; INT_COLS]) -> Self {
+        let mut packed = IntCols {
+            vals: [0; INT_COLS],
+            nulls: 0,
+        };
+        for (c, v) in cols.into_iter().enumerate() {
+            match v {
+                Some(v) => packed.vals[c] = v,
+                None => packed.nulls |= 1 << c,
+            }
+        }
+        packed
+    }
+
+    /// Each column in order, None for NULL.
+    pub fn iter(&self) -> impl Iterator<Item = Option<i64>> + '_ {
+        (self.vals.iter().enumerate()).map(|(c, &v)| (self.nulls & (1 << c) == 0).then_some(v))
+    }
+}
 
 /// One batch as it is written: every column bound from here, so the events
 /// themselves stay with the async side for publishing. Reused between
@@ -306,7 +336,7 @@ impl Conn {
             for (c, v) in b.ints[i].iter().enumerate() {
                 // Parameters 1..=16, then 18..=20 (17 is args).
                 let p = if c + 1 < ARGS_PARAM { c + 1 } else { c + 2 };
-                rc |= st.bind_int(base + p, *v);
+                rc |= st.bind_int(base + p, v);
             }
             rc
         })?;
@@ -345,5 +375,23 @@ impl Conn {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IntCols;
+
+    #[test]
+    fn int_cols_keep_every_value_and_every_null() {
+        let mut cols = [None; 19];
+        cols[1] = Some(i64::MIN);
+        cols[2] = Some(-1);
+        cols[3] = Some(0);
+        cols[17] = Some(i64::MAX);
+        let back: Vec<Option<i64>> = IntCols::new(cols).iter().collect();
+        assert_eq!(back, cols);
+        let all = [Some(7); 19];
+        assert_eq!(IntCols::new(all).iter().collect::<Vec<_>>(), all);
     }
 }

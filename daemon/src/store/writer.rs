@@ -21,7 +21,7 @@ use traceed_wire::payload::Payload;
 use traceed_wire::LiveEvent;
 
 use super::live::Live;
-use super::raw::{Conn, Encoded, ProcRow, WriteError};
+use super::raw::{Conn, Encoded, IntCols, ProcRow, WriteError};
 use super::{bloom, BlockCol, Store, StoreError, StoreHealth, BLOCK_SHIFT};
 use crate::service::metrics::Counters;
 use crate::store::export::Exporter;
@@ -722,7 +722,7 @@ impl Writer {
                 .flatten();
             let proc = e.proc.map(|k| k.0 as i64);
             enc.arg_ends.push(enc.args.len());
-            enc.ints.push([
+            enc.ints.push(IntCols::new([
                 Some(id),
                 Some(e.ts),
                 Some(kind),
@@ -742,7 +742,7 @@ impl Writer {
                 Some(fidelity),
                 keys,
                 proc,
-            ]);
+            ]));
             if let Some(k) = proc {
                 enc.procs
                     .extend(proc_row(e, k, id, exe, comm, &mut self.procs_seen));
