@@ -2,10 +2,14 @@
 //!
 //! glibc gives each thread that allocates under contention an arena of its
 //! own (up to 8 per core), and memory freed in an arena stays mapped there.
-//! The event path hands every event across three threads (ingest, writer,
-//! detector), so each arena ends up holding its own high-water mark of
-//! events in flight: under the bench, peak RSS fell from ~87 MiB to ~64 MiB
-//! with two arenas, at no measurable CPU cost per event.
+//! The event path hands every event across threads (ingest, writer, the
+//! SQLite thread, the detector), so each arena ends up holding its own
+//! high-water mark of events in flight. Eight arenas to two took the
+//! bench's peak RSS from ~87 to ~64 MiB; two to one took a tar copy's
+//! (many unique paths in bursts, the bench's highest peak) from 37-50 to
+//! 35-38 MiB, at the same CPU per event (flat out and at 10k/s): the
+//! threads' caches (tcache) serve most allocations without the arena's
+//! lock.
 
 /// Blocks from this size up are mapped on their own and unmapped when
 /// freed. glibc's default starts at 128 KiB and rises to the size of each
@@ -21,7 +25,7 @@ pub fn limit_arenas() {
     // SAFETY: mallopt only changes allocator parameters; called before any
     // other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         // A fixed threshold also fixes the trim threshold (at 128 KiB
         // unless set): twice the mapping one, as glibc's own adjustment
