@@ -50,6 +50,13 @@ pub struct Retention {
     dir: PathBuf,
     policy: Policy,
     export: Option<Arc<ExportGuard>>,
+    /// The timestamp of the lowest id stored, as of the last pass that
+    /// looked (None: not looked yet, the store was empty, or rows went
+    /// since). Ids only grow and only retention deletes, so until it falls
+    /// behind the age cutoff the age limit has nothing to delete, and the
+    /// pass skips the time-to-id search (~20 queries, each a round trip to
+    /// sqlx's connection thread) that made it a quiet daemon's largest cost.
+    oldest: Option<i64>,
 }
 
 impl Retention {
@@ -75,6 +82,7 @@ impl Retention {
             dir,
             policy,
             export: None,
+            oldest: None,
         })
     }
 
@@ -128,20 +136,28 @@ impl Retention {
         let mut p = Pass::default();
         let cutoff = traceed_wire::now_ns()
             .saturating_sub(i64::try_from(self.policy.max_age.as_nanos()).unwrap_or(i64::MAX));
-        // Everything before the first id at or after the cutoff is too old.
-        let hi = match self.store.first_id_at(cutoff).await? {
-            Some(id) => id,
-            None => self.max_id().await? + 1,
-        };
-        loop {
-            let n = self.delete_oldest(Some(hi)).await?;
-            if n == 0 {
-                break;
+        let age_due = self.oldest.is_none_or(|ts| ts < cutoff);
+        if age_due {
+            // Everything before the first id at or after the cutoff is too old.
+            let hi = match self.store.first_id_at(cutoff).await? {
+                Some(id) => id,
+                None => self.max_id().await? + 1,
+            };
+            loop {
+                let n = self.delete_oldest(Some(hi)).await?;
+                if n == 0 {
+                    break;
+                }
+                p.by_age += n;
+                tokio::time::sleep(YIELD).await;
             }
-            p.by_age += n;
-            tokio::time::sleep(YIELD).await;
         }
-        if self.used_bytes().await? > self.policy.max_bytes {
+        // The files bound the pages in use (a page not yet in the database
+        // file is a frame in the WAL), so a store whose files fit asks
+        // SQLite nothing.
+        if self.file_bytes() > self.policy.max_bytes
+            && self.used_bytes().await? > self.policy.max_bytes
+        {
             let target = (self.policy.max_bytes as f64 * HYSTERESIS) as u64;
             while self.used_bytes().await? > target {
                 let n = self.delete_oldest(None).await?;
@@ -180,7 +196,18 @@ impl Retention {
                 );
             }
         }
+        if age_due || p != Pass::default() {
+            self.oldest = self.oldest_ts().await?;
+        }
         Ok(p)
+    }
+
+    async fn oldest_ts(&mut self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT ts FROM events ORDER BY id LIMIT 1")
+                .fetch_optional(&mut self.conn)
+                .await?,
+        )
     }
 
     async fn max_id(&mut self) -> Result<i64, StoreError> {
@@ -201,6 +228,9 @@ impl Retention {
         let mut hi = lo + DELETE_BATCH;
         if let Some(b) = below {
             hi = hi.min(b);
+        }
+        if hi <= lo {
+            return Ok(0);
         }
         let Some(guard) = self.export.clone() else {
             return delete_below(&mut self.conn, hi).await;
@@ -244,6 +274,20 @@ impl Retention {
             .await?;
         let size = pragma("PRAGMA page_size").fetch_one(&mut self.conn).await?;
         Ok(((pages - free).max(0) * size) as u64)
+    }
+
+    /// Bytes of the database file and its WAL (0 for one not there).
+    fn file_bytes(&self) -> u64 {
+        // Unreadable counts as over any budget: SQLite is asked then.
+        let len = |p: &std::path::Path| match std::fs::metadata(p) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(_) => u64::MAX,
+        };
+        let db = self.store.path();
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        len(db).saturating_add(len(std::path::Path::new(&wal)))
     }
 
     fn free_bytes(&self) -> u64 {

@@ -387,6 +387,7 @@ async fn paged_ids(store: &Store, f: &Query, desc: bool, limit: u32) -> Vec<i64>
 }
 
 const MIN: i64 = 60_000_000_000;
+const MS: i64 = 1_000_000;
 
 /// `n` open events one a minute apart, the newest a minute before `now`.
 fn minutely(now: i64, n: i64) -> Vec<Event> {
@@ -1153,6 +1154,39 @@ async fn retention_by_age_deletes_oldest_only() {
         [n],
         "alerts are deleted with their events, not before"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pass skips the age search while the oldest stored event is within
+/// max_age, and still deletes it once it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_acts_once_the_oldest_event_is_due() {
+    let dir = temp_dir("agedue");
+    let store = Store::open(&dir).await.unwrap();
+    let now = traceed_wire::now_ns();
+    let max_age = Duration::from_secs(1);
+    // Ten events due 300 ms from now, ten far from it.
+    let mut events: Vec<Event> = (0..10)
+        .map(|i| ev(now - 700 * MS, "open", 100 + i, "old"))
+        .collect();
+    events.extend((0..10).map(|i| ev(now + 60_000 * MS, "open", 200 + i, "new")));
+    write_all(&store, events).await;
+    let mut r = by_age(&store, max_age).await;
+    assert_eq!(r.pass().await.unwrap(), super::retention::Pass::default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut deleted = 0;
+    while deleted == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old events were never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        deleted = r.pass().await.unwrap().by_age;
+    }
+    assert_eq!(deleted, 10);
+    let left = all(&store).await;
+    assert!(left.iter().all(|e| e.comm.as_deref() == Some("new")));
+    assert_eq!(left.len(), 10);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
