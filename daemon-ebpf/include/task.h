@@ -29,6 +29,11 @@ static __always_inline __u64 cwd_id(void)
 	return 0;
 }
 
+static __always_inline __u64 dir_fd_id(__u64 fd)
+{
+	return 0;
+}
+
 struct known_task {
 	__u64 fp;
 };
@@ -314,6 +319,37 @@ static __always_inline __u64 cwd_id(void)
 			return 0;
 		ino = READ_KERN((struct dentry *)d, d_inode, i_ino);
 	}
+	return d ^ (m << 17 | m >> 47) ^ (ino << 32);
+#else
+	return 0;
+#endif
+}
+
+/* The same id for the directory open at `fd` (the dirfd of an *at call),
+ * so that /proc/PID/fd/N is read once per id, not per path: a tar
+ * extraction names every file relative to one directory fd, and that
+ * readlink was half of the daemon's CPU under it. Probe reads throughout:
+ * the fd array is indexed by a value, which typed pointers do not allow. */
+static __always_inline __u64 dir_fd_id(__u64 fd)
+{
+#ifdef CORE
+	struct files_struct *files = READ_KERN((struct task_struct *)cur_task(), files);
+	struct fdtable *fdt = READ_KERN(files, fdt);
+	struct file **fds = READ_KERN(fdt, fd);
+	__u64 max = READ_KERN(fdt, max_fds);
+	struct file *f = 0;
+	__u64 d, m, ino;
+
+	if (!fds || fd >= max)
+		return 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return 0;
+	d = (__u64)READ_KERN(f, f_path.dentry);
+	m = (__u64)READ_KERN(f, f_path.mnt);
+	if (!d)
+		return 0;
+	ino = READ_KERN((struct dentry *)d, d_inode, i_ino);
 	return d ^ (m << 17 | m >> 47) ^ (ino << 32);
 #else
 	return 0;

@@ -209,6 +209,15 @@ struct fs_struct {
 	struct path pwd;
 };
 
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
 /* x86-64: a syscall's arguments are di, si, dx, r10, r8, r9 of the
  * user's registers, which __x64_sys_* receive (fexit programs read them).
  * orig_ax is the syscall's number. */
@@ -262,6 +271,7 @@ struct task_struct {
 	struct pid *thread_pid;
 	struct mm_struct *mm;
 	struct fs_struct *fs;
+	struct files_struct *files;
 	struct nsproxy *nsproxy;
 	struct signal_struct *signal;
 };

@@ -24,6 +24,15 @@ static __always_inline void note_cwd(struct event *e, int relative)
 		e->h.args[SLOT_CWD_ID] = cwd_id();
 }
 
+/* The id of the directory at `dirfd` when string `idx` is a path relative
+ * to one (not AT_FDCWD): the daemon reads /proc/PID/fd/N once per id. */
+static __always_inline void note_dir(struct event *e, int idx, __u32 off, __u64 dirfd)
+{
+	if (dirfd != AT_FDCWD_U && e->h.str_len[idx & (EV_NUM_STRS - 1)] &&
+	    e->data[off & (EV_DATA_MAX * 2 - 1)] != '/')
+		e->h.args[SLOT_DIR_ID] = dir_fd_id(dirfd);
+}
+
 /* Each family's record from its arguments (`fill` in syscalls.h): shared
  * by the tracepoint pair and the fexit program, so both say the same. */
 static __always_inline int fill_open(struct event *e, __u32 variant, const __u64 *args)
@@ -52,6 +61,7 @@ static __always_inline int fill_open(struct event *e, __u32 variant, const __u64
 		e->h.args[SLOT_OPEN_DIRFD] = args[0];
 	}
 	note_cwd(e, cwd_relative(e, STR_OPEN_PATH, off, e->h.args[SLOT_OPEN_DIRFD]));
+	note_dir(e, STR_OPEN_PATH, off, e->h.args[SLOT_OPEN_DIRFD]);
 	return 0;
 }
 SYSCALL_HOOKS(open, 3, EK_OPEN, V_PLAIN, fill_open)
@@ -71,6 +81,7 @@ static __always_inline int fill_unlink(struct event *e, __u32 variant, const __u
 		e->h.args[SLOT_UNLINK_DIRFD] = AT_FDCWD_U;
 	}
 	note_cwd(e, cwd_relative(e, STR_UNLINK_PATH, off, e->h.args[SLOT_UNLINK_DIRFD]));
+	note_dir(e, STR_UNLINK_PATH, off, e->h.args[SLOT_UNLINK_DIRFD]);
 	return 0;
 }
 SYSCALL_HOOKS(unlink, 1, EK_UNLINK, V_PLAIN, fill_unlink)
@@ -95,6 +106,7 @@ static __always_inline int fill_rename(struct event *e, __u32 variant, const __u
 	note_cwd(e, cwd_relative(e, STR_RENAME_OLD, off, e->h.args[SLOT_RENAME_OLD_DIRFD]) ||
 			    cwd_relative(e, STR_RENAME_NEW, off + e->h.str_len[STR_RENAME_OLD],
 					 e->h.args[SLOT_RENAME_NEW_DIRFD]));
+	note_dir(e, STR_RENAME_OLD, off, e->h.args[SLOT_RENAME_OLD_DIRFD]);
 	return 0;
 }
 SYSCALL_HOOKS(rename, 2, EK_RENAME, V_PLAIN, fill_rename)
@@ -119,6 +131,7 @@ static __always_inline int fill_chmod(struct event *e, __u32 variant, const __u6
 	}
 	/* fchmod has no path, and its dirfd slot stays 0: never relative. */
 	note_cwd(e, cwd_relative(e, STR_CHMOD_PATH, off, e->h.args[SLOT_CHMOD_DIRFD]));
+	note_dir(e, STR_CHMOD_PATH, off, e->h.args[SLOT_CHMOD_DIRFD]);
 	return 0;
 }
 SYSCALL_HOOKS(chmod, 2, EK_CHMOD, V_PLAIN, fill_chmod)

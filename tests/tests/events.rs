@@ -117,6 +117,54 @@ fn relative_paths_are_made_absolute() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Paths relative to a directory fd follow what the fd is: the directory
+/// is read once per id the kernel gives it (`dir_fd_id`), and an fd number
+/// made to name another directory (dup2) is read again, back and forth.
+/// Each step waits until its event is stored before the fd changes (user
+/// space reads /proc/PID/fd/N on a new id: a change first would be a race
+/// this test does not measure).
+#[test]
+fn relative_paths_follow_the_dirfd() {
+    use std::os::fd::AsRawFd;
+    let d = Daemon::start();
+    let root = tmp_path("dirfds");
+    let (a, b) = (format!("{root}/a"), format!("{root}/b"));
+    for dir in [&a, &b] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let (fa, fb) = (
+        std::fs::File::open(&a).unwrap(),
+        std::fs::File::open(&b).unwrap(),
+    );
+    // One fd number that names a, then b, then a again.
+    let fd = std::fs::File::open(&a).unwrap();
+    let n = fd.as_raw_fd();
+    let f = unique("dirf");
+    let me = me();
+    for (i, dir) in [&a, &a, &b, &a].into_iter().enumerate() {
+        let src = if dir == &a { &fa } else { &fb };
+        // SAFETY: both fds are open; dup2 onto our own fd.
+        assert_eq!(unsafe { libc::dup2(src.as_raw_fd(), n) }, n);
+        let name = CString::new(format!("{f}{i}")).unwrap();
+        // SAFETY: valid fd and C string.
+        let made = unsafe { libc::openat(n, name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) };
+        assert!(made >= 0);
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(made) };
+        let want = format!("{dir}/{f}{i}");
+        d.wait_for(&["--kind", "open", "--pid", &me], |e| {
+            e.args["path"] == want.as_str()
+        });
+        // SAFETY: valid fd and C string.
+        assert_eq!(unsafe { libc::fchmodat(n, name.as_ptr(), 0o600, 0) }, 0);
+        d.wait_for(&["--kind", "chmod", "--pid", &me], |e| {
+            e.args["path"] == want.as_str()
+        });
+    }
+    drop(fd);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// One process's relative opens follow its chdirs: the cwd is read once
 /// per directory the kernel names (`cwd_id`), and never reused across a
 /// change, back and forth. The shell reads a line from the test after

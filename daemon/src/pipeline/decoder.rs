@@ -227,6 +227,10 @@ fn split_argv(b: &[u8], text: &dyn Fn(&[u8]) -> String) -> Vec<String> {
 pub struct PathAt {
     pub field: &'static str,
     pub dirfd: i32,
+    /// The kernel's id of the directory open at `dirfd` when the record
+    /// was made (`dir_fd_id` in task.h; CO-RE rungs): /proc/PID/fd/N is
+    /// read once per id.
+    pub dir_id: Option<u64>,
 }
 
 /// An event and what the decoder knows about it that is not stored.
@@ -265,6 +269,7 @@ fn path_at(
         at.push(PathAt {
             field,
             dirfd: r.int(dirfd_slot),
+            dir_id: None,
         });
     }
     path
@@ -547,7 +552,7 @@ pub fn to_event(
     let kind = Kind::from_raw(h.kind).ok_or(DecodeError::Kind(h.kind))?;
     rec.escape.set(false);
     rec.saw_invalid.set(false);
-    let (args, comm, at) = match render(rec, kind, comms) {
+    let (args, comm, mut at) = match render(rec, kind, comms) {
         // Rare (a name that is not UTF-8): render every string again,
         // escaped, so the event's strings are all in one form.
         _ if rec.saw_invalid.get() => {
@@ -589,6 +594,24 @@ pub fn to_event(
         Kind::Open | Kind::Unlink | Kind::Rename | Kind::Chmod => rec.arg(c::SLOT_CWD_ID),
         _ => 0,
     };
+    // The directory id belongs to the first path's dirfd (rename: the old
+    // path's), and to the second path too when it names the same fd.
+    let id_fd = match kind {
+        Kind::Open => Some(c::SLOT_OPEN_DIRFD),
+        Kind::Unlink => Some(c::SLOT_UNLINK_DIRFD),
+        Kind::Rename => Some(c::SLOT_RENAME_OLD_DIRFD),
+        Kind::Chmod => Some(c::SLOT_CHMOD_DIRFD),
+        _ => None,
+    };
+    if let Some(slot) = id_fd.filter(|_| rec.arg(c::SLOT_DIR_ID) != 0) {
+        let fd = rec.int(slot);
+        for p in at
+            .iter_mut()
+            .filter(|p| p.dirfd == fd && p.dirfd != super::proctable::AT_FDCWD)
+        {
+            p.dir_id = Some(rec.arg(c::SLOT_DIR_ID));
+        }
+    }
     Ok(Decoded {
         event,
         paths_at: at,
@@ -997,11 +1020,13 @@ pub(crate) mod tests {
             vec![
                 PathAt {
                     field: "old_path",
-                    dirfd: -100
+                    dirfd: -100,
+                    dir_id: None,
                 },
                 PathAt {
                     field: "new_path",
-                    dirfd: 7
+                    dirfd: 7,
+                    dir_id: None,
                 },
             ]
         );
@@ -1014,7 +1039,8 @@ pub(crate) mod tests {
             d.paths_at,
             vec![PathAt {
                 field: "old_path",
-                dirfd: -100
+                dirfd: -100,
+                dir_id: None,
             }]
         );
         // fchmod: no path, nothing to resolve.

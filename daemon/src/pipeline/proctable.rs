@@ -86,6 +86,11 @@ pub struct ProcTable {
     /// Each process's cwd as last read from /proc, with the kernel's id
     /// of it then (`decoder::Decoded::cwd_id`).
     cwd: HashMap<u32, (u64, PathBuf)>,
+    /// Each process's directory fds as last read from /proc, with the
+    /// kernel's id of each then (`decoder::PathAt::dir_id`).
+    dirs: HashMap<u32, HashMap<i32, (u64, PathBuf)>>,
+    /// Entries in `dirs`.
+    dirs_len: usize,
 }
 
 /// FNV-1a over the boot id, the tgid and the start: stable across daemon
@@ -180,6 +185,8 @@ impl ProcTable {
             ns: HashMap::default(),
             live: HashMap::default(),
             cwd: HashMap::default(),
+            dirs: HashMap::default(),
+            dirs_len: 0,
             boot_id,
             tick_ns,
             boot_to_wall,
@@ -487,6 +494,9 @@ impl ProcTable {
         }
         if e.kind == "exit" {
             self.cwd.remove(&pid);
+            if let Some(d) = self.dirs.remove(&pid) {
+                self.dirs_len -= d.len();
+            }
             self.exe.remove(&pid);
             self.ppid.remove(&pid);
             self.ns.remove(&pid);
@@ -495,7 +505,11 @@ impl ProcTable {
     }
 }
 
-const AT_FDCWD: i32 = -100;
+pub const AT_FDCWD: i32 = -100;
+
+/// Directories kept for dirfds (`ProcTable::dirs`), over all processes;
+/// past it they are forgotten at once and read again as needed.
+const DIRS_MAX: usize = 1 << 16;
 
 impl ProcTable {
     /// Make relative paths absolute against what they were relative to:
@@ -514,7 +528,7 @@ impl ProcTable {
             };
             let rel = raw_bytes(e, cur);
             let dir = if p.dirfd != AT_FDCWD {
-                std::fs::read_link(format!("/proc/{pid}/fd/{}", p.dirfd)).ok()
+                self.dir_of(pid, p.dirfd, p.dir_id)
             } else {
                 self.cwd_of(pid, cwd_id)
             };
@@ -530,6 +544,34 @@ impl ProcTable {
                 });
             }
         }
+    }
+
+    /// The directory open at `pid`'s `fd`: the one read for this `id` if
+    /// there is one, else read from /proc now (and kept under the id). As
+    /// with the cwd, a directory renamed while it stays open keeps the
+    /// path it had when first read.
+    fn dir_of(&mut self, pid: u32, fd: i32, id: Option<u64>) -> Option<PathBuf> {
+        if let Some(id) = id {
+            if let Some((known, dir)) = self.dirs.get(&pid).and_then(|d| d.get(&fd)) {
+                if *known == id {
+                    return Some(dir.clone());
+                }
+            }
+        }
+        let dir = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        if let Some(id) = id {
+            if self.dirs_len >= DIRS_MAX {
+                self.dirs.clear();
+                self.dirs_len = 0;
+            }
+            let old = self
+                .dirs
+                .entry(pid)
+                .or_default()
+                .insert(fd, (id, dir.clone()));
+            self.dirs_len += usize::from(old.is_none());
+        }
+        Some(dir)
     }
 
     /// `pid`'s cwd: the one read for this `cwd_id` if there is one, else
