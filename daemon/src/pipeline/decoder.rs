@@ -603,13 +603,14 @@ pub fn to_event(
         Kind::Chmod => Some(c::SLOT_CHMOD_DIRFD),
         _ => None,
     };
-    if let Some(slot) = id_fd.filter(|_| rec.arg(c::SLOT_DIR_ID) != 0) {
+    let dir_id = rec.arg(c::SLOT_DIR_ID);
+    if let Some(slot) = id_fd.filter(|_| dir_id != 0) {
         let fd = rec.int(slot);
         for p in at
             .iter_mut()
             .filter(|p| p.dirfd == fd && p.dirfd != super::proctable::AT_FDCWD)
         {
-            p.dir_id = Some(rec.arg(c::SLOT_DIR_ID));
+            p.dir_id = Some(dir_id);
         }
     }
     Ok(Decoded {
@@ -1043,6 +1044,22 @@ pub(crate) mod tests {
                 dir_id: None,
             }]
         );
+        // The directory id is the old path's fd's: the new path shares it
+        // only when it names the same fd.
+        let ids = |new_fd: u64| {
+            decode(&record_with(c::EK_RENAME, &[b"a\0", b"b\0"], |h| {
+                h.args[c::SLOT_RENAME_OLD_DIRFD] = 5;
+                h.args[c::SLOT_RENAME_NEW_DIRFD] = new_fd;
+                h.args[c::SLOT_DIR_ID] = 0xd1;
+            }))
+            .paths_at
+            .iter()
+            .map(|p| p.dir_id)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(5), [Some(0xd1), Some(0xd1)]);
+        assert_eq!(ids(6), [Some(0xd1), None]);
+        assert_eq!(ids(-100i64 as u64), [Some(0xd1), None]);
         // fchmod: no path, nothing to resolve.
         let d = decode(&record_with(c::EK_CHMOD, &[], |h| h.aux = c::V_FD));
         assert!(d.paths_at.is_empty());
