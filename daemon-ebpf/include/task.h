@@ -287,13 +287,38 @@ static __always_inline __u32 current_mnt_ns(void)
 	return READ_KERN(cur_task(), nsproxy, mnt_ns, ns.inum);
 }
 
+#ifdef CORE
+/* A directory's id: its dentry and mount folded into the high 32 bits,
+ * the inode number's low 32 bits below them. The inode makes a dentry freed
+ * and reused for another directory another id, and lets user space check
+ * that the directory it read from /proc (later, racing the process) is the
+ * one the kernel named before it keeps it for the id. */
+static __always_inline __u64 mix_dir_id(__u64 d, __u64 m, __u64 ino)
+{
+	__u64 p = d ^ (m << 17 | m >> 47);
+
+	return (p ^ (p >> 32)) << 32 | (ino & 0xffffffff);
+}
+
+/* mix_dir_id of the struct path at kernel address `p`, probe-read; 0
+ * without a dentry. */
+static __always_inline __u64 path_dir_id(const struct path *p)
+{
+	__u64 d = (__u64)READ_KERN(p, dentry);
+	__u64 m = (__u64)READ_KERN(p, mnt);
+
+	if (!d)
+		return 0;
+	return mix_dir_id(d, m, READ_KERN((struct dentry *)d, d_inode, i_ino));
+}
+#endif
+
 /* Which directory the task's relative paths start from, as an opaque id
  * of the process's own (user space keeps one directory per pid): it reads
  * /proc/PID/cwd once per id instead of once per relative path (a readlink
- * cost more than the rest of the event's user-space work). The pwd's
- * dentry and mount, and the inode number so that a dentry freed and
- * reused for another directory is another id. The kernel-specific object
- * (no fs_struct in every header set) says 0: unknown. */
+ * cost more than the rest of the event's user-space work). The
+ * kernel-specific object (no fs_struct in every header set) says 0:
+ * unknown. */
 static __always_inline __u64 cwd_id(void)
 {
 #ifdef CORE
@@ -310,16 +335,9 @@ static __always_inline __u64 cwd_id(void)
 		d = leader_offset(dentry, leader);
 		m = leader_offset(fs->pwd.mnt, leader);
 		ino = dentry->d_inode->i_ino;
-	} else {
-		struct fs_struct *fs = READ_KERN(cur_task(), fs);
-
-		d = (__u64)READ_KERN(fs, pwd.dentry);
-		m = (__u64)READ_KERN(fs, pwd.mnt);
-		if (!d)
-			return 0;
-		ino = READ_KERN((struct dentry *)d, d_inode, i_ino);
+		return mix_dir_id(d, m, ino);
 	}
-	return d ^ (m << 17 | m >> 47) ^ (ino << 32);
+	return path_dir_id(&((struct fs_struct *)READ_KERN(cur_task(), fs))->pwd);
 #else
 	return 0;
 #endif
@@ -338,19 +356,13 @@ static __always_inline __u64 dir_fd_id(__u64 fd)
 	struct file **fds = READ_KERN(fdt, fd);
 	__u64 max = READ_KERN(fdt, max_fds);
 	struct file *f = 0;
-	__u64 d, m, ino;
 
 	if (!fds || fd >= max)
 		return 0;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	if (!f)
 		return 0;
-	d = (__u64)READ_KERN(f, f_path.dentry);
-	m = (__u64)READ_KERN(f, f_path.mnt);
-	if (!d)
-		return 0;
-	ino = READ_KERN((struct dentry *)d, d_inode, i_ino);
-	return d ^ (m << 17 | m >> 47) ^ (ino << 32);
+	return path_dir_id(&f->f_path);
 #else
 	return 0;
 #endif

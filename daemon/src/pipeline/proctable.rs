@@ -507,6 +507,22 @@ impl ProcTable {
 
 pub const AT_FDCWD: i32 = -100;
 
+/// The directory behind `link` (/proc/PID/cwd or fd/N) as /proc shows it
+/// now, and whether it has the inode number the record's directory id
+/// ends with (`mix_dir_id` in task.h). /proc is read after the event, so
+/// the process may have moved on: an fd closed and its number reused for
+/// a file (tar does this with every directory it walks) names no
+/// directory, and the path stays as the process passed it rather than
+/// become a wrong one; another directory at that number is used for this
+/// event, as before the ids, but not kept for the id, which a process
+/// could otherwise misname for good with one quick dup2.
+fn read_dir(link: &str, id: Option<u64>) -> Option<(PathBuf, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(link).ok().filter(|m| m.is_dir())?;
+    let dir = std::fs::read_link(link).ok()?;
+    Some((dir, id.is_some_and(|id| meta.ino() as u32 == id as u32)))
+}
+
 /// Directories kept for dirfds (`ProcTable::dirs`), over all processes;
 /// past it they are forgotten at once and read again as needed.
 const DIRS_MAX: usize = 1 << 16;
@@ -547,9 +563,9 @@ impl ProcTable {
     }
 
     /// The directory open at `pid`'s `fd`: the one read for this `id` if
-    /// there is one, else read from /proc now (and kept under the id). As
-    /// with the cwd, a directory renamed while it stays open keeps the
-    /// path it had when first read.
+    /// there is one, else read from /proc now (and kept under the id when
+    /// it is the directory the id names). As with the cwd, a directory
+    /// renamed while it stays open keeps the path it had when first read.
     fn dir_of(&mut self, pid: u32, fd: i32, id: Option<u64>) -> Option<PathBuf> {
         if let Some(id) = id {
             if let Some((known, dir)) = self.dirs.get(&pid).and_then(|d| d.get(&fd)) {
@@ -558,8 +574,8 @@ impl ProcTable {
                 }
             }
         }
-        let dir = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-        if let Some(id) = id {
+        let (dir, same) = read_dir(&format!("/proc/{pid}/fd/{fd}"), id)?;
+        if let Some(id) = id.filter(|_| same) {
             if self.dirs_len >= DIRS_MAX {
                 self.dirs.clear();
                 self.dirs_len = 0;
@@ -575,15 +591,16 @@ impl ProcTable {
     }
 
     /// `pid`'s cwd: the one read for this `cwd_id` if there is one, else
-    /// read from /proc now (and kept under the id).
+    /// read from /proc now (and kept under the id when it is the directory
+    /// the id names).
     fn cwd_of(&mut self, pid: u32, cwd_id: Option<u64>) -> Option<PathBuf> {
         if let (Some(id), Some((known, dir))) = (cwd_id, self.cwd.get(&pid)) {
             if *known == id {
                 return Some(dir.clone());
             }
         }
-        let dir = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-        if let Some(id) = cwd_id {
+        let (dir, same) = read_dir(&format!("/proc/{pid}/cwd"), cwd_id)?;
+        if let Some(id) = cwd_id.filter(|_| same) {
             self.cwd.insert(pid, (id, dir.clone()));
         }
         Some(dir)
@@ -611,6 +628,45 @@ mod tests {
         let parent = 4_200_000_001;
         t.live.insert(parent, t.instance_from_proc(parent, 5));
         (t, parent)
+    }
+
+    /// A directory read from /proc is kept for a kernel id only when it has
+    /// the id's inode: one read after the process moved on is used once,
+    /// never for the id's later events.
+    #[test]
+    fn a_directory_is_kept_for_an_id_only_with_the_ids_inode() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("traceed-dirid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let f = std::fs::File::open(&dir).unwrap();
+        let id = |ino: u64| 0xabcd_0000_0000_0000 | (ino & 0xffff_ffff);
+        let good = id(f.metadata().unwrap().ino());
+        let (mut t, _) = table();
+        let (pid, fd) = (std::process::id(), f.as_raw_fd());
+        assert_eq!(t.dir_of(pid, fd, Some(good ^ 1)), Some(dir.clone()));
+        assert_eq!(t.dirs_len, 0, "another inode: used, not kept");
+        assert_eq!(t.dir_of(pid, fd, Some(good)), Some(dir.clone()));
+        assert_eq!(t.dirs_len, 1);
+        drop(f);
+        assert_eq!(
+            t.dir_of(pid, fd, Some(good)),
+            Some(dir.clone()),
+            "kept: no /proc read for the id"
+        );
+        // An fd that names a file now (closed, its number reused): no
+        // directory to resolve against.
+        let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(t.dir_of(pid, file.as_raw_fd(), Some(good ^ 2)), None);
+        assert_eq!(t.dir_of(pid, file.as_raw_fd(), None), None);
+        let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+        let good = id(std::fs::metadata(&cwd).unwrap().ino());
+        assert_eq!(t.cwd_of(pid, Some(good ^ 1)), Some(cwd.clone()));
+        assert!(t.cwd.is_empty(), "another inode: used, not kept");
+        assert_eq!(t.cwd_of(pid, Some(good)), Some(cwd));
+        assert_eq!(t.cwd.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A memfd program's exe is the same whether /proc was read while it
