@@ -8,14 +8,19 @@
 
 #define AT_FDCWD_U ((__u64)(__s64)-100)
 
-/* 1 when string `idx`, stored at `off`, is a path the daemon resolves
- * against the cwd: relative, and with AT_FDCWD (one relative to a dirfd is
- * resolved through the fd). Only then does the record need the cwd's id,
- * whose five pointer reads an absolute path need not pay. */
+/* 1 when string `idx`, stored at `off`, is a relative path (not empty,
+ * not starting with '/'): only those does the daemon resolve, so only they
+ * pay for the reads of a directory's id. */
+static __always_inline int relative(struct event *e, int idx, __u32 off)
+{
+	return e->h.str_len[idx & (EV_NUM_STRS - 1)] && e->data[off & (EV_DATA_MAX * 2 - 1)] != '/';
+}
+
+/* 1 when the path is resolved against the cwd: relative, and with
+ * AT_FDCWD (one relative to a dirfd is resolved through the fd). */
 static __always_inline int cwd_relative(struct event *e, int idx, __u32 off, __u64 dirfd)
 {
-	return dirfd == AT_FDCWD_U && e->h.str_len[idx & (EV_NUM_STRS - 1)] &&
-	       e->data[off & (EV_DATA_MAX * 2 - 1)] != '/';
+	return dirfd == AT_FDCWD_U && relative(e, idx, off);
 }
 
 static __always_inline void note_cwd(struct event *e, int relative)
@@ -28,8 +33,7 @@ static __always_inline void note_cwd(struct event *e, int relative)
  * to one (not AT_FDCWD): the daemon reads /proc/PID/fd/N once per id. */
 static __always_inline void note_dir(struct event *e, int idx, __u32 off, __u64 dirfd)
 {
-	if (dirfd != AT_FDCWD_U && e->h.str_len[idx & (EV_NUM_STRS - 1)] &&
-	    e->data[off & (EV_DATA_MAX * 2 - 1)] != '/')
+	if (dirfd != AT_FDCWD_U && relative(e, idx, off))
 		e->h.args[SLOT_DIR_ID] = dir_fd_id(dirfd);
 }
 

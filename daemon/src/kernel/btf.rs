@@ -266,6 +266,11 @@ fn find_in_btf_dir(dir: &Path, state_dir: &Path) -> Result<PathBuf, BtfError> {
 mod tests {
     use super::*;
 
+    fn func_id(btf: &Btf, name: &str) -> Option<u32> {
+        btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
+            .ok()
+    }
+
     /// Raw BTF of `types` (kind, vlen, name) with each type's extra bytes
     /// zeroed, and its string section.
     fn blob(types: &[(u32, u32, &str)]) -> Vec<u8> {
@@ -321,19 +326,10 @@ mod tests {
         assert_eq!(found, [("f".to_string(), 3), ("g".to_string(), 11)]);
         // aya's parse of the same blob agrees.
         let btf = Btf::parse(&b, Endianness::default()).unwrap();
-        assert_eq!(
-            btf.id_by_type_name_kind("g", aya_obj::btf::BtfKind::Func)
-                .unwrap(),
-            11
-        );
+        assert_eq!(func_id(&btf, "g"), Some(11));
         let index = func_index(&found);
         for (name, id) in &found {
-            assert_eq!(
-                index
-                    .id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
-                    .unwrap(),
-                *id
-            );
+            assert_eq!(func_id(&index, name), Some(*id));
         }
     }
 
@@ -373,14 +369,11 @@ mod tests {
         let full = Btf::from_sys_fs().unwrap();
         let index = func_index(&found);
         for name in &names {
-            let want = full
-                .id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
-                .ok();
+            let want = func_id(&full, name);
             let got = found.iter().find(|(n, _)| n == name).map(|(_, id)| *id);
             assert_eq!(got, want, "{name}");
-            if let Some(id) = want {
-                let i = index.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func);
-                assert_eq!(i.unwrap(), id, "{name}");
+            if want.is_some() {
+                assert_eq!(func_id(&index, name), want, "{name}");
             }
         }
         assert!(found.len() > 20, "{found:?}");

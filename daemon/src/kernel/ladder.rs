@@ -497,12 +497,7 @@ fn kernel_funcs(rung: Rung, opts: &LoadOptions) -> Option<Vec<(String, u32)>> {
     if rung != Rung::CoreKernelBtf || !std::path::Path::new(SYS_BTF).exists() {
         return None;
     }
-    let hooks = core_hooks(
-        !opts.generic_syscalls.is_empty(),
-        true,
-        bpf_loop_supported(),
-    );
-    super::btf::kernel_funcs(&trampoline_functions(&hooks))
+    super::btf::kernel_funcs(&trampoline_functions(&core_table(opts, true)))
         .inspect_err(|e| tracing::warn!(error = %e, "parsing the kernel's BTF in full instead"))
         .ok()
 }
@@ -567,15 +562,15 @@ fn load_core<'a>(
             }
         })
     };
-    finish(
-        ebpf,
-        opts,
-        &core_hooks(
-            !opts.generic_syscalls.is_empty(),
-            fentry.is_ok(),
-            bpf_loop_supported(),
-        ),
+    finish(ebpf, opts, &core_table(opts, fentry.is_ok()), fentry)
+}
+
+/// The CO-RE object's hooks for `opts`, with or without fentry.
+fn core_table(opts: &LoadOptions, fentry: bool) -> Vec<Hook> {
+    core_hooks(
+        !opts.generic_syscalls.is_empty(),
         fentry,
+        bpf_loop_supported(),
     )
 }
 

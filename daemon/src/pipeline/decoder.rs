@@ -590,26 +590,18 @@ pub fn to_event(
         Kind::Fork => rec.arg(c::SLOT_FORK_START),
         _ => 0,
     };
-    let cwd_id = match kind {
-        Kind::Open | Kind::Unlink | Kind::Rename | Kind::Chmod => rec.arg(c::SLOT_CWD_ID),
-        _ => 0,
+    let (cwd_id, dir_id) = match kind {
+        Kind::Open | Kind::Unlink | Kind::Rename | Kind::Chmod => {
+            (rec.arg(c::SLOT_CWD_ID), rec.arg(c::SLOT_DIR_ID))
+        }
+        _ => (0, 0),
     };
-    // The directory id belongs to the first path's dirfd (rename: the old
-    // path's), and to the second path too when it names the same fd.
-    let id_fd = match kind {
-        Kind::Open => Some(c::SLOT_OPEN_DIRFD),
-        Kind::Unlink => Some(c::SLOT_UNLINK_DIRFD),
-        Kind::Rename => Some(c::SLOT_RENAME_OLD_DIRFD),
-        Kind::Chmod => Some(c::SLOT_CHMOD_DIRFD),
-        _ => None,
-    };
-    let dir_id = rec.arg(c::SLOT_DIR_ID);
-    if let Some(slot) = id_fd.filter(|_| dir_id != 0) {
-        let fd = rec.int(slot);
-        for p in at
-            .iter_mut()
-            .filter(|p| p.dirfd == fd && p.dirfd != super::proctable::AT_FDCWD)
-        {
+    // The kernel names the directory of the first path when it is relative
+    // to a dirfd (rename's old path; paths are noted in order): the id goes
+    // to each path on that fd.
+    let first_fd = at.first().map(|p| p.dirfd);
+    if let Some(fd) = first_fd.filter(|&fd| dir_id != 0 && fd != super::proctable::AT_FDCWD) {
+        for p in at.iter_mut().filter(|p| p.dirfd == fd) {
             p.dir_id = Some(dir_id);
         }
     }

@@ -89,8 +89,6 @@ pub struct ProcTable {
     /// Each process's directory fds as last read from /proc, with the
     /// kernel's id of each then (`decoder::PathAt::dir_id`).
     dirs: HashMap<u32, HashMap<i32, (u64, PathBuf)>>,
-    /// Entries in `dirs`.
-    dirs_len: usize,
 }
 
 /// FNV-1a over the boot id, the tgid and the start: stable across daemon
@@ -186,7 +184,6 @@ impl ProcTable {
             live: HashMap::default(),
             cwd: HashMap::default(),
             dirs: HashMap::default(),
-            dirs_len: 0,
             boot_id,
             tick_ns,
             boot_to_wall,
@@ -494,9 +491,7 @@ impl ProcTable {
         }
         if e.kind == "exit" {
             self.cwd.remove(&pid);
-            if let Some(d) = self.dirs.remove(&pid) {
-                self.dirs_len -= d.len();
-            }
+            self.dirs.remove(&pid);
             self.exe.remove(&pid);
             self.ppid.remove(&pid);
             self.ns.remove(&pid);
@@ -523,9 +518,9 @@ fn read_dir(link: &str, id: Option<u64>) -> Option<(PathBuf, bool)> {
     Some((dir, id.is_some_and(|id| meta.ino() as u32 == id as u32)))
 }
 
-/// Directories kept for dirfds (`ProcTable::dirs`), over all processes;
-/// past it they are forgotten at once and read again as needed.
-const DIRS_MAX: usize = 1 << 16;
+/// Directories kept for one process's dirfds (`ProcTable::dirs`); past it
+/// that process's are forgotten at once and read again as needed.
+const DIRS_PER_PROCESS: usize = 256;
 
 impl ProcTable {
     /// Make relative paths absolute against what they were relative to:
@@ -576,16 +571,11 @@ impl ProcTable {
         }
         let (dir, same) = read_dir(&format!("/proc/{pid}/fd/{fd}"), id)?;
         if let Some(id) = id.filter(|_| same) {
-            if self.dirs_len >= DIRS_MAX {
-                self.dirs.clear();
-                self.dirs_len = 0;
+            let kept = self.dirs.entry(pid).or_default();
+            if kept.len() >= DIRS_PER_PROCESS {
+                kept.clear();
             }
-            let old = self
-                .dirs
-                .entry(pid)
-                .or_default()
-                .insert(fd, (id, dir.clone()));
-            self.dirs_len += usize::from(old.is_none());
+            kept.insert(fd, (id, dir.clone()));
         }
         Some(dir)
     }
@@ -646,9 +636,10 @@ mod tests {
         let (mut t, _) = table();
         let (pid, fd) = (std::process::id(), f.as_raw_fd());
         assert_eq!(t.dir_of(pid, fd, Some(good ^ 1)), Some(dir.clone()));
-        assert_eq!(t.dirs_len, 0, "another inode: used, not kept");
+        let kept = |t: &ProcTable| t.dirs.get(&pid).map_or(0, HashMap::len);
+        assert_eq!(kept(&t), 0, "another inode: used, not kept");
         assert_eq!(t.dir_of(pid, fd, Some(good)), Some(dir.clone()));
-        assert_eq!(t.dirs_len, 1);
+        assert_eq!(kept(&t), 1);
         drop(f);
         assert_eq!(
             t.dir_of(pid, fd, Some(good)),

@@ -133,9 +133,14 @@ impl Retention {
 
     /// One check of every limit.
     pub async fn pass(&mut self) -> Result<Pass, StoreError> {
+        self.pass_at(traceed_wire::now_ns()).await
+    }
+
+    /// `pass` as if the clock said `now` (ns since the epoch).
+    pub(crate) async fn pass_at(&mut self, now: i64) -> Result<Pass, StoreError> {
         let mut p = Pass::default();
-        let cutoff = traceed_wire::now_ns()
-            .saturating_sub(i64::try_from(self.policy.max_age.as_nanos()).unwrap_or(i64::MAX));
+        let cutoff =
+            now.saturating_sub(i64::try_from(self.policy.max_age.as_nanos()).unwrap_or(i64::MAX));
         let age_due = self.oldest.is_none_or(|ts| ts < cutoff);
         if age_due {
             // Everything before the first id at or after the cutoff is too old.
@@ -155,7 +160,7 @@ impl Retention {
         // The files bound the pages in use (a page not yet in the database
         // file is a frame in the WAL), so a store whose files fit asks
         // SQLite nothing.
-        if self.file_bytes() > self.policy.max_bytes
+        if self.store.db_bytes() > self.policy.max_bytes
             && self.used_bytes().await? > self.policy.max_bytes
         {
             let target = (self.policy.max_bytes as f64 * HYSTERESIS) as u64;
@@ -274,20 +279,6 @@ impl Retention {
             .await?;
         let size = pragma("PRAGMA page_size").fetch_one(&mut self.conn).await?;
         Ok(((pages - free).max(0) * size) as u64)
-    }
-
-    /// Bytes of the database file and its WAL (0 for one not there).
-    fn file_bytes(&self) -> u64 {
-        // Unreadable counts as over any budget: SQLite is asked then.
-        let len = |p: &std::path::Path| match std::fs::metadata(p) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(_) => u64::MAX,
-        };
-        let db = self.store.path();
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
-        len(db).saturating_add(len(std::path::Path::new(&wal)))
     }
 
     fn free_bytes(&self) -> u64 {
