@@ -165,6 +165,47 @@ fn relative_paths_follow_the_dirfd() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A walker's dirfd-relative paths, as `tar -c` makes them: open a
+/// directory, open a file relative to it, close the directory, open
+/// another file on its number, exit. By the time the daemon handles the
+/// events /proc names a file at that number, or nothing: the directory
+/// comes from the open that returned the number, checked against the
+/// kernel's directory id.
+#[test]
+fn dirfd_paths_of_a_process_that_moved_on() {
+    let d = Daemon::start();
+    let root = tmp_path("walker");
+    std::fs::create_dir_all(format!("{root}/sub")).unwrap();
+    let f = unique("walk");
+    let c = |s: &str| CString::new(s).unwrap();
+    let (dir, sub, name, other) = (c(&root), c("sub"), c(&f), c("/etc/hostname"));
+    // SAFETY: the child makes only async-signal-safe calls on C strings
+    // made before the fork, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        unsafe {
+            let top = libc::open(dir.as_ptr(), libc::O_RDONLY);
+            let n = libc::openat(top, sub.as_ptr(), libc::O_RDONLY);
+            let made = libc::openat(n, name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+            libc::close(made);
+            libc::close(n);
+            // The directory's number now names a file.
+            libc::open(other.as_ptr(), libc::O_RDONLY);
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0);
+    let want = format!("{root}/sub/{f}");
+    d.wait_for(&["--kind", "open", "--pid", &pid.to_string()], |e| {
+        e.args["path"] == want.as_str()
+    });
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// One process's relative opens follow its chdirs: the cwd is read once
 /// per directory the kernel names (`cwd_id`), and never reused across a
 /// change, back and forth. The shell reads a line from the test after

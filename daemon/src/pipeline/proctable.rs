@@ -89,6 +89,48 @@ pub struct ProcTable {
     /// Each process's directory fds as last read from /proc, with the
     /// kernel's id of each then (`decoder::PathAt::dir_id`).
     dirs: HashMap<u32, HashMap<i32, (u64, PathBuf)>>,
+    /// Each process's last opens that returned an fd, with the path each
+    /// opened (`note_open`): what the stream itself says an fd number
+    /// names, checked against a directory id before it is used.
+    opened: HashMap<u32, Opened>,
+}
+
+/// How many of a process's last opens `Opened` remembers. A directory's
+/// candidate is needed only until the first *at call relative to it, which
+/// keeps it under its id; walkers (tar, find, rm -r) make that call right
+/// after opening the directory.
+const OPENED_PER_PROCESS: usize = 8;
+
+/// A process's last opens as a ring of (fd, absolute path); an empty path
+/// is an open whose path could not be made absolute, which still shadows
+/// an older open of the same number.
+#[derive(Debug, Default)]
+struct Opened {
+    next: usize,
+    slots: [(i32, PathBuf); OPENED_PER_PROCESS],
+}
+
+impl Opened {
+    /// The path of the newest open that returned `fd`.
+    fn newest(&self, fd: i32) -> Option<&Path> {
+        (1..=OPENED_PER_PROCESS)
+            .map(|back| &self.slots[(self.next + OPENED_PER_PROCESS - back) % OPENED_PER_PROCESS])
+            .find(|(n, _)| *n == fd)
+            .and_then(|(_, p)| (!p.as_os_str().is_empty()).then_some(p.as_path()))
+    }
+
+    /// Note that `fd` now names `path` (None: a path not known as
+    /// absolute), reusing the oldest slot's buffer.
+    fn push(&mut self, fd: i32, path: Option<&[u8]>) {
+        let slot = &mut self.slots[self.next];
+        self.next = (self.next + 1) % OPENED_PER_PROCESS;
+        slot.0 = fd;
+        let buf = slot.1.as_mut_os_string();
+        buf.clear();
+        if let Some(p) = path {
+            buf.push(std::ffi::OsStr::from_bytes(p));
+        }
+    }
 }
 
 /// FNV-1a over the boot id, the tgid and the start: stable across daemon
@@ -184,6 +226,7 @@ impl ProcTable {
             live: HashMap::default(),
             cwd: HashMap::default(),
             dirs: HashMap::default(),
+            opened: HashMap::default(),
             boot_id,
             tick_ns,
             boot_to_wall,
@@ -492,6 +535,7 @@ impl ProcTable {
         if e.kind == "exit" {
             self.cwd.remove(&pid);
             self.dirs.remove(&pid);
+            self.opened.remove(&pid);
             self.exe.remove(&pid);
             self.ppid.remove(&pid);
             self.ns.remove(&pid);
@@ -512,10 +556,21 @@ pub const AT_FDCWD: i32 = -100;
 /// event, as before the ids, but not kept for the id, which a process
 /// could otherwise misname for good with one quick dup2.
 fn read_dir(link: &str, id: Option<u64>) -> Option<(PathBuf, bool)> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(link).ok().filter(|m| m.is_dir())?;
     let dir = std::fs::read_link(link).ok()?;
-    Some((dir, id.is_some_and(|id| meta.ino() as u32 == id as u32)))
+    Some((dir, id.is_some_and(|id| same_inode(&meta, id))))
+}
+
+/// Whether `meta` has the inode number a directory id ends with (its low
+/// 32 bits: `mix_dir_id` in task.h).
+fn same_inode(meta: &std::fs::Metadata, id: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.ino() as u32 == id as u32
+}
+
+/// Whether `dir` is a directory now with the inode a directory id names.
+fn has_inode_of(dir: &Path, id: u64) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && same_inode(&m, id))
 }
 
 /// Directories kept for one process's dirfds (`ProcTable::dirs`); past it
@@ -555,6 +610,36 @@ impl ProcTable {
                 });
             }
         }
+        if e.kind == "open" {
+            self.note_open(pid, e);
+        }
+    }
+
+    /// What an open returned: its fd names the path it opened, until the
+    /// process opens something else on that number. Noted for every open
+    /// (whether it is a directory is not known here) and used only when a
+    /// later *at call's directory id agrees with it (`dir_of`): a walker
+    /// like `tar -c` closes each directory and reuses its number before
+    /// /proc can be read, or exits, and then only the stream can say
+    /// which directory its paths were relative to.
+    fn note_open(&mut self, pid: u32, e: &LiveEvent) {
+        let Some(fd) = e
+            .retval
+            .and_then(|r| i32::try_from(r).ok())
+            .filter(|fd| *fd >= 0)
+        else {
+            return;
+        };
+        let path = match &e.args {
+            traceed_wire::payload::Payload::Open(a) => a.fields.path.as_deref(),
+            _ => None,
+        };
+        let opened = self.opened.entry(pid).or_default();
+        match path {
+            Some(p) if p.starts_with('/') && !is_escaped(e) => opened.push(fd, Some(p.as_bytes())),
+            Some(p) if p.starts_with('/') => opened.push(fd, Some(&raw_bytes(e, p))),
+            _ => opened.push(fd, None),
+        }
     }
 
     /// The directory open at `pid`'s `fd`: the one read for this `id` if
@@ -568,16 +653,29 @@ impl ProcTable {
                     return Some(dir.clone());
                 }
             }
+            // The stream's word for the fd, when the directory it names
+            // has the id's inode: one stat, and no /proc, so it answers
+            // after the fd was closed or the process exited too.
+            let opened = self.opened.get(&pid).and_then(|o| o.newest(fd));
+            if let Some(dir) = opened.filter(|d| has_inode_of(d, id)) {
+                let dir = dir.to_path_buf();
+                self.keep_dir(pid, fd, id, dir.clone());
+                return Some(dir);
+            }
         }
         let (dir, same) = read_dir(&format!("/proc/{pid}/fd/{fd}"), id)?;
         if let Some(id) = id.filter(|_| same) {
-            let kept = self.dirs.entry(pid).or_default();
-            if kept.len() >= DIRS_PER_PROCESS {
-                kept.clear();
-            }
-            kept.insert(fd, (id, dir.clone()));
+            self.keep_dir(pid, fd, id, dir.clone());
         }
         Some(dir)
+    }
+
+    fn keep_dir(&mut self, pid: u32, fd: i32, id: u64, dir: PathBuf) {
+        let kept = self.dirs.entry(pid).or_default();
+        if kept.len() >= DIRS_PER_PROCESS {
+            kept.clear();
+        }
+        kept.insert(fd, (id, dir));
     }
 
     /// `pid`'s cwd: the one read for this `cwd_id` if there is one, else
@@ -618,6 +716,54 @@ mod tests {
         let parent = 4_200_000_001;
         t.live.insert(parent, t.instance_from_proc(parent, 5));
         (t, parent)
+    }
+
+    /// Once /proc cannot say (the process is gone: pids above pid_max
+    /// here), the newest open that returned the dirfd's number names it,
+    /// and is kept for the id, when the directory it opened has the id's
+    /// inode; a later open of a file on that number shadows it.
+    #[test]
+    fn an_opened_directory_names_its_fd_when_proc_cannot() {
+        use crate::pipeline::coalesce::tests::open;
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("traceed-opened-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let id = 0xabcd_0000_0000_0000 | (std::fs::metadata(&dir).unwrap().ino() & 0xffff_ffff);
+        let (mut t, _) = table();
+        let pid = 4_200_000_020;
+        let note = |t: &mut ProcTable, path: &str, fd: i64| {
+            let mut e = open(pid, path, 1, fd);
+            t.absolutize(&mut e, &[], None);
+        };
+        assert_eq!(t.dir_of(pid, 5, Some(id)), None, "nothing opened yet");
+        note(&mut t, dir.to_str().unwrap(), 5);
+        // Another fd number, and a failed open, change nothing for fd 5.
+        note(&mut t, "/etc/hostname", 6);
+        note(&mut t, "/etc/none", -2);
+        assert_eq!(t.dir_of(pid, 5, Some(id ^ 1)), None, "another inode");
+        assert_eq!(t.dir_of(pid, 5, Some(id)), Some(dir.clone()));
+        assert_eq!(t.dirs[&pid][&5], (id, dir.clone()), "kept for the id");
+        // A file opened on the number since: not a candidate for a new id,
+        // and neither is a path that stayed relative.
+        let other = id ^ (1 << 40);
+        note(&mut t, "/etc/hostname", 5);
+        assert_eq!(t.dir_of(pid, 5, Some(other)), None);
+        note(&mut t, dir.to_str().unwrap(), 5);
+        note(&mut t, "relative", 5);
+        assert_eq!(t.dir_of(pid, 5, Some(other)), None);
+        // More opens than the ring holds push the directory out.
+        note(&mut t, dir.to_str().unwrap(), 9);
+        for fd in 10..10 + OPENED_PER_PROCESS as i64 {
+            note(&mut t, "/etc/hostname", fd);
+        }
+        assert_eq!(t.dir_of(pid, 9, Some(other)), None);
+        // Gone with the process.
+        note(&mut t, dir.to_str().unwrap(), 9);
+        let mut x = ev("exit", pid, 1, 2);
+        t.enrich(&mut x, None);
+        assert_eq!(t.dir_of(pid, 9, Some(other)), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A directory read from /proc is kept for a kernel id only when it has
