@@ -120,7 +120,7 @@ enum variant {
 	X(SLOT_OPEN_FLAGS, 0)                                                      \
 	X(SLOT_OPEN_MODE, 1)                                                       \
 	X(SLOT_OPEN_DIRFD, 2)                                                      \
-	X(SLOT_DIR_ID, 4)             /* open, unlink, rename, chmod: dir_fd_id() of the first path's dirfd (rename: old) when relative to one, 0 unknown */ \
+	X(SLOT_DIR_ID, 4)             /* open, unlink, rename, chmod: dir_fd_id() of the first path's dirfd (rename: old) when relative to one: dev << 32 | inode, 0 unknown */ \
 	X(SLOT_CWD_ID, 5)             /* open, unlink, rename, chmod: cwd_id(), 0 unknown */ \
 	X(SLOT_UNLINK_FLAGS, 1)                                                    \
 	X(SLOT_UNLINK_DIRFD, 2)                                                    \

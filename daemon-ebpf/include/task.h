@@ -288,33 +288,31 @@ static __always_inline __u32 current_mnt_ns(void)
 }
 
 #ifdef CORE
-/* A directory's id: its dentry and mount folded into the high 32 bits,
- * the inode number's low 32 bits below them. The inode makes a dentry freed
- * and reused for another directory another id, and lets user space check
- * that the directory it read from /proc (later, racing the process) is the
- * one the kernel named before it keeps it for the id. */
-static __always_inline __u64 mix_dir_id(__u64 d, __u64 m, __u64 ino)
+/* A directory's id: its file system's device (the kernel's dev_t) in the
+ * high 32 bits, the inode number's low 32 bits below them. User space
+ * checks a directory it found later (from an open in the stream, or /proc,
+ * racing the process) against both before it uses it for the id: the
+ * inode alone would let a process pass one file system's root off as
+ * another's (every ext4 root is inode 2, every tmpfs root inode 1). */
+static __always_inline __u64 dir_id(__u64 dev, __u64 ino)
 {
-	__u64 p = d ^ (m << 17 | m >> 47);
-
-	return (p ^ (p >> 32)) << 32 | (ino & 0xffffffff);
+	return (dev & 0xffffffff) << 32 | (ino & 0xffffffff);
 }
 
-/* mix_dir_id of the struct path at kernel address `p`, probe-read; 0
- * without a dentry. */
+/* dir_id of the struct path at kernel address `p`, probe-read; 0 without
+ * a dentry. */
 static __always_inline __u64 path_dir_id(const struct path *p)
 {
-	__u64 d = (__u64)READ_KERN(p, dentry);
-	__u64 m = (__u64)READ_KERN(p, mnt);
+	struct dentry *d = READ_KERN(p, dentry);
 
 	if (!d)
 		return 0;
-	return mix_dir_id(d, m, READ_KERN((struct dentry *)d, d_inode, i_ino));
+	return dir_id(READ_KERN(d, d_sb, s_dev), READ_KERN(d, d_inode, i_ino));
 }
 #endif
 
-/* Which directory the task's relative paths start from, as an opaque id
- * of the process's own (user space keeps one directory per pid): it reads
+/* Which directory the task's relative paths start from, as a dir_id
+ * (user space keeps one cwd per pid): it reads
  * /proc/PID/cwd once per id instead of once per relative path (a readlink
  * cost more than the rest of the event's user-space work). The
  * kernel-specific object (no fs_struct in every header set) says 0:
@@ -322,20 +320,12 @@ static __always_inline __u64 path_dir_id(const struct path *p)
 static __always_inline __u64 cwd_id(void)
 {
 #ifdef CORE
-	__u64 d, m, ino;
-
 	if (TASK_BTF) {
-		struct task_struct *t = bpf_get_current_task_btf();
-		struct task_struct *leader = t->group_leader;
-		struct fs_struct *fs = t->fs;
-		struct dentry *dentry = fs->pwd.dentry;
+		struct dentry *dentry = bpf_get_current_task_btf()->fs->pwd.dentry;
 
 		if (!dentry)
 			return 0;
-		d = leader_offset(dentry, leader);
-		m = leader_offset(fs->pwd.mnt, leader);
-		ino = dentry->d_inode->i_ino;
-		return mix_dir_id(d, m, ino);
+		return dir_id(dentry->d_sb->s_dev, dentry->d_inode->i_ino);
 	}
 	return path_dir_id(&((struct fs_struct *)READ_KERN(cur_task(), fs))->pwd);
 #else

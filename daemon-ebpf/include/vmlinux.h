@@ -35,6 +35,7 @@ typedef __u16 __be16;
 typedef __u32 __be32;
 typedef __u32 __wsum;
 typedef unsigned short umode_t;
+typedef u32 dev_t;
 enum {
 	false = 0,
 	true = 1,
@@ -187,10 +188,15 @@ struct qstr {
 	const unsigned char *name;
 };
 
+struct super_block {
+	dev_t s_dev;
+};
+
 struct dentry {
 	struct dentry *d_parent;
 	struct qstr d_name;
 	struct inode *d_inode;
+	struct super_block *d_sb;
 };
 
 struct vfsmount {

@@ -165,20 +165,24 @@ fn relative_paths_follow_the_dirfd() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// A walker's dirfd-relative paths, as `tar -c` makes them: open a
-/// directory, open a file relative to it, close the directory, open
-/// another file on its number, exit. By the time the daemon handles the
-/// events /proc names a file at that number, or nothing: the directory
-/// comes from the open that returned the number, checked against the
-/// kernel's directory id.
+/// A walker's dirfd-relative paths, as `tar -c` and `rm -r` make them:
+/// open a directory, open a file relative to it, close the directory, open
+/// another file on its number; open another directory, move it to another
+/// number (F_DUPFD, as rm does), unlink in it; exit. By the time the
+/// daemon handles the events /proc names a file at those numbers, or
+/// nothing: each directory comes from the open that returned it, checked
+/// against the kernel's directory id.
 #[test]
 fn dirfd_paths_of_a_process_that_moved_on() {
     let d = Daemon::start();
     let root = tmp_path("walker");
     std::fs::create_dir_all(format!("{root}/sub")).unwrap();
+    std::fs::create_dir_all(format!("{root}/gone")).unwrap();
     let f = unique("walk");
+    std::fs::write(format!("{root}/gone/{f}"), "").unwrap();
     let c = |s: &str| CString::new(s).unwrap();
     let (dir, sub, name, other) = (c(&root), c("sub"), c(&f), c("/etc/hostname"));
+    let gone = c("gone");
     // SAFETY: the child makes only async-signal-safe calls on C strings
     // made before the fork, then _exits.
     let pid = unsafe { libc::fork() };
@@ -192,6 +196,11 @@ fn dirfd_paths_of_a_process_that_moved_on() {
             libc::close(n);
             // The directory's number now names a file.
             libc::open(other.as_ptr(), libc::O_RDONLY);
+            let g = libc::openat(top, gone.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            let moved = libc::fcntl(g, libc::F_DUPFD_CLOEXEC, 40);
+            libc::close(g);
+            libc::open(other.as_ptr(), libc::O_RDONLY);
+            libc::unlinkat(moved, name.as_ptr(), 0);
             libc::_exit(0);
         }
     }
@@ -200,9 +209,15 @@ fn dirfd_paths_of_a_process_that_moved_on() {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert_eq!(status, 0);
     let want = format!("{root}/sub/{f}");
-    d.wait_for(&["--kind", "open", "--pid", &pid.to_string()], |e| {
+    let pid = pid.to_string();
+    d.wait_for(&["--kind", "open", "--pid", &pid], |e| {
         e.args["path"] == want.as_str()
     });
+    let want = format!("{root}/gone/{f}");
+    d.wait_for(&["--kind", "unlink", "--pid", &pid], |e| {
+        e.args["path"] == want.as_str()
+    });
+    assert!(!std::path::Path::new(&want).exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

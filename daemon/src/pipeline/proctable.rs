@@ -31,7 +31,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 
 use traceed_wire::{bytes, Announced, Lineage, LiveEvent};
 
@@ -86,13 +86,17 @@ pub struct ProcTable {
     /// Each process's cwd as last read from /proc, with the kernel's id
     /// of it then (`decoder::Decoded::cwd_id`).
     cwd: HashMap<u32, (u64, PathBuf)>,
-    /// Each process's directory fds as last read from /proc, with the
-    /// kernel's id of each then (`decoder::PathAt::dir_id`).
+    /// Each process's directory fds as last found, with the kernel's
+    /// directory id of each (`decoder::PathAt::dir_id`).
     dirs: HashMap<u32, HashMap<i32, (u64, PathBuf)>>,
     /// Each process's last opens that returned an fd, with the path each
-    /// opened (`note_open`): what the stream itself says an fd number
-    /// names, checked against a directory id before it is used.
+    /// opened (`note_open`): what the stream itself says a dirfd names,
+    /// checked against the directory id before it is used.
     opened: HashMap<u32, Opened>,
+    /// Processes found gone from /proc: the stream runs behind them, so
+    /// their later records read nothing there (until their exit record,
+    /// or a fork record of the pid).
+    gone: HashSet<u32>,
 }
 
 /// How many of a process's last opens `Opened` remembers. A directory's
@@ -108,15 +112,26 @@ const OPENED_PER_PROCESS: usize = 8;
 struct Opened {
     next: usize,
     slots: [(i32, PathBuf); OPENED_PER_PROCESS],
+    /// Opens noted so far, and the last directory id no slot matched then:
+    /// it is not tried again until another open is noted.
+    pushed: u64,
+    missed: Option<(u64, u64)>,
 }
 
 impl Opened {
-    /// The path of the newest open that returned `fd`.
-    fn newest(&self, fd: i32) -> Option<&Path> {
-        (1..=OPENED_PER_PROCESS)
-            .map(|back| &self.slots[(self.next + OPENED_PER_PROCESS - back) % OPENED_PER_PROCESS])
-            .find(|(n, _)| *n == fd)
-            .and_then(|(_, p)| (!p.as_os_str().is_empty()).then_some(p.as_path()))
+    /// The paths to try for a directory open at `fd`: the newest open
+    /// that returned `fd` first, then the other opens, newest first (the
+    /// directory may have moved to `fd` since). Each is checked against
+    /// the directory id, so an order only saves stats.
+    fn candidates(&self, fd: i32) -> impl Iterator<Item = &Path> {
+        let newest_first = (1..=OPENED_PER_PROCESS)
+            .map(|back| &self.slots[(self.next + OPENED_PER_PROCESS - back) % OPENED_PER_PROCESS]);
+        let on_fd = newest_first.clone().find(|(n, _)| *n == fd);
+        on_fd
+            .into_iter()
+            .chain(newest_first.filter(move |(n, _)| *n != fd))
+            .map(|(_, p)| p.as_path())
+            .filter(|p| !p.as_os_str().is_empty())
     }
 
     /// Note that `fd` now names `path` (None: a path not known as
@@ -124,6 +139,7 @@ impl Opened {
     fn push(&mut self, fd: i32, path: Option<&[u8]>) {
         let slot = &mut self.slots[self.next];
         self.next = (self.next + 1) % OPENED_PER_PROCESS;
+        self.pushed += 1;
         slot.0 = fd;
         let buf = slot.1.as_mut_os_string();
         buf.clear();
@@ -227,6 +243,7 @@ impl ProcTable {
             cwd: HashMap::default(),
             dirs: HashMap::default(),
             opened: HashMap::default(),
+            gone: HashSet::default(),
             boot_id,
             tick_ns,
             boot_to_wall,
@@ -514,6 +531,9 @@ impl ProcTable {
                 }
             }
             "fork" => {
+                // A new process of this pid (an exit record lost would
+                // leave the old one's mark).
+                self.gone.remove(&pid);
                 let parent = e.ppid.and_then(|pp| self.exe.get(&pp).cloned());
                 if let Some(exe) = parent {
                     self.exe.insert(pid, exe);
@@ -536,6 +556,7 @@ impl ProcTable {
             self.cwd.remove(&pid);
             self.dirs.remove(&pid);
             self.opened.remove(&pid);
+            self.gone.remove(&pid);
             self.exe.remove(&pid);
             self.ppid.remove(&pid);
             self.ns.remove(&pid);
@@ -546,31 +567,19 @@ impl ProcTable {
 
 pub const AT_FDCWD: i32 = -100;
 
-/// The directory behind `link` (/proc/PID/cwd or fd/N) as /proc shows it
-/// now, and whether it has the inode number the record's directory id
-/// ends with (`mix_dir_id` in task.h). /proc is read after the event, so
-/// the process may have moved on: an fd closed and its number reused for
-/// a file (tar does this with every directory it walks) names no
-/// directory, and the path stays as the process passed it rather than
-/// become a wrong one; another directory at that number is used for this
-/// event, as before the ids, but not kept for the id, which a process
-/// could otherwise misname for good with one quick dup2.
-fn read_dir(link: &str, id: Option<u64>) -> Option<(PathBuf, bool)> {
-    let meta = std::fs::metadata(link).ok().filter(|m| m.is_dir())?;
-    let dir = std::fs::read_link(link).ok()?;
-    Some((dir, id.is_some_and(|id| same_inode(&meta, id))))
-}
-
-/// Whether `meta` has the inode number a directory id ends with (its low
-/// 32 bits: `mix_dir_id` in task.h).
-fn same_inode(meta: &std::fs::Metadata, id: u64) -> bool {
+/// The kernel's directory id (`dir_id` in task.h) of a file: its device
+/// as the kernel numbers it (major << 20 | minor) above its inode number's
+/// low 32 bits.
+fn dir_id_of(meta: &std::fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    meta.ino() as u32 == id as u32
+    let dev = u64::from(libc::major(meta.dev())) << 20 | u64::from(libc::minor(meta.dev()));
+    (dev & 0xffff_ffff) << 32 | (meta.ino() & 0xffff_ffff)
 }
 
-/// Whether `dir` is a directory now with the inode a directory id names.
-fn has_inode_of(dir: &Path, id: u64) -> bool {
-    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && same_inode(&m, id))
+/// Whether `dir` is now the directory the id names: same device, same
+/// inode.
+fn is_dir_of(dir: &Path, id: u64) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && dir_id_of(&m) == id)
 }
 
 /// Directories kept for one process's dirfds (`ProcTable::dirs`); past it
@@ -642,32 +651,42 @@ impl ProcTable {
         }
     }
 
-    /// The directory open at `pid`'s `fd`: the one read for this `id` if
-    /// there is one, else read from /proc now (and kept under the id when
-    /// it is the directory the id names). As with the cwd, a directory
-    /// renamed while it stays open keeps the path it had when first read.
+    /// The directory open at `pid`'s `fd` when the record was made. With
+    /// the kernel's id of it: the one found for the id on this fd before,
+    /// else one of the process's last opens that is the id's directory
+    /// (the fd may have been moved to this number since: `rm -r` moves
+    /// every directory it opens with F_DUPFD), else /proc's if it is the
+    /// id's directory; another directory is never used, since the id says
+    /// it is not the one. Without an id (kernel object, fallback): /proc's
+    /// word, unchecked. As with the cwd, a directory renamed while it stays
+    /// open keeps the path it had when found.
     fn dir_of(&mut self, pid: u32, fd: i32, id: Option<u64>) -> Option<PathBuf> {
-        if let Some(id) = id {
-            if let Some((known, dir)) = self.dirs.get(&pid).and_then(|d| d.get(&fd)) {
-                if *known == id {
-                    return Some(dir.clone());
+        let link = format!("/proc/{pid}/fd/{fd}");
+        let Some(id) = id else {
+            return self.read_proc_dir(pid, &link, None).map(|(dir, _)| dir);
+        };
+        if let Some((known, dir)) = self.dirs.get(&pid).and_then(|d| d.get(&fd)) {
+            if *known == id {
+                return Some(dir.clone());
+            }
+        }
+        // The stream's word: a stat each, and no /proc, so it answers
+        // after the fd was closed or the process exited too.
+        if let Some(opened) = self.opened.get_mut(&pid) {
+            if opened.missed != Some((id, opened.pushed)) {
+                let found = opened.candidates(fd).find(|d| is_dir_of(d, id));
+                if let Some(dir) = found.map(Path::to_path_buf) {
+                    self.keep_dir(pid, fd, id, dir.clone());
+                    return Some(dir);
                 }
-            }
-            // The stream's word for the fd, when the directory it names
-            // has the id's inode: one stat, and no /proc, so it answers
-            // after the fd was closed or the process exited too.
-            let opened = self.opened.get(&pid).and_then(|o| o.newest(fd));
-            if let Some(dir) = opened.filter(|d| has_inode_of(d, id)) {
-                let dir = dir.to_path_buf();
-                self.keep_dir(pid, fd, id, dir.clone());
-                return Some(dir);
+                opened.missed = Some((id, opened.pushed));
             }
         }
-        let (dir, same) = read_dir(&format!("/proc/{pid}/fd/{fd}"), id)?;
-        if let Some(id) = id.filter(|_| same) {
+        let (dir, same) = self.read_proc_dir(pid, &link, Some(id))?;
+        same.then(|| {
             self.keep_dir(pid, fd, id, dir.clone());
-        }
-        Some(dir)
+            dir
+        })
     }
 
     fn keep_dir(&mut self, pid: u32, fd: i32, id: u64, dir: PathBuf) {
@@ -678,20 +697,52 @@ impl ProcTable {
         kept.insert(fd, (id, dir));
     }
 
-    /// `pid`'s cwd: the one read for this `cwd_id` if there is one, else
-    /// read from /proc now (and kept under the id when it is the directory
-    /// the id names).
+    /// The directory behind `pid`'s `link` (/proc/PID/cwd or fd/N) as
+    /// /proc shows it now, and whether it is the directory the record's id
+    /// names (`dir_id` in task.h). /proc is read after the event, so the
+    /// process may have moved on: an fd closed and its number reused for a
+    /// file (tar does this with every directory it walks) names no
+    /// directory, and another directory there is not the one the record
+    /// named. A process found gone is marked so (one more stat) and not
+    /// read again: `rm -r` of a large tree is over long before the daemon
+    /// has handled its unlinks, which would cost a failed read each.
+    fn read_proc_dir(&mut self, pid: u32, link: &str, id: Option<u64>) -> Option<(PathBuf, bool)> {
+        if self.gone.contains(&pid) {
+            return None;
+        }
+        match std::fs::metadata(link) {
+            Ok(meta) if meta.is_dir() => {
+                let dir = std::fs::read_link(link).ok()?;
+                Some((dir, id == Some(dir_id_of(&meta))))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                    self.gone.insert(pid);
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// `pid`'s cwd when the record was made: the one read for this
+    /// `cwd_id` if there is one, else read from /proc now and used (and
+    /// kept) only if it is the id's directory: one that is not is where
+    /// the process moved since. Without an id, /proc's word, unchecked.
     fn cwd_of(&mut self, pid: u32, cwd_id: Option<u64>) -> Option<PathBuf> {
         if let (Some(id), Some((known, dir))) = (cwd_id, self.cwd.get(&pid)) {
             if *known == id {
                 return Some(dir.clone());
             }
         }
-        let (dir, same) = read_dir(&format!("/proc/{pid}/cwd"), cwd_id)?;
-        if let Some(id) = cwd_id.filter(|_| same) {
-            self.cwd.insert(pid, (id, dir.clone()));
+        let (dir, same) = self.read_proc_dir(pid, &format!("/proc/{pid}/cwd"), cwd_id)?;
+        match cwd_id {
+            None => Some(dir),
+            Some(id) => same.then(|| {
+                self.cwd.insert(pid, (id, dir.clone()));
+                dir
+            }),
         }
-        Some(dir)
     }
 }
 
@@ -718,72 +769,88 @@ mod tests {
         (t, parent)
     }
 
+    /// A directory made for one test, and its kernel directory id.
+    fn test_dir(tag: &str) -> (PathBuf, u64) {
+        let dir = std::env::temp_dir().join(format!("traceed-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let id = dir_id_of(&std::fs::metadata(&dir).unwrap());
+        (dir, id)
+    }
+
     /// Once /proc cannot say (the process is gone: pids above pid_max
-    /// here), the newest open that returned the dirfd's number names it,
-    /// and is kept for the id, when the directory it opened has the id's
-    /// inode; a later open of a file on that number shadows it.
+    /// here), the process's last opens name a dirfd's directory, and it is
+    /// kept for the id, when one of them is the id's directory: same inode
+    /// and same device (a root of another file system has the same inode
+    /// number). A later open of a file on the number shadows an older one;
+    /// a directory moved to another number (F_DUPFD) is still found.
     #[test]
     fn an_opened_directory_names_its_fd_when_proc_cannot() {
         use crate::pipeline::coalesce::tests::open;
-        use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("traceed-opened-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let dir = dir.canonicalize().unwrap();
-        let id = 0xabcd_0000_0000_0000 | (std::fs::metadata(&dir).unwrap().ino() & 0xffff_ffff);
+        let (dir, id) = test_dir("opened");
         let (mut t, _) = table();
         let pid = 4_200_000_020;
-        let note = |t: &mut ProcTable, path: &str, fd: i64| {
-            let mut e = open(pid, path, 1, fd);
+        let note = |t: &mut ProcTable, path: &Path, fd: i64| {
+            let mut e = open(pid, path.to_str().unwrap(), 1, fd);
             t.absolutize(&mut e, &[], None);
         };
         assert_eq!(t.dir_of(pid, 5, Some(id)), None, "nothing opened yet");
-        note(&mut t, dir.to_str().unwrap(), 5);
+        note(&mut t, &dir, 5);
         // Another fd number, and a failed open, change nothing for fd 5.
-        note(&mut t, "/etc/hostname", 6);
-        note(&mut t, "/etc/none", -2);
+        note(&mut t, Path::new("/etc/hostname"), 6);
+        note(&mut t, Path::new("/etc/none"), -2);
+        let other_dev = id ^ (1 << 40);
         assert_eq!(t.dir_of(pid, 5, Some(id ^ 1)), None, "another inode");
+        assert_eq!(t.dir_of(pid, 5, Some(other_dev)), None, "another device");
         assert_eq!(t.dir_of(pid, 5, Some(id)), Some(dir.clone()));
         assert_eq!(t.dirs[&pid][&5], (id, dir.clone()), "kept for the id");
-        // A file opened on the number since: not a candidate for a new id,
-        // and neither is a path that stayed relative.
-        let other = id ^ (1 << 40);
-        note(&mut t, "/etc/hostname", 5);
-        assert_eq!(t.dir_of(pid, 5, Some(other)), None);
-        note(&mut t, dir.to_str().unwrap(), 5);
-        note(&mut t, "relative", 5);
-        assert_eq!(t.dir_of(pid, 5, Some(other)), None);
-        // More opens than the ring holds push the directory out.
-        note(&mut t, dir.to_str().unwrap(), 9);
+        // Moved to another number since its open: found among the others.
+        let (sub, sub_id) = test_dir("opened-sub");
+        note(&mut t, &sub, 3);
+        note(&mut t, Path::new("/etc/hostname"), 3);
+        assert_eq!(t.dir_of(pid, 7, Some(sub_id)), Some(sub.clone()));
+        // More opens than the ring holds push a directory out, and a
+        // relative path shadows what its number named.
+        let (third, third_id) = test_dir("opened-third");
+        note(&mut t, &third, 9);
         for fd in 10..10 + OPENED_PER_PROCESS as i64 {
-            note(&mut t, "/etc/hostname", fd);
+            note(&mut t, Path::new("/etc/hostname"), fd);
         }
-        assert_eq!(t.dir_of(pid, 9, Some(other)), None);
+        assert_eq!(t.dir_of(pid, 9, Some(third_id)), None);
+        note(&mut t, &third, 9);
+        assert_eq!(t.dir_of(pid, 9, Some(third_id)), Some(third.clone()));
         // Gone with the process.
-        note(&mut t, dir.to_str().unwrap(), 9);
         let mut x = ev("exit", pid, 1, 2);
         t.enrich(&mut x, None);
-        assert_eq!(t.dir_of(pid, 9, Some(other)), None);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(t.dir_of(pid, 9, Some(third_id)), None);
+        for d in [dir, sub, third] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
     }
 
-    /// A directory read from /proc is kept for a kernel id only when it has
-    /// the id's inode: one read after the process moved on is used once,
-    /// never for the id's later events.
+    /// A directory read from /proc is used for a kernel id, and kept for
+    /// it, only when it is the id's directory: one read after the process
+    /// moved on is not the one its record named.
     #[test]
-    fn a_directory_is_kept_for_an_id_only_with_the_ids_inode() {
+    fn a_directory_is_used_for_an_id_only_when_it_is_the_ids() {
         use std::os::fd::AsRawFd;
-        use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("traceed-dirid-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let dir = dir.canonicalize().unwrap();
+        let (dir, good) = test_dir("dirid");
         let f = std::fs::File::open(&dir).unwrap();
-        let id = |ino: u64| 0xabcd_0000_0000_0000 | (ino & 0xffff_ffff);
-        let good = id(f.metadata().unwrap().ino());
         let (mut t, _) = table();
         let (pid, fd) = (std::process::id(), f.as_raw_fd());
-        assert_eq!(t.dir_of(pid, fd, Some(good ^ 1)), Some(dir.clone()));
+        assert_eq!(t.dir_of(pid, fd, Some(good ^ 1)), None, "another inode");
         let kept = |t: &ProcTable| t.dirs.get(&pid).map_or(0, HashMap::len);
-        assert_eq!(kept(&t), 0, "another inode: used, not kept");
+        assert_eq!(
+            t.dir_of(pid, fd, Some(good ^ (1 << 40))),
+            None,
+            "another device"
+        );
+        assert_eq!(kept(&t), 0);
+        assert_eq!(
+            t.dir_of(pid, fd, None),
+            Some(dir.clone()),
+            "no id: /proc's word"
+        );
         assert_eq!(t.dir_of(pid, fd, Some(good)), Some(dir.clone()));
         assert_eq!(kept(&t), 1);
         drop(f);
@@ -798,12 +865,34 @@ mod tests {
         assert_eq!(t.dir_of(pid, file.as_raw_fd(), Some(good ^ 2)), None);
         assert_eq!(t.dir_of(pid, file.as_raw_fd(), None), None);
         let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
-        let good = id(std::fs::metadata(&cwd).unwrap().ino());
-        assert_eq!(t.cwd_of(pid, Some(good ^ 1)), Some(cwd.clone()));
-        assert!(t.cwd.is_empty(), "another inode: used, not kept");
+        let good = dir_id_of(&std::fs::metadata(&cwd).unwrap());
+        assert_eq!(t.cwd_of(pid, Some(good ^ 1)), None, "moved since");
+        assert_eq!(
+            t.cwd_of(pid, None),
+            Some(cwd.clone()),
+            "no id: /proc's word"
+        );
+        assert!(t.cwd.is_empty());
         assert_eq!(t.cwd_of(pid, Some(good)), Some(cwd));
         assert_eq!(t.cwd.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A process found gone from /proc is not asked again until a fork
+    /// record of its pid.
+    #[test]
+    fn a_process_gone_from_proc_is_not_read_again() {
+        let (mut t, parent) = table();
+        let pid = 4_200_000_021;
+        assert_eq!(t.dir_of(pid, 3, None), None);
+        assert!(t.gone.contains(&pid));
+        let mut f = ev("fork", pid, parent, 5);
+        t.enrich(&mut f, None);
+        assert!(!t.gone.contains(&pid), "a new process of the pid");
+        // A live process with its fd closed is not gone.
+        let me = std::process::id();
+        assert_eq!(t.dir_of(me, 1_000_000, None), None);
+        assert!(!t.gone.contains(&me));
     }
 
     /// A memfd program's exe is the same whether /proc was read while it
