@@ -8,6 +8,16 @@
 
 #define AT_FDCWD_U ((__u64)(__s64)-100)
 
+/* A dirfd argument as the kernel reads it: an int. glibc passes ints in
+ * the low half of the register only (its syscall macros keep the argument's
+ * type), so AT_FDCWD arrives as 0xffffff9c, not sign-extended; compared
+ * as a u64 it named no directory, and cwd-relative paths of glibc programs
+ * carried no cwd id. */
+static __always_inline __u64 dirfd_arg(__u64 v)
+{
+	return (__u64)(__s64)(__s32)v;
+}
+
 /* 1 when string `idx`, stored at `off`, is a relative path (not empty,
  * not starting with '/'): only those does the daemon resolve, so only they
  * pay for the reads of a directory's id. */
@@ -57,12 +67,12 @@ static __always_inline int fill_open(struct event *e, __u32 variant, const __u64
 		bpf_probe_read_user(&how, sizeof(how), (void *)args[2]);
 		e->h.args[SLOT_OPEN_FLAGS] = how.flags;
 		e->h.args[SLOT_OPEN_MODE] = how.mode;
-		e->h.args[SLOT_OPEN_DIRFD] = args[0];
+		e->h.args[SLOT_OPEN_DIRFD] = dirfd_arg(args[0]);
 	} else { /* openat(dfd, path, flags, mode) */
 		push_str(e, STR_OPEN_PATH, (void *)args[1], STR_USER);
 		e->h.args[SLOT_OPEN_FLAGS] = args[2];
 		e->h.args[SLOT_OPEN_MODE] = args[3];
-		e->h.args[SLOT_OPEN_DIRFD] = args[0];
+		e->h.args[SLOT_OPEN_DIRFD] = dirfd_arg(args[0]);
 	}
 	note_cwd(e, cwd_relative(e, STR_OPEN_PATH, off, e->h.args[SLOT_OPEN_DIRFD]));
 	note_dir(e, STR_OPEN_PATH, off, e->h.args[SLOT_OPEN_DIRFD]);
@@ -79,7 +89,7 @@ static __always_inline int fill_unlink(struct event *e, __u32 variant, const __u
 	if (variant == V_AT) { /* unlinkat(dfd, path, flags) */
 		push_str(e, STR_UNLINK_PATH, (void *)args[1], STR_USER);
 		e->h.args[SLOT_UNLINK_FLAGS] = args[2];
-		e->h.args[SLOT_UNLINK_DIRFD] = args[0];
+		e->h.args[SLOT_UNLINK_DIRFD] = dirfd_arg(args[0]);
 	} else { /* unlink(path) */
 		push_str(e, STR_UNLINK_PATH, (void *)args[0], STR_USER);
 		e->h.args[SLOT_UNLINK_DIRFD] = AT_FDCWD_U;
@@ -104,8 +114,8 @@ static __always_inline int fill_rename(struct event *e, __u32 variant, const __u
 		push_str(e, STR_RENAME_OLD, (void *)args[1], STR_USER);
 		push_str(e, STR_RENAME_NEW, (void *)args[3], STR_USER);
 		e->h.args[SLOT_RENAME_FLAGS] = variant == V_AT2 ? args[4] : 0;
-		e->h.args[SLOT_RENAME_OLD_DIRFD] = args[0];
-		e->h.args[SLOT_RENAME_NEW_DIRFD] = args[2];
+		e->h.args[SLOT_RENAME_OLD_DIRFD] = dirfd_arg(args[0]);
+		e->h.args[SLOT_RENAME_NEW_DIRFD] = dirfd_arg(args[2]);
 	}
 	note_cwd(e, cwd_relative(e, STR_RENAME_OLD, off, e->h.args[SLOT_RENAME_OLD_DIRFD]) ||
 			    cwd_relative(e, STR_RENAME_NEW, off + e->h.str_len[STR_RENAME_OLD],
@@ -124,7 +134,7 @@ static __always_inline int fill_chmod(struct event *e, __u32 variant, const __u6
 	if (variant == V_AT) { /* fchmodat(dfd, path, mode) */
 		push_str(e, STR_CHMOD_PATH, (void *)args[1], STR_USER);
 		e->h.args[SLOT_CHMOD_MODE] = args[2];
-		e->h.args[SLOT_CHMOD_DIRFD] = args[0];
+		e->h.args[SLOT_CHMOD_DIRFD] = dirfd_arg(args[0]);
 	} else if (variant == V_FD) { /* fchmod(fd, mode): no path */
 		e->h.args[SLOT_CHMOD_MODE] = args[1];
 		e->h.args[SLOT_CHMOD_FD] = args[0];
