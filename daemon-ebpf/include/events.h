@@ -113,6 +113,7 @@ enum variant {
 	X(SLOT_EXEC_ARGV_KNOWN, 2)    /* ARGV_SIZE_KNOWN: the two above are exact */ \
 	X(SLOT_EXEC_CTIME, 3)         /* loaded file's inode ctime, ns; 0 unknown */ \
 	X(SLOT_EXEC_START, 4)         /* the process's start, boot clock ns; 0 unknown */ \
+	X(SLOT_EXEC_CWD_ID, 5)        /* cwd_id() of the cwd named in STR_EXEC_CWD; 0 unknown */ \
 	X(SLOT_FORK_START, 0)         /* the child's start, boot clock ns; 0 unknown */ \
 	X(SLOT_EXIT_CODE, 0)          /* exit status, 0-255 */                       \
 	X(SLOT_EXIT_SIGNAL, 1)        /* terminating signal, 0 = none */             \
@@ -120,6 +121,7 @@ enum variant {
 	X(SLOT_OPEN_FLAGS, 0)                                                      \
 	X(SLOT_OPEN_MODE, 1)                                                       \
 	X(SLOT_OPEN_DIRFD, 2)                                                      \
+	X(SLOT_OPEN_DIR_ID, 3)        /* open: dir_fd_id() of the fd an O_DIRECTORY open returned, 0 unknown */ \
 	X(SLOT_DIR_ID, 4)             /* open, unlink, rename, chmod: dir_fd_id() of the first path's dirfd (rename: old) when relative to one: dev << 32 | inode, 0 unknown */ \
 	X(SLOT_CWD_ID, 5)             /* open, unlink, rename, chmod: cwd_id(), 0 unknown */ \
 	X(SLOT_UNLINK_FLAGS, 1)                                                    \

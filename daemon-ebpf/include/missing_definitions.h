@@ -17,4 +17,9 @@
 
 #define CLONE_THREAD 0x00010000
 
+/* x86's value (other architectures differ; the objects are x86-only). */
+#ifndef O_DIRECTORY
+#define O_DIRECTORY 00200000
+#endif
+
 #endif

@@ -76,6 +76,13 @@ static __always_inline int fill_open(struct event *e, __u32 variant, const __u64
 	}
 	note_cwd(e, cwd_relative(e, STR_OPEN_PATH, off, e->h.args[SLOT_OPEN_DIRFD]));
 	note_dir(e, STR_OPEN_PATH, off, e->h.args[SLOT_OPEN_DIRFD]);
+	/* A directory opened as one (opendir, fts: rm -r, find) says which
+	 * directory the new fd names, so the daemon can resolve the paths
+	 * relative to it from the stream alone, also once it is deleted: rm -r
+	 * removes each directory before the daemon handles its unlinks. The
+	 * other opens pay nothing. */
+	if ((e->h.args[SLOT_OPEN_FLAGS] & O_DIRECTORY) && e->h.retval >= 0)
+		e->h.args[SLOT_OPEN_DIR_ID] = dir_fd_id(e->h.retval);
 	return 0;
 }
 SYSCALL_HOOKS(open, 3, EK_OPEN, V_PLAIN, fill_open)

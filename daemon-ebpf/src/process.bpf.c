@@ -105,6 +105,10 @@ static __always_inline void push_cwd(struct event *e, struct task_struct *task)
 	if (pos == EV_PATH_MAX - 1) /* the root itself */
 		pb->buf[--pos & (EV_PATH_MAX - 1)] = '/';
 	push_str_max(e, STR_EXEC_CWD, &pb->buf[pos & (EV_PATH_MAX - 1)], EV_PATH_MAX);
+	/* With its id, the daemon resolves the process's cwd-relative paths
+	 * against this path without /proc: a compiler that opens its headers
+	 * relative to the cwd has often exited before the daemon gets there. */
+	e->h.args[SLOT_EXEC_CWD_ID] = cwd_id();
 }
 #else
 /* The kernel-specific object cannot walk mounts: struct mount is private

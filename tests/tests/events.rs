@@ -167,11 +167,12 @@ fn relative_paths_follow_the_dirfd() {
 
 /// A walker's dirfd-relative paths, as `tar -c` and `rm -r` make them:
 /// open a directory, open a file relative to it, close the directory, open
-/// another file on its number; open another directory, move it to another
-/// number (F_DUPFD, as rm does), unlink in it; exit. By the time the
-/// daemon handles the events /proc names a file at those numbers, or
-/// nothing: each directory comes from the open that returned it, checked
-/// against the kernel's directory id.
+/// another file on its number; open another directory (O_DIRECTORY), move
+/// it to another number (F_DUPFD), unlink in it, remove it; exit. By the
+/// time the daemon handles the events /proc names a file at those numbers,
+/// or nothing, and the second directory is gone: each directory comes from
+/// the open that returned it, checked against the kernel's directory id
+/// (the second one's open record carries the id of what it opened).
 #[test]
 fn dirfd_paths_of_a_process_that_moved_on() {
     let d = Daemon::start();
@@ -201,6 +202,8 @@ fn dirfd_paths_of_a_process_that_moved_on() {
             libc::close(g);
             libc::open(other.as_ptr(), libc::O_RDONLY);
             libc::unlinkat(moved, name.as_ptr(), 0);
+            libc::close(moved);
+            libc::unlinkat(top, gone.as_ptr(), libc::AT_REMOVEDIR);
             libc::_exit(0);
         }
     }
@@ -217,7 +220,7 @@ fn dirfd_paths_of_a_process_that_moved_on() {
     d.wait_for(&["--kind", "unlink", "--pid", &pid], |e| {
         e.args["path"] == want.as_str()
     });
-    assert!(!std::path::Path::new(&want).exists());
+    assert!(!std::path::Path::new(&format!("{root}/gone")).exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -273,6 +276,30 @@ fn relative_paths_follow_the_cwd() {
     drop(go);
     assert!(child.0.wait().unwrap().success());
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A short-lived process's cwd-relative open, handled after it exited:
+/// its exec record names the cwd (walked in the kernel, with its id), so
+/// the path is resolved without /proc.
+#[test]
+fn cwd_paths_of_a_process_that_exited() {
+    let d = Daemon::start();
+    let dir = tmp_path("gonecwd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = unique("cwdx");
+    std::fs::write(format!("{dir}/{f}"), "").unwrap();
+    let child = Command::new("/bin/dash")
+        .args(["-c", &format!(": < {f}")])
+        .current_dir(&dir)
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let want = format!("{dir}/{f}");
+    d.wait_for(&["--kind", "open", "--pid", &pid], |e| {
+        e.args["path"] == want.as_str()
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

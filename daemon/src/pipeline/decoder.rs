@@ -242,9 +242,13 @@ pub struct Decoded {
     /// table keys the instance by it (`proctable::derive_key`).
     pub start_boot: Option<u64>,
     /// Which directory the task's relative paths started from when the
-    /// record was made (`cwd_id` in task.h; CO-RE rungs, path kinds): an
-    /// opaque id, so /proc/PID/cwd is read once per id.
+    /// record was made (`cwd_id` in task.h; CO-RE rungs, path kinds), so
+    /// /proc/PID/cwd is read once per id; on an exec, the id of the cwd
+    /// the record names.
     pub cwd_id: Option<u64>,
+    /// The directory an O_DIRECTORY open returned its fd for (`dir_fd_id`
+    /// in task.h; CO-RE rungs): what that fd names, from the kernel.
+    pub opened_dir: Option<u64>,
 }
 
 /// One kind's payload, read from a record's slots.
@@ -594,6 +598,7 @@ pub fn to_event(
         Kind::Open | Kind::Unlink | Kind::Rename | Kind::Chmod => {
             (rec.arg(c::SLOT_CWD_ID), rec.arg(c::SLOT_DIR_ID))
         }
+        Kind::Exec => (rec.arg(c::SLOT_EXEC_CWD_ID), 0),
         _ => (0, 0),
     };
     // The kernel names the directory of the first path when it is relative
@@ -605,11 +610,16 @@ pub fn to_event(
             p.dir_id = Some(dir_id);
         }
     }
+    let opened_dir = match kind {
+        Kind::Open => rec.arg(c::SLOT_OPEN_DIR_ID),
+        _ => 0,
+    };
     Ok(Decoded {
         event,
         paths_at: at,
         start_boot: (start != 0).then_some(start),
         cwd_id: (cwd_id != 0).then_some(cwd_id),
+        opened_dir: (opened_dir != 0).then_some(opened_dir),
     })
 }
 

@@ -85,6 +85,7 @@ impl Pipeline {
             paths_at,
             start_boot,
             cwd_id,
+            opened_dir,
         } = match decoded {
             Ok(d) => d,
             Err(e) => {
@@ -102,7 +103,8 @@ impl Pipeline {
         if !self.exe_scope.admits(&ev) {
             return;
         }
-        self.procs.absolutize(&mut ev, &paths_at, cwd_id);
+        self.procs
+            .absolutize(&mut ev, &paths_at, cwd_id, opened_dir);
         if let Some(cg) = ev.cgroup_id {
             ev.container_id = self.containers.container_of(cg);
         }

@@ -105,13 +105,14 @@ pub struct ProcTable {
 /// after opening the directory.
 const OPENED_PER_PROCESS: usize = 8;
 
-/// A process's last opens as a ring of (fd, absolute path); an empty path
-/// is an open whose path could not be made absolute, which still shadows
-/// an older open of the same number.
+/// A process's last opens as a ring of (fd, absolute path, the kernel's
+/// id of the directory opened or 0); an empty path is an open whose path
+/// could not be made absolute, which still shadows an older open of the
+/// same number.
 #[derive(Debug, Default)]
 struct Opened {
     next: usize,
-    slots: [(i32, PathBuf); OPENED_PER_PROCESS],
+    slots: [(i32, PathBuf, u64); OPENED_PER_PROCESS],
     /// Opens noted so far, and the last directory id no slot matched then:
     /// it is not tried again until another open is noted.
     pushed: u64,
@@ -119,28 +120,36 @@ struct Opened {
 }
 
 impl Opened {
-    /// The paths to try for a directory open at `fd`: the newest open
+    /// The open that names the directory `id` at `fd`: the newest open
     /// that returned `fd` first, then the other opens, newest first (the
-    /// directory may have moved to `fd` since). Each is checked against
-    /// the directory id, so an order only saves stats.
-    fn candidates(&self, fd: i32) -> impl Iterator<Item = &Path> {
+    /// directory may have moved to `fd` since). One whose record carries
+    /// the kernel's id of what it opened matches on that alone, even once
+    /// the directory is deleted; any other has its path checked now (a
+    /// stat).
+    fn find(&self, fd: i32, id: u64) -> Option<&Path> {
         let newest_first = (1..=OPENED_PER_PROCESS)
             .map(|back| &self.slots[(self.next + OPENED_PER_PROCESS - back) % OPENED_PER_PROCESS]);
-        let on_fd = newest_first.clone().find(|(n, _)| *n == fd);
+        let on_fd = newest_first.clone().find(|s| s.0 == fd);
         on_fd
             .into_iter()
-            .chain(newest_first.filter(move |(n, _)| *n != fd))
-            .map(|(_, p)| p.as_path())
-            .filter(|p| !p.as_os_str().is_empty())
+            .chain(newest_first.filter(move |s| s.0 != fd))
+            .filter(|s| !s.1.as_os_str().is_empty())
+            .find(|(_, path, known)| match *known {
+                0 => is_dir_of(path, id),
+                known => known == id,
+            })
+            .map(|s| s.1.as_path())
     }
 
     /// Note that `fd` now names `path` (None: a path not known as
-    /// absolute), reusing the oldest slot's buffer.
-    fn push(&mut self, fd: i32, path: Option<&[u8]>) {
+    /// absolute), the directory `id` when the kernel said so (else 0),
+    /// reusing the oldest slot's buffer.
+    fn push(&mut self, fd: i32, path: Option<&[u8]>, id: u64) {
         let slot = &mut self.slots[self.next];
         self.next = (self.next + 1) % OPENED_PER_PROCESS;
         self.pushed += 1;
         slot.0 = fd;
+        slot.2 = id;
         let buf = slot.1.as_mut_os_string();
         buf.clear();
         if let Some(p) = path {
@@ -534,6 +543,11 @@ impl ProcTable {
                 // A new process of this pid (an exit record lost would
                 // leave the old one's mark).
                 self.gone.remove(&pid);
+                // It starts in its parent's cwd: its events carry that id
+                // until it moves.
+                if let Some(cwd) = e.ppid.and_then(|pp| self.cwd.get(&pp).cloned()) {
+                    self.cwd.insert(pid, cwd);
+                }
                 let parent = e.ppid.and_then(|pp| self.exe.get(&pp).cloned());
                 if let Some(exe) = parent {
                     self.exe.insert(pid, exe);
@@ -594,7 +608,13 @@ impl ProcTable {
     /// daemon's user-space work under a loop of relative opens). The
     /// decoder hands over each path with its dirfd; unresolvable paths
     /// stay as the process passed them.
-    pub fn absolutize(&mut self, e: &mut LiveEvent, paths: &[PathAt], cwd_id: Option<u64>) {
+    pub fn absolutize(
+        &mut self,
+        e: &mut LiveEvent,
+        paths: &[PathAt],
+        cwd_id: Option<u64>,
+        opened_dir: Option<u64>,
+    ) {
         let Some(pid) = e.pid else { return };
         for p in paths {
             // Read back from the event: adding `exe` may have escaped it since.
@@ -620,7 +640,24 @@ impl ProcTable {
             }
         }
         if e.kind == "open" {
-            self.note_open(pid, e);
+            self.note_open(pid, e, opened_dir);
+        } else if e.kind == "exec" {
+            self.note_exec_cwd(pid, e, cwd_id);
+        }
+    }
+
+    /// An exec record names the process's cwd (walked in the kernel) with
+    /// its id: kept as if read from /proc, so the process's cwd-relative
+    /// paths resolve after it exited (a compiler opening headers relative
+    /// to the cwd often has by the time the daemon gets there).
+    fn note_exec_cwd(&mut self, pid: u32, e: &LiveEvent, cwd_id: Option<u64>) {
+        let (Some(id), traceed_wire::payload::Payload::Exec(a)) = (cwd_id, &e.args) else {
+            return;
+        };
+        if let Some(cwd) = a.fields.cwd.as_deref().filter(|c| c.starts_with('/')) {
+            let raw = raw_bytes(e, cwd);
+            let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&raw));
+            self.cwd.insert(pid, (id, dir));
         }
     }
 
@@ -631,7 +668,7 @@ impl ProcTable {
     /// like `tar -c` closes each directory and reuses its number before
     /// /proc can be read, or exits, and then only the stream can say
     /// which directory its paths were relative to.
-    fn note_open(&mut self, pid: u32, e: &LiveEvent) {
+    fn note_open(&mut self, pid: u32, e: &LiveEvent, opened_dir: Option<u64>) {
         let Some(fd) = e
             .retval
             .and_then(|r| i32::try_from(r).ok())
@@ -644,10 +681,13 @@ impl ProcTable {
             _ => None,
         };
         let opened = self.opened.entry(pid).or_default();
+        let id = opened_dir.unwrap_or(0);
         match path {
-            Some(p) if p.starts_with('/') && !is_escaped(e) => opened.push(fd, Some(p.as_bytes())),
-            Some(p) if p.starts_with('/') => opened.push(fd, Some(&raw_bytes(e, p))),
-            _ => opened.push(fd, None),
+            Some(p) if p.starts_with('/') && !is_escaped(e) => {
+                opened.push(fd, Some(p.as_bytes()), id)
+            }
+            Some(p) if p.starts_with('/') => opened.push(fd, Some(&raw_bytes(e, p)), id),
+            _ => opened.push(fd, None, id),
         }
     }
 
@@ -674,8 +714,7 @@ impl ProcTable {
         // after the fd was closed or the process exited too.
         if let Some(opened) = self.opened.get_mut(&pid) {
             if opened.missed != Some((id, opened.pushed)) {
-                let found = opened.candidates(fd).find(|d| is_dir_of(d, id));
-                if let Some(dir) = found.map(Path::to_path_buf) {
+                if let Some(dir) = opened.find(fd, id).map(Path::to_path_buf) {
                     self.keep_dir(pid, fd, id, dir.clone());
                     return Some(dir);
                 }
@@ -792,7 +831,7 @@ mod tests {
         let pid = 4_200_000_020;
         let note = |t: &mut ProcTable, path: &Path, fd: i64| {
             let mut e = open(pid, path.to_str().unwrap(), 1, fd);
-            t.absolutize(&mut e, &[], None);
+            t.absolutize(&mut e, &[], None, None);
         };
         assert_eq!(t.dir_of(pid, 5, Some(id)), None, "nothing opened yet");
         note(&mut t, &dir, 5);
@@ -823,6 +862,14 @@ mod tests {
         let mut x = ev("exit", pid, 1, 2);
         t.enrich(&mut x, None);
         assert_eq!(t.dir_of(pid, 9, Some(third_id)), None);
+        // (The pid again, a new process.) An open whose record names the
+        // directory it opened (O_DIRECTORY)
+        // matches on the kernel's id alone: a deleted directory too.
+        let deleted = dir.join("deleted");
+        let mut e = open(pid, deleted.to_str().unwrap(), 3, 11);
+        t.absolutize(&mut e, &[], None, Some(0x77));
+        assert_eq!(t.dir_of(pid, 4, Some(0x78)), None);
+        assert_eq!(t.dir_of(pid, 4, Some(0x77)), Some(deleted));
         for d in [dir, sub, third] {
             std::fs::remove_dir_all(d).unwrap();
         }
@@ -876,6 +923,46 @@ mod tests {
         assert_eq!(t.cwd_of(pid, Some(good)), Some(cwd));
         assert_eq!(t.cwd.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An exec record's cwd (walked in the kernel, with its id) resolves
+    /// the process's cwd-relative paths once it is gone from /proc, and a
+    /// child forked later starts from it; another id still reads /proc.
+    #[test]
+    fn an_exec_names_the_cwd_of_a_process_gone_from_proc() {
+        use traceed_wire::payload::{Args, Exec, Payload};
+        let (mut t, parent) = table();
+        let pid = 4_200_000_022;
+        let mut x = ev("exec", pid, parent, 1);
+        x.args = Payload::Exec(Box::new(Args {
+            fields: Exec {
+                filename: Some("/usr/bin/cc".into()),
+                argv: vec![],
+                interpreter: None,
+                exe_ctime: None,
+                argc: None,
+                argv_bytes: None,
+                cwd: Some("/src/proj".into()),
+            },
+            truncated: false,
+            escaped: false,
+        }));
+        t.absolutize(&mut x, &[], Some(0x55), None);
+        assert_eq!(t.cwd_of(pid, Some(0x55)), Some(PathBuf::from("/src/proj")));
+        assert_eq!(t.cwd_of(pid, Some(0x56)), None, "moved since: not that one");
+        let child = 4_200_000_023;
+        let mut f = ev("fork", child, pid, 2);
+        t.enrich(&mut f, None);
+        assert_eq!(
+            t.cwd_of(child, Some(0x55)),
+            Some(PathBuf::from("/src/proj"))
+        );
+        // Without an id, nothing is kept from the record.
+        let other = 4_200_000_024;
+        let mut y = ev("exec", other, parent, 3);
+        y.args = x.args.clone();
+        t.absolutize(&mut y, &[], None, None);
+        assert!(!t.cwd.contains_key(&other));
     }
 
     /// A process found gone from /proc is not asked again until a fork
