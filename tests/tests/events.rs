@@ -278,6 +278,71 @@ fn relative_paths_follow_the_cwd() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// Two file systems' roots share an inode number (every tmpfs root is
+/// inode 1): a process opens one, points the fd number at the other with
+/// dup2 (which the stream does not see), creates a file relative to it
+/// and exits. The directory id carries the device, so the open that
+/// returned the number (the wrong root) is not taken for it; the other
+/// root, which the process opened too, is.
+#[test]
+fn a_root_of_another_file_system_is_not_taken_for_a_dirfd() {
+    let d = Daemon::start();
+    let root = tmp_path("roots");
+    let (a, b) = (format!("{root}/a"), format!("{root}/b"));
+    struct Mounts(Vec<String>);
+    impl Drop for Mounts {
+        fn drop(&mut self) {
+            for m in &self.0 {
+                let _ = Command::new("umount").arg(m).status();
+            }
+        }
+    }
+    let mut mounts = Mounts(vec![]);
+    for m in [&a, &b] {
+        std::fs::create_dir_all(m).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "traceed-test", m])
+            .status();
+        assert!(ok.unwrap().success(), "mount tmpfs on {m}");
+        mounts.0.push(m.clone());
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (ma, mb) = (
+        std::fs::metadata(&a).unwrap(),
+        std::fs::metadata(&b).unwrap(),
+    );
+    assert_eq!(ma.ino(), mb.ino(), "the premise: the roots share an inode");
+    assert_ne!(ma.dev(), mb.dev());
+    let f = unique("root");
+    let c = |s: &str| CString::new(s).unwrap();
+    let (ca, cb, name) = (c(&a), c(&b), c(&f));
+    // SAFETY: the child makes only async-signal-safe calls on C strings
+    // made before the fork, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        unsafe {
+            let fb = libc::open(cb.as_ptr(), libc::O_RDONLY);
+            let n = libc::open(ca.as_ptr(), libc::O_RDONLY);
+            libc::dup2(fb, n);
+            let made = libc::openat(n, name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+            libc::_exit(if made >= 0 { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0);
+    assert!(std::path::Path::new(&format!("{b}/{f}")).exists());
+    let want = format!("{b}/{f}");
+    let stored = d.wait_for(&["--kind", "open", "--pid", &pid.to_string()], |e| {
+        e.args["path"].as_str().is_some_and(|p| p.ends_with(&f))
+    });
+    assert_eq!(stored.args["path"], want.as_str());
+    drop(mounts);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A short-lived process's cwd-relative open, handled after it exited:
 /// its exec record names the cwd (walked in the kernel, with its id), so
 /// the path is resolved without /proc.

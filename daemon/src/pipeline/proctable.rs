@@ -701,9 +701,9 @@ impl ProcTable {
     /// word, unchecked. As with the cwd, a directory renamed while it stays
     /// open keeps the path it had when found.
     fn dir_of(&mut self, pid: u32, fd: i32, id: Option<u64>) -> Option<PathBuf> {
-        let link = format!("/proc/{pid}/fd/{fd}");
+        let link = || format!("/proc/{pid}/fd/{fd}");
         let Some(id) = id else {
-            return self.read_proc_dir(pid, &link, None).map(|(dir, _)| dir);
+            return self.read_proc_dir(pid, &link(), None).map(|(dir, _)| dir);
         };
         if let Some((known, dir)) = self.dirs.get(&pid).and_then(|d| d.get(&fd)) {
             if *known == id {
@@ -721,7 +721,7 @@ impl ProcTable {
                 opened.missed = Some((id, opened.pushed));
             }
         }
-        let (dir, same) = self.read_proc_dir(pid, &link, Some(id))?;
+        let (dir, same) = self.read_proc_dir(pid, &link(), Some(id))?;
         same.then(|| {
             self.keep_dir(pid, fd, id, dir.clone());
             dir
