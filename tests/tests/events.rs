@@ -19,6 +19,25 @@ fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
+/// Run `body` in a forked child that then `_exit`s with what it returns,
+/// and wait for it: the child's pid and wait status. `body` may make only
+/// async-signal-safe calls, on memory prepared before the fork (the test
+/// process has other threads).
+fn in_child(body: impl FnOnce() -> i32) -> (i32, i32) {
+    // SAFETY: the child runs only `body` (see above) and _exits; the
+    // parent waits for its own child.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            libc::_exit(body());
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        (pid, status)
+    }
+}
+
 fn tmp_path(tag: &str) -> String {
     std::env::temp_dir()
         .join(format!("traceed-{tag}-{}", unique("p")))
@@ -184,32 +203,24 @@ fn dirfd_paths_of_a_process_that_moved_on() {
     let c = |s: &str| CString::new(s).unwrap();
     let (dir, sub, name, other) = (c(&root), c("sub"), c(&f), c("/etc/hostname"));
     let gone = c("gone");
-    // SAFETY: the child makes only async-signal-safe calls on C strings
-    // made before the fork, then _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        unsafe {
-            let top = libc::open(dir.as_ptr(), libc::O_RDONLY);
-            let n = libc::openat(top, sub.as_ptr(), libc::O_RDONLY);
-            let made = libc::openat(n, name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
-            libc::close(made);
-            libc::close(n);
-            // The directory's number now names a file.
-            libc::open(other.as_ptr(), libc::O_RDONLY);
-            let g = libc::openat(top, gone.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
-            let moved = libc::fcntl(g, libc::F_DUPFD_CLOEXEC, 40);
-            libc::close(g);
-            libc::open(other.as_ptr(), libc::O_RDONLY);
-            libc::unlinkat(moved, name.as_ptr(), 0);
-            libc::close(moved);
-            libc::unlinkat(top, gone.as_ptr(), libc::AT_REMOVEDIR);
-            libc::_exit(0);
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    // SAFETY (the child's calls): C strings made before the fork.
+    let (pid, status) = in_child(|| unsafe {
+        let top = libc::open(dir.as_ptr(), libc::O_RDONLY);
+        let n = libc::openat(top, sub.as_ptr(), libc::O_RDONLY);
+        let made = libc::openat(n, name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+        libc::close(made);
+        libc::close(n);
+        // The directory's number now names a file.
+        libc::open(other.as_ptr(), libc::O_RDONLY);
+        let g = libc::openat(top, gone.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        let moved = libc::fcntl(g, libc::F_DUPFD_CLOEXEC, 40);
+        libc::close(g);
+        libc::open(other.as_ptr(), libc::O_RDONLY);
+        libc::unlinkat(moved, name.as_ptr(), 0);
+        libc::close(moved);
+        libc::unlinkat(top, gone.as_ptr(), libc::AT_REMOVEDIR);
+        0
+    });
     assert_eq!(status, 0);
     let want = format!("{root}/sub/{f}");
     let pid = pid.to_string();
@@ -316,22 +327,18 @@ fn a_root_of_another_file_system_is_not_taken_for_a_dirfd() {
     let f = unique("root");
     let c = |s: &str| CString::new(s).unwrap();
     let (ca, cb, name) = (c(&a), c(&b), c(&f));
-    // SAFETY: the child makes only async-signal-safe calls on C strings
-    // made before the fork, then _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        unsafe {
-            let fb = libc::open(cb.as_ptr(), libc::O_RDONLY);
-            let n = libc::open(ca.as_ptr(), libc::O_RDONLY);
-            libc::dup2(fb, n);
-            let made = libc::openat(n, name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
-            libc::_exit(if made >= 0 { 0 } else { 1 });
+    // SAFETY (the child's calls): C strings made before the fork.
+    let (pid, status) = in_child(|| unsafe {
+        let fb = libc::open(cb.as_ptr(), libc::O_RDONLY);
+        let n = libc::open(ca.as_ptr(), libc::O_RDONLY);
+        libc::dup2(fb, n);
+        let made = libc::openat(n, name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+        if made >= 0 {
+            0
+        } else {
+            1
         }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    });
     assert_eq!(status, 0);
     assert!(std::path::Path::new(&format!("{b}/{f}")).exists());
     let want = format!("{b}/{f}");
@@ -438,19 +445,15 @@ fn process_lifecycle_fork_exit_kill_signal() {
 #[test]
 fn setuid_in_a_child() {
     let d = Daemon::start();
-    // SAFETY: the child only calls async-signal-safe functions, then _exit.
-    let cpid = unsafe {
-        let p = libc::fork();
-        if p == 0 {
-            let rc = libc::setuid(65534);
-            libc::_exit(if rc == 0 { 0 } else { 1 });
+    // SAFETY (the child's call): setuid is async-signal-safe.
+    let (cpid, status) = in_child(|| unsafe {
+        if libc::setuid(65534) == 0 {
+            0
+        } else {
+            1
         }
-        p
-    };
+    });
     assert!(cpid > 0);
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(cpid, &mut status, 0) };
     assert_eq!(libc::WEXITSTATUS(status), 0);
     let e = d.wait_for(&["--kind", "setuid", "--pid", &cpid.to_string()], |_| true);
     assert_eq!(e.args["uid"], 65534);
@@ -924,25 +927,19 @@ fn container_id_from_a_real_cgroup_and_scope_by_container() {
 /// then exits; returns its pid. The child only calls async-signal-safe
 /// functions on memory prepared before the fork.
 fn opens_in_child(runs: &[(&CString, i32, usize)]) -> u32 {
-    // SAFETY: see above; the parent waits for its own child.
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork");
-        if pid == 0 {
-            for &(path, flags, n) in runs {
-                for _ in 0..n {
-                    let fd = libc::open(path.as_ptr(), flags);
-                    if fd >= 0 {
-                        libc::close(fd);
-                    }
+    // SAFETY: see above.
+    let (pid, _) = in_child(|| unsafe {
+        for &(path, flags, n) in runs {
+            for _ in 0..n {
+                let fd = libc::open(path.as_ptr(), flags);
+                if fd >= 0 {
+                    libc::close(fd);
                 }
             }
-            libc::_exit(0);
         }
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-        pid as u32
-    }
+        0
+    });
+    pid as u32
 }
 
 #[test]

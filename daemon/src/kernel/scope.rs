@@ -207,7 +207,7 @@ impl ExeScope {
             .exe
             .as_deref()
             .map(|s| crate::pipeline::decoder::raw_bytes(e, s));
-        let listed = |l: &[Vec<u8>]| exe.as_ref().is_some_and(|x| l.contains(x));
+        let listed = |l: &[Vec<u8>]| exe.as_deref().is_some_and(|x| l.iter().any(|v| v == x));
         if listed(&self.exclude) {
             return false;
         }

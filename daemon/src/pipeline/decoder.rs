@@ -8,6 +8,7 @@
 //! `traceed_wire::bytes` (the event-level helpers at the end of this file
 //! keep an event's strings in one form when enrichment adds more).
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -653,12 +654,16 @@ pub fn is_escaped(e: &LiveEvent) -> bool {
     e.args.escaped()
 }
 
-/// The bytes a string of `e` stands for (as passed to `store_bytes`).
-pub fn raw_bytes(e: &LiveEvent, s: &str) -> Vec<u8> {
-    let escaped = is_escaped(e);
+/// The bytes a string of `e` stands for (as passed to `store_bytes`):
+/// the string itself unless the event is escaped, so the common case
+/// copies nothing.
+pub fn raw_bytes<'s>(e: &LiveEvent, s: &'s str) -> Cow<'s, [u8]> {
+    if !is_escaped(e) {
+        return Cow::Borrowed(s.as_bytes());
+    }
     // A string of this event was rendered by `bytes::render` with this
     // flag, so it always parses; the fallback keeps a bug from panicking.
-    bytes::unrender(s, escaped).unwrap_or_else(|_| s.as_bytes().to_vec())
+    bytes::unrender(s, true).map_or(Cow::Borrowed(s.as_bytes()), Cow::Owned)
 }
 
 /// `b` rendered as a string of `e`, escaping the event first when `b` is
@@ -848,7 +853,7 @@ pub(crate) mod tests {
             let e = decode(&buf).event;
             let want_escape = [&old, &new, &comm].iter().any(|b| bytes::needs_escape(b));
             assert_eq!(is_escaped(&e), want_escape);
-            let back = |k: &str| raw_bytes(&e, e.args.to_value()[k].as_str().unwrap());
+            let back = |k: &str| raw_bytes(&e, e.args.to_value()[k].as_str().unwrap()).into_owned();
             let or_null = |b: &Vec<u8>| (!b.is_empty()).then(|| b.clone());
             assert_eq!(or_null(&back("old_path")), or_null(&old));
             assert_eq!(or_null(&back("new_path")), or_null(&new));
@@ -890,10 +895,13 @@ pub(crate) mod tests {
         assert_eq!(e.args.to_value()["path"], "C:\\\\dir");
         assert_eq!(e.exe.as_deref(), Some("/opt/\\xff\\\\x"));
         assert_eq!(
-            raw_bytes(&e, e.args.to_value()["path"].as_str().unwrap()),
+            raw_bytes(&e, e.args.to_value()["path"].as_str().unwrap()).into_owned(),
             b"C:\\dir"
         );
-        assert_eq!(raw_bytes(&e, e.exe.as_deref().unwrap()), b"/opt/\xff\\x");
+        assert_eq!(
+            raw_bytes(&e, e.exe.as_deref().unwrap()).into_owned(),
+            b"/opt/\xff\\x"
+        );
         // Already escaped: nothing doubles twice.
         assert_eq!(store_bytes(&mut e, b"a\\b"), "a\\\\b");
         assert_eq!(e.args.to_value()["path"], "C:\\\\dir");

@@ -113,10 +113,9 @@ const OPENED_PER_PROCESS: usize = 8;
 struct Opened {
     next: usize,
     slots: [(i32, PathBuf, u64); OPENED_PER_PROCESS],
-    /// Opens noted so far, and the last directory id no slot matched then:
-    /// it is not tried again until another open is noted.
-    pushed: u64,
-    missed: Option<(u64, u64)>,
+    /// The last directory id no slot matched: not tried again until
+    /// another open is noted (`push` forgets it).
+    missed: Option<u64>,
 }
 
 impl Opened {
@@ -147,7 +146,7 @@ impl Opened {
     fn push(&mut self, fd: i32, path: Option<&[u8]>, id: u64) {
         let slot = &mut self.slots[self.next];
         self.next = (self.next + 1) % OPENED_PER_PROCESS;
-        self.pushed += 1;
+        self.missed = None;
         slot.0 = fd;
         slot.2 = id;
         let buf = slot.1.as_mut_os_string();
@@ -655,8 +654,7 @@ impl ProcTable {
             return;
         };
         if let Some(cwd) = a.fields.cwd.as_deref().filter(|c| c.starts_with('/')) {
-            let raw = raw_bytes(e, cwd);
-            let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&raw));
+            let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&raw_bytes(e, cwd)));
             self.cwd.insert(pid, (id, dir));
         }
     }
@@ -680,15 +678,9 @@ impl ProcTable {
             traceed_wire::payload::Payload::Open(a) => a.fields.path.as_deref(),
             _ => None,
         };
+        let path = path.filter(|p| p.starts_with('/')).map(|p| raw_bytes(e, p));
         let opened = self.opened.entry(pid).or_default();
-        let id = opened_dir.unwrap_or(0);
-        match path {
-            Some(p) if p.starts_with('/') && !is_escaped(e) => {
-                opened.push(fd, Some(p.as_bytes()), id)
-            }
-            Some(p) if p.starts_with('/') => opened.push(fd, Some(&raw_bytes(e, p)), id),
-            _ => opened.push(fd, None, id),
-        }
+        opened.push(fd, path.as_deref(), opened_dir.unwrap_or(0));
     }
 
     /// The directory open at `pid`'s `fd` when the record was made. With
@@ -713,12 +705,12 @@ impl ProcTable {
         // The stream's word: a stat each, and no /proc, so it answers
         // after the fd was closed or the process exited too.
         if let Some(opened) = self.opened.get_mut(&pid) {
-            if opened.missed != Some((id, opened.pushed)) {
+            if opened.missed != Some(id) {
                 if let Some(dir) = opened.find(fd, id).map(Path::to_path_buf) {
                     self.keep_dir(pid, fd, id, dir.clone());
                     return Some(dir);
                 }
-                opened.missed = Some((id, opened.pushed));
+                opened.missed = Some(id);
             }
         }
         let (dir, same) = self.read_proc_dir(pid, &link(), Some(id))?;
