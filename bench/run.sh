@@ -15,7 +15,10 @@
 #          --query-events N, --out FILE (markdown table; default stdout only),
 #          --keep (leave the work dir for inspection),
 #          --rules DIR (traceed's configs load the Sigma rules in DIR: the
-#          detection cost, e.g. the zero-loss rate with and without rules).
+#          detection cost, e.g. the zero-loss rate with and without rules),
+#          --pin (the workloads on every CPU but the last, the tracers'
+#          processes on the last: a host where the daemon has a core of its
+#          own; unpinned, they share every CPU, as on a small VM).
 # Environment: EXTRA_WL="build tar" (the full run's default; "" in --quick)
 #          adds a `make -j2` of N_BUILD=100 C files and a tar copy of
 #          /usr/include (into /dev/shm) to every session (timed only: no
@@ -29,7 +32,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib/common.sh"
 
-QUICK=0 REPS="" CONFIGS="" OUT="" KEEP=0 QEVENTS="" RULES=""
+QUICK=0 REPS="" CONFIGS="" OUT="" KEEP=0 QEVENTS="" RULES="" PIN=0 PINNED=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1 ;;
@@ -39,7 +42,8 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --rules) RULES=$(cd "$2" && pwd); shift ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    --pin) PIN=1 ;;
+    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -65,6 +69,7 @@ BPF=$WORK/bpf.tsv        # config prog run_time_ns run_cnt
 NOTES=$WORK/notes.txt
 : >"$RES"; : >"$TRC"; : >"$BPF"; : >"$NOTES"
 trap cleanup EXIT INT TERM
+if [ $PIN = 1 ]; then pin_cpus; fi
 
 log "work dir $WORK; mode $([ $QUICK = 1 ] && echo quick || echo full); reps $REPS; configs $CONFIGS"
 log "machine: $(nproc) cpus, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,7 +1,7 @@
 # Helpers of bench/run.sh: tracer lifecycles (traceed, auditd, bpftrace),
 # counting what each recorded, BPF run-time stats, the history-query and
 # zero-loss phases, and the markdown report. Sourced, not run.
-# Globals set by run.sh: ROOT WORK BIN RES TRC BPF NOTES TRACEED TRACECTL QUICK
+# Globals set by run.sh: ROOT WORK BIN RES TRC BPF NOTES TRACEED TRACECTL QUICK PINNED
 # N_* REPS QEVENTS RATE_STEPS RATE_SECS.
 
 # Comms the workloads run under; every count is restricted to them so the
@@ -13,6 +13,10 @@ AUDIT_KEY=traceed-bench
 # this keeps other load from dominating the comparison without favouring
 # either side.
 NICE="nice -n -10"
+# With --pin (pin_cpus) the workloads run on every CPU but the last and the
+# tracers' processes on the last: the host where the daemon has a core of
+# its own. Unpinned (the default) both share every CPU.
+WNICE=$NICE TNICE=$NICE
 # What each workload is expected to leave in a store, by (kind, comm).
 OUR_ROWS="(kind='exec' AND comm IN ('bwtrue','bwmtrue')) OR (kind='open' AND comm IN ('bw_open','bw_mixed')) OR (kind='connect' AND comm IN ('bw_connect','bw_mixed'))"
 PIDS=()
@@ -23,6 +27,15 @@ log() { echo "[bench $(date -u +%H:%M:%S)] $*" >&2; }
 die() { log "error: $*"; exit 2; }
 note() { echo "$*" >>"$NOTES"; log "note: $*"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+pin_cpus() {
+    local n
+    n=$(nproc)
+    [ "$n" -ge 2 ] || die "--pin needs two CPUs or more (this machine has $n)"
+    WNICE="$NICE taskset -c 0-$((n - 2))" TNICE="$NICE taskset -c $((n - 1))"
+    PINNED="workloads on CPU 0-$((n - 2)), the tracers' processes on CPU $((n - 1))"
+    note "pinned: $PINNED (what the kernel does for a traced syscall runs on the workload's CPU)"
+}
 
 skip() { # config reason
     echo "$1" >>"$WORK/skipped"
@@ -156,7 +169,7 @@ traceed_start() { # mode [dir]
         printf '%b\n' "$TRACEED_TOML" >>"$TD/traceed.toml"
     fi
     t0=$(now_ms)
-    env ${FLOOR:+TRACEED_BENCH_FLOOR=1} $NICE "$TRACEED" --config "$TD/traceed.toml" \
+    env ${FLOOR:+TRACEED_BENCH_FLOOR=1} $TNICE "$TRACEED" --config "$TD/traceed.toml" \
         --state-dir "$TD" --socket "$TD/api.sock" --mode "$mode" >"$TD/daemon.log" 2>&1 &
     TPID=$!
     PIDS+=("$TPID")
@@ -205,7 +218,7 @@ auditd_start() {
     AUDIT_LOST0=$(auditctl -s | awk '$1=="lost"{print $2}')
     local t0
     t0=$(now_ms)
-    $NICE auditd -n -c "$TD" >"$TD/daemon.log" 2>&1 &
+    $TNICE auditd -n -c "$TD" >"$TD/daemon.log" 2>&1 &
     TPID=$!
     PIDS+=("$TPID")
     until [ "$(auditctl -s | awk '$1=="pid"{print $2}')" = "$TPID" ]; do
@@ -236,7 +249,7 @@ tracepoint:syscalls:sys_enter_connect { printf("connect %s %d %d\n", comm, pid, 
 EOF
     local t0
     t0=$(now_ms)
-    $NICE bpftrace -o "$TD/out.txt" "$TD/trace.bt" >"$TD/daemon.log" 2>&1 &
+    $TNICE bpftrace -o "$TD/out.txt" "$TD/trace.bt" >"$TD/daemon.log" 2>&1 &
     TPID=$!
     PIDS+=("$TPID")
     until grep -q READY "$TD/out.txt" 2>/dev/null; do
@@ -411,14 +424,14 @@ tracer_collect() { # cfg rep
 run_workload() { # cfg rep wl
     local out
     case $3 in
-    exec) out=$($NICE "$BIN/bw_exec" "$N_EXEC" "$BIN/bwtrue") ;;
-    open) out=$($NICE "$BIN/bw_open" "$N_OPEN" "$BIN/file") ;;
-    connect) out=$($NICE "$BIN/bw_connect" "$N_CONN") ;;
-    mixed) out=$($NICE "$BIN/bw_mixed" "$N_MIXED" "$BIN/bwmtrue" "$BIN/file") ;;
-    build) out=$($NICE "$ROOT/bench/workloads/build.sh" run "$BIN/cbuild") ;;
+    exec) out=$($WNICE "$BIN/bw_exec" "$N_EXEC" "$BIN/bwtrue") ;;
+    open) out=$($WNICE "$BIN/bw_open" "$N_OPEN" "$BIN/file") ;;
+    connect) out=$($WNICE "$BIN/bw_connect" "$N_CONN") ;;
+    mixed) out=$($WNICE "$BIN/bw_mixed" "$N_MIXED" "$BIN/bwmtrue" "$BIN/file") ;;
+    build) out=$($WNICE "$ROOT/bench/workloads/build.sh" run "$BIN/cbuild") ;;
     # Into tmpfs: a copy to disk is bound by writeback, which varied 4x
     # from run to run here and hid the tracer.
-    tar) out=$($NICE "$ROOT/bench/workloads/tar.sh" /usr/include "/dev/shm/traceed-bench-tar.$$") ;;
+    tar) out=$($WNICE "$ROOT/bench/workloads/tar.sh" /usr/include "/dev/shm/traceed-bench-tar.$$") ;;
     esac
     local ns ops
     ns=$(sed -n 's/.*ns=\([0-9]*\).*/\1/p' <<<"$out")
@@ -472,8 +485,8 @@ query_bench() {
         auditd_start || with_audit=0
         ATD=$TD APID=$TPID
     fi
-    $NICE "$BIN/bw_exec" $((QUICK ? 100 : 1000)) "$BIN/bwtrue" >/dev/null
-    $NICE "$BIN/bw_open" $((aevents - (QUICK ? 100 : 1000))) "$BIN/file" "$FILL_RATE" >/dev/null
+    $WNICE "$BIN/bw_exec" $((QUICK ? 100 : 1000)) "$BIN/bwtrue" >/dev/null
+    $WNICE "$BIN/bw_open" $((aevents - (QUICK ? 100 : 1000))) "$BIN/file" "$FILL_RATE" >/dev/null
     TD=$QTD
     td_wait "$aevents" 120
     local vol
@@ -491,7 +504,7 @@ query_bench() {
         note "ausearch log: $(stat -c %s "$ATD/audit.log") bytes for $avol syscall events; timeout ${qtimeout}s per query"
     fi
     if [ "$QEVENTS" -gt "$aevents" ]; then
-        $NICE "$BIN/bw_open" $((QEVENTS - aevents)) "$BIN/file" "$FILL_RATE" >/dev/null
+        $WNICE "$BIN/bw_open" $((QEVENTS - aevents)) "$BIN/file" "$FILL_RATE" >/dev/null
         TD=$QTD
         td_wait "$QEVENTS" 300
         vol=$(sqlite3 "$QTD/events.db" "SELECT count(*) FROM events")
@@ -516,7 +529,7 @@ rate_probe() { # rate -> prints "pass|fail achieved_rate"
     TD=$WORK/rate-$rate
     mkdir -p "$TD"
     traceed_start core || { echo "fail 0"; return; }
-    out=$($NICE "$BIN/bw_open" "$n" "$BIN/file" "$rate")
+    out=$($WNICE "$BIN/bw_open" "$n" "$BIN/file" "$rate")
     td_wait "$n" 60
     # With rules loaded the detector must have kept up too: it handles
     # what the writer stored, a little after it; once its count settles,
@@ -550,7 +563,7 @@ detect_metric() { # NAME -> traceed_detect_NAME_total of the running daemon (TD)
 rate_search() {
     # Upper bound: what the open loop reaches flat out, untraced, right now.
     local top out lo=0 hi mid res ach best_ach=0
-    out=$($NICE "$BIN/bw_open" 50000 "$BIN/file")
+    out=$($WNICE "$BIN/bw_open" 50000 "$BIN/file")
     top=$(($(sed -n 's/^ops=\([0-9]*\).*/\1/p' <<<"$out") * 1000000000 / $(sed -n 's/.*ns=\([0-9]*\).*/\1/p' <<<"$out")))
     hi=$top
     if [ "$QUICK" = 1 ]; then
@@ -605,6 +618,10 @@ label() {
 
 report() {
     local cfg wl
+    if [ -n "$PINNED" ]; then
+        echo "Pinned (--pin): $PINNED."
+        echo
+    fi
     echo "### Workload slowdown and completeness"
     echo
     echo "Slowdown: per repetition, the configuration's wall time over the untraced run of the same"
