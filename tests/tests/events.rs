@@ -289,6 +289,35 @@ fn relative_paths_follow_the_cwd() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// An exec of a relative name is named from the cwd the kernel resolved
+/// it against (the exec record's), not from the one /proc shows when the
+/// daemon gets to the record: the program moves to / first thing, and the
+/// record usually waits for the drain timer.
+#[test]
+fn a_relative_exec_is_named_from_its_cwd_at_the_exec() {
+    let d = Daemon::start();
+    let prog = Program::copy_of("/bin/dash", "relx");
+    let dir = prog.path.parent().unwrap();
+    let rel = format!("./{}", prog.name);
+    let mut child = traceed_tests::spawn_fresh(
+        Command::new(&rel)
+            .current_dir(dir)
+            .args(["-c", "cd / && read go"])
+            .stdin(std::process::Stdio::piped()),
+    );
+    let pid = child.id();
+    let e = d.wait_for(&["--kind", "exec", "--pid", &pid.to_string()], |e| {
+        e.args["filename"] == rel.as_str()
+    });
+    let _ = child.stdin.take().unwrap().write_all(b"\n");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        e.exe.as_deref(),
+        Some(dir.join(&rel).to_str().unwrap()),
+        "{e:?}"
+    );
+}
+
 /// Two file systems' roots share an inode number (every tmpfs root is
 /// inode 1): a process opens one, points the fd number at the other with
 /// dup2 (which the stream does not see), creates a file relative to it

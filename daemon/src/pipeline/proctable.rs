@@ -525,8 +525,11 @@ impl ProcTable {
                         Some(Arc::from([b"/", &p[..], b" (deleted)"].concat().as_slice()))
                     }),
                     Some(p) if p.starts_with(b"/") => Some(Arc::from(p)),
-                    Some(p) => std::fs::read_link(format!("/proc/{pid}/cwd"))
-                        .ok()
+                    // Relative to the cwd the record names (the one the
+                    // kernel resolved it against, and there after the
+                    // process is gone), else to /proc's.
+                    Some(p) => exec_cwd(e)
+                        .or_else(|| std::fs::read_link(format!("/proc/{pid}/cwd")).ok())
                         .map(|cwd| {
                             let abs = cwd.join(std::ffi::OsStr::from_bytes(&p));
                             Arc::from(abs.as_os_str().as_bytes())
@@ -554,9 +557,12 @@ impl ProcTable {
             }
             _ => {}
         }
-        if let Entry::Vacant(slot) = self.exe.entry(pid) {
+        // Not for a process found gone: each of its events would ask again.
+        if let (Entry::Vacant(slot), false) = (self.exe.entry(pid), self.gone.contains(&pid)) {
             if let Some(exe) = read_exe(pid) {
                 slot.insert(exe.into());
+            } else if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                self.gone.insert(pid);
             }
         }
         if let Some(exe) = self.exe.get(&pid) {
@@ -579,6 +585,17 @@ impl ProcTable {
 }
 
 pub const AT_FDCWD: i32 = -100;
+
+/// The cwd an exec record names (walked in the kernel at the exec: the
+/// process's own view of it), when it is a whole path.
+fn exec_cwd(e: &LiveEvent) -> Option<PathBuf> {
+    let traceed_wire::payload::Payload::Exec(a) = &e.args else {
+        return None;
+    };
+    let cwd = a.fields.cwd.as_deref().filter(|c| c.starts_with('/'))?;
+    let cwd = raw_bytes(e, cwd);
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(&cwd)))
+}
 
 /// The kernel's directory id (`dir_id` in task.h) of a file: its device
 /// as the kernel numbers it (major << 20 | minor) above its inode number's
@@ -650,11 +667,7 @@ impl ProcTable {
     /// paths resolve after it exited (a compiler opening headers relative
     /// to the cwd often has by the time the daemon gets there).
     fn note_exec_cwd(&mut self, pid: u32, e: &LiveEvent, cwd_id: Option<u64>) {
-        let (Some(id), traceed_wire::payload::Payload::Exec(a)) = (cwd_id, &e.args) else {
-            return;
-        };
-        if let Some(cwd) = a.fields.cwd.as_deref().filter(|c| c.starts_with('/')) {
-            let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&raw_bytes(e, cwd)));
+        if let (Some(id), Some(dir)) = (cwd_id, exec_cwd(e)) {
             self.cwd.insert(pid, (id, dir));
         }
     }
@@ -957,19 +970,70 @@ mod tests {
         assert!(!t.cwd.contains_key(&other));
     }
 
-    /// A process found gone from /proc is not asked again until a fork
-    /// record of its pid.
+    /// An exec of a relative name is named from the cwd its record carries
+    /// (the process's, where the kernel resolved the name), also once the
+    /// process is gone; without one, /proc's cwd, and nothing once gone.
+    #[test]
+    fn a_relative_exec_is_named_from_the_records_cwd() {
+        use traceed_wire::payload::{Args, Exec, Payload};
+        let (mut t, parent) = table();
+        let exec = |pid: u32, cwd: Option<&str>| {
+            let mut x = ev("exec", pid, parent, 1);
+            x.args = Payload::Exec(Box::new(Args {
+                fields: Exec {
+                    filename: Some("./build/tool".into()),
+                    argv: vec![],
+                    interpreter: None,
+                    exe_ctime: None,
+                    argc: None,
+                    argv_bytes: None,
+                    cwd: cwd.map(Into::into),
+                },
+                truncated: false,
+                escaped: false,
+            }));
+            x
+        };
+        let pid = 4_200_000_025;
+        let mut x = exec(pid, Some("/src/proj"));
+        t.enrich(&mut x, Some(7));
+        assert_eq!(x.exe.as_deref(), Some("/src/proj/./build/tool"));
+        let other = 4_200_000_026;
+        let mut y = exec(other, None);
+        t.enrich(&mut y, Some(8));
+        assert_eq!(y.exe, None, "gone, and no cwd in the record");
+    }
+
+    /// A process found gone from /proc (its cwd, an fd or its exe) is not
+    /// asked again until a fork record of its pid.
     #[test]
     fn a_process_gone_from_proc_is_not_read_again() {
         let (mut t, parent) = table();
         let pid = 4_200_000_021;
         assert_eq!(t.dir_of(pid, 3, None), None);
         assert!(t.gone.contains(&pid));
+        t.exe
+            .insert(parent, Exe::from(Arc::<[u8]>::from(&b"/usr/bin/sh"[..])));
         let mut f = ev("fork", pid, parent, 5);
         t.enrich(&mut f, None);
         assert!(!t.gone.contains(&pid), "a new process of the pid");
-        // A live process with its fd closed is not gone.
+        assert_eq!(f.exe.as_deref(), Some("/usr/bin/sh"), "its parent's exe");
+        // Its exe not in /proc and no /proc/PID: gone too.
+        let other = 4_200_000_027;
+        let mut o = ev("open", other, parent, 6);
+        t.enrich(&mut o, None);
+        assert!(t.gone.contains(&other));
+        // A process marked gone is not asked for its exe (this one would
+        // answer).
         let me = std::process::id();
+        t.gone.insert(me);
+        let mut o = ev("open", me, parent, 7);
+        t.enrich(&mut o, None);
+        assert_eq!(o.exe, None);
+        t.gone.remove(&me);
+        t.enrich(&mut o, None);
+        assert!(o.exe.is_some());
+        // A live process with its fd closed is not gone.
         assert_eq!(t.dir_of(me, 1_000_000, None), None);
         assert!(!t.gone.contains(&me));
     }
