@@ -336,16 +336,29 @@ static __always_inline __u64 cwd_id(void)
 /* The same id for the directory open at `fd` (the dirfd of an *at call),
  * so that /proc/PID/fd/N is read once per id, not per path: a tar
  * extraction names every file relative to one directory fd, and that
- * readlink was half of the daemon's CPU under it. Probe reads throughout:
- * the fd array is indexed by a value, which typed pointers do not allow. */
+ * readlink was half of the daemon's CPU under it. The fd table is reached
+ * with plain loads where the task is typed; the fd array is indexed by a
+ * value, which typed pointers do not allow, so from the slot on it is
+ * probe reads. */
 static __always_inline __u64 dir_fd_id(__u64 fd)
 {
 #ifdef CORE
-	struct files_struct *files = READ_KERN((struct task_struct *)cur_task(), files);
-	struct fdtable *fdt = READ_KERN(files, fdt);
-	struct file **fds = READ_KERN(fdt, fd);
-	__u64 max = READ_KERN(fdt, max_fds);
+	struct file **fds;
+	__u64 max;
 	struct file *f = 0;
+
+	if (TASK_BTF) {
+		struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
+
+		fds = fdt->fd;
+		max = fdt->max_fds;
+	} else {
+		struct files_struct *files = READ_KERN((struct task_struct *)cur_task(), files);
+		struct fdtable *fdt = READ_KERN(files, fdt);
+
+		fds = READ_KERN(fdt, fd);
+		max = READ_KERN(fdt, max_fds);
+	}
 
 	if (!fds || fd >= max)
 		return 0;
