@@ -26,7 +26,6 @@
 //! here; records arrive in causal order (see `kernel::source`), so a new
 //! instance's events never precede its fork.
 
-use std::collections::hash_map::Entry;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -558,11 +557,12 @@ impl ProcTable {
             _ => {}
         }
         // Not for a process found gone: each of its events would ask again.
-        if let (Entry::Vacant(slot), false) = (self.exe.entry(pid), self.gone.contains(&pid)) {
-            if let Some(exe) = read_exe(pid) {
-                slot.insert(exe.into());
-            } else if std::fs::metadata(format!("/proc/{pid}")).is_err() {
-                self.gone.insert(pid);
+        if !self.exe.contains_key(&pid) && !self.gone.contains(&pid) {
+            match read_exe(pid) {
+                Some(exe) => {
+                    self.exe.insert(pid, exe.into());
+                }
+                None => self.mark_if_gone(pid),
             }
         }
         if let Some(exe) = self.exe.get(&pid) {
@@ -760,12 +760,18 @@ impl ProcTable {
                 Some((dir, id == Some(dir_id_of(&meta))))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if std::fs::metadata(format!("/proc/{pid}")).is_err() {
-                    self.gone.insert(pid);
-                }
+                self.mark_if_gone(pid);
                 None
             }
             _ => None,
+        }
+    }
+
+    /// After a read of `pid`'s /proc entries found nothing: marks it gone
+    /// when /proc/PID itself is (one more stat).
+    fn mark_if_gone(&mut self, pid: u32) {
+        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+            self.gone.insert(pid);
         }
     }
 
@@ -811,6 +817,26 @@ mod tests {
         let parent = 4_200_000_001;
         t.live.insert(parent, t.instance_from_proc(parent, 5));
         (t, parent)
+    }
+
+    /// An exec record of `filename` whose record names `cwd`.
+    fn exec_in(pid: u32, ppid: u32, filename: &str, cwd: Option<&str>) -> LiveEvent {
+        use traceed_wire::payload::{Args, Exec, Payload};
+        let mut x = ev("exec", pid, ppid, 1);
+        x.args = Payload::Exec(Box::new(Args {
+            fields: Exec {
+                filename: Some(filename.into()),
+                argv: vec![],
+                interpreter: None,
+                exe_ctime: None,
+                argc: None,
+                argv_bytes: None,
+                cwd: cwd.map(Into::into),
+            },
+            truncated: false,
+            escaped: false,
+        }));
+        x
     }
 
     /// A directory made for one test, and its kernel directory id.
@@ -935,23 +961,9 @@ mod tests {
     /// child forked later starts from it; another id still reads /proc.
     #[test]
     fn an_exec_names_the_cwd_of_a_process_gone_from_proc() {
-        use traceed_wire::payload::{Args, Exec, Payload};
         let (mut t, parent) = table();
         let pid = 4_200_000_022;
-        let mut x = ev("exec", pid, parent, 1);
-        x.args = Payload::Exec(Box::new(Args {
-            fields: Exec {
-                filename: Some("/usr/bin/cc".into()),
-                argv: vec![],
-                interpreter: None,
-                exe_ctime: None,
-                argc: None,
-                argv_bytes: None,
-                cwd: Some("/src/proj".into()),
-            },
-            truncated: false,
-            escaped: false,
-        }));
+        let mut x = exec_in(pid, parent, "/usr/bin/cc", Some("/src/proj"));
         t.absolutize(&mut x, &[], Some(0x55), None);
         assert_eq!(t.cwd_of(pid, Some(0x55)), Some(PathBuf::from("/src/proj")));
         assert_eq!(t.cwd_of(pid, Some(0x56)), None, "moved since: not that one");
@@ -975,25 +987,8 @@ mod tests {
     /// process is gone; without one, /proc's cwd, and nothing once gone.
     #[test]
     fn a_relative_exec_is_named_from_the_records_cwd() {
-        use traceed_wire::payload::{Args, Exec, Payload};
         let (mut t, parent) = table();
-        let exec = |pid: u32, cwd: Option<&str>| {
-            let mut x = ev("exec", pid, parent, 1);
-            x.args = Payload::Exec(Box::new(Args {
-                fields: Exec {
-                    filename: Some("./build/tool".into()),
-                    argv: vec![],
-                    interpreter: None,
-                    exe_ctime: None,
-                    argc: None,
-                    argv_bytes: None,
-                    cwd: cwd.map(Into::into),
-                },
-                truncated: false,
-                escaped: false,
-            }));
-            x
-        };
+        let exec = |pid: u32, cwd: Option<&str>| exec_in(pid, parent, "./build/tool", cwd);
         let pid = 4_200_000_025;
         let mut x = exec(pid, Some("/src/proj"));
         t.enrich(&mut x, Some(7));
